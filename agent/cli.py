@@ -1,0 +1,395 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``predis-agent`` commands. Thin: parse arguments, call the library, print.
+
+Exit codes: 0 success, 1 runtime failure (cannot start, agent unreachable), 2 invalid
+input (bad config, bad arguments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+import yaml
+
+from agent import __version__
+from agent.config import Config, load_config, resolve_config_path
+from agent.errors import ConfigError, SecurityError, StartupError
+from agent.http import parse_listen
+from agent.plugins import PluginHost
+from agent.security import TokenStore
+
+TOKEN_ENV_VAR = "PREDIS_AGENT_TOKEN"
+CLIENT_TIMEOUT_SECONDS = 10.0
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: $PREDIS_AGENT_CONFIG, else /etc/predis/agent.yaml, else the embedded default).",
+)
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override one config value (repeatable); validated like the file.",
+)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str | None, overrides: tuple[str, ...], host: PluginHost | None = None) -> tuple[Config, PluginHost]:
+    host = host or PluginHost()
+    path, explicit = resolve_config_path(config_path)
+    fragments, opaque = host.schema_fragments()
+    try:
+        cfg = load_config(path, overrides=overrides, plugin_fragments=fragments, opaque_plugins=opaque)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(2)
+    return cfg, host
+
+
+class AgentGroup(click.Group):
+    """The root group; plugins add commands through ``predis_agent_register_commands``."""
+
+    def _with_plugins(self) -> None:
+        if getattr(self, "_plugins_added", False):
+            return
+        self._plugins_added = True
+        try:
+            host = PluginHost()
+            host.call("predis_agent_register_commands", cli=self)
+        except Exception as exc:  # a broken plugin must never break the CLI
+            click.echo(f"warning: plugin commands unavailable: {exc}", err=True)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._with_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._with_plugins()
+            command = super().get_command(ctx, name)
+        return command
+
+
+@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="predis-agent")
+def cli() -> None:
+    """Predis Agent: runs the Predis GPU cache, its exporters and its health API."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the agent version."""
+    click.echo(__version__)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+@cli.command()
+@config_option
+@set_option
+def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Run the agent in the foreground (systemd: Type=notify)."""
+    from agent.runtime import Agent
+
+    path, _explicit = resolve_config_path(config_path)
+    try:
+        agent = Agent(path, overrides)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(2)
+
+    async def main() -> None:
+        await agent.start()
+        routes = ", ".join(sorted({p for (_m, p) in agent.http.routes}))
+        backend = agent.backend.name if agent.backend else "none"
+        click.echo(
+            f"predis-agent {__version__} ready: {agent.http.address} ({routes}); "
+            f"config: {path or '<embedded default>'}; cache backend: {backend}"
+        )
+        sys.stdout.flush()
+        await agent.run_until_stopped()
+
+    try:
+        asyncio.run(main())
+    except StartupError as exc:
+        _fail(f"cannot start: {exc}")
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@cli.group()
+def config() -> None:
+    """Validate, show and describe configuration."""
+
+
+@config.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+def config_validate(file: str, overrides: tuple[str, ...]) -> None:
+    """Validate FILE: exit 0 when valid, 2 with one `<key.path>: <problem>` line per problem."""
+    _load(file, overrides)
+    click.echo(f"{file}: valid")
+
+
+@config.command("show")
+@config_option
+@set_option
+def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Print the effective config (defaults filled in, secrets redacted)."""
+    cfg, _ = _load(config_path, overrides)
+    click.echo(yaml.safe_dump(cfg.redacted(), sort_keys=False, default_flow_style=False), nl=False)
+
+
+@config.command("schema")
+def config_schema_cmd() -> None:
+    """Print the JSON Schema, including every installed plugin's section."""
+    from agent.config import build_schema
+
+    host = PluginHost()
+    fragments, opaque = host.schema_fragments()
+    click.echo(json.dumps(build_schema(fragments, opaque), indent=2))
+
+
+# ---------------------------------------------------------------------------- plugins
+
+
+@cli.group()
+def plugins() -> None:
+    """List and install plugins."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_option
+def plugins_list(as_json: bool, config_path: str | None) -> None:
+    """List built-in and installed plugins and their state."""
+    host = PluginHost()
+    path, _ = resolve_config_path(config_path)
+    fragments, opaque = host.schema_fragments()
+    try:
+        cfg = load_config(path, plugin_fragments=fragments, opaque_plugins=opaque)
+        host.apply_config(cfg.plugin_enabled)
+    except ConfigError as exc:
+        click.echo(f"warning: config not applied ({len(exc.problems)} problem(s)); showing load state only", err=True)
+    rows = host.public()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        extra = f"  ({row['error']})" if row["error"] else ""
+        click.echo(f"{row['name']:<20} {row['state']:<9} {row['source']:<32} {row['version'] or '-'}{extra}")
+
+
+@plugins.command("install")
+@click.argument("name")
+def plugins_install(name: str) -> None:
+    """pip-install plugin NAME (a requirement or a local wheel/dir) into the agent's environment."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if name.startswith("-"):
+        _fail(f"{name!r} looks like an option; give a package name, a requirement or a path", 2)
+    if not os.path.exists(name):
+        try:
+            Requirement(name)
+        except InvalidRequirement as exc:
+            _fail(f"{name!r} is not a valid requirement: {exc}", 2)
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", name]
+    click.echo(f"running: {' '.join(command)}", err=True)
+    code = subprocess.call(command)
+    if code != 0:
+        _fail(f"pip exited with {code}", 1)
+    click.echo("installed; restart or reload the agent to load it (new entry points are read at start-up)")
+
+
+# ---------------------------------------------------------------------------- talking to a running agent
+
+
+def _client_token(token_file: str | None) -> str:
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            _fail(f"cannot read token file {token_file}: {exc.strerror}", 2)
+    token = os.environ.get(TOKEN_ENV_VAR, "").strip()
+    if not token:
+        _fail(f"no API token: pass --token-file or set {TOKEN_ENV_VAR} (create one with `predis-agent token create`)", 2)
+    return token
+
+
+def _request(cfg: Config, method: str, path: str, token: str) -> tuple[int, Any]:
+    host, port = parse_listen(cfg.get("agent.http.listen"))
+    if port == 0:
+        _fail("agent.http.listen uses port 0; the CLI cannot find the agent. Set a fixed port.", 2)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    tls = cfg.section("agent.http.tls")
+    scheme = "https" if tls.get("enabled") else "http"
+    shown = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{shown}:{port}{path}"
+    context = None
+    if tls.get("enabled"):
+        context = ssl.create_default_context()
+        if tls.get("cert_file"):
+            context.load_verify_locations(os.path.expanduser(tls["cert_file"]))
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"}, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=CLIENT_TIMEOUT_SECONDS, context=context) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body or b"null")
+        except ValueError:
+            return exc.code, {"error": body.decode("utf-8", "replace")}
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        _fail(f"cannot reach the agent at {url}: {reason}")
+    raise AssertionError("unreachable")
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None, help=f"File holding an API token (else ${TOKEN_ENV_VAR}).")
+def status(config_path: str | None, as_json: bool, token_file: str | None) -> None:
+    """Show the running agent's status."""
+    cfg, _ = _load(config_path, ())
+    code, body = _request(cfg, "GET", "/status", _client_token(token_file))
+    if code != 200:
+        _fail(f"agent answered {code}: {body.get('error') if isinstance(body, dict) else body}")
+    if as_json:
+        click.echo(json.dumps(body, indent=2, sort_keys=True))
+        return
+    click.echo(f"predis-agent {body['version']} pid {body['pid']}, up {body['uptime_seconds']:.0f}s")
+    click.echo(f"config: {body['config_source']} (generation {body['config_generation']})")
+    last = body.get("last_reload")
+    if last:
+        click.echo(f"last reload: {'applied' if last['ok'] else 'REJECTED'} via {last['trigger']}")
+        for err in last["errors"]:
+            click.echo(f"  {err}")
+    ready = body["components"]["readiness"]
+    click.echo(f"ready: {'yes' if ready.get('ready') else 'NO'}")
+    for name, comp in sorted(ready.get("components", {}).items()):
+        click.echo(f"  {name:<24} {'ok' if comp['ok'] else 'FAIL'}  {comp['detail']}")
+    click.echo("plugins:")
+    for p in body["plugins"]:
+        errs = sum(p["hook_errors"].values())
+        click.echo(f"  {p['name']:<22} {p['state']:<9} errors={errs}")
+    for name, sink in sorted(body.get("sinks", {}).items()):
+        click.echo(f"sink {name}: breaker {sink['breaker']}, queued {sink['queued_batches']}, dropped {sink['dropped_batches']}")
+
+
+@cli.command()
+@config_option
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+def reload(config_path: str | None, token_file: str | None) -> None:
+    """Ask the running agent to reload its config (via the API, or SIGHUP via agent.pid_file)."""
+    cfg, _ = _load(config_path, ())
+    token = None
+    if token_file or os.environ.get(TOKEN_ENV_VAR):
+        token = _client_token(token_file)
+    if token:
+        code, body = _request(cfg, "POST", "/reload", token)
+        if code == 200:
+            changed = ", ".join(body.get("changed", [])) or "nothing changed"
+            click.echo(f"reload applied: generation {body['generation']} ({changed})")
+            return
+        errors = body.get("errors") if isinstance(body, dict) else None
+        click.echo(f"reload rejected ({code}); the previous config keeps running:", err=True)
+        for err in errors or [body.get("error") if isinstance(body, dict) else body]:
+            click.echo(f"  {err}", err=True)
+        sys.exit(2 if code == 422 else 1)
+    pid_file = cfg.get("agent.pid_file")
+    if not pid_file:
+        _fail(f"no API token and no agent.pid_file: set {TOKEN_ENV_VAR}, or use `systemctl reload predis-agent`", 2)
+    try:
+        with open(os.path.expanduser(pid_file), encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot signal the agent through {pid_file}: {exc}")
+    click.echo(f"sent SIGHUP to pid {pid}; see `predis-agent status` for the outcome")
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+@cli.group()
+def token() -> None:
+    """Create, list and revoke API tokens (stored hashed)."""
+
+
+def _store(config_path: str | None) -> TokenStore:
+    cfg, _ = _load(config_path, ())
+    return TokenStore(cfg.get("agent.auth.token_store"))
+
+
+@token.command("create")
+@config_option
+@click.option("--name", default="", help="A label to recognise the token by.")
+def token_create(config_path: str | None, name: str) -> None:
+    """Create a token and print it once on stdout; only its hash is stored."""
+    store = _store(config_path)
+    try:
+        plaintext, record = store.create(name)
+    except (SecurityError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(plaintext)
+    click.echo(f"created token {record.id} in {store.path}; it is shown only once", err=True)
+
+
+@token.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def token_list(config_path: str | None, as_json: bool) -> None:
+    """List token IDs, labels and creation times (never the tokens)."""
+    store = _store(config_path)
+    rows = [r.public() for r in store.records()]
+    if store.load_error:
+        _fail(store.load_error)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
+        click.echo(f"{row['id']}  {created}  {row['name']}")
+
+
+@token.command("revoke")
+@config_option
+@click.argument("token_id")
+def token_revoke(config_path: str | None, token_id: str) -> None:
+    """Revoke the token with TOKEN_ID; a running agent refuses it at once."""
+    store = _store(config_path)
+    if not store.revoke(token_id):
+        _fail(f"no token with id {token_id}", 2)
+    click.echo(f"revoked {token_id}")
+
+
+def main() -> None:
+    cli(prog_name="predis-agent")

@@ -1,0 +1,547 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Configuration: one YAML file, validated against a JSON Schema, with secret references.
+
+Flow (one way): YAML text → parse (keeping line numbers, rejecting duplicate keys) →
+``--set`` overrides → secret references resolved into :class:`Secret` objects →
+defaults filled from the schema → validated (every problem reported with its key path
+and line) → :class:`Config`.
+
+Secret references are whole or embedded ``${env:NAME}``, ``${file:/abs/path}`` and
+``${cred:NAME}`` (a systemd ``LoadCredential=`` file in ``$CREDENTIALS_DIRECTORY``);
+``$${`` writes a literal ``${``. A value that contains a reference becomes a
+:class:`Secret`, which never prints its value: ``str()``, ``repr()``, logging,
+``config show`` and error messages all see ``***``. Code that needs the value calls
+``.reveal()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from agent.errors import ConfigError, ConfigProblem
+from config_schema import load_schema
+
+DEFAULT_CONFIG_PATH = "/etc/predis/agent.yaml"
+CONFIG_ENV_VAR = "PREDIS_AGENT_CONFIG"
+REDACTED = "***"
+# A secret shorter than this is not scrubbed from free text (it would mangle logs);
+# it is still never printed through Secret's own str()/repr().
+MIN_SCRUB_LENGTH = 4
+
+_REF_RE = re.compile(r"\$\$\{|\$\{(env|file|cred):([^}]*)\}")
+
+Path_ = tuple[str, ...]
+
+
+class Secret:
+    """A config value that came from a secret reference. Prints as ``***``."""
+
+    __slots__ = ("_value", "ref")
+
+    def __init__(self, value: str, ref: str) -> None:
+        self._value = value
+        self.ref = ref
+        if len(value) >= MIN_SCRUB_LENGTH:
+            _SECRET_VALUES.add(value)
+
+    def reveal(self) -> str:
+        """Return the plaintext. Do not log it."""
+        return self._value
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __repr__(self) -> str:
+        return f"Secret({self.ref!r})"
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value and other.ref == self.ref
+
+    def __hash__(self) -> int:
+        return hash((self.ref, self._value))
+
+
+class _SecretValues:
+    """Process-wide set of resolved secret values, used to scrub logs and output."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, value: str) -> None:
+        with self._lock:
+            self._values.add(value)
+
+    def scrub(self, text: str) -> str:
+        if not self._values:
+            return text
+        with self._lock:
+            values = sorted(self._values, key=len, reverse=True)
+        for value in values:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+
+_SECRET_VALUES = _SecretValues()
+
+
+def scrub(text: str) -> str:
+    """Replace every known secret value in ``text`` with ``***``."""
+    return _SECRET_VALUES.scrub(text)
+
+
+def dotted(path: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+# ---------------------------------------------------------------------------
+# YAML with line numbers
+# ---------------------------------------------------------------------------
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML, returning the data and a map from key path to (1-based) line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem("", f"YAML syntax error: {problem}", line)], source) from None
+    if node is None:
+        return {}, {}
+    lines: dict[Path_, int] = {}
+    problems: list[ConfigProblem] = []
+    _walk_nodes(node, (), lines, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    data = yaml.SafeLoader(text).get_single_data()
+    return data, lines
+
+
+def _walk_nodes(node: yaml.Node, path: Path_, lines: dict[Path_, int], problems: list[ConfigProblem]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = (*path, key)
+            if key in seen:
+                problems.append(ConfigProblem(dotted(child), "duplicate key", key_node.start_mark.line + 1))
+            seen.add(key)
+            lines[child] = key_node.start_mark.line + 1
+            _walk_nodes(value_node, child, lines, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk_nodes(item, (*path, str(index)), lines, problems)
+
+
+# ---------------------------------------------------------------------------
+# Overrides and secrets
+# ---------------------------------------------------------------------------
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> list[ConfigProblem]:
+    """Apply ``key.path=value`` overrides in place (value parsed as YAML)."""
+    problems: list[ConfigProblem] = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(ConfigProblem(key or item, "--set expects key.path=value"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        node: Any = data
+        for depth, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            if not isinstance(nxt, dict):
+                problems.append(ConfigProblem(dotted(parts[: depth + 1]), "--set cannot descend into a non-mapping"))
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = value
+    return problems
+
+
+def _credentials_dir() -> str | None:
+    return os.environ.get("CREDENTIALS_DIRECTORY")
+
+
+def _resolve_ref(kind: str, arg: str, path: str) -> tuple[str | None, str | None]:
+    """Return (value, error). Errors never contain the value."""
+    arg = arg.strip()
+    if kind == "env":
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", arg):
+            return None, f"invalid environment variable name in ${{env:{arg}}}"
+        value = os.environ.get(arg)
+        if value is None:
+            return None, f"environment variable {arg} is not set (referenced as ${{env:{arg}}})"
+        return value, None
+    if kind == "cred":
+        base = _credentials_dir()
+        if not base:
+            return None, f"${{cred:{arg}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", arg) or arg in {".", ".."}:
+            return None, f"invalid credential name in ${{cred:{arg}}}"
+        file_path = os.path.join(base, arg)
+    else:
+        if not os.path.isabs(arg):
+            return None, f"${{file:{arg}}} must name an absolute path"
+        file_path = arg
+    try:
+        with open(file_path, encoding="utf-8") as handle:
+            return handle.read().rstrip("\r\n"), None
+    except FileNotFoundError:
+        return None, f"secret file {file_path} does not exist"
+    except PermissionError:
+        return None, f"secret file {file_path} is not readable by this user"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"secret file {file_path} cannot be read ({type(exc).__name__})"
+
+
+def resolve_secrets(data: Any, path: Path_ = ()) -> tuple[Any, list[ConfigProblem], set[Path_]]:
+    """Replace strings holding references by :class:`Secret`; return (data, problems, secret paths)."""
+    problems: list[ConfigProblem] = []
+    secret_paths: set[Path_] = set()
+
+    def walk(value: Any, where: Path_) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, (*where, str(k))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*where, str(i))) for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            return substitute(value, where)
+        return value
+
+    def substitute(text: str, where: Path_) -> Any:
+        found_ref = False
+        failed = False
+        out: list[str] = []
+        pos = 0
+        for match in _REF_RE.finditer(text):
+            out.append(text[pos : match.start()])
+            pos = match.end()
+            if match.group(0) == "$${":
+                out.append("${")
+                continue
+            found_ref = True
+            resolved, error = _resolve_ref(match.group(1), match.group(2), dotted(where))
+            if error:
+                problems.append(ConfigProblem(dotted(where), error))
+                failed = True
+            else:
+                out.append(resolved or "")
+        out.append(text[pos:])
+        if not found_ref:
+            return "".join(out)
+        secret_paths.add(where)
+        return Secret("" if failed else "".join(out), text)
+
+    return walk(data, path), problems, secret_paths
+
+
+def reveal_all(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: reveal_all(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [reveal_all(v) for v in data]
+    if isinstance(data, Secret):
+        return data.reveal()
+    return data
+
+
+def redact(data: Any) -> Any:
+    """A copy safe to print: secrets become ``*** (<reference>)``."""
+    if isinstance(data, dict):
+        return {k: redact(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    if isinstance(data, Secret):
+        return f"{REDACTED} ({data.ref})"
+    return data
+
+
+# ---------------------------------------------------------------------------
+# Schema: base + plugin fragments, defaults, validation
+# ---------------------------------------------------------------------------
+
+
+def plugin_section_schema(fragment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Wrap a plugin's schema fragment into its ``plugins.<name>`` section schema."""
+    section: dict[str, Any] = copy.deepcopy(dict(fragment)) if fragment else {}
+    section.setdefault("type", "object")
+    section.setdefault("additionalProperties", False)
+    section["default"] = {}
+    props = section.setdefault("properties", {})
+    props["enabled"] = {"type": "boolean", "default": True, "description": "Load this plugin."}
+    return section
+
+
+def build_schema(
+    plugin_fragments: Mapping[str, Mapping[str, Any] | None] | None = None,
+    opaque_plugins: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The base schema with one section per known plugin.
+
+    ``opaque_plugins`` are plugins that are installed but could not be loaded (failed or
+    blocked): their sections are accepted as they are, so a broken plugin never makes an
+    otherwise good config invalid.
+    """
+    schema = load_schema()
+    plugins = schema["properties"]["plugins"]
+    props: dict[str, Any] = {}
+    for name, fragment in (plugin_fragments or {}).items():
+        props[name] = plugin_section_schema(fragment)
+    for name in opaque_plugins:
+        props.setdefault(name, {"type": "object", "default": {}})
+    plugins["properties"] = props
+    plugins["additionalProperties"] = False
+    return schema
+
+
+def fill_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
+    """Insert schema defaults for absent properties, recursively, in place."""
+    if not isinstance(instance, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if name not in instance and "default" in sub:
+            instance[name] = copy.deepcopy(sub["default"])
+        if name in instance and isinstance(instance[name], dict):
+            fill_defaults(instance[name], sub)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _describe(error: jsonschema.ValidationError, secret: bool) -> str:
+    kind = error.validator
+    want = error.validator_value
+    found = REDACTED if secret else repr(error.instance)
+    if kind == "type":
+        expected = " or ".join(want) if isinstance(want, list) else want
+        return f"expected {expected}, found {_json_type(error.instance)}"
+    if kind == "enum":
+        return f"expected one of {', '.join(repr(v) for v in want)}, found {found}"
+    if kind in ("minimum", "exclusiveMinimum"):
+        rel = "at least" if kind == "minimum" else "greater than"
+        return f"must be {rel} {want}, found {found}"
+    if kind in ("maximum", "exclusiveMaximum"):
+        rel = "at most" if kind == "maximum" else "less than"
+        return f"must be {rel} {want}, found {found}"
+    if kind == "pattern":
+        return f"{found} does not match the pattern {want}"
+    if kind == "minLength":
+        return f"must be at least {want} characters long"
+    if kind == "maxLength":
+        return f"must be at most {want} characters long"
+    if kind == "required":
+        return error.message
+    if kind == "uniqueItems":
+        return "items must be unique"
+    if secret or isinstance(error.instance, (dict, list)):
+        return f"fails the '{kind}' rule ({want!r})"
+    return error.message
+
+
+def validate(
+    data: Any, schema: Mapping[str, Any], lines: Mapping[Path_, int], secret_paths: set[Path_]
+) -> list[ConfigProblem]:
+    """Return every problem in ``data`` (which must already hold defaults)."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems: list[ConfigProblem] = []
+    revealed = reveal_all(data)
+    for error in validator.iter_errors(revealed):
+        path = tuple(str(p) for p in error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - allowed):
+                child = (*path, str(key))
+                choices = ", ".join(sorted(allowed)) or "none"
+                problems.append(ConfigProblem(dotted(child), f"unknown key (allowed here: {choices})", lines.get(child)))
+            continue
+        secret = any(path[: len(sp)] == sp for sp in secret_paths)
+        problems.append(ConfigProblem(dotted(path), _describe(error, secret), _line_for(path, lines)))
+    problems.sort(key=lambda p: (p.line or 0, p.path))
+    return problems
+
+
+def _line_for(path: Path_, lines: Mapping[Path_, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The Config object
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    """A validated config with defaults filled in. Treat it as read-only."""
+
+    data: dict[str, Any]
+    source: str | None = None
+    text_digest: str | None = None
+    secret_paths: set[Path_] = field(default_factory=set)
+
+    def get(self, path: str, default: Any = None) -> Any:
+        node: Any = self.data
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def section(self, path: str) -> dict[str, Any]:
+        value = self.get(path, {})
+        return value if isinstance(value, dict) else {}
+
+    def plugin_config(self, name: str) -> dict[str, Any]:
+        return self.section(f"plugins.{name}")
+
+    def plugin_enabled(self, name: str) -> bool:
+        return bool(self.plugin_config(name).get("enabled", True))
+
+    def redacted(self) -> dict[str, Any]:
+        result: dict[str, Any] = redact(self.data)
+        return result
+
+    def secrets(self) -> Iterator[Secret]:
+        def walk(value: Any) -> Iterator[Secret]:
+            if isinstance(value, Secret):
+                yield value
+            elif isinstance(value, dict):
+                for v in value.values():
+                    yield from walk(v)
+            elif isinstance(value, list):
+                for v in value:
+                    yield from walk(v)
+
+        return walk(self.data)
+
+
+def resolve_config_path(explicit: str | None) -> tuple[str | None, bool]:
+    """Return (path or None for the embedded default, whether it was asked for explicitly)."""
+    if explicit:
+        return explicit, True
+    env = os.environ.get(CONFIG_ENV_VAR)
+    if env:
+        return env, True
+    if os.path.exists(DEFAULT_CONFIG_PATH):
+        return DEFAULT_CONFIG_PATH, False
+    return None, False
+
+
+def read_config_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem("", f"config file {path} does not exist")], path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem("", f"cannot read config file {path}: {exc.__class__.__name__}")], path) from None
+
+
+def load_config(
+    path: str | None,
+    *,
+    overrides: Iterable[str] = (),
+    plugin_fragments: Mapping[str, Mapping[str, Any] | None] | None = None,
+    opaque_plugins: Iterable[str] = (),
+    text: str | None = None,
+) -> Config:
+    """Load, resolve and validate a config. Raises :class:`ConfigError` listing every problem.
+
+    ``path`` None means the embedded default (the schema's defaults).
+    """
+    source = path or "<embedded default>"
+    if text is None:
+        text = read_config_text(path) if path else ""
+    data, lines = parse_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem("", f"expected a mapping at the top level, found {_json_type(data)}", 1)], source)
+    problems = apply_overrides(data, overrides)
+    data, secret_problems, secret_paths = resolve_secrets(data)
+    problems.extend(secret_problems)
+    schema = build_schema(plugin_fragments, opaque_plugins)
+    fill_defaults(data, schema)
+    problems.extend(validate(data, schema, lines, secret_paths))
+    if problems:
+        raise ConfigError(problems, source)
+    digest = hashlib.sha256(text.encode("utf-8") + repr(list(overrides)).encode()).hexdigest()
+    return Config(data=data, source=path, text_digest=digest, secret_paths=secret_paths)
+
+
+def changed_paths(old: Any, new: Any, path: Path_ = ()) -> set[str]:
+    """Dotted paths of every leaf that differs between two configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed: set[str] = set()
+        for key in set(old) | set(new):
+            if key not in old or key not in new:
+                changed.add(dotted((*path, key)))
+            else:
+                changed |= changed_paths(old[key], new[key], (*path, key))
+        return changed
+    return set() if old == new else {dotted(path)}
+
+
+def section_changed(changed: Iterable[str], prefixes: Iterable[str]) -> bool:
+    """True when any changed path lies under (or above) one of ``prefixes``."""
+    prefixes = tuple(prefixes)
+    for path in changed:
+        for prefix in prefixes:
+            if path == prefix or path.startswith(prefix + ".") or prefix.startswith(path + "."):
+                return True
+    return False
+
+
+class SecretScrubFilter(logging.Filter):
+    """Logging filter that replaces known secret values in every record's text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True

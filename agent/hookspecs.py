@@ -1,0 +1,125 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The plugin contract: every hook a Predis Agent plugin may implement.
+
+Hooks *discover* things; the returned objects do the work. The host calls every
+implementation on its own (see ``agent.plugins.PluginHost.call``), so one plugin
+raising never stops the others: the failure is logged, counted in
+``predis_agent_plugin_errors_total{plugin,hook}`` and shown in ``/status``.
+
+Conventions for implementers:
+
+* Hook arguments are passed by keyword; take only those you need.
+* ``register_*`` hooks return a list (or ``None``) and do no I/O; start threads or
+  sockets in the returned objects' ``start()``, not in the hook.
+* ``config`` is always the plugin's own section, ``plugins.<name>`` in the YAML file,
+  already validated against the schema the plugin returned and filled with defaults.
+  Secret values in it are ``agent.config.Secret`` objects: call ``.reveal()``.
+
+This module imports nothing from the project on purpose: it is the ground floor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("predis_agent")
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def predis_agent_config_schema() -> dict[str, Any] | None:
+    """Return the JSON Schema (2020-12) of this plugin's own config section.
+
+    The host merges it under ``plugins.<name>`` and adds the ``enabled`` flag itself.
+    Use ``default`` and ranges (``minimum``/``maximum``) for every number, and
+    ``additionalProperties: false`` so that typos are reported with their path.
+
+    Called from: config loading (start-up, every reload, ``config validate``), in the
+    main thread, also for plugins that are disabled in the config.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Registration: return objects, do no I/O
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def predis_agent_register_collectors(agent: Any, config: dict[str, Any]) -> list[Any] | None:
+    """Return collectors: objects with ``name`` and ``collect() -> Iterable[Metric]``.
+
+    ``collect`` is called once per collection interval from the scheduler thread,
+    under a timeout; an exception costs that collector's batch only.
+    """
+
+
+@hookspec
+def predis_agent_register_exporters(agent: Any, config: dict[str, Any]) -> list[Any] | None:
+    """Return push exporters: objects with ``name`` and ``send(batch)``.
+
+    Each exporter is driven by its own ``agent.sinks.Sink`` (bounded queue, worker
+    thread, circuit breaker). The sink outlives reloads: when the plugin's section
+    changes, only the exporter object inside it is replaced and nothing queued is lost.
+    """
+
+
+@hookspec
+def predis_agent_register_drift_detectors(agent: Any, config: dict[str, Any]) -> list[Any] | None:
+    """Return drift detectors: objects with ``name`` and ``check(reference, current)``."""
+
+
+@hookspec
+def predis_agent_register_origins(agent: Any, config: dict[str, Any]) -> list[Any] | None:
+    """Return cache origins: objects with ``name`` and ``load_many(keys) -> values``."""
+
+
+@hookspec
+def predis_agent_register_health_checks(agent: Any, config: dict[str, Any]) -> list[Any] | None:
+    """Return readiness checks: objects with ``name`` and ``check() -> (ok, reason)``.
+
+    ``/readyz`` answers 200 only when every check returns ``ok``. Checks run in a worker
+    thread under ``agent.readiness.timeout_seconds``; a check that hangs counts as failed.
+    """
+
+
+@hookspec
+def predis_agent_register_routes(agent: Any) -> list[Any] | None:
+    """Return HTTP routes as ``agent.http.Route(method, path, handler, public=False)``.
+
+    ``handler`` is an ``async def handler(request) -> aiohttp.web.StreamResponse``.
+    Bearer-token authentication applies to every route unless its path is listed in
+    ``agent.auth.anonymous_routes``.
+    """
+
+
+@hookspec
+def predis_agent_register_commands(cli: Any) -> None:
+    """Add click commands to the ``predis-agent`` command group ``cli``."""
+
+
+# ---------------------------------------------------------------------------
+# Notifications and lifecycle
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def predis_agent_event(agent: Any, event: Any) -> None:
+    """Receive an ``agent.runtime.Event`` (config reloaded, breaker opened, drift ...).
+
+    Called from the thread that raised the event; return quickly.
+    """
+
+
+@hookspec
+def predis_agent_startup(agent: Any) -> None:
+    """Called once the agent has started its components, before READY=1 is sent."""
+
+
+@hookspec
+def predis_agent_shutdown(agent: Any) -> None:
+    """Called when the agent stops, before its sinks are flushed and closed."""

@@ -1,0 +1,240 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The plugin host: built-in plugins, entry-point plugins, isolation, enable/disable.
+
+pluggy does registration and signature checking. Calling is done here, one
+implementation at a time (:meth:`PluginHost.call`), because pluggy's own hook call
+stops at the first implementation that raises. A plugin that fails to import or
+raises in a hook is logged, counted and marked failed; loading and the agent go on.
+
+Plugins are blocked by name with ``PREDIS_AGENT_DISABLE_PLUGINS=a,b`` (never even
+imported) and disabled in config with ``plugins.<name>.enabled: false`` (imported, so
+their schema still validates their section, but not registered).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from agent import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from agent.errors import PluginLoadError
+
+log = logging.getLogger(__name__)
+
+DISABLE_ENV_VAR = "PREDIS_AGENT_DISABLE_PLUGINS"
+
+# Built-in plugins: (name, module). They use only the agent's public API.
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (("prometheus", "plugins.exporters.prometheus"),)
+
+
+@dataclass
+class PluginInfo:
+    """What the host knows about one plugin; shown by ``plugins list`` and ``/status``."""
+
+    name: str
+    source: str  # "builtin" or "entrypoint:<distribution>"
+    module: str
+    version: str | None = None
+    state: str = "pending"  # loaded | disabled | blocked | failed
+    error: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    obj: Any = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "module": self.module,
+            "version": self.version,
+            "state": self.state,
+            "error": self.error,
+            "hook_errors": dict(self.errors),
+            "last_hook_error": self.last_error,
+        }
+
+
+def _blocked_from_env() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV_VAR, "")
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+class PluginHost:
+    """Owns the pluggy ``PluginManager`` and every plugin's state."""
+
+    def __init__(self, *, load_entrypoints: bool = True, builtins: Iterable[tuple[str, str]] = DEFAULT_PLUGINS) -> None:
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.blocked = _blocked_from_env()
+        self._lock = threading.Lock()
+        self.error_listeners: list[Callable[[str, str], None]] = []
+        for name in sorted(self.blocked):
+            self.pm.set_blocked(name)
+        for name, module in builtins:
+            self._import(name, "builtin", lambda m=module: importlib.import_module(m), module, None)
+        if load_entrypoints:
+            self._load_entrypoints()
+
+    # -- loading -------------------------------------------------------------
+    def _load_entrypoints(self) -> None:
+        try:
+            eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken dist-info must not stop the agent
+            log.error("cannot list entry points of group %s: %s", ENTRY_POINT_GROUP, exc)
+            return
+        for ep in sorted(eps, key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            dist_name = getattr(dist, "name", None) or "unknown"
+            version = getattr(dist, "version", None)
+            if ep.name in self.plugins:
+                info = PluginInfo(ep.name, f"entrypoint:{dist_name}", ep.value, version, "failed")
+                info.error = f"name {ep.name!r} is already used by {self.plugins[ep.name].source}"
+                log.error("plugin %s from %s not loaded: %s", ep.name, dist_name, info.error)
+                self.plugins[f"{ep.name}@{dist_name}"] = info
+                continue
+            self._import(ep.name, f"entrypoint:{dist_name}", ep.load, ep.value, version)
+
+    def _import(self, name: str, source: str, loader: Callable[[], Any], module: str, version: str | None) -> None:
+        info = PluginInfo(name=name, source=source, module=module, version=version)
+        self.plugins[name] = info
+        if name in self.blocked:
+            info.state = "blocked"
+            info.error = f"blocked by {DISABLE_ENV_VAR}"
+            log.info("plugin %s blocked by %s", name, DISABLE_ENV_VAR)
+            return
+        try:
+            obj = loader()
+            self._check_impls(name, obj)
+        except Exception as exc:
+            info.state = "failed"
+            info.error = f"{exc.__class__.__name__}: {exc}"
+            self._count(name, "load", info.error)
+            log.error("plugin %s (%s) failed to load: %s", name, module, info.error)
+            return
+        info.obj = obj
+        info.state = "loaded"
+
+    def _check_impls(self, name: str, obj: Any) -> None:
+        """Register into a scratch manager so pluggy validates names and signatures."""
+        scratch = pluggy.PluginManager(PROJECT_NAME)
+        scratch.add_hookspecs(hookspecs)
+        try:
+            scratch.register(obj, name=name)
+            scratch.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginLoadError(str(exc)) from exc
+
+    def apply_config(self, enabled: Callable[[str], bool]) -> None:
+        """Register loaded plugins that ``enabled(name)`` allows; unregister the rest."""
+        with self._lock:
+            for name, info in self.plugins.items():
+                if info.obj is None or info.state not in ("loaded", "disabled"):
+                    continue
+                registered = self.pm.get_plugin(name) is not None
+                want = enabled(name)
+                if want and not registered:
+                    self.pm.register(info.obj, name=name)
+                    info.state = "loaded"
+                elif not want:
+                    if registered:
+                        self.pm.unregister(name=name)
+                    info.state = "disabled"
+
+    # -- calling ----------------------------------------------------------------
+    def schema_fragments(self) -> tuple[dict[str, Any], list[str]]:
+        """Every loaded plugin's schema fragment (enabled or not), and opaque names."""
+        fragments: dict[str, Any] = {}
+        opaque: list[str] = []
+        for name, info in self.plugins.items():
+            if info.obj is None:
+                opaque.append(name)
+                continue
+            func = getattr(info.obj, "predis_agent_config_schema", None)
+            if func is None:
+                fragments[name] = None
+                continue
+            try:
+                fragment = func()
+                if fragment is not None and not isinstance(fragment, dict):
+                    raise TypeError(f"expected a dict, got {type(fragment).__name__}")
+                fragments[name] = fragment
+            except Exception as exc:
+                self._count(name, "predis_agent_config_schema", f"{exc.__class__.__name__}: {exc}")
+                log.error("plugin %s: predis_agent_config_schema raised %s: %s", name, exc.__class__.__name__, exc)
+                opaque.append(name)
+        return fragments, opaque
+
+    def call(self, hook_name: str, only: set[str] | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every registered implementation of ``hook_name`` in isolation.
+
+        Returns ``(plugin_name, result)`` for each implementation that returned without
+        raising and whose result is not None. ``config`` is special: when the keyword
+        ``config`` is a :class:`agent.config.Config`, each plugin receives its own section.
+        ``only`` restricts the call to the named plugins.
+        """
+        hook = getattr(self.pm.hook, hook_name)
+        results: list[tuple[str, Any]] = []
+        cfg = kwargs.get("config")
+        for impl in reversed(hook.get_hookimpls()):
+            if impl.hookwrapper or getattr(impl, "wrapper", False):
+                continue
+            if only is not None and impl.plugin_name not in only:
+                continue
+            args = dict(kwargs)
+            if cfg is not None and hasattr(cfg, "plugin_config"):
+                args["config"] = cfg.plugin_config(impl.plugin_name)
+            try:
+                result = impl.function(*[args[a] for a in impl.argnames])
+            except Exception as exc:
+                message = f"{exc.__class__.__name__}: {exc}"
+                self._count(impl.plugin_name, hook_name, message)
+                log.error("plugin %s raised in %s: %s", impl.plugin_name, hook_name, message, exc_info=log.isEnabledFor(logging.DEBUG))
+                continue
+            if result is not None:
+                results.append((impl.plugin_name, result))
+        return results
+
+    def collect(self, hook_name: str, only: set[str] | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a ``register_*`` hook and flatten the returned lists to (plugin, object)."""
+        out: list[tuple[str, Any]] = []
+        for plugin, result in self.call(hook_name, only=only, **kwargs):
+            items = result if isinstance(result, (list, tuple)) else [result]
+            out.extend((plugin, item) for item in items)
+        return out
+
+    def _count(self, plugin: str, hook: str, message: str) -> None:
+        info = self.plugins.get(plugin)
+        if info is not None:
+            info.errors[hook] = info.errors.get(hook, 0) + 1
+            info.last_error = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {hook}: {message}"
+        for listener in list(self.error_listeners):
+            try:
+                listener(plugin, hook)
+            except Exception:  # a broken listener must not hide the original error
+                log.exception("plugin error listener failed")
+
+    def report_error(self, plugin: str, hook: str, exc: BaseException) -> None:
+        """Record an error raised by an object a plugin returned (collector, route ...)."""
+        self._count(plugin, hook, f"{exc.__class__.__name__}: {exc}")
+
+    def public(self) -> list[dict[str, Any]]:
+        return [info.public() for info in sorted(self.plugins.values(), key=lambda i: i.name)]
+
+    def error_counts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for info in self.plugins.values():
+            for hook, n in info.errors.items():
+                counts[(info.name, hook)] += n
+        return dict(counts)
+

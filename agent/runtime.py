@@ -1,0 +1,539 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Agent: starts components, reloads config, stops cleanly. A thin coordinator.
+
+Threads: the asyncio loop (HTTP server, signals, schedules, reload) runs in the main
+thread; collectors run in a small thread pool under a timeout; each push exporter has
+its own sink thread (``agent.sinks``).
+
+Reload (SIGHUP, file change, ``POST /reload``) is: read → validate → dry-build (bind
+the new listener, load TLS files, pick the backend) → swap, restarting only the
+components whose config section changed. Any failure before the swap leaves the
+running config untouched and is reported in ``/status``, the log and the
+``predis_agent_config_*`` metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import __version__, logs
+from agent.config import Config, changed_paths, load_config, read_config_text, section_changed
+from agent.errors import AgentError, ConfigError, StartupError
+from agent.http import HttpServer, Route, error_response, json_response
+from agent.plugins import PluginHost
+from agent.security import TokenStore
+from agent.sinks import Sink
+from agent.systemd import Notifier
+from agent.telemetry import Metric, Telemetry
+from agent.tracing import Tracing
+from cache_core.backend import Backend, BackendError
+
+log = logging.getLogger(__name__)
+
+REGISTER_HOOKS = (
+    "predis_agent_register_collectors",
+    "predis_agent_register_exporters",
+    "predis_agent_register_health_checks",
+    "predis_agent_register_drift_detectors",
+    "predis_agent_register_origins",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A notification passed to ``predis_agent_event``."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    trigger: str
+    time: float
+    generation: int
+    changed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "trigger": self.trigger,
+            "time": self.time,
+            "generation": self.generation,
+            "changed": self.changed,
+            "errors": self.errors,
+        }
+
+
+class Agent:
+    """One running agent. Create, ``await start()``, ``await run_until_stopped()``."""
+
+    def __init__(
+        self,
+        config_path: str | None,
+        overrides: tuple[str, ...] = (),
+        *,
+        host: PluginHost | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.version = __version__
+        self.config_path = config_path
+        self.overrides = tuple(overrides)
+        self.host = host or PluginHost()
+        self.telemetry = Telemetry(self.version)
+        self.tracing = Tracing()
+        self.notifier = notifier or Notifier()
+        self.http = HttpServer(self.telemetry)
+        self.host.error_listeners.append(self._on_plugin_error)
+        self.config: Config = self.load_config()
+        self.generation = 1
+        self.started_at = time.time()
+        self.last_reload: ReloadResult | None = None
+        self.backend: Backend | None = None
+        self.tokens: TokenStore | None = None
+        self.collectors: list[tuple[str, Any]] = []
+        self.health_checks: list[tuple[str, Any]] = []
+        self.drift_detectors: list[tuple[str, Any]] = []
+        self.origins: list[tuple[str, Any]] = []
+        self.sinks: dict[str, Sink] = {}
+        self._sink_owner: dict[str, str] = {}
+        self.plugin_routes: list[Route] = []
+        self.readiness: dict[str, Any] = {"ready": False, "components": {}}
+        self._reload_lock: asyncio.Lock | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="collect")
+        self._collect_busy: set[int] = set()
+        self._collect_lock = threading.Lock()
+        self._watch_digest: str | None = None
+        self.collection_runs = 0
+        self.last_collect_monotonic: float | None = None
+        self.next_collect_monotonic: float | None = None
+
+    # ------------------------------------------------------------------ config
+    def load_config(self, text: str | None = None) -> Config:
+        fragments, opaque = self.host.schema_fragments()
+        return load_config(
+            self.config_path, overrides=self.overrides, plugin_fragments=fragments, opaque_plugins=opaque, text=text
+        )
+
+    def _plugin_enabled(self, config: Config) -> Any:
+        return lambda name: config.plugin_enabled(name)
+
+    # ------------------------------------------------------------------ start
+    async def start(self) -> None:
+        """Start every component; raises :class:`StartupError` with a clear message."""
+        self._reload_lock = asyncio.Lock()
+        self._stop_event = asyncio.Event()
+        self._wake = asyncio.Event()
+        cfg = self.config
+        logs.configure(cfg.section("agent.log"))
+        self.tracing.configure(cfg.section("agent.tracing"))
+        self.backend = self._make_backend(cfg)
+        self.tokens = TokenStore(cfg.get("agent.auth.token_store"))
+        self.host.apply_config(self._plugin_enabled(cfg))
+        self._register_all(cfg, only=None)
+        self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
+        self._refresh_routes()
+        sock, ctx = await self.http.prepare_site(cfg.section("agent.http"))
+        await self.http.start(sock, ctx)
+        self._write_pid_file(cfg)
+        self._set_config_metrics(success=True)
+        self.host.call("predis_agent_startup", agent=self)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self.reload("SIGHUP")))
+        self._watch_digest = self._file_digest()
+        self._tasks = [
+            asyncio.create_task(self._collect_loop(), name="collect"),
+            asyncio.create_task(self._watch_loop(), name="config-watch"),
+        ]
+        if self.notifier.watchdog_interval:
+            self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
+        await self.check_ready()
+        self.notifier.ready(f"serving on {self.http.address}, config generation {self.generation}")
+        log.info("predis-agent %s started: %s", self.version, self.http.address)
+
+    def _make_backend(self, cfg: Config) -> Backend:
+        try:
+            backend = Backend(cfg.get("cache.backend"))
+        except BackendError as exc:
+            raise StartupError(str(exc)) from None
+        if backend.fallback_reason:
+            log.info("cache backend: numpy (%s)", backend.fallback_reason)
+        return backend
+
+    def _write_pid_file(self, cfg: Config) -> None:
+        path = cfg.get("agent.pid_file")
+        if path:
+            path = os.path.expanduser(path)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w", encoding="ascii") as handle:
+                handle.write(f"{os.getpid()}\n")
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        return task
+
+    # ------------------------------------------------------------------ plugins' objects
+    def _register_all(self, cfg: Config, only: set[str] | None) -> None:
+        """(Re)build the objects of ``only`` plugins (all when None) from their hooks."""
+
+        def keep(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+            return [(p, o) for p, o in items if only is not None and p not in only and self._active(p)]
+
+        self.collectors = keep(self.collectors) + self.host.collect("predis_agent_register_collectors", only, agent=self, config=cfg)
+        self.health_checks = keep(self.health_checks) + self.host.collect(
+            "predis_agent_register_health_checks", only, agent=self, config=cfg
+        )
+        self.drift_detectors = keep(self.drift_detectors) + self.host.collect(
+            "predis_agent_register_drift_detectors", only, agent=self, config=cfg
+        )
+        self.origins = keep(self.origins) + self.host.collect("predis_agent_register_origins", only, agent=self, config=cfg)
+        exporters = self.host.collect("predis_agent_register_exporters", only, agent=self, config=cfg)
+        self._update_sinks(cfg, exporters, only)
+
+    def _active(self, plugin: str) -> bool:
+        return self.host.pm.get_plugin(plugin) is not None
+
+    def _update_sinks(self, cfg: Config, exporters: list[tuple[str, Any]], only: set[str] | None) -> None:
+        s = cfg.section("agent.sinks")
+        tuning = {
+            "max_batches": s["queue_max_batches"],
+            "fail_max": s["breaker_fail_max"],
+            "reset_timeout": s["breaker_reset_timeout_seconds"],
+            "retry_interval": s["retry_interval_seconds"],
+        }
+        seen: set[str] = set()
+        for plugin, exporter in exporters:
+            name = str(getattr(exporter, "name", plugin))
+            if name in seen:
+                log.error("plugin %s: exporter name %r is used twice; the second is ignored", plugin, name)
+                continue
+            seen.add(name)
+            if name in self.sinks:
+                self.sinks[name].replace_exporter(exporter)
+                self.sinks[name].tune(**tuning)
+            else:
+                self.sinks[name] = Sink(name, exporter, metrics=self.telemetry, on_state_change=self._on_breaker, **tuning)
+            self._sink_owner[name] = plugin
+        for name in list(self.sinks):
+            owner = self._sink_owner.get(name, "")
+            affected = only is None or owner in only
+            if name not in seen and (affected or not self._active(owner)):
+                self.sinks.pop(name).close(cfg.get("agent.shutdown_timeout_seconds"))
+                self._sink_owner.pop(name, None)
+            elif name not in seen:
+                self.sinks[name].tune(**tuning)
+
+    def _refresh_routes(self) -> None:
+        routes = [
+            Route("GET", "/livez", self._livez),
+            Route("GET", "/readyz", self._readyz),
+            Route("GET", "/status", self._status),
+            Route("POST", "/reload", self._reload_route),
+        ]
+        for plugin, route in self.host.collect("predis_agent_register_routes", agent=self):
+            if isinstance(route, Route):
+                routes.append(Route(route.method, route.path, route.handler, plugin))
+            else:
+                self.host.report_error(plugin, "predis_agent_register_routes", TypeError("expected agent.http.Route"))
+        self.http.set_routes(routes)
+
+    def _on_plugin_error(self, plugin: str, hook: str) -> None:
+        self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc()
+
+    def _on_breaker(self, sink: str, old: str, new: str) -> None:
+        self.emit(Event("breaker_state_changed", {"sink": sink, "old": old, "new": new}))
+
+    def emit(self, event: Event) -> None:
+        self.host.call("predis_agent_event", agent=self, event=event)
+
+    # ------------------------------------------------------------------ reload
+    def _file_digest(self) -> str | None:
+        if not self.config_path:
+            return None
+        try:
+            with open(self.config_path, "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            return None
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Apply the config on disk if it is valid; keep the running one otherwise."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            self.notifier.reloading()
+            with self.tracing.span("config.reload", trigger=trigger) as span:
+                result = await self._reload_locked(trigger)
+                if span is not None and hasattr(span, "set_attribute"):
+                    span.set_attribute("predis.reload.ok", result.ok)
+                    span.set_attribute("predis.config.generation", result.generation)
+            self.notifier.ready(
+                f"config generation {self.generation}" + ("" if result.ok else " (last reload rejected)")
+            )
+            return result
+
+    async def _reload_locked(self, trigger: str) -> ReloadResult:
+        old = self.config
+        self._watch_digest = self._file_digest()
+        try:
+            text = read_config_text(self.config_path) if self.config_path else None
+            new = self.load_config(text)
+        except ConfigError as exc:
+            return self._reload_failed(trigger, [str(p) for p in exc.problems])
+        changed = sorted(changed_paths(old.data, new.data))
+        if not changed:
+            result = ReloadResult(True, trigger, time.time(), self.generation, [], [])
+            self._finish_reload(result, success=True)
+            log.info("reload (%s): no change; generation stays %d", trigger, self.generation)
+            return result
+        # Dry-build everything that can fail, off to the side.
+        try:
+            backend = self._make_backend(new) if section_changed(changed, ["cache.backend"]) else self.backend
+            site = None
+            if section_changed(changed, ["agent.http.listen", "agent.http.tls"]):
+                site = await self.http.prepare_site(new.section("agent.http"))
+        except (StartupError, AgentError, OSError) as exc:
+            return self._reload_failed(trigger, [str(exc)])
+        # Swap.
+        self.config = new
+        self.generation += 1
+        self.backend = backend
+        if section_changed(changed, ["agent.log"]):
+            logs.configure(new.section("agent.log"))
+        if section_changed(changed, ["agent.tracing"]):
+            self.tracing.configure(new.section("agent.tracing"))
+        if section_changed(changed, ["agent.auth.token_store"]):
+            self.tokens = TokenStore(new.get("agent.auth.token_store"))
+        self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
+        if site is not None:
+            await self.http.start(*site)
+        if section_changed(changed, ["agent.pid_file"]):
+            self._write_pid_file(new)
+        changed_plugins = {p.split(".")[1] for p in changed if p.startswith("plugins.")}
+        if changed_plugins or section_changed(changed, ["agent.sinks"]):
+            self.host.apply_config(self._plugin_enabled(new))
+            self._register_all(new, only=changed_plugins)
+            self._refresh_routes()
+        if self._wake is not None:
+            self._wake.set()
+        result = ReloadResult(True, trigger, time.time(), self.generation, changed, [])
+        self._finish_reload(result, success=True)
+        log.info("reload (%s) applied: generation %d; changed: %s", trigger, self.generation, ", ".join(changed))
+        self.emit(Event("config_reloaded", {"generation": self.generation, "changed": changed, "trigger": trigger}))
+        return result
+
+    def _reload_failed(self, trigger: str, errors: list[str]) -> ReloadResult:
+        result = ReloadResult(False, trigger, time.time(), self.generation, [], errors)
+        self._finish_reload(result, success=False)
+        self.telemetry["predis_agent_config_reload_failures_total"].inc()
+        log.error(
+            "reload (%s) rejected; generation %d keeps running:\n  %s", trigger, self.generation, "\n  ".join(errors)
+        )
+        self.emit(Event("config_reload_failed", {"generation": self.generation, "errors": errors, "trigger": trigger}))
+        return result
+
+    def _finish_reload(self, result: ReloadResult, success: bool) -> None:
+        self.last_reload = result
+        self._set_config_metrics(success)
+
+    def _set_config_metrics(self, success: bool) -> None:
+        self.telemetry["predis_agent_config_generation"].set(self.generation)
+        self.telemetry["predis_agent_config_last_reload_success"].set(1 if success else 0)
+        self.telemetry["predis_agent_config_last_reload_timestamp_seconds"].set(time.time())
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.get("agent.reload.watch_interval_seconds"))
+            if not self.config.get("agent.reload.watch") or not self.config_path:
+                continue
+            digest = self._file_digest()
+            if digest is not None and digest != self._watch_digest:
+                await self.reload("file-watch")
+
+    # ------------------------------------------------------------------ collection
+    async def _collect_loop(self) -> None:
+        """Run collection every ``agent.collect.interval_seconds``, keeping the phase on reload."""
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            interval = float(self.config.get("agent.collect.interval_seconds"))
+            now = time.monotonic()
+            base = self.last_collect_monotonic
+            due = now if base is None else base + interval
+            self.next_collect_monotonic = due
+            if due <= now:
+                self.last_collect_monotonic = now if base is None or now - due > interval else due
+                with self.tracing.span("collect"):
+                    await loop.run_in_executor(None, self.collect_once)
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=due - now)
+            except asyncio.TimeoutError:
+                pass
+
+    def collect_once(self) -> list[Metric]:
+        """One collection round: every collector under a timeout, then fan-out to sinks."""
+        started = time.monotonic()
+        timeout = float(self.config.get("agent.collect.timeout_seconds"))
+        futures = []
+        for plugin, collector in list(self.collectors):
+            key = id(collector)
+            with self._collect_lock:
+                if key in self._collect_busy:
+                    self.host.report_error(plugin, "collect", TimeoutError("previous collect() still running"))
+                    continue
+                self._collect_busy.add(key)
+            futures.append((plugin, collector, key, self._pool.submit(self._run_collector, collector, key)))
+        batch: list[Metric] = []
+        deadline = started + timeout
+        for plugin, collector, _key, future in futures:
+            try:
+                batch.extend(future.result(timeout=max(0.0, deadline - time.monotonic())))
+            except concurrent.futures.TimeoutError:
+                self.host.report_error(plugin, "collect", TimeoutError(f"collect() exceeded {timeout}s"))
+            except Exception as exc:
+                self.host.report_error(plugin, "collect", exc)
+        self.telemetry.set_batch(batch)
+        for sink in list(self.sinks.values()):
+            sink.submit(batch)
+        self.collection_runs += 1
+        self.telemetry["predis_agent_collection_runs_total"].inc()
+        self.telemetry["predis_agent_collection_duration_seconds"].observe(time.monotonic() - started)
+        return batch
+
+    def _run_collector(self, collector: Any, key: int) -> list[Metric]:
+        try:
+            return [m for m in collector.collect() if isinstance(m, Metric)]
+        finally:
+            with self._collect_lock:
+                self._collect_busy.discard(key)
+
+    # ------------------------------------------------------------------ health
+    async def check_ready(self) -> dict[str, Any]:
+        timeout = float(self.config.get("agent.readiness.timeout_seconds"))
+        loop = asyncio.get_running_loop()
+        components: dict[str, Any] = {}
+        backend = self.backend
+        checks: list[tuple[str, Any]] = []
+        if backend is not None:
+            slots = int(self.config.get("cache.self_test_slots"))
+            checks.append(("cache", lambda: backend.self_test(slots)))
+        for plugin, check in self.health_checks:
+            name = f"{plugin}.{getattr(check, 'name', 'check')}"
+            checks.append((name, check.check))
+        for name, func in checks:
+            try:
+                ok, detail = await asyncio.wait_for(loop.run_in_executor(None, func), timeout=timeout)
+            except asyncio.TimeoutError:
+                ok, detail = False, f"check did not finish within {timeout}s"
+            except Exception as exc:
+                ok, detail = False, f"check raised {exc.__class__.__name__}: {exc}"
+            components[name] = {"ok": bool(ok), "detail": str(detail)}
+        if backend is None:
+            components["cache"] = {"ok": False, "detail": "cache backend not started"}
+        ready = all(c["ok"] for c in components.values())
+        self.readiness = {"ready": ready, "components": components, "checked_at": time.time()}
+        self.telemetry["predis_agent_ready"].set(1 if ready else 0)
+        return self.readiness
+
+    async def _livez(self, request: Any) -> Any:
+        return json_response({"status": "alive"})
+
+    async def _readyz(self, request: Any) -> Any:
+        result = await self.check_ready()
+        return json_response(result, status=200 if result["ready"] else 503)
+
+    async def _reload_route(self, request: Any) -> Any:
+        if not self.config_path:
+            return error_response(409, "running on the embedded default config; there is no file to reload")
+        result = await self.reload("api")
+        return json_response(result.public(), status=200 if result.ok else 422)
+
+    def status(self) -> dict[str, Any]:
+        backend = self.backend
+        return {
+            "version": self.version,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "config_generation": self.generation,
+            "config_source": self.config_path or "<embedded default>",
+            "last_reload": self.last_reload.public() if self.last_reload else None,
+            "plugins": self.host.public(),
+            "components": {
+                "http": {"address": self.http.address, "tls": self.http.tls},
+                "cache": {
+                    "backend": backend.name if backend else None,
+                    "requested": backend.requested if backend else None,
+                    "fallback_reason": backend.fallback_reason if backend else None,
+                },
+                "collection": {
+                    "runs": self.collection_runs,
+                    "interval_seconds": self.config.get("agent.collect.interval_seconds"),
+                    "collectors": [f"{p}.{getattr(c, 'name', '?')}" for p, c in self.collectors],
+                },
+                "tracing": {"otlp_endpoint": self.tracing.endpoint},
+                "readiness": self.readiness,
+            },
+            "sinks": {name: sink.status() for name, sink in self.sinks.items()},
+        }
+
+    async def _status(self, request: Any) -> Any:
+        return json_response(self.status())
+
+    # ------------------------------------------------------------------ stop
+    def request_stop(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def run_until_stopped(self) -> None:
+        assert self._stop_event is not None
+        await self._stop_event.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        log.info("predis-agent stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        self.host.call("predis_agent_shutdown", agent=self)
+        await self.http.stop()
+        timeout = float(self.config.get("agent.shutdown_timeout_seconds"))
+        loop = asyncio.get_running_loop()
+        for sink in list(self.sinks.values()):
+            await loop.run_in_executor(None, sink.close, timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.tracing.flush()
+        self.tracing.shutdown()
+        pid_file = self.config.get("agent.pid_file")
+        if pid_file:
+            try:
+                os.unlink(os.path.expanduser(pid_file))
+            except OSError:
+                pass
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval or 1.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+

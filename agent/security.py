@@ -1,0 +1,192 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Tokens, file modes, path confinement and tenant-ID validation.
+
+API tokens are 256-bit random values shown once. The token store keeps only their
+SHA-256 digests: a token has full entropy, so a fast hash is as strong as a slow KDF
+here, and it lets every request be checked in microseconds. Presented tokens are
+compared with ``hmac.compare_digest`` against every stored digest, so timing reveals
+neither which entry nor how many bytes matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AuthError, SecurityError
+
+TOKEN_PREFIX = "pda_"
+TOKEN_BYTES = 32  # 256 bits of entropy
+TOKEN_ID_BYTES = 4
+TOKEN_RE = re.compile(r"^pda_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
+TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,49}$")
+FILE_MODE_SECRET = 0o600
+DIR_MODE_SECRET = 0o700
+STORE_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE_SECRET) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename) with ``mode``.
+
+    The parent directory is created with mode 0700 when it does not exist.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE_SECRET)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def confine(root: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> Path:
+    """Resolve ``candidate`` (relative to ``root``) and refuse it if it leaves ``root``."""
+    base = Path(root).resolve()
+    raw = str(candidate)
+    if "\x00" in raw:
+        raise SecurityError(f"path {raw!r} contains a NUL byte")
+    resolved = (base / raw).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise SecurityError(f"path {raw!r} resolves outside its root {base}")
+    return resolved
+
+
+def validate_tenant_id(value: str) -> str:
+    """Return ``value`` if it is a valid tenant ID, else raise (never rewrite it)."""
+    if not isinstance(value, str) or not TENANT_ID_RE.fullmatch(value):
+        raise SecurityError(
+            f"invalid tenant ID {value!r}: expected 3-50 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    name: str
+    created: float
+    digest: str
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "created": self.created}
+
+
+class TokenStore:
+    """The hashed-token file. Reloads itself when the file changes on disk."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(os.path.expanduser(str(path)))
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._records: list[TokenRecord] = []
+        self.load_error: str | None = None
+
+    # -- reading -----------------------------------------------------------
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _refresh(self) -> None:
+        stamp = self._file_stamp()
+        if stamp == self._stamp and (stamp is not None or not self._records):
+            return
+        records: list[TokenRecord] = []
+        error = None
+        if stamp is not None:
+            try:
+                raw = json.loads(self.path.read_text(encoding="utf-8"))
+                for item in raw.get("tokens", []):
+                    records.append(
+                        TokenRecord(str(item["id"]), str(item.get("name", "")), float(item["created"]), str(item["digest"]))
+                    )
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                error = f"token store {self.path} is unreadable ({exc.__class__.__name__}); no token is accepted"
+                records = []
+        self._records = records
+        self._stamp = stamp
+        self.load_error = error
+
+    def records(self) -> list[TokenRecord]:
+        with self._lock:
+            self._refresh()
+            return list(self._records)
+
+    def verify(self, presented: str | None) -> TokenRecord:
+        """Return the matching record or raise :class:`AuthError`."""
+        if not presented:
+            raise AuthError("missing bearer token")
+        digest = hash_token(presented)
+        match = None
+        for record in self.records():
+            if hmac.compare_digest(record.digest, digest):
+                match = record
+        if match is None:
+            raise AuthError("invalid bearer token")
+        return match
+
+    # -- writing (CLI) -------------------------------------------------------
+    def _write(self, records: list[TokenRecord]) -> None:
+        body = {
+            "version": STORE_VERSION,
+            "tokens": [{**r.public(), "digest": r.digest} for r in records],
+        }
+        atomic_write(self.path, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
+
+    def create(self, name: str = "") -> tuple[str, TokenRecord]:
+        """Create a token; return (plaintext shown once, stored record)."""
+        with self._lock:
+            self._refresh()
+            if self.load_error:
+                raise SecurityError(self.load_error)
+            existing = {r.id for r in self._records}
+            token_id = secrets.token_hex(TOKEN_ID_BYTES)
+            while token_id in existing:
+                token_id = secrets.token_hex(TOKEN_ID_BYTES)
+            token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(TOKEN_BYTES)}"
+            record = TokenRecord(token_id, name, time.time(), hash_token(token))
+            self._write([*self._records, record])
+            self._stamp = None
+            return token, record
+
+    def revoke(self, token_id: str) -> bool:
+        with self._lock:
+            self._refresh()
+            if self.load_error:
+                raise SecurityError(self.load_error)
+            kept = [r for r in self._records if r.id != token_id]
+            if len(kept) == len(self._records):
+                return False
+            self._write(kept)
+            self._stamp = None
+            return True

@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Built-in Predis Agent plugins. Each uses only the agent's public API."""
