@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The shipped systemd unit and production config are valid as shipped."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "deploy" / "systemd" / "predis-agent.service"
+SHIPPED_EXEC = "/opt/predis-agent/bin/predis-agent"
+
+pytestmark = pytest.mark.integration
+
+
+def _unit() -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
+    # systemd-analyze checks that ExecStart exists on *this* machine; the shipped path is
+    # the one deploy/install.sh creates. Point it at the agent installed for the tests and
+    # change nothing else.
+    exe = shutil.which("predis-agent")
+    assert exe, "predis-agent console script is not installed"
+    text = UNIT.read_text()
+    assert text.count(SHIPPED_EXEC) == 1
+    unit = tmp_path / "predis-agent.service"
+    unit.write_text(text.replace(SHIPPED_EXEC, exe))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
+    # The check above must be able to fail: a typo'd key is reported on stderr.
+    exe = shutil.which("predis-agent")
+    assert exe
+    unit = tmp_path / "predis-agent.service"
+    unit.write_text(UNIT.read_text().replace(SHIPPED_EXEC, exe).replace("Restart=on-failure", "Restat=on-failure"))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert "Restat" in proc.stderr
+
+
+def test_unit_has_notify_watchdog_hardening_and_limits() -> None:
+    service = _unit()["Service"]
+    assert service["Type"] == "notify"
+    assert service["NotifyAccess"] == "main"
+    assert service["ExecStart"].split()[:4] == [SHIPPED_EXEC, "run", "--config", "/etc/predis/agent.yaml"]
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["WatchdogSec"]
+    assert service["Restart"] == "on-failure"
+    assert service["User"] not in ("", "root", "0")
+    for key, value in {
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+    }.items():
+        assert service[key] == value, key
+    assert service["LoadCredential"].startswith("predis:")
+    assert service["MemoryMax"] and service["CPUQuota"]
+    assert service["CapabilityBoundingSet"] == ""
+
+
+def test_production_config_validates() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "validate", str(ROOT / "deploy" / "agent.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_install_script_is_valid_bash() -> None:
+    proc = subprocess.run(["bash", "-n", str(ROOT / "deploy" / "install.sh")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
