@@ -86,3 +86,13 @@ def test_production_config_validates() -> None:
 def test_install_script_is_valid_bash() -> None:
     proc = subprocess.run(["bash", "-n", str(ROOT / "deploy" / "install.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_example_config_validates() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "validate", str(ROOT / "config_schema" / "examples" / "agent.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
