@@ -12,6 +12,12 @@ Secret references are whole or embedded ``${env:NAME}``, ``${file:/abs/path}`` a
 :class:`Secret`, which never prints its value: ``str()``, ``repr()``, logging,
 ``config show`` and error messages all see ``***``. Code that needs the value calls
 ``.reveal()``.
+
+Only keys the schema marks ``"writeOnly": true`` (API keys, passwords) keep the
+:class:`Secret` wrapper in the loaded config. Elsewhere a reference is substituted as a
+plain string, so that ``listen: "${env:BIND}:9470"`` works; the value is still
+registered for log scrubbing and ``config show`` still prints the reference, not the
+value.
 """
 
 from __future__ import annotations
@@ -424,6 +430,7 @@ class Config:
     source: str | None = None
     text_digest: str | None = None
     secret_paths: set[Path_] = field(default_factory=set)
+    secret_refs: dict[Path_, str] = field(default_factory=dict)
 
     def get(self, path: str, default: Any = None) -> Any:
         node: Any = self.data
@@ -445,6 +452,12 @@ class Config:
 
     def redacted(self) -> dict[str, Any]:
         result: dict[str, Any] = redact(self.data)
+        for path, ref in self.secret_refs.items():
+            node: Any = result
+            for part in path[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            key: Any = int(path[-1]) if isinstance(node, list) else path[-1]
+            node[key] = f"{REDACTED} ({ref})"
         return result
 
     def secrets(self) -> Iterator[Secret]:
@@ -508,8 +521,41 @@ def load_config(
     problems.extend(validate(data, schema, lines, secret_paths))
     if problems:
         raise ConfigError(problems, source)
+    refs = _unwrap_plain_references(data, schema, secret_paths)
     digest = hashlib.sha256(text.encode("utf-8") + repr(list(overrides)).encode()).hexdigest()
-    return Config(data=data, source=path, text_digest=digest, secret_paths=secret_paths)
+    return Config(data=data, source=path, text_digest=digest, secret_paths=secret_paths, secret_refs=refs)
+
+
+def _schema_at(schema: Mapping[str, Any], path: Path_) -> Mapping[str, Any]:
+    node: Mapping[str, Any] = schema
+    for part in path:
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif "items" in node and part.isdigit():
+            node = node["items"]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return {}
+    return node
+
+
+def _unwrap_plain_references(data: dict[str, Any], schema: Mapping[str, Any], secret_paths: set[Path_]) -> dict[Path_, str]:
+    """Replace Secrets at keys not marked writeOnly by their string; return path → reference."""
+    refs: dict[Path_, str] = {}
+    for path in secret_paths:
+        node: Any = data
+        for part in path[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key: Any = int(path[-1]) if isinstance(node, list) else path[-1]
+        value = node[key]
+        if not isinstance(value, Secret):
+            continue
+        refs[path] = value.ref
+        if not _schema_at(schema, path).get("writeOnly"):
+            node[key] = value.reveal()
+    return refs
 
 
 def changed_paths(old: Any, new: Any, path: Path_ = ()) -> set[str]:

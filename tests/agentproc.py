@@ -86,7 +86,11 @@ class AgentProcess:
             env=self.env,
         )
         if wait:
-            self.base_url = wait_for(self._ready_url, timeout=30, what="the agent's ready line")
+            try:
+                self.base_url = wait_for(self._ready_url, timeout=30, what="the agent's ready line")
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _ready_url(self) -> str | None:
@@ -140,7 +144,7 @@ class AgentProcess:
                 self.proc.wait(timeout=5)
         self.stdout.close()
         self.stderr.close()
-        return self.proc.returncode
+        return int(self.proc.returncode)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
