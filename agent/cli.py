@@ -23,7 +23,7 @@ import click
 import yaml
 
 from agent import __version__
-from agent.config import Config, load_config, resolve_config_path
+from agent.config import Config, load_config, read_config_text, resolve_config_path
 from agent.errors import ConfigError, SecurityError, StartupError
 from agent.http import parse_listen
 from agent.plugins import PluginHost
@@ -66,6 +66,32 @@ def _load(config_path: str | None, overrides: tuple[str, ...], host: PluginHost 
     return cfg, host
 
 
+def _load_for_client(config_path: str | None) -> Config:
+    """The config a client command needs to reach the agent.
+
+    When the file is invalid (the running agent keeps its last good config), fall back
+    to the file's ``agent.http`` and ``agent.auth`` sections alone, so that ``status``
+    and ``reload`` still work while an operator fixes the file.
+    """
+    path, _ = resolve_config_path(config_path)
+    host = PluginHost(load_entrypoints=False)
+    fragments, opaque = host.schema_fragments()
+    try:
+        return load_config(path, plugin_fragments=fragments, opaque_plugins=opaque)
+    except ConfigError as exc:
+        try:
+            raw = yaml.safe_load(read_config_text(path)) if path else {}
+            agent_section = raw.get("agent", {}) if isinstance(raw, dict) else {}
+            subset = {k: agent_section[k] for k in ("http", "auth", "pid_file") if isinstance(agent_section, dict) and k in agent_section}
+            cfg = load_config(None, text=yaml.safe_dump({"agent": subset}))
+        except (ConfigError, yaml.YAMLError, AttributeError):
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            sys.exit(2)
+        click.echo(f"warning: {path} has {len(exc.problems)} problem(s); using only its agent.http, agent.auth and agent.pid_file to reach the agent", err=True)
+        return cfg
+
+
 class AgentGroup(click.Group):
     """The root group; plugins add commands through ``predis_agent_register_commands``."""
 
@@ -75,6 +101,14 @@ class AgentGroup(click.Group):
         self._plugins_added = True
         try:
             host = PluginHost()
+            path, _ = resolve_config_path(None)
+            enabled = lambda name: True  # noqa: E731 - without a valid config every loaded plugin may add commands
+            try:
+                fragments, opaque = host.schema_fragments()
+                enabled = load_config(path, plugin_fragments=fragments, opaque_plugins=opaque).plugin_enabled
+            except ConfigError:
+                pass
+            host.apply_config(enabled)
             host.call("predis_agent_register_commands", cli=self)
         except Exception as exc:  # a broken plugin must never break the CLI
             click.echo(f"warning: plugin commands unavailable: {exc}", err=True)
@@ -174,6 +208,22 @@ def config_schema_cmd() -> None:
     click.echo(json.dumps(build_schema(fragments, opaque), indent=2))
 
 
+@config.command("docs")
+@click.option(
+    "--installed",
+    is_flag=True,
+    help="Also document plugins installed through entry points (docs/configuration.md holds the built-in ones only).",
+)
+def config_docs(installed: bool) -> None:
+    """Print the configuration reference as Markdown (the source of docs/configuration.md)."""
+    from agent.config import build_schema
+    from agent.docgen import render_configuration_doc
+
+    host = PluginHost(load_entrypoints=installed)
+    fragments, opaque = host.schema_fragments()
+    click.echo(render_configuration_doc(build_schema(fragments, opaque)), nl=False)
+
+
 # ---------------------------------------------------------------------------- plugins
 
 
@@ -222,7 +272,7 @@ def plugins_install(name: str) -> None:
     code = subprocess.call(command)
     if code != 0:
         _fail(f"pip exited with {code}", 1)
-    click.echo("installed; restart or reload the agent to load it (new entry points are read at start-up)")
+    click.echo("installed; restart the agent to load it (entry points are read at start-up, not on reload)")
 
 
 # ---------------------------------------------------------------------------- talking to a running agent
@@ -278,7 +328,7 @@ def _request(cfg: Config, method: str, path: str, token: str) -> tuple[int, Any]
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None, help=f"File holding an API token (else ${TOKEN_ENV_VAR}).")
 def status(config_path: str | None, as_json: bool, token_file: str | None) -> None:
     """Show the running agent's status."""
-    cfg, _ = _load(config_path, ())
+    cfg = _load_for_client(config_path)
     code, body = _request(cfg, "GET", "/status", _client_token(token_file))
     if code != 200:
         _fail(f"agent answered {code}: {body.get('error') if isinstance(body, dict) else body}")
@@ -309,7 +359,7 @@ def status(config_path: str | None, as_json: bool, token_file: str | None) -> No
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
 def reload(config_path: str | None, token_file: str | None) -> None:
     """Ask the running agent to reload its config (via the API, or SIGHUP via agent.pid_file)."""
-    cfg, _ = _load(config_path, ())
+    cfg = _load_for_client(config_path)
     token = None
     if token_file or os.environ.get(TOKEN_ENV_VAR):
         token = _client_token(token_file)

@@ -89,7 +89,7 @@ def predis_agent_register_health_checks(agent: Any, config: dict[str, Any]) -> l
 
 @hookspec
 def predis_agent_register_routes(agent: Any) -> list[Any] | None:
-    """Return HTTP routes as ``agent.http.Route(method, path, handler, public=False)``.
+    """Return HTTP routes as ``agent.http.Route(method, path, handler)``.
 
     ``handler`` is an ``async def handler(request) -> aiohttp.web.StreamResponse``.
     Bearer-token authentication applies to every route unless its path is listed in

@@ -7,9 +7,11 @@ authentication is decided in one place: every path needs a bearer token unless i
 listed in ``agent.auth.anonymous_routes`` (only ``/livez`` by default). Unknown paths
 are authenticated too, so the route table cannot be probed anonymously.
 
-Listening sockets are opened by us (``SO_REUSEPORT``), which lets a reload bind the new
-address before the old one is closed: a bad address or certificate is rejected while
-the old listener keeps serving.
+Listening sockets are opened by us, which lets a reload bind a new address before the
+old one is closed, and re-serve the same socket (a duplicate of it) with a new TLS
+context: a bad address or certificate is rejected while the old listener keeps
+serving. ``SO_REUSEPORT`` is deliberately not used, so a second agent on the same port
+fails with "address in use" instead of silently sharing connections.
 """
 
 from __future__ import annotations
@@ -33,6 +35,20 @@ from agent.security import TokenStore
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# aiohttp's own body limit is fixed when the app is built; the configured (reloadable)
+# limit is enforced per request in the dispatcher, under this hard ceiling.
+MAX_REQUEST_BYTES_LIMIT = 104857600
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """A dry-built listener: bound socket and TLS context, not serving yet."""
+
+    sock: socket.socket
+    ctx: ssl.SSLContext | None
+    listen: str
+    tls: dict[str, Any]
+    stamp: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,6 @@ def open_listener(listen: str) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
         sock.listen(128)
         sock.setblocking(False)
@@ -106,6 +121,21 @@ def make_ssl_context(tls: dict[str, Any]) -> ssl.SSLContext | None:
     except (ssl.SSLError, OSError) as exc:
         raise StartupError(f"agent.http.tls: cannot load certificate/key: {exc}") from None
     return ctx
+
+
+def tls_files_stamp(tls: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies the TLS files' current contents (renewed in place → different)."""
+    if not tls.get("enabled"):
+        return ()
+    stamp: list[Any] = []
+    for key in ("cert_file", "key_file"):
+        path = tls.get(key)
+        try:
+            st = os.stat(os.path.expanduser(path)) if path else None
+        except OSError:
+            st = None
+        stamp.append((path, st.st_ino, st.st_size, st.st_mtime_ns) if st else (path, None))
+    return tuple(stamp)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -134,6 +164,10 @@ class HttpServer:
         self.max_request_bytes = 1 << 20
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
+        self._sock: socket.socket | None = None
+        self._listen: str | None = None
+        self._tls_section: dict[str, Any] = {}
+        self._tls_stamp: tuple[Any, ...] = ()
         self.address: str | None = None
         self.tls = False
 
@@ -154,16 +188,30 @@ class HttpServer:
         self.request_timeout = float(section["request_timeout_seconds"])
         self.max_request_bytes = int(section["max_request_bytes"])
 
-    async def prepare_site(self, section: dict[str, Any]) -> tuple[socket.socket, ssl.SSLContext | None]:
-        """Dry-build: the TLS context and a bound socket for ``section``. Nothing is served yet."""
-        ctx = make_ssl_context(section.get("tls", {}))
-        sock = open_listener(section["listen"])
-        return sock, ctx
+    def needs_rebind(self, section: dict[str, Any]) -> bool:
+        """True when ``section`` asks for another address, TLS setting or renewed TLS files."""
+        tls = dict(section.get("tls", {}))
+        return (
+            section["listen"] != self._listen
+            or tls != self._tls_section
+            or tls_files_stamp(tls) != self._tls_stamp
+        )
 
-    async def start(self, sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
-        """Serve on ``sock``; if a site was already running, it is stopped after the new one is up."""
+    async def prepare_site(self, section: dict[str, Any]) -> SitePlan:
+        """Dry-build: the TLS context and a bound socket for ``section``. Nothing is served yet."""
+        tls = dict(section.get("tls", {}))
+        ctx = make_ssl_context(tls)
+        if section["listen"] == self._listen and self._sock is not None:
+            sock = self._sock.dup()
+        else:
+            sock = open_listener(section["listen"])
+        return SitePlan(sock, ctx, section["listen"], tls, tls_files_stamp(tls))
+
+    async def start(self, plan: SitePlan) -> None:
+        """Serve ``plan``; a site already running is stopped only after the new one is up."""
+        sock, ctx = plan.sock, plan.ctx
         if self._runner is None:
-            app = web.Application(client_max_size=self.max_request_bytes)
+            app = web.Application(client_max_size=MAX_REQUEST_BYTES_LIMIT)
             app.router.add_route("*", "/{tail:.*}", self._dispatch)
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
@@ -171,6 +219,10 @@ class HttpServer:
         site = web.SockSite(self._runner, sock, ssl_context=ctx)
         await site.start()
         self._site = site
+        self._sock = sock
+        self._listen = plan.listen
+        self._tls_section = plan.tls
+        self._tls_stamp = plan.stamp
         host, port = sock.getsockname()[:2]
         scheme = "https" if ctx else "http"
         shown = f"[{host}]" if ":" in host else host
@@ -207,6 +259,9 @@ class HttpServer:
             self.metrics["predis_agent_http_auth_failures_total"].inc()
             self._count("unauthenticated", 401)
             return error_response(401, str(exc), **{"WWW-Authenticate": 'Bearer realm="predis-agent"'})
+        if request.content_length is not None and request.content_length > self.max_request_bytes:
+            self._count("oversized", 413)
+            return error_response(413, f"request body larger than agent.http.max_request_bytes ({self.max_request_bytes})")
         route = self.routes.get((request.method, path))
         if route is None and request.method == "HEAD":
             route = self.routes.get(("GET", path))

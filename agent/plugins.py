@@ -226,7 +226,9 @@ class PluginHost:
 
     def report_error(self, plugin: str, hook: str, exc: BaseException) -> None:
         """Record an error raised by an object a plugin returned (collector, route ...)."""
-        self._count(plugin, hook, f"{exc.__class__.__name__}: {exc}")
+        message = f"{exc.__class__.__name__}: {exc}"
+        log.error("plugin %s failed in %s: %s", plugin, hook, message)
+        self._count(plugin, hook, message)
 
     def public(self) -> list[dict[str, Any]]:
         return [info.public() for info in sorted(self.plugins.values(), key=lambda i: i.name)]

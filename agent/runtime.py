@@ -97,6 +97,8 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.http = HttpServer(self.telemetry)
         self.host.error_listeners.append(self._on_plugin_error)
+        for (plugin, hook), count in self.host.error_counts().items():
+            self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc(count)
         self.config: Config = self.load_config()
         self.generation = 1
         self.started_at = time.time()
@@ -148,8 +150,7 @@ class Agent:
         self._register_all(cfg, only=None)
         self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
         self._refresh_routes()
-        sock, ctx = await self.http.prepare_site(cfg.section("agent.http"))
-        await self.http.start(sock, ctx)
+        await self.http.start(await self.http.prepare_site(cfg.section("agent.http")))
         self._write_pid_file(cfg)
         self._set_config_metrics(success=True)
         self.host.call("predis_agent_startup", agent=self)
@@ -164,8 +165,12 @@ class Agent:
         ]
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
-        await self.check_ready()
-        self.notifier.ready(f"serving on {self.http.address}, config generation {self.generation}")
+        readiness = await self.check_ready()
+        failing = sorted(name for name, c in readiness["components"].items() if not c["ok"])
+        state = "ready" if not failing else f"NOT ready ({', '.join(failing)})"
+        self.notifier.ready(f"serving on {self.http.address}, config generation {self.generation}, {state}")
+        if failing:
+            log.warning("started but not ready: %s", "; ".join(f"{n}: {readiness['components'][n]['detail']}" for n in failing))
         log.info("predis-agent %s started: %s", self.version, self.http.address)
 
     def _make_backend(self, cfg: Config) -> Backend:
@@ -299,7 +304,8 @@ class Agent:
         except ConfigError as exc:
             return self._reload_failed(trigger, [str(p) for p in exc.problems])
         changed = sorted(changed_paths(old.data, new.data))
-        if not changed:
+        rebind = self.http.needs_rebind(new.section("agent.http"))
+        if not changed and not rebind:
             result = ReloadResult(True, trigger, time.time(), self.generation, [], [])
             self._finish_reload(result, success=True)
             log.info("reload (%s): no change; generation stays %d", trigger, self.generation)
@@ -307,9 +313,9 @@ class Agent:
         # Dry-build everything that can fail, off to the side.
         try:
             backend = self._make_backend(new) if section_changed(changed, ["cache.backend"]) else self.backend
-            site = None
-            if section_changed(changed, ["agent.http.listen", "agent.http.tls"]):
-                site = await self.http.prepare_site(new.section("agent.http"))
+            site = await self.http.prepare_site(new.section("agent.http")) if rebind else None
+            if rebind and not section_changed(changed, ["agent.http"]):
+                changed.append("agent.http.tls (certificate files renewed)")
         except (StartupError, AgentError, OSError) as exc:
             return self._reload_failed(trigger, [str(exc)])
         # Swap.
@@ -324,7 +330,7 @@ class Agent:
             self.tokens = TokenStore(new.get("agent.auth.token_store"))
         self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
         if site is not None:
-            await self.http.start(*site)
+            await self.http.start(site)
         if section_changed(changed, ["agent.pid_file"]):
             self._write_pid_file(new)
         changed_plugins = {p.split(".")[1] for p in changed if p.startswith("plugins.")}
