@@ -1,0 +1,73 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`predis-agent plugins install` really installs a plugin into the agent's environment."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODULE = '''
+from agent import hookimpl
+
+
+@hookimpl
+def predis_agent_config_schema():
+    return {"type": "object", "properties": {"greeting": {"type": "string", "default": "hello"}}}
+'''
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def build_wheel(directory: Path) -> Path:
+    """A minimal, valid wheel with one module and a predis_agent entry point."""
+    dist = "predis_hello_plugin-1.0.dist-info"
+    files = {
+        "predis_hello_plugin.py": MODULE.encode(),
+        f"{dist}/METADATA": b"Metadata-Version: 2.1\nName: predis-hello-plugin\nVersion: 1.0\n",
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}/entry_points.txt": b"[predis_agent]\nhello = predis_hello_plugin\n",
+    }
+    record = [_record_line(name, data) for name, data in files.items()] + [f"{dist}/RECORD,,"]
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = directory / "predis_hello_plugin-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for name, data in files.items():
+            whl.writestr(name, data)
+    return path
+
+
+def test_install_a_wheel_then_list_it(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    wheel = build_wheel(tmp_path)
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_NO_INDEX": "1"}
+
+    before = subprocess.run([python, "-m", "agent", "plugins", "list", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert before.returncode == 0, before.stderr
+    assert "hello" not in {row["name"] for row in json.loads(before.stdout)}
+
+    proc = subprocess.run([python, "-m", "agent", "plugins", "install", str(wheel)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "restart the agent" in proc.stdout
+
+    after = subprocess.run([python, "-m", "agent", "plugins", "list", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    rows = {row["name"]: row for row in json.loads(after.stdout)}
+    assert rows["hello"]["state"] == "loaded"
+    assert rows["hello"]["source"] == "entrypoint:predis-hello-plugin"
+    assert rows["hello"]["version"] == "1.0"
+    # The test's own environment is untouched.
+    outer = subprocess.run([sys.executable, "-m", "agent", "plugins", "list", "--json"], capture_output=True, text=True, timeout=120)
+    assert "hello" not in {row["name"] for row in json.loads(outer.stdout)}
