@@ -107,14 +107,19 @@ class Sink:
                     self._cond.wait()
                 if not self._queue:
                     return
-                batch = self._queue[0]
+                # The batch leaves the queue while it is sent, so an overflow meanwhile
+                # drops the oldest *waiting* batch, never the one on the wire.
+                batch = self._queue.popleft()
                 exporter = self._exporter
                 self._in_flight = 1
             ok = self._send(exporter, batch)
             with self._cond:
                 self._in_flight = 0
-                if ok and self._queue and self._queue[0] is batch:
-                    self._queue.popleft()
+                if not ok:
+                    self._queue.appendleft(batch)
+                    while len(self._queue) > self._max:
+                        self._queue.popleft()
+                        self._dropped(1)
                 self._gauge()
                 self._cond.notify_all()
                 if not ok:
@@ -158,7 +163,7 @@ class Sink:
         self.wait_idle(timeout)
         with self._cond:
             self._stop = True
-            left = len(self._queue)
+            left = len(self._queue) + self._in_flight
             self._cond.notify_all()
         self._thread.join(timeout=max(0.1, timeout))
         if left:
@@ -167,7 +172,7 @@ class Sink:
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            queued = len(self._queue)
+            queued = len(self._queue) + self._in_flight
         return {
             "queued_batches": queued,
             "sent_batches": self.sent,
