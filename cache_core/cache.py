@@ -1,0 +1,482 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Cache facade: get/put/delete/exists/mget/mset/expire/ttl/incr, batched.
+
+Pieces: a :class:`~cache_core.keys.Fingerprinter` (keyed 128-bit fingerprints), the
+device :class:`~cache_core.table.HashTable` (fingerprint → entry ID), dense per-entry
+metadata on the host (value handle, length, expiry, fingerprint), the
+:class:`~cache_core.store.ValueStore` (value bytes in the backend's memory) and an
+eviction policy over entry IDs.
+
+Every public operation takes a batch (the single-key forms are batches of one), holds
+one lock for the whole batch, and reports what happened to the access hook: one call
+per batch with NumPy arrays, so an access log can append it vectorised.
+
+Semantics follow Redis where Redis has an answer: duplicate keys in one write batch
+resolve last-writer-wins; a plain SET clears the TTL; INCR keeps it; a value that cannot
+fit even in an empty cache is refused with :class:`OutOfMemoryError`; expired keys are
+removed lazily on access and by :meth:`Cache.sweep_expired`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy
+
+from cache_core.eviction import make_policy
+from cache_core.keys import Fingerprinter
+from cache_core.store import ValueStore, ValueTooLargeError
+from cache_core.table import HashTable
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+TTL_NONE = 0
+# A table is rebuilt without tombstones once they exceed this share of its slots.
+TOMBSTONE_REBUILD_RATIO = 0.25
+
+# Access-hook op and result codes (uint8), shared with the access log.
+OP_GET, OP_SET, OP_DEL, OP_EXPIRE, OP_PREFETCH = 1, 2, 3, 4, 5
+RES_HIT, RES_MISS, RES_PREFETCH_HIT, RES_EVICTED, RES_STORED, RES_DELETED, RES_EXPIRED = 0, 1, 2, 3, 4, 5, 6
+
+
+class CacheError(Exception):
+    """Base class of errors the cache reports to its callers."""
+
+
+class NotAnIntegerError(CacheError):
+    """INCR on a value that is not a base-10 64-bit integer, or an overflow."""
+
+
+class OutOfMemoryError(CacheError):
+    """A write that cannot fit within the memory budget even after evicting."""
+
+
+class AccessHook(Protocol):
+    def __call__(self, op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None: ...
+
+
+def null_access_hook(op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None:
+    """The default access hook: does nothing."""
+
+
+class Origin(Protocol):
+    """A backing store the cache reads through on a miss."""
+
+    name: str
+
+    def load_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    sets: int = 0
+    deletes: int = 0
+    evictions: int = 0
+    expirations: int = 0
+    origin_loads: int = 0
+    origin_errors: int = 0
+    keys: int = 0
+    value_bytes: int = 0
+    charged_bytes: int = 0
+    device_bytes: int = 0
+    host_bytes: int = 0
+    max_memory_bytes: int = 0
+    max_keys: int = 0
+
+
+def _to_host(array: Any) -> numpy.ndarray:
+    if hasattr(array, "get"):  # pragma: no cover - needs a GPU
+        return numpy.asarray(array.get())
+    return numpy.asarray(array)
+
+
+class Cache:
+    """A bounded key-value cache with TTL and eviction on an array backend."""
+
+    def __init__(
+        self,
+        xp: Any,
+        *,
+        max_keys: int,
+        max_memory_bytes: int,
+        max_key_bytes: int = 512,
+        max_value_bytes: int = 1 << 20,
+        eviction: str = "clock",
+        slab_growth_factor: float = 1.25,
+        max_load_factor: float = 0.75,
+        clock: Callable[[], float] = time.monotonic,
+        access_hook: AccessHook | None = None,
+        origin: Origin | None = None,
+        read_through: bool = False,
+        fingerprinter: Fingerprinter | None = None,
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.xp = xp
+        self.max_keys = int(max_keys)
+        self.max_memory_bytes = int(max_memory_bytes)
+        self.max_value_bytes = int(max_value_bytes)
+        self.clock = clock
+        self.access_hook: AccessHook = access_hook or null_access_hook
+        self.origin = origin
+        self.read_through = read_through
+        self.fp = fingerprinter or Fingerprinter(max_key_bytes=max_key_bytes)
+        if self.fp.max_key_bytes != max_key_bytes:
+            raise ValueError("the fingerprinter's max_key_bytes differs from the cache's")
+        self.eviction_name = eviction
+        capacity = 1
+        while capacity * max_load_factor < self.max_keys:
+            capacity *= 2
+        self.table = HashTable(xp, capacity, max_load_factor=max_load_factor)
+        self.store = ValueStore(xp, max_value_bytes=max_value_bytes, growth_factor=slab_growth_factor)
+        self.policy = make_policy(eviction, self.max_keys)
+        self._lock = threading.RLock()
+        self.stats = CacheStats(max_memory_bytes=self.max_memory_bytes, max_keys=self.max_keys)
+        self._alloc_entries()
+
+    def _alloc_entries(self) -> None:
+        n = self.max_keys
+        self.e_handle = numpy.full(n, -1, dtype=numpy.int64)
+        self.e_len = numpy.zeros(n, dtype=numpy.int64)
+        self.e_expire = numpy.zeros(n, dtype=numpy.int64)  # absolute clock ms; 0 = none
+        self.e_hi = numpy.zeros(n, dtype=numpy.uint64)
+        self.e_lo = numpy.zeros(n, dtype=numpy.uint64)
+        self.e_live = numpy.zeros(n, dtype=bool)
+        self.e_prefetched = numpy.zeros(n, dtype=bool)
+        self._free = list(range(n - 1, -1, -1))
+        self.live_keys = 0
+
+    # ------------------------------------------------------------------ helpers
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _find(self, hi: numpy.ndarray, lo: numpy.ndarray, now: int) -> numpy.ndarray:
+        """Entry IDs for fingerprints (-1 absent); expired entries are removed here."""
+        slots = _to_host(self.table.lookup(hi, lo)).astype(numpy.int64)
+        eids = numpy.full(len(slots), -1, dtype=numpy.int64)
+        found = slots >= 0
+        if found.any():
+            eids[found] = _to_host(self.table.get_handles(slots[found]))
+            exp = self.e_expire[eids[found]]
+            dead_mask = (exp != TTL_NONE) & (exp <= now)
+            if dead_mask.any():
+                dead = numpy.unique(eids[found][dead_mask])
+                self._remove(dead, reason=RES_EXPIRED)
+                positions = numpy.flatnonzero(found)[dead_mask]
+                eids[positions] = -1
+        return eids
+
+    def _remove(self, eids: numpy.ndarray, reason: int) -> None:
+        """Remove live entries (table, value, policy) and count why."""
+        eids = eids[self.e_live[eids]]
+        if len(eids) == 0:
+            return
+        self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
+        for eid in eids.tolist():
+            self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
+        sizes = self.e_len[eids].copy()
+        self.e_live[eids] = False
+        self.live_keys -= len(eids)
+        self.e_handle[eids] = -1
+        self.e_expire[eids] = TTL_NONE
+        self.e_prefetched[eids] = False
+        self._free.extend(eids.tolist())
+        self.policy.on_remove(eids, evicted=reason == RES_EVICTED)
+        if reason == RES_EXPIRED:
+            self.stats.expirations += len(eids)
+        elif reason == RES_EVICTED:
+            self.stats.evictions += len(eids)
+        if reason in (RES_EXPIRED, RES_EVICTED):
+            op = OP_EXPIRE if reason == RES_EXPIRED else OP_SET
+            self.access_hook(op, self.e_lo[eids].copy(), numpy.full(len(eids), reason, dtype=numpy.uint8), sizes)
+        if self.table.tombstones > self.table.capacity * TOMBSTONE_REBUILD_RATIO:
+            self.table.rehash(self.table.capacity)
+
+    def _make_room(self, new_keys: int, extra_bytes: int, protect: set[int]) -> None:
+        """Evict until ``new_keys`` more keys and ``extra_bytes`` more bytes fit."""
+        if extra_bytes > self.max_memory_bytes:
+            raise OutOfMemoryError("OOM command not allowed: the value is larger than cache.max_memory_bytes")
+        while True:
+            over_keys = self.live_keys + new_keys - self.max_keys
+            over_bytes = self.store.chunk_bytes + extra_bytes - self.max_memory_bytes
+            if over_keys <= 0 and over_bytes <= 0:
+                return
+            want = max(over_keys, 1)
+            if over_bytes > 0:
+                avg = max(1, self.store.chunk_bytes // max(1, self.live_keys))
+                want = max(want, -(-over_bytes // avg))
+            victims = self.policy.victims(want + len(protect))
+            victims = numpy.asarray([v for v in victims.tolist() if v not in protect and self.e_live[v]], dtype=numpy.int64)
+            if len(victims) == 0:
+                raise OutOfMemoryError("OOM command not allowed: nothing left to evict within cache.max_memory_bytes")
+            self._remove(victims[:want] if over_bytes <= 0 else victims, reason=RES_EVICTED)
+
+    # ------------------------------------------------------------------ reads
+    def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values for ``keys`` (None for missing), in order."""
+        if not keys:
+            return []
+        hi, lo = self.fp.fingerprints(keys)
+        with self._lock:
+            eids = self._find(hi, lo, self.now_ms())
+            hit = eids >= 0
+            out: list[bytes | None] = [None] * len(keys)
+            for i in numpy.flatnonzero(hit).tolist():
+                eid = int(eids[i])
+                out[i] = self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
+            results = numpy.where(hit, RES_HIT, RES_MISS).astype(numpy.uint8)
+            if hit.any():
+                hit_ids = eids[hit]
+                prefetched = self.e_prefetched[hit_ids]
+                results[numpy.flatnonzero(hit)[prefetched]] = RES_PREFETCH_HIT
+                self.e_prefetched[hit_ids] = False
+                self.policy.on_access(hit_ids)
+            n_hit = int(hit.sum())
+            self.stats.hits += n_hit
+            self.stats.misses += len(keys) - n_hit
+            sizes = numpy.where(hit, self.e_len[numpy.maximum(eids, 0)], 0)
+            self.access_hook(OP_GET, lo, results, sizes)
+        if self.read_through and self.origin is not None and n_hit < len(keys):
+            self._read_through(keys, out)
+        return out
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.mget([key])[0]
+
+    def _read_through(self, keys: Sequence[bytes], out: list[bytes | None]) -> None:
+        missing = [i for i, v in enumerate(out) if v is None]
+        wanted = list(dict.fromkeys(keys[i] for i in missing))
+        assert self.origin is not None
+        try:
+            loaded = self.origin.load_many(wanted)
+        except Exception:
+            with self._lock:
+                self.stats.origin_errors += 1
+            raise
+        found = {k: v for k, v in zip(wanted, loaded) if v is not None}
+        if not found:
+            return
+        with self._lock:
+            self.stats.origin_loads += len(found)
+        self.mset(list(found.items()))
+        for i in missing:
+            value = found.get(keys[i])
+            if value is not None:
+                out[i] = value
+
+    def exists(self, keys: Sequence[bytes]) -> int:
+        """How many of ``keys`` exist (a key named twice counts twice, as in Redis)."""
+        if not keys:
+            return 0
+        hi, lo = self.fp.fingerprints(keys)
+        with self._lock:
+            return int((self._find(hi, lo, self.now_ms()) >= 0).sum())
+
+    def ttl_ms(self, key: bytes) -> int:
+        """Remaining TTL in ms; -1 when the key has none; -2 when it does not exist."""
+        hi, lo = self.fp.fingerprints([key])
+        with self._lock:
+            now = self.now_ms()
+            eid = int(self._find(hi, lo, now)[0])
+            if eid < 0:
+                return -2
+            exp = int(self.e_expire[eid])
+            return -1 if exp == TTL_NONE else max(0, exp - now)
+
+    # ------------------------------------------------------------------ writes
+    def _check_values(self, values: Sequence[bytes]) -> None:
+        for value in values:
+            if len(value) > self.max_value_bytes:
+                raise ValueTooLargeError(
+                    f"value of {len(value)} bytes exceeds cache.max_value_bytes ({self.max_value_bytes})"
+                )
+
+    def mset(
+        self,
+        items: Sequence[tuple[bytes, bytes]],
+        *,
+        ttl_ms: int | None = None,
+        keep_ttl: bool = False,
+        prefetched: bool = False,
+    ) -> None:
+        """Store every (key, value); duplicates in the batch: the last one wins."""
+        if not items:
+            return
+        last = dict(items)
+        keys = list(last)
+        values = list(last.values())
+        self._check_values(values)
+        hi, lo = self.fp.fingerprints(keys)
+        with self._lock:
+            now = self.now_ms()
+            eids = self._find(hi, lo, now)
+            exists = eids >= 0
+            new_idx = numpy.flatnonzero(~exists)
+            old_idx = numpy.flatnonzero(exists)
+            charge = sum(self.store.chunk_size(len(v)) for v in values)
+            refund = sum(self.store.chunk_size(int(self.e_len[eids[i]])) for i in old_idx.tolist())
+            protect = set(eids[old_idx].tolist())
+            self._make_room(len(new_idx), charge - refund, protect)
+            # Overwrites.
+            for i in old_idx.tolist():
+                eid = int(eids[i])
+                self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
+                self.e_handle[eid] = self.store.put(values[i])
+                self.e_len[eid] = len(values[i])
+                self.e_prefetched[eid] = prefetched
+                if not keep_ttl:
+                    self.e_expire[eid] = TTL_NONE if ttl_ms is None else now + ttl_ms
+            if len(old_idx):
+                self.policy.on_access(eids[old_idx])
+            # New keys.
+            if len(new_idx):
+                n_hi, n_lo = hi[new_idx], lo[new_idx]
+                slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
+                new_eids = numpy.asarray([self._free.pop() for _ in range(len(new_idx))], dtype=numpy.int64)
+                self.table.set_handles(slots, self.xp.asarray(new_eids))
+                for eid, i in zip(new_eids.tolist(), new_idx.tolist()):
+                    self.e_handle[eid] = self.store.put(values[i])
+                    self.e_len[eid] = len(values[i])
+                self.e_hi[new_eids] = n_hi
+                self.e_lo[new_eids] = n_lo
+                self.e_live[new_eids] = True
+                self.live_keys += len(new_eids)
+                self.e_prefetched[new_eids] = prefetched
+                self.e_expire[new_eids] = TTL_NONE if ttl_ms is None else now + ttl_ms
+                self.policy.on_insert(new_eids, n_lo)
+            if not prefetched:
+                self.stats.sets += len(keys)
+            sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
+            op = OP_PREFETCH if prefetched else OP_SET
+            self.access_hook(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes)
+
+    def set(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        nx: bool = False,
+        xx: bool = False,
+        keep_ttl: bool = False,
+        get: bool = False,
+    ) -> tuple[bool, bytes | None]:
+        """Redis SET: returns (stored, previous value if ``get``)."""
+        with self._lock:
+            old = self._peek(key) if (get or nx or xx) else None
+            present = old is not None if (nx or xx) else False
+            if (nx and present) or (xx and not present):
+                return False, old if get else None
+            self.mset([(key, value)], ttl_ms=ttl_ms, keep_ttl=keep_ttl)
+            return True, old if get else None
+
+    def _peek(self, key: bytes) -> bytes | None:
+        """Value without counting a hit or miss or touching the policy."""
+        hi, lo = self.fp.fingerprints([key])
+        eid = int(self._find(hi, lo, self.now_ms())[0])
+        if eid < 0:
+            return None
+        return self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
+
+    def delete(self, keys: Sequence[bytes]) -> int:
+        """Delete ``keys``; return how many existed."""
+        if not keys:
+            return 0
+        unique = list(dict.fromkeys(keys))
+        hi, lo = self.fp.fingerprints(unique)
+        with self._lock:
+            eids = self._find(hi, lo, self.now_ms())
+            present = eids[eids >= 0]
+            sizes = numpy.where(eids >= 0, self.e_len[numpy.maximum(eids, 0)], 0)
+            self._remove(present, reason=RES_DELETED)
+            self.stats.deletes += len(present)
+            results = numpy.where(eids >= 0, RES_DELETED, RES_MISS).astype(numpy.uint8)
+            self.access_hook(OP_DEL, lo, results, sizes)
+            return int(len(present))
+
+    def expire(self, key: bytes, ttl_ms: int) -> bool:
+        """Set a TTL (ms). A TTL <= 0 deletes the key, as in Redis. False if absent."""
+        hi, lo = self.fp.fingerprints([key])
+        with self._lock:
+            now = self.now_ms()
+            eid = int(self._find(hi, lo, now)[0])
+            if eid < 0:
+                return False
+            if ttl_ms <= 0:
+                self._remove(numpy.asarray([eid]), reason=RES_EXPIRED)
+                return True
+            self.e_expire[eid] = now + ttl_ms
+            return True
+
+    def persist(self, key: bytes) -> bool:
+        hi, lo = self.fp.fingerprints([key])
+        with self._lock:
+            eid = int(self._find(hi, lo, self.now_ms())[0])
+            if eid < 0 or self.e_expire[eid] == TTL_NONE:
+                return False
+            self.e_expire[eid] = TTL_NONE
+            return True
+
+    def incrby(self, key: bytes, delta: int) -> int:
+        """Add ``delta`` to an integer value (missing counts as 0); keeps the TTL."""
+        with self._lock:
+            old = self._peek(key)
+            if old is None:
+                current = 0
+            else:
+                text = old.decode("ascii", "replace")
+                valid = text.lstrip("-").isdigit() and len(old) <= 20 and (text == "0" or not text.lstrip("-").startswith("0"))
+                if not valid:
+                    raise NotAnIntegerError("value is not an integer or out of range")
+                current = int(text)
+                if not INT64_MIN <= current <= INT64_MAX:
+                    raise NotAnIntegerError("value is not an integer or out of range")
+            result = current + delta
+            if not INT64_MIN <= result <= INT64_MAX:
+                raise NotAnIntegerError("increment or decrement would overflow")
+            self.mset([(key, str(result).encode())], keep_ttl=True)
+            return result
+
+    def flush(self) -> None:
+        with self._lock:
+            self.table.clear()
+            self.store.clear()
+            self.policy.clear()
+            self._alloc_entries()
+
+    # ------------------------------------------------------------------ maintenance
+    def sweep_expired(self, max_keys: int) -> int:
+        """Remove up to ``max_keys`` expired keys; return how many were removed."""
+        with self._lock:
+            now = self.now_ms()
+            dead = numpy.flatnonzero(self.e_live & (self.e_expire != TTL_NONE) & (self.e_expire <= now))[:max_keys]
+            self._remove(dead, reason=RES_EXPIRED)
+            return int(len(dead))
+
+    def dbsize(self) -> int:
+        with self._lock:
+            return self.live_keys
+
+    def snapshot(self) -> CacheStats:
+        """A copy of the statistics with the memory figures filled in."""
+        with self._lock:
+            s = CacheStats(**self.stats.__dict__)
+            s.keys = self.live_keys
+            s.value_bytes = self.store.used_bytes
+            s.charged_bytes = self.store.chunk_bytes
+            s.device_bytes = int(self.table.nbytes) + self.store.allocated_bytes
+            s.host_bytes = int(
+                sum(a.nbytes for a in (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched))
+            )
+            return s
+
+    def self_test(self) -> tuple[bool, str]:
+        """A real round trip through the device table (readiness)."""
+        with self._lock:
+            return self.table.self_test_probe(16)

