@@ -414,7 +414,7 @@ agent's address, it reports an invalid file itself (exit 2) before contacting th
 | `agent.tracing.*` | the span exporter is replaced (pending spans of the old one are flushed) |
 | `agent.http.listen`, `agent.http.tls.*` | the new listener (and TLS context) is bound first, then the old one is closed; requests keep being served throughout |
 | `agent.http.request_timeout_seconds` | applies to the next request |
-| `agent.http.max_request_bytes` | read when the HTTP server is created: takes effect at the next restart |
+| `agent.http.max_request_bytes` | enforced per request: takes effect at once (hard ceiling 104857600 bytes) |
 | `agent.auth.anonymous_routes` | applies to the next request |
 | `agent.auth.token_store` | the token store at the new path is used from the next request |
 | `agent.collect.*` | the collection schedule is woken and uses the new interval; the schedule keeps its phase |
