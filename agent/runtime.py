@@ -236,7 +236,9 @@ class Agent:
                 self.sinks[name].replace_exporter(exporter)
                 self.sinks[name].tune(**tuning)
             else:
-                self.sinks[name] = Sink(name, exporter, metrics=self.telemetry, on_state_change=self._on_breaker, **tuning)
+                self.sinks[name] = Sink(
+                    name, exporter, metrics=self.telemetry, on_state_change=self._on_breaker, span=self.tracing.span, **tuning
+                )
             self._sink_owner[name] = plugin
         for name in list(self.sinks):
             owner = self._sink_owner.get(name, "")

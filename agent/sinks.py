@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pybreaker
@@ -36,6 +37,7 @@ class Sink:
         retry_interval: float,
         on_state_change: Callable[[str, str, str], None] | None = None,
         metrics: Any = None,
+        span: Callable[..., AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.name = name
         self._exporter = exporter
@@ -51,6 +53,7 @@ class Sink:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._metrics = metrics
+        self._span = span or (lambda name, **attrs: nullcontext())
         self._on_state_change = on_state_change
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max, reset_timeout=reset_timeout, listeners=[_BreakerListener(self)], name=name
@@ -130,7 +133,8 @@ class Sink:
 
     def _send(self, exporter: Any, batch: Any) -> bool:
         try:
-            self.breaker.call(exporter.send, batch)
+            with self._span("export", sink=self.name):
+                self.breaker.call(exporter.send, batch)
         except pybreaker.CircuitBreakerError:
             return False
         except Exception as exc:

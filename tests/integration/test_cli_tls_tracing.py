@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.agentproc import AgentProcess, cli, merge, wait_for
+from tests.integration.test_core_contract import make_distribution
 
 pytestmark = pytest.mark.integration
 
@@ -240,13 +241,19 @@ def test_spans_reach_an_otlp_receiver(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
-    agent = AgentProcess(tmp_path, {"agent": {"tracing": {"otlp_endpoint": endpoint}}})
+    site = make_distribution(tmp_path)
+    agent = AgentProcess(
+        tmp_path,
+        {"agent": {"tracing": {"otlp_endpoint": endpoint}}, "plugins": {"goodplugin": {"path": str(tmp_path / "out.jsonl")}}},
+        env={"PYTHONPATH": str(site), "PREDIS_AGENT_DISABLE_PLUGINS": "badplugin,brokenimport"},
+    )
     agent.start()
     try:
         assert agent.status()["components"]["tracing"]["otlp_endpoint"] == endpoint
         agent.signal(signal.SIGHUP)
         wait_for(lambda: ("predis-agent", "config.reload") in _OtlpReceiver.spans, timeout=20, what="config.reload span")
         wait_for(lambda: ("predis-agent", "collect") in _OtlpReceiver.spans, timeout=20, what="collect span")
+        wait_for(lambda: ("predis-agent", "export") in _OtlpReceiver.spans, timeout=20, what="export span")
         assert set(_OtlpReceiver.paths) == {"/v1/traces"}
     finally:
         agent.stop()

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import os
-import time
 import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.agentproc import AgentProcess, merge, wait_for
 
@@ -157,3 +160,30 @@ def test_sd_notify_messages_arrive_in_order(tmp_path: Path) -> None:
         agent.stop()
         sock.close()
         os.unlink(path)
+
+
+def test_runs_on_the_embedded_default_without_any_config_file(tmp_path: Path) -> None:
+    if Path("/etc/predis/agent.yaml").exists():
+        pytest.skip("/etc/predis/agent.yaml exists on this machine and would be used")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("PREDIS_AGENT_CONFIG", None)
+    token = subprocess.run(
+        [sys.executable, "-m", "agent", "token", "create"], capture_output=True, text=True, env=env, timeout=60, check=True
+    ).stdout.strip()
+    assert (tmp_path / ".local" / "state" / "predis-agent" / "tokens.json").exists()
+    out = open(tmp_path / "out.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--set", "agent.http.listen=127.0.0.1:0"], stdout=out, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        line = wait_for(lambda: "ready: http" in (text := (tmp_path / "out.log").read_text()) and text, what="ready line")
+        assert "config: <embedded default>" in line and "cache backend: numpy" in line
+        url = line.split("ready: ", 1)[1].split(" ", 1)[0]
+        assert requests.get(url + "/livez", timeout=10).status_code == 200
+        ready = requests.get(url + "/readyz", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert requests.get(url + "/readyz", timeout=10).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        out.close()
