@@ -377,12 +377,15 @@ Reloads are serialised: one at a time. Each reload:
 
 1. **reads and validates** the file exactly as at start-up (same path, same `--set` overrides,
    secrets resolved, every plugin's schema);
-2. compares it with the running config; if no value changed, it is done (`"changed": []`) and
-   the generation stays the same;
+2. compares it with the running config, and the TLS certificate and key files (when TLS is
+   enabled) with those loaded last, by inode, size and modification time; if no value changed
+   and the files are the same, it is done (`"changed": []`) and the generation stays the same;
 3. **dry-builds** what can fail, off to the side: a new cache backend when `cache.backend`
    changed (asking for `cupy` without a usable GPU fails here), and, when `agent.http.listen` or
-   `agent.http.tls` changed, the TLS context (certificate files loaded) and the new listening
-   socket (bound while the old one still serves);
+   `agent.http.tls` changed or the certificate files were renewed, the TLS context (certificate
+   files loaded) and the listening socket: for a new address a new socket, bound while the old
+   one still serves; for the same address a duplicate (`dup()`) of the socket already
+   listening;
 4. **swaps**: the new config becomes active, the config generation goes up by one, and only
    the components whose section changed are rebuilt (table below).
 
@@ -403,8 +406,13 @@ and counted in the metrics below:
 A successful `POST /reload` answers 200 with the same shape, `ok: true` and the list of
 changed keys. When the agent runs on the embedded default (no file), `POST /reload` answers
 409. `predis-agent reload` exits 0 when the reload was applied, 2 when it was rejected as
-invalid, 1 when the agent cannot be reached. Because the CLI reads the same file to find the
-agent's address, it reports an invalid file itself (exit 2) before contacting the agent.
+invalid, 1 when the agent cannot be reached. The CLI reads the same file to find the agent's
+address and token store. When that file is invalid, `predis-agent reload` (and
+`predis-agent status`) prints
+`warning: <path> has N problem(s); using only its agent.http, agent.auth and agent.pid_file to reach the agent`
+on stderr and goes on with just those three keys, so the agent itself rejects the reload and
+reports the problems. Only when even those keys are invalid does the CLI print the
+problems itself and exit 2 without contacting the agent.
 
 ### What a change restarts
 
@@ -412,9 +420,10 @@ agent's address, it reports an invalid file itself (exit 2) before contacting th
 |---|---|
 | `agent.log.*` | logging reconfigured: level, format and log file take effect at once |
 | `agent.tracing.*` | the span exporter is replaced (pending spans of the old one are flushed) |
-| `agent.http.listen`, `agent.http.tls.*` | the new listener (and TLS context) is bound first, then the old one is closed; requests keep being served throughout |
+| `agent.http.listen`, `agent.http.tls.*` | a new address is bound first, then the old listener is closed; with the same address, a duplicate of the listening socket is served with the new TLS context, then the old one is closed; requests keep being served throughout |
+| none: the TLS certificate and key files were renewed in place (same paths) | the files are loaded again and the listening socket is re-served with them, as for a TLS change; `changed` lists `agent.http.tls (certificate files renewed)` (unless other `agent.http` keys changed too) and the generation goes up by one. The file watch does not notice renewed certificates: trigger the reload with SIGHUP, `predis-agent reload` or `POST /reload` |
 | `agent.http.request_timeout_seconds` | applies to the next request |
-| `agent.http.max_request_bytes` | enforced per request: takes effect at once (hard ceiling 104857600 bytes) |
+| `agent.http.max_request_bytes` | enforced per request, so it applies to the next request: a larger `Content-Length` is answered 413 with a JSON error (hard ceiling 104857600 bytes, the schema's maximum) |
 | `agent.auth.anonymous_routes` | applies to the next request |
 | `agent.auth.token_store` | the token store at the new path is used from the next request |
 | `agent.collect.*` | the collection schedule is woken and uses the new interval; the schedule keeps its phase |
