@@ -403,10 +403,24 @@ def validate(
                 choices = ", ".join(sorted(allowed)) or "none"
                 problems.append(ConfigProblem(dotted(child), f"unknown key (allowed here: {choices})", lines.get(child)))
             continue
-        secret = any(path[: len(sp)] == sp for sp in secret_paths)
-        problems.append(ConfigProblem(dotted(path), _describe(error, secret), _line_for(path, lines)))
+        secret = _holds_secret(path, secret_paths)
+        message = scrub(_describe(error, secret))
+        problems.append(ConfigProblem(dotted(path), message, _line_for(path, lines)))
     problems.sort(key=lambda p: (p.line or 0, p.path))
     return problems
+
+
+def _holds_secret(path: Path_, secret_paths: set[Path_]) -> bool:
+    """True when the value at ``path`` is a secret, lies inside one, or contains one.
+
+    A mapping or list that holds a secret somewhere below it would print the plaintext
+    through ``repr(instance)``, so it is redacted like the secret itself.
+    """
+    for secret_path in secret_paths:
+        common = min(len(path), len(secret_path))
+        if path[:common] == secret_path[:common]:
+            return True
+    return False
 
 
 def _line_for(path: Path_, lines: Mapping[Path_, int]) -> int | None:

@@ -30,6 +30,7 @@ TOKEN_BYTES = 32  # 256 bits of entropy
 TOKEN_ID_BYTES = 4
 TOKEN_RE = re.compile(r"^pda_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,49}$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")  # hash_token's output: SHA-256 as lowercase hex
 FILE_MODE_SECRET = 0o600
 DIR_MODE_SECRET = 0o700
 STORE_VERSION = 1
@@ -133,6 +134,15 @@ class TokenStore:
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 error = f"token store {self.path} is unreadable ({exc.__class__.__name__}); no token is accepted"
                 records = []
+            else:
+                bad = [r.id for r in records if not DIGEST_RE.fullmatch(r.digest)]
+                if bad:
+                    error = (
+                        f"token store {self.path} is corrupt: expected every digest to be 64 lowercase hex characters "
+                        f"(SHA-256), found another value for token(s) {', '.join(repr(i) for i in bad)}; "
+                        "no token is accepted until the file is restored or those entries are removed"
+                    )
+                    records = []
         self._records = records
         self._stamp = stamp
         self.load_error = error
@@ -146,10 +156,12 @@ class TokenStore:
         """Return the matching record or raise :class:`AuthError`."""
         if not presented:
             raise AuthError("missing bearer token")
-        digest = hash_token(presented)
+        digest = hash_token(presented).encode("ascii")
         match = None
         for record in self.records():
-            if hmac.compare_digest(record.digest, digest):
+            # Bytes, not str: compare_digest raises TypeError on non-ASCII str. Digests are
+            # validated on load, so encoding cannot fail; "replace" keeps it total anyway.
+            if hmac.compare_digest(record.digest.encode("ascii", "replace"), digest):
                 match = record
         if match is None:
             raise AuthError("invalid bearer token")

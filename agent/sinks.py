@@ -52,11 +52,19 @@ class Sink:
         self.dropped = 0
         self.last_success: float | None = None
         self.last_error: str | None = None
+        self._recorded: BaseException | None = None  # the failure the breaker listener counted
         self._metrics = metrics
         self._span = span or (lambda name, **attrs: nullcontext())
         self._on_state_change = on_state_change
+        # throw_new_error_on_trip=False: the send that trips (or re-opens) the breaker
+        # raises the exporter's own error, so it is counted and logged like any other
+        # failed attempt; only calls refused by an open breaker raise CircuitBreakerError.
         self.breaker = pybreaker.CircuitBreaker(
-            fail_max=fail_max, reset_timeout=reset_timeout, listeners=[_BreakerListener(self)], name=name
+            fail_max=fail_max,
+            reset_timeout=reset_timeout,
+            listeners=[_BreakerListener(self)],
+            name=name,
+            throw_new_error_on_trip=False,
         )
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
         self._thread.start()
@@ -77,6 +85,7 @@ class Sink:
             while len(self._queue) > self._max:
                 self._queue.popleft()
                 self._dropped(1)
+            self._gauge()
         self.breaker.fail_max = fail_max
         self.breaker.reset_timeout = reset_timeout
 
@@ -132,23 +141,36 @@ class Sink:
                     self._cond.wait(timeout=self._retry_interval)
 
     def _send(self, exporter: Any, batch: Any) -> bool:
+        self._recorded = None
         try:
             with self._span("export", sink=self.name):
                 self.breaker.call(exporter.send, batch)
         except pybreaker.CircuitBreakerError:
             return False
         except Exception as exc:
-            self.failed += 1
-            self.last_error = f"{exc.__class__.__name__}: {exc}"
-            if self._metrics is not None:
-                self._metrics["predis_agent_sink_batches_failed_total"].labels(sink=self.name).inc()
-            log.warning("sink %s: send failed: %s", self.name, self.last_error)
+            if exc is not self._recorded:  # raised outside the breaker, e.g. by the span
+                self._record_failure(exc)
             return False
+        finally:
+            self._recorded = None
         self.sent += 1
         self.last_success = time.time()
         if self._metrics is not None:
             self._metrics["predis_agent_sink_batches_sent_total"].labels(sink=self.name).inc()
         return True
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """Count one failed attempt.
+
+        The breaker listener calls this before the breaker changes state, so a reader
+        who sees the breaker open also sees the attempt that opened it counted.
+        """
+        self._recorded = exc
+        self.failed += 1
+        self.last_error = f"{exc.__class__.__name__}: {exc}"
+        if self._metrics is not None:
+            self._metrics["predis_agent_sink_batches_failed_total"].labels(sink=self.name).inc()
+        log.warning("sink %s: send failed: %s", self.name, self.last_error)
 
     # -- lifecycle / status ------------------------------------------------------
     def wait_idle(self, timeout: float) -> bool:
@@ -191,6 +213,9 @@ class Sink:
 class _BreakerListener(pybreaker.CircuitBreakerListener):
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self.sink._record_failure(exc)
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         old = getattr(old_state, "name", str(old_state))

@@ -20,6 +20,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 # `_created` series are noise for every consumer we export to.
 prometheus_client.disable_created_metrics()
@@ -88,11 +89,15 @@ class _BatchCollector(Collector):
                 continue
             fam = families.get(m.name)
             if fam is None:
-                keys = sorted(m.labels)
                 cls = CounterMetricFamily if m.kind == "counter" else GaugeMetricFamily
-                fam = cls(m.name, m.help or m.name, labels=keys)
+                fam = cls(m.name, m.help or m.name)
                 families[m.name] = fam
-            fam.add_metric([str(m.labels[k]) for k in sorted(m.labels)], m.value)
+            # Each sample keeps its own label names: samples of one family may carry
+            # different label keys, and pairing values with the first sample's keys
+            # would export them under the wrong labels.
+            sample_name = f"{fam.name}_total" if fam.type == "counter" else fam.name
+            labels = {str(k): str(v) for k, v in m.labels.items()}
+            fam.samples.append(Sample(sample_name, labels, m.value))
         return list(families.values())
 
 

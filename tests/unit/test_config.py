@@ -427,11 +427,6 @@ def test_a_secret_in_an_invalid_value_is_not_shown(
     assert "leak-me-not-0451" not in str(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/config.py _describe/validate only redact when the error path is at or below a secret path; "
-    "an enum error on a mapping or list that *contains* a secret prints repr(instance) with the plaintext",
-)
 @pytest.mark.parametrize(
     "text",
     [
@@ -444,6 +439,7 @@ def test_a_secret_nested_in_an_invalid_container_is_not_shown(monkeypatch: pytes
     error = rejected(text)
     assert len(error.problems) == 1
     assert "nested-leak-8d1e" not in str(error)
+    assert error.problems[0].message.endswith("found ***")
 
 
 def test_redacted_output_contains_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

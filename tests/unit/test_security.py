@@ -151,17 +151,18 @@ def test_corrupt_store_recovers_when_the_file_is_fixed(tmp_path: Path) -> None:
     assert reader.load_error is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/security.py TokenStore.verify compares str digests with hmac.compare_digest, which raises "
-    "TypeError (not AuthError) when a stored digest has non-ASCII characters; _refresh does not validate digests",
-)
 def test_store_with_a_non_ascii_digest_is_rejected_as_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     path.write_text(json.dumps({"version": 1, "tokens": [{"id": "abcd0123", "name": "x", "created": 1.0, "digest": "é" * 64}]}))
+    before = path.read_text()
     store = TokenStore(path)
     with pytest.raises(AuthError):
         store.verify("pda_abcd0123_" + "A" * 43)
+    assert store.load_error is not None and "no token is accepted" in store.load_error
+    assert "abcd0123" in store.load_error and "é" not in store.load_error
+    with pytest.raises(SecurityError):
+        store.create("y")
+    assert path.read_text() == before  # the broken file was not overwritten
 
 
 # ----------------------------------------------------------------------------- atomic_write

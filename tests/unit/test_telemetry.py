@@ -130,16 +130,15 @@ def test_set_batch_replaces_the_previous_batch_and_copies_it() -> None:
     assert "second_round" not in exposition(telemetry)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/telemetry.py _BatchCollector.collect takes a family's label names from its first sample and "
-    "zips later samples' label values onto them positionally, so a sample with other label keys is exported mislabelled",
-)
 def test_samples_with_different_label_keys_are_not_mislabelled() -> None:
     telemetry = Telemetry("t")
     telemetry.set_batch([Metric("mixed", 1.0, labels={"disk": "sda"}), Metric("mixed", 2.0, labels={"nic": "eth0"})])
     assert telemetry.registry.get_sample_value("mixed", {"disk": "sda"}) == 1.0
     assert telemetry.registry.get_sample_value("mixed", {"disk": "eth0"}) is None
+    assert telemetry.registry.get_sample_value("mixed", {"nic": "eth0"}) == 2.0
+    text = exposition(telemetry)
+    assert 'mixed{disk="sda"} 1.0' in text and 'mixed{nic="eth0"} 2.0' in text
+    assert text.count("# TYPE mixed ") == 1  # still one family
 
 
 # ----------------------------------------------------------------------------- isolation
