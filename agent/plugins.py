@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import jsonschema
 import pluggy
 
 from agent import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
@@ -34,7 +35,10 @@ log = logging.getLogger(__name__)
 DISABLE_ENV_VAR = "PREDIS_AGENT_DISABLE_PLUGINS"
 
 # Built-in plugins: (name, module). They use only the agent's public API.
-DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (("prometheus", "plugins.exporters.prometheus"),)
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("prometheus", "plugins.exporters.prometheus"),
+    ("files", "plugins.origins.files"),
+)
 
 
 @dataclass
@@ -62,6 +66,26 @@ class PluginInfo:
             "hook_errors": dict(self.errors),
             "last_hook_error": self.last_error,
         }
+
+
+def fragment_problem(fragment: dict[str, Any] | None) -> str | None:
+    """Why ``fragment`` is not a usable JSON Schema (Draft 2020-12), or None when it is.
+
+    Checked before a fragment reaches the config schema: an invalid one would make
+    every ``load_config`` raise a jsonschema error instead of a ConfigError, so one
+    broken plugin would stop start-up and reload.
+    """
+    if fragment is None:
+        return None
+    fix = "fix the plugin's predis_agent_config_schema; until then its config section is accepted unchecked"
+    try:
+        jsonschema.Draft202012Validator.check_schema(fragment)
+    except jsonschema.SchemaError as exc:
+        where = exc.json_path if exc.path else "$"
+        return f"SchemaError: expected a valid JSON Schema (Draft 2020-12) fragment, found at {where}: {exc.message}; {fix}"
+    except Exception as exc:  # check_schema itself can fail on very odd input
+        return f"{exc.__class__.__name__}: expected a valid JSON Schema (Draft 2020-12) fragment, checking it failed ({exc}); {fix}"
+    return None
 
 
 def _blocked_from_env() -> set[str]:
@@ -168,11 +192,18 @@ class PluginHost:
                 fragment = func()
                 if fragment is not None and not isinstance(fragment, dict):
                     raise TypeError(f"expected a dict, got {type(fragment).__name__}")
-                fragments[name] = fragment
             except Exception as exc:
                 self._count(name, "predis_agent_config_schema", f"{exc.__class__.__name__}: {exc}")
                 log.error("plugin %s: predis_agent_config_schema raised %s: %s", name, exc.__class__.__name__, exc)
                 opaque.append(name)
+                continue
+            problem = fragment_problem(fragment)
+            if problem is not None:
+                self._count(name, "predis_agent_config_schema", problem)
+                log.error("plugin %s: predis_agent_config_schema returned %s", name, problem)
+                opaque.append(name)
+                continue
+            fragments[name] = fragment
         return fragments, opaque
 
     def call(self, hook_name: str, only: set[str] | None = None, **kwargs: Any) -> list[tuple[str, Any]]:

@@ -296,16 +296,15 @@ def test_fragments_make_sections_validated_and_opaque_sections_free() -> None:
     assert cfg.plugin_config("good") == {"enabled": True, "tag": "t0"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/plugins.py schema_fragments accepts any dict; a fragment that is not a valid JSON Schema "
-    "makes load_config raise jsonschema.UnknownType (not ConfigError), so one broken plugin stops start-up and reload",
-)
 def test_a_plugin_with_an_invalid_schema_fragment_is_treated_as_opaque() -> None:
     host = make_host(INVALID_SCHEMA, GOOD)
     fragments, opaque = host.schema_fragments()
-    # Today this raises jsonschema.exceptions.UnknownType out of load_config.
     cfg = load_config(None, text="plugins:\n  invalid_schema:\n    level: 3\n", plugin_fragments=fragments, opaque_plugins=opaque)
     assert cfg.plugin_config("invalid_schema") == {"level": 3}
     assert "invalid_schema" in opaque
+    assert "invalid_schema" not in fragments
+    assert "good" in fragments
     assert host.error_counts()[("invalid_schema", "predis_agent_config_schema")] == 1
+    shown = {p["name"]: p for p in host.public()}["invalid_schema"]
+    assert "SchemaError" in (shown["last_hook_error"] or "")
+    assert "$.properties.level.type" in (shown["last_hook_error"] or "")
