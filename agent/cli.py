@@ -161,7 +161,8 @@ def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
         backend = agent.backend.name if agent.backend else "none"
         click.echo(
             f"predis-agent {__version__} ready: {agent.http.address} ({routes}); "
-            f"config: {path or '<embedded default>'}; cache backend: {backend}"
+            f"config: {path or '<embedded default>'}; cache backend: {backend}; "
+            f"redis protocol: {agent.cache_service.address or 'disabled'}"
         )
         sys.stdout.flush()
         await agent.run_until_stopped()

@@ -105,21 +105,22 @@ def open_listener(listen: str) -> socket.socket:
     return sock
 
 
-def make_ssl_context(tls: dict[str, Any]) -> ssl.SSLContext | None:
+def make_ssl_context(tls: dict[str, Any], where: str = "agent.http.tls") -> ssl.SSLContext | None:
+    """A server TLS context (TLS >= 1.2) for the ``tls`` section at config path ``where``."""
     if not tls.get("enabled"):
         return None
     cert, key = tls.get("cert_file"), tls.get("key_file")
     if not cert or not key:
-        raise StartupError("agent.http.tls.enabled is true but cert_file and key_file are not both set")
+        raise StartupError(f"{where}.enabled is true but cert_file and key_file are not both set")
     for label, path in (("cert_file", cert), ("key_file", key)):
         if not os.path.isfile(os.path.expanduser(path)):
-            raise StartupError(f"agent.http.tls.{label}: {path} does not exist")
+            raise StartupError(f"{where}.{label}: {path} does not exist")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.get("min_version") == "1.3" else ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(os.path.expanduser(cert), os.path.expanduser(key))
     except (ssl.SSLError, OSError) as exc:
-        raise StartupError(f"agent.http.tls: cannot load certificate/key: {exc}") from None
+        raise StartupError(f"{where}: cannot load certificate/key: {exc}") from None
     return ctx
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__, logs
+from agent.cache_service import CacheService
 from agent.config import Config, changed_paths, load_config, read_config_text, section_changed
 from agent.errors import AgentError, ConfigError, StartupError
 from agent.http import HttpServer, Route, error_response, json_response
@@ -104,6 +105,7 @@ class Agent:
         self.started_at = time.time()
         self.last_reload: ReloadResult | None = None
         self.backend: Backend | None = None
+        self.cache_service = CacheService()
         self.tokens: TokenStore | None = None
         self.collectors: list[tuple[str, Any]] = []
         self.health_checks: list[tuple[str, Any]] = []
@@ -148,6 +150,7 @@ class Agent:
         self.tokens = TokenStore(cfg.get("agent.auth.token_store"))
         self.host.apply_config(self._plugin_enabled(cfg))
         self._register_all(cfg, only=None)
+        await self.cache_service.apply(self.cache_service.plan(cfg, self.backend, self.origins))
         self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
         self._refresh_routes()
         await self.http.start(await self.http.prepare_site(cfg.section("agent.http")))
@@ -171,7 +174,13 @@ class Agent:
         self.notifier.ready(f"serving on {self.http.address}, config generation {self.generation}, {state}")
         if failing:
             log.warning("started but not ready: %s", "; ".join(f"{n}: {readiness['components'][n]['detail']}" for n in failing))
-        log.info("predis-agent %s started: %s", self.version, self.http.address)
+        log.info(
+            "predis-agent %s started: %s; cache: %s on %s",
+            self.version,
+            self.http.address,
+            self.cache_service.address or "RESP disabled",
+            self.backend.name,
+        )
 
     def _make_backend(self, cfg: Config) -> Backend:
         try:
@@ -213,6 +222,15 @@ class Agent:
         self.origins = keep(self.origins) + self.host.collect("predis_agent_register_origins", only, agent=self, config=cfg)
         exporters = self.host.collect("predis_agent_register_exporters", only, agent=self, config=cfg)
         self._update_sinks(cfg, exporters, only)
+
+    def _repoint_origin(self, cfg: Config) -> None:
+        """After origin plugins were rebuilt, give the cache the new object of its origin."""
+        try:
+            found = self.cache_service.find_origin(cfg.section("cache"), self.origins)
+        except StartupError as exc:
+            log.error("read-through disabled: %s", exc)
+            found = None
+        self.cache_service.set_origin(found, cfg.get("cache.read_through"))
 
     def _active(self, plugin: str) -> bool:
         return self.host.pm.get_plugin(plugin) is not None
@@ -307,7 +325,7 @@ class Agent:
             return self._reload_failed(trigger, [str(p) for p in exc.problems])
         changed = sorted(changed_paths(old.data, new.data))
         rebind = self.http.needs_rebind(new.section("agent.http"))
-        if not changed and not rebind:
+        if not changed and not rebind and not self.cache_service.tls_renewed(new.section("cache.resp")):
             result = ReloadResult(True, trigger, time.time(), self.generation, [], [])
             self._finish_reload(result, success=True)
             log.info("reload (%s): no change; generation stays %d", trigger, self.generation)
@@ -315,11 +333,20 @@ class Agent:
         # Dry-build everything that can fail, off to the side.
         try:
             backend = self._make_backend(new) if section_changed(changed, ["cache.backend"]) else self.backend
-            site = await self.http.prepare_site(new.section("agent.http")) if rebind else None
-            if rebind and not section_changed(changed, ["agent.http"]):
-                changed.append("agent.http.tls (certificate files renewed)")
+            assert backend is not None
+            plugins_changed = any(p.startswith("plugins.") for p in changed)
+            cache_plan = self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
         except (StartupError, AgentError, OSError) as exc:
             return self._reload_failed(trigger, [str(exc)])
+        try:
+            site = await self.http.prepare_site(new.section("agent.http")) if rebind else None
+        except (StartupError, AgentError, OSError) as exc:
+            self.cache_service.discard(cache_plan)
+            return self._reload_failed(trigger, [str(exc)])
+        if rebind and not section_changed(changed, ["agent.http"]):
+            changed.append("agent.http.tls (certificate files renewed)")
+        if cache_plan.sock is not None and not section_changed(changed, ["cache.resp"]):
+            changed.append("cache.resp.tls (certificate files renewed)")
         # Swap.
         self.config = new
         self.generation += 1
@@ -333,6 +360,8 @@ class Agent:
         self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
         if site is not None:
             await self.http.start(site)
+        for what in await self.cache_service.apply(cache_plan):
+            log.info("reload: %s", what)
         if section_changed(changed, ["agent.pid_file"]):
             self._write_pid_file(new)
         changed_plugins = {p.split(".")[1] for p in changed if p.startswith("plugins.")}
@@ -340,6 +369,8 @@ class Agent:
             self.host.apply_config(self._plugin_enabled(new))
             self._register_all(new, only=changed_plugins)
             self._refresh_routes()
+        if cache_plan.origin_deferred:
+            self._repoint_origin(new)
         if self._wake is not None:
             self._wake.set()
         result = ReloadResult(True, trigger, time.time(), self.generation, changed, [])
@@ -444,7 +475,16 @@ class Agent:
         checks: list[tuple[str, Any]] = []
         if backend is not None:
             slots = int(self.config.get("cache.self_test_slots"))
-            checks.append(("cache", lambda: backend.self_test(slots)))
+            checks.append(("cache", lambda: self.cache_service.self_test(slots)))
+        wanted_origin = self.config.get("cache.origin")
+        if wanted_origin is not None:
+            found = self.cache_service.origin_name == wanted_origin
+            components["origin"] = {
+                "ok": found,
+                "detail": f"read-through from origin {wanted_origin!r}"
+                if found
+                else f"cache.origin {wanted_origin!r} is not registered by any enabled plugin; read-through is off",
+            }
         for plugin, check in self.health_checks:
             name = f"{plugin}.{getattr(check, 'name', 'check')}"
             checks.append((name, check.check))
@@ -493,6 +533,7 @@ class Agent:
                     "backend": backend.name if backend else None,
                     "requested": backend.requested if backend else None,
                     "fallback_reason": backend.fallback_reason if backend else None,
+                    **self.cache_service.status(),
                 },
                 "collection": {
                     "runs": self.collection_runs,
@@ -524,6 +565,7 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         self.host.call("predis_agent_shutdown", agent=self)
+        await self.cache_service.stop()
         await self.http.stop()
         timeout = float(self.config.get("agent.shutdown_timeout_seconds"))
         loop = asyncio.get_running_loop()

@@ -57,7 +57,9 @@ class AgentProcess:
                 "auth": {"token_store": str(self.token_store)},
                 "reload": {"watch_interval_seconds": 0.2},
                 "collect": {"interval_seconds": 0.2},
-            }
+            },
+            # A free port for the Redis-protocol server, so agents never collide on 6390.
+            "cache": {"resp": {"listen": "127.0.0.1:0"}},
         }
         self.config = _merge(base, config or {})
         self.write_config(self.config)

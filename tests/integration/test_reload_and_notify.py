@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from tests.agentproc import AgentProcess, merge, wait_for
@@ -173,7 +174,10 @@ def test_runs_on_the_embedded_default_without_any_config_file(tmp_path: Path) ->
     assert (tmp_path / ".local" / "state" / "predis-agent" / "tokens.json").exists()
     out = open(tmp_path / "out.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--set", "agent.http.listen=127.0.0.1:0"], stdout=out, stderr=subprocess.STDOUT, env=env
+        [sys.executable, "-m", "agent", "run", "--set", "agent.http.listen=127.0.0.1:0", "--set", "cache.resp.listen=127.0.0.1:0"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         line = wait_for(lambda: "ready: http" in (text := (tmp_path / "out.log").read_text()) and text, what="ready line")
@@ -183,6 +187,12 @@ def test_runs_on_the_embedded_default_without_any_config_file(tmp_path: Path) ->
         ready = requests.get(url + "/readyz", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert ready.status_code == 200 and ready.json()["ready"] is True
         assert requests.get(url + "/readyz", timeout=10).status_code == 401
+        # The embedded default serves the cache over the Redis protocol, on loopback.
+        resp_url = line.split("redis protocol: ", 1)[1].split()[0]
+        client = redis.Redis.from_url(resp_url, socket_timeout=10)
+        assert resp_url.startswith("redis://127.0.0.1:")
+        assert client.set("embedded", b"default") and client.get("embedded") == b"default"
+        client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

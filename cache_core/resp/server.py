@@ -1,0 +1,729 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Redis-protocol server: asyncio, RESP2/RESP3, pipelining, limits, AUTH, TLS.
+
+One :class:`asyncio.Protocol` per connection parses everything a read delivered,
+executes the commands in order and writes all replies with one ``write``. Runs of
+consecutive ``GET`` (and of plain ``SET key value``) in a pipeline are executed as one
+batch on the cache, which is what lets the GPU path see batches rather than single
+keys; replies and semantics are exactly those of executing them one by one.
+
+Bad input never takes the server down: a protocol violation answers
+``-ERR Protocol error: ...`` and closes that connection only; a command error answers
+a Redis-style error and the connection goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hmac
+import itertools
+import logging
+import os
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cache_core.cache import Cache, CacheError, NotAnIntegerError, OutOfMemoryError
+from cache_core.keys import KeyLengthError
+from cache_core.resp.protocol import Encoder, RequestParser
+from cache_core.store import ValueTooLargeError
+
+log = logging.getLogger(__name__)
+
+REDIS_COMPAT_VERSION = "7.0.0"
+OPS_SAMPLE_SECONDS = 0.1
+OPS_SAMPLES = 16
+
+
+@dataclass(frozen=True)
+class RespLimits:
+    max_clients: int = 10000
+    max_bulk_bytes: int = 2 * 1024 * 1024
+    max_multibulk_length: int = 1024 * 1024
+    max_inline_bytes: int = 64 * 1024
+    idle_timeout_seconds: float = 0.0
+    output_buffer_bytes: int = 64 * 1024 * 1024
+
+
+class CommandError(Exception):
+    """A command failed; ``message`` is sent as a RESP error (prefix included)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _err_args(name: str) -> CommandError:
+    return CommandError(f"ERR wrong number of arguments for '{name}' command")
+
+
+def _int_arg(value: bytes, message: str = "ERR value is not an integer or out of range") -> int:
+    try:
+        text = value.decode("ascii")
+        if text != text.strip() or not text:
+            raise ValueError
+        number = int(text)
+    except (UnicodeDecodeError, ValueError):
+        raise CommandError(message) from None
+    if not -(1 << 63) <= number < (1 << 63):
+        raise CommandError(message)
+    return number
+
+
+@dataclass
+class ServerStats:
+    started: float = field(default_factory=time.time)
+    total_connections: int = 0
+    rejected_connections: int = 0
+    total_commands: int = 0
+    protocol_errors: int = 0
+    command_calls: dict[str, list[int]] = field(default_factory=dict)  # name -> [calls, usec, errors]
+
+
+class RespServer:
+    """Serves a :class:`~cache_core.cache.Cache` over RESP."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        *,
+        limits: RespLimits | None = None,
+        password: str | None = None,
+        info_extra: Callable[[], dict[str, Any]] | None = None,
+        hint: Callable[[list[bytes]], int] | None = None,
+        config_values: dict[str, str] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.limits = limits or RespLimits()
+        self.password = password
+        self.info_extra = info_extra
+        self.hint = hint
+        self.config_values = config_values or {}
+        self.stats = ServerStats()
+        self.clients: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._cron: asyncio.Task[None] | None = None
+        self._ops_samples: deque[tuple[float, int]] = deque(maxlen=OPS_SAMPLES)
+        self.address: tuple[str, int] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self, sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Accept on ``sock``. Called again with another socket, it accepts there and stops
+        accepting on the old one; connections already open keep being served."""
+        loop = asyncio.get_running_loop()
+        new = await loop.create_server(lambda: Connection(self), sock=sock, ssl=ssl_context)
+        old, self._server = self._server, new
+        self.address = sock.getsockname()[:2]
+        if old is not None:
+            old.close()
+        if self._cron is None:
+            self._cron = asyncio.create_task(self._cron_loop(), name="resp-cron")
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets (for a reload that keeps the address)."""
+        if self._server is None:
+            return []
+        return list(self._server.sockets)
+
+    async def stop(self) -> None:
+        if self._cron is not None:
+            self._cron.cancel()
+            self._cron = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for conn in list(self.clients.values()):
+            conn.close()
+        if server is not None:
+            await server.wait_closed()
+
+    async def _cron_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._ops_samples.append((now, self.stats.total_commands))
+            timeout = self.limits.idle_timeout_seconds
+            if timeout > 0:
+                for conn in list(self.clients.values()):
+                    if now - conn.last_active > timeout:
+                        conn.close()
+            await asyncio.sleep(OPS_SAMPLE_SECONDS)
+
+    def ops_per_sec(self) -> int:
+        if len(self._ops_samples) < 2:
+            return 0
+        (t0, c0), (t1, c1) = self._ops_samples[0], self._ops_samples[-1]
+        return int((c1 - c0) / (t1 - t0)) if t1 > t0 else 0
+
+    def record(self, name: str, usec: int, error: bool) -> None:
+        entry = self.stats.command_calls.get(name)
+        if entry is None:
+            entry = self.stats.command_calls[name] = [0, 0, 0]
+        entry[0] += 1
+        entry[1] += usec
+        if error:
+            entry[2] += 1
+
+    def check_password(self, candidate: bytes) -> bool:
+        if self.password is None:
+            return False
+        return hmac.compare_digest(candidate, self.password.encode("utf-8"))
+
+
+class Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: RespServer) -> None:
+        self.server = server
+        limits = server.limits
+        self.parser = RequestParser(
+            max_bulk_bytes=limits.max_bulk_bytes,
+            max_multibulk_length=limits.max_multibulk_length,
+            max_inline_bytes=limits.max_inline_bytes,
+        )
+        self.id = next(server._ids)
+        self.name: bytes | None = None
+        self.protocol = 2
+        self.encoder = Encoder(2)
+        self.authenticated = server.password is None
+        self.transport: asyncio.Transport | None = None
+        self.last_active = time.monotonic()
+        self.closing = False
+        self.peer = ""
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        server.stats.total_connections += 1
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if len(server.clients) >= server.limits.max_clients:
+            server.stats.rejected_connections += 1
+            transport.write(b"-ERR max number of clients reached\r\n")
+            transport.close()
+            self.closing = True
+            return
+        server.clients[self.id] = self
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.clients.pop(self.id, None)
+        self.closing = True
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_active = time.monotonic()
+        out: list[bytes] = []
+        self.parser.feed(data)
+        commands = self.parser.commands()
+        close = False
+        i = 0
+        n = len(commands)
+        while i < n:
+            name = commands[i][0].upper()
+            if name in (b"GET", b"SET") and self.authenticated:
+                j = i + 1
+                want = 2 if name == b"GET" else 3
+                if len(commands[i]) == want:
+                    while j < n and len(commands[j]) == want and commands[j][0].upper() == name:
+                        j += 1
+                if j - i > 1:
+                    out.extend(self._batch(name, commands[i:j]))
+                    i = j
+                    continue
+            reply, close = self._execute(commands[i])
+            out.append(reply)
+            i += 1
+            if close:
+                break
+        error = self.parser.error
+        if error is not None and not close:
+            # Answer what came before the violation, then the violation, then close.
+            self.server.stats.protocol_errors += 1
+            log.info("resp client %s closed: %s", self.peer, error)
+            out.append(self.encoder.error(f"ERR {error}"))
+            close = True
+        self._finish(out, close)
+
+    def _finish(self, out: list[bytes], close: bool) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if out:
+            transport.write(b"".join(out))
+        if close:
+            self.close()
+            return
+        if transport.get_write_buffer_size() > self.server.limits.output_buffer_bytes:
+            log.warning("resp client %s closed: output buffer over %d bytes", self.peer, self.server.limits.output_buffer_bytes)
+            self.close()
+
+    # -- execution ------------------------------------------------------------------------
+    def _batch(self, name: bytes, commands: list[list[bytes]]) -> list[bytes]:
+        started = time.perf_counter_ns()
+        label = name.decode().lower()
+        try:
+            if name == b"GET":
+                values = self.server.cache.mget([c[1] for c in commands])
+                replies = [self.encoder.bulk(v) for v in values]
+            else:
+                self.server.cache.mset([(c[1], c[2]) for c in commands])
+                ok = self.encoder.simple("OK")
+                replies = [ok] * len(commands)
+        except (CacheError, KeyLengthError, ValueTooLargeError):
+            # One bad key must fail only its own command: fall back to one by one.
+            return [self._execute(c)[0] for c in commands]
+        usec = (time.perf_counter_ns() - started) // 1000
+        per = usec // len(commands)
+        for _ in commands:
+            self.server.record(label, per, False)
+        self.server.stats.total_commands += len(commands)
+        return replies
+
+    def _execute(self, args: list[bytes]) -> tuple[bytes, bool]:
+        server = self.server
+        name = args[0].decode("utf-8", "replace").lower()
+        spec = COMMANDS.get(name)
+        server.stats.total_commands += 1
+        if spec is None:
+            shown = " ".join(f"'{a.decode('utf-8', 'replace')[:128]}'" for a in args[1:4])
+            return self.encoder.error(
+                f"ERR unknown command '{name[:128]}', with args beginning with: {shown}"
+            ), False
+        handler, arity = spec
+        if (arity > 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
+            return self.encoder.error(f"ERR wrong number of arguments for '{name}' command"), False
+        if not self.authenticated and name not in ("auth", "hello", "quit"):
+            return self.encoder.error("NOAUTH Authentication required."), False
+        started = time.perf_counter_ns()
+        error = False
+        close = False
+        try:
+            reply = handler(self, args)
+            if reply is QUIT:
+                reply, close = self.encoder.simple("OK"), True
+        except CommandError as exc:
+            reply, error = self.encoder.error(exc.message), True
+        except NotAnIntegerError as exc:
+            reply, error = self.encoder.error(f"ERR {exc}"), True
+        except OutOfMemoryError:
+            reply, error = self.encoder.error("OOM command not allowed when used memory > 'maxmemory'."), True
+        except (KeyLengthError, ValueTooLargeError) as exc:
+            reply, error = self.encoder.error(f"ERR {exc}"), True
+        except CacheError as exc:
+            reply, error = self.encoder.error(f"ERR {exc}"), True
+        server.record(name, (time.perf_counter_ns() - started) // 1000, error)
+        return reply, close
+
+
+QUIT = object()
+
+
+# ------------------------------------------------------------------------------ commands
+def c_ping(conn: Connection, args: list[bytes]) -> bytes:
+    if len(args) > 2:
+        raise _err_args("ping")
+    return conn.encoder.bulk(args[1]) if len(args) == 2 else conn.encoder.simple("PONG")
+
+
+def c_echo(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.bulk(args[1])
+
+
+def c_quit(conn: Connection, args: list[bytes]) -> Any:
+    return QUIT
+
+
+def c_select(conn: Connection, args: list[bytes]) -> bytes:
+    if _int_arg(args[1]) != 0:
+        raise CommandError("ERR DB index is out of range")
+    return conn.encoder.simple("OK")
+
+
+def c_auth(conn: Connection, args: list[bytes]) -> bytes:
+    if len(args) > 3:
+        raise CommandError("ERR syntax error")
+    if conn.server.password is None:
+        raise CommandError(
+            "ERR AUTH <password> called without any password configured for the default user. "
+            "Are you sure your configuration is correct?"
+        )
+    user = args[1] if len(args) == 3 else b"default"
+    if user != b"default" or not conn.server.check_password(args[-1]):
+        raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
+    conn.authenticated = True
+    return conn.encoder.simple("OK")
+
+
+def c_hello(conn: Connection, args: list[bytes]) -> bytes:
+    protocol = conn.protocol
+    i = 1
+    if len(args) > 1:
+        try:
+            protocol = int(args[1])
+        except ValueError:
+            raise CommandError("ERR Protocol version is not an integer or out of range") from None
+        if protocol not in (2, 3):
+            raise CommandError("NOPROTO sorry, this protocol version is not supported.")
+        i = 2
+    name = None
+    while i < len(args):
+        option = args[i].upper()
+        if option == b"AUTH" and i + 2 < len(args):
+            if args[i + 1] != b"default" or not conn.server.check_password(args[i + 2]):
+                raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
+            conn.authenticated = True
+            i += 3
+        elif option == b"SETNAME" and i + 1 < len(args):
+            name = args[i + 1]
+            i += 2
+        else:
+            raise CommandError(f"ERR Syntax error in HELLO option '{args[i].decode('utf-8', 'replace')}'")
+    if not conn.authenticated:
+        raise CommandError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+    if name is not None:
+        conn.name = name
+    conn.protocol = protocol
+    conn.encoder = Encoder(protocol)
+    return conn.encoder.map(
+        {
+            "server": "redis",
+            "version": REDIS_COMPAT_VERSION,
+            "proto": protocol,
+            "id": conn.id,
+            "mode": "standalone",
+            "role": "master",
+            "modules": [],
+        }
+    )
+
+
+def c_get(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.bulk(conn.server.cache.get(args[1]))
+
+
+def _ttl_from(option: bytes, value: bytes, now_ms: int) -> int:
+    number = _int_arg(value, "ERR value is not an integer or out of range")
+    if option in (b"EX", b"PX") and number <= 0:
+        raise CommandError("ERR invalid expire time in 'set' command")
+    if option == b"EX":
+        return number * 1000
+    if option == b"PX":
+        return number
+    unix_ms = number * 1000 if option == b"EXAT" else number
+    if number <= 0:
+        raise CommandError("ERR invalid expire time in 'set' command")
+    return unix_ms - int(time.time() * 1000)
+
+
+def c_set(conn: Connection, args: list[bytes]) -> bytes:
+    cache = conn.server.cache
+    ttl_ms: int | None = None
+    nx = xx = get = keep = False
+    seen_ttl = False
+    i = 3
+    while i < len(args):
+        option = args[i].upper()
+        if option in (b"EX", b"PX", b"EXAT", b"PXAT") and i + 1 < len(args) and not seen_ttl and not keep:
+            ttl_ms = _ttl_from(option, args[i + 1], cache.now_ms())
+            seen_ttl = True
+            i += 2
+        elif option == b"NX" and not xx:
+            nx = True
+            i += 1
+        elif option == b"XX" and not nx:
+            xx = True
+            i += 1
+        elif option == b"GET":
+            get = True
+            i += 1
+        elif option == b"KEEPTTL" and not seen_ttl:
+            keep = True
+            i += 1
+        else:
+            raise CommandError("ERR syntax error")
+    if ttl_ms is not None and ttl_ms <= 0:
+        # An absolute time already in the past: Redis stores nothing and deletes the key.
+        old = cache.get(args[1]) if get else None
+        if not (nx and cache.exists([args[1]])) and not (xx and not cache.exists([args[1]])):
+            cache.delete([args[1]])
+        return conn.encoder.bulk(old) if get else conn.encoder.simple("OK")
+    stored, old = cache.set(args[1], args[2], ttl_ms=ttl_ms, nx=nx, xx=xx, keep_ttl=keep, get=get)
+    if get:
+        return conn.encoder.bulk(old)
+    return conn.encoder.simple("OK") if stored else conn.encoder.null()
+
+
+def c_mget(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.bulks(conn.server.cache.mget(args[1:]))
+
+
+def c_mset(conn: Connection, args: list[bytes]) -> bytes:
+    if len(args) % 2 != 1:
+        raise _err_args("mset")
+    conn.server.cache.mset(list(zip(args[1::2], args[2::2])))
+    return conn.encoder.simple("OK")
+
+
+def c_del(conn: Connection, args: list[bytes]) -> bytes:
+    keys = args[1:]
+    return conn.encoder.integer(conn.server.cache.delete(keys))
+
+
+def c_exists(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.integer(conn.server.cache.exists(args[1:]))
+
+
+def _expire(conn: Connection, args: list[bytes], unit_ms: int) -> bytes:
+    if len(args) > 3:
+        raise CommandError(f"ERR Unsupported option {args[3].decode('utf-8', 'replace')}")
+    seconds = _int_arg(args[2])
+    if abs(seconds) > (1 << 62) // unit_ms:
+        raise CommandError(f"ERR invalid expire time in '{args[0].decode().lower()}' command")
+    return conn.encoder.integer(1 if conn.server.cache.expire(args[1], seconds * unit_ms) else 0)
+
+
+def c_expire(conn: Connection, args: list[bytes]) -> bytes:
+    return _expire(conn, args, 1000)
+
+
+def c_pexpire(conn: Connection, args: list[bytes]) -> bytes:
+    return _expire(conn, args, 1)
+
+
+def c_ttl(conn: Connection, args: list[bytes]) -> bytes:
+    ms = conn.server.cache.ttl_ms(args[1])
+    return conn.encoder.integer(ms if ms < 0 else (ms + 500) // 1000)
+
+
+def c_pttl(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.integer(conn.server.cache.ttl_ms(args[1]))
+
+
+def c_persist(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.integer(1 if conn.server.cache.persist(args[1]) else 0)
+
+
+def c_incr(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.integer(conn.server.cache.incrby(args[1], 1))
+
+
+def c_decr(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.integer(conn.server.cache.incrby(args[1], -1))
+
+
+def c_incrby(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.integer(conn.server.cache.incrby(args[1], _int_arg(args[2])))
+
+
+def c_decrby(conn: Connection, args: list[bytes]) -> bytes:
+    delta = _int_arg(args[2])
+    if delta == -(1 << 63):
+        raise CommandError("ERR decrement would overflow")
+    return conn.encoder.integer(conn.server.cache.incrby(args[1], -delta))
+
+
+def c_dbsize(conn: Connection, args: list[bytes]) -> bytes:
+    return conn.encoder.integer(conn.server.cache.dbsize())
+
+
+def c_flush(conn: Connection, args: list[bytes]) -> bytes:
+    if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise CommandError("ERR syntax error")
+    conn.server.cache.flush()
+    return conn.encoder.simple("OK")
+
+
+def c_config(conn: Connection, args: list[bytes]) -> bytes:
+    sub = args[1].upper()
+    if sub == b"GET":
+        if len(args) < 3:
+            raise _err_args("config|get")
+        found: dict[str, str] = {}
+        for pattern in args[2:]:
+            text = pattern.decode("utf-8", "replace").lower()
+            for key, value in conn.server.config_values.items():
+                if fnmatch.fnmatchcase(key, text):
+                    found[key] = value
+        return conn.encoder.map(found)
+    if sub in (b"SET", b"RESETSTAT", b"REWRITE"):
+        raise CommandError("ERR CONFIG " + sub.decode() + " is not supported: change the agent's config file and reload")
+    raise CommandError(f"ERR unknown subcommand '{args[1].decode('utf-8', 'replace')}'. Try CONFIG HELP.")
+
+
+def c_command(conn: Connection, args: list[bytes]) -> bytes:
+    if len(args) == 1:
+        return conn.encoder.array([_command_info(conn, name) for name in sorted(COMMANDS)])
+    sub = args[1].upper()
+    if sub == b"COUNT":
+        return conn.encoder.integer(len(COMMANDS))
+    if sub == b"DOCS":
+        return conn.encoder.map({})
+    if sub == b"INFO":
+        names = [a.decode("utf-8", "replace").lower() for a in args[2:]]
+        return conn.encoder.array([_command_info(conn, n) if n in COMMANDS else None for n in names])
+    raise CommandError(f"ERR unknown subcommand '{args[1].decode('utf-8', 'replace')}'. Try COMMAND HELP.")
+
+
+def _command_info(conn: Connection, name: str) -> Any:
+    arity = COMMANDS[name][1]
+    keyed = name in KEY_COMMANDS
+    return [name.encode(), arity, [], 1 if keyed else 0, -1 if name in MULTI_KEY else (1 if keyed else 0), 1 if keyed else 0]
+
+
+def c_client(conn: Connection, args: list[bytes]) -> bytes:
+    sub = args[1].upper()
+    if sub == b"SETNAME" and len(args) == 3:
+        if b" " in args[2] or b"\n" in args[2]:
+            raise CommandError("ERR Client names cannot contain spaces, newlines or special characters.")
+        conn.name = args[2]
+        return conn.encoder.simple("OK")
+    if sub == b"GETNAME" and len(args) == 2:
+        return conn.encoder.bulk(conn.name)
+    if sub == b"ID" and len(args) == 2:
+        return conn.encoder.integer(conn.id)
+    if sub == b"SETINFO" and len(args) == 4:
+        return conn.encoder.simple("OK")
+    raise CommandError(f"ERR unknown subcommand or wrong number of arguments for '{args[1].decode('utf-8', 'replace')}'")
+
+
+def c_info(conn: Connection, args: list[bytes]) -> bytes:
+    wanted = {a.decode("utf-8", "replace").lower() for a in args[1:]}
+    text = render_info(conn.server, wanted)
+    return conn.encoder.verbatim(text) if conn.protocol == 3 else conn.encoder.bulk(text.encode())
+
+
+def c_hint(conn: Connection, args: list[bytes]) -> bytes:
+    if conn.server.hint is None:
+        raise CommandError("ERR prefetching is not enabled on this server")
+    return conn.encoder.integer(conn.server.hint(args[1:]))
+
+
+def c_pstats(conn: Connection, args: list[bytes]) -> bytes:
+    stats = conn.server.cache.snapshot()
+    return conn.encoder.map({k: v for k, v in stats.__dict__.items()})
+
+
+def render_info(server: RespServer, wanted: set[str]) -> str:
+    cache = server.cache
+    stats = cache.snapshot()
+    everything = not wanted or "all" in wanted or "everything" in wanted or "default" in wanted
+    sections: list[tuple[str, list[tuple[str, Any]]]] = []
+    port = server.address[1] if server.address else 0
+    sections.append(
+        (
+            "server",
+            [
+                ("redis_version", REDIS_COMPAT_VERSION),
+                ("redis_mode", "standalone"),
+                ("predis_server", "predis"),
+                ("process_id", os.getpid()),
+                ("tcp_port", port),
+                ("uptime_in_seconds", int(time.time() - server.stats.started)),
+            ],
+        )
+    )
+    sections.append(
+        ("clients", [("connected_clients", len(server.clients)), ("maxclients", server.limits.max_clients), ("blocked_clients", 0)])
+    )
+    used = stats.device_bytes + stats.host_bytes
+    sections.append(
+        (
+            "memory",
+            [
+                ("used_memory", used),
+                ("used_memory_human", f"{used / 1048576:.2f}M"),
+                ("used_memory_device", stats.device_bytes),
+                ("used_memory_host", stats.host_bytes),
+                ("used_memory_values", stats.value_bytes),
+                ("used_memory_charged", stats.charged_bytes),
+                ("maxmemory", stats.max_memory_bytes),
+                ("maxmemory_policy", cache.eviction_name),
+            ],
+        )
+    )
+    sections.append(
+        (
+            "stats",
+            [
+                ("total_connections_received", server.stats.total_connections),
+                ("total_commands_processed", server.stats.total_commands),
+                ("instantaneous_ops_per_sec", server.ops_per_sec()),
+                ("rejected_connections", server.stats.rejected_connections),
+                ("expired_keys", stats.expirations),
+                ("evicted_keys", stats.evictions),
+                ("keyspace_hits", stats.hits),
+                ("keyspace_misses", stats.misses),
+                ("total_error_replies", sum(v[2] for v in server.stats.command_calls.values())),
+                ("protocol_errors", server.stats.protocol_errors),
+            ],
+        )
+    )
+    calls = [
+        (f"cmdstat_{name}", f"calls={c},usec={u},usec_per_call={u / c if c else 0:.2f},rejected_calls=0,failed_calls={e}")
+        for name, (c, u, e) in sorted(server.stats.command_calls.items())
+    ]
+    sections.append(("commandstats", calls))
+    expires = int(((cache.e_expire != 0) & cache.e_live).sum())
+    sections.append(("keyspace", [("db0", f"keys={stats.keys},expires={expires},avg_ttl=0")] if stats.keys else []))
+    extra = server.info_extra() if server.info_extra else {}
+    sections.append(("predis", [("backend", extra.get("backend", "?")), ("device", extra.get("device", "?")), ("prefetch", extra.get("prefetch", "disabled"))]))
+    lines: list[str] = []
+    for title, fields in sections:
+        default_sections = {"server", "clients", "memory", "stats", "keyspace", "predis"}
+        if not (title in wanted or (everything and (title in default_sections or "all" in wanted or "everything" in wanted))):
+            continue
+        lines.append(f"# {title.capitalize() if title != 'commandstats' else 'Commandstats'}")
+        lines.extend(f"{k}:{v}" for k, v in fields)
+        lines.append("")
+    return "\r\n".join(lines)
+
+
+COMMANDS: dict[str, tuple[Callable[[Connection, list[bytes]], Any], int]] = {
+    "ping": (c_ping, -1),
+    "echo": (c_echo, 2),
+    "hello": (c_hello, -1),
+    "auth": (c_auth, -2),
+    "select": (c_select, 2),
+    "quit": (c_quit, -1),
+    "get": (c_get, 2),
+    "set": (c_set, -3),
+    "mget": (c_mget, -2),
+    "mset": (c_mset, -3),
+    "del": (c_del, -2),
+    "unlink": (c_del, -2),
+    "exists": (c_exists, -2),
+    "expire": (c_expire, -3),
+    "pexpire": (c_pexpire, -3),
+    "ttl": (c_ttl, 2),
+    "pttl": (c_pttl, 2),
+    "persist": (c_persist, 2),
+    "incr": (c_incr, 2),
+    "decr": (c_decr, 2),
+    "incrby": (c_incrby, 3),
+    "decrby": (c_decrby, 3),
+    "dbsize": (c_dbsize, 1),
+    "flushdb": (c_flush, -1),
+    "flushall": (c_flush, -1),
+    "info": (c_info, -1),
+    "config": (c_config, -2),
+    "command": (c_command, -1),
+    "client": (c_client, -2),
+    "predis.hint": (c_hint, -2),
+    "predis.stats": (c_pstats, 1),
+}
+KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby"}
+MULTI_KEY = {"mget", "mset", "del", "unlink", "exists"}
