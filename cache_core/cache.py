@@ -37,6 +37,10 @@ INT64_MAX = (1 << 63) - 1
 TTL_NONE = 0
 # A table is rebuilt without tombstones once they exceed this share of its slots.
 TOMBSTONE_REBUILD_RATIO = 0.25
+# On NumPy, batches of at most this many keys are served by scalar probes of the same
+# arrays (see HashTable.host_scalar): below it, the fixed cost of some twenty NumPy calls
+# per batch exceeds a Python loop over the keys (measured in bench/bench_cache.py).
+SMALL_BATCH = 16
 
 # Access-hook op and result codes (uint8), shared with the access log.
 OP_GET, OP_SET, OP_DEL, OP_EXPIRE, OP_PREFETCH = 1, 2, 3, 4, 5
@@ -115,6 +119,7 @@ class Cache:
         origin: Origin | None = None,
         read_through: bool = False,
         fingerprinter: Fingerprinter | None = None,
+        small_batch: int | None = None,
     ) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
@@ -136,6 +141,9 @@ class Cache:
         self.table = HashTable(xp, capacity, max_load_factor=max_load_factor)
         self.store = ValueStore(xp, max_value_bytes=max_value_bytes, growth_factor=slab_growth_factor)
         self.policy = make_policy(eviction, self.max_keys)
+        # Batches up to this many keys take the scalar host path (same results).
+        limit = SMALL_BATCH if small_batch is None else int(small_batch)
+        self.small_batch = limit if self.table.host_scalar else 0
         self._lock = threading.RLock()
         self.stats = CacheStats(max_memory_bytes=self.max_memory_bytes, max_keys=self.max_keys)
         self._alloc_entries()
@@ -172,12 +180,44 @@ class Cache:
                 eids[positions] = -1
         return eids
 
+    def _fps_small(self, keys: Sequence[bytes]) -> list[tuple[int, int]]:
+        fingerprint = self.fp.fingerprint
+        lengths = list(map(len, keys))
+        if min(lengths) < 1 or max(lengths) > self.fp.max_key_bytes:
+            self.fp.fingerprints(keys)  # raises the batch's error, naming the bad key's index
+        return [fingerprint(k) for k in keys]
+
+    def _find_small(self, fps: list[tuple[int, int]], now: int) -> list[int]:
+        """:meth:`_find` by scalar probes, for small batches on host memory."""
+        table, expire = self.table, self.e_expire
+        out: list[int] = []
+        dead: list[int] = []
+        for hi, lo in fps:
+            slot = table.lookup_one(hi, lo)
+            if slot < 0:
+                out.append(-1)
+                continue
+            eid = table.handle_one(slot)
+            exp = expire.item(eid)
+            if exp != TTL_NONE and exp <= now:
+                dead.append(eid)
+                out.append(-1)
+            else:
+                out.append(eid)
+        if dead:
+            self._remove(numpy.unique(numpy.asarray(dead, dtype=numpy.int64)), reason=RES_EXPIRED)
+        return out
+
     def _remove(self, eids: numpy.ndarray, reason: int) -> None:
         """Remove live entries (table, value, policy) and count why."""
         eids = eids[self.e_live[eids]]
         if len(eids) == 0:
             return
-        self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
+        if len(eids) <= self.small_batch:
+            for eid in eids.tolist():
+                self.table.delete_one(self.e_hi.item(eid), self.e_lo.item(eid))
+        else:
+            self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
         for eid in eids.tolist():
             self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
         sizes = self.e_len[eids].copy()
@@ -222,6 +262,11 @@ class Cache:
         """Values for ``keys`` (None for missing), in order."""
         if not keys:
             return []
+        if len(keys) <= self.small_batch:
+            out = self._mget_small(keys)
+            if self.read_through and self.origin is not None and None in out:
+                self._read_through(keys, out)
+            return out
         hi, lo = self.fp.fingerprints(keys)
         with self._lock:
             eids = self._find(hi, lo, self.now_ms())
@@ -246,8 +291,55 @@ class Cache:
             self._read_through(keys, out)
         return out
 
+    def _mget_small(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        fps = self._fps_small(keys)
+        with self._lock:
+            eids = self._find_small(fps, self.now_ms())
+            e_handle, e_len, e_pre, store = self.e_handle, self.e_len, self.e_prefetched, self.store
+            out: list[bytes | None] = []
+            results: list[int] = []
+            hits: list[int] = []
+            for eid in eids:
+                if eid < 0:
+                    out.append(None)
+                    results.append(RES_MISS)
+                    continue
+                out.append(store.get(e_handle.item(eid), e_len.item(eid)))
+                results.append(RES_PREFETCH_HIT if e_pre.item(eid) else RES_HIT)
+                hits.append(eid)
+            if hits:
+                hit_ids = numpy.asarray(hits, dtype=numpy.int64)
+                e_pre[hit_ids] = False
+                self.policy.on_access(hit_ids)
+            self.stats.hits += len(hits)
+            self.stats.misses += len(keys) - len(hits)
+            if self.access_hook is not null_access_hook:
+                self.access_hook(
+                    OP_GET,
+                    numpy.asarray([lo for _hi, lo in fps], dtype=numpy.uint64),
+                    numpy.asarray(results, dtype=numpy.uint8),
+                    numpy.asarray([e_len.item(e) if e >= 0 else 0 for e in eids], dtype=numpy.int64),
+                )
+        return out
+
     def get(self, key: bytes) -> bytes | None:
         return self.mget([key])[0]
+
+    def _find_keys(self, keys: Sequence[bytes], now: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """``(eids, hi, lo)`` for ``keys``, by the small or the batched path."""
+        if len(keys) <= self.small_batch:
+            fps = self._fps_small(keys)
+            eids = numpy.asarray(self._find_small(fps, now), dtype=numpy.int64)
+            pairs = numpy.asarray(fps, dtype=numpy.uint64).reshape(len(keys), 2)
+            return eids, numpy.ascontiguousarray(pairs[:, 0]), numpy.ascontiguousarray(pairs[:, 1])
+        hi, lo = self.fp.fingerprints(keys)
+        return self._find(hi, lo, now), hi, lo
+
+    def _find_one(self, key: bytes, now: int) -> int:
+        if self.small_batch:
+            return self._find_small(self._fps_small([key]), now)[0]
+        hi, lo = self.fp.fingerprints([key])
+        return int(self._find(hi, lo, now)[0])
 
     def _read_through(self, keys: Sequence[bytes], out: list[bytes | None]) -> None:
         missing = [i for i, v in enumerate(out) if v is None]
@@ -259,7 +351,12 @@ class Cache:
             with self._lock:
                 self.stats.origin_errors += 1
             raise
-        found = {k: v for k, v in zip(wanted, loaded) if v is not None}
+        found = {k: v for k, v in zip(wanted, loaded) if v is not None and len(v) <= self.max_value_bytes}
+        too_large = sum(1 for v in loaded if v is not None and len(v) > self.max_value_bytes)
+        if too_large:
+            # An origin object larger than cache.max_value_bytes is a miss, not a failed batch.
+            with self._lock:
+                self.stats.origin_errors += too_large
         if not found:
             return
         with self._lock:
@@ -274,16 +371,15 @@ class Cache:
         """How many of ``keys`` exist (a key named twice counts twice, as in Redis)."""
         if not keys:
             return 0
-        hi, lo = self.fp.fingerprints(keys)
         with self._lock:
-            return int((self._find(hi, lo, self.now_ms()) >= 0).sum())
+            eids, _hi, _lo = self._find_keys(keys, self.now_ms())
+            return int((eids >= 0).sum())
 
     def ttl_ms(self, key: bytes) -> int:
         """Remaining TTL in ms; -1 when the key has none; -2 when it does not exist."""
-        hi, lo = self.fp.fingerprints([key])
         with self._lock:
             now = self.now_ms()
-            eid = int(self._find(hi, lo, now)[0])
+            eid = self._find_one(key, now)
             if eid < 0:
                 return -2
             exp = int(self.e_expire[eid])
@@ -312,10 +408,9 @@ class Cache:
         keys = list(last)
         values = list(last.values())
         self._check_values(values)
-        hi, lo = self.fp.fingerprints(keys)
         with self._lock:
             now = self.now_ms()
-            eids = self._find(hi, lo, now)
+            eids, hi, lo = self._find_keys(keys, now)
             exists = eids >= 0
             new_idx = numpy.flatnonzero(~exists)
             old_idx = numpy.flatnonzero(exists)
@@ -326,8 +421,7 @@ class Cache:
             # Overwrites.
             for i in old_idx.tolist():
                 eid = int(eids[i])
-                self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
-                self.e_handle[eid] = self.store.put(values[i])
+                self.e_handle[eid] = self.store.replace(int(self.e_handle[eid]), int(self.e_len[eid]), values[i])
                 self.e_len[eid] = len(values[i])
                 self.e_prefetched[eid] = prefetched
                 if not keep_ttl:
@@ -337,9 +431,12 @@ class Cache:
             # New keys.
             if len(new_idx):
                 n_hi, n_lo = hi[new_idx], lo[new_idx]
-                slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
                 new_eids = numpy.asarray([self._free.pop() for _ in range(len(new_idx))], dtype=numpy.int64)
-                self.table.set_handles(slots, self.xp.asarray(new_eids))
+                if len(new_idx) == 1 and self.small_batch:
+                    self.table.insert_one(n_hi.item(0), n_lo.item(0), new_eids.item(0))
+                else:
+                    slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
+                    self.table.set_handles(slots, self.xp.asarray(new_eids))
                 for eid, i in zip(new_eids.tolist(), new_idx.tolist()):
                     self.e_handle[eid] = self.store.put(values[i])
                     self.e_len[eid] = len(values[i])
@@ -378,8 +475,7 @@ class Cache:
 
     def _peek(self, key: bytes) -> bytes | None:
         """Value without counting a hit or miss or touching the policy."""
-        hi, lo = self.fp.fingerprints([key])
-        eid = int(self._find(hi, lo, self.now_ms())[0])
+        eid = self._find_one(key, self.now_ms())
         if eid < 0:
             return None
         return self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
@@ -389,9 +485,8 @@ class Cache:
         if not keys:
             return 0
         unique = list(dict.fromkeys(keys))
-        hi, lo = self.fp.fingerprints(unique)
         with self._lock:
-            eids = self._find(hi, lo, self.now_ms())
+            eids, _hi, lo = self._find_keys(unique, self.now_ms())
             present = eids[eids >= 0]
             sizes = numpy.where(eids >= 0, self.e_len[numpy.maximum(eids, 0)], 0)
             self._remove(present, reason=RES_DELETED)
@@ -402,10 +497,9 @@ class Cache:
 
     def expire(self, key: bytes, ttl_ms: int) -> bool:
         """Set a TTL (ms). A TTL <= 0 deletes the key, as in Redis. False if absent."""
-        hi, lo = self.fp.fingerprints([key])
         with self._lock:
             now = self.now_ms()
-            eid = int(self._find(hi, lo, now)[0])
+            eid = self._find_one(key, now)
             if eid < 0:
                 return False
             if ttl_ms <= 0:
@@ -415,9 +509,8 @@ class Cache:
             return True
 
     def persist(self, key: bytes) -> bool:
-        hi, lo = self.fp.fingerprints([key])
         with self._lock:
-            eid = int(self._find(hi, lo, self.now_ms())[0])
+            eid = self._find_one(key, self.now_ms())
             if eid < 0 or self.e_expire[eid] == TTL_NONE:
                 return False
             self.e_expire[eid] = TTL_NONE

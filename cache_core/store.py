@@ -5,8 +5,9 @@ A value of ``n`` bytes goes into the smallest size class whose chunk holds it; c
 live in fixed-size pages (``xp.uint8`` arrays, so on a GPU the bytes stay on the
 device). Classes grow by ``growth_factor`` (memcached's 1.25 by default), so a value
 wastes at most ~25 % of its chunk, and no slot is ever sized for the maximum value.
-A page whose chunks are all free is released at once, so memory left by one size
-class can be used by another.
+A page whose chunks are all free is released at once (except one spare page per class
+of small values, so a put/free cycle does not allocate a page each time; :meth:`trim`
+releases those too), so memory left by one size class can be used by another.
 
 Accounting is exact and kept as integers: ``used_bytes`` (sum of stored value
 lengths), ``chunk_bytes`` (what those values occupy, i.e. what the memory budget is
@@ -17,6 +18,7 @@ Handles are int64: ``class_id << 48 | page << 24 | chunk``.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,10 +55,13 @@ class _Class:
     chunk: int
     per_page: int
     pages: list[Any] = field(default_factory=list)  # xp arrays or None when released
-    free: list[list[int]] = field(default_factory=list)  # free chunk indices per page
+    free: list[list[int]] = field(default_factory=list)  # freed chunk indices per page
+    fresh: list[int] = field(default_factory=list)  # chunks never handed out yet, per page (from the top)
     used: list[int] = field(default_factory=list)  # used chunks per page
     partial: set[int] = field(default_factory=set)  # pages with at least one free chunk
     released: list[int] = field(default_factory=list)  # page numbers to reuse
+    current: int = -1  # the page allocations come from while it has room
+    spare: int = -1  # one empty page kept allocated, so a put/free cycle does not churn pages
 
 
 class ValueStore:
@@ -68,7 +73,6 @@ class ValueStore:
         self.page_bytes = int(page_bytes)
         self.growth_factor = float(growth_factor)
         self.sizes = size_classes(self.max_value_bytes, self.growth_factor)
-        self._size_array = numpy.asarray(self.sizes, dtype=numpy.int64)
         self.clear()
 
     def clear(self) -> None:
@@ -83,7 +87,7 @@ class ValueStore:
     def class_for(self, length: int) -> int:
         if length > self.max_value_bytes:
             raise ValueTooLargeError(f"value of {length} bytes exceeds cache.max_value_bytes ({self.max_value_bytes})")
-        return int(numpy.searchsorted(self._size_array, max(length, 1)))
+        return bisect.bisect_left(self.sizes, length)
 
     def chunk_size(self, length: int) -> int:
         """Bytes the budget is charged for a value of ``length`` bytes."""
@@ -92,27 +96,43 @@ class ValueStore:
     # -- allocation ------------------------------------------------------------
     def _alloc(self, cid: int) -> int:
         cls = self._classes[cid]
-        if cls.partial:
-            page = min(cls.partial)
-        else:
-            if cls.released:
+        page = cls.current
+        if page < 0 or page not in cls.partial:
+            if cls.partial:
+                page = min(cls.partial)
+            elif cls.released:
                 page = cls.released.pop()
-                cls.pages[page] = self.xp.zeros(cls.per_page * cls.chunk, dtype=self.xp.uint8)
+                cls.pages[page] = self.xp.empty(cls.per_page * cls.chunk, dtype=self.xp.uint8)
+                self._new_page(cls, page)
             else:
                 page = len(cls.pages)
                 if page > _PAGE_MASK:
                     raise MemoryError("value store: too many pages in one size class")
-                cls.pages.append(self.xp.zeros(cls.per_page * cls.chunk, dtype=self.xp.uint8))
+                cls.pages.append(self.xp.empty(cls.per_page * cls.chunk, dtype=self.xp.uint8))
                 cls.free.append([])
+                cls.fresh.append(0)
                 cls.used.append(0)
-            cls.free[page] = list(range(cls.per_page - 1, -1, -1))
-            cls.partial.add(page)
-            self.allocated_bytes += cls.per_page * cls.chunk
-        chunk = cls.free[page].pop()
+                self._new_page(cls, page)
+            cls.current = page
+        if page == cls.spare:
+            cls.spare = -1
+        free = cls.free[page]
+        if free:
+            chunk = free.pop()
+        else:
+            chunk = cls.per_page - cls.fresh[page]
+            cls.fresh[page] -= 1
         cls.used[page] += 1
-        if not cls.free[page]:
+        if not free and not cls.fresh[page]:
             cls.partial.discard(page)
         return (cid << (_PAGE_BITS + _CHUNK_BITS)) | (page << _CHUNK_BITS) | chunk
+
+    def _new_page(self, cls: _Class, page: int) -> None:
+        """A page just allocated: every chunk is fresh (handed out lowest first)."""
+        cls.free[page] = []
+        cls.fresh[page] = cls.per_page
+        cls.partial.add(page)
+        self.allocated_bytes += cls.per_page * cls.chunk
 
     def put(self, value: bytes) -> int:
         """Store ``value``; return its handle."""
@@ -142,6 +162,25 @@ class ValueStore:
     def get_many(self, handles: Sequence[int], lengths: Sequence[int]) -> list[bytes]:
         return [self.get(int(h), int(n)) for h, n in zip(handles, lengths)]
 
+    def replace(self, handle: int, old_length: int, value: bytes) -> int:
+        """Overwrite the value at ``handle``; return its (possibly new) handle.
+
+        A value of the same size class is written in place: no page bookkeeping at all,
+        which is what an overwrite of a hot key (a counter, a session) costs most often.
+        """
+        length = len(value)
+        cid = handle >> (_PAGE_BITS + _CHUNK_BITS)
+        if self.class_for(length) != cid:
+            self.free(handle, old_length)
+            return self.put(value)
+        if length:
+            cls = self._classes[cid]
+            page = (handle >> _CHUNK_BITS) & _PAGE_MASK
+            offset = (handle & _CHUNK_MASK) * cls.chunk
+            cls.pages[page][offset : offset + length] = self.xp.asarray(numpy.frombuffer(value, dtype=numpy.uint8))
+        self.used_bytes += length - old_length
+        return handle
+
     def free(self, handle: int, length: int) -> None:
         cid = handle >> (_PAGE_BITS + _CHUNK_BITS)
         cls = self._classes[cid]
@@ -154,8 +193,29 @@ class ValueStore:
         self.chunk_bytes -= cls.chunk
         self.values -= 1
         if cls.used[page] == 0:
-            cls.pages[page] = None
-            cls.free[page] = []
-            cls.partial.discard(page)
-            cls.released.append(page)
-            self.allocated_bytes -= cls.per_page * cls.chunk
+            if cls.spare < 0 and cls.per_page > 1:
+                # Keep one empty page per class (single-chunk pages of large values are
+                # always released): a value freed and another put does not allocate again.
+                cls.spare = page
+                return
+            self._release(cls, page)
+
+    def _release(self, cls: _Class, page: int) -> None:
+        cls.pages[page] = None
+        cls.free[page] = []
+        cls.fresh[page] = 0
+        cls.partial.discard(page)
+        cls.released.append(page)
+        if cls.current == page:
+            cls.current = -1
+        if cls.spare == page:
+            cls.spare = -1
+        self.allocated_bytes -= cls.per_page * cls.chunk
+
+    def trim(self) -> int:
+        """Release the spare empty pages; return the bytes given back."""
+        before = self.allocated_bytes
+        for cls in self._classes:
+            if cls.spare >= 0 and cls.used[cls.spare] == 0:
+                self._release(cls, cls.spare)
+        return before - self.allocated_bytes

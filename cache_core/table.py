@@ -364,6 +364,83 @@ class HashTable:
                 return False, f"{backend} table probe failed: {problem}"
             return True, f"{backend} table probe of {n} keys ok (insert, lookup, handles, delete)"
 
+    # ------------------------------------------------------------------ host scalar path
+    @property
+    def host_scalar(self) -> bool:
+        """True when single keys may be probed with scalar reads: the arrays are host memory.
+
+        A batch of one costs about twenty NumPy calls on the vectorised path (each a
+        microsecond or more) against a handful of scalar reads here, so the cache sends
+        small batches this way. On CuPy every scalar read would be a device round trip,
+        so the GPU path always stays batched.
+        """
+        return self._kernels is None
+
+    def _probe_one(self, hi: int, lo: int) -> tuple[int, int]:
+        """``(slot or -1, first slot of the chain that is not FULL or -1)`` for one key."""
+        state, keys, mask = self.state, self._keys, self._mask
+        pos = lo & mask
+        free = -1
+        for _ in range(self._capacity):
+            seen = state.item(pos)
+            if seen == FULL:
+                if keys.item(pos, 1) == lo and keys.item(pos, 0) == hi:
+                    return pos, free
+            else:
+                if free < 0:
+                    free = pos
+                if seen == EMPTY:
+                    break
+            pos = (pos + 1) & mask
+        return -1, free
+
+    def lookup_one(self, hi: int, lo: int) -> int:
+        """Slot of one fingerprint (-1 when absent); NumPy only, same answer as :meth:`lookup`."""
+        with self._lock:
+            return self._probe_one(hi, lo)[0]
+
+    def handle_one(self, slot: int) -> int:
+        """Handle of one FULL slot (NumPy only)."""
+        return int(self.handle.item(slot))
+
+    def insert_one(self, hi: int, lo: int, handle: int) -> tuple[int, bool]:
+        """Make one fingerprint present with ``handle`` if absent; return ``(slot, created)``.
+
+        NumPy only. The slot is the one :meth:`insert` picks for a batch of this one key
+        (the first slot of its chain that is not FULL), so both paths build the same table.
+        """
+        with self._lock:
+            slot, free = self._probe_one(hi, lo)
+            if slot >= 0:
+                return slot, False
+            if self._len + 1 > self.max_items or free < 0:
+                raise TableFullError(
+                    f"inserting 1 new key into a table holding {self._len} would exceed "
+                    f"{self.max_items} (capacity {self._capacity} x max_load_factor "
+                    f"{self.max_load_factor}); rehash to a larger capacity or evict first"
+                )
+            if self.state.item(free) == TOMBSTONE:
+                self._tombstones -= 1
+            self._keys[free, 0] = hi
+            self._keys[free, 1] = lo
+            self.state[free] = FULL
+            self.handle[free] = handle
+            self._len += 1
+            return free, True
+
+    def delete_one(self, hi: int, lo: int) -> int:
+        """Remove one fingerprint, leaving a tombstone; return its freed slot or -1. NumPy only."""
+        with self._lock:
+            slot = self._probe_one(hi, lo)[0]
+            if slot >= 0:
+                self._keys[slot, 0] = 0
+                self._keys[slot, 1] = 0
+                self.handle[slot] = -1
+                self.state[slot] = TOMBSTONE
+                self._len -= 1
+                self._tombstones += 1
+            return slot
+
     # ------------------------------------------------------------------ shared batch logic
     def _fresh_fingerprints(self, n: int) -> Any:
         """``n`` distinct random fingerprints that are not in the table."""
