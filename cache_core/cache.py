@@ -184,6 +184,8 @@ class Cache:
         fingerprint = self.fp.fingerprint
         lengths = list(map(len, keys))
         if min(lengths) < 1 or max(lengths) > self.fp.max_key_bytes:
+            if len(keys) == 1:
+                fingerprint(keys[0])  # raises the error for one key
             self.fp.fingerprints(keys)  # raises the batch's error, naming the bad key's index
         return [fingerprint(k) for k in keys]
 

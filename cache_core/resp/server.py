@@ -283,8 +283,8 @@ class Connection(asyncio.Protocol):
                 self.server.cache.mset([(c[1], c[2]) for c in commands])
                 ok = self.encoder.simple("OK")
                 replies = [ok] * len(commands)
-        except (CacheError, KeyLengthError, ValueTooLargeError):
-            # One bad key must fail only its own command: fall back to one by one.
+        except Exception:
+            # One bad key (or a failing origin) must fail only its own command: one by one.
             return [self._execute(c)[0] for c in commands]
         usec = (time.perf_counter_ns() - started) // 1000
         per = usec // len(commands)
@@ -325,6 +325,10 @@ class Connection(asyncio.Protocol):
             reply, error = self.encoder.error(f"ERR {exc}"), True
         except CacheError as exc:
             reply, error = self.encoder.error(f"ERR {exc}"), True
+        except Exception as exc:
+            # A bug or a failing origin must cost this command only, never the connection.
+            log.exception("resp command %s failed", name)
+            reply, error = self.encoder.error(f"ERR internal error ({exc.__class__.__name__}); see the agent's log"), True
         server.record(name, (time.perf_counter_ns() - started) // 1000, error)
         return reply, close
 

@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: Apache-2.0
+"""cache_core.resp.server in-process: a failing origin or a bad key in a pipelined batch
+costs only its own command; the connection and the batch's other commands go on."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+
+import numpy
+
+from cache_core.cache import Cache
+from cache_core.resp.server import RespServer
+
+
+class BrokenOrigin:
+    name = "broken"
+
+    def load_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        raise OSError("origin unreachable")
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    return sock
+
+
+async def _exchange(server: RespServer, payload: bytes, replies: int) -> bytes:
+    assert server.address is not None
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(payload)
+    await writer.drain()
+    data = b""
+    while data.count(b"\r\n") < replies:
+        chunk = await asyncio.wait_for(reader.read(65536), timeout=10)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    writer.close()
+    await writer.wait_closed()
+    return data
+
+
+def test_a_failing_origin_answers_an_error_and_the_connection_goes_on() -> None:
+    async def scenario() -> bytes:
+        cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20, origin=BrokenOrigin(), read_through=True)
+        cache.mset([(b"present", b"here")])
+        server = RespServer(cache)
+        await server.start(_listener())
+        try:
+            # A pipelined run of GETs is one batch; the miss makes the origin raise.
+            return await _exchange(server, b"GET present\r\nGET absent\r\nPING\r\n", 3)
+        finally:
+            await server.stop()
+
+    data = asyncio.run(scenario())
+    assert data.startswith(b"$4\r\nhere\r\n-ERR internal error (OSError)")
+    assert data.endswith(b"+PONG\r\n")
+
+
+def test_a_too_long_key_in_a_batch_fails_only_its_own_command() -> None:
+    async def scenario() -> bytes:
+        cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20, max_key_bytes=8)
+        server = RespServer(cache)
+        await server.start(_listener())
+        try:
+            long_key = b"k" * 9
+            payload = b"SET a 1\r\nSET " + long_key + b" 2\r\nSET b 3\r\nMGET a b\r\n"
+            return await _exchange(server, payload, 6)
+        finally:
+            await server.stop()
+
+    data = asyncio.run(scenario())
+    first, second, third, rest = data.split(b"\r\n", 3)
+    assert (first, third) == (b"+OK", b"+OK")
+    assert second.startswith(b"-ERR key is 9 bytes")
+    assert rest == b"*2\r\n$1\r\n1\r\n$1\r\n3\r\n"
