@@ -8,6 +8,8 @@ cache reported as evicted through its access hook.
 
 from __future__ import annotations
 
+import os
+
 import numpy
 import pytest
 from hypothesis import given, settings
@@ -26,6 +28,20 @@ class FakeClock:
         return self.t
 
 
+def array_module() -> object:
+    """The backend under test: NumPy, or CuPy when ``PREDIS_TEST_BACKEND=cupy`` (the GPU check).
+
+    On CuPy the same sequences run through the CUDA kernels and the device value store,
+    so the dict-model property test doubles as the CPU/GPU equivalence check.
+    """
+    if os.environ.get("PREDIS_TEST_BACKEND", "numpy") == "cupy":
+        return pytest.importorskip("cupy")
+    return numpy
+
+
+XP = array_module()
+
+
 def make(**kw: object) -> tuple[Cache, FakeClock, list[tuple[int, numpy.ndarray, numpy.ndarray]]]:
     clock = FakeClock()
     events: list[tuple[int, numpy.ndarray, numpy.ndarray]] = []
@@ -37,7 +53,7 @@ def make(**kw: object) -> tuple[Cache, FakeClock, list[tuple[int, numpy.ndarray,
         "access_hook": lambda op, fps, results, sizes: events.append((op, fps.copy(), results.copy())),
     }
     args.update(kw)
-    return Cache(numpy, **args), clock, events  # type: ignore[arg-type]
+    return Cache(XP, **args), clock, events  # type: ignore[arg-type]
 
 
 def test_set_get_overwrite_and_last_writer_wins() -> None:
@@ -150,7 +166,7 @@ def test_store_size_classes_and_exact_accounting() -> None:
     sizes = size_classes(1 << 20, 1.25)
     assert sizes[0] == 16 and sizes[-1] == 1 << 20 and sizes == sorted(set(sizes))
     assert all(b <= a * 1.25 + 8 for a, b in zip(sizes, sizes[1:]))
-    store = ValueStore(numpy, max_value_bytes=1 << 20)
+    store = ValueStore(XP, max_value_bytes=1 << 20)
     values = [bytes([i % 251]) * n for i, n in enumerate([0, 1, 15, 16, 17, 1000, 70000, 1 << 20])]
     handles = [store.put(v) for v in values]
     assert [store.get(h, len(v)) for h, v in zip(handles, values)] == values
@@ -258,7 +274,7 @@ def test_random_sequences_match_a_dict_model(ops: list[tuple], policy: str, smal
 
 
 def test_store_overwrite_in_the_same_class_is_in_place_and_a_cycle_does_not_churn_pages() -> None:
-    store = ValueStore(numpy, max_value_bytes=1 << 20)
+    store = ValueStore(XP, max_value_bytes=1 << 20)
     handle = store.put(b"a" * 20)
     assert store.replace(handle, 20, b"b" * 24) == handle  # 20 and 24 bytes share a class
     assert store.get(handle, 24) == b"b" * 24 and store.used_bytes == 24
