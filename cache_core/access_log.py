@@ -1,0 +1,160 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The access log: a bounded ring of access events, appended a whole batch at a time.
+
+Every cache operation reports one call per batch to its access hook
+(:class:`~cache_core.cache.AccessHook`); :meth:`AccessLog.hook` is such a hook. Events
+are rows of :data:`EVENT_DTYPE` in one NumPy structured array whose capacity is a power
+of two, so a position is ``sequence & mask``. A batch is written with one or two slice
+assignments (two when it wraps), so the cost per event is a few nanoseconds of memory
+traffic, not Python work.
+
+Concurrency: producers (the RESP loop, the executor, prefetch loads) and consumers (the
+production data collector, drift features) may run in different threads. One short lock
+covers reserving the range *and* copying the batch in, and readers copy out under the
+same lock, so a reader never sees a half-written batch. The lock is held for a vectorised
+copy only, never for I/O.
+
+Bounded, never silent: when producers outrun a reader by more than the capacity, the
+oldest events are overwritten; :meth:`read` tells each reader how many it lost, so a
+consumer can count them as dropped (every event is either read or counted).
+
+Privacy: the log stores the key's 64-bit keyed fingerprint (from
+:class:`~cache_core.keys.Fingerprinter`), never the key. Sampling is by key: a key is
+either always or never logged (a fixed share of the fingerprint space), so the sampled
+stream keeps each sampled key's whole reuse pattern, which the drift features and the
+prefetch models need; a per-event coin flip would cut reuse distances apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy
+
+EVENT_DTYPE = numpy.dtype(
+    [
+        ("ts_ns", "<i8"),  # time.time_ns() of the batch
+        ("fp", "<u8"),  # 64-bit keyed fingerprint of the key (never the key)
+        ("op", "u1"),  # cache_core.cache.OP_*
+        ("result", "u1"),  # cache_core.cache.RES_*
+        ("tenant", "<u2"),  # tenant index (0: the default tenant)
+        ("size", "<u4"),  # value bytes (0 for a miss)
+    ]
+)
+# Sampling compares the top bits of a mixed fingerprint with rate * 2**SAMPLE_BITS.
+SAMPLE_BITS = 32
+_SAMPLE_MIX = numpy.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads any fingerprint bit pattern
+MAX_SIZE = numpy.iinfo(numpy.uint32).max
+
+
+@dataclass
+class ReadResult:
+    """What one :meth:`AccessLog.read` returned."""
+
+    events: numpy.ndarray  # EVENT_DTYPE rows, oldest first
+    next_sequence: int  # pass it to the next read
+    lost: int  # events overwritten before this reader got to them
+
+
+class AccessLog:
+    """A ring of :data:`EVENT_DTYPE` events with per-reader cursors."""
+
+    def __init__(self, capacity: int, *, sample_rate: float = 1.0, clock_ns: Any = time.time_ns) -> None:
+        capacity = int(capacity)
+        if capacity < 1 or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two >= 1, got {capacity}")
+        if not 0.0 <= float(sample_rate) <= 1.0:
+            raise ValueError(f"sample_rate must be within [0, 1], got {sample_rate}")
+        self.capacity = capacity
+        self.mask = capacity - 1
+        self.sample_rate = float(sample_rate)
+        self._threshold = numpy.uint64(min(int(self.sample_rate * (1 << SAMPLE_BITS)), 1 << SAMPLE_BITS))
+        self._clock_ns = clock_ns
+        self._ring = numpy.zeros(capacity, dtype=EVENT_DTYPE)
+        self._lock = threading.Lock()
+        self._head = 0  # events ever written (the next event's sequence)
+        self.offered = 0  # events reported by the cache, before sampling
+        self.sampled_out = 0  # events not logged because of sampling
+
+    @property
+    def head(self) -> int:
+        """Sequence number the next event will get (= events ever logged)."""
+        return self._head
+
+    def _keep(self, fps: numpy.ndarray) -> numpy.ndarray | None:
+        """Mask of fingerprints that are sampled in; None when every key is."""
+        if self.sample_rate >= 1.0:
+            return None
+        mixed = numpy.multiply(fps, _SAMPLE_MIX) >> numpy.uint64(64 - SAMPLE_BITS)
+        return mixed < self._threshold
+
+    def append(self, op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, tenant: int = 0) -> int:
+        """Log one batch; return how many of its events were kept after sampling."""
+        fps = numpy.asarray(fps, dtype=numpy.uint64)
+        n = int(fps.shape[0])
+        if n == 0:
+            return 0
+        results = numpy.asarray(results, dtype=numpy.uint8)
+        sizes = numpy.minimum(numpy.asarray(sizes, dtype=numpy.int64), MAX_SIZE)
+        keep = self._keep(fps)
+        if keep is not None:
+            fps, results, sizes = fps[keep], results[keep], sizes[keep]
+        k = int(fps.shape[0])
+        now = int(self._clock_ns())
+        with self._lock:
+            self.offered += n
+            self.sampled_out += n - k
+            if k == 0:
+                return 0
+            if k > self.capacity:
+                # Only the newest `capacity` events can be held; the rest are overwritten at once.
+                skip = k - self.capacity
+                fps, results, sizes = fps[skip:], results[skip:], sizes[skip:]
+                self._head += skip
+                k = self.capacity
+            start = self._head & self.mask
+            first = min(k, self.capacity - start)
+            for lo, hi, dst in ((0, first, start), (first, k, 0)):
+                if hi <= lo:
+                    continue
+                view = self._ring[dst : dst + hi - lo]
+                view["ts_ns"] = now
+                view["fp"] = fps[lo:hi]
+                view["op"] = op
+                view["result"] = results[lo:hi]
+                view["tenant"] = tenant
+                view["size"] = sizes[lo:hi]
+            self._head += k
+        return k
+
+    def hook(self, op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None:
+        """The cache's access hook (default tenant)."""
+        self.append(op, fps, results, sizes)
+
+    def read(self, since: int, max_events: int | None = None) -> ReadResult:
+        """Events with sequence ``>= since`` (oldest first), at most ``max_events``.
+
+        If some of them were already overwritten, ``lost`` says how many and the read
+        starts at the oldest event still held.
+        """
+        with self._lock:
+            head = self._head
+            oldest = max(0, head - self.capacity)
+            since = max(0, int(since))
+            lost = max(0, oldest - since)
+            start = max(since, oldest)
+            count = head - start
+            if max_events is not None:
+                count = min(count, int(max_events))
+            if count <= 0:
+                return ReadResult(numpy.empty(0, dtype=EVENT_DTYPE), max(start, since), lost)
+            pos = start & self.mask
+            first = min(count, self.capacity - pos)
+            if first == count:
+                events = self._ring[pos : pos + count].copy()
+            else:
+                events = numpy.concatenate((self._ring[pos:], self._ring[: count - first]))
+            return ReadResult(events, start + count, lost)
