@@ -28,8 +28,9 @@ from typing import Any
 from agent.config import Config, Secret
 from agent.errors import StartupError
 from agent.http import is_loopback, make_ssl_context, open_listener, parse_listen, tls_files_stamp
+from cache_core.access_log import AccessLog
 from cache_core.backend import Backend
-from cache_core.cache import Cache
+from cache_core.cache import Cache, null_access_hook
 from cache_core.resp.server import RespLimits, RespServer
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class CacheService:
         self._tls_stamp: tuple[Any, ...] = ()
         self._sweep: asyncio.Task[None] | None = None
         self.swept_keys = 0
+        self.access_log: AccessLog | None = None
 
     # ------------------------------------------------------------------ dry-build
     def plan(self, cfg: Config, backend: Backend, origins: list[tuple[str, Any]] | None) -> CachePlan:
@@ -177,6 +179,7 @@ class CacheService:
                 log.warning("cache rebuilt empty: its sizing, policy or backend changed (%d keys dropped)", self.cache.dbsize())
                 done.append("cache rebuilt")
             self.cache = plan.cache
+            self._attach_access_log()
         assert self.cache is not None
         self.backend = plan.backend
         self.section = section
@@ -216,6 +219,35 @@ class CacheService:
         if self._sweep is None:
             self._sweep = asyncio.create_task(self._sweep_loop(), name="cache-ttl-sweep")
         return done
+
+    def configure_access_log(self, section: dict[str, Any]) -> None:
+        """Create, keep or drop the access-event ring for ``collectors.access_log``.
+
+        The ring is kept (with its unexported events) unless its size or sampling changed.
+        """
+        self.check_access_log(section)
+        if not section.get("enabled"):
+            self.access_log = None
+        else:
+            capacity = int(section["ring_capacity"])
+            current = self.access_log
+            rate = float(section["sample_rate"])
+            if current is None or current.capacity != capacity or current.sample_rate != rate:
+                self.access_log = AccessLog(capacity, sample_rate=rate)
+        self._attach_access_log()
+
+    @staticmethod
+    def check_access_log(section: dict[str, Any]) -> None:
+        """Raise :class:`StartupError` for what the schema cannot say (run before any swap)."""
+        capacity = int(section["ring_capacity"])
+        if capacity & (capacity - 1):
+            raise StartupError(
+                f"collectors.access_log.ring_capacity is {capacity}; it must be a power of two (e.g. {1 << capacity.bit_length()})"
+            )
+
+    def _attach_access_log(self) -> None:
+        if self.cache is not None:
+            self.cache.access_hook = self.access_log.hook if self.access_log is not None else null_access_hook
 
     def tls_renewed(self, resp: dict[str, Any]) -> bool:
         """True when the running RESP listener's TLS files were renewed in place."""

@@ -150,6 +150,7 @@ class Agent:
         self.tokens = TokenStore(cfg.get("agent.auth.token_store"))
         self.host.apply_config(self._plugin_enabled(cfg))
         self._register_all(cfg, only=None)
+        self.cache_service.configure_access_log(cfg.section("collectors.access_log"))
         await self.cache_service.apply(self.cache_service.plan(cfg, self.backend, self.origins))
         self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
         self._refresh_routes()
@@ -335,6 +336,7 @@ class Agent:
             backend = self._make_backend(new) if section_changed(changed, ["cache.backend"]) else self.backend
             assert backend is not None
             plugins_changed = any(p.startswith("plugins.") for p in changed)
+            self.cache_service.check_access_log(new.section("collectors.access_log"))
             cache_plan = self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
         except (StartupError, AgentError, OSError) as exc:
             return self._reload_failed(trigger, [str(exc)])
@@ -362,6 +364,8 @@ class Agent:
             await self.http.start(site)
         for what in await self.cache_service.apply(cache_plan):
             log.info("reload: %s", what)
+        if section_changed(changed, ["collectors.access_log"]):
+            self.cache_service.configure_access_log(new.section("collectors.access_log"))
         if section_changed(changed, ["agent.pid_file"]):
             self._write_pid_file(new)
         changed_plugins = {p.split(".")[1] for p in changed if p.startswith("plugins.")}

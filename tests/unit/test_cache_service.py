@@ -14,6 +14,7 @@ from agent.cache_service import CacheService
 from agent.config import Config, load_config
 from agent.errors import StartupError
 from cache_core.backend import Backend
+from cache_core.cache import null_access_hook
 
 
 class StubOrigin:
@@ -142,3 +143,29 @@ def test_disabling_resp_stops_the_server() -> None:
         return had, gone
 
     assert asyncio.run(scenario()) == (True, None)
+
+
+def test_the_access_log_is_attached_kept_across_a_rebuild_and_checked() -> None:
+    async def scenario() -> tuple[Any, ...]:
+        service = CacheService()
+        section = dict(load_config(None, text="collectors:\n  access_log: {enabled: true, ring_capacity: 1024}\n").section(
+            "collectors.access_log"
+        ))
+        service.configure_access_log(section)
+        await service.apply(service.plan(config(""), Backend("numpy"), []))
+        ring = service.access_log
+        assert ring is not None and service.cache is not None
+        service.cache.mset([(b"a", b"1")])
+        await service.apply(service.plan(config("  max_keys: 999\n"), Backend("numpy"), []))
+        service.cache.get(b"a")  # the rebuilt cache reports to the same ring
+        events = ring.read(0).events
+        service.configure_access_log({**section, "enabled": False})
+        detached = service.cache.access_hook
+        await service.stop()
+        return len(events), service.access_log, detached
+
+    count, after, hook = asyncio.run(scenario())
+    assert count == 2 and after is None
+    assert hook is null_access_hook
+    with pytest.raises(StartupError, match="power of two"):
+        CacheService.check_access_log({"ring_capacity": 3000})
