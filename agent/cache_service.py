@@ -232,8 +232,9 @@ class CacheService:
             capacity = int(section["ring_capacity"])
             current = self.access_log
             rate = float(section["sample_rate"])
-            if current is None or current.capacity != capacity or current.sample_rate != rate:
-                self.access_log = AccessLog(capacity, sample_rate=rate)
+            raw = bool(section["store_raw_keys"])
+            if current is None or (current.capacity, current.sample_rate, current.store_raw_keys) != (capacity, rate, raw):
+                self.access_log = AccessLog(capacity, sample_rate=rate, store_raw_keys=raw)
         self._attach_access_log()
 
     @staticmethod

@@ -19,7 +19,9 @@ oldest events are overwritten; :meth:`read` tells each reader how many it lost, 
 consumer can count them as dropped (every event is either read or counted).
 
 Privacy: the log stores the key's 64-bit keyed fingerprint (from
-:class:`~cache_core.keys.Fingerprinter`), never the key. Sampling is by key: a key is
+:class:`~cache_core.keys.Fingerprinter`), not the key; raw keys are kept (in a parallel
+ring) only when built with ``store_raw_keys=True``, and only its hook asks the cache for
+them (``hook.wants_keys``). Sampling is by key: a key is
 either always or never logged (a fixed share of the fingerprint space), so the sampled
 stream keeps each sampled key's whole reuse pattern, which the drift features and the
 prefetch models need; a per-event coin flip would cut reuse distances apart.
@@ -57,12 +59,15 @@ class ReadResult:
     events: numpy.ndarray  # EVENT_DTYPE rows, oldest first
     next_sequence: int  # pass it to the next read
     lost: int  # events overwritten before this reader got to them
+    keys: list[bytes | None] | None = None  # the raw key of each event, only with store_raw_keys
 
 
 class AccessLog:
     """A ring of :data:`EVENT_DTYPE` events with per-reader cursors."""
 
-    def __init__(self, capacity: int, *, sample_rate: float = 1.0, clock_ns: Any = time.time_ns) -> None:
+    def __init__(
+        self, capacity: int, *, sample_rate: float = 1.0, store_raw_keys: bool = False, clock_ns: Any = time.time_ns
+    ) -> None:
         capacity = int(capacity)
         if capacity < 1 or capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two >= 1, got {capacity}")
@@ -74,6 +79,16 @@ class AccessLog:
         self._threshold = numpy.uint64(min(int(self.sample_rate * (1 << SAMPLE_BITS)), 1 << SAMPLE_BITS))
         self._clock_ns = clock_ns
         self._ring = numpy.zeros(capacity, dtype=EVENT_DTYPE)
+        # Raw keys only when asked for: a parallel ring of bytes objects (None where the
+        # cache had no key to give, as for evictions, which it knows by fingerprint only).
+        self.store_raw_keys = bool(store_raw_keys)
+        self._keys: numpy.ndarray | None = numpy.full(capacity, None, dtype=object) if store_raw_keys else None
+
+        def hook(op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, keys: Any = None) -> None:
+            self.append(op, fps, results, sizes, keys=keys)
+
+        hook.wants_keys = self.store_raw_keys  # type: ignore[attr-defined]
+        self.hook = hook
         self._lock = threading.Lock()
         self._head = 0  # events ever written (the next event's sequence)
         self.offered = 0  # events reported by the cache, before sampling
@@ -91,17 +106,34 @@ class AccessLog:
         mixed = numpy.multiply(fps, _SAMPLE_MIX) >> numpy.uint64(64 - SAMPLE_BITS)
         return mixed < self._threshold
 
-    def append(self, op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, tenant: int = 0) -> int:
-        """Log one batch; return how many of its events were kept after sampling."""
+    def append(
+        self,
+        op: int,
+        fps: numpy.ndarray,
+        results: numpy.ndarray,
+        sizes: numpy.ndarray,
+        tenant: int = 0,
+        keys: Any = None,
+    ) -> int:
+        """Log one batch; return how many of its events were kept after sampling.
+
+        ``keys`` (aligned with ``fps``) is kept only when the log stores raw keys.
+        """
         fps = numpy.asarray(fps, dtype=numpy.uint64)
         n = int(fps.shape[0])
         if n == 0:
             return 0
         results = numpy.asarray(results, dtype=numpy.uint8)
         sizes = numpy.minimum(numpy.asarray(sizes, dtype=numpy.int64), MAX_SIZE)
+        key_array: numpy.ndarray | None = None
+        if self._keys is not None:
+            key_array = numpy.full(n, None, dtype=object)
+            if keys is not None:
+                key_array[:] = list(keys)
         keep = self._keep(fps)
         if keep is not None:
             fps, results, sizes = fps[keep], results[keep], sizes[keep]
+            key_array = key_array[keep] if key_array is not None else None
         k = int(fps.shape[0])
         now = int(self._clock_ns())
         with self._lock:
@@ -113,6 +145,7 @@ class AccessLog:
                 # Only the newest `capacity` events can be held; the rest are overwritten at once.
                 skip = k - self.capacity
                 fps, results, sizes = fps[skip:], results[skip:], sizes[skip:]
+                key_array = key_array[skip:] if key_array is not None else None
                 self._head += skip
                 k = self.capacity
             start = self._head & self.mask
@@ -127,12 +160,10 @@ class AccessLog:
                 view["result"] = results[lo:hi]
                 view["tenant"] = tenant
                 view["size"] = sizes[lo:hi]
+                if self._keys is not None and key_array is not None:
+                    self._keys[dst : dst + hi - lo] = key_array[lo:hi]
             self._head += k
         return k
-
-    def hook(self, op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None:
-        """The cache's access hook (default tenant)."""
-        self.append(op, fps, results, sizes)
 
     def read(self, since: int, max_events: int | None = None) -> ReadResult:
         """Events with sequence ``>= since`` (oldest first), at most ``max_events``.
@@ -153,8 +184,13 @@ class AccessLog:
                 return ReadResult(numpy.empty(0, dtype=EVENT_DTYPE), max(start, since), lost)
             pos = start & self.mask
             first = min(count, self.capacity - pos)
+            keys: list[bytes | None] | None = None
             if first == count:
                 events = self._ring[pos : pos + count].copy()
+                if self._keys is not None:
+                    keys = self._keys[pos : pos + count].tolist()
             else:
                 events = numpy.concatenate((self._ring[pos:], self._ring[: count - first]))
-            return ReadResult(events, start + count, lost)
+                if self._keys is not None:
+                    keys = self._keys[pos:].tolist() + self._keys[: count - first].tolist()
+            return ReadResult(events, start + count, lost, keys)

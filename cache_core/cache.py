@@ -180,6 +180,18 @@ class Cache:
                 eids[positions] = -1
         return eids
 
+    def _report(
+        self, op: int, lo: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, keys: Sequence[bytes] | None = None
+    ) -> None:
+        """Tell the access hook; the keys themselves only to a hook that asks (``wants_keys``)."""
+        hook = self.access_hook
+        if hook is null_access_hook:
+            return
+        if keys is not None and getattr(hook, "wants_keys", False):
+            hook(op, lo, results, sizes, keys=keys)
+        else:
+            hook(op, lo, results, sizes)
+
     def _fps_small(self, keys: Sequence[bytes]) -> list[tuple[int, int]]:
         fingerprint = self.fp.fingerprint
         lengths = list(map(len, keys))
@@ -236,7 +248,7 @@ class Cache:
             self.stats.evictions += len(eids)
         if reason in (RES_EXPIRED, RES_EVICTED):
             op = OP_EXPIRE if reason == RES_EXPIRED else OP_SET
-            self.access_hook(op, self.e_lo[eids].copy(), numpy.full(len(eids), reason, dtype=numpy.uint8), sizes)
+            self._report(op, self.e_lo[eids].copy(), numpy.full(len(eids), reason, dtype=numpy.uint8), sizes)
         if self.table.tombstones > self.table.capacity * TOMBSTONE_REBUILD_RATIO:
             self.table.rehash(self.table.capacity)
 
@@ -288,7 +300,7 @@ class Cache:
             self.stats.hits += n_hit
             self.stats.misses += len(keys) - n_hit
             sizes = numpy.where(hit, self.e_len[numpy.maximum(eids, 0)], 0)
-            self.access_hook(OP_GET, lo, results, sizes)
+            self._report(OP_GET, lo, results, sizes, keys)
         if self.read_through and self.origin is not None and n_hit < len(keys):
             self._read_through(keys, out)
         return out
@@ -316,11 +328,12 @@ class Cache:
             self.stats.hits += len(hits)
             self.stats.misses += len(keys) - len(hits)
             if self.access_hook is not null_access_hook:
-                self.access_hook(
+                self._report(
                     OP_GET,
                     numpy.asarray([lo for _hi, lo in fps], dtype=numpy.uint64),
                     numpy.asarray(results, dtype=numpy.uint8),
                     numpy.asarray([e_len.item(e) if e >= 0 else 0 for e in eids], dtype=numpy.int64),
+                    keys,
                 )
         return out
 
@@ -453,7 +466,7 @@ class Cache:
                 self.stats.sets += len(keys)
             sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
             op = OP_PREFETCH if prefetched else OP_SET
-            self.access_hook(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes)
+            self._report(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes, keys)
 
     def set(
         self,
@@ -494,7 +507,7 @@ class Cache:
             self._remove(present, reason=RES_DELETED)
             self.stats.deletes += len(present)
             results = numpy.where(eids >= 0, RES_DELETED, RES_MISS).astype(numpy.uint8)
-            self.access_hook(OP_DEL, lo, results, sizes)
+            self._report(OP_DEL, lo, results, sizes, unique)
             return int(len(present))
 
     def expire(self, key: bytes, ttl_ms: int) -> bool:

@@ -144,3 +144,18 @@ def test_the_cache_reports_every_operation_to_the_log() -> None:
     assert events["size"].tolist() == [5, 1, 5, 0]
     a_fp = cache.fp.fingerprint(b"a")[1]
     assert events["fp"][0] == a_fp == events["fp"][2]
+
+
+def test_raw_keys_are_stored_only_when_asked_for() -> None:
+    plain = AccessLog(8)
+    with_keys = AccessLog(8, store_raw_keys=True)
+    for log in (plain, with_keys):
+        cache = Cache(numpy, max_keys=16, max_memory_bytes=1 << 16, access_hook=log.hook)
+        cache.mset([(b"user:1", b"x")])
+        cache.mget([b"user:1", b"user:2"])
+        for i in range(20):  # wrap the ring: keys must stay aligned with their events
+            cache.get(b"k%d" % i)
+    assert plain.read(0).keys is None and plain.hook.wants_keys is False  # type: ignore[attr-defined]
+    result = with_keys.read(0)
+    assert result.keys == [b"k%d" % i for i in range(12, 20)]
+    assert result.events["fp"].tolist() == [Cache(numpy, max_keys=1, max_memory_bytes=1 << 20).fp.fingerprint(k)[1] for k in result.keys]
