@@ -510,12 +510,33 @@ class Cache:
             self._report(OP_DEL, lo, results, sizes, unique)
             return int(len(present))
 
-    def expire(self, key: bytes, ttl_ms: int) -> bool:
-        """Set a TTL (ms). A TTL <= 0 deletes the key, as in Redis. False if absent."""
+    def peek(self, key: bytes) -> bytes | None:
+        """The value of ``key`` without counting a hit or miss or touching the policy."""
+        with self._lock:
+            return self._peek(key)
+
+    def expire(self, key: bytes, ttl_ms: int, when: str | None = None) -> bool:
+        """Set a TTL (ms). A TTL <= 0 deletes the key, as in Redis. False if absent.
+
+        ``when`` is Redis 7's condition: ``nx`` (only if the key has no TTL), ``xx`` (only
+        if it has one), ``gt``/``lt`` (only if the new expiry is later/earlier; no TTL
+        counts as infinite). False when the condition does not hold.
+        """
+        if when not in (None, "nx", "xx", "gt", "lt"):
+            raise ValueError(f"when must be nx, xx, gt, lt or None, got {when!r}")
         with self._lock:
             now = self.now_ms()
             eid = self._find_one(key, now)
             if eid < 0:
+                return False
+            current = int(self.e_expire[eid])
+            new = now + ttl_ms
+            if (
+                (when == "nx" and current != TTL_NONE)
+                or (when == "xx" and current == TTL_NONE)
+                or (when == "gt" and (current == TTL_NONE or new <= current))
+                or (when == "lt" and current != TTL_NONE and new >= current)
+            ):
                 return False
             if ttl_ms <= 0:
                 self._remove(numpy.asarray([eid]), reason=RES_EXPIRED)

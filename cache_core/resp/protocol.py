@@ -27,17 +27,17 @@ class ProtocolError(Exception):
 
 
 def _header_int(line: bytes | bytearray) -> int:
-    """The integer of a ``*n`` or ``$n`` header; raises ValueError if it is not one."""
+    """The integer of a ``*n`` header, as redis-server's string2ll reads it.
+
+    Plain decimal only: no sign but a leading '-', no leading zeros, no "-0"; raises
+    ValueError otherwise.
+    """
     if not line or len(line) > 20:
         raise ValueError
-    if line[0] == 0x2D:  # leading '-'
-        rest = line[1:]
-        if not rest.isdigit():
-            raise ValueError
-        return -int(rest)
-    if not line.isdigit():
+    digits = line[1:] if line[0] == 0x2D else line  # leading '-'
+    if not digits.isdigit() or (digits[0] == 0x30 and (len(digits) > 1 or digits is not line)):
         raise ValueError
-    return int(line)
+    return -int(digits) if digits is not line else int(digits)
 
 
 class RequestParser:
@@ -53,19 +53,33 @@ class RequestParser:
         self._pos = 0
         self._args: list[bytes] | None = None  # the multibulk command being received
         self._remaining = 0
+        # While a long bulk string arrives in pieces, the pieces wait here until it is
+        # whole (``_need`` bytes from ``_pos``), so it is joined once, not once per read.
+        self._chunks: list[bytes] = []
+        self._chunked = 0
+        self._need = 0
         self.error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet parsed into a command."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._chunked
 
     def feed(self, data: bytes) -> None:
+        if self._need and len(self._buf) - self._pos + self._chunked + len(data) < self._need:
+            self._chunks.append(bytes(data))
+            self._chunked += len(data)
+            return
+        if self._chunks:
+            data = b"".join(self._chunks) + data
+            self._chunks = []
+            self._chunked = 0
         if self._pos >= len(self._buf):
             self._buf = bytes(data)
         else:
             self._buf = self._buf[self._pos :] + data
         self._pos = 0
+        self._need = 0
 
     def commands(self) -> list[list[bytes]]:
         """Every complete command received so far.
@@ -74,7 +88,7 @@ class RequestParser:
         :attr:`error` is set; the caller answers them, then the error, then closes.
         """
         out: list[list[bytes]] = []
-        if self.error is not None:
+        if self.error is not None or self._chunks:
             return out
         try:
             self._parse(out)
@@ -134,8 +148,9 @@ class RequestParser:
                             raise ProtocolError("Protocol error: invalid bulk length")
                         return
                     digits = buf[pos + 1 : end]
-                    # Plain decimal digits only: int() alone would also take " 1", "+1", "1_0".
-                    if not digits.isdigit() or end - pos > 20:
+                    # Plain decimal digits only: int() alone would also take " 1", "+1", "1_0";
+                    # no leading zeros, as redis-server's string2ll.
+                    if not digits.isdigit() or end - pos > 20 or (digits[0] == 0x30 and len(digits) > 1):
                         raise ProtocolError("Protocol error: invalid bulk length")
                     length = int(digits)
                     if length > max_bulk:
@@ -143,6 +158,7 @@ class RequestParser:
                     start = end + 2
                     stop = start + length
                     if size < stop + 2:
+                        self._need = stop + 2 - pos
                         return
                     if buf[stop : stop + 2] != CRLF:
                         raise ProtocolError("Protocol error: bulk string not terminated by CRLF")
@@ -171,7 +187,11 @@ class RequestParser:
 
 
 def split_inline(line: bytes) -> list[bytes]:
-    """Split an inline command like redis-server does: spaces, "double" and 'single' quotes."""
+    """Split an inline command like redis-server does: spaces, "double" and 'single' quotes.
+
+    redis-server splits a C string, so a NUL byte ends the line there.
+    """
+    line = line.split(b"\x00", 1)[0]
     args: list[bytes] = []
     i, n = 0, len(line)
     while True:

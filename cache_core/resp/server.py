@@ -15,11 +15,13 @@ a Redis-style error and the connection goes on.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fnmatch
 import hmac
 import itertools
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -38,6 +40,14 @@ log = logging.getLogger(__name__)
 REDIS_COMPAT_VERSION = "7.0.0"
 OPS_SAMPLE_SECONDS = 0.1
 OPS_SAMPLES = 16
+# How much of an unknown command's name and arguments its error echoes (as redis-server).
+UNKNOWN_ARGS_SHOWN = 128
+# Upper bounds (microseconds) of the per-command latency histogram: 1-2-5 steps per
+# decade from 10 µs to 10 s. Fixed, so recording a call is one bisect and one increment.
+LATENCY_DECADES_USEC = (10, 100, 1_000, 10_000, 100_000, 1_000_000)
+LATENCY_STEPS = (1, 2, 5)
+LATENCY_MAX_USEC = 10_000_000
+LATENCY_BUCKETS_USEC: tuple[int, ...] = tuple(d * s for d in LATENCY_DECADES_USEC for s in LATENCY_STEPS) + (LATENCY_MAX_USEC,)
 
 
 @dataclass(frozen=True)
@@ -62,14 +72,15 @@ def _err_args(name: str) -> CommandError:
     return CommandError(f"ERR wrong number of arguments for '{name}' command")
 
 
+_INT_RE = re.compile(rb"-?[1-9][0-9]{0,19}|0")
+
+
 def _int_arg(value: bytes, message: str = "ERR value is not an integer or out of range") -> int:
-    try:
-        text = value.decode("ascii")
-        if text != text.strip() or not text:
-            raise ValueError
-        number = int(text)
-    except (UnicodeDecodeError, ValueError):
-        raise CommandError(message) from None
+    """A 64-bit integer argument, read like redis-server's string2ll: no '+', no leading
+    zeros, no spaces or underscores (Python's int() would take all of those)."""
+    if not _INT_RE.fullmatch(value):
+        raise CommandError(message)
+    number = int(value)
     if not -(1 << 63) <= number < (1 << 63):
         raise CommandError(message)
     return number
@@ -83,6 +94,9 @@ class ServerStats:
     total_commands: int = 0
     protocol_errors: int = 0
     command_calls: dict[str, list[int]] = field(default_factory=dict)  # name -> [calls, usec, errors]
+    # name -> calls per LATENCY_BUCKETS_USEC bound (not cumulative); the last slot counts
+    # calls slower than the largest bound.
+    command_latency: dict[str, list[int]] = field(default_factory=dict)
 
 
 class RespServer:
@@ -161,14 +175,18 @@ class RespServer:
         (t0, c0), (t1, c1) = self._ops_samples[0], self._ops_samples[-1]
         return int((c1 - c0) / (t1 - t0)) if t1 > t0 else 0
 
-    def record(self, name: str, usec: int, error: bool) -> None:
-        entry = self.stats.command_calls.get(name)
+    def record(self, name: str, usec: int, error: bool, calls: int = 1) -> None:
+        """Count ``calls`` executions of ``name`` that took ``usec`` microseconds each."""
+        stats = self.stats
+        entry = stats.command_calls.get(name)
         if entry is None:
-            entry = self.stats.command_calls[name] = [0, 0, 0]
-        entry[0] += 1
-        entry[1] += usec
+            entry = stats.command_calls[name] = [0, 0, 0]
+            stats.command_latency[name] = [0] * (len(LATENCY_BUCKETS_USEC) + 1)
+        entry[0] += calls
+        entry[1] += usec * calls
         if error:
-            entry[2] += 1
+            entry[2] += calls
+        stats.command_latency[name][bisect.bisect_left(LATENCY_BUCKETS_USEC, usec)] += calls
 
     def check_password(self, candidate: bytes) -> bool:
         if self.password is None:
@@ -268,8 +286,10 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         if transport.get_write_buffer_size() > self.server.limits.output_buffer_bytes:
-            log.warning("resp client %s closed: output buffer over %d bytes", self.peer, self.server.limits.output_buffer_bytes)
-            self.close()
+            log.warning("resp client %s dropped: output buffer over %d bytes", self.peer, self.server.limits.output_buffer_bytes)
+            # abort(), not close(): close() would first deliver everything queued.
+            self.closing = True
+            transport.abort()
 
     # -- execution ------------------------------------------------------------------------
     def _batch(self, name: bytes, commands: list[list[bytes]]) -> list[bytes]:
@@ -287,9 +307,7 @@ class Connection(asyncio.Protocol):
             # One bad key (or a failing origin) must fail only its own command: one by one.
             return [self._execute(c)[0] for c in commands]
         usec = (time.perf_counter_ns() - started) // 1000
-        per = usec // len(commands)
-        for _ in commands:
-            self.server.record(label, per, False)
+        self.server.record(label, usec // len(commands), False, len(commands))
         self.server.stats.total_commands += len(commands)
         return replies
 
@@ -299,10 +317,13 @@ class Connection(asyncio.Protocol):
         spec = COMMANDS.get(name)
         server.stats.total_commands += 1
         if spec is None:
-            shown = " ".join(f"'{a.decode('utf-8', 'replace')[:128]}'" for a in args[1:4])
-            return self.encoder.error(
-                f"ERR unknown command '{name[:128]}', with args beginning with: {shown}"
-            ), False
+            shown = ""
+            for arg in args[1:]:
+                if len(shown) >= UNKNOWN_ARGS_SHOWN:
+                    break
+                shown += f"'{arg.decode('utf-8', 'replace')[: UNKNOWN_ARGS_SHOWN - len(shown)]}' "
+            sent = args[0].decode("utf-8", "replace")[:UNKNOWN_ARGS_SHOWN]
+            return self.encoder.error(f"ERR unknown command '{sent}', with args beginning with: {shown}"), False
         handler, arity = spec
         if (arity > 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
             return self.encoder.error(f"ERR wrong number of arguments for '{name}' command"), False
@@ -360,12 +381,18 @@ def c_select(conn: Connection, args: list[bytes]) -> bytes:
 def c_auth(conn: Connection, args: list[bytes]) -> bytes:
     if len(args) > 3:
         raise CommandError("ERR syntax error")
-    if conn.server.password is None:
-        raise CommandError(
-            "ERR AUTH <password> called without any password configured for the default user. "
-            "Are you sure your configuration is correct?"
-        )
     user = args[1] if len(args) == 3 else b"default"
+    if conn.server.password is None:
+        if len(args) == 2:
+            raise CommandError(
+                "ERR AUTH <password> called without any password configured for the default user. "
+                "Are you sure your configuration is correct?"
+            )
+        # As redis-server: the default user has no password (any is accepted); no other user exists.
+        if user != b"default":
+            raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
+        conn.authenticated = True
+        return conn.encoder.simple("OK")
     if user != b"default" or not conn.server.check_password(args[-1]):
         raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
     conn.authenticated = True
@@ -381,7 +408,7 @@ def c_hello(conn: Connection, args: list[bytes]) -> bytes:
         except ValueError:
             raise CommandError("ERR Protocol version is not an integer or out of range") from None
         if protocol not in (2, 3):
-            raise CommandError("NOPROTO sorry, this protocol version is not supported.")
+            raise CommandError("NOPROTO unsupported protocol version")
         i = 2
     name = None
     while i < len(args):
@@ -419,53 +446,63 @@ def c_get(conn: Connection, args: list[bytes]) -> bytes:
     return conn.encoder.bulk(conn.server.cache.get(args[1]))
 
 
-def _ttl_from(option: bytes, value: bytes, now_ms: int) -> int:
-    number = _int_arg(value, "ERR value is not an integer or out of range")
-    if option in (b"EX", b"PX") and number <= 0:
+INT64_MAX = (1 << 63) - 1
+_TTL_OPTIONS = (b"EX", b"PX", b"EXAT", b"PXAT")
+
+
+def _set_ttl_ms(unit: bytes, value: bytes) -> int:
+    """Milliseconds from now for SET's EX/PX/EXAT/PXAT, checked as redis-server does.
+
+    May be <= 0 for an EXAT/PXAT in the past (the key is then not kept).
+    """
+    number = _int_arg(value)
+    seconds = unit in (b"EX", b"EXAT")
+    if number <= 0 or (seconds and number > INT64_MAX // 1000):
         raise CommandError("ERR invalid expire time in 'set' command")
-    if option == b"EX":
-        return number * 1000
-    if option == b"PX":
-        return number
-    unix_ms = number * 1000 if option == b"EXAT" else number
-    if number <= 0:
-        raise CommandError("ERR invalid expire time in 'set' command")
-    return unix_ms - int(time.time() * 1000)
+    ms = number * 1000 if seconds else number
+    now_unix_ms = int(time.time() * 1000)
+    if unit in (b"EX", b"PX"):
+        if ms > INT64_MAX - now_unix_ms:
+            raise CommandError("ERR invalid expire time in 'set' command")
+        return ms
+    return ms - now_unix_ms
 
 
 def c_set(conn: Connection, args: list[bytes]) -> bytes:
+    """SET with Redis 7.0's option rules: NX/XX exclusive, one expiry unit (repeating the
+    same one is allowed, the last wins), KEEPTTL not with an expiry."""
     cache = conn.server.cache
-    ttl_ms: int | None = None
     nx = xx = get = keep = False
-    seen_ttl = False
+    unit: bytes | None = None
+    expire_arg = b""
     i = 3
     while i < len(args):
         option = args[i].upper()
-        if option in (b"EX", b"PX", b"EXAT", b"PXAT") and i + 1 < len(args) and not seen_ttl and not keep:
-            ttl_ms = _ttl_from(option, args[i + 1], cache.now_ms())
-            seen_ttl = True
-            i += 2
-        elif option == b"NX" and not xx:
+        if option == b"NX" and not xx:
             nx = True
-            i += 1
         elif option == b"XX" and not nx:
             xx = True
-            i += 1
         elif option == b"GET":
             get = True
-            i += 1
-        elif option == b"KEEPTTL" and not seen_ttl:
+        elif option == b"KEEPTTL" and unit is None:
             keep = True
+        elif option in _TTL_OPTIONS and not keep and unit in (None, option) and i + 1 < len(args):
+            unit, expire_arg = option, args[i + 1]
             i += 1
         else:
             raise CommandError("ERR syntax error")
+        i += 1
+    ttl_ms = _set_ttl_ms(unit, expire_arg) if unit is not None else None
+    key = args[1]
     if ttl_ms is not None and ttl_ms <= 0:
-        # An absolute time already in the past: Redis stores nothing and deletes the key.
-        old = cache.get(args[1]) if get else None
-        if not (nx and cache.exists([args[1]])) and not (xx and not cache.exists([args[1]])):
-            cache.delete([args[1]])
+        # An absolute time already past: the condition decides the reply, and no key is kept.
+        present = cache.exists([key]) > 0
+        old = cache.peek(key) if get else None
+        if (nx and present) or (xx and not present):
+            return conn.encoder.bulk(old) if get else conn.encoder.null()
+        cache.delete([key])
         return conn.encoder.bulk(old) if get else conn.encoder.simple("OK")
-    stored, old = cache.set(args[1], args[2], ttl_ms=ttl_ms, nx=nx, xx=xx, keep_ttl=keep, get=get)
+    stored, old = cache.set(key, args[2], ttl_ms=ttl_ms, nx=nx, xx=xx, keep_ttl=keep, get=get)
     if get:
         return conn.encoder.bulk(old)
     return conn.encoder.simple("OK") if stored else conn.encoder.null()
@@ -491,13 +528,34 @@ def c_exists(conn: Connection, args: list[bytes]) -> bytes:
     return conn.encoder.integer(conn.server.cache.exists(args[1:]))
 
 
+_EXPIRE_CONDITIONS = {b"NX": "nx", b"XX": "xx", b"GT": "gt", b"LT": "lt"}
+
+
 def _expire(conn: Connection, args: list[bytes], unit_ms: int) -> bytes:
-    if len(args) > 3:
-        raise CommandError(f"ERR Unsupported option {args[3].decode('utf-8', 'replace')}")
-    seconds = _int_arg(args[2])
-    if abs(seconds) > (1 << 62) // unit_ms:
-        raise CommandError(f"ERR invalid expire time in '{args[0].decode().lower()}' command")
-    return conn.encoder.integer(1 if conn.server.cache.expire(args[1], seconds * unit_ms) else 0)
+    name = args[0].decode().lower()
+    flags: set[str] = set()
+    for option in args[3:]:
+        flag = _EXPIRE_CONDITIONS.get(option.upper())
+        if flag is None:
+            raise CommandError(f"ERR Unsupported option {option.decode('utf-8', 'replace')}")
+        flags.add(flag)
+    if "nx" in flags and len(flags) > 1:
+        raise CommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if {"gt", "lt"} <= flags:
+        raise CommandError("ERR GT and LT options at the same time are not compatible")
+    number = _int_arg(args[2])
+    if unit_ms > 1 and not -(INT64_MAX // unit_ms) <= number <= INT64_MAX // unit_ms:
+        raise CommandError(f"ERR invalid expire time in '{name}' command")
+    ttl_ms = number * unit_ms
+    if ttl_ms > INT64_MAX - int(time.time() * 1000):
+        raise CommandError(f"ERR invalid expire time in '{name}' command")
+    when = next(iter(flags)) if len(flags) == 1 else ("xx" if "xx" in flags else None)
+    if len(flags) == 2:  # XX with GT or LT: both must hold
+        other = next(f for f in flags if f != "xx")
+        if conn.server.cache.ttl_ms(args[1]) == -1:
+            return conn.encoder.integer(0)
+        when = other
+    return conn.encoder.integer(1 if conn.server.cache.expire(args[1], ttl_ms, when) else 0)
 
 
 def c_expire(conn: Connection, args: list[bytes]) -> bytes:
@@ -588,20 +646,26 @@ def _command_info(conn: Connection, name: str) -> Any:
     return [name.encode(), arity, [], 1 if keyed else 0, -1 if name in MULTI_KEY else (1 if keyed else 0), 1 if keyed else 0]
 
 
+_CLIENT_ARITY = {b"SETNAME": 3, b"GETNAME": 2, b"ID": 2, b"SETINFO": 4}
+
+
 def c_client(conn: Connection, args: list[bytes]) -> bytes:
     sub = args[1].upper()
-    if sub == b"SETNAME" and len(args) == 3:
-        if b" " in args[2] or b"\n" in args[2]:
+    arity = _CLIENT_ARITY.get(sub)
+    if arity is None:
+        raise CommandError(f"ERR unknown subcommand '{args[1].decode('utf-8', 'replace')[:128]}'. Try CLIENT HELP.")
+    if len(args) != arity:
+        raise CommandError(f"ERR wrong number of arguments for 'client|{sub.decode().lower()}' command")
+    if sub == b"SETNAME":
+        if any(c < 0x21 or c > 0x7E for c in args[2]):
             raise CommandError("ERR Client names cannot contain spaces, newlines or special characters.")
-        conn.name = args[2]
+        conn.name = args[2] or None  # an empty name removes the name, as in Redis
         return conn.encoder.simple("OK")
-    if sub == b"GETNAME" and len(args) == 2:
+    if sub == b"GETNAME":
         return conn.encoder.bulk(conn.name)
-    if sub == b"ID" and len(args) == 2:
+    if sub == b"ID":
         return conn.encoder.integer(conn.id)
-    if sub == b"SETINFO" and len(args) == 4:
-        return conn.encoder.simple("OK")
-    raise CommandError(f"ERR unknown subcommand or wrong number of arguments for '{args[1].decode('utf-8', 'replace')}'")
+    return conn.encoder.simple("OK")  # SETINFO: accepted and ignored
 
 
 def c_info(conn: Connection, args: list[bytes]) -> bytes:
