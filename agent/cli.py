@@ -8,6 +8,7 @@ input (bad config, bad arguments).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -274,6 +275,101 @@ def plugins_install(name: str) -> None:
     if code != 0:
         _fail(f"pip exited with {code}", 1)
     click.echo("installed; restart the agent to load it (entry points are read at start-up, not on reload)")
+
+
+# ---------------------------------------------------------------------------- data
+
+DATA_TABLE_COLUMNS = ("time", "seq", "op", "result", "tenant", "size", "fp")
+
+
+def _printable_key(encoded: str | None) -> str | None:
+    """A raw key for the table: as text when it is printable ASCII, else as ``base64:...``."""
+    if encoded is None:
+        return None
+    raw = base64.b64decode(encoded)
+    text = raw.decode("ascii", "replace")
+    return text if raw.isascii() and text.isprintable() and "\t" not in text else f"base64:{encoded}"
+
+
+@cli.group()
+def data() -> None:
+    """Read the access-log segments the production data collector exported."""
+
+
+@data.command("read")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--key-file",
+    "key_files",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="File holding a segment key (32 raw bytes, 64 hex characters or base64). Repeat it to pass old keys after a rotation.",
+)
+@click.option("--since", default=None, help="Only events at or after this time: epoch seconds or ISO 8601 (naive means UTC).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event instead of a table.")
+def data_read(directory: str, key_files: tuple[str, ...], since: str | None, as_json: bool) -> None:
+    """Verify, decrypt and print the events of every segment in DIRECTORY, oldest first.
+
+    A segment that fails verification (tampered, truncated, unknown key) is reported on
+    stderr and none of its data is printed. Exit 0 when every segment verified, 2 when any
+    failed or the arguments are invalid.
+    """
+    from agent.mlops.dataset import (
+        KeyFormatError,
+        SegmentError,
+        event_records,
+        load_key_file,
+        parse_since,
+        read_segments,
+    )
+
+    keys: list[bytes] = []
+    for path in key_files:
+        try:
+            keys.append(load_key_file(path))
+        except KeyFormatError as exc:
+            _fail(str(exc), 2)
+    since_value = None
+    if since is not None:
+        try:
+            since_value = parse_since(since)
+        except ValueError as exc:
+            _fail(f"--since: {exc}", 2)
+    failed: list[SegmentError] = []
+
+    def report(exc: SegmentError) -> None:
+        failed.append(exc)
+        click.echo(f"error: segment failed verification: {exc}", err=True)
+
+    segments = events = 0
+    header_done = False
+    try:
+        for segment in read_segments(directory, keys, since=since_value, on_error=report):
+            segments += 1
+            lines: list[str] = []
+            for record in event_records(segment):
+                events += 1
+                if as_json:
+                    lines.append(json.dumps(record, sort_keys=True))
+                    continue
+                if "key_b64" in record:
+                    record["key"] = _printable_key(record["key_b64"])
+                columns = DATA_TABLE_COLUMNS + (("key",) if "key" in record else ())
+                if not header_done:
+                    lines.append("\t".join(columns))
+                    header_done = True
+                lines.append("\t".join("-" if record[c] is None else str(record[c]) for c in columns))
+            click.echo("\n".join(lines))
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, as other CLI tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as exc:
+        _fail(f"cannot read {directory}: {exc.strerror or exc}", 2)
+    click.echo(f"{segments} segment(s) verified, {events} event(s); {len(failed)} segment(s) failed verification", err=True)
+    if failed:
+        sys.exit(2)
 
 
 # ---------------------------------------------------------------------------- talking to a running agent

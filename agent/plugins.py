@@ -38,6 +38,10 @@ DISABLE_ENV_VAR = "PREDIS_AGENT_DISABLE_PLUGINS"
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("prometheus", "plugins.exporters.prometheus"),
     ("files", "plugins.origins.files"),
+    ("cache_metrics", "plugins.collectors.cache"),
+    ("process_metrics", "plugins.collectors.process"),
+    ("gpu_metrics", "plugins.collectors.gpu"),
+    ("access_log", "plugins.collectors.access_log"),
 )
 
 

@@ -115,6 +115,9 @@ class Agent:
         self._sink_owner: dict[str, str] = {}
         self.plugin_routes: list[Route] = []
         self.readiness: dict[str, Any] = {"ready": False, "components": {}}
+        # Sections plugins add to /status "components" (e.g. "gpu": why GPU metrics are off);
+        # informational only, never part of readiness. Built-in component names take precedence.
+        self.component_status: dict[str, dict[str, Any]] = {}
         self._reload_lock: asyncio.Lock | None = None
         self._stop_event: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
@@ -532,6 +535,7 @@ class Agent:
             "last_reload": self.last_reload.public() if self.last_reload else None,
             "plugins": self.host.public(),
             "components": {
+                **{name: dict(section) for name, section in list(self.component_status.items())},
                 "http": {"address": self.http.address, "tls": self.http.tls},
                 "cache": {
                     "backend": backend.name if backend else None,

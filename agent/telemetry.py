@@ -18,9 +18,10 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 # `_created` series are noise for every consumer we export to.
 prometheus_client.disable_created_metrics()
@@ -63,17 +64,178 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_agent_http_auth_failures_total", "counter", "Requests refused for a missing or invalid token."),
 )
 
+# Labels of every per-GPU sample: NVML index, MIG instance index ("" for the whole GPU), UUID.
+GPU_LABELS = ("gpu", "mig", "uuid")
+
+# Samples the built-in collectors (plugins/collectors/) produce each round, declared once
+# here; the collectors build them with :func:`sample`.
+COLLECTED_METRICS: tuple[MetricSpec, ...] = (
+    # cache (plugins/collectors/cache.py)
+    MetricSpec("predis_cache_hits_total", "counter", "Key lookups that found a live value."),
+    MetricSpec("predis_cache_misses_total", "counter", "Key lookups that found no live value (before any read-through)."),
+    MetricSpec("predis_cache_sets_total", "counter", "Values stored by clients."),
+    MetricSpec("predis_cache_deletes_total", "counter", "Keys deleted by clients."),
+    MetricSpec("predis_cache_evictions_total", "counter", "Keys evicted to make room (policy cache.eviction)."),
+    MetricSpec("predis_cache_expirations_total", "counter", "Keys removed because their TTL passed."),
+    MetricSpec("predis_cache_origin_loads_total", "counter", "Values read through from the origin on a miss."),
+    MetricSpec("predis_cache_origin_errors_total", "counter", "Origin loads that failed."),
+    MetricSpec("predis_cache_keys", "gauge", "Live keys in the cache."),
+    MetricSpec("predis_cache_max_keys", "gauge", "Key capacity (cache.max_keys)."),
+    MetricSpec(
+        "predis_cache_memory_bytes",
+        "gauge",
+        "Memory the cache holds, by tier: device (hash table and value slabs) and host (per-entry metadata).",
+        ("tier",),
+        unit="bytes",
+    ),
+    MetricSpec("predis_cache_value_bytes", "gauge", "Bytes of the stored values themselves.", unit="bytes"),
+    MetricSpec("predis_cache_charged_bytes", "gauge", "Bytes charged against cache.max_memory_bytes (value chunks).", unit="bytes"),
+    MetricSpec("predis_cache_max_memory_bytes", "gauge", "Memory limit for values (cache.max_memory_bytes).", unit="bytes"),
+    MetricSpec(
+        "predis_cache_commands_total", "counter", "Redis-protocol commands executed, by command (unknown names: other).", ("command",)
+    ),
+    MetricSpec("predis_cache_command_errors_total", "counter", "Commands that answered an error, by command.", ("command",)),
+    MetricSpec(
+        "predis_cache_command_duration_seconds",
+        "histogram",
+        "Execution time of one command, by command; buckets are the RESP server's fixed bounds (10 µs to 10 s).",
+        ("command",),
+        unit="seconds",
+    ),
+    MetricSpec("predis_cache_connected_clients", "gauge", "Open Redis-protocol client connections."),
+    MetricSpec("predis_cache_connections_total", "counter", "Client connections accepted, including those then rejected."),
+    MetricSpec("predis_cache_rejected_connections_total", "counter", "Connections refused because cache.resp.max_clients was reached."),
+    MetricSpec("predis_cache_protocol_errors_total", "counter", "Connections closed for a Redis-protocol violation."),
+    # process (plugins/collectors/process.py)
+    MetricSpec(
+        "predis_process_cpu_seconds_total", "counter", "CPU time the agent process used, by mode (user, system).", ("mode",), unit="seconds"
+    ),
+    MetricSpec("predis_process_resident_memory_bytes", "gauge", "Resident set size of the agent process.", unit="bytes"),
+    MetricSpec("predis_process_open_fds", "gauge", "Open file descriptors of the agent process."),
+    MetricSpec("predis_process_max_fds", "gauge", "Soft limit on open file descriptors (RLIMIT_NOFILE)."),
+    MetricSpec("predis_process_threads", "gauge", "Operating-system threads of the agent process."),
+    MetricSpec("predis_process_event_loop_lag_seconds", "gauge", "How late the latest event-loop probe ran.", unit="seconds"),
+    MetricSpec(
+        "predis_process_event_loop_lag_max_seconds",
+        "gauge",
+        "Largest event-loop probe lag since the previous collection round.",
+        unit="seconds",
+    ),
+    MetricSpec("predis_process_gc_collections_total", "counter", "Python garbage collections, by generation.", ("generation",)),
+    MetricSpec(
+        "predis_process_gc_pause_seconds_total",
+        "counter",
+        "Time spent in Python garbage collection, by generation.",
+        ("generation",),
+        unit="seconds",
+    ),
+    # gpu (plugins/collectors/gpu.py)
+    MetricSpec("predis_gpu_up", "gauge", "1 when NVML answered this round for at least one GPU; 0 otherwise (reason in /status)."),
+    MetricSpec("predis_gpu_devices", "gauge", "GPUs NVML reports."),
+    MetricSpec("predis_gpu_info", "gauge", "Always 1; labels carry each GPU's and MIG instance's identity.", GPU_LABELS + ("name",)),
+    MetricSpec(
+        "predis_gpu_utilization_ratio", "gauge", "Fraction of the last sample period a kernel ran on the GPU.", GPU_LABELS, unit="ratio"
+    ),
+    MetricSpec(
+        "predis_gpu_memory_utilization_ratio",
+        "gauge",
+        "Fraction of the last sample period device memory was read or written.",
+        GPU_LABELS,
+        unit="ratio",
+    ),
+    MetricSpec("predis_gpu_memory_used_bytes", "gauge", "Device memory in use.", GPU_LABELS, unit="bytes"),
+    MetricSpec("predis_gpu_memory_total_bytes", "gauge", "Device memory installed.", GPU_LABELS, unit="bytes"),
+    MetricSpec("predis_gpu_temperature_celsius", "gauge", "GPU core temperature.", GPU_LABELS, unit="celsius"),
+    MetricSpec("predis_gpu_power_draw_watts", "gauge", "Power the board draws.", GPU_LABELS, unit="watts"),
+    MetricSpec("predis_gpu_power_limit_watts", "gauge", "Power limit the driver enforces.", GPU_LABELS, unit="watts"),
+    MetricSpec("predis_gpu_sm_clock_hertz", "gauge", "Current SM clock.", GPU_LABELS, unit="hertz"),
+    MetricSpec("predis_gpu_memory_clock_hertz", "gauge", "Current memory clock.", GPU_LABELS, unit="hertz"),
+    MetricSpec(
+        "predis_gpu_pcie_rx_bytes_per_second", "gauge", "PCIe receive throughput (NVML's 20 ms sample).", GPU_LABELS, unit="bytes_per_second"
+    ),
+    MetricSpec(
+        "predis_gpu_pcie_tx_bytes_per_second", "gauge", "PCIe transmit throughput (NVML's 20 ms sample).", GPU_LABELS, unit="bytes_per_second"
+    ),
+    MetricSpec(
+        "predis_gpu_ecc_errors_total",
+        "counter",
+        "ECC memory errors since the driver loaded, by type (corrected, uncorrected).",
+        GPU_LABELS + ("type",),
+    ),
+    MetricSpec(
+        "predis_gpu_throttle_active",
+        "gauge",
+        "1 while a clock throttle reason is active, by reason; reasons the GPU does not report are absent.",
+        GPU_LABELS + ("reason",),
+    ),
+    MetricSpec("predis_gpu_xid_events_total", "counter", "XID critical-error events NVML delivered since the agent started.", GPU_LABELS),
+    MetricSpec("predis_gpu_nvml_timeouts_total", "counter", "NVML calls that did not return within collectors.gpu.nvml_timeout_seconds."),
+)
+
+# Samples of the production data collector (plugins/collectors/access_log.py). Every event
+# logged is exported, still waiting in the ring (pending) or counted in dropped{reason}.
+ACCESS_LOG_DROP_REASONS = ("overwritten", "low_disk", "write_failed", "export_refused", "not_exported", "ring_replaced")
+ACCESS_LOG_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("predis_access_log_events_total", "counter", "Access events logged into the ring (after sampling)."),
+    MetricSpec("predis_access_log_events_sampled_out_total", "counter", "Access events not logged because their key is not sampled."),
+    MetricSpec("predis_access_log_events_exported_total", "counter", "Logged events written to segment files."),
+    MetricSpec(
+        "predis_access_log_events_dropped_total",
+        "counter",
+        "Logged events overwritten in the ring before export, by what held export back: "
+        + ", ".join(ACCESS_LOG_DROP_REASONS)
+        + ".",
+        ("reason",),
+    ),
+    MetricSpec("predis_access_log_events_pending", "gauge", "Logged events neither exported nor counted as dropped yet."),
+    MetricSpec("predis_access_log_export_lag_seconds", "gauge", "Age of the oldest event waiting for export (0 when none waits).", unit="seconds"),
+    MetricSpec(
+        "predis_access_log_export_duration_seconds",
+        "histogram",
+        "Time to encode, encrypt and durably write one segment.",
+        unit="seconds",
+        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
+    ),
+    MetricSpec("predis_access_log_written_bytes_total", "counter", "Bytes of segment files written.", unit="bytes"),
+    MetricSpec("predis_access_log_segments_written_total", "counter", "Segment files written."),
+    MetricSpec("predis_access_log_segments_deleted_total", "counter", "Segment files deleted by retention, by reason (bytes, age).", ("reason",)),
+    MetricSpec("predis_access_log_write_errors_total", "counter", "Segment writes that failed (retried with backoff)."),
+    MetricSpec("predis_access_log_export_paused", "gauge", "1 while export is held back (low disk, write errors, refused config); reason in /status."),
+)
+
 
 @dataclass(frozen=True)
 class Metric:
-    """One sample produced by a collector."""
+    """One sample produced by a collector.
+
+    A histogram sample (``kind="histogram"``) carries its observations' sum in ``value``,
+    their number in ``count`` and ``buckets`` as ``(upper bound, cumulative count)``
+    pairs in increasing order; the ``+Inf`` bucket is ``count`` and may be left out.
+    """
 
     name: str
     value: float
-    kind: str = "gauge"  # gauge | counter
+    kind: str = "gauge"  # gauge | counter | histogram
     labels: Mapping[str, str] = field(default_factory=dict)
     help: str = ""
     timestamp: float = field(default_factory=time.time)
+    buckets: tuple[tuple[float, float], ...] = ()
+    count: float = 0.0
+
+
+def sample(
+    spec: MetricSpec,
+    value: float,
+    labels: Mapping[str, str] | None = None,
+    *,
+    buckets: tuple[tuple[float, float], ...] = (),
+    count: float = 0.0,
+) -> Metric:
+    """A :class:`Metric` named, typed and described by ``spec``; its label keys must be the spec's."""
+    given = dict(labels or {})
+    if set(given) != set(spec.labels):
+        raise ValueError(f"{spec.name}: expected labels {sorted(spec.labels)}, got {sorted(given)}")
+    return Metric(spec.name, value, spec.kind, given, spec.help, buckets=buckets, count=count)
 
 
 class _BatchCollector(Collector):
@@ -89,16 +251,37 @@ class _BatchCollector(Collector):
                 continue
             fam = families.get(m.name)
             if fam is None:
-                cls = CounterMetricFamily if m.kind == "counter" else GaugeMetricFamily
+                cls = _FAMILIES.get(m.kind, GaugeMetricFamily)
                 fam = cls(m.name, m.help or m.name)
                 families[m.name] = fam
             # Each sample keeps its own label names: samples of one family may carry
             # different label keys, and pairing values with the first sample's keys
             # would export them under the wrong labels.
-            sample_name = f"{fam.name}_total" if fam.type == "counter" else fam.name
             labels = {str(k): str(v) for k, v in m.labels.items()}
+            if fam.type == "histogram":
+                if m.kind == "histogram":
+                    fam.samples.extend(_histogram_samples(fam.name, labels, m))
+                continue
+            sample_name = f"{fam.name}_total" if fam.type == "counter" else fam.name
             fam.samples.append(Sample(sample_name, labels, m.value))
         return list(families.values())
+
+
+_FAMILIES: dict[str, Any] = {
+    "counter": CounterMetricFamily,
+    "gauge": GaugeMetricFamily,
+    "histogram": HistogramMetricFamily,
+}
+
+
+def _histogram_samples(name: str, labels: dict[str, str], m: Metric) -> list[Sample]:
+    """Cumulative ``_bucket`` samples ending in ``+Inf``, then ``_count`` and ``_sum``."""
+    out = [Sample(f"{name}_bucket", {**labels, "le": floatToGoString(bound)}, cumulative) for bound, cumulative in m.buckets]
+    if not m.buckets or math.isfinite(m.buckets[-1][0]):
+        out.append(Sample(f"{name}_bucket", {**labels, "le": "+Inf"}, m.count))
+    out.append(Sample(f"{name}_count", labels, m.count))
+    out.append(Sample(f"{name}_sum", labels, m.value))
+    return out
 
 
 class Telemetry:

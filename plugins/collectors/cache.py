@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``cache_metrics`` collector: what the cache and its Redis-protocol server did.
+
+Operators and the MLOps loop judge the cache by these numbers, so every sample is read
+from a counter the cache or the server really keeps (``Cache.snapshot()`` and
+``RespServer.stats``); nothing is estimated and nothing is exported as a placeholder.
+Counters stay cumulative (``_total``) and restart from zero only when the cache is
+rebuilt by a sizing change, which Prometheus' ``rate()`` treats as a reset.
+
+The ``command`` label is bounded: only names of the server's command table appear,
+anything else is folded into ``other``. Latency per command is a histogram over the
+server's fixed bounds (10 µs to 10 s, ``cache_core.resp.server.LATENCY_BUCKETS_USEC``).
+
+Prefetch issued / used / wasted counts come with the prefetcher; until it exists they are
+not exported at all rather than as zeros that would look like a measured "no prefetch".
+
+The collector is registered always and reads ``collectors.cache.enabled`` on every round,
+so turning it on or off by a reload takes effect without re-registration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent import hookimpl
+from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
+from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC
+
+PLUGIN_NAME = "cache_metrics"
+CONFIG_SECTION = "collectors.cache"
+OTHER_COMMAND = "other"
+USEC_PER_SECOND = 1_000_000
+BUCKET_BOUNDS_SECONDS: tuple[float, ...] = tuple(bound / USEC_PER_SECOND for bound in LATENCY_BUCKETS_USEC)
+
+SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in COLLECTED_METRICS if spec.name.startswith("predis_cache_")}
+
+# CacheStats field -> counter it feeds.
+STAT_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("hits", "predis_cache_hits_total"),
+    ("misses", "predis_cache_misses_total"),
+    ("sets", "predis_cache_sets_total"),
+    ("deletes", "predis_cache_deletes_total"),
+    ("evictions", "predis_cache_evictions_total"),
+    ("expirations", "predis_cache_expirations_total"),
+    ("origin_loads", "predis_cache_origin_loads_total"),
+    ("origin_errors", "predis_cache_origin_errors_total"),
+)
+STAT_GAUGES: tuple[tuple[str, str], ...] = (
+    ("keys", "predis_cache_keys"),
+    ("max_keys", "predis_cache_max_keys"),
+    ("value_bytes", "predis_cache_value_bytes"),
+    ("charged_bytes", "predis_cache_charged_bytes"),
+    ("max_memory_bytes", "predis_cache_max_memory_bytes"),
+)
+# CacheStats field -> value of the ``tier`` label of predis_cache_memory_bytes.
+MEMORY_TIERS: tuple[tuple[str, str], ...] = (("device_bytes", "device"), ("host_bytes", "host"))
+
+
+def command_label(name: str) -> str:
+    """The bounded ``command`` label for a command name."""
+    return name if name in COMMANDS else OTHER_COMMAND
+
+
+class CacheCollector:
+    """Reads the running cache and RESP server of ``agent.cache_service``."""
+
+    name = "cache"
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    def enabled(self) -> bool:
+        return bool(self.agent.config.section(CONFIG_SECTION).get("enabled", True))
+
+    def collect(self) -> list[Metric]:
+        if not self.enabled():
+            return []
+        service = self.agent.cache_service
+        out: list[Metric] = []
+        cache = service.cache
+        if cache is not None:
+            out.extend(self._cache_samples(cache.snapshot()))
+        server = service.server
+        if server is not None:
+            out.extend(self._server_samples(server))
+        return out
+
+    @staticmethod
+    def _cache_samples(stats: Any) -> list[Metric]:
+        out = [sample(SPECS[name], getattr(stats, field)) for field, name in STAT_COUNTERS + STAT_GAUGES]
+        memory = SPECS["predis_cache_memory_bytes"]
+        out.extend(sample(memory, getattr(stats, field), {"tier": tier}) for field, tier in MEMORY_TIERS)
+        return out
+
+    def _server_samples(self, server: Any) -> list[Metric]:
+        stats = server.stats
+        out = [
+            sample(SPECS["predis_cache_connected_clients"], len(server.clients)),
+            sample(SPECS["predis_cache_connections_total"], stats.total_connections),
+            sample(SPECS["predis_cache_rejected_connections_total"], stats.rejected_connections),
+            sample(SPECS["predis_cache_protocol_errors_total"], stats.protocol_errors),
+        ]
+        # The event loop mutates these dicts while this runs in a collector thread: take
+        # copies first (list() over a dict does not release the GIL).
+        calls = {name: list(entry) for name, entry in list(stats.command_calls.items())}
+        latency = {name: list(counts) for name, counts in list(stats.command_latency.items())}
+        folded = self._fold(calls, latency)
+        for command, (count, usec, errors, buckets) in sorted(folded.items()):
+            labels = {"command": command}
+            out.append(sample(SPECS["predis_cache_commands_total"], count, labels))
+            out.append(sample(SPECS["predis_cache_command_errors_total"], errors, labels))
+            if buckets is not None:
+                out.append(self._histogram(labels, usec, buckets))
+        return out
+
+    @staticmethod
+    def _fold(
+        calls: Mapping[str, list[int]], latency: Mapping[str, list[int]]
+    ) -> dict[str, tuple[int, int, int, list[int] | None]]:
+        """Per bounded label: (calls, total µs, errors, per-bucket counts or None)."""
+        folded: dict[str, tuple[int, int, int, list[int] | None]] = {}
+        for name, (count, usec, errors) in calls.items():
+            label = command_label(name)
+            buckets = latency.get(name)
+            if label in folded:
+                c0, u0, e0, b0 = folded[label]
+                merged = [a + b for a, b in zip(b0, buckets, strict=True)] if b0 is not None and buckets is not None else None
+                folded[label] = (c0 + count, u0 + usec, e0 + errors, merged)
+            else:
+                folded[label] = (count, usec, errors, buckets)
+        return folded
+
+    @staticmethod
+    def _histogram(labels: dict[str, str], usec: int, counts: list[int]) -> Metric:
+        cumulative: list[tuple[float, float]] = []
+        running = 0
+        # The last slot (slower than every bound) is only in the +Inf bucket, i.e. ``count``.
+        for bound, n in zip(BUCKET_BOUNDS_SECONDS, counts[: len(BUCKET_BOUNDS_SECONDS)], strict=True):
+            running += n
+            cumulative.append((bound, float(running)))
+        return sample(
+            SPECS["predis_cache_command_duration_seconds"],
+            usec / USEC_PER_SECOND,
+            labels,
+            buckets=tuple(cumulative),
+            count=float(sum(counts)),
+        )
+
+
+@hookimpl
+def predis_agent_config_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Loads the cache collector; whether it runs is collectors.cache.enabled.",
+        "properties": {},
+    }
+
+
+@hookimpl
+def predis_agent_register_collectors(agent: Any) -> list[CacheCollector]:
+    return [CacheCollector(agent)]
