@@ -439,7 +439,21 @@ def status(config_path: str | None, as_json: bool, token_file: str | None) -> No
         click.echo(f"last reload: {'applied' if last['ok'] else 'REJECTED'} via {last['trigger']}")
         for err in last["errors"]:
             click.echo(f"  {err}")
-    ready = body["components"]["readiness"]
+    components = body["components"]
+    cache = components.get("cache", {})
+    stats = cache.get("stats") or {}
+    resp = cache.get("resp", {})
+    click.echo(
+        f"cache: {cache.get('backend')} backend, {stats.get('keys', 0)} keys, "
+        f"redis protocol {resp.get('address') or 'disabled'} ({resp.get('clients', 0)} clients)"
+    )
+    gpu = components.get("gpu")
+    if isinstance(gpu, dict) and gpu.get("enabled", True):
+        click.echo(f"gpu: {'up' if gpu.get('up') else 'down'}" + (f" ({gpu['reason']})" if gpu.get("reason") else ""))
+    access = components.get("access_log")
+    if isinstance(access, dict) and access.get("state"):
+        click.echo(f"access log: {access['state']}" + (f" ({access['reason']})" if access.get("reason") else ""))
+    ready = components["readiness"]
     click.echo(f"ready: {'yes' if ready.get('ready') else 'NO'}")
     for name, comp in sorted(ready.get("components", {}).items()):
         click.echo(f"  {name:<24} {'ok' if comp['ok'] else 'FAIL'}  {comp['detail']}")

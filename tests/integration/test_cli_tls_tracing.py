@@ -100,6 +100,9 @@ def test_status_and_reload_commands(tmp_path: Path) -> None:
         assert out["config_generation"] == 1 and out["components"]["readiness"]["ready"] is True
         human = cli("status", "--config", str(agent.config_path), env=env).stdout
         assert "ready: yes" in human and "prometheus" in human
+        resp_address = out["components"]["cache"]["resp"]["address"]
+        assert f"redis protocol {resp_address} (0 clients)" in human and "cache: numpy backend, 0 keys" in human
+        assert "gpu: down (no NVIDIA driver" in human
 
         agent.write_config(merge(agent.config, {"agent": {"log": {"level": "debug"}}}))
         done = cli("reload", "--config", str(agent.config_path), env=env)
