@@ -226,6 +226,22 @@ def config_docs(installed: bool) -> None:
     click.echo(render_configuration_doc(build_schema(fragments, opaque)), nl=False)
 
 
+# ---------------------------------------------------------------------------- metrics
+
+
+@cli.group()
+def metrics() -> None:
+    """Metrics the agent defines."""
+
+
+@metrics.command("docs")
+def metrics_docs() -> None:
+    """Print the metrics reference as Markdown (the source of docs/metrics.md)."""
+    from agent.docgen import render_metrics_doc
+
+    click.echo(render_metrics_doc(), nl=False)
+
+
 # ---------------------------------------------------------------------------- plugins
 
 
@@ -370,6 +386,60 @@ def data_read(directory: str, key_files: tuple[str, ...], since: str | None, as_
     click.echo(f"{segments} segment(s) verified, {events} event(s); {len(failed)} segment(s) failed verification", err=True)
     if failed:
         sys.exit(2)
+
+
+@cli.group()
+def drift() -> None:
+    """Compare access traces with the drift detectors."""
+
+
+@drift.command("check")
+@click.option("--reference", "reference", required=True, type=click.Path(), help="Reference trace: key-per-line text, CSV with a 'key' column, or a directory of exported segments.")
+@click.option("--current", "current", required=True, type=click.Path(), help="Current trace, in any of the same formats.")
+@click.option(
+    "--key-file",
+    "key_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Segment key for a directory trace (repeatable, as for 'data read').",
+)
+@click.option("--config", "config_path", default=None, help="Config file whose 'drift' section sets the thresholds (default: the usual lookup).")
+@click.option("--json", "as_json", is_flag=True, help='Print one object: {"status", "drift_detected", "detectors": [...]}.')
+def drift_check(reference: str, current: str, key_files: tuple[str, ...], config_path: str | None, as_json: bool) -> None:
+    """Run every enabled drift detector on REFERENCE against CURRENT.
+
+    Exit 0 whatever the verdict (drift, no_drift, insufficient_data); 2 when a trace or a
+    key file cannot be read.
+    """
+    from agent.mlops.dataset import KeyFormatError, load_key_file
+    from agent.mlops.drift import DriftSettings, run_check
+    from agent.mlops.traces import TraceError, read_trace
+
+    keys: list[bytes] = []
+    for path in key_files:
+        try:
+            keys.append(load_key_file(path))
+        except (KeyFormatError, OSError) as exc:
+            _fail(f"--key-file {path}: {exc}", 2)
+    cfg, host = _load(config_path, ())
+    host.apply_config(cfg.plugin_enabled)
+    detectors = [d for _, found in host.call("predis_agent_register_drift_detectors", agent=None, config=cfg) for d in found]
+    try:
+        ref_trace = read_trace(reference, keys)
+        cur_trace = read_trace(current, keys)
+    except TraceError as exc:
+        _fail(str(exc), 2)
+    result = run_check(detectors, ref_trace.features(), cur_trace.features(), DriftSettings.from_config(cfg.section("drift")))
+    if as_json:
+        click.echo(json.dumps(result.public()))
+        return
+    click.echo(f"status: {result.status}")
+    for entry in result.detectors:
+        p_value = "-" if entry.p_value is None else f"{entry.p_value:.3g}"
+        statistic = "-" if entry.statistic is None else f"{entry.statistic:.4g}"
+        threshold = "-" if entry.threshold is None else f"{entry.threshold:.3g}"
+        mark = "DRIFT" if entry.drift else entry.status
+        click.echo(f"  {entry.detector:<15} {entry.feature:<20} statistic={statistic:<10} p={p_value:<9} threshold={threshold:<8} {mark}")
 
 
 # ---------------------------------------------------------------------------- talking to a running agent

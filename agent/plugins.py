@@ -42,6 +42,12 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("process_metrics", "plugins.collectors.process"),
     ("gpu_metrics", "plugins.collectors.gpu"),
     ("access_log", "plugins.collectors.access_log"),
+    ("drift_ks", "plugins.drift.ks"),
+    ("drift_psi", "plugins.drift.psi"),
+    ("drift_distance", "plugins.drift.distance"),
+    ("drift_chi2", "plugins.drift.chi2"),
+    ("drift_adwin", "plugins.drift.adwin"),
+    ("drift_batch_means", "plugins.drift.batch_means"),
 )
 
 

@@ -390,6 +390,7 @@ class Agent:
         result = ReloadResult(False, trigger, time.time(), self.generation, [], errors)
         self._finish_reload(result, success=False)
         self.telemetry["predis_agent_config_reload_failures_total"].inc()
+        self.telemetry.end_round()
         log.error(
             "reload (%s) rejected; generation %d keeps running:\n  %s", trigger, self.generation, "\n  ".join(errors)
         )
@@ -404,6 +405,8 @@ class Agent:
         self.telemetry["predis_agent_config_generation"].set(self.generation)
         self.telemetry["predis_agent_config_last_reload_success"].set(1 if success else 0)
         self.telemetry["predis_agent_config_last_reload_timestamp_seconds"].set(time.time())
+        # A reload is a state change worth a fresh exposition before the next collection round.
+        self.telemetry.end_round()
 
     async def _watch_loop(self) -> None:
         while True:
@@ -458,12 +461,13 @@ class Agent:
                 self.host.report_error(plugin, "collect", TimeoutError(f"collect() exceeded {timeout}s"))
             except Exception as exc:
                 self.host.report_error(plugin, "collect", exc)
-        self.telemetry.set_batch(batch)
+        batch = self.telemetry.set_batch(batch)
         for sink in list(self.sinks.values()):
             sink.submit(batch)
         self.collection_runs += 1
         self.telemetry["predis_agent_collection_runs_total"].inc()
         self.telemetry["predis_agent_collection_duration_seconds"].observe(time.monotonic() - started)
+        self.telemetry.end_round()
         return batch
 
     def _run_collector(self, collector: Any, key: int) -> list[Metric]:

@@ -11,6 +11,7 @@ their vendor's shape.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,12 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -28,15 +34,27 @@ prometheus_client.disable_created_metrics()
 
 METRIC_NAME_RE = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 
+# Label sets one family may export per collected batch unless its spec says otherwise.
+# Past the cap, new label sets are folded (dropped and counted), so one plugin that puts
+# an unbounded value in a label cannot blow up every scraper's and vendor's storage.
+DEFAULT_MAX_SERIES = 1000
+
 
 @dataclass(frozen=True)
 class MetricSpec:
+    """One metric declared once: what it is called, measures and is labelled by.
+
+    ``max_series`` caps the label sets of the family in a collected batch (see
+    :class:`CardinalityGuard`).
+    """
+
     name: str
     kind: str  # gauge | counter | histogram
     help: str
     labels: tuple[str, ...] = ()
     unit: str = ""
     buckets: tuple[float, ...] = ()
+    max_series: int = DEFAULT_MAX_SERIES
 
 
 SELF_METRICS: tuple[MetricSpec, ...] = (
@@ -62,6 +80,12 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_agent_sink_breaker_open", "gauge", "1 while an exporter's circuit breaker is open.", ("sink",)),
     MetricSpec("predis_agent_http_requests_total", "counter", "HTTP API requests by route and status code.", ("route", "code")),
     MetricSpec("predis_agent_http_auth_failures_total", "counter", "Requests refused for a missing or invalid token."),
+    MetricSpec(
+        "predis_agent_metric_series_folded_total",
+        "counter",
+        "Collected samples not exported because their family already had its cap of label sets this round, by family.",
+        ("family",),
+    ),
 )
 
 # Labels of every per-GPU sample: NVML index, MIG instance index ("" for the whole GPU), UUID.
@@ -204,6 +228,14 @@ ACCESS_LOG_METRICS: tuple[MetricSpec, ...] = (
 )
 
 
+# Samples of the drift checks (agent/mlops/drift_policy.py). Labels are bounded: detector
+# and feature names come from the built-in detectors and features, never from data.
+DRIFT_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("predis_drift_score", "gauge", "Latest score (or statistic) of each drift test, by detector and feature.", ("detector", "feature")),
+    MetricSpec("predis_drift_checks_total", "counter", "Drift checks run, by outcome: drift, no_drift, insufficient_data.", ("status",)),
+    MetricSpec("predis_drift_detected_total", "counter", "Drift checks in which a detector found drift, by detector.", ("detector",)),
+)
+
 @dataclass(frozen=True)
 class Metric:
     """One sample produced by a collector.
@@ -285,7 +317,12 @@ def _histogram_samples(name: str, labels: dict[str, str], m: Metric) -> list[Sam
 
 
 class Telemetry:
-    """The agent's own metrics, in a registry of its own."""
+    """The agent's own metrics, in a registry of its own.
+
+    The exposition of the registry is rendered at most once per collection round and
+    per format, and kept until the next round (:meth:`exposition`): a scrape only ever
+    copies cached bytes, so scrapers cannot make the agent work harder by scraping more.
+    """
 
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -295,6 +332,10 @@ class Telemetry:
         self.metrics["predis_agent_info"].labels(version=version).set(1)
         self.batch_collector = _BatchCollector()
         self.registry.register(self.batch_collector)
+        self.guard = CardinalityGuard(SPECS_BY_NAME)
+        self.renders = 0
+        self._rendered: dict[str, bytes] = {}
+        self._render_lock = threading.Lock()
 
     def _make(self, spec: MetricSpec) -> Any:
         name = spec.name[: -len("_total")] if spec.kind == "counter" else spec.name
@@ -308,5 +349,96 @@ class Telemetry:
     def __getitem__(self, name: str) -> Any:
         return self.metrics[name]
 
-    def set_batch(self, batch: list[Metric]) -> None:
-        self.batch_collector.batch = list(batch)
+    def set_batch(self, batch: list[Metric]) -> list[Metric]:
+        """Expose ``batch`` (after the cardinality guard) and return what is exported."""
+        kept, folded = self.guard.apply(batch)
+        for family, n in folded.items():
+            self.metrics["predis_agent_metric_series_folded_total"].labels(family=family).inc(n)
+        self.batch_collector.batch = kept
+        self.end_round()
+        return kept
+
+    def end_round(self) -> None:
+        """Drop the cached exposition: the next scrape renders the round just finished."""
+        with self._render_lock:
+            self._rendered = {}
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The registry rendered in the format ``accept`` asks for (text 0.0.4 or
+        OpenMetrics), and its content type; rendered on the first call of a round only."""
+        encoder, content_type = choose_encoder(accept)
+        with self._render_lock:
+            body = self._rendered.get(content_type)
+            if body is None:
+                body = encoder(self.registry)
+                self.renders += 1
+                self._rendered[content_type] = body
+        return body, content_type
+
+
+# Every metric the agent and its built-in plugins define. docs/metrics.md is generated
+# from this; a test checks that no module-level spec tuple is left out.
+METRIC_REGISTRY: tuple[MetricSpec, ...] = SELF_METRICS + COLLECTED_METRICS + ACCESS_LOG_METRICS + DRIFT_METRICS
+SPECS_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRIC_REGISTRY}
+
+# Which code emits a metric, by name prefix; the first matching prefix wins.
+EMITTERS: tuple[tuple[str, str], ...] = (
+    ("predis_agent_sink_", "agent/sinks.py"),
+    ("predis_agent_http_", "agent/http.py"),
+    ("predis_agent_metric_", "agent/telemetry.py"),
+    ("predis_agent_", "agent/runtime.py"),
+    ("predis_cache_", "plugins/collectors/cache.py"),
+    ("predis_process_", "plugins/collectors/process.py"),
+    ("predis_gpu_", "plugins/collectors/gpu.py"),
+    ("predis_access_log_", "plugins/collectors/access_log.py"),
+    ("predis_drift_", "agent/mlops/drift_policy.py"),
+)
+
+
+def emitter_of(spec: MetricSpec) -> str:
+    """The module that emits ``spec``; raises for a name no prefix claims."""
+    for prefix, module in EMITTERS:
+        if spec.name.startswith(prefix):
+            return module
+    raise LookupError(f"{spec.name}: no emitter in EMITTERS claims it")
+
+
+class CardinalityGuard:
+    """Caps the label sets each family exports per collected batch.
+
+    A family's label sets that were exported in the previous batch keep their place;
+    new ones are admitted while the family is under its cap (``MetricSpec.max_series``,
+    or ``default_cap`` for names no spec declares, e.g. a third-party plugin's) and
+    folded after. Only the previous batch's admitted sets are remembered, so memory
+    stays bounded by the caps and a family whose old label values went away can admit
+    new ones again.
+    """
+
+    def __init__(self, specs: Mapping[str, MetricSpec], default_cap: int = DEFAULT_MAX_SERIES) -> None:
+        self.specs = specs
+        self.default_cap = default_cap
+        self._admitted: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+
+    def cap(self, family: str) -> int:
+        spec = self.specs.get(family)
+        return spec.max_series if spec is not None else self.default_cap
+
+    def apply(self, batch: Iterable[Metric]) -> tuple[list[Metric], dict[str, int]]:
+        """(samples to export in batch order, {family: samples folded})."""
+        items = [(m, tuple(sorted((str(k), str(v)) for k, v in m.labels.items()))) for m in batch]
+        admitted: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+        for m, key in items:
+            if key in self._admitted.get(m.name, ()):
+                admitted.setdefault(m.name, set()).add(key)
+        folded: dict[str, int] = {}
+        kept: list[Metric] = []
+        for m, key in items:
+            family = admitted.setdefault(m.name, set())
+            if key not in family:
+                if len(family) >= self.cap(m.name):
+                    folded[m.name] = folded.get(m.name, 0) + 1
+                    continue
+                family.add(key)
+            kept.append(m)
+        self._admitted = admitted
+        return kept, folded

@@ -267,7 +267,11 @@ def test_every_route_but_livez_refuses_missing_or_wrong_tokens(tmp_path: Path) -
                 else:
                     assert resp.status_code == 401, (path, headers, resp.status_code)
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-        assert agent.metric("predis_agent_http_auth_failures_total") >= 4 * (len(routes) + 1)
+        # /metrics is rendered once per collection round: the last refusals show up in the next one.
+        wait_for(
+            lambda: (agent.metric("predis_agent_http_auth_failures_total") or 0) >= 4 * (len(routes) + 1),
+            what="every refused request counted in /metrics",
+        )
 
         # A token created while the agent runs is accepted without restart; a revoked one is refused.
         second = agent.create_token("second")
