@@ -75,7 +75,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -94,6 +93,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache_core.cache import Cache  # noqa: E402
 from cache_core.keys import Fingerprinter  # noqa: E402
+from bench_machine import machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 TARGET_BATCH = 1_000_000
 TARGETS = {"mget": 25e6, "mset": 8e6}  # keys/s at batch 1M
@@ -115,26 +115,6 @@ def redis_version() -> str | None:
         if part.startswith("v="):
             return part[2:]
     return out.strip() or None
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "redis_server": redis_version(),
-        "platform": platform.platform(),
-    }
 
 
 def median_seconds(fn: Callable[[int], Any], repeat: int, setup: Callable[[int], Any] | None = None) -> float:
@@ -654,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     memory = bench_memory(args.memory_keys, not args.no_redis, args.trace_cache) if args.memory_keys > 0 else None
     res = {
-        "machine": machine(),
+        "machine": machine(redis_server=redis_version()),
         "seconds": time.perf_counter() - start,
         "single": single,
         "batched": batched,

@@ -42,7 +42,6 @@ import csv
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -54,6 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from bench_machine import machine
 
 REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"redis protocol: (rediss?)://127\.0\.0\.1:(\d+)")
@@ -70,32 +70,9 @@ def tool(name: str) -> str:
     return path
 
 
-def machine(redis_server: str) -> dict[str, Any]:
-    """What the figures were measured on."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import numpy
-
-        numpy_version = numpy.__version__
-    except ImportError:  # pragma: no cover - the agent needs it anyway
-        numpy_version = "not installed"
+def redis_server_version(redis_server: str) -> str:
     out = subprocess.run([redis_server, "--version"], capture_output=True, text=True, timeout=10).stdout
-    version = next((p[2:] for p in out.split() if p.startswith("v=")), out.strip())
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "numpy": numpy_version,
-        "redis_server": version,
-        "platform": platform.platform(),
-    }
+    return next((p[2:] for p in out.split() if p.startswith("v=")), out.strip())
 
 
 def free_port() -> int:
@@ -351,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             stop(redis)
     rows = summarise(runs)
     res = {
-        "machine": machine(redis_server),
+        "machine": machine(redis_server=redis_server_version(redis_server)),
         "backend": backend,
         "seconds": time.perf_counter() - start,
         "options": {k: getattr(opts, k) for k in ("n", "n_p1", "n_mget", "mget_keys", "clients", "keyspace", "repeat")},

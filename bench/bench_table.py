@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -46,28 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache_core.keys import Fingerprinter  # noqa: E402
 from cache_core.table import HashTable  # noqa: E402
+from bench_machine import machine  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 TARGET_BATCH = 1_000_000
 TARGETS = {"lookup hit": 25e6, "insert": 8e6}
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def median_seconds(fn: Callable[[], Any], repeat: int, setup: Callable[[], Any] | None = None) -> float:
