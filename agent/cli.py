@@ -242,6 +242,33 @@ def metrics_docs() -> None:
     click.echo(render_metrics_doc(), nl=False)
 
 
+@cli.group()
+def exporters() -> None:
+    """Push exporters (Datadog, New Relic, CloudWatch)."""
+
+
+@exporters.command("dry-run")
+@config_option
+@set_option
+@click.option("--exporter", "only", multiple=True, help="Check this exporter even if it is disabled (repeatable).")
+@click.option("--payloads", "include_body", is_flag=True, help="Include every payload's body in --json output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def exporters_dry_run(config_path: str | None, overrides: tuple[str, ...], only: tuple[str, ...], include_body: bool, as_json: bool) -> None:
+    """Build the payloads each enabled push exporter would send for one collection and run
+    them through the vendor limit checks; prints counts, sizes and what would be split,
+    trimmed or rejected. Sends nothing."""
+    from agent.dryrun import dry_run, render_text, to_json
+
+    path, _ = resolve_config_path(config_path)
+    try:
+        result = dry_run(path, overrides, only=only, include_body=include_body)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(2)
+    click.echo(to_json(result) if as_json else render_text(result))
+
+
 # ---------------------------------------------------------------------------- plugins
 
 

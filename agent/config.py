@@ -66,6 +66,18 @@ class Secret:
         """Return the plaintext. Do not log it."""
         return self._value
 
+    def reread(self) -> Secret:
+        """Resolve the reference again (a rotated key file or credential).
+
+        Raises ValueError, without the value, when the reference no longer resolves.
+        """
+        value, problems, _ = resolve_secrets(self.ref)
+        if problems:
+            raise ValueError(problems[0].message)
+        if not isinstance(value, Secret):
+            raise ValueError(f"{self.ref} no longer resolves to a secret")
+        return value
+
     def __str__(self) -> str:
         return REDACTED
 

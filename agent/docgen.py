@@ -262,8 +262,8 @@ agent.http.request_timeout_seconds: must be at least 0.1, found 0 (line 4)
 agent.log.level: expected one of 'debug', 'info', 'warning', 'error', 'critical', found 'verbose' (line 6)
 agent.colect: unknown key (allowed here: auth, collect, http, log, pid_file, readiness, reload, shutdown_timeout_seconds, sinks, tracing) (line 7)
 cache.backend: expected one of 'auto', 'cupy', 'numpy', found 'gpu' (line 9)
-plugins.prometheus.foo: unknown key (allowed here: enabled, path) (line 13)
-plugins.nosuch: unknown key (allowed here: prometheus) (line 14)
+exporters.prometheus.foo: unknown key (allowed here: enabled, path) (line 13)
+plugins.nosuch: unknown key (allowed here: access_log, cache_metrics, cloudwatch, datadog, ...) (line 14)
 ```
 
 A few rules worth knowing:

@@ -37,6 +37,9 @@ DISABLE_ENV_VAR = "PREDIS_AGENT_DISABLE_PLUGINS"
 # Built-in plugins: (name, module). They use only the agent's public API.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("prometheus", "plugins.exporters.prometheus"),
+    ("datadog", "plugins.exporters.datadog"),
+    ("newrelic", "plugins.exporters.newrelic"),
+    ("cloudwatch", "plugins.exporters.cloudwatch"),
     ("files", "plugins.origins.files"),
     ("cache_metrics", "plugins.collectors.cache"),
     ("process_metrics", "plugins.collectors.process"),

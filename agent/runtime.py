@@ -27,12 +27,18 @@ from typing import Any
 
 from agent import __version__, logs
 from agent.cache_service import CacheService
-from agent.config import Config, changed_paths, load_config, read_config_text, section_changed
+from agent.config import (
+    Config,
+    changed_paths,
+    load_config,
+    read_config_text,
+    section_changed,
+)
 from agent.errors import AgentError, ConfigError, StartupError
 from agent.http import HttpServer, Route, error_response, json_response
 from agent.plugins import PluginHost
 from agent.security import TokenStore
-from agent.sinks import Sink
+from agent.sinks import ResilientSink, SinkSettings
 from agent.systemd import Notifier
 from agent.telemetry import Metric, Telemetry
 from agent.tracing import Tracing
@@ -111,7 +117,7 @@ class Agent:
         self.health_checks: list[tuple[str, Any]] = []
         self.drift_detectors: list[tuple[str, Any]] = []
         self.origins: list[tuple[str, Any]] = []
-        self.sinks: dict[str, Sink] = {}
+        self.sinks: dict[str, ResilientSink] = {}
         self._sink_owner: dict[str, str] = {}
         self.plugin_routes: list[Route] = []
         self.readiness: dict[str, Any] = {"ready": False, "components": {}}
@@ -239,14 +245,12 @@ class Agent:
     def _active(self, plugin: str) -> bool:
         return self.host.pm.get_plugin(plugin) is not None
 
+    def sink_settings(self, cfg: Config, name: str) -> SinkSettings:
+        """The queue/retry/breaker settings of exporter ``name`` (``agent.sinks`` and its interval)."""
+        interval = cfg.get(f"exporters.{name}.interval", 0.0) or 0.0
+        return SinkSettings.from_config(cfg.section("agent.sinks"), interval=float(interval))
+
     def _update_sinks(self, cfg: Config, exporters: list[tuple[str, Any]], only: set[str] | None) -> None:
-        s = cfg.section("agent.sinks")
-        tuning = {
-            "max_batches": s["queue_max_batches"],
-            "fail_max": s["breaker_fail_max"],
-            "reset_timeout": s["breaker_reset_timeout_seconds"],
-            "retry_interval": s["retry_interval_seconds"],
-        }
         seen: set[str] = set()
         for plugin, exporter in exporters:
             name = str(getattr(exporter, "name", plugin))
@@ -254,13 +258,18 @@ class Agent:
                 log.error("plugin %s: exporter name %r is used twice; the second is ignored", plugin, name)
                 continue
             seen.add(name)
+            settings = self.sink_settings(cfg, name)
             if name in self.sinks:
                 self.sinks[name].replace_exporter(exporter)
-                self.sinks[name].tune(**tuning)
+                self.sinks[name].tune(settings)
             else:
-                self.sinks[name] = Sink(
-                    name, exporter, metrics=self.telemetry, on_state_change=self._on_breaker, span=self.tracing.span, **tuning
-                )
+                try:
+                    self.sinks[name] = ResilientSink(
+                        name, exporter, settings, metrics=self.telemetry, on_event=self._on_sink_event, span=self.tracing.span
+                    )
+                except (OSError, ValueError) as exc:
+                    self.host.report_error(plugin, "predis_agent_register_exporters", exc)
+                    continue
             self._sink_owner[name] = plugin
         for name in list(self.sinks):
             owner = self._sink_owner.get(name, "")
@@ -269,7 +278,7 @@ class Agent:
                 self.sinks.pop(name).close(cfg.get("agent.shutdown_timeout_seconds"))
                 self._sink_owner.pop(name, None)
             elif name not in seen:
-                self.sinks[name].tune(**tuning)
+                self.sinks[name].tune(self.sink_settings(cfg, name))
 
     def _refresh_routes(self) -> None:
         routes = [
@@ -288,11 +297,14 @@ class Agent:
     def _on_plugin_error(self, plugin: str, hook: str) -> None:
         self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc()
 
-    def _on_breaker(self, sink: str, old: str, new: str) -> None:
-        self.emit(Event("breaker_state_changed", {"sink": sink, "old": old, "new": new}))
+    def _on_sink_event(self, kind: str, data: dict[str, Any]) -> None:
+        self.emit(Event(kind, data))
 
     def emit(self, event: Event) -> None:
+        """Tell the plugins (each listener isolated) and the exporters that send events."""
         self.host.call("predis_agent_event", agent=self, event=event)
+        for sink in list(self.sinks.values()):
+            sink.submit_events([event])
 
     # ------------------------------------------------------------------ reload
     def _file_digest(self) -> str | None:
@@ -371,7 +383,7 @@ class Agent:
             self.cache_service.configure_access_log(new.section("collectors.access_log"))
         if section_changed(changed, ["agent.pid_file"]):
             self._write_pid_file(new)
-        changed_plugins = {p.split(".")[1] for p in changed if p.startswith("plugins.")}
+        changed_plugins = {p.split(".")[1] for p in changed if p.startswith(("plugins.", "exporters."))}
         if changed_plugins or section_changed(changed, ["agent.sinks"]):
             self.host.apply_config(self._plugin_enabled(new))
             self._register_all(new, only=changed_plugins)
@@ -436,7 +448,7 @@ class Agent:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=due - now)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def collect_once(self) -> list[Metric]:
@@ -462,8 +474,13 @@ class Agent:
             except Exception as exc:
                 self.host.report_error(plugin, "collect", exc)
         batch = self.telemetry.set_batch(batch)
-        for sink in list(self.sinks.values()):
-            sink.submit(batch)
+        now = time.time()
+        interval = float(self.config.get("agent.collect.interval_seconds"))
+        due = [sink for sink in list(self.sinks.values()) if sink.due(now, interval)]
+        if due:
+            pushed = batch + self.telemetry.self_samples()
+            for sink in due:
+                sink.submit(pushed)
         self.collection_runs += 1
         self.telemetry["predis_agent_collection_runs_total"].inc()
         self.telemetry["predis_agent_collection_duration_seconds"].observe(time.monotonic() - started)
@@ -502,7 +519,7 @@ class Agent:
         for name, func in checks:
             try:
                 ok, detail = await asyncio.wait_for(loop.run_in_executor(None, func), timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 ok, detail = False, f"check did not finish within {timeout}s"
             except Exception as exc:
                 ok, detail = False, f"check raised {exc.__class__.__name__}: {exc}"

@@ -73,11 +73,36 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
         unit="seconds",
         buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
     ),
-    MetricSpec("predis_agent_sink_queue_batches", "gauge", "Batches waiting in an exporter's queue.", ("sink",)),
-    MetricSpec("predis_agent_sink_batches_sent_total", "counter", "Batches an exporter delivered.", ("sink",)),
-    MetricSpec("predis_agent_sink_batches_failed_total", "counter", "Send attempts that raised.", ("sink",)),
-    MetricSpec("predis_agent_sink_batches_dropped_total", "counter", "Batches dropped because the queue was full.", ("sink",)),
-    MetricSpec("predis_agent_sink_breaker_open", "gauge", "1 while an exporter's circuit breaker is open.", ("sink",)),
+    MetricSpec("predis_agent_sink_queue_points", "gauge", "Points waiting in an exporter's queue (including the payload being sent).", ("sink",)),
+    MetricSpec("predis_agent_sink_queue_bytes", "gauge", "Estimated request bytes waiting in an exporter's queue.", ("sink",), unit="bytes"),
+    MetricSpec("predis_agent_sink_queue_oldest_age_seconds", "gauge", "Age of the oldest queued payload.", ("sink",), unit="seconds"),
+    MetricSpec(
+        "predis_agent_sink_outage_budget_seconds",
+        "gauge",
+        "Estimated seconds of vendor outage the queue can absorb before it drops points (age, point and byte bounds at the current rate).",
+        ("sink",),
+        unit="seconds",
+    ),
+    MetricSpec("predis_agent_sink_points_sent_total", "counter", "Points an exporter delivered.", ("sink",)),
+    MetricSpec("predis_agent_sink_points_failed_total", "counter", "Points in send attempts that failed, by error class (transient, too_large, invalid, auth).", ("sink", "error")),
+    MetricSpec(
+        "predis_agent_sink_points_dropped_total",
+        "counter",
+        "Points given up, by reason (queue_full, expired, invalid, too_large, shutdown, encode_error).",
+        ("sink", "reason"),
+    ),
+    MetricSpec("predis_agent_sink_splits_total", "counter", "Payloads split in half after a too-large answer.", ("sink",)),
+    MetricSpec("predis_agent_sink_dead_letters_total", "counter", "Rejected payloads written to the dead-letter directory.", ("sink",)),
+    MetricSpec("predis_agent_sink_breaker_state", "gauge", "Circuit breaker of an exporter: 0 closed, 1 half-open, 2 open.", ("sink",)),
+    MetricSpec("predis_agent_sink_last_success_timestamp_seconds", "gauge", "Unix time of an exporter's last delivered payload.", ("sink",), unit="seconds"),
+    MetricSpec(
+        "predis_agent_sink_send_duration_seconds",
+        "histogram",
+        "Wall time of one send attempt.",
+        ("sink",),
+        unit="seconds",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    ),
     MetricSpec("predis_agent_http_requests_total", "counter", "HTTP API requests by route and status code.", ("route", "code")),
     MetricSpec("predis_agent_http_auth_failures_total", "counter", "Requests refused for a missing or invalid token."),
     MetricSpec(
@@ -316,6 +341,26 @@ def _histogram_samples(name: str, labels: dict[str, str], m: Metric) -> list[Sam
     return out
 
 
+def _histograms_from_samples(spec: MetricSpec, samples: Iterable[Sample], now: float) -> list[Metric]:
+    """Regroup prometheus_client's ``_bucket``/``_count``/``_sum`` samples into Metrics."""
+    groups: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for s in samples:
+        labels = {k: v for k, v in s.labels.items() if k != "le"}
+        g = groups.setdefault(tuple(sorted(labels.items())), {"labels": labels, "buckets": [], "count": 0.0, "sum": 0.0})
+        if s.name.endswith("_bucket"):
+            bound = float(s.labels["le"])
+            if math.isfinite(bound):
+                g["buckets"].append((bound, float(s.value)))
+        elif s.name.endswith("_count"):
+            g["count"] = float(s.value)
+        elif s.name.endswith("_sum"):
+            g["sum"] = float(s.value)
+    return [
+        Metric(spec.name, g["sum"], "histogram", g["labels"], spec.help, timestamp=now, buckets=tuple(sorted(g["buckets"])), count=g["count"])
+        for g in groups.values()
+    ]
+
+
 class Telemetry:
     """The agent's own metrics, in a registry of its own.
 
@@ -357,6 +402,22 @@ class Telemetry:
         self.batch_collector.batch = kept
         self.end_round()
         return kept
+
+    def self_samples(self) -> list[Metric]:
+        """The agent's own metrics as :class:`Metric` samples, for the push exporters
+        (the Prometheus exposition reads them from the registry directly)."""
+        out: list[Metric] = []
+        now = time.time()
+        for spec in SELF_METRICS:
+            for family in self.metrics[spec.name].collect():
+                if spec.kind == "histogram":
+                    out.extend(_histograms_from_samples(spec, family.samples, now))
+                    continue
+                for s in family.samples:
+                    if spec.kind == "counter" and not s.name.endswith("_total"):
+                        continue
+                    out.append(Metric(spec.name, float(s.value), spec.kind, dict(s.labels), spec.help, timestamp=now))
+        return out
 
     def end_round(self) -> None:
         """Drop the cached exposition: the next scrape renders the round just finished."""

@@ -7,7 +7,8 @@ format is rendered once per collection round, lazily on the first scrape after t
 scrape never renders the registry again and scraping more often costs only a copy. The
 route is authenticated like every other route; give Prometheus a token with
 ``authorization: {credentials_file: ...}`` in its scrape config, or list ``/metrics``
-in ``agent.auth.anonymous_routes``.
+in ``agent.auth.anonymous_routes``. Configured under ``exporters.prometheus``
+(``enabled``, ``path``).
 """
 
 from __future__ import annotations
@@ -22,20 +23,12 @@ from agent.http import Route
 
 
 @hookimpl
-def predis_agent_config_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "path": {"type": "string", "pattern": "^/[A-Za-z0-9_./-]*$", "default": "/metrics", "description": "Route of the exposition."}
-        },
-    }
-
-
-@hookimpl
 def predis_agent_register_routes(agent: Any) -> list[Route]:
+    section = agent.config.section("exporters.prometheus")
+    if not section.get("enabled", True):
+        return []
     telemetry = agent.telemetry
-    path = agent.config.plugin_config("prometheus").get("path", "/metrics")
+    path = section["path"]
 
     async def metrics(request: web.Request) -> web.Response:
         accept = request.headers.get("Accept", "")

@@ -1,0 +1,227 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the push exporters share: the vendor-neutral point model and size-bounded chunking.
+
+A collected batch holds cumulative counters and histograms (the Prometheus model). Every
+push vendor we support wants deltas over the push interval instead, so :func:`to_points`
+turns the batch into :class:`Point` s: gauges as they are, counters as deltas (with
+counter-reset detection, :class:`agent.sinks.DeltaTracker`), histograms as the delta of
+their count, sum and buckets. Non-finite values are skipped and counted, never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.sinks import DeltaTracker, Payload
+from agent.telemetry import SPECS_BY_NAME, Metric
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Point:
+    """One series' value over one push interval.
+
+    ``kind`` is ``gauge`` (``value``), ``count`` (``value`` is the delta over ``interval``
+    seconds) or ``summary`` (``count``/``sum`` deltas; ``buckets`` are per-bucket counts,
+    not cumulative, as ``(upper bound, count)``; ``low``/``high`` bound the observations
+    by the lowest and highest non-empty bucket).
+    """
+
+    name: str
+    kind: str
+    labels: dict[str, str]
+    timestamp: float
+    value: float = 0.0
+    interval: float = 0.0
+    count: float = 0.0
+    sum: float = 0.0
+    buckets: tuple[tuple[float, float], ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    unit: str = ""
+
+
+@dataclass
+class EncodeReport:
+    """What encoding did besides copying: shown by ``exporters dry-run`` and logged."""
+
+    points: int = 0
+    payloads: int = 0
+    bytes: int = 0
+    skipped_non_finite: int = 0
+    baselines: int = 0  # first sample of a counter: sets the baseline, nothing to send yet
+    trimmed: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def trim(self, what: str, n: int = 1) -> None:
+        self.trimmed[what] = self.trimmed.get(what, 0) + n
+
+    def reject(self, what: str, n: int = 1) -> None:
+        self.rejected[what] = self.rejected.get(what, 0) + n
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "points": self.points,
+            "payloads": self.payloads,
+            "bytes": self.bytes,
+            "skipped_non_finite": self.skipped_non_finite,
+            "counter_baselines": self.baselines,
+            "trimmed": dict(self.trimmed),
+            "rejected": dict(self.rejected),
+        }
+
+
+def _unit_of(name: str) -> str:
+    spec = SPECS_BY_NAME.get(name)
+    return spec.unit if spec is not None else ""
+
+
+def to_points(batch: Iterable[Metric], deltas: DeltaTracker, report: EncodeReport) -> list[Point]:
+    """The batch as vendor-neutral points (see the module docstring)."""
+    points: list[Point] = []
+    seen: list[Any] = []
+    for m in batch:
+        labels = {str(k): str(v) for k, v in m.labels.items()}
+        key = (m.name, tuple(sorted(labels.items())))
+        unit = _unit_of(m.name)
+        if m.kind == "histogram":
+            if not (math.isfinite(m.value) and math.isfinite(m.count)):
+                report.skipped_non_finite += 1
+                continue
+            seen.append(key)
+            got = _histogram_delta(key, m, deltas)
+            if got is None:
+                report.baselines += 1
+                continue
+            points.append(Point(m.name, "summary", labels, m.timestamp, unit=unit, **got))
+            continue
+        if not math.isfinite(m.value):
+            report.skipped_non_finite += 1
+            continue
+        if m.kind == "counter":
+            seen.append(key)
+            got_delta = deltas.delta(key, m.value, m.timestamp)
+            if got_delta is None:
+                report.baselines += 1
+                continue
+            delta, interval = got_delta
+            points.append(Point(m.name, "count", labels, m.timestamp, value=delta, interval=interval, unit=unit))
+        else:
+            points.append(Point(m.name, "gauge", labels, m.timestamp, value=float(m.value), unit=unit))
+    deltas.forget_missing(seen)
+    return points
+
+
+def _histogram_delta(key: Any, m: Metric, deltas: DeltaTracker) -> dict[str, Any] | None:
+    """Delta of a cumulative histogram since its previous sample, or None for the first."""
+    count = deltas.delta((key, "count"), float(m.count), m.timestamp)
+    total = deltas.delta((key, "sum"), float(m.value), m.timestamp)
+    cumulative = [(float(bound), float(c)) for bound, c in m.buckets]
+    if not cumulative or math.isfinite(cumulative[-1][0]):
+        cumulative.append((math.inf, float(m.count)))
+    bucket_deltas = [deltas.delta((key, "le", bound), c, m.timestamp) for bound, c in cumulative]
+    if count is None or total is None or any(b is None for b in bucket_deltas):
+        return None
+    per_bucket: list[tuple[float, float]] = []
+    previous = 0.0
+    for (bound, _c), got in zip(cumulative, bucket_deltas):
+        assert got is not None
+        cum_delta = max(0.0, got[0])
+        per_bucket.append((bound, max(0.0, cum_delta - previous)))
+        previous = max(previous, cum_delta)
+    non_empty = [i for i, (_b, c) in enumerate(per_bucket) if c > 0]
+    finite_bounds = [b for b, _c in per_bucket if math.isfinite(b)]
+    if non_empty:
+        first, last = non_empty[0], non_empty[-1]
+        low = per_bucket[first - 1][0] if first > 0 else min(0.0, finite_bounds[0] if finite_bounds else 0.0)
+        high_bound = per_bucket[last][0]
+        high = high_bound if math.isfinite(high_bound) else (finite_bounds[-1] if finite_bounds else 0.0)
+    else:
+        low = high = 0.0
+    return {
+        "count": max(0.0, count[0]),
+        "sum": total[0],
+        "interval": count[1],
+        "buckets": tuple(per_bucket),
+        "low": low,
+        "high": high,
+    }
+
+
+def dotted_name(name: str) -> str:
+    """The vendor name of a metric for dotted-name vendors: ``predis_cache_hits_total`` →
+    ``predis.cache.hits`` (the ``_total`` suffix is a Prometheus convention)."""
+    spec = SPECS_BY_NAME.get(name)
+    base = name[: -len("_total")] if name.endswith("_total") and (spec is None or spec.kind == "counter") else name
+    return base.replace("_", ".")
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def chunk(
+    items: list[Any],
+    *,
+    max_items: int,
+    max_bytes: int,
+    overhead: int,
+    size_of: Callable[[Any], int] = json_size,
+) -> list[tuple[list[Any], int]]:
+    """Split ``items`` into runs of at most ``max_items`` whose encoded size (``overhead``
+    plus the items and their separators) stays within ``max_bytes``; returns
+    ``(items, bytes)`` pairs. An item too large on its own gets a run of its own (the
+    exporter's caller rejects or trims it)."""
+    out: list[tuple[list[Any], int]] = []
+    run: list[Any] = []
+    size = overhead
+    for item in items:
+        n = size_of(item) + 1
+        if run and (len(run) >= max_items or size + n > max_bytes):
+            out.append((run, size))
+            run, size = [], overhead
+        run.append(item)
+        size += n
+    if run:
+        out.append((run, size))
+    return out
+
+
+def halve(payload: Payload, key: str, rebuild: Callable[[list[Any]], dict[str, Any]], points_of: Callable[[list[Any]], int]) -> list[Payload] | None:
+    """Split a payload whose ``body[key]`` is a list into two halves (after a 413)."""
+    items = payload.body.get(key) if isinstance(payload.body, Mapping) else None
+    if not isinstance(items, list) or len(items) < 2:
+        return None
+    middle = len(items) // 2
+    parts = []
+    for half in (items[:middle], items[middle:]):
+        body = rebuild(half)
+        parts.append(Payload(body=body, points=points_of(half), nbytes=json_size(body), kind=payload.kind, created=payload.created))
+    return parts
+
+
+def event_fields(data: Mapping[str, Any], max_value: int) -> dict[str, str | int | float | bool]:
+    """An event's data flattened to scalar attributes (nested values as JSON), bounded."""
+    out: dict[str, str | int | float | bool] = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v)):
+            out[str(k)] = v
+        else:
+            text = v if isinstance(v, str) else json.dumps(v, default=str, separators=(",", ":"))
+            out[str(k)] = text[:max_value]
+    return out
+
+
+def secret_value(section: Mapping[str, Any], key: str) -> str | None:
+    """The plaintext of a writeOnly config value (a Secret), or None when unset."""
+    value = section.get(key)
+    if value is None:
+        return None
+    reveal = getattr(value, "reveal", None)
+    return reveal() if callable(reveal) else str(value)
