@@ -431,7 +431,8 @@ problems itself and exit 2 without contacting the agent.
 | `agent.auth.anonymous_routes` | applies to the next request |
 | `agent.auth.token_store` | the token store at the new path is used from the next request |
 | `agent.collect.*` | the collection schedule is woken and uses the new interval; the schedule keeps its phase |
-| `agent.sinks.*` | every exporter's queue bound, retry pause and circuit-breaker settings are updated in place; queued batches are kept (when the new `queue_max_batches` is smaller than the queue, the oldest batches are dropped and counted) |
+| `agent.sinks.*` | every exporter's queue bounds, retry policy, breaker, dead-letter and spool settings are updated in place; queued payloads are kept (when a new bound is smaller than the queue, the oldest payloads are dropped and counted) |
+| `exporters.<name>.*` | that exporter is rebuilt and swapped into its sink; the queue is kept (`exporters.prometheus.*` re-registers the `/metrics` route) |
 | `agent.reload.*`, `agent.readiness.*`, `agent.shutdown_timeout_seconds`, `cache.self_test_slots` | read where they are used: take effect from the next watch round, readiness check or shutdown |
 | `agent.pid_file` | the PID is written to the new path (the old file is left in place) |
 | `cache.backend`, `cache.max_memory_bytes`, `cache.max_keys`, `cache.max_key_bytes`, `cache.max_value_bytes`, `cache.eviction`, `cache.slab_growth_factor`, `cache.max_load_factor` | a new, **empty** cache is built off to the side (a backend that cannot start, or memory that cannot be allocated, rejects the reload) and swapped in; the keys of the old one are dropped and the log says how many. Open client connections stay open and see the new cache |

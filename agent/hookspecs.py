@@ -60,11 +60,13 @@ def predis_agent_register_collectors(agent: Any, config: dict[str, Any]) -> list
 
 @hookspec
 def predis_agent_register_exporters(agent: Any, config: dict[str, Any]) -> list[Any] | None:
-    """Return push exporters: objects with ``name`` and ``send(batch)``.
+    """Return push exporters: objects with ``name`` and ``send(batch)``, or the full
+    contract ``encode(batch) -> list[Payload]`` and ``send(payload, timeout)`` raising the
+    typed errors of ``agent.sinks`` (transient / too large / invalid / auth).
 
-    Each exporter is driven by its own ``agent.sinks.Sink`` (bounded queue, worker
-    thread, circuit breaker). The sink outlives reloads: when the plugin's section
-    changes, only the exporter object inside it is replaced and nothing queued is lost.
+    Each exporter is driven by its own ``agent.sinks.ResilientSink`` (bounded queue, worker
+    thread, retry, circuit breaker, spool). The sink outlives reloads: when the plugin's
+    section changes, only the exporter object inside it is replaced and nothing queued is lost.
     """
 
 

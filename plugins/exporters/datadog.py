@@ -50,6 +50,7 @@ from plugins.exporters.base import (
     secret_value,
     to_points,
 )
+from plugins.exporters.dogstatsd import DogStatsdExporter
 
 log = logging.getLogger(__name__)
 
@@ -221,4 +222,6 @@ def predis_agent_register_exporters(agent: Any, config: Any) -> list[Any]:
     section = agent.config.section(SECTION)
     if not section.get("enabled"):
         return []
+    if section.get("mode") == "dogstatsd":
+        return [DogStatsdExporter(agent, section, section.get("host") or socket.gethostname())]
     return [DatadogExporter(agent, section)]

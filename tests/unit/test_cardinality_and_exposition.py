@@ -121,7 +121,7 @@ def test_a_new_round_renders_again_and_shows_the_new_values() -> None:
 
 
 def _route_handler(telemetry: Telemetry) -> Any:
-    fake_agent = SimpleNamespace(telemetry=telemetry, config=SimpleNamespace(plugin_config=lambda name: {}))
+    fake_agent = SimpleNamespace(telemetry=telemetry, config=SimpleNamespace(section=lambda path: {"enabled": True, "path": "/metrics"}))
     (route,) = prometheus_exporter.predis_agent_register_routes(fake_agent)
     assert (route.method, route.path) == ("GET", "/metrics")
     return route.handler

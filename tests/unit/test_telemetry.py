@@ -50,7 +50,7 @@ def test_exposition_has_every_self_metric_and_no_created_series() -> None:
     telemetry = Telemetry("9.9.9")
     telemetry["predis_agent_collection_runs_total"].inc()
     telemetry["predis_agent_plugin_errors_total"].labels(plugin="p", hook="h").inc()
-    telemetry["predis_agent_sink_batches_sent_total"].labels(sink="s").inc(2)
+    telemetry["predis_agent_sink_points_sent_total"].labels(sink="s").inc(2)
     telemetry["predis_agent_collection_duration_seconds"].observe(0.02)
     text = exposition(telemetry)
     assert "_created" not in text
@@ -61,7 +61,7 @@ def test_exposition_has_every_self_metric_and_no_created_series() -> None:
     assert 'predis_agent_info{version="9.9.9"} 1.0' in text
     assert "predis_agent_collection_runs_total 1.0" in text
     assert 'predis_agent_plugin_errors_total{hook="h",plugin="p"} 1.0' in text
-    assert 'predis_agent_sink_batches_sent_total{sink="s"} 2.0' in text
+    assert 'predis_agent_sink_points_sent_total{sink="s"} 2.0' in text
     assert 'predis_agent_collection_duration_seconds_bucket{le="0.05"} 1.0' in text
     assert "predis_agent_collection_duration_seconds_count 1.0" in text
 
