@@ -5,7 +5,8 @@
   Datadog v1 series API under ``/datadog``) with the flags that make fresh points
   queryable at once, and :func:`vm_export` / :func:`vm_query` read data back, force-flushing
   first and polling until something is there.
-* :func:`moto_server` runs moto's ``ThreadedMotoServer`` (CloudWatch) on a free port.
+* :func:`moto_server` runs moto's ``ThreadedMotoServer`` (CloudWatch) on a free port, with
+  gzip request bodies inflated in front of it (moto 5.2.1 decompresses them twice).
 * :class:`NewRelicReceiver` is an HTTPS stand-in for the New Relic Metric and Event APIs
   (no real server accepts that format offline): it records every request's path, headers
   and gunzipped JSON, answers 202 with ``{"requestId": ...}``, and can be told to answer
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import json
 import shutil
 import socket
@@ -198,13 +200,63 @@ def vm_query(vm: VictoriaMetrics, expr: str, until: Any = bool, timeout: float =
 
 
 # ----------------------------------------------------------------------------- moto (CloudWatch)
+class _InflateGzipRequests:
+    """WSGI middleware: inflate a gzip request body once and drop its Content-Encoding.
+
+    botocore gzips PutMetricData bodies of 10 KiB or more (request compression). moto 5.2.1's
+    server decompresses such a body twice (a Flask ``before_request`` hook in
+    ``moto_server/utilities.py`` and again in ``BaseResponse.setup_class``, since the header
+    still says gzip) and answers 500 ``BadGzipFile``. Inflating here, in front of moto,
+    keeps the agent's real, compressed requests working with every moto version; a body
+    that is not valid gzip gets the 400 a real endpoint would give.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.inflated = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_CONTENT_ENCODING", "").lower() == "gzip":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            try:
+                body = gzip.decompress(environ["wsgi.input"].read(length))
+            except (OSError, EOFError) as exc:
+                out = f"bad gzip body: {exc}".encode()
+                start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", str(len(out)))])
+                return [out]
+            del environ["HTTP_CONTENT_ENCODING"]
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ["wsgi.input"] = io.BytesIO(body)
+            self.inflated += 1
+        return self.app(environ, start_response)
+
+
+def _moto_server_class() -> Any:
+    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    class MotoServer(ThreadedMotoServer):  # type: ignore[misc]
+        """ThreadedMotoServer with gzip bodies inflated in front of moto, and no request log."""
+
+        def _server_entry(self) -> None:
+            self.app = _InflateGzipRequests(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(self._ip_address, self._port, self.app, True, request_handler=QuietHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return MotoServer
+
+
 @contextmanager
 def moto_server(port: int | None = None) -> Iterator[str]:
-    """moto's in-process server on a free port; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
+    """moto's in-process server (CloudWatch and the rest) on a free port; yields its URL."""
     port = port or free_port()
-    server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
+    server = _moto_server_class()(ip_address=LOOPBACK, port=port, verbose=False)
     server.start()
     endpoint = f"http://{LOOPBACK}:{port}"
     try:

@@ -43,6 +43,7 @@ from agent.sinks import (
 )
 from plugins.exporters.base import (
     EncodeReport,
+    LabelMemo,
     Point,
     chunk,
     halve,
@@ -102,6 +103,7 @@ class CloudWatchExporter:
         self.alarms = list(section.get("alarms") or [])
         self.timeout = attempt_timeout
         self.deltas = DeltaTracker()
+        self._label_memo = LabelMemo(self._dims)
         self.last_report = EncodeReport()
         self._client: Any = None
         self._alarms_done = not self.alarms
@@ -128,7 +130,7 @@ class CloudWatchExporter:
             return None
         datum: dict[str, Any] = {
             "MetricName": p.name,
-            "Dimensions": self._dims(p.labels, report),
+            "Dimensions": self._label_memo.get(p.labels, report),
             "Timestamp": p.timestamp,
             "StorageResolution": self.storage_resolution,
         }

@@ -41,6 +41,7 @@ from agent.sinks import (
 )
 from plugins.exporters.base import (
     EncodeReport,
+    LabelMemo,
     Point,
     chunk,
     dotted_name,
@@ -95,6 +96,7 @@ class DatadogExporter:
         self.send_events = bool(section.get("events", True))
         self.service_check = bool(section.get("service_check", True))
         self.deltas = DeltaTracker()
+        self._label_memo = LabelMemo(self._tags)
         self.last_report = EncodeReport()
         self._session = requests.Session()
 
@@ -114,7 +116,7 @@ class DatadogExporter:
         if len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name):
             report.reject("invalid_name")
             return []
-        tags = self._tags(p.labels, report)
+        tags = self._label_memo.get(p.labels, report)
         ts = int(p.timestamp)
         base = {"tags": tags, "host": self.host}
         interval = max(1, int(round(p.interval)))

@@ -23,7 +23,7 @@ from typing import Any
 from datadog.dogstatsd.base import DogStatsd
 
 from agent.sinks import DeltaTracker, Payload, TransientExportError
-from plugins.exporters.base import EncodeReport, chunk, dotted_name, event_fields, halve, json_size, to_points
+from plugins.exporters.base import EncodeReport, LabelMemo, chunk, dotted_name, event_fields, halve, json_size, to_points
 
 # datadog-go's OptimalUDPPayloadSize; the Agent's default dogstatsd_buffer_size for UDS.
 MAX_UDP_DATAGRAM_BYTES = 1432
@@ -52,6 +52,7 @@ class DogStatsdExporter:
         self.send_events = bool(section.get("events", True))
         self.service_check = bool(section.get("service_check", True))
         self.deltas = DeltaTracker()
+        self._label_memo = LabelMemo(self._tags)
         self.last_report = EncodeReport()
         self._client: DogStatsd | None = None
 
@@ -70,7 +71,7 @@ class DogStatsdExporter:
         lines: list[list[Any]] = []
         for p in to_points(batch, self.deltas, report):
             name = _NAME_BAD.sub("_", dotted_name(p.name))[:MAX_NAME_LENGTH]
-            tags = self._tags(p.labels, report)
+            tags = self._label_memo.get(p.labels, report)
             if p.kind == "gauge":
                 lines.append(["g", name, p.value, tags])
             elif p.kind == "count":

@@ -36,6 +36,7 @@ from agent.sinks import (
 )
 from plugins.exporters.base import (
     EncodeReport,
+    LabelMemo,
     Point,
     chunk,
     dotted_name,
@@ -85,6 +86,7 @@ class NewRelicExporter:
         self.common = {"attributes": {str(k): str(v)[:MAX_ATTRIBUTE_VALUE] for k, v in (section.get("attributes") or {}).items()}}
         self.send_events = bool(section.get("events", True))
         self.deltas = DeltaTracker()
+        self._label_memo = LabelMemo(self._attributes)
         self.last_report = EncodeReport()
         self._metric_client: MetricClient | None = None
         self._event_client: EventClient | None = None
@@ -111,7 +113,7 @@ class NewRelicExporter:
             report.reject("value_out_of_range")
             return None
         name = dotted_name(p.name)
-        attributes = self._attributes(p.labels, report)
+        attributes = self._label_memo.get(p.labels, report)
         ms = int(p.timestamp * 1000)
         if p.kind == "gauge":
             return {"name": name, "value": p.value, "timestamp": ms, "attributes": attributes}
