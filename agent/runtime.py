@@ -37,6 +37,7 @@ from agent.config import (
 from agent.errors import AgentError, ConfigError, StartupError
 from agent.http import HttpServer, Route, error_response, json_response
 from agent.plugins import PluginHost
+from agent.mlops.drift_monitor import DriftMonitor
 from agent.security import TokenStore
 from agent.sinks import ResilientSink, SinkSettings
 from agent.systemd import Notifier
@@ -133,6 +134,11 @@ class Agent:
         self._collect_lock = threading.Lock()
         self._watch_digest: str | None = None
         self.collection_runs = 0
+        self.drift = DriftMonitor(
+            ring_source=lambda: self.cache_service.access_log,
+            detectors=lambda: [d for _, d in self.drift_detectors],
+            on_drift=self._on_drift,
+        )
         self.last_collect_monotonic: float | None = None
         self.next_collect_monotonic: float | None = None
 
@@ -160,6 +166,7 @@ class Agent:
         self.host.apply_config(self._plugin_enabled(cfg))
         self._register_all(cfg, only=None)
         self.cache_service.configure_access_log(cfg.section("collectors.access_log"))
+        self.drift.configure(cfg.section("drift"))
         await self.cache_service.apply(self.cache_service.plan(cfg, self.backend, self.origins))
         self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
         self._refresh_routes()
@@ -175,6 +182,7 @@ class Agent:
         self._tasks = [
             asyncio.create_task(self._collect_loop(), name="collect"),
             asyncio.create_task(self._watch_loop(), name="config-watch"),
+            asyncio.create_task(self._drift_loop(), name="drift"),
         ]
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
@@ -297,6 +305,9 @@ class Agent:
     def _on_plugin_error(self, plugin: str, hook: str) -> None:
         self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc()
 
+    def _on_drift(self, result: Any) -> None:
+        self.emit(Event("drift_detected", {"features": result.affected_features, "detectors": result.drifted_detectors, "result": result.public()}))
+
     def _on_sink_event(self, kind: str, data: dict[str, Any]) -> None:
         self.emit(Event(kind, data))
 
@@ -381,6 +392,8 @@ class Agent:
             log.info("reload: %s", what)
         if section_changed(changed, ["collectors.access_log"]):
             self.cache_service.configure_access_log(new.section("collectors.access_log"))
+        if section_changed(changed, ["drift"]):
+            self.drift.configure(new.section("drift"))
         if section_changed(changed, ["agent.pid_file"]):
             self._write_pid_file(new)
         changed_plugins = {p.split(".")[1] for p in changed if p.startswith(("plugins.", "exporters."))}
@@ -429,6 +442,18 @@ class Agent:
             if digest is not None and digest != self._watch_digest:
                 await self.reload("file-watch")
 
+    # ------------------------------------------------------------------ drift
+    async def _drift_loop(self) -> None:
+        """Check the live access stream every ``drift.check_interval_seconds`` (off the loop)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.drift.interval)
+            try:
+                with self.tracing.span("drift.check"):
+                    await loop.run_in_executor(None, self.drift.step)
+            except Exception as exc:
+                log.error("drift check failed: %s: %s", exc.__class__.__name__, exc)
+
     # ------------------------------------------------------------------ collection
     async def _collect_loop(self) -> None:
         """Run collection every ``agent.collect.interval_seconds``, keeping the phase on reload."""
@@ -473,6 +498,7 @@ class Agent:
                 self.host.report_error(plugin, "collect", TimeoutError(f"collect() exceeded {timeout}s"))
             except Exception as exc:
                 self.host.report_error(plugin, "collect", exc)
+        batch.extend(self.drift.samples())
         batch = self.telemetry.set_batch(batch)
         now = time.time()
         interval = float(self.config.get("agent.collect.interval_seconds"))
@@ -570,6 +596,7 @@ class Agent:
                     "collectors": [f"{p}.{getattr(c, 'name', '?')}" for p, c in self.collectors],
                 },
                 "tracing": {"otlp_endpoint": self.tracing.endpoint},
+                "drift": self.drift.status(),
                 "readiness": self.readiness,
             },
             "sinks": {name: sink.status() for name, sink in self.sinks.items()},

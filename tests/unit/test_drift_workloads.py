@@ -3,9 +3,9 @@
 
 Each trial draws a reference and a current window from generators (Zipf with several
 exponents, uniform, sequential scans, loops longer than a cache, a Markov chain, a
-mixture); "no drift" means the same generator with another seed. Windows are small
-(1 000–3 000 requests) so the whole file stays well under a minute on two cores; one
-case uses 3 000 to exercise the large-window (Wasserstein/JS) regime.
+mixture); "no drift" means the same generator with another seed. Windows are mostly
+small (1 000–3 000 requests); 3 000 exercises the large-window (Wasserstein/JS) regime
+and two cases use 100 000, the live monitor's default window.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ MIN_DETECTION_RATE = 0.95
 KEYS = 5000
 WINDOW = 1000
 LARGE_WINDOW = 3000
+HUGE_WINDOW = 100_000
+# Detection at 100k is not in doubt (every seed tried detects); fewer trials keep CI short.
+HUGE_TRIALS = 40
 WRITE_SHARE = 0.1
 HIT_RATIO = 0.6
 LOOP_KEYS = 400
@@ -117,6 +120,21 @@ def test_false_alarm_rate_under_no_drift_large_windows() -> None:
     # The large-window regime really was used: KS reported only, distances alarming.
     entry = next(e for e in results[0].detectors if e.detector == "ks" and e.feature == "value_size")
     assert entry.alarming is False
+
+
+@pytest.mark.timeout(400)
+def test_false_alarm_rate_under_no_drift_100k_windows() -> None:
+    """The upper end of the window range (the live monitor's default drift.window_events)."""
+    gen = zipf(1.0)
+    results = [check(seed, gen, gen, HUGE_WINDOW) for seed in range(TRIALS)]
+    assert sum(r.drift_detected for r in results) / TRIALS <= MAX_FALSE_ALARM_RATE
+    assert all(r.status != "insufficient_data" for r in results)
+
+
+@pytest.mark.timeout(300)
+def test_zipf_shift_is_detected_at_100k_windows() -> None:
+    detected = sum(check(seed, zipf(0.8), zipf(1.2), HUGE_WINDOW).drift_detected for seed in range(HUGE_TRIALS))
+    assert detected / HUGE_TRIALS >= MIN_DETECTION_RATE
 
 
 SHIFTS: dict[str, tuple[Keys, Keys, dict[str, float]]] = {
