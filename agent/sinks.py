@@ -215,6 +215,20 @@ class DeltaTracker:
         delta = value - last_value if value >= last_value else value
         return delta, max(0.0, when - last_when)
 
+    def delta_vector(self, key: Any, values: tuple[float, ...], when: float, monotone: Iterable[int]) -> tuple[tuple[float, ...], float] | None:
+        """Deltas of several cumulative values of one series (a histogram's count, sum and
+        buckets), reset together: when any of the ``monotone`` components fell, every
+        component's delta is its new value (a sum alone may fall: observations can be
+        negative). None for the first sample, or when the shape changed."""
+        prev = self._last.get(key)
+        self._last[key] = (values, when)  # type: ignore[assignment]
+        if prev is None or not isinstance(prev[0], tuple) or len(prev[0]) != len(values):
+            return None
+        last_values, last_when = prev
+        reset = any(values[i] < last_values[i] for i in monotone)  # type: ignore[index]
+        deltas = values if reset else tuple(v - p for v, p in zip(values, last_values))  # type: ignore[arg-type]
+        return deltas, max(0.0, when - last_when)
+
     def forget_missing(self, seen: Iterable[Any]) -> None:
         """Drop series that did not appear in the latest batch (bounded memory)."""
         keep = set(seen)

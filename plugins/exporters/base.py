@@ -93,20 +93,22 @@ def to_points(batch: Iterable[Metric], deltas: DeltaTracker, report: EncodeRepor
         unit = _unit_of(m.name)
         if m.kind == "histogram":
             if not (math.isfinite(m.value) and math.isfinite(m.count)):
+                seen.append(_histogram_key(key, m))
                 report.skipped_non_finite += 1
                 continue
-            seen.append(key)
             got = _histogram_delta(key, m, deltas)
+            seen.append(_histogram_key(key, m))
             if got is None:
                 report.baselines += 1
                 continue
             points.append(Point(m.name, "summary", labels, m.timestamp, unit=unit, **got))
             continue
+        if m.kind == "counter":
+            seen.append(key)  # a non-finite sample keeps the series' baseline
         if not math.isfinite(m.value):
             report.skipped_non_finite += 1
             continue
         if m.kind == "counter":
-            seen.append(key)
             got_delta = deltas.delta(key, m.value, m.timestamp)
             if got_delta is None:
                 report.baselines += 1
@@ -119,21 +121,34 @@ def to_points(batch: Iterable[Metric], deltas: DeltaTracker, report: EncodeRepor
     return points
 
 
-def _histogram_delta(key: Any, m: Metric, deltas: DeltaTracker) -> dict[str, Any] | None:
-    """Delta of a cumulative histogram since its previous sample, or None for the first."""
-    count = deltas.delta((key, "count"), float(m.count), m.timestamp)
-    total = deltas.delta((key, "sum"), float(m.value), m.timestamp)
+def _cumulative(m: Metric) -> list[tuple[float, float]]:
+    """A histogram's ``(bound, cumulative count)`` pairs ending with ``+Inf``."""
     cumulative = [(float(bound), float(c)) for bound, c in m.buckets]
     if not cumulative or math.isfinite(cumulative[-1][0]):
         cumulative.append((math.inf, float(m.count)))
-    bucket_deltas = [deltas.delta((key, "le", bound), c, m.timestamp) for bound, c in cumulative]
-    if count is None or total is None or any(b is None for b in bucket_deltas):
+    return cumulative
+
+
+def _histogram_key(key: Any, m: Metric) -> Any:
+    """The delta-tracker key of a histogram's state: its series and its bucket layout."""
+    return (key, tuple(b for b, _c in _cumulative(m)))
+
+
+def _histogram_delta(key: Any, m: Metric, deltas: DeltaTracker) -> dict[str, Any] | None:
+    """Delta of a cumulative histogram since its previous sample, or None for the first.
+
+    Count, sum and buckets are one state, reset together when the count or a bucket fell
+    (the process restarted); a histogram whose bucket layout changed starts over."""
+    cumulative = _cumulative(m)
+    values = (float(m.count), float(m.value), *(c for _b, c in cumulative))
+    got = deltas.delta_vector(_histogram_key(key, m), values, m.timestamp, monotone=[0, *range(2, len(values))])
+    if got is None:
         return None
+    (count, total, *bucket_deltas), interval = got
     per_bucket: list[tuple[float, float]] = []
     previous = 0.0
-    for (bound, _c), got in zip(cumulative, bucket_deltas):
-        assert got is not None
-        cum_delta = max(0.0, got[0])
+    for (bound, _c), cum_delta in zip(cumulative, bucket_deltas):
+        cum_delta = max(0.0, cum_delta)
         per_bucket.append((bound, max(0.0, cum_delta - previous)))
         previous = max(previous, cum_delta)
     non_empty = [i for i, (_b, c) in enumerate(per_bucket) if c > 0]
@@ -146,9 +161,9 @@ def _histogram_delta(key: Any, m: Metric, deltas: DeltaTracker) -> dict[str, Any
     else:
         low = high = 0.0
     return {
-        "count": max(0.0, count[0]),
-        "sum": total[0],
-        "interval": count[1],
+        "count": max(0.0, count),
+        "sum": total,
+        "interval": interval,
         "buckets": tuple(per_bucket),
         "low": low,
         "high": high,

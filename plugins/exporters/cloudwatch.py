@@ -3,7 +3,8 @@
 
 Configured under ``exporters.cloudwatch``. Metric names are the agent's (Prometheus)
 names; labels become dimensions, plus ``exporters.cloudwatch.dimensions``. Gauges are
-sent as ``Value``, counters as deltas (unit ``Count``), histograms as ``Values``/``Counts``
+sent as ``Value``, counters as deltas (unit ``Count``, or the counter's own unit such as
+``Seconds`` or ``Bytes``), histograms as ``Values``/``Counts``
 — one value per non-empty bucket, its upper bound (the ``+Inf`` bucket takes the largest
 finite bound), so CloudWatch can estimate percentiles; more than
 :data:`MAX_VALUES_PER_DATUM` buckets are merged pairwise. A histogram without observations
@@ -111,7 +112,12 @@ class CloudWatchExporter:
     # -- encoding -----------------------------------------------------------------
     def _dims(self, labels: Mapping[str, str], report: EncodeReport) -> list[dict[str, str]]:
         dims = list(self.dimensions)
+        taken = {d["Name"] for d in dims}
         for k, v in sorted(labels.items()):
+            if k[:MAX_DIMENSION_NAME_LENGTH] in taken:
+                # A configured dimension of the same name wins; a name twice is rejected.
+                report.trim("duplicate_dimension")
+                continue
             if not v:
                 report.trim("empty_dimension_value")
                 continue
@@ -149,7 +155,9 @@ class CloudWatchExporter:
             report.reject("value_out_of_range")
             return None
         datum["Value"] = p.value
-        datum["Unit"] = "Count" if p.kind == "count" else UNITS.get(p.unit, "None")
+        # A counter of seconds or bytes keeps its unit; a plain count is Count.
+        unit = UNITS.get(p.unit, "None")
+        datum["Unit"] = "Count" if p.kind == "count" and unit == "None" else unit
         return datum
 
     def _body(self, datums: list[dict[str, Any]]) -> dict[str, Any]:
@@ -249,7 +257,17 @@ class CloudWatchExporter:
 
 
 def _pack(values: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """At most MAX_VALUES_PER_DATUM (value, count) pairs: merge neighbours pairwise."""
+    """At most MAX_VALUES_PER_DATUM (value, count) pairs: merge neighbours pairwise.
+
+    Equal neighbours (the ``+Inf`` bucket mapped to the largest finite bound) are merged
+    first: PutMetricData lists each unique value once."""
+    unique: list[tuple[float, float]] = []
+    for value, count in values:
+        if unique and unique[-1][0] == value:
+            unique[-1] = (value, unique[-1][1] + count)
+        else:
+            unique.append((value, count))
+    values = unique
     while len(values) > MAX_VALUES_PER_DATUM:
         merged = []
         for i in range(0, len(values), 2):

@@ -23,7 +23,16 @@ from typing import Any
 from datadog.dogstatsd.base import DogStatsd
 
 from agent.sinks import DeltaTracker, Payload, TransientExportError
-from plugins.exporters.base import EncodeReport, LabelMemo, chunk, dotted_name, event_fields, halve, json_size, to_points
+from plugins.exporters.base import (
+    EncodeReport,
+    LabelMemo,
+    chunk,
+    dotted_name,
+    event_fields,
+    halve,
+    json_size,
+    to_points,
+)
 
 # datadog-go's OptimalUDPPayloadSize; the Agent's default dogstatsd_buffer_size for UDS.
 MAX_UDP_DATAGRAM_BYTES = 1432

@@ -83,7 +83,8 @@ class NewRelicExporter:
         self.ca_file = section.get("ca_file")
         self._key_ref = section.get("api_key")
         self._key = secret_value(section, "api_key")
-        self.common = {"attributes": {str(k): str(v)[:MAX_ATTRIBUTE_VALUE] for k, v in (section.get("attributes") or {}).items()}}
+        common = {str(k)[:MAX_ATTRIBUTE_NAME]: str(v)[:MAX_ATTRIBUTE_VALUE] for k, v in (section.get("attributes") or {}).items()}
+        self.common = {"attributes": dict(list(common.items())[:MAX_ATTRIBUTES])}
         self.send_events = bool(section.get("events", True))
         self.deltas = DeltaTracker()
         self._label_memo = LabelMemo(self._attributes)
@@ -94,8 +95,10 @@ class NewRelicExporter:
     # -- encoding -----------------------------------------------------------------
     def _attributes(self, labels: Mapping[str, str], report: EncodeReport) -> dict[str, str]:
         out: dict[str, str] = {}
+        # The block's common attributes are added to every metric at ingest: they count too.
+        room = MAX_ATTRIBUTES - len(self.common["attributes"])
         for k, v in labels.items():
-            if len(out) >= MAX_ATTRIBUTES:
+            if len(out) >= room:
                 report.trim("attributes")
                 continue
             if len(k) > MAX_ATTRIBUTE_NAME:
@@ -154,9 +157,10 @@ class NewRelicExporter:
             fields = event_fields(event.data, MAX_ATTRIBUTE_VALUE)
             attrs = dict(list(fields.items())[: MAX_EVENT_ATTRIBUTES - 3])
             items.append({**attrs, "eventType": EVENT_TYPE, "kind": event.kind, "timestamp": int(event.time * 1000)})
-        if not items:
-            return []
-        return [Payload(body={"events": items}, points=len(items), nbytes=json_size(items), kind="event")]
+        return [
+            Payload(body={"events": run}, points=len(run), nbytes=size, kind="event")
+            for run, size in chunk(items, max_items=MAX_METRICS_PER_PAYLOAD, max_bytes=MAX_PAYLOAD_BYTES, overhead=0)
+        ]
 
     def split(self, payload: Payload) -> list[Payload] | None:
         if payload.kind == "event":
