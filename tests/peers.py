@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import requests
 
@@ -232,15 +232,18 @@ class _InflateGzipRequests:
 
 
 def _moto_server_class() -> Any:
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        create_backend_app,
+    )
     from moto.server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import WSGIRequestHandler, make_server
 
     class QuietHandler(WSGIRequestHandler):
         def log_request(self, *args: Any, **kwargs: Any) -> None:
             pass
 
-    class MotoServer(ThreadedMotoServer):  # type: ignore[misc]
+    class MotoServer(ThreadedMotoServer):
         """ThreadedMotoServer with gzip bodies inflated in front of moto, and no request log."""
 
         def _server_entry(self) -> None:
@@ -342,7 +345,7 @@ class NewRelicReceiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
@@ -373,7 +376,7 @@ class NewRelicReceiver:
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="nr-receiver", daemon=True)
 
-    def start(self) -> NewRelicReceiver:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -382,10 +385,10 @@ class NewRelicReceiver:
         self._server.server_close()
         self._thread.join(timeout=STOP_TIMEOUT_SECONDS)
 
-    def __enter__(self) -> NewRelicReceiver:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # -- control -------------------------------------------------------------------
@@ -464,7 +467,7 @@ class StalledPeer:
             with self._lock:
                 self._held.append(conn)
 
-    def start(self) -> StalledPeer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -477,8 +480,8 @@ class StalledPeer:
                 conn.close()
             self._held.clear()
 
-    def __enter__(self) -> StalledPeer:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

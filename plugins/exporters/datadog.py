@@ -119,7 +119,7 @@ class DatadogExporter:
         tags = self._label_memo.get(p.labels, report)
         ts = int(p.timestamp)
         base = {"tags": tags, "host": self.host}
-        interval = max(1, int(round(p.interval)))
+        interval = max(1, round(p.interval))
         if p.kind == "gauge":
             return [{"metric": name, "points": [[ts, p.value]], "type": "gauge", **base}]
         if p.kind == "count":

@@ -120,7 +120,7 @@ class NewRelicExporter:
         ms = int(p.timestamp * 1000)
         if p.kind == "gauge":
             return {"name": name, "value": p.value, "timestamp": ms, "attributes": attributes}
-        interval_ms = max(1, int(round(p.interval * 1000)))
+        interval_ms = max(1, round(p.interval * 1000))
         start = ms - interval_ms
         if p.kind == "count":
             return {"name": name, "type": "count", "value": p.value, "interval.ms": interval_ms, "timestamp": start, "attributes": attributes}
@@ -197,10 +197,8 @@ class NewRelicExporter:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientExportError(f"newrelic: {exc.__class__.__name__}: {exc}") from None
         if not response.ok:
-            try:
-                answer = response.data.decode("utf-8", "replace") if response.data else ""
-            except Exception:
-                answer = ""
+            data = response.data or b""
+            answer = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
             error = http_error(response.status, answer, response.headers.get("Retry-After"), where="newrelic: ")
             if error is not None:
                 raise error

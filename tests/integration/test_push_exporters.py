@@ -58,6 +58,11 @@ GENERATION_DOTTED = "predis.agent.config.generation"
 RUNS_DOTTED = "predis.agent.collection.runs"
 GENERATION_PROM = "predis_agent_config_generation"
 RUNS_PROM = "predis_agent_collection_runs_total"
+# A histogram observed once per collection round, like the runs counter is incremented:
+# over the same pushes its count deltas add up to the counter's deltas.
+DURATION_DOTTED = "predis.agent.collection.duration.seconds"
+DURATION_PROM = "predis_agent_collection_duration_seconds"
+EVENT_PATH = "/v1/accounts/events"
 METRIC_PATH = "/metric/v1"
 
 needs_vm = pytest.mark.skipif(
@@ -196,6 +201,29 @@ def test_datadog_series_land_in_victoria_metrics(agents: Agents, tmp_path: Path)
         # Datadog timestamps are whole seconds; VictoriaMetrics stores them in ms.
         assert all(ts % 1000 == 0 for ts in series["timestamps"])
 
+        # A histogram goes as <name>.count and <name>.sum counts plus a <name>.avg gauge; the
+        # counts over all pushes match the runs counter's (both move once per round).
+        def histogram_matches_runs(runs: list[dict[str, Any]]) -> bool:
+            count = peers.vm_export_once(vm, f"{DURATION_DOTTED}.count")
+            seen[:] = [count]
+            return bool(count and runs) and sum(count[0]["values"]) == sum(runs[0]["values"]) > 0
+
+        seen: list[Any] = []
+        try:
+            peers.vm_export(vm, RUNS_DOTTED, until=histogram_matches_runs)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; histogram count: {seen}") from None
+        (count,) = peers.vm_export_once(vm, f"{DURATION_DOTTED}.count")
+        (total,) = peers.vm_export_once(vm, f"{DURATION_DOTTED}.sum")
+        (avg,) = peers.vm_export(vm, f"{DURATION_DOTTED}.avg")
+        assert labels_of(count) == labels_of(total) == labels_of(avg) == {"env": "test", "host": HOST}
+        counts = dict(zip(count["timestamps"], count["values"]))
+        sums = dict(zip(total["timestamps"], total["values"]))
+        for ts, value in zip(avg["timestamps"], avg["values"]):
+            if ts in counts and ts in sums and counts[ts] > 0:
+                assert value == pytest.approx(sums[ts] / counts[ts]), (ts, value, sums[ts], counts[ts])
+        assert all(v > 0 for v in total["values"])
+
         status = sink(agent, "datadog")
         assert status["sent_points"] > 0 and status["breaker"] == "closed"
         assert key not in json.dumps(agent.status())
@@ -212,6 +240,9 @@ def test_newrelic_metric_api_requests(agents: Agents, nr_receiver: peers.NewReli
 
     wait_for(lambda: has(GENERATION_DOTTED, lambda m: True), timeout=DEADLINE_SECONDS, what="the generation gauge at the receiver")
     wait_for(lambda: has(RUNS_DOTTED, lambda m: True), timeout=DEADLINE_SECONDS, what="the runs count at the receiver")
+    wait_for(lambda: has(DURATION_DOTTED, lambda m: True), timeout=DEADLINE_SECONDS, what="the duration summary at the receiver")
+    # Stop the agent so that no push lands between the reads below.
+    assert agent.stop() == 0
 
     metric_requests = nr_receiver.requests(METRIC_PATH)
     assert metric_requests
@@ -225,24 +256,30 @@ def test_newrelic_metric_api_requests(agents: Agents, nr_receiver: peers.NewReli
             assert block["common"] == {"attributes": {"service": NR_SERVICE}}
             assert isinstance(block["metrics"], list) and block["metrics"]
     # Nothing went anywhere but the Metric and Event APIs.
-    assert {r.path for r in nr_receiver.requests()} <= {METRIC_PATH, "/v1/accounts/events"}
+    assert {r.path for r in nr_receiver.requests()} <= {METRIC_PATH, EVENT_PATH}
 
     items = nr_receiver.metrics()
     gauges = [m for m in items if m["name"] == GENERATION_DOTTED]
     assert gauges and all("type" not in m for m in gauges), gauges
-    assert {m["value"] for m in gauges} == {agent.metric(GENERATION_PROM)} == {1.0}
+    assert {m["value"] for m in gauges} == {1.0}
     assert all(m["attributes"] == {} for m in gauges)
 
     counts = [m for m in items if m["name"] == RUNS_DOTTED]
     assert counts and all(m["type"] == "count" for m in counts), counts
     assert all(isinstance(m["interval.ms"], int) and m["interval.ms"] > 0 for m in counts)
     assert all(m["value"] > 0 for m in counts)
+    # Histograms go as summaries whose count over the pushes matches the runs counter.
+    summaries = [m for m in items if m["name"] == DURATION_DOTTED]
+    assert summaries and all(m["type"] == "summary" and m["interval.ms"] > 0 for m in summaries), summaries
+    for m in summaries:
+        value = m["value"]
+        assert set(value) == {"count", "sum", "min", "max"}, value
+        assert value["count"] > 0 and 0 <= value["min"] <= value["sum"] / value["count"] <= value["max"], value
+    assert sum(m["value"]["count"] for m in summaries) == sum(m["value"] for m in counts)
     # Timestamps are ms since the epoch; a count's is its interval's start.
     now_ms = time.time() * 1000
     assert all(0 < now_ms - m["timestamp"] < 10 * 60 * 1000 for m in gauges + counts)
 
-    assert key not in json.dumps(agent.status())
-    assert agent.stop() == 0
     assert key not in agent.logs()
 
 
@@ -320,6 +357,16 @@ def test_cloudwatch_put_metric_data_reaches_moto(agents: Agents) -> None:
         total = sum(p["Sum"] for p in runs)
         assert 0 < total <= (agent.metric(RUNS_PROM) or 0), runs
 
+        # A histogram goes as Values/Counts: its sample count over the pushes is the number of
+        # rounds, the same as the runs counter's deltas.
+        def histogram_matches_runs() -> bool:
+            samples = sum(p["SampleCount"] for p in stats(DURATION_PROM, ["SampleCount"]))
+            return samples > 0 and samples == sum(p["Sum"] for p in stats(RUNS_PROM, ["Sum"]))
+
+        wait_for(histogram_matches_runs, timeout=DEADLINE_SECONDS, what="the duration histogram's count matching the runs in moto")
+        (duration,) = cw.list_metrics(Namespace=CW_NAMESPACE, MetricName=DURATION_PROM)["Metrics"][:1]
+        assert duration["Dimensions"] == dims, duration
+
         status = sink(agent, "cloudwatch")
         assert status["sent_points"] > 0 and status["failed_attempts"] == 0 and status["dropped_points"] == {}, status
 
@@ -353,8 +400,10 @@ def test_datadog_peer_down_at_start_loses_nothing(agents: Agents, tmp_path: Path
         generation = peers.vm_export(vm, GENERATION_DOTTED)
         (gen,) = generation
         gen_before = [v for v, ts in zip(gen["values"], gen["timestamps"]) if ts < vm_started * 1000]
-        # Every round queued during the outage arrived: at least three gauges from before VM.
-        assert len(gen_before) >= 3 and set(gen_before) == {1.0}, gen
+        # The rounds queued during the outage arrived: three or more pushes at least 0.9 s
+        # apart, so at least two distinct (whole-second) timestamps from before VM started.
+        ts_before = {ts for ts in gen["timestamps"] if ts < vm_started * 1000}
+        assert len(ts_before) >= 2 and set(gen_before) == {1.0}, gen
         final = sink(agent, "datadog")
         assert final["dropped_points"] == {} and final["breaker"] == "closed", final
         assert final["failed_attempts"] >= down["failed_attempts"]
@@ -391,6 +440,12 @@ def test_newrelic_errors_breaker_retry_after_split_and_dead_letter(
     recovered = poll_sink(agent, "newrelic", lambda s: s["breaker"] == "closed" and s["sent_points"] > sent_while_open, "the breaker closed again")
     assert recovered["dropped_points"] == {}, recovered
     quiet()
+    # The breaker's state changes went out as custom events once the receiver took them.
+    events = [e for r in nr_receiver.requests(EVENT_PATH) if r.status == 202 for e in r.json]
+    changes = [(e["old"], e["new"]) for e in events if e.get("kind") == "breaker_state_changed"]
+    assert ("closed", "open") in changes and changes[-1][1] == "closed", changes
+    assert all(e["eventType"] == "PredisAgentEvent" and e["sink"] == "newrelic" for e in events), events
+    assert all(r.header("Api-Key") == key for r in nr_receiver.requests(EVENT_PATH))
 
     # 429 with Retry-After: the next attempt waits at least that long.
     nr_receiver.fail_next(429, count=1, headers={"Retry-After": "1"})
@@ -469,9 +524,11 @@ def test_stalled_datadog_peer_does_not_block_newrelic_or_metrics(
         assert dd["sent_points"] == 0 and "Timeout" in (dd["last_error"] or ""), dd
 
         # While Datadog hangs, New Relic keeps receiving new pushes and /metrics answers.
+        def more_pushes_than(seen: int) -> Callable[[], bool]:
+            return lambda: len(nr_receiver.requests(METRIC_PATH)) > seen
+
         for _ in range(3):
-            seen = len(nr_receiver.requests(METRIC_PATH))
-            wait_for(lambda: len(nr_receiver.requests(METRIC_PATH)) > seen, timeout=DEADLINE_SECONDS, what="another New Relic push")
+            wait_for(more_pushes_than(len(nr_receiver.requests(METRIC_PATH))), timeout=DEADLINE_SECONDS, what="another New Relic push")
             scrape = requests.get(agent.base_url + "/metrics", headers=agent.headers(), timeout=HTTP_TIMEOUT_SECONDS)
             assert scrape.status_code == 200 and "predis_agent_sink_breaker_state" in scrape.text
         nr = sink(agent, "newrelic")
