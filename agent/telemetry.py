@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    SummaryMetricFamily,
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -49,7 +50,7 @@ class MetricSpec:
     """
 
     name: str
-    kind: str  # gauge | counter | histogram
+    kind: str  # gauge | counter | histogram | summary
     help: str
     labels: tuple[str, ...] = ()
     unit: str = ""
@@ -259,20 +260,23 @@ DRIFT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_drift_score", "gauge", "Latest score (or statistic) of each drift test, by detector and feature.", ("detector", "feature")),
     MetricSpec("predis_drift_checks_total", "counter", "Drift checks run, by outcome: drift, no_drift, insufficient_data.", ("status",)),
     MetricSpec("predis_drift_detected_total", "counter", "Drift checks in which a detector found drift, by detector.", ("detector",)),
+    MetricSpec("predis_drift_check_duration_seconds", "summary", "Wall time of one live drift check (features and every detector).", unit="seconds"),
 )
 
 @dataclass(frozen=True)
 class Metric:
     """One sample produced by a collector.
 
-    A histogram sample (``kind="histogram"``) carries its observations' sum in ``value``,
+    A summary sample (``kind="summary"``) carries its observations' sum in ``value`` and
+    their number in ``count`` (no quantiles: they cannot be aggregated or turned into
+    deltas). A histogram sample (``kind="histogram"``) carries its observations' sum in ``value``,
     their number in ``count`` and ``buckets`` as ``(upper bound, cumulative count)``
     pairs in increasing order; the ``+Inf`` bucket is ``count`` and may be left out.
     """
 
     name: str
     value: float
-    kind: str = "gauge"  # gauge | counter | histogram
+    kind: str = "gauge"  # gauge | counter | histogram | summary
     labels: Mapping[str, str] = field(default_factory=dict)
     help: str = ""
     timestamp: float = field(default_factory=time.time)
@@ -319,6 +323,10 @@ class _BatchCollector(Collector):
                 if m.kind == "histogram":
                     fam.samples.extend(_histogram_samples(fam.name, labels, m))
                 continue
+            if fam.type == "summary":
+                if m.kind == "summary" and math.isfinite(m.count):
+                    fam.samples.extend([Sample(f"{fam.name}_count", labels, m.count), Sample(f"{fam.name}_sum", labels, m.value)])
+                continue
             sample_name = f"{fam.name}_total" if fam.type == "counter" else fam.name
             fam.samples.append(Sample(sample_name, labels, m.value))
         return list(families.values())
@@ -328,6 +336,7 @@ _FAMILIES: dict[str, Any] = {
     "counter": CounterMetricFamily,
     "gauge": GaugeMetricFamily,
     "histogram": HistogramMetricFamily,
+    "summary": SummaryMetricFamily,
 }
 
 
@@ -361,6 +370,17 @@ def _histograms_from_samples(spec: MetricSpec, samples: Iterable[Sample], now: f
     ]
 
 
+def _summaries_from_samples(spec: MetricSpec, samples: Iterable[Sample], now: float) -> list[Metric]:
+    groups: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for s in samples:
+        g = groups.setdefault(tuple(sorted(s.labels.items())), {"labels": dict(s.labels), "count": 0.0, "sum": 0.0})
+        if s.name.endswith("_count"):
+            g["count"] = float(s.value)
+        elif s.name.endswith("_sum"):
+            g["sum"] = float(s.value)
+    return [Metric(spec.name, g["sum"], "summary", g["labels"], spec.help, timestamp=now, count=g["count"]) for g in groups.values()]
+
+
 class Telemetry:
     """The agent's own metrics, in a registry of its own.
 
@@ -389,6 +409,8 @@ class Telemetry:
             return Gauge(name, spec.help, **kwargs)
         if spec.kind == "counter":
             return Counter(name, spec.help, **kwargs)
+        if spec.kind == "summary":
+            return Summary(name, spec.help, **kwargs)
         return Histogram(name, spec.help, buckets=spec.buckets, **kwargs)
 
     def __getitem__(self, name: str) -> Any:
@@ -412,6 +434,9 @@ class Telemetry:
             for family in self.metrics[spec.name].collect():
                 if spec.kind == "histogram":
                     out.extend(_histograms_from_samples(spec, family.samples, now))
+                    continue
+                if spec.kind == "summary":
+                    out.extend(_summaries_from_samples(spec, family.samples, now))
                     continue
                 for s in family.samples:
                     if spec.kind == "counter" and not s.name.endswith("_total"):

@@ -100,6 +100,13 @@ class DriftMetrics:
         self.checks: Counter[str] = Counter({status: 0 for status in STATUSES})
         self.detected: Counter[str] = Counter()
         self.scores: dict[tuple[str, str], float] = {}
+        self.duration_count = 0
+        self.duration_sum = 0.0
+
+    def observe_duration(self, seconds: float) -> None:
+        with self._lock:
+            self.duration_count += 1
+            self.duration_sum += float(seconds)
 
     def record(self, result: DriftResult) -> None:
         with self._lock:
@@ -116,6 +123,9 @@ class DriftMetrics:
             out = [sample(_SPECS["predis_drift_checks_total"], float(n), {"status": s}) for s, n in sorted(self.checks.items())]
             out += [sample(_SPECS["predis_drift_detected_total"], float(n), {"detector": d}) for d, n in sorted(self.detected.items())]
             out += [sample(_SPECS["predis_drift_score"], v, {"detector": d, "feature": f}) for (d, f), v in sorted(self.scores.items())]
+            if self.duration_count:
+                spec = _SPECS["predis_drift_check_duration_seconds"]
+                out.append(sample(spec, self.duration_sum, {}, count=float(self.duration_count)))
         return out
 
 

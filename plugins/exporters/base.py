@@ -29,9 +29,10 @@ class Point:
     """One series' value over one push interval.
 
     ``kind`` is ``gauge`` (``value``), ``count`` (``value`` is the delta over ``interval``
-    seconds) or ``summary`` (``count``/``sum`` deltas; ``buckets`` are per-bucket counts,
-    not cumulative, as ``(upper bound, count)``; ``low``/``high`` bound the observations
-    by the lowest and highest non-empty bucket).
+    seconds) or ``summary`` (``count``/``sum`` deltas). A summary from a histogram also has
+    ``buckets``, per-bucket counts (not cumulative) as ``(upper bound, count)``, and
+    ``low``/``high``, bounding the observations by the lowest and highest non-empty
+    bucket; a summary from a summary metric has no buckets and no bounds.
     """
 
     name: str
@@ -102,6 +103,18 @@ def to_points(batch: Iterable[Metric], deltas: DeltaTracker, report: EncodeRepor
                 report.baselines += 1
                 continue
             points.append(Point(m.name, "summary", labels, m.timestamp, unit=unit, **got))
+            continue
+        if m.kind == "summary":
+            seen.append((key, "summary"))
+            if not (math.isfinite(m.value) and math.isfinite(m.count)):
+                report.skipped_non_finite += 1
+                continue
+            stats = deltas.delta_vector((key, "summary"), (float(m.count), float(m.value)), m.timestamp, monotone=[0])
+            if stats is None:
+                report.baselines += 1
+                continue
+            (count, total), interval = stats
+            points.append(Point(m.name, "summary", labels, m.timestamp, count=max(0.0, count), sum=total, interval=interval, unit=unit))
             continue
         if m.kind == "counter":
             seen.append(key)  # a non-finite sample keeps the series' baseline

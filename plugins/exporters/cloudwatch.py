@@ -140,6 +140,8 @@ class CloudWatchExporter:
             "Timestamp": p.timestamp,
             "StorageResolution": self.storage_resolution,
         }
+        if p.kind == "summary" and not p.buckets:
+            return None  # see _datums
         if p.kind == "summary":
             values = _pack([(b if math.isfinite(b) else p.high, c) for b, c in p.buckets if c > 0])
             if not values:
@@ -160,12 +162,24 @@ class CloudWatchExporter:
         datum["Unit"] = "Count" if p.kind == "count" and unit == "None" else unit
         return datum
 
+    def _datums(self, p: Point, report: EncodeReport) -> list[dict[str, Any]]:
+        """One datum, or ``<name>_count`` and ``<name>_sum`` for a summary without buckets
+        (StatisticValues would need a minimum and maximum the summary does not have)."""
+        if p.kind == "summary" and not p.buckets:
+            parts = [
+                Point(f"{p.name}_count", "count", p.labels, p.timestamp, value=p.count, interval=p.interval),
+                Point(f"{p.name}_sum", "gauge", p.labels, p.timestamp, value=p.sum, interval=p.interval, unit=p.unit),
+            ]
+            return [d for part in parts if (d := self._datum(part, report)) is not None]
+        one = self._datum(p, report)
+        return [one] if one is not None else []
+
     def _body(self, datums: list[dict[str, Any]]) -> dict[str, Any]:
         return {"Namespace": self.namespace, "MetricData": datums}
 
     def encode(self, batch: list[Any]) -> list[Payload]:
         report = EncodeReport()
-        datums = [d for p in to_points(batch, self.deltas, report) if (d := self._datum(p, report)) is not None]
+        datums = [d for p in to_points(batch, self.deltas, report) for d in self._datums(p, report)]
         overhead = json_size(self._body([])) + REQUEST_OVERHEAD_BYTES
         payloads = []
         for run, size in chunk(datums, max_items=MAX_DATUMS_PER_CALL, max_bytes=MAX_REQUEST_BYTES, overhead=overhead):

@@ -110,6 +110,19 @@ class NewRelicExporter:
             out[k] = v
         return out
 
+    def _metrics(self, p: Point, report: EncodeReport) -> list[dict[str, Any]]:
+        """One item, or two counts (``.count``, ``.sum``) for a summary without buckets:
+        New Relic's summary needs min and max, which only a histogram can bound."""
+        if p.kind == "summary" and not p.buckets:
+            name = dotted_name(p.name)
+            parts = [Point(f"{p.name}.count", "count", p.labels, p.timestamp, value=p.count, interval=p.interval), Point(f"{p.name}.sum", "count", p.labels, p.timestamp, value=p.sum, interval=p.interval)]
+            out = [m for part in parts if (m := self._metric(part, report)) is not None]
+            for item, suffix in zip(out, (".count", ".sum")):
+                item["name"] = name + suffix
+            return out
+        one = self._metric(p, report)
+        return [one] if one is not None else []
+
     def _metric(self, p: Point, report: EncodeReport) -> dict[str, Any] | None:
         values = [p.value] if p.kind != "summary" else [p.sum, p.low, p.high]
         if any(abs(v) > MAX_ABS_VALUE for v in values):
@@ -134,7 +147,7 @@ class NewRelicExporter:
 
     def encode(self, batch: list[Any]) -> list[Payload]:
         report = EncodeReport()
-        items = [m for p in to_points(batch, self.deltas, report) if (m := self._metric(p, report)) is not None]
+        items = [m for p in to_points(batch, self.deltas, report) for m in self._metrics(p, report)]
         # The wire form is [{"metrics": [...], "common": {...}}] (the SDK adds the list).
         overhead = json_size([self._body([])])
         payloads = []

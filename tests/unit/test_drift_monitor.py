@@ -67,6 +67,8 @@ def test_reference_then_no_drift_then_drift_on_a_hot_set_change() -> None:
     samples = {(m.name, tuple(sorted(m.labels.items()))): m.value for m in h.monitor.samples()}
     assert samples[("predis_drift_checks_total", (("status", "drift"),))] == 1
     assert samples[("predis_drift_checks_total", (("status", "no_drift"),))] == 1
+    duration = next(m for m in h.monitor.samples() if m.name == "predis_drift_check_duration_seconds")
+    assert duration.kind == "summary" and duration.count == 3 and duration.value > 0
     status = h.monitor.status()
     assert status["checks"] == 3 and status["state"] == STATUS_DRIFT and status["last_window_events"] == 10_000
 

@@ -886,3 +886,35 @@ def test_cloudwatch_counters_keep_their_unit() -> None:
     exporter.encode([counter("predis_process_cpu_seconds_total", 1.0, {})])
     (datum,) = cw_datums(exporter.encode([counter("predis_process_cpu_seconds_total", 3.0, {}, ts=T0 + STEP)]))
     assert datum["Unit"] == "Seconds" and datum["Value"] == 2.0
+
+
+def summary(name: str, count: float, total: float, ts: float = T0) -> Metric:
+    return Metric(name, total, "summary", {}, "", timestamp=ts, count=count)
+
+
+SUMMARY = "predis_drift_check_duration_seconds"
+
+
+def test_summaries_are_sent_as_count_and_sum_deltas_everywhere() -> None:
+    dd, nr, cw = dd_exporter(), nr_exporter(), cw_exporter()
+    for exporter in (dd, nr, cw):
+        assert not [p for p in exporter.encode([summary(SUMMARY, 4, 2.0)]) if p.kind == "metrics"]  # the baseline
+    later = [summary(SUMMARY, 10, 5.0, ts=T0 + STEP)]
+    dd_series = {s["metric"]: s for p in dd.encode(later) if p.kind == "metrics" for s in p.body["series"]}
+    assert dd_series["predis.drift.check.duration.seconds.count"]["points"][0][1] == 6
+    assert dd_series["predis.drift.check.duration.seconds.sum"]["points"][0][1] == pytest.approx(3.0)
+    assert dd_series["predis.drift.check.duration.seconds.avg"]["points"][0][1] == pytest.approx(0.5)
+    nr_items = {m["name"]: m for m in nr_metrics(nr.encode(later))}
+    assert nr_items["predis.drift.check.duration.seconds.count"]["value"] == 6
+    assert nr_items["predis.drift.check.duration.seconds.sum"]["type"] == "count"
+    cw_items = {d["MetricName"]: d for d in cw_datums(cw.encode(later))}
+    assert cw_items[f"{SUMMARY}_count"]["Value"] == 6 and cw_items[f"{SUMMARY}_count"]["Unit"] == "Count"
+    assert cw_items[f"{SUMMARY}_sum"]["Value"] == pytest.approx(3.0) and cw_items[f"{SUMMARY}_sum"]["Unit"] == "Seconds"
+
+
+def test_summary_reset_is_detected_by_its_count() -> None:
+    nr = nr_exporter()
+    nr.encode([summary(SUMMARY, 10, 5.0)])
+    items = {m["name"]: m for m in nr_metrics(nr.encode([summary(SUMMARY, 2, 0.4, ts=T0 + STEP)]))}
+    assert items["predis.drift.check.duration.seconds.count"]["value"] == 2
+    assert items["predis.drift.check.duration.seconds.sum"]["value"] == pytest.approx(0.4)

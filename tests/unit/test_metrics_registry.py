@@ -21,7 +21,7 @@ REGENERATE = f"run `{METRICS_GENERATOR_COMMAND}`"
 
 NAME_RE = re.compile(r"^predis_[a-z][a-z0-9_]*[a-z0-9]$")
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-KINDS = ("gauge", "counter", "histogram")
+KINDS = ("gauge", "counter", "histogram", "summary")
 # Base units only (Prometheus naming guide); scaled units are spelled out as suffixes.
 BASE_UNITS = ("", "seconds", "bytes", "ratio", "celsius", "watts", "hertz", "bytes_per_second")
 SCALED_UNIT_SUFFIXES = (

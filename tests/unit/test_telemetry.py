@@ -156,3 +156,14 @@ def test_two_telemetry_instances_are_independent() -> None:
     assert b.registry.get_sample_value("predis_agent_info", {"version": "a"}) is None
     # Nothing leaks into prometheus_client's process-wide default registry.
     assert prometheus_client.REGISTRY.get_sample_value("predis_agent_collection_runs_total") is None
+
+
+def test_summaries_are_exposed_as_count_and_sum_and_pushed_as_samples() -> None:
+    from agent.telemetry import Metric
+
+    telemetry = Telemetry("t")
+    telemetry.set_batch([Metric("predis_drift_check_duration_seconds", 1.25, "summary", {}, "Wall time.", count=5)])
+    text = telemetry.exposition("")[0].decode()
+    assert "# TYPE predis_drift_check_duration_seconds summary" in text
+    assert "predis_drift_check_duration_seconds_count 5.0" in text
+    assert "predis_drift_check_duration_seconds_sum 1.25" in text
