@@ -104,6 +104,8 @@ class Agent:
         self.tracing = Tracing()
         self.notifier = notifier or Notifier()
         self.http = HttpServer(self.telemetry)
+        # exporters.prometheus.listen: the exposition on a port of its own (same auth and TLS).
+        self.metrics_http: HttpServer | None = None
         self.host.error_listeners.append(self._on_plugin_error)
         for (plugin, hook), count in self.host.error_counts().items():
             self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc(count)
@@ -171,6 +173,7 @@ class Agent:
         self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
         self._refresh_routes()
         await self.http.start(await self.http.prepare_site(cfg.section("agent.http")))
+        await self._apply_metrics_listener(cfg, await self._plan_metrics_listener(cfg))
         self._write_pid_file(cfg)
         self._set_config_metrics(success=True)
         self.host.call("predis_agent_startup", agent=self)
@@ -288,6 +291,39 @@ class Agent:
             elif name not in seen:
                 self.sinks[name].tune(self.sink_settings(cfg, name))
 
+    @staticmethod
+    def _metrics_section(cfg: Config) -> dict[str, Any] | None:
+        listen = cfg.get("exporters.prometheus.listen")
+        if not listen or not cfg.get("exporters.prometheus.enabled"):
+            return None
+        return {**cfg.section("agent.http"), "listen": listen}
+
+    async def _plan_metrics_listener(self, cfg: Config) -> Any:
+        """Bind the metrics port when it is configured and new (a dry-build: nothing served)."""
+        section = self._metrics_section(cfg)
+        if section is None:
+            return None
+        server = self.metrics_http or HttpServer(self.telemetry)
+        if self.metrics_http is not None and not server.needs_rebind(section):
+            return None
+        return await server.prepare_site(section)
+
+    async def _apply_metrics_listener(self, cfg: Config, plan: Any) -> None:
+        section = self._metrics_section(cfg)
+        if section is None:
+            if self.metrics_http is not None:
+                await self.metrics_http.stop()
+                self.metrics_http = None
+                log.info("metrics listener stopped (exporters.prometheus.listen unset)")
+            return
+        if self.metrics_http is None:
+            self.metrics_http = HttpServer(self.telemetry)
+        self.metrics_http.configure(section, cfg.section("agent.auth"), self.tokens or TokenStore(cfg.get("agent.auth.token_store")))
+        self.metrics_http.set_routes([r for r in self.http.routes.values() if r.plugin == "prometheus"])
+        if plan is not None:
+            await self.metrics_http.start(plan)
+            log.info("metrics also served on %s", self.metrics_http.address)
+
     def _refresh_routes(self) -> None:
         routes = [
             Route("GET", "/livez", self._livez),
@@ -301,6 +337,8 @@ class Agent:
             else:
                 self.host.report_error(plugin, "predis_agent_register_routes", TypeError("expected agent.http.Route"))
         self.http.set_routes(routes)
+        if self.metrics_http is not None:
+            self.metrics_http.set_routes([r for r in self.http.routes.values() if r.plugin == "prometheus"])
 
     def _on_plugin_error(self, plugin: str, hook: str) -> None:
         self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc()
@@ -368,6 +406,7 @@ class Agent:
             return self._reload_failed(trigger, [str(exc)])
         try:
             site = await self.http.prepare_site(new.section("agent.http")) if rebind else None
+            metrics_site = await self._plan_metrics_listener(new)
         except (StartupError, AgentError, OSError) as exc:
             self.cache_service.discard(cache_plan)
             return self._reload_failed(trigger, [str(exc)])
@@ -388,6 +427,7 @@ class Agent:
         self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
         if site is not None:
             await self.http.start(site)
+        await self._apply_metrics_listener(new, metrics_site)
         for what in await self.cache_service.apply(cache_plan):
             log.info("reload: %s", what)
         if section_changed(changed, ["collectors.access_log"]):
@@ -583,7 +623,11 @@ class Agent:
             "plugins": self.host.public(),
             "components": {
                 **{name: dict(section) for name, section in list(self.component_status.items())},
-                "http": {"address": self.http.address, "tls": self.http.tls},
+                "http": {
+                    "address": self.http.address,
+                    "tls": self.http.tls,
+                    "metrics_address": self.metrics_http.address if self.metrics_http is not None else None,
+                },
                 "cache": {
                     "backend": backend.name if backend else None,
                     "requested": backend.requested if backend else None,
@@ -623,6 +667,8 @@ class Agent:
         self.host.call("predis_agent_shutdown", agent=self)
         await self.cache_service.stop()
         await self.http.stop()
+        if self.metrics_http is not None:
+            await self.metrics_http.stop()
         timeout = float(self.config.get("agent.shutdown_timeout_seconds"))
         loop = asyncio.get_running_loop()
         for sink in list(self.sinks.values()):

@@ -8,7 +8,8 @@ scrape never renders the registry again and scraping more often costs only a cop
 route is authenticated like every other route; give Prometheus a token with
 ``authorization: {credentials_file: ...}`` in its scrape config, or list ``/metrics``
 in ``agent.auth.anonymous_routes``. Configured under ``exporters.prometheus``
-(``enabled``, ``path``).
+(``enabled``, ``path``, and ``listen`` to serve the exposition on a port of its own too,
+run by the agent's runtime with the same TLS and token auth).
 """
 
 from __future__ import annotations
