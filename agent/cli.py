@@ -415,6 +415,63 @@ def data_read(directory: str, key_files: tuple[str, ...], since: str | None, as_
         sys.exit(2)
 
 
+@cli.command("replay")
+@click.argument("trace", type=click.Path())
+@click.option("--cache-entries", "cache_entries", required=True, type=click.IntRange(min=1), help="Cache size in entries (keys).")
+@click.option("--policy", type=click.Choice(["clock", "lru", "s3fifo"]), default="lru", show_default=True, help="Replacement policy.")
+@click.option("--prefetch", type=click.Choice(["none", "stride", "markov", "model"]), default="none", show_default=True, help="Prefetch model.")
+@click.option("--value-bytes", "value_bytes", type=click.IntRange(min=1, max=1 << 20), default=64, show_default=True, help="Size of every value the in-memory origin returns.")
+@click.option("--key-file", "key_files", multiple=True, type=click.Path(dir_okay=False), help="Segment key for a directory trace (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help='Print one object: {"requests", "hits", "hit_ratio", "prefetches", "prefetch_used", "prefetch_precision", "policy", "prefetch"}.')
+def replay_cmd(trace: str, cache_entries: int, policy: str, prefetch: str, value_bytes: int, key_files: tuple[str, ...], as_json: bool) -> None:
+    """Replay TRACE through the real cache code with an in-memory origin.
+
+    Every request is a demand read; hits include hits on prefetched entries, and
+    prefetches are not requests. The model learns online from the replayed stream only.
+    TRACE is a key-per-line text file, a CSV with a 'key' column, or a directory of
+    exported access-log segments (their fingerprints stand in for keys). Exit 2 when the
+    trace cannot be read.
+    """
+    from agent.mlops.dataset import KeyFormatError, load_key_file
+    from agent.mlops.traces import TraceError, read_trace
+    from cache_core.replay import replay
+
+    segment_keys: list[bytes] = []
+    for path in key_files:
+        try:
+            segment_keys.append(load_key_file(path))
+        except (KeyFormatError, OSError) as exc:
+            _fail(f"--key-file {path}: {exc}", 2)
+    try:
+        loaded = read_trace(trace, segment_keys)
+    except TraceError as exc:
+        _fail(str(exc), 2)
+    keys = loaded.keys if loaded.keys is not None else [b"%016x" % int(fp) for fp in loaded.fp.tolist()]
+    if not keys:
+        _fail(f"{trace}: the trace holds no requests", 2)
+    show_bar = sys.stderr.isatty() and len(keys) >= 50_000
+    if show_bar:
+        with click.progressbar(length=len(keys), label="replaying", file=sys.stderr) as bar:
+            done = [0]
+
+            def advance(n: int) -> None:
+                bar.update(n - done[0])
+                done[0] = n
+
+            result = replay(keys, cache_entries, policy=policy, prefetch=prefetch, value_bytes=value_bytes, progress=advance)
+    else:
+        result = replay(keys, cache_entries, policy=policy, prefetch=prefetch, value_bytes=value_bytes)
+    if as_json:
+        click.echo(json.dumps({k: result[k] for k in ("requests", "hits", "hit_ratio", "prefetches", "prefetch_used", "prefetch_precision", "policy", "prefetch")}))
+        return
+    precision = "n/a" if result["prefetch_precision"] is None else f"{result['prefetch_precision']:.1%}"
+    click.echo(
+        f"{result['requests']} requests, {result['hits']} hits ({result['hit_ratio']:.2%}); "
+        f"{result['prefetches']} prefetches, {result['prefetch_used']} used (precision {precision}); "
+        f"policy {policy}, prefetch {prefetch}, {cache_entries} entries"
+    )
+
+
 @cli.group()
 def drift() -> None:
     """Compare access traces with the drift detectors."""

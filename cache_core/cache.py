@@ -85,6 +85,11 @@ class CacheStats:
     expirations: int = 0
     origin_loads: int = 0
     origin_errors: int = 0
+    # Prefetched entries: inserted by the prefetcher, then either read by a demand GET
+    # (used) or removed/overwritten before any read (wasted).
+    prefetch_inserted: int = 0
+    prefetch_used: int = 0
+    prefetch_wasted: int = 0
     keys: int = 0
     value_bytes: int = 0
     charged_bytes: int = 0
@@ -235,6 +240,7 @@ class Cache:
         for eid in eids.tolist():
             self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
         sizes = self.e_len[eids].copy()
+        self.stats.prefetch_wasted += int(self.e_prefetched[eids].sum())
         self.e_live[eids] = False
         self.live_keys -= len(eids)
         self.e_handle[eids] = -1
@@ -294,6 +300,7 @@ class Cache:
                 hit_ids = eids[hit]
                 prefetched = self.e_prefetched[hit_ids]
                 results[numpy.flatnonzero(hit)[prefetched]] = RES_PREFETCH_HIT
+                self.stats.prefetch_used += int(numpy.unique(hit_ids[prefetched]).shape[0])
                 self.e_prefetched[hit_ids] = False
                 self.policy.on_access(hit_ids)
             n_hit = int(hit.sum())
@@ -323,6 +330,9 @@ class Cache:
                 hits.append(eid)
             if hits:
                 hit_ids = numpy.asarray(hits, dtype=numpy.int64)
+                used = hit_ids[e_pre[hit_ids]]
+                if used.shape[0]:
+                    self.stats.prefetch_used += int(numpy.unique(used).shape[0])
                 e_pre[hit_ids] = False
                 self.policy.on_access(hit_ids)
             self.stats.hits += len(hits)
@@ -382,6 +392,17 @@ class Cache:
             if value is not None:
                 out[i] = value
 
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        """Whether each key is cached, without counting a read or touching the policy
+        (the prefetcher asks before loading)."""
+        if not keys:
+            return []
+        with self._lock:
+            if len(keys) <= self.small_batch:
+                return [eid >= 0 for eid in self._find_small(self._fps_small(keys), self.now_ms())]
+            eids, _hi, _lo = self._find_keys(keys, self.now_ms())
+            return (eids >= 0).tolist()
+
     def exists(self, keys: Sequence[bytes]) -> int:
         """How many of ``keys`` exist (a key named twice counts twice, as in Redis)."""
         if not keys:
@@ -416,7 +437,10 @@ class Cache:
         keep_ttl: bool = False,
         prefetched: bool = False,
     ) -> None:
-        """Store every (key, value); duplicates in the batch: the last one wins."""
+        """Store every (key, value); duplicates in the batch: the last one wins.
+
+        ``prefetched`` (the prefetcher's inserts) only adds keys that are absent: a
+        prefetch never replaces a value a client wrote or read."""
         if not items:
             return
         last = dict(items)
@@ -427,6 +451,13 @@ class Cache:
             now = self.now_ms()
             eids, hi, lo = self._find_keys(keys, now)
             exists = eids >= 0
+            if prefetched and exists.any():
+                keep = numpy.flatnonzero(~exists)
+                keys = [keys[i] for i in keep.tolist()]
+                values = [values[i] for i in keep.tolist()]
+                eids, hi, lo, exists = eids[keep], hi[keep], lo[keep], exists[keep]
+                if not keys:
+                    return
             new_idx = numpy.flatnonzero(~exists)
             old_idx = numpy.flatnonzero(exists)
             charge = sum(self.store.chunk_size(len(v)) for v in values)
@@ -436,6 +467,8 @@ class Cache:
             # Overwrites.
             for i in old_idx.tolist():
                 eid = int(eids[i])
+                if self.e_prefetched[eid]:
+                    self.stats.prefetch_wasted += 1  # overwritten before anyone read it
                 self.e_handle[eid] = self.store.replace(int(self.e_handle[eid]), int(self.e_len[eid]), values[i])
                 self.e_len[eid] = len(values[i])
                 self.e_prefetched[eid] = prefetched
@@ -462,7 +495,9 @@ class Cache:
                 self.e_prefetched[new_eids] = prefetched
                 self.e_expire[new_eids] = TTL_NONE if ttl_ms is None else now + ttl_ms
                 self.policy.on_insert(new_eids, n_lo)
-            if not prefetched:
+            if prefetched:
+                self.stats.prefetch_inserted += len(keys)
+            else:
                 self.stats.sets += len(keys)
             sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
             op = OP_PREFETCH if prefetched else OP_SET
@@ -508,7 +543,7 @@ class Cache:
             self.stats.deletes += len(present)
             results = numpy.where(eids >= 0, RES_DELETED, RES_MISS).astype(numpy.uint8)
             self._report(OP_DEL, lo, results, sizes, unique)
-            return int(len(present))
+            return len(present)
 
     def peek(self, key: bytes) -> bytes | None:
         """The value of ``key`` without counting a hit or miss or touching the policy."""
@@ -586,7 +621,7 @@ class Cache:
             now = self.now_ms()
             dead = numpy.flatnonzero(self.e_live & (self.e_expire != TTL_NONE) & (self.e_expire <= now))[:max_keys]
             self._remove(dead, reason=RES_EXPIRED)
-            return int(len(dead))
+            return len(dead)
 
     def dbsize(self) -> int:
         with self._lock:

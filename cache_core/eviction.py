@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Replacement policies over dense entry IDs: CLOCK (approximate LRU) and S3-FIFO.
+"""Replacement policies over dense entry IDs: CLOCK (approximate LRU), exact LRU and S3-FIFO.
 
 The cache gives every live key an entry ID in ``[0, capacity)``. Policies see only
 those IDs, in batches: ``on_insert`` for new keys, ``on_access`` for hits and
@@ -15,12 +15,13 @@ of recently evicted fingerprints sends returning keys straight to main.
 
 from __future__ import annotations
 
-from collections import deque
+import itertools
+from collections import OrderedDict, deque
 from typing import Any, Protocol
 
 import numpy
 
-POLICIES = ("clock", "s3fifo")
+POLICIES = ("clock", "lru", "s3fifo")
 S3FIFO_SMALL_RATIO = 0.10
 S3FIFO_MAX_FREQ = 3
 CLOCK_SCAN_FACTOR = 4
@@ -94,6 +95,39 @@ class ClockPolicy:
             budget -= len(idx)
         victims = numpy.concatenate(chosen) if chosen else numpy.empty(0, dtype=numpy.int64)
         return numpy.unique(victims)[:n] if len(victims) > n else victims
+
+
+class LRUPolicy:
+    """Exact LRU: an ordered dict of entry IDs, least recently used first (O(1) per event)."""
+
+    name = "lru"
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self.clear()
+
+    def clear(self) -> None:
+        self.order: OrderedDict[int, None] = OrderedDict()
+
+    def on_insert(self, ids: numpy.ndarray, fingerprints: numpy.ndarray) -> None:
+        order = self.order
+        for i in ids.tolist():
+            order[i] = None
+            order.move_to_end(i)
+
+    def on_access(self, ids: numpy.ndarray) -> None:
+        order = self.order
+        for i in ids.tolist():
+            if i in order:
+                order.move_to_end(i)
+
+    def on_remove(self, ids: numpy.ndarray, evicted: bool) -> None:
+        order = self.order
+        for i in ids.tolist():
+            order.pop(i, None)
+
+    def victims(self, n: int) -> numpy.ndarray:
+        return numpy.fromiter(itertools.islice(self.order, max(0, n)), dtype=numpy.int64)
 
 
 class S3FifoPolicy:
@@ -201,4 +235,6 @@ def make_policy(name: str, capacity: int) -> Any:
         return ClockPolicy(capacity)
     if name == "s3fifo":
         return S3FifoPolicy(capacity)
+    if name == "lru":
+        return LRUPolicy(capacity)
     raise ValueError(f"unknown eviction policy {name!r}; expected one of {', '.join(POLICIES)}")

@@ -93,7 +93,7 @@ def kernel_source() -> str:
     return resources.files("cache_core").joinpath(KERNEL_SOURCE).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_kernels(cupy: Any) -> dict[str, Any]:  # pragma: no cover - needs a GPU
     """Compile each kernel once per process (CuPy also caches the binaries on disk)."""
     source = kernel_source()

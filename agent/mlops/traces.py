@@ -60,6 +60,9 @@ class Trace:
     result: numpy.ndarray | None = None
     size: numpy.ndarray | None = None
     ts_ns: numpy.ndarray | None = None
+    # The raw keys, in order, when the trace has them (text and CSV; exported segments
+    # carry fingerprints only unless the ring stored raw keys).
+    keys: list[bytes] | None = None
 
     def features(self) -> WindowFeatures:
         return window_features(self.fp, self.op, self.result, self.size, self.ts_ns)
@@ -84,8 +87,8 @@ def _is_csv_header(first_line: str) -> bool:
 
 
 def _read_text(path: Path, text: str) -> Trace:
-    keys = [line.encode("utf-8") for line in text.splitlines() if line.strip()]
-    return Trace(fingerprint(keys))
+    keys = [line.strip().encode("utf-8") for line in text.splitlines() if line.strip()]
+    return Trace(fingerprint(keys), keys=keys)
 
 
 def _read_csv(path: Path, text: str) -> Trace:
@@ -115,6 +118,7 @@ def _read_csv(path: Path, text: str) -> Trace:
         op=numpy.array(ops, dtype=numpy.int64) if OP_COLUMN in names else None,
         size=numpy.array(sizes, dtype=numpy.float64) if SIZE_COLUMN in names else None,
         ts_ns=numpy.array(stamps, dtype=numpy.int64) if TIMESTAMP_COLUMN in names else None,
+        keys=keys,
     )
 
 

@@ -1,0 +1,339 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Prefetch models, the prefetcher and trace replay, on the real cache code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pytest
+
+from cache_core.cache import Cache
+from cache_core.eviction import LRUPolicy
+from cache_core.models import (
+    ContextMarkov,
+    MarkovModel,
+    MixtureModel,
+    StrideModel,
+    Vocabulary,
+    make_model,
+)
+from cache_core.prefetch import Prefetcher, PrefetchSettings
+from cache_core.replay import MemoryOrigin, replay
+
+
+def ids(vocab: Vocabulary, *keys: str) -> numpy.ndarray:
+    return vocab.encode_many([k.encode() for k in keys])
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def test_vocabulary_maps_both_ways_splits_numbers_and_stops_when_full() -> None:
+    v = Vocabulary(4)
+    a, b = v.encode(b"blk:0099"), v.encode(b"plain")
+    assert v.encode(b"blk:0099") == a and v.decode(a) == b"blk:0099"
+    assert v.number_of[a] == 99 and v.width_of[a] == 4 and v.prefix_of[b] == -1
+    assert v.decode(v.numbered(int(v.prefix_of[a]), 100, 4)) == b"blk:0100"
+    v.encode(b"c")
+    assert v.encode(b"d") == -1 and v.full_misses == 1 and len(v) == 4
+    v.clear()
+    assert len(v) == 0 and v.encode(b"d") == 0
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_markov_learns_the_most_frequent_successor() -> None:
+    v = Vocabulary(64)
+    m = MarkovModel(64)
+    seq = ids(v, *(["a", "b"] * 10 + ["a", "c"] * 3))
+    for i in range(len(seq)):
+        m.observe(seq[i : i + 1])
+    top = m.predict_one(int(ids(v, "a")[0]), 2)
+    assert [v.decode(c) for c, _ in top] == [b"b", b"c"]
+    assert top[0][1] == pytest.approx(10 / (13 + 1))  # SHARE_PRIOR
+    cand, conf = m.predict(ids(v, "a", "zzz"), 2)
+    assert list(cand[0]) == [c for c, _ in top] and numpy.allclose(conf[0], [s for _, s in top])
+    assert list(cand[1]) == [-1, -1]
+
+
+def test_markov_batched_and_scalar_learning_agree() -> None:
+    rng = numpy.random.default_rng(3)
+    seq = rng.integers(0, 30, 2000).astype(numpy.int64)
+    one, batch = MarkovModel(64, slots=32), MarkovModel(64, slots=32)
+    for i in range(len(seq)):
+        one.observe(seq[i : i + 1])
+    batch.observe(seq)
+    assert numpy.array_equal(numpy.sort(one.table.count, axis=1), numpy.sort(batch.table.count, axis=1))
+
+
+def test_order_two_context_separates_paths_that_share_a_key() -> None:
+    v = Vocabulary(64)
+    m1, m2 = MarkovModel(64), ContextMarkov(256)
+    seq = ids(v, *(["x", "b", "c", "y", "b", "d"] * 20))
+    for i in range(len(seq)):
+        m1.observe(seq[i : i + 1])
+        m2.observe(seq[i : i + 1])
+        if v.decode(int(seq[i])) == b"b":
+            before = v.decode(int(seq[i - 1])) if i else b""
+            if i > 30:
+                want = b"c" if before == b"x" else b"d"
+                assert v.decode(m2.predict_one(int(seq[i]), 1)[0][0]) == want
+    assert m1.predict_one(int(ids(v, "b")[0]), 1)[0][1] < 0.5  # order 1 cannot tell
+
+
+def test_context_hash_is_the_same_on_scalars_and_arrays() -> None:
+    m = ContextMarkov(1009)
+    a = numpy.array([0, 5, 123456, -1], dtype=numpy.int64)
+    b = numpy.array([1, 7, 99, 3], dtype=numpy.int64)
+    assert m._ctx(a, b).tolist() == [m._ctx_one(int(x), int(y)) for x, y in zip(a, b)]
+
+
+def test_stride_names_unseen_keys_along_a_constant_step() -> None:
+    v = Vocabulary(64)
+    m = StrideModel(v)
+    for key in ("blk:0010", "blk:0012", "blk:0014"):
+        m.observe(ids(v, key))
+    got = m.predict_one(int(ids(v, "blk:0014")[0]), 3)
+    assert [v.decode(c) for c, _ in got] == [b"blk:0016", b"blk:0018", b"blk:0020"]
+    assert got[0][1] == pytest.approx(1 - 0.5**2)
+    cand, _ = m.predict(ids(v, "blk:0014"), 3)
+    assert cand[0].tolist() == [c for c, _ in got]
+    m.observe(ids(v, "blk:0003"))  # the step changed: no prediction until it repeats
+    assert m.predict_one(int(ids(v, "blk:0003")[0]), 2) == []
+
+
+def test_stride_never_predicts_negative_numbers() -> None:
+    v = Vocabulary(64)
+    m = StrideModel(v)
+    for key in ("k4", "k2", "k0"):
+        m.observe(ids(v, key))
+    assert m.predict_one(int(ids(v, "k0")[0]), 2) == []
+
+
+def test_mixture_learns_which_expert_to_trust() -> None:
+    v = Vocabulary(4096)
+    m = MixtureModel(v, 4096)
+    for n in range(400):
+        seq = ids(v, f"s:{n}")
+        m.observe(seq)
+        m.predict_one(int(seq[0]), 2)
+    stride, markov1, _ = m.precision.tolist()
+    assert stride > 0.9 and markov1 < 0.6
+
+
+@pytest.mark.parametrize("name", ["stride", "markov", "model"])
+def test_models_save_and_load_their_learned_state(name: str, tmp_path: Path) -> None:
+    v = Vocabulary(256)
+    a = make_model(name, v)
+    seq = ids(v, *(f"k:{i % 7 * 3}" for i in range(200)))
+    for i in range(len(seq)):
+        a.observe(seq[i : i + 1])
+    path = tmp_path / "m.npz"
+    a.save(path)
+    b = make_model(name, v)
+    b.load(path)
+    probe = seq[-1:]
+    for x, y in zip(a.predict(probe, 2), b.predict(probe, 2)):
+        assert numpy.array_equal(x, y)
+    assert b.nbytes > 0
+    with pytest.raises(ValueError):
+        make_model("nope", v)
+
+
+def test_loading_a_model_of_another_shape_is_refused(tmp_path: Path) -> None:
+    MarkovModel(16).save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="shape"):
+        MarkovModel(32).load(tmp_path / "m.npz")
+
+
+# ----------------------------------------------------------------------------- cache accounting
+
+
+def small_cache(entries: int = 4, **kw: Any) -> Cache:
+    return Cache(numpy, max_keys=entries, max_memory_bytes=1 << 20, eviction="lru", **kw)
+
+
+def test_prefetched_entries_are_counted_used_or_wasted() -> None:
+    c = small_cache()
+    c.mset([(b"p1", b"x"), (b"p2", b"y")], prefetched=True)
+    assert c.stats.prefetch_inserted == 2 and c.stats.sets == 0
+    assert c.get(b"p1") == b"x" and c.get(b"p1") == b"x"
+    assert c.stats.prefetch_used == 1  # the first demand hit only
+    c.set(b"p2", b"client")  # overwritten unread
+    assert c.stats.prefetch_wasted == 1
+    c.mset([(b"p3", b"z")], prefetched=True)
+    c.delete([b"p3"])
+    assert c.stats.prefetch_wasted == 2
+
+
+def test_a_prefetch_never_replaces_an_existing_value() -> None:
+    c = small_cache()
+    c.set(b"k", b"client")
+    c.mset([(b"k", b"stale"), (b"n", b"new")], prefetched=True)
+    assert c.get(b"k") == b"client" and c.stats.prefetch_inserted == 1
+
+
+def test_contains_many_counts_nothing() -> None:
+    c = small_cache()
+    c.set(b"a", b"1")
+    assert c.contains_many([b"a", b"b"]) == [True, False]
+    assert c.stats.hits == 0 and c.stats.misses == 0
+
+
+def test_lru_evicts_the_least_recently_used() -> None:
+    p = LRUPolicy(8)
+    p.on_insert(numpy.array([0, 1, 2]), numpy.zeros(3, dtype=numpy.uint64))
+    p.on_access(numpy.array([0]))
+    assert p.victims(2).tolist() == [1, 2]
+    p.on_remove(numpy.array([1]), evicted=True)
+    assert p.victims(1).tolist() == [2]
+
+
+# ----------------------------------------------------------------------------- prefetcher
+
+
+class FlakyOrigin(MemoryOrigin):
+    def __init__(self) -> None:
+        super().__init__(8)
+        self.fail = False
+
+    def load_many(self, keys: Any) -> list[bytes | None]:
+        if self.fail:
+            raise ConnectionError("origin down")
+        return super().load_many(keys)
+
+
+def test_prefetcher_loads_predictions_and_counts_what_happened() -> None:
+    c = small_cache(64)
+    origin = FlakyOrigin()
+    v = Vocabulary(256)
+    pf = Prefetcher(c, origin, StrideModel(v), v, PrefetchSettings(depth=2, threshold=0.1, adaptive=False), sync=True)
+    for n in range(10):
+        key = f"r:{n}".encode()
+        c.get(key) or c.set(key, b"demand")
+        pf.observe([key])
+    status = pf.status()
+    assert status["loaded"] >= 8 and c.stats.prefetch_used >= 7
+    origin.fail = True
+    pf.observe([b"r:10"])
+    assert pf.status()["origin_errors"] == 1  # counted, nothing raised
+
+
+def test_bandwidth_budget_caps_prefetched_keys_per_second() -> None:
+    now = [0.0]
+    c = small_cache(256)
+    v = Vocabulary(1024)
+    settings = PrefetchSettings(depth=4, threshold=0.0, adaptive=False, max_keys_per_second=4)
+    pf = Prefetcher(c, MemoryOrigin(8), StrideModel(v), v, settings, sync=True, clock=lambda: now[0])
+    for n in range(20):
+        pf.observe([f"b:{n}".encode()])
+    assert pf.stats.issued <= 4 and pf.stats.skipped_bandwidth > 0
+    now[0] += 10.0
+    before = pf.stats.issued
+    pf.observe([b"b:20"])
+    assert pf.stats.issued > before
+
+
+def test_adaptive_threshold_rises_when_predictions_are_not_used() -> None:
+    c = small_cache(50)
+    v = Vocabulary(1 << 14)
+    settings = PrefetchSettings(depth=2, threshold=0.05, adaptive=True, adapt_every=32, target_precision=0.3)
+    pf = Prefetcher(c, MemoryOrigin(8), MarkovModel(1 << 14), v, settings, sync=True)
+    rng = numpy.random.default_rng(0)
+    for x in rng.integers(0, 2000, 6000).tolist():
+        key = f"u:{x}".encode()
+        c.get(key) or c.set(key, b"v")
+        pf.observe([key])
+    assert pf.threshold > settings.threshold
+
+
+def test_hints_load_what_the_client_names() -> None:
+    c = small_cache(16)
+    v = Vocabulary(64)
+    pf = Prefetcher(c, MemoryOrigin(8), MarkovModel(64), v, sync=True)
+    assert pf.hint([b"h1", b"h2", b"h1"]) == 2
+    assert c.contains_many([b"h1", b"h2"]) == [True, True] and c.stats.prefetch_inserted == 2
+
+
+def test_async_prefetcher_works_off_the_calling_thread() -> None:
+    c = small_cache(64)
+    v = Vocabulary(256)
+    pf = Prefetcher(c, MemoryOrigin(8), StrideModel(v), v, PrefetchSettings(threshold=0.1, adaptive=False))
+    try:
+        for n in range(6):
+            pf.observe([f"a:{n}".encode()])
+        assert pf.wait_idle(10)
+        deadline_ok = c.contains_many([b"a:6"]) == [True]
+        assert deadline_ok and pf.status()["observed"] == 6
+    finally:
+        pf.close()
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def keys_of(values: Any, prefix: str = "k") -> list[bytes]:
+    return [f"{prefix}:{x}".encode() for x in values]
+
+
+def markov_chain(rng: numpy.random.Generator, n: int, states: int, stay: float = 0.9) -> list[int]:
+    nxt = rng.permutation(states)
+    out, cur = [], 0
+    r, jumps = rng.random(n), rng.integers(0, states, n)
+    for i in range(n):
+        out.append(cur)
+        cur = int(nxt[cur]) if r[i] < stay else int(jumps[i])
+    return out
+
+
+def test_replay_counts_requests_and_demand_hits_only() -> None:
+    trace = keys_of([1, 2, 1, 2, 3])
+    result = replay(trace, 10)
+    assert result == {**result, "requests": 5, "hits": 2, "prefetches": 0, "prefetch_precision": None}
+    assert result["hit_ratio"] == pytest.approx(0.4)
+
+
+def test_sequential_scan_reaches_95_percent_with_stride() -> None:
+    trace = keys_of(range(5000))
+    assert replay(trace, 50, prefetch="none")["hit_ratio"] == 0.0
+    assert replay(trace, 50, prefetch="stride")["hit_ratio"] >= 0.95
+    assert replay(trace, 50, prefetch="model")["hit_ratio"] >= 0.95
+
+
+def test_model_matches_markov_on_a_markov_chain_and_backs_off_on_zipf() -> None:
+    rng = numpy.random.default_rng(5)
+    chain = keys_of(markov_chain(rng, 8000, 1000))
+    markov = replay(chain, 50, prefetch="markov")["hit_ratio"]
+    model = replay(chain, 50, prefetch="model")["hit_ratio"]
+    assert model >= markov - 0.01 and model > replay(chain, 50)["hit_ratio"] + 0.3
+    p = numpy.arange(1, 2001, dtype=float) ** -1.0
+    zipf = keys_of(rng.choice(2000, size=8000, p=p / p.sum()))
+    none = replay(zipf, 100)["hit_ratio"]
+    assert replay(zipf, 100, prefetch="model")["hit_ratio"] >= none - 0.005
+
+
+def test_replay_rejects_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="policy"):
+        replay([b"a"], 1, policy="fifo")
+    with pytest.raises(ValueError, match="prefetch"):
+        replay([b"a"], 1, prefetch="magic")
+
+
+def test_replay_cli_prints_the_documented_json(tmp_path: Path) -> None:
+    trace = tmp_path / "t.txt"
+    trace.write_text("\n".join(f"s:{i}" for i in range(300)) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "agent", "replay", str(trace), "--cache-entries", "20", "--prefetch", "stride", "--json"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    result = json.loads(out.stdout)
+    assert set(result) == {"requests", "hits", "hit_ratio", "prefetches", "prefetch_used", "prefetch_precision", "policy", "prefetch"}
+    assert result["requests"] == 300 and result["hit_ratio"] > 0.95 and result["prefetch"] == "stride"
+    bad = subprocess.run([sys.executable, "-m", "agent", "replay", str(tmp_path / "none"), "--cache-entries", "2"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "cannot read" in bad.stderr
