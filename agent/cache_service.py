@@ -31,6 +31,8 @@ from agent.http import is_loopback, make_ssl_context, open_listener, parse_liste
 from cache_core.access_log import AccessLog
 from cache_core.backend import Backend
 from cache_core.cache import Cache, null_access_hook
+from cache_core.models import Vocabulary, make_model
+from cache_core.prefetch import PrefetchSettings, Prefetcher
 from cache_core.resp.server import RespLimits, RespServer
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class CacheService:
         self._sweep: asyncio.Task[None] | None = None
         self.swept_keys = 0
         self.access_log: AccessLog | None = None
+        self.prefetcher: Prefetcher | None = None
+        self._prefetch_key: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ dry-build
     def plan(self, cfg: Config, backend: Backend, origins: list[tuple[str, Any]] | None) -> CachePlan:
@@ -114,6 +118,11 @@ class CacheService:
                     "is not set: set a password (as a secret reference) or listen on 127.0.0.1"
                 )
         origin = self.find_origin(section, origins) if origins is not None else None
+        prefetch = section.get("prefetch", {})
+        if prefetch.get("enabled") and section.get("origin") is None:
+            raise StartupError("cache.prefetch.enabled is true but cache.origin is not set: prefetching loads from an origin; name one (e.g. files, s3, redis)")
+        if prefetch.get("enabled") and prefetch["min_threshold"] > prefetch["max_threshold"]:
+            raise StartupError("cache.prefetch.min_threshold is above cache.prefetch.max_threshold")
         rebuild = (
             self.cache is None
             or backend is not self.backend
@@ -216,9 +225,46 @@ class CacheService:
                 done.append(f"resp listening on {self.address}")
                 if not is_loopback(server.address[0] if server.address else ""):
                     log.warning("RESP server listens on non-loopback address %s; keep requirepass and TLS on", self.address)
+        self.sync_prefetcher()
+        if self.server is not None:
+            self.server.hint = self.prefetcher.hint if self.prefetcher is not None else None
         if self._sweep is None:
             self._sweep = asyncio.create_task(self._sweep_loop(), name="cache-ttl-sweep")
         return done
+
+    # ------------------------------------------------------------------ prefetching
+    def sync_prefetcher(self) -> None:
+        """Start, keep, rebuild or stop the prefetcher for ``cache.prefetch`` and the origin.
+
+        It is rebuilt (its model starts over) when its settings, the cache or the origin
+        object changed; kept otherwise, so an unrelated reload loses nothing it learned.
+        """
+        cache = self.cache
+        section = dict(self.section.get("prefetch", {}))
+        origin = cache.origin if cache is not None else None
+        wanted = bool(section.get("enabled")) and cache is not None and origin is not None
+        key = (id(cache), id(origin), tuple(sorted(section.items()))) if wanted else None
+        if key == self._prefetch_key:
+            return
+        old = self.prefetcher
+        if old is not None:
+            old.close()
+            if cache is not None and cache.prefetch_observer == old.observe:
+                cache.prefetch_observer = None
+        self.prefetcher = None
+        self._prefetch_key = key
+        if wanted:
+            assert cache is not None
+            vocab = Vocabulary(int(section["vocabulary_size"]))
+            model = make_model(section["model"], vocab)
+            settings = PrefetchSettings(**{k: section[k] for k in PrefetchSettings.__dataclass_fields__ if k in section})
+            self.prefetcher = Prefetcher(cache, origin, model, vocab, settings)
+            cache.prefetch_observer = self.prefetcher.observe
+            log.info("prefetching on: model %s from origin %s", section["model"], self.origin_name)
+        elif old is not None:
+            log.info("prefetching off")
+        if self.server is not None:
+            self.server.hint = self.prefetcher.hint if self.prefetcher is not None else None
 
     def configure_access_log(self, section: dict[str, Any]) -> None:
         """Create, keep or drop the access-event ring for ``collectors.access_log``.
@@ -260,6 +306,7 @@ class CacheService:
         if self.cache is not None:
             self.cache.origin = origin[1] if origin else None
             self.cache.read_through = bool(read_through) and origin is not None
+            self.sync_prefetcher()
 
     def discard(self, plan: CachePlan) -> None:
         """Release what a plan that will not be applied holds."""
@@ -300,6 +347,9 @@ class CacheService:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
         if self.server is not None:
             await self.server.stop()
             self.server = None
@@ -317,7 +367,8 @@ class CacheService:
         """The ``predis`` section of INFO."""
         backend = self.backend
         device = backend.device_info().name if backend else "?"
-        return {"backend": backend.name if backend else "?", "device": device, "prefetch": "disabled"}
+        prefetch = self.prefetcher.status()["model"] if self.prefetcher is not None else "disabled"
+        return {"backend": backend.name if backend else "?", "device": device, "prefetch": prefetch}
 
     def self_test(self, slots: int) -> tuple[bool, str]:
         """Readiness: a fresh probe through device memory, then through the device hash table."""
@@ -344,5 +395,6 @@ class CacheService:
             "origin": self.origin_name,
             "eviction": self.section.get("eviction"),
             "swept_keys": self.swept_keys,
+            "prefetch": self.prefetcher.status() if self.prefetcher is not None else {"enabled": False},
             "stats": dict(stats.__dict__) if stats else None,
         }

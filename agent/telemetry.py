@@ -129,6 +129,12 @@ COLLECTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_cache_expirations_total", "counter", "Keys removed because their TTL passed."),
     MetricSpec("predis_cache_origin_loads_total", "counter", "Values read through from the origin on a miss."),
     MetricSpec("predis_cache_origin_errors_total", "counter", "Origin loads that failed."),
+    MetricSpec("predis_cache_prefetch_inserted_total", "counter", "Keys the prefetcher loaded from the origin and inserted (prefetches are not requests)."),
+    MetricSpec("predis_cache_prefetch_used_total", "counter", "Prefetched entries a demand read hit before they left the cache."),
+    MetricSpec("predis_cache_prefetch_wasted_total", "counter", "Prefetched entries evicted, expired, deleted or overwritten before any read."),
+    MetricSpec("predis_cache_prefetch_skipped_total", "counter", "Prefetch candidates not loaded, by reason (threshold, cached, bandwidth).", ("reason",)),
+    MetricSpec("predis_cache_prefetch_threshold", "gauge", "Confidence a candidate needs to be prefetched (adaptive: follows the measured precision)."),
+    MetricSpec("predis_cache_prefetch_dropped_batches_total", "counter", "Access batches the prefetcher's queue dropped because its worker fell behind."),
     MetricSpec("predis_cache_keys", "gauge", "Live keys in the cache."),
     MetricSpec("predis_cache_max_keys", "gauge", "Key capacity (cache.max_keys)."),
     MetricSpec(

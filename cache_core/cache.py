@@ -134,6 +134,8 @@ class Cache:
         self.max_value_bytes = int(max_value_bytes)
         self.clock = clock
         self.access_hook: AccessHook = access_hook or null_access_hook
+        # Called with the keys of every read, after it was served (the prefetcher's queue).
+        self.prefetch_observer: Callable[[Sequence[bytes]], None] | None = None
         self.origin = origin
         self.read_through = read_through
         self.fp = fingerprinter or Fingerprinter(max_key_bytes=max_key_bytes)
@@ -279,7 +281,15 @@ class Cache:
 
     # ------------------------------------------------------------------ reads
     def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """Values for ``keys`` (None for missing), in order."""
+        """Values for ``keys`` (None for missing), in order; the prefetch observer (if
+        any) is told about them afterwards."""
+        out = self._mget(keys)
+        observer = self.prefetch_observer
+        if observer is not None and keys:
+            observer(keys)
+        return out
+
+    def _mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
         if len(keys) <= self.small_batch:

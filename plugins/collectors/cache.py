@@ -45,6 +45,9 @@ STAT_COUNTERS: tuple[tuple[str, str], ...] = (
     ("expirations", "predis_cache_expirations_total"),
     ("origin_loads", "predis_cache_origin_loads_total"),
     ("origin_errors", "predis_cache_origin_errors_total"),
+    ("prefetch_inserted", "predis_cache_prefetch_inserted_total"),
+    ("prefetch_used", "predis_cache_prefetch_used_total"),
+    ("prefetch_wasted", "predis_cache_prefetch_wasted_total"),
 )
 STAT_GAUGES: tuple[tuple[str, str], ...] = (
     ("keys", "predis_cache_keys"),
@@ -84,6 +87,14 @@ class CacheCollector:
         server = service.server
         if server is not None:
             out.extend(self._server_samples(server))
+        prefetcher = getattr(service, "prefetcher", None)
+        if prefetcher is not None:
+            st = prefetcher.stats
+            skipped = SPECS["predis_cache_prefetch_skipped_total"]
+            for reason, value in (("threshold", st.skipped_threshold), ("cached", st.skipped_cached), ("bandwidth", st.skipped_bandwidth)):
+                out.append(sample(skipped, value, {"reason": reason}))
+            out.append(sample(SPECS["predis_cache_prefetch_threshold"], prefetcher.threshold))
+            out.append(sample(SPECS["predis_cache_prefetch_dropped_batches_total"], st.dropped_batches))
         return out
 
     @staticmethod

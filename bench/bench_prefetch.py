@@ -1,0 +1,159 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark: replay hit ratios for the synthetic suite, and the model's inference cost.
+
+Run from the repository root::
+
+    python bench/bench_prefetch.py            # tables on stdout
+    python bench/bench_prefetch.py --markdown # a section for bench/RESULTS.md
+
+Workloads (seeded, ``--requests`` each): Zipf 0.8 / 1.0 / 1.2, a sequential scan, a loop
+larger than the cache, a Markov chain (each key has one likely successor), a mixture
+(Zipf plus scans), and a phase change (one Markov chain, then another). Every workload is
+replayed through the real cache code (``cache_core.replay``) at cache sizes of 1 %, 5 %
+and 10 % of its distinct keys, for every policy × prefetch combination. Hit ratios count
+demand hits, including hits on prefetched entries; prefetches are not requests.
+
+The inference row measures the model's own work per access (vocabulary, observe,
+predict), for accesses one at a time (replay, single GETs) and in batches of 1,000
+(pipelined MGETs), against the cache's own GET of the same keys as the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_machine import machine  # noqa: E402
+from cache_core.cache import Cache  # noqa: E402
+from cache_core.models import MarkovModel, MixtureModel, Vocabulary  # noqa: E402
+from cache_core.replay import replay  # noqa: E402
+
+POLICIES = ("clock", "lru", "s3fifo")
+PREFETCH = ("none", "stride", "markov", "model")
+SIZES = (0.01, 0.05, 0.10)
+KEYS = 10_000
+STRUCTURED = ("sequential", "loop", "markov", "mixture", "phase_change")
+UNSTRUCTURED = ("zipf0.8", "zipf1.0", "zipf1.2")
+
+
+def zipf(rng: numpy.random.Generator, n: int, s: float, keys: int = KEYS, offset: int = 0) -> list[int]:
+    p = numpy.arange(1, keys + 1, dtype=numpy.float64) ** -s
+    return (rng.choice(keys, size=n, p=p / p.sum()) + offset).tolist()
+
+
+def chain(rng: numpy.random.Generator, n: int, states: int = KEYS, stay: float = 0.9, offset: int = 0) -> list[int]:
+    nxt = rng.permutation(states)
+    r, jumps = rng.random(n), rng.integers(0, states, n)
+    out, cur = [], 0
+    for i in range(n):
+        out.append(cur + offset)
+        cur = int(nxt[cur]) if r[i] < stay else int(jumps[i])
+    return out
+
+
+def workloads(n: int, seed: int) -> dict[str, list[bytes]]:
+    rng = numpy.random.default_rng(seed)
+    half = n // 2
+    mix: list[int] = []
+    while len(mix) < n:
+        mix += zipf(rng, 200, 1.0) if rng.random() < 0.5 else list(range(10**6 + len(mix), 10**6 + len(mix) + 200))
+    raw = {
+        "zipf0.8": zipf(rng, n, 0.8),
+        "zipf1.0": zipf(rng, n, 1.0),
+        "zipf1.2": zipf(rng, n, 1.2),
+        "sequential": list(range(n)),
+        "loop": [i % (KEYS // 2) for i in range(n)],
+        "markov": chain(rng, n),
+        "mixture": mix[:n],
+        "phase_change": chain(rng, half) + chain(rng, n - half, offset=KEYS),
+    }
+    return {name: [f"blk:{x}".encode() for x in values] for name, values in raw.items()}
+
+
+def run_suite(n: int, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, keys in workloads(n, seed).items():
+        distinct = len(set(keys))
+        for share in SIZES:
+            entries = max(1, int(distinct * share))
+            for policy in POLICIES:
+                for mode in PREFETCH:
+                    r = replay(keys, entries, policy=policy, prefetch=mode)
+                    rows.append({"workload": name, "size": share, "entries": entries, **r})
+                    print(f"  {name} {share:.0%} {policy} {mode}: {r['hit_ratio']:.3f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def inference_cost(n: int) -> list[dict[str, Any]]:
+    rng = numpy.random.default_rng(1)
+    keys = [f"blk:{x}".encode() for x in chain(rng, n)]
+    out = []
+    cache = Cache(numpy, max_keys=KEYS * 2, max_memory_bytes=64 << 20)
+    for k in keys[:KEYS]:
+        cache.set(k, b"v" * 64)
+    started = time.perf_counter()
+    for k in keys:
+        cache.get(k)
+    get_cost = (time.perf_counter() - started) / n
+    for label, make in (("markov", lambda v: MarkovModel(v.capacity)), ("model", lambda v: MixtureModel(v, v.capacity))):
+        for batch in (1, 1000):
+            vocab = Vocabulary(4 * KEYS)
+            model = make(vocab)
+            started = time.perf_counter()
+            for i in range(0, n, batch):
+                ids = vocab.encode_many(keys[i : i + batch])
+                model.observe(ids)
+                if batch == 1:
+                    model.predict_one(int(ids[0]), 2)
+                else:
+                    model.predict(ids, 2)
+            cost = (time.perf_counter() - started) / n
+            out.append({"model": label, "batch": batch, "seconds_per_access": cost, "get_seconds": get_cost})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=30_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    rows = run_suite(args.requests, args.seed)
+    costs = inference_cost(min(args.requests, 20_000))
+    print("## Prefetching: replay of the synthetic suite (bench/bench_prefetch.py)\n")
+    print(f"Machine: {machine()}; {args.requests} requests per workload, seed {args.seed}, {KEYS} keys per generator.\n")
+    print("Hit ratio (%) by workload, cache size (share of distinct keys) and policy; columns: prefetch none / stride / markov / model (precision of model in brackets).\n")
+    print("| workload | size | policy | none | stride | markov | model |")
+    print("|---|---|---|---|---|---|---|")
+    index = {(r["workload"], r["size"], r["policy"], r["prefetch"]): r for r in rows}
+    for name in (*UNSTRUCTURED, *STRUCTURED):
+        for share in SIZES:
+            for policy in POLICIES:
+                cells = [index[(name, share, policy, m)] for m in PREFETCH]
+                text = [f"{c['hit_ratio'] * 100:.1f}" for c in cells]
+                prec = cells[3]["prefetch_precision"]
+                text[3] += f" ({prec * 100:.0f} %)" if prec is not None else " (—)"
+                print(f"| {name} | {share:.0%} | {policy} | " + " | ".join(text) + " |")
+    print()
+    struct = [(index[(w, s, p, "model")]["hit_ratio"] - index[(w, s, p, "markov")]["hit_ratio"]) for w in STRUCTURED for s in SIZES for p in POLICIES]
+    loss = [(index[(w, s, p, "none")]["hit_ratio"] - index[(w, s, p, "model")]["hit_ratio"]) for w in UNSTRUCTURED for s in SIZES for p in POLICIES]
+    print(f"- model − markov on structured workloads: mean {statistics.mean(struct) * 100:+.2f} pp, worst {min(struct) * 100:+.2f} pp (target: ≥ 0 everywhere, ≥ +2 pp on average)")
+    print(f"- none − model on workloads without structure (Zipf): worst loss {max(loss) * 100:.2f} pp (target ≤ 0.5 pp)")
+    seq = [index[("sequential", s, p, m)]["hit_ratio"] for s in SIZES for p in POLICIES for m in ("stride", "model")]
+    print(f"- sequential scan with stride or model: lowest hit ratio {min(seq) * 100:.1f} % (target ≥ 95 %)\n")
+    print("| inference per access | batch | µs per access | cache GET µs (baseline) | ratio |")
+    print("|---|---|---|---|---|")
+    for c in costs:
+        print(f"| {c['model']} | {c['batch']} | {c['seconds_per_access'] * 1e6:.2f} | {c['get_seconds'] * 1e6:.2f} | {c['seconds_per_access'] / c['get_seconds']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Prefetching in the running agent: a scan read over RESP is prefetched from the files
+origin off the request path, PREDIS.HINT loads what a client names, and the figures show
+in /status and /metrics. Disabling it in a reload stops it and HINT says so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.agentproc import AgentProcess, merge, wait_for
+
+pytestmark = pytest.mark.integration
+
+BLOCKS = 200
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    root = tmp_path / "origin"
+    root.mkdir()
+    for i in range(BLOCKS):
+        (root / f"blk{i:04d}").write_bytes(f"block {i}".encode())
+    config = {
+        "agent": {"reload": {"watch": False}},
+        "cache": {
+            "read_through": True,
+            "origin": "files",
+            "prefetch": {"enabled": True, "model": "stride", "depth": 4, "adaptive": False, "threshold": 0.1},
+        },
+        "plugins": {"files": {"root": str(root)}},
+    }
+    proc = AgentProcess(tmp_path, config).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def client_of(agent: AgentProcess) -> redis.Redis:
+    address = agent.status()["components"]["cache"]["resp"]["address"]
+    return redis.Redis(host="127.0.0.1", port=int(address.rsplit(":", 1)[1]), socket_timeout=10, protocol=2)
+
+
+def prefetch_status(agent: AgentProcess) -> dict[str, Any]:
+    return agent.status()["components"]["cache"]["prefetch"]
+
+
+def test_a_scan_is_prefetched_and_hints_load_named_keys(agent: AgentProcess) -> None:
+    client = client_of(agent)
+    for i in range(3):
+        assert client.get(f"blk{i:04d}") == f"block {i}".encode()
+    wait_for(lambda: prefetch_status(agent)["loaded"] >= 1, what="the prefetcher to load the next blocks")
+    # Reading on: the next blocks were prefetched, so demand reads hit prefetched entries.
+    for i in range(3, 60):
+        assert client.get(f"blk{i:04d}") == f"block {i}".encode()
+        # Each read waits for the worker to have seen it, so the run is deterministic.
+        wait_for(lambda n=i: prefetch_status(agent)["observed"] >= n + 1, what="the worker to catch up")
+    status = prefetch_status(agent)
+    assert status["model"] == "stride" and status["used"] >= 40, status
+    assert wait_for(lambda: (agent.metric("predis_cache_prefetch_used_total") or 0) >= 40, what="the prefetch metric")
+
+    assert client.execute_command("PREDIS.HINT", "blk0150", "blk0151") == 2
+    assert prefetch_status(agent)["hints"] == 2
+    used_before = prefetch_status(agent)["used"]
+    wait_for(lambda: prefetch_status(agent)["loaded"] >= status["loaded"] + 2, what="the hinted keys to load")
+    assert client.get("blk0150") == b"block 150"
+    assert prefetch_status(agent)["used"] == used_before + 1
+    assert client.info("predis")["prefetch"] == "stride"
+
+    agent.write_config(merge(agent.config, {"cache": {"prefetch": {"enabled": False}}}))
+    assert agent.post("/reload").status_code == 200
+    assert prefetch_status(agent) == {"enabled": False}
+    with pytest.raises(redis.ResponseError, match="prefetching is not enabled"):
+        client.execute_command("PREDIS.HINT", "blk0160")
+    client.close()
