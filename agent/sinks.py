@@ -39,6 +39,7 @@ that is never split and never spooled (its body is not JSON).
 
 from __future__ import annotations
 
+import concurrent.futures
 import email.utils
 import itertools
 import json
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 ANSWER_LIMIT = 4096
 # Breaker states as exported by predis_agent_sink_breaker_state.
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+# Threads a sink sends from (see ResilientSink._bounded_send).
+SENDER_THREADS = 2
 
 
 # ----------------------------------------------------------------------------- errors
@@ -326,6 +329,11 @@ class _Plain:
     def send(self, payload: Payload, timeout: float) -> None:
         self.exporter.send(payload.body)
 
+    def abort(self) -> None:
+        abort = getattr(self.exporter, "abort", None)
+        if callable(abort):
+            abort()
+
 
 def _wrap(exporter: Any) -> Any:
     return exporter if callable(getattr(exporter, "encode", None)) else _Plain(exporter)
@@ -384,6 +392,9 @@ class ResilientSink:
             # A payload the vendor rejects says nothing about the vendor's health.
             exclude=[PayloadTooLargeError, InvalidPayloadError],
         )
+        # Sends run here, so the worker can give up on one at the attempt deadline; two
+        # threads, so a send that ignores the abort does not hold up the next attempt.
+        self._senders = concurrent.futures.ThreadPoolExecutor(max_workers=SENDER_THREADS, thread_name_prefix=f"sink-{name}-send")
         self._spool: Spool | None = None
         self._open_spool(settings.spool_dir)
         self._set_breaker_gauge(self.breaker.current_state)
@@ -668,13 +679,33 @@ class ResilientSink:
             if self._stop:
                 raise _Stopped()
 
+    def _bounded_send(self, exporter: Any, payload: Payload, timeout: float) -> None:
+        """``exporter.send`` under a deadline for the whole attempt.
+
+        Client libraries' timeouts bound each socket operation, not the request: a peer
+        that trickles a byte now and then would hold an attempt for ever. The send runs in
+        a helper thread; past the deadline the exporter's ``abort()`` (if any) closes its
+        connections, which unblocks that thread, and the attempt fails as transient.
+        """
+        future = self._senders.submit(exporter.send, payload, timeout)
+        try:
+            future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            abort = getattr(exporter, "abort", None) or getattr(self._raw_exporter, "abort", None)
+            if callable(abort):
+                try:
+                    abort()
+                except Exception as exc:
+                    log.warning("sink %s: aborting the stuck send failed: %s", self.name, exc)
+            raise TransientExportError(f"send attempt exceeded agent.sinks.attempt_timeout_seconds ({timeout:g}s)") from None
+
     def _attempt(self, payload: Payload) -> None:
         with self._cond:
             exporter = self._exporter
         started = time.monotonic()
         try:
             with self._span("export", sink=self.name, points=payload.points):
-                self.breaker.call(exporter.send, payload, self.settings.attempt_timeout_seconds)
+                self.breaker.call(self._bounded_send, exporter, payload, self.settings.attempt_timeout_seconds)
         except pybreaker.CircuitBreakerError:
             raise
         except ExportAuthError as exc:
@@ -802,6 +833,7 @@ class ResilientSink:
             spooled = self._spool is not None and all(p.spool_file for p in self._queue)
             self._cond.notify_all()
         self._thread.join(timeout=max(0.1, timeout))
+        self._senders.shutdown(wait=False, cancel_futures=True)
         if left:
             if spooled:
                 log.warning("sink %s stopped with %d point(s) undelivered; they are in the spool for the next start", self.name, left)

@@ -266,7 +266,7 @@ DRIFT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_drift_score", "gauge", "Latest score (or statistic) of each drift test, by detector and feature.", ("detector", "feature")),
     MetricSpec("predis_drift_checks_total", "counter", "Drift checks run, by outcome: drift, no_drift, insufficient_data.", ("status",)),
     MetricSpec("predis_drift_detected_total", "counter", "Drift checks in which a detector found drift, by detector.", ("detector",)),
-    MetricSpec("predis_drift_check_duration_seconds", "summary", "Wall time of one live drift check (features and every detector).", unit="seconds"),
+    MetricSpec("predis_drift_check_duration_seconds", "summary", "Wall time of the detectors in one drift check.", unit="seconds"),
 )
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@
   (no real server accepts that format offline): it records every request's path, headers
   and gunzipped JSON, answers 202 with ``{"requestId": ...}``, and can be told to answer
   another status for the next N requests (:meth:`NewRelicReceiver.fail_next`).
-* :class:`StalledPeer` accepts TCP connections and never answers.
+* :class:`StalledPeer` accepts TCP connections and never answers (or, trickling, never
+  finishes an answer).
 
 Every helper stops what it started, by its own handle (never by a process name).
 """
@@ -437,16 +438,23 @@ class NewRelicReceiver:
 
 # ----------------------------------------------------------------------------- a stalled peer
 class StalledPeer:
-    """Accepts TCP connections, reads nothing back to the client, never answers."""
+    """Accepts TCP connections and never finishes an answer.
 
-    def __init__(self, port: int | None = None) -> None:
+    By default it sends nothing at all. With ``trickle_every`` it reads the request, sends
+    an HTTP status line and then one more header line every ``trickle_every`` seconds, for
+    ever: no single read waits long, but the answer never completes (a slow-loris peer).
+    """
+
+    def __init__(self, port: int | None = None, trickle_every: float | None = None) -> None:
         self.port = port or free_port()
+        self.trickle_every = trickle_every
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((LOOPBACK, self.port))
         self._sock.listen(64)
         self._sock.settimeout(0.2)
         self._held: list[socket.socket] = []
+        self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="stalled-peer", daemon=True)
@@ -466,6 +474,21 @@ class StalledPeer:
                 return
             with self._lock:
                 self._held.append(conn)
+                if self.trickle_every is not None:
+                    worker = threading.Thread(target=self._trickle, args=(conn, self.trickle_every), daemon=True)
+                    self._workers.append(worker)
+                    worker.start()
+
+    def _trickle(self, conn: socket.socket, every: float) -> None:
+        try:
+            conn.settimeout(STOP_TIMEOUT_SECONDS)
+            conn.recv(1 << 16)
+            conn.sendall(b"HTTP/1.1 202 Accepted\r\n")
+            # Pacing the peer's own bytes (what it simulates), not waiting for anything.
+            while not self._stop.wait(every):
+                conn.sendall(b"X-Trickle: 1\r\n")
+        except OSError:
+            return
 
     def start(self) -> Self:
         self._thread.start()
@@ -479,6 +502,9 @@ class StalledPeer:
             for conn in self._held:
                 conn.close()
             self._held.clear()
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.join(timeout=STOP_TIMEOUT_SECONDS)
 
     def __enter__(self) -> Self:
         return self.start()

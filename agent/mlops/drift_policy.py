@@ -175,6 +175,7 @@ class DriftPolicy:
         it (reason ``initial``) and the check is ``insufficient_data``; later windows are
         compared with it until a retrain replaces it.
         """
+        started = time.perf_counter()
         with self._lock:
             settings, reference = self.settings, self._reference
         if reference is None:
@@ -185,6 +186,7 @@ class DriftPolicy:
             result = run_check(self.detectors, reference.features, current, settings)
         self.last_result = result
         self.metrics.record(result)
+        self.metrics.observe_duration(time.perf_counter() - started)
         if result.status == STATUS_DRIFT:
             self._notify(result)
         return result

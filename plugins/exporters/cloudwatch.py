@@ -266,8 +266,16 @@ class CloudWatchExporter:
                 return
         self._alarms_done = True
 
+    def abort(self) -> None:
+        """Drop the client of a stuck send (the sink's attempt deadline passed)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
     def close(self) -> None:
-        self._client = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def _pack(values: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -212,6 +212,11 @@ class DatadogExporter:
         if error is not None:
             raise error
 
+    def abort(self) -> None:
+        """Close the connections of a stuck send (the sink's attempt deadline passed)."""
+        stuck, self._session = self._session, requests.Session()
+        stuck.close()
+
     def close(self) -> None:
         self._session.close()
 

@@ -216,6 +216,10 @@ class NewRelicExporter:
             if error is not None:
                 raise error
 
+    def abort(self) -> None:
+        """Close the connections of a stuck send (the sink's attempt deadline passed)."""
+        self.close()
+
     def close(self) -> None:
         for client in (self._metric_client, self._event_client):
             if client is not None:

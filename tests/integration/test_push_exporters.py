@@ -12,6 +12,8 @@ the old points arrive once it is up), a receiver answering 500 (breaker opens, t
 closes), 429 with Retry-After (honoured), 413 (split, still delivered) and 400 (dead
 letter with the vendor's answer, and later payloads keep flowing), and a peer that
 accepts connections but never answers (the other exporter and /metrics are unaffected).
+One more peer trickles an answer that never ends; the attempt timeout should cut it off
+(the sink enforces a deadline for the whole attempt).
 
 Everything is polled with a deadline; nothing sleeps in place of synchronisation. Tests
 that need VictoriaMetrics or moto are skipped, saying why, when they are not installed.
@@ -360,8 +362,9 @@ def test_cloudwatch_put_metric_data_reaches_moto(agents: Agents) -> None:
         # A histogram goes as Values/Counts: its sample count over the pushes is the number of
         # rounds, the same as the runs counter's deltas.
         def histogram_matches_runs() -> bool:
-            samples = sum(p["SampleCount"] for p in stats(DURATION_PROM, ["SampleCount"]))
-            return samples > 0 and samples == sum(p["Sum"] for p in stats(RUNS_PROM, ["Sum"]))
+            samples = sum(float(p["SampleCount"]) for p in stats(DURATION_PROM, ["SampleCount"]))
+            runs = sum(float(p["Sum"]) for p in stats(RUNS_PROM, ["Sum"]))
+            return samples > 0 and samples == runs
 
         wait_for(histogram_matches_runs, timeout=DEADLINE_SECONDS, what="the duration histogram's count matching the runs in moto")
         (duration,) = cw.list_metrics(Namespace=CW_NAMESPACE, MetricName=DURATION_PROM)["Metrics"][:1]
@@ -535,3 +538,26 @@ def test_stalled_datadog_peer_does_not_block_newrelic_or_metrics(
         assert nr["sent_points"] > 0 and nr["failed_attempts"] == 0 and nr["breaker"] == "closed", nr
         dd = sink(agent, "datadog")
         assert dd["sent_points"] == 0 and dd["queued_points"] > 0, dd
+
+
+# ----------------------------------------------------------------------------- 7. trickling peer
+TRICKLE_EVERY_SECONDS = 0.3
+ATTEMPT_TIMEOUT_SECONDS = 1
+# With a 1 s attempt timeout the first attempt must have failed well within this.
+TRICKLE_DEADLINE_SECONDS = 10.0
+
+
+def test_trickling_datadog_peer_is_cut_off_by_the_attempt_timeout(agents: Agents) -> None:
+    key = _key("dd")
+    with peers.StalledPeer(trickle_every=TRICKLE_EVERY_SECONDS) as trickling:
+        agent = agents.start(
+            {
+                "agent": {"sinks": {**FAST_SINKS, "attempt_timeout_seconds": ATTEMPT_TIMEOUT_SECONDS}},
+                "exporters": {"datadog": datadog_section(f"http://{peers.LOOPBACK}:{trickling.port}/datadog")},
+            },
+            env={"DD_KEY": key},
+            secrets=(key,),
+        )
+        wait_for(lambda: trickling.accepted >= 1, timeout=DEADLINE_SECONDS, what="the agent connecting to the trickling peer")
+        failed = poll_sink(agent, "datadog", lambda s: s["failed_attempts"] >= 1, "the attempt cut off", timeout=TRICKLE_DEADLINE_SECONDS)
+        assert failed["sent_points"] == 0, failed

@@ -521,3 +521,30 @@ def test_spool_and_dead_letter_dirs_must_be_absolute(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="absolute"):
         ResilientSink("fake", ScriptedExporter(), settings(spool_dir="relative/spool"))
     assert not os.path.exists("relative")
+
+
+def test_a_send_that_never_finishes_is_cut_off_at_the_attempt_deadline(make: Any, telemetry: Telemetry) -> None:
+    class Stuck(ScriptedExporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+            self.aborts = 0
+            self.calls = 0
+
+        def send(self, payload: Payload, timeout: float) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                self.release.wait(WAIT)  # a peer trickling bytes: only abort() ends it
+                raise ConnectionError("connection closed by abort")
+            super().send(payload, timeout)
+
+        def abort(self) -> None:
+            self.aborts += 1
+            self.release.set()
+
+    sink, exp = make(Stuck(), attempt_timeout_seconds=0.2)
+    sink.submit([1])
+    assert sink.wait_idle(WAIT)
+    assert exp.flat() == [1] and exp.aborts == 1
+    assert value(telemetry, "predis_agent_sink_points_failed_total", error="transient") == 1
+    assert "attempt_timeout_seconds" in (sink.status()["last_error"] or "")
