@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-from cache_core.cache import OP_DEL, OP_GET, OP_SET, RES_HIT, RES_MISS, RES_PREFETCH_HIT
+from cache_core.cache import OP_DEL, OP_GET, OP_PREFETCH, OP_SET, RES_HIT, RES_MISS, RES_PREFETCH_HIT
 
 # Most recent accesses used for reuse distances (see module docstring).
 REUSE_SAMPLE_MAX = 200_000
@@ -325,6 +325,13 @@ def window_features(
         feats.hits = hit[lookups].astype(numpy.float64)
         feats.scalars["hit_ratio"] = _share(hit, lookups)
         feats.scalars["prefetch_hit_share"] = _share(res == RES_PREFETCH_HIT, lookups)
+        if op_arr is not None:
+            # Prefetch precision of the window: first hits on prefetched entries per
+            # prefetched insert (the cache logs each prefetch as an OP_PREFETCH event).
+            inserted = int(numpy.count_nonzero(op_arr.astype(numpy.int64, copy=False) == OP_PREFETCH))
+            if inserted:
+                used = int(numpy.count_nonzero((res == RES_PREFETCH_HIT) & lookups))
+                feats.scalars["prefetch_precision"] = min(1.0, used / inserted)
     if size_arr is not None:
         sizes = _finite(size_arr)
         feats.numeric["value_size"] = sizes[sizes > 0]

@@ -94,3 +94,17 @@ def test_empty_and_tiny_windows_are_defined(n: int) -> None:
     assert w.events == n
     assert all(math.isfinite(v) for v in w.scalars.values())
     assert all(numpy.isfinite(a).all() for a in w.numeric.values())
+
+
+def test_prefetch_precision_is_measured_from_the_cache_s_own_events() -> None:
+    from cache_core.access_log import AccessLog
+    from cache_core.cache import Cache
+
+    ring = AccessLog(1 << 10)
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20, access_hook=ring.hook)
+    cache.mset([(b"p1", b"x"), (b"p2", b"y"), (b"p3", b"z"), (b"p4", b"w")], prefetched=True)
+    for key in (b"p1", b"p2", b"p1", b"nope"):
+        cache.get(key)
+    feats = F.features_from_events(ring.read(0).events)
+    assert feats.scalars["prefetch_precision"] == pytest.approx(2 / 4)  # p1 and p2 used, once each
+    assert feats.scalars["hit_ratio"] == pytest.approx(3 / 4)
