@@ -41,6 +41,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("newrelic", "plugins.exporters.newrelic"),
     ("cloudwatch", "plugins.exporters.cloudwatch"),
     ("files", "plugins.origins.files"),
+    ("s3", "plugins.origins.s3"),
+    ("redis_origin", "plugins.origins.redis"),
     ("cache_metrics", "plugins.collectors.cache"),
     ("process_metrics", "plugins.collectors.process"),
     ("gpu_metrics", "plugins.collectors.gpu"),

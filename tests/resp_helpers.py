@@ -94,13 +94,13 @@ def read_exactly(sock: socket.socket, expected: bytes) -> bytes:
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, stopped by its PID."""
+    """A real redis-server on a free loopback port (or on ``port``), stopped by its PID."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (.ci/run installs it)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = open(tmp / "redis-server.log", "wb")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

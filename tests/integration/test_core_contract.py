@@ -229,15 +229,15 @@ def test_plugins_can_be_disabled_in_config_and_reenabled(plugged: AgentProcess, 
 
 
 def test_exporter_section_change_keeps_the_sink_and_its_queue(plugged: AgentProcess, tmp_path: Path) -> None:
-    wait_for(lambda: plugged.status()["sinks"].get("good-file", {}).get("sent_batches", 0) >= 2, what="sends")
-    sent_before = plugged.status()["sinks"]["good-file"]["sent_batches"]
+    wait_for(lambda: plugged.status()["sinks"].get("good-file", {}).get("sent_payloads", 0) >= 2, what="sends")
+    sent_before = plugged.status()["sinks"]["good-file"]["sent_payloads"]
     moved = tmp_path / "moved.jsonl"
     plugged.write_config(merge(plugged.config, {"plugins": {"goodplugin": {"path": str(moved)}}}))
     wait_for(lambda: moved.exists() and moved.read_text(), what="delivery to the new path")
     sink = plugged.status()["sinks"]["good-file"]
     # Same sink object: its counters continued instead of starting from zero.
-    assert sink["sent_batches"] > sent_before
-    assert sink["dropped_batches"] == 0
+    assert sink["sent_payloads"] > sent_before
+    assert sink["dropped_points"] == {}
 
 
 def test_blocked_plugin_is_never_loaded(tmp_path: Path, plugin_env: dict[str, str]) -> None:
@@ -298,7 +298,7 @@ def test_secrets_never_appear_in_logs_show_status_or_errors(tmp_path: Path) -> N
             "tracing": {"service_name": "predis-${file:" + str(secret_file) + "}"},
             "pid_file": str(tmp_path / "p-${env:PA_SECRET}.pid"),
         },
-        "plugins": {"prometheus": {"path": "/metrics"}},
+        "exporters": {"prometheus": {"path": "/metrics"}},
     }
     env = {"PA_SECRET": env_secret}
     agent = AgentProcess(tmp_path, config, env=env)
