@@ -80,7 +80,8 @@ def test_config_validate_exit_codes_and_problem_lines(tmp_path: Path) -> None:
 def test_config_schema_and_show(tmp_path: Path) -> None:
     schema = json.loads(cli("config", "schema").stdout)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert "path" in schema["properties"]["plugins"]["properties"]["prometheus"]["properties"]
+    assert "root" in schema["properties"]["plugins"]["properties"]["files"]["properties"]  # a plugin's own fragment
+    assert "path" in schema["properties"]["exporters"]["properties"]["prometheus"]["properties"]
     shown = cli("config", "show", "--config", str(tmp_path / "absent.yaml"), check=False)
     assert shown.returncode == 2  # an explicit --config that does not exist is an error
     cfg = tmp_path / "a.yaml"
