@@ -706,5 +706,268 @@ def token_revoke(config_path: str | None, token_id: str) -> None:
     click.echo(f"revoked {token_id}")
 
 
+# ---------------------------------------------------------------------------- model registry
+
+
+def _tenant_arg(tenant: str) -> str:
+    """The tenant ID, validated before it reaches a path (exit 2 otherwise)."""
+    from agent.security import validate_tenant_id
+
+    try:
+        return validate_tenant_id(tenant)
+    except SecurityError as exc:
+        _fail(str(exc), 2)
+    return tenant
+
+
+def _mlops_config(config_path: str | None) -> Config:
+    """The config for the model and backup commands, without importing any plugin.
+
+    The core sections (``mlops`` among them) are validated as usual; plugin sections are
+    taken as they are. These commands need no plugin, a plugin's config mistake should
+    not keep an operator from rolling a model back, and importing every plugin (SciPy
+    for the drift detectors) is most of a CLI call's start-up time.
+    """
+    path, _ = resolve_config_path(config_path)
+    try:
+        text = read_config_text(path) if path else ""
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raw = None  # load_config reports the syntax error with its line
+        section = raw.get("plugins") if isinstance(raw, dict) else None
+        names = [str(name) for name in section] if isinstance(section, dict) else []
+        return load_config(path, text=text, plugin_fragments={}, opaque_plugins=names)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(2)
+
+
+def _registry(config_path: str | None, registry_dir: str | None) -> Any:
+    from agent.mlops.registry import ModelRegistry
+
+    root = registry_dir if registry_dir else _mlops_config(config_path).get("mlops.registry_dir")
+    try:
+        return ModelRegistry(root)
+    except SecurityError as exc:
+        _fail(str(exc), 2)
+
+
+def _registry_call(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a registry operation: its refusals exit 2, I/O failures exit 1."""
+    from agent.mlops.registry import RegistryError
+    from agent.mlops.training import TrainingError
+
+    try:
+        return call(*args, **kwargs)
+    except (RegistryError, SecurityError, TrainingError, ValueError) as exc:
+        _fail(str(exc), 2)
+    except OSError as exc:
+        _fail(f"{exc.filename or 'registry'}: {exc.strerror or exc}", 1)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+tenant_option = click.option("--tenant", required=True, help="Tenant ID (3-50 characters of a-z, 0-9, '_', '-').")
+registry_option = click.option("--registry", "registry_dir", type=click.Path(file_okay=False), default=None, help="Registry directory (default: mlops.registry_dir from the config).")
+model_config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Config file whose 'mlops' section applies (default: the usual lookup).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@cli.group()
+def model() -> None:
+    """Versioned per-tenant prefetch models: train, list, show, promote, roll back, audit.
+
+    Invalid input (tenant ID, unknown version, corrupted artefact) exits 2.
+    """
+
+
+@model.command("list")
+@tenant_option
+@registry_option
+@model_config_option
+@json_option
+def model_list(tenant: str, registry_dir: str | None, config_path: str | None, as_json: bool) -> None:
+    """List a tenant's versions with their aliases and metrics."""
+    tenant = _tenant_arg(tenant)
+    rows = _registry_call(_registry(config_path, registry_dir).list, tenant)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"tenant {tenant} has no models")
+    for row in rows:
+        metrics = row.get("metrics") or {}
+        aliases = ",".join(row["aliases"]) or "-"
+        click.echo(f"v{row['version']:<4} {row.get('created_at') or '?':<20} {row.get('kind') or '?':<7} {aliases:<20} hit ratio {_ratio(metrics.get('candidate_hit_ratio'))}")
+
+
+@model.command("show")
+@tenant_option
+@click.option("--version", "version", required=True, help="Version number, or 'champion' / 'challenger'.")
+@registry_option
+@model_config_option
+@json_option
+def model_show(tenant: str, version: str, registry_dir: str | None, config_path: str | None, as_json: bool) -> None:
+    """Print a version's metadata after checking every artefact's checksum (exit 2 when one fails)."""
+    tenant = _tenant_arg(tenant)
+    meta = _registry_call(_registry(config_path, registry_dir).show, tenant, version)
+    if as_json:
+        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+    else:
+        click.echo(yaml.safe_dump({k: v for k, v in meta.items() if k != "verification"}, sort_keys=True).rstrip())
+    verification = meta["verification"]
+    if not verification["ok"]:
+        _fail(f"version {meta['version']} of tenant {tenant} is corrupted: {'; '.join(verification['problems'])}", 2)
+    if not as_json:
+        click.echo(f"checksums: all {len(meta.get('artefacts', {}))} artefacts verified")
+
+
+@model.command("promote")
+@tenant_option
+@click.option("--version", "version", required=True, help="Version number to promote.")
+@click.option("--alias", type=click.Choice(["champion", "challenger"]), default="champion", show_default=True, help="Alias to point at it.")
+@click.option("--reason", default="manual promotion", show_default=True, help="Why (kept in the audit log).")
+@click.option("--actor", default=None, help="Who (default: the user running the command).")
+@registry_option
+@model_config_option
+@json_option
+def model_promote(tenant: str, version: str, alias: str, reason: str, actor: str | None, registry_dir: str | None, config_path: str | None, as_json: bool) -> None:
+    """Point an alias at a verified version; the move is audited."""
+    tenant = _tenant_arg(tenant)
+    entries = _registry_call(_registry(config_path, registry_dir).promote, tenant, version, alias, reason, actor)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+    elif not entries:
+        click.echo(f"{alias} of {tenant} already is v{version.lstrip('v')}; nothing changed")
+    for entry in [] if as_json else entries:
+        click.echo(f"{entry['alias']}: {entry['from']} -> {entry['to']} ({entry['reason']})")
+
+
+@model.command("rollback")
+@tenant_option
+@click.option("--reason", default="manual rollback", show_default=True, help="Why (kept in the audit log).")
+@click.option("--actor", default=None, help="Who (default: the user running the command).")
+@registry_option
+@model_config_option
+@json_option
+def model_rollback(tenant: str, reason: str, actor: str | None, registry_dir: str | None, config_path: str | None, as_json: bool) -> None:
+    """Make the previous champion (per the audit history) the champion again."""
+    tenant = _tenant_arg(tenant)
+    entry = _registry_call(_registry(config_path, registry_dir).rollback, tenant, reason, actor)
+    if as_json:
+        click.echo(json.dumps(entry, indent=2))
+        return
+    click.echo(f"champion: {entry['from']} -> {entry['to']} ({entry['reason']})")
+
+
+@model.command("audit")
+@tenant_option
+@registry_option
+@model_config_option
+@json_option
+def model_audit(tenant: str, registry_dir: str | None, config_path: str | None, as_json: bool) -> None:
+    """Print every alias move of a tenant, oldest first."""
+    tenant = _tenant_arg(tenant)
+    entries = _registry_call(_registry(config_path, registry_dir).audit, tenant)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        click.echo(f"{entry.get('time')}  {entry.get('alias'):<10} {entry.get('from')} -> {entry.get('to')}  by {entry.get('actor')}: {entry.get('reason')}")
+
+
+@model.command("train")
+@tenant_option
+@click.option("--trace", "trace", required=True, type=click.Path(dir_okay=False), help="Training trace: key-per-line text or a CSV with a 'key' column.")
+@click.option("--model", "kind", type=click.Choice(["stride", "markov", "model"]), default="model", show_default=True, help="Model kind to train.")
+@click.option("--promote", "promote", is_flag=True, help="Make a registered candidate the champion at once (default: the challenger).")
+@click.option("--actor", default=None, help="Who (default: the user running the command).")
+@registry_option
+@model_config_option
+@json_option
+def model_train(tenant: str, trace: str, kind: str, promote: bool, actor: str | None, registry_dir: str | None, config_path: str | None, as_json: bool) -> None:
+    """Train a model on TRACE, compare it with the champion, register it if it wins.
+
+    The model learns from the first part of the trace; candidate and champion are replayed
+    over the held-out end (mlops.holdout_share) with a cache of mlops.eval_cache_share of
+    the distinct keys. The candidate is registered when it beats the champion by
+    mlops.promote_margin; a tenant's first model becomes the champion.
+    """
+    from agent.mlops.traces import TraceError, read_trace
+    from agent.mlops.training import train_and_register
+
+    tenant = _tenant_arg(tenant)
+    cfg = _mlops_config(config_path)
+    registry = _registry(config_path, registry_dir or cfg.get("mlops.registry_dir"))
+    try:
+        loaded = read_trace(trace)
+    except TraceError as exc:
+        _fail(str(exc), 2)
+    if not loaded.keys:
+        _fail(f"{trace}: the trace holds no keys", 2)
+    report = _registry_call(
+        train_and_register,
+        registry,
+        tenant,
+        loaded.keys,
+        kind=kind,
+        holdout=float(cfg.get("mlops.holdout_share")),
+        margin=float(cfg.get("mlops.promote_margin")),
+        eval_cache_share=float(cfg.get("mlops.eval_cache_share")),
+        trace_name=os.path.basename(trace),
+        promote=promote,
+        actor=actor,
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    champion = "none" if report["champion_version"] is None else f"v{report['champion_version']}"
+    click.echo(
+        f"{kind}: trained on {report['train_requests']} requests, replayed {report['eval_requests']} held out "
+        f"({report['eval_cache_entries']} cache entries): candidate {_ratio(report['candidate_hit_ratio'])}, "
+        f"champion ({champion}) {_ratio(report['champion_hit_ratio'])}, no prefetch {_ratio(report['baseline_hit_ratio'])}"
+    )
+    if report["registered"]:
+        click.echo(f"registered v{report['version']}" + (f" as {report['alias']}" if report["alias"] else ""))
+    else:
+        click.echo(f"not registered: not better than the champion by the margin {report['margin']}")
+
+
+# ---------------------------------------------------------------------------- registry backup
+
+
+@cli.group()
+def backup() -> None:
+    """Back up and restore the model registry (versions, aliases, audit logs)."""
+
+
+@backup.command("create")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Archive to write (tar.gz, mode 0600).")
+@registry_option
+@model_config_option
+def backup_create_cmd(out_file: str, registry_dir: str | None, config_path: str | None) -> None:
+    """Write the whole registry, with a manifest of checksums, to one tar.gz."""
+    from agent.mlops.registry import backup_create
+
+    root = registry_dir if registry_dir else _mlops_config(config_path).get("mlops.registry_dir")
+    manifest = _registry_call(backup_create, root, out_file)
+    click.echo(f"wrote {out_file}: {len(manifest['files'])} files")
+
+
+@backup.command("restore")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--registry", "registry_dir", required=True, type=click.Path(file_okay=False), help="Empty (or absent) directory to restore into.")
+def backup_restore_cmd(archive: str, registry_dir: str) -> None:
+    """Restore ARCHIVE into an empty directory; checksums are verified after extraction."""
+    from agent.mlops.registry import backup_restore
+
+    manifest = _registry_call(backup_restore, archive, registry_dir)
+    click.echo(f"restored {len(manifest['files'])} files into {registry_dir}")
+
+
 def main() -> None:
     cli(prog_name="predis-agent")
