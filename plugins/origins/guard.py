@@ -260,7 +260,8 @@ class OriginGuard:
             else:
                 self.breaker.call(_fail, exc)
         except pybreaker.CircuitBreakerError:
-            pass  # another attempt opened it meanwhile; this outcome changes nothing
+            # Another attempt opened the breaker meanwhile: this outcome changes nothing.
+            return
         except Exception as raised:
             if raised is not exc:
                 raise
