@@ -560,16 +560,23 @@ def test_concurrent_producers_every_event_is_exported_or_counted(tmp_path: Path)
     ex.start()
     start = threading.Barrier(producers + 1)
     done = threading.Event()
+    # Producers pause halfway until a flush beside them exported something: on a fast
+    # machine they could otherwise finish before the first flush (imports, key set-up) did.
+    exported_midway = threading.Event()
 
     def drain() -> None:  # flushes back to back, beside the worker thread, while producers run
         start.wait()
         while not done.is_set():
             ex.flush()
+            if ex.totals()["exported"]:
+                exported_midway.set()
 
     def produce(index: int) -> None:
         rng = numpy.random.default_rng(index)
         start.wait()
-        for _ in range(batches):
+        for step in range(batches):
+            if step == batches // 2:
+                assert exported_midway.wait(timeout=60), "no flush exported anything while the producers ran"
             n = int(rng.integers(1, 64))
             fps = rng.integers(0, 2**63, size=n, dtype=numpy.int64).astype(numpy.uint64)
             ring.append(OP_GET, fps, numpy.zeros(n, numpy.uint8), numpy.full(n, index, numpy.int64))
