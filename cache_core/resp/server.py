@@ -7,6 +7,12 @@ consecutive ``GET`` (and of plain ``SET key value``) in a pipeline are executed 
 batch on the cache, which is what lets the GPU path see batches rather than single
 keys; replies and semantics are exactly those of executing them one by one.
 
+Reads never wait for the origin on the event loop: a ``GET`` run or ``MGET`` is looked up
+in the cache first; when misses must be read through, that connection stops reading, the
+origin load runs in a worker thread (``cache.resp.origin_workers`` of them), and the
+connection's replies resume in order once it is back. Other connections are served
+meanwhile — a slow origin costs the clients that wait for it, not everyone.
+
 Bad input never takes the server down: a protocol violation answers
 ``-ERR Protocol error: ...`` and closes that connection only; a command error answers
 a Redis-style error and the connection goes on.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
 import fnmatch
 import hmac
 import itertools
@@ -58,6 +65,7 @@ class RespLimits:
     max_inline_bytes: int = 64 * 1024
     idle_timeout_seconds: float = 0.0
     output_buffer_bytes: int = 64 * 1024 * 1024
+    origin_workers: int = 4
 
 
 class CommandError(Exception):
@@ -125,6 +133,13 @@ class RespServer:
         self._cron: asyncio.Task[None] | None = None
         self._ops_samples: deque[tuple[float, int]] = deque(maxlen=OPS_SAMPLES)
         self.address: tuple[str, int] | None = None
+        self._origin_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def origin_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads that read misses through from the origin (made on first use)."""
+        if self._origin_pool is None:
+            self._origin_pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.limits.origin_workers, thread_name_prefix="resp-origin")
+        return self._origin_pool
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self, sock: socket.socket, ssl_context: ssl.SSLContext | None = None) -> None:
@@ -157,6 +172,9 @@ class RespServer:
             conn.close()
         if server is not None:
             await server.wait_closed()
+        pool, self._origin_pool = self._origin_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def _cron_loop(self) -> None:
         while True:
@@ -214,6 +232,8 @@ class Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.closing = False
         self.peer = ""
+        self._backlog: deque[list[bytes]] = deque()
+        self._waiting = False  # a read is at the origin: replies and reading wait for it
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -244,28 +264,37 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         self.last_active = time.monotonic()
-        out: list[bytes] = []
         self.parser.feed(data)
-        commands = self.parser.commands()
+        self._backlog.extend(self.parser.commands())
+        if not self._waiting:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Execute the backlog in order until it is empty or a read waits for the origin."""
+        out: list[bytes] = []
         close = False
-        i = 0
-        n = len(commands)
-        while i < n:
-            name = commands[i][0].upper()
-            if name in (b"GET", b"SET") and self.authenticated:
-                j = i + 1
-                want = 2 if name == b"GET" else 3
-                if len(commands[i]) == want:
-                    while j < n and len(commands[j]) == want and commands[j][0].upper() == name:
-                        j += 1
-                if j - i > 1:
-                    out.extend(self._batch(name, commands[i:j]))
-                    i = j
-                    continue
-            reply, close = self._execute(commands[i])
+        backlog = self._backlog
+        while backlog:
+            args = backlog[0]
+            name = args[0].upper()
+            if self.authenticated and ((name == b"GET" and len(args) == 2) or (name == b"MGET" and len(args) >= 2)):
+                run = [backlog.popleft()]
+                if name == b"GET":
+                    while backlog and len(backlog[0]) == 2 and backlog[0][0].upper() == b"GET":
+                        run.append(backlog.popleft())
+                if self._reads(name, run, out):
+                    return  # resumed by _read_done, after the origin answered
+                continue
+            if name == b"SET" and self.authenticated and len(args) == 3 and len(backlog) > 1:
+                run = [backlog.popleft()]
+                while backlog and len(backlog[0]) == 3 and backlog[0][0].upper() == b"SET":
+                    run.append(backlog.popleft())
+                out.extend(self._batch(name, run) if len(run) > 1 else [self._execute(run[0])[0]])
+                continue
+            reply, close = self._execute(backlog.popleft())
             out.append(reply)
-            i += 1
             if close:
+                backlog.clear()
                 break
         error = self.parser.error
         if error is not None and not close:
@@ -275,6 +304,74 @@ class Connection(asyncio.Protocol):
             out.append(self.encoder.error(f"ERR {error}"))
             close = True
         self._finish(out, close)
+
+    # -- reads ------------------------------------------------------------------------------
+    def _reads(self, name: bytes, run: list[list[bytes]], out: list[bytes]) -> bool:
+        """Serve a GET run or one MGET; True when it went to the origin (replies wait)."""
+        keys = [c[1] for c in run] if name == b"GET" else run[0][1:]
+        started = time.perf_counter_ns()
+        cache = self.server.cache
+        try:
+            values, hits = cache.lookup(keys)
+        except Exception:
+            # One bad key must fail only its own command: one by one.
+            out.extend(self._execute(c)[0] for c in run)
+            return False
+        if not cache.needs_origin(values):
+            out.extend(self._read_replies(name, run, values, started))
+            cache.notify_reads(keys, hits)
+            return False
+        # Replies so far go out now; the rest follow the origin's answer, in order.
+        self._finish(out, False)
+        out.clear()
+        self._waiting = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.server.origin_pool(), cache.fill_from_origin, keys, values)
+        future.add_done_callback(lambda f: self._read_done(f, name, run, keys, values, hits, started))
+        return True
+
+    def _read_done(self, future: asyncio.Future[None], name: bytes, run: list[list[bytes]], keys: list[bytes], values: list[bytes | None], hits: list[bool], started: int) -> None:
+        self._waiting = False
+        if self.closing:
+            return
+        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        cache = self.server.cache
+        if exc is None:
+            replies = self._read_replies(name, run, values, started)
+        else:
+            log.warning("resp: reading through from the origin failed: %s: %s", exc.__class__.__name__, exc)
+            replies = self._origin_failed(name, run, values, exc)
+        cache.notify_reads(keys, hits)
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+        self._finish(replies, False)
+        self._pump()
+
+    def _read_replies(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], started: int) -> list[bytes]:
+        usec = (time.perf_counter_ns() - started) // 1000
+        stats = self.server.stats
+        if name == b"GET":
+            self.server.record("get", usec // len(run), False, len(run))
+            stats.total_commands += len(run)
+            return [self.encoder.bulk(v) for v in values]
+        self.server.record("mget", usec, False)
+        stats.total_commands += 1
+        return [self.encoder.bulks(values)]
+
+    def _origin_failed(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], exc: BaseException) -> list[bytes]:
+        """A failed read-through costs the commands that missed, never the connection."""
+        error = self.encoder.error(f"ERR origin read failed ({exc.__class__.__name__}); see the agent's log")
+        stats = self.server.stats
+        if name == b"GET":
+            stats.total_commands += len(run)
+            for value in values:
+                self.server.record("get", 0, value is None)
+            return [self.encoder.bulk(v) if v is not None else error for v in values]
+        stats.total_commands += 1
+        self.server.record("mget", 0, True)
+        return [error]
 
     def _finish(self, out: list[bytes], close: bool) -> None:
         transport = self.transport

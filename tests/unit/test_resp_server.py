@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """cache_core.resp.server in-process: a failing origin or a bad key in a pipelined batch
-costs only its own command; the connection and the batch's other commands go on."""
+costs only its own command; the connection and the batch's other commands go on; a slow
+origin holds only the connections that wait for it."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Sequence
 
 import numpy
@@ -57,8 +59,64 @@ def test_a_failing_origin_answers_an_error_and_the_connection_goes_on() -> None:
             await server.stop()
 
     data = asyncio.run(scenario())
-    assert data.startswith(b"$4\r\nhere\r\n-ERR internal error (OSError)")
+    assert data.startswith(b"$4\r\nhere\r\n-ERR origin read failed (OSError)")
     assert data.endswith(b"+PONG\r\n")
+
+
+class GatedOrigin:
+    """An origin whose loads wait until the test opens the gate."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def load_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        self.entered.set()
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        return [b"from-origin:" + k for k in keys]
+
+
+def test_a_slow_origin_holds_only_the_connection_waiting_for_it() -> None:
+    async def scenario() -> tuple[bytes, bytes, bytes]:
+        origin = GatedOrigin()
+        cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20, origin=origin, read_through=True)
+        cache.mset([(b"hot", b"cached")])
+        server = RespServer(cache)
+        await server.start(_listener())
+        try:
+            assert server.address is not None
+            slow_reader, slow_writer = await asyncio.open_connection(*server.address)
+            # A reply before the miss, the miss (in a GET run), commands pipelined behind it.
+            slow_writer.write(b"PING\r\nGET hot\r\nGET cold\r\nMGET hot cold2\r\nPING\r\n")
+            await slow_writer.drain()
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, origin.entered.wait, 10)
+            # While the origin holds that read, another client is served at once.
+            other = await _exchange(server, b"GET hot\r\nPING\r\n", 2)
+            first = await asyncio.wait_for(slow_reader.read(65536), timeout=10)
+            origin.gate.set()
+            rest = b""
+            while rest.count(b"\r\n") < 9:
+                chunk = await asyncio.wait_for(slow_reader.read(65536), timeout=10)
+                assert chunk, f"connection closed after {first + rest!r}"
+                rest += chunk
+            slow_writer.close()
+            await slow_writer.wait_closed()
+            return other, first, rest
+        finally:
+            await server.stop()
+
+    other, first, rest = asyncio.run(scenario())
+    assert other == b"$6\r\ncached\r\n+PONG\r\n"
+    # Before the origin answered the slow client had exactly the replies ahead of the miss's run.
+    assert first == b"+PONG\r\n"
+    assert rest == (
+        b"$6\r\ncached\r\n$16\r\nfrom-origin:cold\r\n"
+        b"*2\r\n$6\r\ncached\r\n$17\r\nfrom-origin:cold2\r\n"
+        b"+PONG\r\n"
+    )
 
 
 def test_a_too_long_key_in_a_batch_fails_only_its_own_command() -> None:
