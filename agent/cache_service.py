@@ -22,6 +22,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from cache_core.access_log import AccessLog
 from cache_core.backend import Backend
 from cache_core.cache import Cache, null_access_hook
 from cache_core.models import Vocabulary, make_model
-from cache_core.prefetch import PrefetchSettings, Prefetcher
+from cache_core.prefetch import PrefetchSettings, Prefetcher, test_inference
 from cache_core.resp.server import RespLimits, RespServer
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ LIMIT_KEYS = (
     "max_inline_bytes",
     "idle_timeout_seconds",
     "output_buffer_bytes",
+    "origin_workers",
 )
 
 
@@ -99,6 +101,9 @@ class CacheService:
         self.access_log: AccessLog | None = None
         self.prefetcher: Prefetcher | None = None
         self._prefetch_key: tuple[Any, ...] | None = None
+        # Where a model to serve comes from before a fresh one is made (the registry's
+        # champion: agent.mlops.service); returns (model, vocabulary, version) or None.
+        self.model_source: Callable[[], tuple[Any, Vocabulary, int] | None] | None = None
 
     # ------------------------------------------------------------------ dry-build
     def plan(self, cfg: Config, backend: Backend, origins: list[tuple[str, Any]] | None) -> CachePlan:
@@ -255,12 +260,25 @@ class CacheService:
         self._prefetch_key = key
         if wanted:
             assert cache is not None
-            vocab = Vocabulary(int(section["vocabulary_size"]))
-            model = make_model(section["model"], vocab)
             settings = PrefetchSettings(**{k: section[k] for k in PrefetchSettings.__dataclass_fields__ if k in section})
-            self.prefetcher = Prefetcher(cache, origin, model, vocab, settings)
+            served = self.model_source() if self.model_source is not None else None
+            version: int | None = None
+            if served is not None:
+                model, vocab, version = served
+                result = test_inference(model, vocab, settings.depth)
+                if not result[0]:
+                    log.error("prefetch: champion v%d failed its test inference (%s); serving a fresh %s model", version, result[1], section["model"])
+                    served, version = None, None
+            if served is None:
+                vocab = Vocabulary(int(section["vocabulary_size"]))
+                model = make_model(section["model"], vocab)
+                result = test_inference(model, vocab, settings.depth)
+            learn = bool(section.get("learn_online", True)) or version is None
+            self.prefetcher = Prefetcher(cache, origin, model, vocab, settings, learn_online=learn, version=version)
+            self.prefetcher.test_result = result
             cache.prefetch_observer = self.prefetcher.observe
-            log.info("prefetching on: model %s from origin %s", section["model"], self.origin_name)
+            what = f"champion v{version} ({getattr(model, 'name', '?')})" if version is not None else f"a fresh {section['model']} model"
+            log.info("prefetching on: %s from origin %s", what, self.origin_name)
         elif old is not None:
             log.info("prefetching off")
         if self.server is not None:

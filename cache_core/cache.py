@@ -135,7 +135,9 @@ class Cache:
         self.clock = clock
         self.access_hook: AccessHook = access_hook or null_access_hook
         # Called with the keys of every read, after it was served (the prefetcher's queue).
-        self.prefetch_observer: Callable[[Sequence[bytes]], None] | None = None
+        # Told about every read batch after it was served: the keys and, per key, whether
+        # it was a hit (before any read-through); the prefetcher learns from it.
+        self.prefetch_observer: Callable[[Sequence[bytes], Sequence[bool]], None] | None = None
         self.origin = origin
         self.read_through = read_through
         self.fp = fingerprinter or Fingerprinter(max_key_bytes=max_key_bytes)
@@ -283,20 +285,44 @@ class Cache:
     def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Values for ``keys`` (None for missing), in order; the prefetch observer (if
         any) is told about them afterwards."""
-        out = self._mget(keys)
         observer = self.prefetch_observer
+        out, hits = self._mget(keys, observer is not None)
         if observer is not None and keys:
-            observer(keys)
+            observer(keys, hits)
         return out
 
-    def _mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+    # Split reads, for a server that must not wait for the origin on its event loop:
+    # ``lookup`` serves what is cached (counted as ``mget`` counts it), ``fill_from_origin``
+    # (in a worker thread) loads the misses, ``notify_reads`` tells the prefetcher.
+    def lookup(self, keys: Sequence[bytes]) -> tuple[list[bytes | None], list[bool]]:
+        """Cached values (None for a miss) and which keys were hits; no origin is asked."""
+        return self._mget(keys, True, read_through=False)
+
+    def needs_origin(self, values: Sequence[bytes | None]) -> bool:
+        """Whether a lookup's misses would be read through from the origin."""
+        return self.read_through and self.origin is not None and None in values
+
+    def fill_from_origin(self, keys: Sequence[bytes], values: list[bytes | None]) -> None:
+        """Read the misses of a lookup through from the origin (in place); may raise."""
+        if self.needs_origin(values):
+            self._read_through(keys, values)
+
+    def notify_reads(self, keys: Sequence[bytes], hits: Sequence[bool]) -> None:
+        """Tell the prefetch observer about a served read batch (as ``mget`` does)."""
+        observer = self.prefetch_observer
+        if observer is not None and keys:
+            observer(keys, hits)
+
+    def _mget(self, keys: Sequence[bytes], want_hits: bool = False, read_through: bool = True) -> tuple[list[bytes | None], list[bool]]:
+        """Values and, with ``want_hits``, which keys were hits (else an empty list)."""
         if not keys:
-            return []
+            return [], []
         if len(keys) <= self.small_batch:
             out = self._mget_small(keys)
-            if self.read_through and self.origin is not None and None in out:
+            small_hits = [v is not None for v in out] if want_hits else []
+            if read_through and self.read_through and self.origin is not None and None in out:
                 self._read_through(keys, out)
-            return out
+            return out, small_hits
         hi, lo = self.fp.fingerprints(keys)
         with self._lock:
             eids = self._find(hi, lo, self.now_ms())
@@ -318,9 +344,9 @@ class Cache:
             self.stats.misses += len(keys) - n_hit
             sizes = numpy.where(hit, self.e_len[numpy.maximum(eids, 0)], 0)
             self._report(OP_GET, lo, results, sizes, keys)
-        if self.read_through and self.origin is not None and n_hit < len(keys):
+        if read_through and self.read_through and self.origin is not None and n_hit < len(keys):
             self._read_through(keys, out)
-        return out
+        return out, (hit.tolist() if want_hits else [])
 
     def _mget_small(self, keys: Sequence[bytes]) -> list[bytes | None]:
         fps = self._fps_small(keys)

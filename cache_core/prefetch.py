@@ -23,6 +23,13 @@ dropped and counted when the worker falls behind) and a worker thread does the r
 request never waits for the model or the origin. Replay uses ``sync=True``: each step runs
 inline, deterministic. ``hint(keys)`` (``PREDIS.HINT``) queues keys a client says it will
 read, loaded like confident candidates.
+
+A canary (:meth:`Prefetcher.start_rollout`, driven by :mod:`agent.mlops.rollout`) adds a
+challenger model: both models see every access, and each one's candidates are loaded only
+for keys of its own arm (by key hash); the served reads' hits are counted per arm. When
+the rollout promotes the challenger it becomes the model; when it rolls back the
+challenger is dropped. ``learn_online=False`` serves a model as trained (its statistics do
+not change; a full vocabulary then stops taking new keys instead of starting over).
 """
 
 from __future__ import annotations
@@ -35,9 +42,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
+
+from cache_core.models import make_model
 from cache_core.models.base import Vocabulary
 
 log = logging.getLogger(__name__)
+
+
+def test_inference(model: Any, vocab: Vocabulary, depth: int) -> tuple[bool, str]:
+    """Run one prediction and check that what comes back is a well-formed answer.
+
+    Every model is tested before it serves (readiness reports the outcome).
+    """
+    ident = 0 if len(vocab) else -1
+    try:
+        cand, conf = model.predict(numpy.asarray([ident], dtype=numpy.int64), depth)
+    except Exception as exc:
+        return False, f"test inference raised {exc.__class__.__name__}: {exc}"
+    cand, conf = numpy.asarray(cand), numpy.asarray(conf)
+    if cand.shape != (1, depth) or conf.shape != (1, depth):
+        return False, f"test inference returned shapes {cand.shape} and {conf.shape}, expected (1, {depth})"
+    valid = cand >= 0
+    if bool((cand[valid] >= vocab.capacity).any()):
+        return False, "test inference named key IDs outside the vocabulary"
+    scores = conf[valid]
+    if scores.size and not (numpy.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()):
+        return False, "test inference returned confidences outside [0, 1]"
+    return True, f"model {getattr(model, 'name', '?')} loaded; a test inference returned {int(valid.sum())} candidate(s)"
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,7 @@ class PrefetchStats:
     hints: int = 0
     vocabulary_resets: int = 0
     inference_seconds: float = 0.0
+    challenger_errors: int = 0
 
 
 class _Bucket:
@@ -114,19 +147,28 @@ class Prefetcher:
         *,
         sync: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        learn_online: bool = True,
+        version: int | None = None,
     ) -> None:
         self.cache = cache
         self.origin = origin
         self.model = model
         self.vocab = vocab
+        self.learn_online = bool(learn_online)
+        self.version = version  # the registry version serving (None: a fresh model)
+        self.rollout: Any = None
+        self._challenger: tuple[Any, Vocabulary, int | None] | None = None
         self.settings = settings or PrefetchSettings()
+        # What the last test inference said (:func:`test_inference`; the agent runs one
+        # before a model serves; replay does not, so that it measures the model untouched).
+        self.test_result: tuple[bool, str] = (True, f"model {getattr(model, 'name', '?')} serving (no test inference run)")
         self.sync = sync
         self.stats = PrefetchStats()
         self.threshold = self.settings.threshold
         self._keys_bucket = _Bucket(self.settings.max_keys_per_second, clock)
         self._bytes_bucket = _Bucket(self.settings.max_bytes_per_second, clock)
         self._adapt_base = (0, 0)  # (inserted, used) at the last adaptation
-        self._queue: deque[tuple[str, list[bytes]]] = deque()
+        self._queue: deque[tuple[str, list[bytes], list[bool]]] = deque()
         self._wake = threading.Event()
         self._stop = False
         self._lock = threading.Lock()
@@ -136,13 +178,14 @@ class Prefetcher:
             self._thread.start()
 
     # -- producing (request path) -------------------------------------------------
-    def observe(self, keys: Sequence[bytes]) -> None:
+    def observe(self, keys: Sequence[bytes], hits: Sequence[bool] = ()) -> None:
+        """A served read batch: the keys and, per key, whether it was a hit (may be empty)."""
         if not keys:
             return
         if self.sync:
-            self._step(list(keys))
+            self._step(list(keys), list(hits))
             return
-        self._enqueue("access", list(keys[-self.settings.max_batch_keys :]))
+        self._enqueue("access", list(keys), list(hits))
 
     def hint(self, keys: Sequence[bytes]) -> int:
         """Queue keys a client expects to read; returns how many were accepted."""
@@ -151,12 +194,12 @@ class Prefetcher:
         if self.sync:
             self._load(keys)
         else:
-            self._enqueue("hint", keys)
+            self._enqueue("hint", keys, [])
         return len(keys)
 
-    def _enqueue(self, kind: str, keys: list[bytes]) -> None:
+    def _enqueue(self, kind: str, keys: list[bytes], hits: list[bool]) -> None:
         queue = self._queue
-        queue.append((kind, keys))
+        queue.append((kind, keys, hits))
         if len(queue) > self.settings.queue_max_batches:
             try:
                 queue.popleft()
@@ -172,14 +215,14 @@ class Prefetcher:
             self._wake.clear()
             while self._queue and not self._stop:
                 try:
-                    kind, keys = self._queue.popleft()
+                    kind, keys, hits = self._queue.popleft()
                 except IndexError:
                     break
                 try:
                     if kind == "hint":
                         self._load(keys)
                     else:
-                        self._step(keys)
+                        self._step(keys, hits)
                 except Exception as exc:
                     self.stats.origin_errors += 1
                     log.warning("prefetch step failed: %s: %s", exc.__class__.__name__, exc)
@@ -199,33 +242,106 @@ class Prefetcher:
         return True
 
     # -- one step -------------------------------------------------------------------
-    def _step(self, keys: list[bytes]) -> None:
-        s = self.settings
-        started = time.perf_counter()
+    # -- canary ---------------------------------------------------------------------------
+    def start_rollout(self, rollout: Any, model: Any, vocab: Vocabulary, version: int | None) -> None:
+        """Let ``model`` (the challenger) decide for the keys of ``rollout``'s challenger arm."""
         with self._lock:
-            if len(self.vocab) >= self.vocab.capacity:
-                self.vocab.clear()
-                self.stats.vocabulary_resets += 1
-                log.info("prefetch vocabulary full (%d keys): starting over", self.vocab.capacity)
-            ids = self.vocab.encode_many(keys)
+            self.rollout = rollout
+            self._challenger = (model, vocab, version)
+
+    def swap_model(self, model: Any, vocab: Vocabulary, version: int | None, test_result: tuple[bool, str]) -> None:
+        """Serve ``model`` from the next step on (it passed ``test_result``)."""
+        with self._lock:
+            self.model, self.vocab, self.version = model, vocab, version
+            self.test_result = test_result
+
+    def stop_rollout(self) -> None:
+        """Drop the challenger (the champion decides for every key again)."""
+        with self._lock:
+            self.rollout = None
+            self._challenger = None
+
+    def _settle(self) -> None:
+        """Apply a finished rollout: the promoted challenger becomes the model. Lock held."""
+        rollout = self.rollout
+        if rollout is None or not rollout.finished:
+            return
+        if rollout.state == "promoted" and self._challenger is not None:
+            self.model, self.vocab, self.version = self._challenger
+            self.test_result = test_inference(self.model, self.vocab, self.settings.depth)
+        self.rollout = None
+        self._challenger = None
+
+    # -- one step -------------------------------------------------------------------
+    def _propose(self, model: Any, vocab: Vocabulary, keys: list[bytes]) -> list[tuple[bytes, float]]:
+        """Encode and learn ``keys`` with ``model``; its candidates (as keys) after the last ones."""
+        s = self.settings
+        ids = vocab.encode_many(keys)
+        model.observe(ids)
+        tail = ids[-s.predict_last :]
+        one = getattr(model, "predict_one", None)
+        if tail.shape[0] == 1 and callable(one):
+            proposals = one(int(tail[0]), s.depth)
+        else:
+            cand, conf = model.predict(tail, s.depth)
+            ok = cand >= 0
+            proposals = list(zip(cand[ok].tolist(), conf[ok].tolist()))
+        decode, known = vocab.decode, len(vocab)
+        return [(decode(c), score) for c, score in proposals if 0 <= c < known]
+
+    def _restart_if_full(self, model: Any, vocab: Vocabulary) -> Any:
+        """A full vocabulary starts over, and with it the model (its IDs would name other keys)."""
+        if len(vocab) < vocab.capacity or not self.learn_online:
+            return model
+        vocab.clear()
+        self.stats.vocabulary_resets += 1
+        log.info("prefetch vocabulary full (%d keys): starting over with a fresh %s model", vocab.capacity, getattr(model, "name", "?"))
+        fresh = make_model(getattr(model, "name", ""), vocab)
+        return fresh
+
+    def _chosen(self, proposals: list[tuple[bytes, float]]) -> list[bytes]:
+        threshold = self.threshold
+        chosen = [k for k, score in proposals if score >= threshold]
+        self.stats.candidates += len(proposals)
+        self.stats.skipped_threshold += len(proposals) - len(chosen)
+        return chosen
+
+    def _step(self, keys: list[bytes], hits: list[bool] | None = None) -> None:
+        s = self.settings
+        keys = keys[-s.max_batch_keys :]
+        hits = (hits or [])[-s.max_batch_keys :]
+        with self._lock:
+            rollout = self.rollout
+            if rollout is not None and hits and len(hits) == len(keys):
+                rollout.record_reads(keys, hits)
+                self._settle()
+                rollout = self.rollout
+            started = time.perf_counter()
             self.stats.observed += len(keys)
-            self.model.observe(ids)
-            tail = ids[-s.predict_last :]
-            one = getattr(self.model, "predict_one", None)
-            if tail.shape[0] == 1 and callable(one):
-                proposals = one(int(tail[0]), s.depth)
-            else:
-                cand, conf = self.model.predict(tail, s.depth)
-                ok = cand >= 0
-                proposals = list(zip(cand[ok].tolist(), conf[ok].tolist()))
+            self.model = self._restart_if_full(self.model, self.vocab)
+            chosen = self._chosen(self._propose(self.model, self.vocab, keys))
             self.stats.inference_seconds += time.perf_counter() - started
-            self.stats.candidates += len(proposals)
-            threshold = self.threshold
-            chosen = [c for c, score in proposals if score >= threshold]
-            self.stats.skipped_threshold += len(proposals) - len(chosen)
+            if rollout is not None and self._challenger is not None:
+                chosen = [k for k, arm in zip(chosen, rollout.arms_of(chosen)) if arm == 0]
+                rollout.record_prefetches(0, len(chosen))
+                model, vocab, version = self._challenger
+                started = time.perf_counter()
+                try:
+                    model = self._restart_if_full(model, vocab)
+                    self._challenger = (model, vocab, version)
+                    challenged = self._chosen(self._propose(model, vocab, keys))
+                except Exception as exc:
+                    self.stats.challenger_errors += 1
+                    log.warning("prefetch: the challenger model failed: %s: %s", exc.__class__.__name__, exc)
+                    rollout.record_error(exc)
+                    challenged = []
+                rollout.record_inference(time.perf_counter() - started, len(keys))
+                mine = [k for k, arm in zip(challenged, rollout.arms_of(challenged)) if arm == 1]
+                rollout.record_prefetches(1, len(mine))
+                chosen += mine
+                self._settle()
             accessed = set(keys)
-            decode = self.vocab.decode
-            wanted = [k for k in dict.fromkeys(decode(c) for c in chosen) if k not in accessed]
+            wanted = [k for k in dict.fromkeys(chosen) if k not in accessed]
         if wanted:
             self._load(wanted)
         if s.adaptive:
@@ -285,8 +401,13 @@ class Prefetcher:
     def status(self) -> dict[str, Any]:
         st = self.stats
         cs = self.cache.stats
+        rollout = self.rollout
         return {
             "model": getattr(self.model, "name", "?"),
+            "version": self.version,
+            "learn_online": self.learn_online,
+            "rollout": rollout.status() if rollout is not None else None,
+            "challenger_errors": st.challenger_errors,
             "threshold": round(self.threshold, 4),
             "observed": st.observed,
             "candidates": st.candidates,

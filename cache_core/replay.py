@@ -10,12 +10,13 @@ stream only: it never sees a request before the cache has served it (no look-ahe
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy
 
-from cache_core.cache import Cache
+from cache_core.cache import Cache, CacheStats
 from cache_core.eviction import POLICIES
 from cache_core.models import MODELS, Vocabulary, make_model
 from cache_core.prefetch import Prefetcher, PrefetchSettings
@@ -42,6 +43,71 @@ class MemoryOrigin:
     def load_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         self.loads += len(keys)
         return [self.value] * len(keys)
+
+
+class LruSimulator:
+    """The hit/miss and prefetch accounting of ``Cache(eviction="lru")`` with read-through,
+    for entries of one size, without storing values: what evaluating a model by replay needs,
+    at a fraction of the cost (tests check it against the real cache, read for read).
+
+    It offers what :class:`~cache_core.prefetch.Prefetcher` uses of a cache: ``get``,
+    ``contains_many``, ``mset(prefetched=True)``, ``stats``, ``max_value_bytes`` and
+    ``prefetch_observer``.
+    """
+
+    def __init__(self, max_keys: int, value_bytes: int = DEFAULT_VALUE_BYTES) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.max_keys = int(max_keys)
+        self.max_value_bytes = max(1024, int(value_bytes))
+        self.value = b"v" * int(value_bytes)
+        self.entries: OrderedDict[bytes, bool] = OrderedDict()  # key -> prefetched and not yet read
+        self.stats = CacheStats()
+        self.prefetch_observer: Callable[[Sequence[bytes], Sequence[bool]], None] | None = None
+
+    def _insert(self, key: bytes, prefetched: bool) -> None:
+        entries = self.entries
+        while len(entries) >= self.max_keys:
+            _victim, unread = entries.popitem(last=False)
+            self.stats.evictions += 1
+            if unread:
+                self.stats.prefetch_wasted += 1
+        entries[key] = prefetched
+
+    def get(self, key: bytes) -> bytes | None:
+        entries = self.entries
+        unread = entries.get(key)
+        hit = unread is not None
+        if hit:
+            self.stats.hits += 1
+            entries.move_to_end(key)
+            if unread:
+                self.stats.prefetch_used += 1
+                entries[key] = False
+        else:
+            self.stats.misses += 1
+            self.stats.origin_loads += 1
+            self._insert(key, False)
+        observer = self.prefetch_observer
+        if observer is not None:
+            observer((key,), (hit,))
+        return self.value
+
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        entries = self.entries
+        return [k in entries for k in keys]
+
+    def mset(self, items: Sequence[tuple[bytes, bytes]], prefetched: bool = False) -> None:
+        for key, _value in items:
+            if key in self.entries:
+                if prefetched:
+                    continue
+                self.entries.move_to_end(key)
+                self.entries[key] = False
+                continue
+            self._insert(key, prefetched)
+            if prefetched:
+                self.stats.prefetch_inserted += 1
 
 
 def replay(
