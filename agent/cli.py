@@ -921,6 +921,7 @@ def model_train(tenant: str, trace: str, kind: str, promote: bool, actor: str | 
         trace_name=os.path.basename(trace),
         promote=promote,
         actor=actor,
+        learn_online=bool(cfg.get("cache.prefetch.learn_online")),
     )
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -38,6 +38,7 @@ from agent.errors import AgentError, ConfigError, StartupError
 from agent.http import HttpServer, Route, error_response, json_response
 from agent.plugins import PluginHost
 from agent.mlops.drift_monitor import DriftMonitor
+from agent.mlops.service import MlopsService
 from agent.security import TokenStore
 from agent.sinks import ResilientSink, SinkSettings
 from agent.systemd import Notifier
@@ -141,6 +142,16 @@ class Agent:
             detectors=lambda: [d for _, d in self.drift_detectors],
             on_drift=self._on_drift,
         )
+        self.mlops = MlopsService(
+            emit=lambda kind, data: self.emit(Event(kind, data)),
+            prefetcher=lambda: self.cache_service.prefetcher,
+            ring=lambda: self.cache_service.access_log,
+            on_retrained=lambda dataset: self.drift.policy.refresh_after_retrain(dataset.features()),
+        )
+        self.cache_service.model_source = self.mlops.champion
+        self._mlops_wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._retrain_future: asyncio.Future[Any] | None = None
         self.last_collect_monotonic: float | None = None
         self.next_collect_monotonic: float | None = None
 
@@ -169,6 +180,10 @@ class Agent:
         self._register_all(cfg, only=None)
         self.cache_service.configure_access_log(cfg.section("collectors.access_log"))
         self.drift.configure(cfg.section("drift"))
+        MlopsService.check(cfg)
+        self.mlops.configure(cfg)
+        self._mlops_wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         await self.cache_service.apply(self.cache_service.plan(cfg, self.backend, self.origins))
         self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
         self._refresh_routes()
@@ -186,6 +201,7 @@ class Agent:
             asyncio.create_task(self._collect_loop(), name="collect"),
             asyncio.create_task(self._watch_loop(), name="config-watch"),
             asyncio.create_task(self._drift_loop(), name="drift"),
+            asyncio.create_task(self._mlops_loop(), name="mlops"),
         ]
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog_loop(), name="watchdog"))
@@ -345,6 +361,15 @@ class Agent:
 
     def _on_drift(self, result: Any) -> None:
         self.emit(Event("drift_detected", {"features": result.affected_features, "detectors": result.drifted_detectors, "result": result.public()}))
+        decision = self.mlops.on_drift(result, self.drift.performance(), self.drift.policy.settings)
+        log.info("drift: %s (%s)", "retrain requested" if decision.retrain else "no retrain", decision.reason)
+        self._wake_mlops()
+
+    def _wake_mlops(self) -> None:
+        wake = self._mlops_wake
+        loop = self._loop
+        if wake is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
 
     def _on_sink_event(self, kind: str, data: dict[str, Any]) -> None:
         self.emit(Event(kind, data))
@@ -401,6 +426,7 @@ class Agent:
             assert backend is not None
             plugins_changed = any(p.startswith("plugins.") for p in changed)
             self.cache_service.check_access_log(new.section("collectors.access_log"))
+            MlopsService.check(new)
             cache_plan = self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
         except (StartupError, AgentError, OSError) as exc:
             return self._reload_failed(trigger, [str(exc)])
@@ -428,6 +454,9 @@ class Agent:
         if site is not None:
             await self.http.start(site)
         await self._apply_metrics_listener(new, metrics_site)
+        if section_changed(changed, ["mlops", "cache.prefetch", "collectors.access_log"]):
+            self.mlops.configure(new)
+            self._wake_mlops()
         for what in await self.cache_service.apply(cache_plan):
             log.info("reload: %s", what)
         if section_changed(changed, ["collectors.access_log"]):
@@ -494,6 +523,27 @@ class Agent:
             except Exception as exc:
                 log.error("drift check failed: %s: %s", exc.__class__.__name__, exc)
 
+    # ------------------------------------------------------------------ model lifecycle
+    async def _mlops_loop(self) -> None:
+        """Follow the registry and start retrains, every ``mlops.check_interval_seconds`` or on a wake-up."""
+        assert self._mlops_wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(None, self.mlops.sync)
+                running = self._retrain_future is not None and not self._retrain_future.done()
+                due = None if running else self.mlops.pipeline.due()
+                if due is not None:
+                    self._retrain_future = loop.run_in_executor(None, self.mlops.pipeline.run, *due)
+                    self._retrain_future.add_done_callback(lambda _f: self._wake_mlops())
+            except Exception as exc:
+                log.error("model lifecycle check failed: %s: %s", exc.__class__.__name__, exc)
+            self._mlops_wake.clear()
+            try:
+                await asyncio.wait_for(self._mlops_wake.wait(), timeout=self.mlops.interval)
+            except TimeoutError:
+                pass
+
     # ------------------------------------------------------------------ collection
     async def _collect_loop(self) -> None:
         """Run collection every ``agent.collect.interval_seconds``, keeping the phase on reload."""
@@ -539,6 +589,7 @@ class Agent:
             except Exception as exc:
                 self.host.report_error(plugin, "collect", exc)
         batch.extend(self.drift.samples())
+        batch.extend(self.mlops.samples())
         batch = self.telemetry.set_batch(batch)
         now = time.time()
         interval = float(self.config.get("agent.collect.interval_seconds"))
@@ -590,6 +641,9 @@ class Agent:
             except Exception as exc:
                 ok, detail = False, f"check raised {exc.__class__.__name__}: {exc}"
             components[name] = {"ok": bool(ok), "detail": str(detail)}
+        prefetch = self.mlops.readiness()
+        if prefetch is not None:
+            components["prefetch"] = {"ok": bool(prefetch[0]), "detail": str(prefetch[1])}
         if backend is None:
             components["cache"] = {"ok": False, "detail": "cache backend not started"}
         ready = all(c["ok"] for c in components.values())
@@ -641,6 +695,7 @@ class Agent:
                 },
                 "tracing": {"otlp_endpoint": self.tracing.endpoint},
                 "drift": self.drift.status(),
+                "mlops": self.mlops.status(),
                 "readiness": self.readiness,
             },
             "sinks": {name: sink.status() for name, sink in self.sinks.items()},

@@ -269,6 +269,29 @@ DRIFT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_drift_check_duration_seconds", "summary", "Wall time of the detectors in one drift check.", unit="seconds"),
 )
 
+MLOPS_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "predis_mlops_retrain_total",
+        "counter",
+        "Retraining runs, by result: promoted (first model, now champion), registered (challenger), rejected (not better than the champion), no_data, timeout, error.",
+        ("result",),
+    ),
+    MetricSpec("predis_mlops_retrain_duration_seconds", "summary", "Wall time of one retraining run (data, training, evaluation, registration).", unit="seconds"),
+    MetricSpec("predis_mlops_candidate_hit_ratio", "gauge", "Hit ratio of the last retrained candidate on its held-out slice (replay).", unit="ratio"),
+    MetricSpec("predis_mlops_champion_hit_ratio", "gauge", "Hit ratio of the champion on the same held-out slice (replay) in the last retrain.", unit="ratio"),
+    MetricSpec("predis_mlops_baseline_hit_ratio", "gauge", "Hit ratio without prefetching on the same held-out slice in the last retrain.", unit="ratio"),
+    MetricSpec("predis_mlops_serving_version", "gauge", "Registry version of the model the prefetcher serves (0: a fresh model, not from the registry).", ("tenant",)),
+    MetricSpec("predis_mlops_rollout_share_ratio", "gauge", "Share of prefetch decisions the challenger makes in the running canary (0: none running).", ("tenant",), unit="ratio"),
+    MetricSpec(
+        "predis_mlops_rollout_arm_hit_ratio",
+        "gauge",
+        "Demand hit ratio of each canary arm's keys in the current step.",
+        ("tenant", "arm"),
+        unit="ratio",
+    ),
+    MetricSpec("predis_mlops_rollout_decisions_total", "counter", "Canary decisions, by decision: advance, promote, rollback.", ("decision",)),
+)
+
 @dataclass(frozen=True)
 class Metric:
     """One sample produced by a collector.
@@ -470,7 +493,7 @@ class Telemetry:
 
 # Every metric the agent and its built-in plugins define. docs/metrics.md is generated
 # from this; a test checks that no module-level spec tuple is left out.
-METRIC_REGISTRY: tuple[MetricSpec, ...] = SELF_METRICS + COLLECTED_METRICS + ACCESS_LOG_METRICS + DRIFT_METRICS
+METRIC_REGISTRY: tuple[MetricSpec, ...] = SELF_METRICS + COLLECTED_METRICS + ACCESS_LOG_METRICS + DRIFT_METRICS + MLOPS_METRICS
 SPECS_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRIC_REGISTRY}
 
 # Which code emits a metric, by name prefix; the first matching prefix wins.
@@ -484,6 +507,11 @@ EMITTERS: tuple[tuple[str, str], ...] = (
     ("predis_gpu_", "plugins/collectors/gpu.py"),
     ("predis_access_log_", "plugins/collectors/access_log.py"),
     ("predis_drift_", "agent/mlops/drift_policy.py"),
+    ("predis_mlops_retrain_", "agent/mlops/retrain.py"),
+    ("predis_mlops_candidate_", "agent/mlops/retrain.py"),
+    ("predis_mlops_champion_", "agent/mlops/retrain.py"),
+    ("predis_mlops_baseline_", "agent/mlops/retrain.py"),
+    ("predis_mlops_", "agent/mlops/service.py"),
 )
 
 

@@ -453,8 +453,11 @@ def read_segments(
     keys: Iterable[bytes] | Mapping[bytes, bytes],
     since: float | dt.datetime | None = None,
     on_error: Callable[[SegmentError], None] | None = None,
+    names: Iterable[str] | None = None,
 ) -> Iterator[SegmentData]:
     """Verified segments of ``directory``, oldest first, as ``(header, events, keys)``.
+
+    ``names``: only these segment files (of :func:`list_segments`), in that order.
 
     ``keys``: every key that may have written a segment (rotation: old and new); each
     segment is decrypted with the one whose id its header names. ``since`` (epoch seconds
@@ -467,7 +470,12 @@ def read_segments(
     root = Path(directory)
     dir_fd = os.open(root, _DIR_FLAGS)
     try:
-        for name in list_segments(root):
+        if names is None:
+            chosen = list_segments(root)
+        else:
+            listed = set(list_segments(root))
+            chosen = [name for name in names if name in listed]
+        for name in chosen:
             parsed = parse_segment_name(name)
             assert parsed is not None
             if since_ns is not None and parsed[0] < since_ns:

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.mlops.drift import DriftResult, DriftSettings
-from agent.mlops.drift_policy import DriftPolicy
-from agent.mlops.features import features_from_events
+from agent.mlops.drift_policy import DriftPolicy, Performance, performance_of
+from agent.mlops.features import WindowFeatures, features_from_events
 from agent.telemetry import Metric
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class DriftMonitor:
         self.lost_events = 0
         self.last_check: float | None = None
         self.last_window_events = 0
+        self.last_features: WindowFeatures | None = None
         self.state = "not checked yet"
 
     def configure(self, section: dict[str, Any]) -> None:
@@ -90,13 +91,22 @@ class DriftMonitor:
             self._cursor = got.next_sequence
             window = got.events
         self.policy.detectors = list(self._detectors())
-        result = self.policy.check(features_from_events(window))
+        # Kept before the check: a drift listener compares it with the reference.
+        self.last_features = features_from_events(window)
+        result = self.policy.check(self.last_features)
         with self._lock:
             self.checks += 1
             self.last_check = time.time()
             self.last_window_events = int(window.shape[0])
             self.state = result.status
         return result
+
+    def performance(self) -> Performance | None:
+        """Hit ratios of the reference and the latest window (None when not measurable)."""
+        reference, current = self.policy.reference, self.last_features
+        if reference is None or current is None:
+            return None
+        return performance_of(reference.features, current)
 
     def samples(self) -> list[Metric]:
         return self.policy.metrics.samples()

@@ -494,6 +494,27 @@ class ModelRegistry:
                 written.append(self._move_alias(tenant_dir, aliases, "challenger", None, f"v{number} promoted to champion", who, "promote"))
         return written
 
+    def retire_challenger(self, tenant: str, version: int, reason: str = "", actor: str | None = None) -> dict[str, Any] | None:
+        """Clear the challenger alias if it still names ``version`` (a canary rolled it back)."""
+        tenant_dir = self._tenant_dir(tenant)
+        if not tenant_dir.is_dir():
+            return None
+        with self._locked(tenant_dir):
+            aliases = self.aliases(tenant)
+            if aliases["challenger"] != version:
+                return None
+            return self._move_alias(tenant_dir, aliases, "challenger", None, reason, actor or _default_actor(), "rollback")
+
+    def note(self, tenant: str, alias: str, version: int, action: str, reason: str = "", actor: str | None = None) -> dict[str, Any]:
+        """Audit a decision that moves no alias (e.g. a canary step): ``from`` and ``to`` are both ``version``."""
+        if alias not in ALIASES:
+            raise RegistryError(f"unknown alias {alias!r}; expected one of {', '.join(ALIASES)}")
+        tenant_dir = self._ensure_tenant(tenant)
+        entry = {"time": _now(), "action": action, "alias": alias, "from": version, "to": version, "reason": reason, "actor": actor or _default_actor()}
+        with self._locked(tenant_dir):
+            self._append_audit(tenant_dir, entry)
+        return entry
+
     def champion_history(self, tenant: str) -> list[int]:
         """The champion stack from the audit log: a promotion pushes, a rollback pops."""
         stack: list[int] = []

@@ -6,7 +6,8 @@ buys, so a candidate is judged the way production would judge it — by replayin
 it has never seen through the real cache and prefetcher code. The trace is split in
 time: the model learns online (``observe`` only, in order, as it would while serving) from
 the first part, and the candidate and the current champion are both replayed over the
-held-out tail, each from a cold cache of the same size. A candidate is registered only
+held-out tail, each from a cold cache of the same size (for the LRU policy,
+:class:`cache_core.replay.LruSimulator`, which counts what the real cache counts). A candidate is registered only
 when it beats the champion by at least ``mlops.promote_margin`` (and strictly); the first
 model of a tenant has nothing to beat and becomes the champion.
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +32,14 @@ from agent.errors import AgentError
 from agent.mlops.registry import ModelRegistry, RegistryError, keys_digest, save_model
 from agent.security import validate_tenant_id
 from cache_core.cache import Cache
-from cache_core.models import MODELS, Vocabulary, make_model
+from cache_core.models import MODELS, Vocabulary, make_model, set_learning
 from cache_core.prefetch import Prefetcher, PrefetchSettings
 from cache_core.replay import (
     BASELINE_SETTINGS,
     DEFAULT_VALUE_BYTES,
     MEMORY_SLACK_FACTOR,
     MODEL_SETTINGS,
+    LruSimulator,
     MemoryOrigin,
 )
 
@@ -60,8 +63,21 @@ MIN_VALUE_LIMIT_BYTES = 1024
 PER_ENTRY_OVERHEAD_BYTES = 64
 
 
+# Requests replayed between two looks at the deadline.
+DEADLINE_CHECK_EVERY = 4096
+
+
 class TrainingError(AgentError, ValueError):
     """A training request that cannot be carried out (too few requests, bad settings)."""
+
+
+class TrainingTimeout(TrainingError):
+    """Training or evaluation ran past its time budget (nothing was registered)."""
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TrainingTimeout(f"time budget exhausted while {what}")
 
 
 @dataclass
@@ -91,29 +107,43 @@ def evaluate(
     policy: str = "lru",
     value_bytes: int = DEFAULT_VALUE_BYTES,
     settings: PrefetchSettings | None = None,
+    deadline: float | None = None,
+    learn_online: bool = True,
 ) -> dict[str, Any]:
     """Replay ``keys`` with an already-trained model (a copy of it) and return the figures.
 
     ``model`` may be None: the cache alone, without prefetching (the baseline).
+    ``deadline`` (``time.monotonic()``): raise :class:`TrainingTimeout` past it.
+    ``learn_online`` False replays the model frozen, as ``cache.prefetch.learn_online:
+    false`` serves it.
     """
     if cache_entries < 1:
         raise TrainingError("cache_entries must be at least 1")
     origin = MemoryOrigin(value_bytes)
-    cache = Cache(
-        numpy,
-        max_keys=cache_entries,
-        max_memory_bytes=max(MIN_CACHE_MEMORY_BYTES, cache_entries * (value_bytes + PER_ENTRY_OVERHEAD_BYTES) * MEMORY_SLACK_FACTOR),
-        max_value_bytes=max(MIN_VALUE_LIMIT_BYTES, value_bytes),
-        eviction=policy,
-        origin=origin,
-        read_through=True,
-    )
+    cache: Any
+    if policy == "lru":
+        # The simulator counts exactly what the real LRU cache counts (tested read for
+        # read), several times faster: evaluation is most of a retrain's time.
+        cache = LruSimulator(cache_entries, value_bytes)
+    else:
+        cache = Cache(
+            numpy,
+            max_keys=cache_entries,
+            max_memory_bytes=max(MIN_CACHE_MEMORY_BYTES, cache_entries * (value_bytes + PER_ENTRY_OVERHEAD_BYTES) * MEMORY_SLACK_FACTOR),
+            max_value_bytes=max(MIN_VALUE_LIMIT_BYTES, value_bytes),
+            eviction=policy,
+            origin=origin,
+            read_through=True,
+        )
     prefetcher = None
     if model is not None:
         replayed, replayed_vocab = copy.deepcopy((model, vocab))
-        prefetcher = Prefetcher(cache, origin, replayed, replayed_vocab, settings or _settings_for(model), sync=True)
+        set_learning(replayed, learn_online)
+        prefetcher = Prefetcher(cache, origin, replayed, replayed_vocab, settings or _settings_for(model), sync=True, learn_online=learn_online)
     get, observe = cache.get, (prefetcher.observe if prefetcher else None)
-    for key in keys:
+    for index, key in enumerate(keys):
+        if index % DEADLINE_CHECK_EVERY == 0:
+            _check_deadline(deadline, "evaluating by replay")
         get(key)
         if observe is not None:
             observe((key,))
@@ -142,8 +172,16 @@ def train_from_trace(
     champion: tuple[Any, Vocabulary] | None = None,
     cache_entries: int | None = None,
     eval_cache_share: float = DEFAULT_EVAL_CACHE_SHARE,
+    deadline: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    learn_online: bool = True,
 ) -> TrainingResult:
-    """Train a fresh ``kind`` model on the head of ``keys``; judge it (and ``champion``) on the tail."""
+    """Train a fresh ``kind`` model on the head of ``keys``; judge it (and ``champion``) on the tail.
+
+    ``deadline`` (``time.monotonic()``) bounds the whole run (:class:`TrainingTimeout`);
+    ``progress`` is told each phase as it starts; ``learn_online`` as for :func:`evaluate`.
+    """
+    report = progress or (lambda phase: None)
     if kind not in MODELS:
         raise TrainingError(f"unknown model kind {kind!r}; expected one of {', '.join(MODELS)}")
     if not 0 < holdout < 1:
@@ -155,10 +193,14 @@ def train_from_trace(
     entries = cache_entries or eval_cache_entries(keys, eval_cache_share)
     vocab = Vocabulary(max(MIN_VOCABULARY, VOCABULARY_HEADROOM * len(set(keys)) + MIN_VOCABULARY))
     model = make_model(kind, vocab)
+    report("training")
     for start in range(0, len(train), TRAIN_BATCH):
+        _check_deadline(deadline, "training")
         model.observe(vocab.encode_many(train[start : start + TRAIN_BATCH]))
-    candidate = evaluate(model, vocab, tail, entries)
-    baseline = evaluate(None, vocab, tail, entries)
+    report("evaluating the candidate")
+    candidate = evaluate(model, vocab, tail, entries, deadline=deadline, learn_online=learn_online)
+    report("evaluating the baseline")
+    baseline = evaluate(None, vocab, tail, entries, deadline=deadline)
     metrics: dict[str, Any] = {
         "candidate_hit_ratio": candidate["hit_ratio"],
         "candidate_prefetch_precision": candidate["prefetch_precision"],
@@ -168,7 +210,8 @@ def train_from_trace(
         "eval_cache_entries": entries,
     }
     if champion is not None:
-        metrics["champion_hit_ratio"] = evaluate(champion[0], champion[1], tail, entries)["hit_ratio"]
+        report("evaluating the champion")
+        metrics["champion_hit_ratio"] = evaluate(champion[0], champion[1], tail, entries, deadline=deadline, learn_online=learn_online)["hit_ratio"]
     return TrainingResult(model, vocab, kind, len(train), len(tail), keys_digest(train), entries, metrics)
 
 
@@ -193,6 +236,9 @@ def train_and_register(
     promote: bool = False,
     drift: dict[str, Any] | None = None,
     actor: str | None = None,
+    deadline: float | None = None,
+    progress: Callable[[str], None] | None = None,
+    learn_online: bool = True,
 ) -> dict[str, Any]:
     """Train, compare with the tenant's champion and register the candidate if it wins.
 
@@ -203,7 +249,9 @@ def train_and_register(
     validate_tenant_id(tenant)
     champion_version = registry.aliases(tenant)["champion"]
     champion = registry.load_model(tenant, champion_version) if champion_version is not None else None
-    result = train_from_trace(keys, kind, holdout, champion=champion, eval_cache_share=eval_cache_share)
+    result = train_from_trace(
+        keys, kind, holdout, champion=champion, eval_cache_share=eval_cache_share, deadline=deadline, progress=progress, learn_online=learn_online
+    )
     metrics = result.metrics
     register = beats(metrics["candidate_hit_ratio"], metrics["champion_hit_ratio"], margin)
     report: dict[str, Any] = {
@@ -213,6 +261,7 @@ def train_and_register(
         "train_requests": result.train_keys,
         "eval_requests": result.holdout_keys,
         "eval_cache_entries": result.cache_entries,
+        "learn_online": learn_online,
         "candidate_hit_ratio": metrics["candidate_hit_ratio"],
         "champion_hit_ratio": metrics["champion_hit_ratio"],
         "baseline_hit_ratio": metrics["baseline_hit_ratio"],
