@@ -14,8 +14,8 @@ and 10 % of its distinct keys, for every policy × prefetch combination. Hit rat
 demand hits, including hits on prefetched entries; prefetches are not requests.
 
 The inference row measures the model's own work per access (vocabulary, observe,
-predict), for accesses one at a time (replay, single GETs) and in batches of 1,000
-(pipelined MGETs), against the cache's own GET of the same keys as the baseline.
+predict), for accesses one at a time (replay, single GETs) and in batches of 1,000 and
+4,096 (pipelined MGETs), against the cache's own GET of the same keys as the baseline.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ SIZES = (0.01, 0.05, 0.10)
 KEYS = 10_000
 STRUCTURED = ("sequential", "loop", "markov", "mixture", "phase_change")
 UNSTRUCTURED = ("zipf0.8", "zipf1.0", "zipf1.2")
+# Accesses per model call in the inference rows: one at a time, then pipelined batches.
+INFERENCE_BATCHES = (1, 1000, 4096)
 
 
 def zipf(rng: numpy.random.Generator, n: int, s: float, keys: int = KEYS, offset: int = 0) -> list[int]:
@@ -104,7 +106,7 @@ def inference_cost(n: int) -> list[dict[str, Any]]:
         cache.get(k)
     get_cost = (time.perf_counter() - started) / n
     for label, make in (("markov", lambda v: MarkovModel(v.capacity)), ("model", lambda v: MixtureModel(v, v.capacity))):
-        for batch in (1, 1000):
+        for batch in INFERENCE_BATCHES:
             vocab = Vocabulary(4 * KEYS)
             model = make(vocab)
             started = time.perf_counter()

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from cache_core.models.base import DEFAULT_VOCABULARY_SIZE, PrefetchModel, Vocabulary
-from cache_core.models.markov import ContextMarkov, MarkovModel
+from cache_core.models.markov import ContextMarkov, MarkovModel, SuccessorTable
 from cache_core.models.mixture import MixtureModel
 from cache_core.models.stride import StrideModel
 
 MODELS = ("stride", "markov", "model")
 
-__all__ = ["DEFAULT_VOCABULARY_SIZE", "MODELS", "ContextMarkov", "MarkovModel", "MixtureModel", "PrefetchModel", "StrideModel", "Vocabulary", "make_model"]
+__all__ = ["DEFAULT_VOCABULARY_SIZE", "MODELS", "ContextMarkov", "MarkovModel", "MixtureModel", "PrefetchModel", "StrideModel", "Vocabulary", "make_model", "set_learning"]
 
 
 def make_model(name: str, vocab: Vocabulary, capacity: int | None = None) -> Any:
@@ -25,3 +25,24 @@ def make_model(name: str, vocab: Vocabulary, capacity: int | None = None) -> Any
     if name == "model":
         return MixtureModel(vocab, size)
     raise ValueError(f"unknown prefetch model {name!r}; expected one of {', '.join(MODELS)}")
+
+
+def successor_tables(model: Any) -> list[SuccessorTable]:
+    """The successor tables ``model`` holds: its own, or its experts' (a stride model has none)."""
+    tables = []
+    for part in [model, *getattr(model, "experts", [])]:
+        table = getattr(part, "table", None)
+        if isinstance(table, SuccessorTable):
+            tables.append(table)
+    return tables
+
+
+def set_learning(model: Any, enabled: bool) -> None:
+    """Let ``model``'s successor tables learn (``enabled``) or serve as trained.
+
+    Only the tables are frozen: context tracking (the previous keys, the stride detector's
+    runs) and the mixture's precision bookkeeping stay live either way, so a frozen model
+    still predicts from where the stream is.
+    """
+    for table in successor_tables(model):
+        table.frozen = not enabled

@@ -10,7 +10,8 @@ a successor that keeps coming back rises even when the slots are full). Counts h
 ``decay_every`` observations, so the model follows a changing workload.
 
 Observation and inference are vectorised array operations: one batch of ``n`` transitions
-costs a handful of gathers and scatters, whatever ``n``.
+costs a handful of gathers and scatters, whatever ``n`` (new successors take one round
+per successor of their busiest context; the last few are placed on scalars).
 
 The context is the previous key (order 1) by default; :class:`ContextMarkov` uses the
 previous two keys, hashed into a bounded table of pair contexts (order 2).
@@ -18,6 +19,7 @@ previous two keys, hashed into a bounded table of pair contexts (order 2).
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import numpy
@@ -32,13 +34,77 @@ SCALAR_BATCH = 8
 # Pseudo-count added to a context's total: a successor seen once after a key seen once is
 # a guess (share 1/2), not a certainty (share 1).
 SHARE_PRIOR = 1.0
+# New successors are placed one context at a time on Python scalars once at most this many
+# are left, or once they belong to at most SCALAR_CONTEXTS contexts: cheaper then than a
+# round of array calls per successor of the busiest context.
+SCALAR_PAIRS = 32
+SCALAR_CONTEXTS = 16
+# A batch that counts one slot up more often than this falls back to numpy.add.at.
+MAX_REPEAT_ROUNDS = 8
+# NumPy sums rows shorter than this one element after the other (pairwise summation
+# starts at 8 elements), so such a row's total can be summed column by column alike.
+SEQUENTIAL_SUM = 8
+# A (context, successor) pair packs into one int64 key below this (context × span + successor).
+_PAIR_LIMIT = 1 << 62
 _MULT = 0x9E3779B97F4A7C15
 _SALT = 0x632BE59BD9B4E019
 _MASK64 = (1 << 64) - 1
 
 
+def _any_column(match: numpy.ndarray) -> numpy.ndarray:
+    """``match.any(axis=1)`` for a few columns, as one array operation per column."""
+    out = match[:, 0].copy()
+    for j in range(1, match.shape[1]):
+        out |= match[:, j]
+    return out
+
+
+def _least(counts: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Per row, the first least counted slot (``argmin``) and its count, column by column."""
+    best = counts[:, 0]
+    slot = numpy.zeros(counts.shape[0], dtype=numpy.int64)
+    for j in range(1, counts.shape[1]):
+        column = counts[:, j]
+        numpy.putmask(slot, column < best, j)
+        best = numpy.minimum(best, column)
+    return slot, best
+
+
+def _most(counts: numpy.ndarray, k: int) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
+    """Per row, the ``k`` most counted slots with their counts, most first, ties to the lower
+    slot: ``argsort(-counts, kind="stable")[:, :k]``, column by column."""
+    work = counts.copy() if k > 1 else counts
+    rows = numpy.arange(counts.shape[0])
+    out = []
+    for rank in range(k):
+        best = work[:, 0]
+        slot = numpy.zeros(counts.shape[0], dtype=numpy.int64)
+        for j in range(1, counts.shape[1]):
+            column = work[:, j]
+            numpy.putmask(slot, column > best, j)
+            best = numpy.maximum(best, column)
+        out.append((slot, best))
+        if rank + 1 < k:
+            work[rows, slot] = -numpy.inf
+    return out
+
+
+def _row_sum(counts: numpy.ndarray) -> numpy.ndarray:
+    """``counts.sum(axis=1)``: column by column where NumPy adds a row's elements in order."""
+    if counts.shape[1] >= SEQUENTIAL_SUM:
+        return counts.sum(axis=1)
+    total = counts[:, 0].copy()
+    for j in range(1, counts.shape[1]):
+        total += counts[:, j]
+    return total
+
+
 class SuccessorTable:
-    """``context ID -> top successors`` with space-saving counts."""
+    """``context ID -> top successors`` with space-saving counts.
+
+    ``frozen`` (off by default) stops learning: :meth:`update` and :meth:`update_one`
+    change nothing, not even the decay counter, and the table serves as trained.
+    """
 
     def __init__(self, contexts: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY) -> None:
         self.contexts = int(contexts)
@@ -47,40 +113,98 @@ class SuccessorTable:
         self.succ = numpy.full((self.contexts, self.slots), -1, dtype=numpy.int64)
         self.count = numpy.zeros((self.contexts, self.slots), dtype=numpy.float32)
         self.seen = 0
+        # Frozen: the table serves as trained (updates and decay are skipped).
+        self.frozen = False
 
     def update(self, ctx: numpy.ndarray, nxt: numpy.ndarray) -> None:
+        if self.frozen:
+            return
         ok = (ctx >= 0) & (ctx < self.contexts) & (nxt >= 0)
-        ctx, nxt = ctx[ok], nxt[ok]
+        if not ok.all():
+            ctx, nxt = ctx[ok], nxt[ok]
         if ctx.shape[0] == 0:
             return
-        rows = self.succ[ctx]
-        match = rows == nxt[:, None]
-        has = match.any(axis=1)
+        match = self.succ[ctx] == nxt[:, None]
+        has = _any_column(match)
         r, c = numpy.nonzero(match)
-        numpy.add.at(self.count, (ctx[r], c), 1.0)
-        # New successors: unique (ctx, next) pairs with their multiplicity, then placed
-        # one per context per round (two new successors of one context cannot share a slot).
-        pairs = numpy.stack([ctx[~has], nxt[~has]], axis=1)
-        if pairs.shape[0]:
-            uniq, weight = numpy.unique(pairs, axis=0, return_counts=True)
-            while uniq.shape[0]:
-                _, first = numpy.unique(uniq[:, 0], return_index=True)
-                a, b, w = uniq[first, 0], uniq[first, 1], weight[first].astype(numpy.float32)
-                slot = numpy.argmin(self.count[a], axis=1)
-                floor = self.count[a, slot]
-                self.succ[a, slot] = b
-                self.count[a, slot] = floor + w
-                keep = numpy.ones(uniq.shape[0], dtype=bool)
-                keep[first] = False
-                uniq, weight = uniq[keep], weight[keep]
+        if r.shape[0]:
+            self._count_up(ctx[r] * self.slots + c)
+        if not has.all():
+            self._place(ctx[~has], nxt[~has])
         self.seen += int(ctx.shape[0])
         if self.seen >= self.decay_every:
             self.count *= 0.5
             self.seen = 0
 
+    def _count_up(self, slots: numpy.ndarray) -> None:
+        """``numpy.add.at(count, slots, 1.0)``: one float32 addition of 1 per occurrence, in turn.
+
+        A slot that occurs ``c`` times gets ``c`` successive additions (not one of ``c``,
+        which can round differently), in at most :data:`MAX_REPEAT_ROUNDS` array rounds.
+        """
+        flat = self.count.reshape(-1)
+        ordered = numpy.sort(slots)
+        edge = numpy.flatnonzero(numpy.concatenate([[True], ordered[1:] != ordered[:-1], [True]]))
+        if edge.shape[0] == ordered.shape[0] + 1:
+            flat[slots] += 1.0
+            return
+        repeats = numpy.diff(edge)
+        if int(repeats.max()) > MAX_REPEAT_ROUNDS:
+            numpy.add.at(flat, slots, 1.0)
+            return
+        where = ordered[edge[:-1]]
+        values = flat[where]
+        for rounds in range(1, int(repeats.max()) + 1):
+            values = numpy.where(repeats >= rounds, values + numpy.float32(1.0), values)
+        flat[where] = values
+
+    def _place(self, ctx: numpy.ndarray, nxt: numpy.ndarray) -> None:
+        """New successors: unique ``(ctx, next)`` pairs with their multiplicity, in sorted order,
+        placed one per context per round (two new successors of one context cannot share a
+        slot): each into its context's least counted slot, inheriting that count plus its own.
+        """
+        span = int(nxt.max()) + 1
+        if self.contexts * span < _PAIR_LIMIT:
+            keys = numpy.sort(ctx * span + nxt)
+            edge = numpy.flatnonzero(numpy.concatenate([[True], keys[1:] != keys[:-1], [True]]))
+            pairs, weight = keys[edge[:-1]], numpy.diff(edge)
+            a, b = pairs // span, pairs % span
+        else:
+            pairs, weight = numpy.unique(numpy.stack([ctx, nxt], axis=1), axis=0, return_counts=True)
+            a, b = pairs[:, 0], pairs[:, 1]
+        while a.shape[0]:
+            first = numpy.ones(a.shape[0], dtype=bool)
+            first[1:] = a[1:] != a[:-1]
+            if a.shape[0] <= SCALAR_PAIRS or int(numpy.count_nonzero(first)) <= SCALAR_CONTEXTS:
+                self._place_rows(a, b, weight)
+                return
+            head, nb, w = a[first], b[first], weight[first].astype(numpy.float32)
+            slot, floor = _least(self.count[head])
+            self.succ[head, slot] = nb
+            self.count[head, slot] = floor + w
+            a, b, weight = a[~first], b[~first], weight[~first]
+
+    def _place_rows(self, a: numpy.ndarray, b: numpy.ndarray, weight: numpy.ndarray) -> None:
+        """:meth:`_place`'s rounds, one context at a time on Python scalars.
+
+        A row's counts sit in an ``array('f')``, so each sum is stored rounded to float32:
+        the float64 sum of two float32 values rounded to float32 is their float32 sum.
+        """
+        starts = numpy.flatnonzero(numpy.concatenate([[True], a[1:] != a[:-1]])).tolist() + [a.shape[0]]
+        contexts, successors, weights = a.tolist(), b.tolist(), weight.tolist()
+        for lo, hi in zip(starts, starts[1:]):
+            ctx = contexts[lo]
+            succ, count = self.succ[ctx].tolist(), array("f", self.count[ctx].tolist())
+            for nb, w in zip(successors[lo:hi], weights[lo:hi]):
+                slot = count.index(min(count))
+                succ[slot] = nb
+                count[slot] = count[slot] + w
+            self.succ[ctx] = succ
+            self.count[ctx] = count
+
     def update_one(self, a: int, b: int) -> None:
         """One transition, on Python scalars: a batch of one costs no array call overhead."""
-        if a < 0 or a >= self.contexts or b < 0:
+        if self.frozen or a < 0 or a >= self.contexts or b < 0:
             return
         succ, count = self.succ[a], self.count[a]
         row = succ.tolist()
@@ -104,7 +228,7 @@ class SuccessorTable:
         total = sum(counts)
         if total <= 0:
             return []
-        best = sorted(((c, succ) for succ, c in zip(row, counts) if succ >= 0 and c > 0), reverse=True)[:k]
+        best = sorted([(c, succ) for succ, c in zip(row, counts) if succ >= 0 and c > 0], reverse=True)[:k]
         return [(succ, c / (total + SHARE_PRIOR)) for c, succ in best]
 
     def top(self, ctx: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -113,17 +237,22 @@ class SuccessorTable:
         ok = (ctx >= 0) & (ctx < self.contexts)
         if not ok.any():
             return cand, conf
-        rows = self.succ[ctx[ok]]
-        counts = self.count[ctx[ok]]
-        kk = min(k, self.slots)
-        order = numpy.argsort(-counts, axis=1, kind="stable")[:, :kk]
-        top_succ = numpy.take_along_axis(rows, order, axis=1)
-        top_count = numpy.take_along_axis(counts, order, axis=1)
-        total = counts.sum(axis=1, keepdims=True)
-        share = numpy.where(total > 0, top_count / (total + SHARE_PRIOR), 0.0)
-        share = numpy.where(top_succ >= 0, share, 0.0)
-        cand[ok, :kk] = numpy.where(top_succ >= 0, top_succ, -1)
-        conf[ok, :kk] = share.astype(numpy.float32)
+        every = bool(ok.all())
+        picked = ctx if every else ctx[ok]
+        counts = self.count[picked]
+        total = _row_sum(counts)
+        base = picked * self.slots
+        flat_succ = self.succ.reshape(-1)
+        counted, denominator = total > 0, total + SHARE_PRIOR
+        for j, (slot, top_count) in enumerate(_most(counts, min(k, self.slots))):
+            top_succ = flat_succ[base + slot]
+            named = top_succ >= 0
+            share = numpy.where(counted & named, top_count / denominator, 0.0)
+            top_succ[~named] = -1
+            if every:
+                cand[:, j], conf[:, j] = top_succ, share
+            else:
+                cand[ok, j], conf[ok, j] = top_succ, share
         return cand, conf
 
     @property
@@ -153,6 +282,11 @@ class MarkovModel:
         prev = numpy.concatenate([[self.last], ids[:-1]]).astype(numpy.int64)
         self.table.update(prev, ids)
         self.last = int(ids[-1])
+
+    def observe_one(self, ident: int) -> None:
+        """:meth:`observe` of one access, on Python scalars."""
+        self.table.update_one(self.last, ident)
+        self.last = ident
 
     def predict(self, ids: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         return self.table.top(ids, k)
@@ -190,10 +324,11 @@ class ContextMarkov:
         self._mult = numpy.uint64(_MULT)
 
     def _ctx(self, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
-        with numpy.errstate(over="ignore"):
-            mixed = (a.astype(numpy.uint64) * self._mult) ^ (b.astype(numpy.uint64) + numpy.uint64(_SALT))
-            ctx = ((mixed * self._mult) >> numpy.uint64(17)) % numpy.uint64(self.table.contexts)
-        return numpy.where((a >= 0) & (b >= 0), ctx.astype(numpy.int64), -1)
+        # Array arithmetic on uint64 wraps modulo 2^64 silently (NumPy warns on scalars only).
+        ua, ub = a.astype(numpy.int64, copy=False).view(numpy.uint64), b.astype(numpy.int64, copy=False).view(numpy.uint64)
+        mixed = (ua * self._mult) ^ (ub + numpy.uint64(_SALT))
+        ctx = ((mixed * self._mult) >> numpy.uint64(17)) % numpy.uint64(self.table.contexts)
+        return numpy.where((a >= 0) & (b >= 0), ctx.view(numpy.int64), -1)
 
     def _ctx_one(self, a: int, b: int) -> int:
         """:meth:`_ctx` on Python ints (the same hash, modulo 2^64)."""
@@ -217,11 +352,16 @@ class ContextMarkov:
         self.table.update(ctx, seq[2:])
         self.prev, self.last = int(seq[-2]), int(seq[-1])
 
+    def observe_one(self, ident: int) -> None:
+        """:meth:`observe` of one access, on Python scalars."""
+        self.table.update_one(self._ctx_one(self.prev, self.last), ident)
+        self.prev, self.last = self.last, ident
+
     def predict(self, ids: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         # Called after observe(ids): the context of ids[i] is (ids[i-1], ids[i]).
         seq = numpy.concatenate([[self.prev], ids]) if ids.shape[0] == 1 else numpy.concatenate([[-1], ids])
-        ctx = self._ctx(seq[:-1].astype(numpy.int64), seq[1:].astype(numpy.int64))
-        return self.table.top(ctx, k)
+        seq = seq.astype(numpy.int64, copy=False)
+        return self.table.top(self._ctx(seq[:-1], seq[1:]), k)
 
     def predict_one(self, ident: int, k: int) -> list[tuple[int, float]]:
         # Called after observe(): the context of the newest key is (prev, last).

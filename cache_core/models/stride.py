@@ -6,7 +6,9 @@ step repeated. Once a step has repeated ``min_run`` times, the next ``k`` keys a
 predicted (``block:0100`` after ``block:0098``, ``block:0099`` → ``block:0101``...), with a
 confidence that grows with the run (``1 - 2^-run``). Unlike a successor model it names keys
 never seen before, which is what a sequential scan needs. The state is three arrays
-indexed by prefix ID; prediction is vectorised over the batch.
+indexed by prefix ID. A batch is learned with array operations (the accesses grouped by
+prefix, each group's run read off its sequence of steps) and predicted likewise, with the
+same result as learning and predicting the keys one at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from cache_core.models.base import (
 
 DEFAULT_MIN_RUN = 2
 DEFAULT_MAX_PREFIXES = 1 << 16
+# Batches up to this many accesses are learned on Python scalars: the array calls' fixed
+# cost would dominate so short a batch.
+SCALAR_BATCH = 8
+# Runs longer than this add no confidence (1 - 2^-run is already 1 in float32).
+MAX_CONFIDENCE_RUN = 30
 
 
 class StrideModel:
@@ -39,12 +46,9 @@ class StrideModel:
         self.known = numpy.zeros(self.max_prefixes, dtype=bool)
 
     def observe(self, ids: numpy.ndarray) -> None:
-        if ids.shape[0] == 1:
-            ident = int(ids[0])
-            if ident >= 0:
-                p = int(self.vocab.prefix_of[ident])
-                if 0 <= p < self.max_prefixes:
-                    self._observe_one(p, int(self.vocab.number_of[ident]))
+        if ids.shape[0] <= SCALAR_BATCH:
+            for ident in ids.tolist():
+                self.observe_one(ident)
             return
         ids = ids[ids >= 0]
         if ids.shape[0] == 0:
@@ -52,19 +56,71 @@ class StrideModel:
         pids = self.vocab.prefix_of[ids]
         nums = self.vocab.number_of[ids]
         ok = (pids >= 0) & (pids < self.max_prefixes)
-        # Sequential per prefix: a batch usually holds one or two prefixes, so a short loop.
-        for p, n in zip(pids[ok].tolist(), nums[ok].tolist()):
-            self._observe_one(p, n)
+        if not ok.all():
+            pids, nums = pids[ok], nums[ok]
+        if pids.shape[0]:
+            self._observe_many(pids, nums)
+
+    def _observe_many(self, pids: numpy.ndarray, nums: numpy.ndarray) -> None:
+        """:meth:`_observe_one` of each ``(prefix, number)`` in order, as array operations.
+
+        Per prefix, the accesses in order give a sequence of steps (the first against the
+        stored last number, if the prefix is known). The stored step becomes the last of
+        them; the run is the stored run plus the number of steps if every step repeats the
+        one before (the first one the stored step), otherwise it restarts at the last step
+        that did not: 1 (0 for a step of 0) plus the steps after it.
+        """
+        order = numpy.argsort(pids, kind="stable")
+        p, v = pids[order], nums[order]
+        m = p.shape[0]
+        start = numpy.ones(m, dtype=bool)
+        start[1:] = p[1:] != p[:-1]
+        starts = numpy.flatnonzero(start)
+        ends = numpy.empty_like(starts)
+        ends[:-1] = starts[1:] - 1
+        ends[-1] = m - 1
+        group = p[starts]
+        known, last, step, run = self.known[group], self.last[group], self.step[group], self.run[group]
+        prev = numpy.empty_like(v)
+        prev[1:] = v[:-1]
+        prev[starts] = last
+        d = v - prev
+        # has: the access makes a step (all but the first access of a prefix never seen).
+        has = numpy.ones(m, dtype=bool)
+        has[starts] = known
+        before = numpy.empty_like(d)
+        before[1:] = d[:-1]
+        before[starts] = step
+        fresh = starts[~known & (starts < ends)]
+        before[fresh + 1] = step[~known & (starts < ends)]
+        reset = has & ((d == 0) | (d != before))
+        last_reset = numpy.maximum.accumulate(numpy.where(reset, numpy.arange(m), -1))[ends]
+        restarted = last_reset >= starts
+        steps = ends - starts + known.astype(numpy.int64)
+        r = numpy.maximum(last_reset, 0)
+        self.run[group] = numpy.where(restarted, (d[r] != 0) + (ends - r), run + steps)
+        self.step[group] = numpy.where(steps > 0, d[ends], step)
+        self.last[group] = v[ends]
+        self.known[group] = True
+
+    def observe_one(self, ident: int) -> None:
+        """:meth:`observe` of one access, on Python scalars."""
+        if ident < 0:
+            return
+        p = self.vocab.prefix_of.item(ident)
+        if 0 <= p < self.max_prefixes:
+            self._observe_one(p, self.vocab.number_of.item(ident))
 
     def _observe_one(self, p: int, n: int) -> None:
-        if self.known[p]:
-            d = n - int(self.last[p])
-            if d != 0 and d == int(self.step[p]):
+        if self.known.item(p):
+            d = n - self.last.item(p)
+            if d != 0 and d == self.step.item(p):
                 self.run[p] += 1
             else:
                 self.step[p] = d
                 self.run[p] = 1 if d != 0 else 0
-        self.known[p] = True
+        else:
+            self.known[p] = True
         self.last[p] = n
 
     def predict(self, ids: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -84,7 +140,17 @@ class StrideModel:
         step = self.step[p]
         width = self.vocab.width_of[ids[rows]]
         numbers = base[:, None] + step[:, None] * numpy.arange(1, k + 1)[None, :]
-        confidence = (1.0 - 0.5 ** numpy.minimum(self.run[p], 30)).astype(numpy.float32)
+        confidence = (1.0 - 0.5 ** numpy.minimum(self.run[p], MAX_CONFIDENCE_RUN)).astype(numpy.float32)
+        # Along a row the numbers move one way: the first negative one ends the row.
+        named = numpy.logical_and.accumulate(numbers >= 0, axis=1)
+        wanted = int(named.sum())
+        if wanted and len(self.vocab) + wanted <= self.vocab.capacity:
+            # Every candidate gets an ID (the vocabulary cannot fill up): name them at once,
+            # in the order the loop below would.
+            r, j = numpy.nonzero(named)
+            cand[rows[r], j] = self.vocab.numbered_many(p[r], numbers[r, j], width[r])
+            conf[rows[r], j] = confidence[r]
+            return cand, conf
         for r, pid, w, nums, c in zip(rows.tolist(), p.tolist(), width.tolist(), numbers.tolist(), confidence.tolist()):
             for j, number in enumerate(nums):
                 if number < 0:
@@ -100,14 +166,14 @@ class StrideModel:
         if ident < 0:
             return []
         vocab = self.vocab
-        pid = int(vocab.prefix_of[ident])
+        pid = vocab.prefix_of.item(ident)
         if pid < 0 or pid >= self.max_prefixes:
             return []
-        run = int(self.run[pid])
+        run = self.run.item(pid)
         if run < self.min_run:
             return []
-        base, step, width = int(vocab.number_of[ident]), int(self.step[pid]), int(vocab.width_of[ident])
-        confidence = 1.0 - 0.5 ** min(run, 30)
+        base, step, width = vocab.number_of.item(ident), self.step.item(pid), vocab.width_of.item(ident)
+        confidence = 1.0 - 0.5 ** min(run, MAX_CONFIDENCE_RUN)
         out = []
         for j in range(1, k + 1):
             number = base + step * j
