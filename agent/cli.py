@@ -893,7 +893,7 @@ def model_train(tenant: str, trace: str, kind: str, promote: bool, actor: str | 
     """Train a model on TRACE, compare it with the champion, register it if it wins.
 
     The model learns from the first part of the trace; candidate and champion are replayed
-    over the held-out end (mlops.holdout_share) with a cache of mlops.eval_cache_share of
+    over the held-out end (mlops.holdout_share, at most mlops.holdout_max_requests) with a cache of mlops.eval_cache_share of
     the distinct keys. The candidate is registered when it beats the champion by
     mlops.promote_margin; a tenant's first model becomes the champion.
     """
@@ -916,6 +916,7 @@ def model_train(tenant: str, trace: str, kind: str, promote: bool, actor: str | 
         loaded.keys,
         kind=kind,
         holdout=float(cfg.get("mlops.holdout_share")),
+        holdout_max=int(cfg.get("mlops.holdout_max_requests")),
         margin=float(cfg.get("mlops.promote_margin")),
         eval_cache_share=float(cfg.get("mlops.eval_cache_share")),
         trace_name=os.path.basename(trace),

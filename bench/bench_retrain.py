@@ -7,8 +7,9 @@ Run from the repository root::
     python bench/bench_retrain.py --requests 200000 --kinds model
 
 What is timed is :func:`agent.mlops.training.train_and_register` — what the agent's
-retraining pipeline runs after reading its dataset: train a candidate on the first 80 %,
-replay candidate, champion and the no-prefetch baseline over the held-out 20 %, register
+retraining pipeline runs after reading its dataset: train a candidate on all but the
+held-out end (``mlops.holdout_share`` of 20 %, at most ``mlops.holdout_max_requests`` of
+10,000: the defaults), replay candidate, champion and the no-prefetch baseline over it, register
 the winner (artefacts written, fsync'd, checksummed) in a fresh registry that already
 holds a champion. The workload is a mixture of a Markov chain, Zipf reads and scans over
 numbered keys, seeded.

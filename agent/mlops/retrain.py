@@ -207,6 +207,7 @@ class RetrainPipeline:
         self.tenant = "default"
         self.margin = 0.0
         self.holdout = 0.2
+        self.holdout_max = 10_000
         self.eval_cache_share = 0.01
         self.learn_online = True
         self._lock = threading.Lock()
@@ -228,6 +229,7 @@ class RetrainPipeline:
             self.tenant = tenant
             self.margin = float(mlops["promote_margin"])
             self.holdout = float(mlops["holdout_share"])
+            self.holdout_max = int(mlops["holdout_max_requests"])
             self.eval_cache_share = float(mlops["eval_cache_share"])
 
     # -- when --------------------------------------------------------------------------------
@@ -284,6 +286,7 @@ class RetrainPipeline:
                 dataset.keys,
                 kind=s.kind,
                 holdout=self.holdout,
+                holdout_max=self.holdout_max,
                 margin=self.margin,
                 eval_cache_share=self.eval_cache_share,
                 trace_name=f"access log ({dataset.source}, {len(dataset.keys)} reads; {reason})",

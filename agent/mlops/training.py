@@ -45,6 +45,7 @@ from cache_core.replay import (
 
 # Defaults of the schema's ``mlops`` section (config_schema/agent.schema.json).
 DEFAULT_HOLDOUT_SHARE = 0.2
+DEFAULT_HOLDOUT_MAX_REQUESTS = 10_000
 DEFAULT_PROMOTE_MARGIN = 0.005
 DEFAULT_EVAL_CACHE_SHARE = 0.01
 # The evaluation cache never has fewer entries than this, whatever the share says.
@@ -169,6 +170,7 @@ def train_from_trace(
     kind: str = "model",
     holdout: float = DEFAULT_HOLDOUT_SHARE,
     *,
+    holdout_max: int = DEFAULT_HOLDOUT_MAX_REQUESTS,
     champion: tuple[Any, Vocabulary] | None = None,
     cache_entries: int | None = None,
     eval_cache_share: float = DEFAULT_EVAL_CACHE_SHARE,
@@ -186,7 +188,9 @@ def train_from_trace(
         raise TrainingError(f"unknown model kind {kind!r}; expected one of {', '.join(MODELS)}")
     if not 0 < holdout < 1:
         raise TrainingError(f"holdout share {holdout} must be between 0 and 1 (exclusive)")
-    split = int(len(keys) * (1 - holdout))
+    # The held-out slice is the trace's last ``holdout`` share, at most ``holdout_max``
+    # requests (a larger slice adds replay time, not evidence); the rest trains.
+    split = max(int(len(keys) * (1 - holdout)), len(keys) - holdout_max)
     if split < MIN_SPLIT_REQUESTS or len(keys) - split < MIN_SPLIT_REQUESTS:
         raise TrainingError(f"a trace of {len(keys)} requests cannot be split into a training window and a held-out share of {holdout}")
     train, tail = keys[:split], keys[split:]
@@ -230,6 +234,7 @@ def train_and_register(
     *,
     kind: str = "model",
     holdout: float = DEFAULT_HOLDOUT_SHARE,
+    holdout_max: int = DEFAULT_HOLDOUT_MAX_REQUESTS,
     margin: float = DEFAULT_PROMOTE_MARGIN,
     eval_cache_share: float = DEFAULT_EVAL_CACHE_SHARE,
     trace_name: str = "",
@@ -250,7 +255,7 @@ def train_and_register(
     champion_version = registry.aliases(tenant)["champion"]
     champion = registry.load_model(tenant, champion_version) if champion_version is not None else None
     result = train_from_trace(
-        keys, kind, holdout, champion=champion, eval_cache_share=eval_cache_share, deadline=deadline, progress=progress, learn_online=learn_online
+        keys, kind, holdout, holdout_max=holdout_max, champion=champion, eval_cache_share=eval_cache_share, deadline=deadline, progress=progress, learn_online=learn_online
     )
     metrics = result.metrics
     register = beats(metrics["candidate_hit_ratio"], metrics["champion_hit_ratio"], margin)

@@ -56,7 +56,7 @@ from cache_core.replay import (
 from tests.unit.test_access_log_export import KEY, append, exporter, section
 
 TENANT = "acme"
-MLOPS = {"promote_margin": 0.0, "holdout_share": 0.2, "eval_cache_share": 0.01}
+MLOPS = {"promote_margin": 0.0, "holdout_share": 0.2, "holdout_max_requests": 10_000, "eval_cache_share": 0.01}
 # Settings for canary tests: a fixed threshold (no adaptation) and every candidate issued.
 CANARY_PREFETCH = PrefetchSettings(depth=2, predict_last=1, threshold=0.1, adaptive=False)
 # Never a wall-clock guardrail in a unit test.
