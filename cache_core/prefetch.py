@@ -20,7 +20,9 @@ backs off instead of polluting the cache.
 
 In the agent (``sync=False``) ``observe`` only appends to a bounded queue (oldest batches
 dropped and counted when the worker falls behind) and a worker thread does the rest, so a
-request never waits for the model or the origin. Replay uses ``sync=True``: each step runs
+request never waits for the model or the origin. Batches queued behind each other are
+joined into one step (up to ``max_batch_keys``): under load the model learns on its
+batched array paths and predicts from the newest keys. Replay uses ``sync=True``: each step runs
 inline, deterministic. ``hint(keys)`` (``PREDIS.HINT``) queues keys a client says it will
 read, loaded like confident candidates.
 
@@ -107,6 +109,7 @@ class PrefetchStats:
     vocabulary_resets: int = 0
     inference_seconds: float = 0.0
     challenger_errors: int = 0
+    coalesced_batches: int = 0
 
 
 class _Bucket:
@@ -218,6 +221,8 @@ class Prefetcher:
                     kind, keys, hits = self._queue.popleft()
                 except IndexError:
                     break
+                if kind == "access":
+                    keys, hits = self._coalesce(keys, hits)
                 try:
                     if kind == "hint":
                         self._load(keys)
@@ -226,6 +231,26 @@ class Prefetcher:
                 except Exception as exc:
                     self.stats.origin_errors += 1
                     log.warning("prefetch step failed: %s: %s", exc.__class__.__name__, exc)
+
+    def _coalesce(self, keys: list[bytes], hits: list[bool]) -> tuple[list[bytes], list[bool]]:
+        """Join the read batches queued behind this one (up to ``max_batch_keys`` keys).
+
+        A worker that fell behind then learns from all of them in one batched step (the
+        array paths: a fraction of the per-key cost) and predicts from the newest keys,
+        which is what is worth prefetching by now.
+        """
+        queue, limit = self._queue, self.settings.max_batch_keys
+        aligned = len(hits) == len(keys)
+        while queue and len(keys) < limit and queue[0][0] == "access":
+            try:
+                _kind, more, more_hits = queue.popleft()
+            except IndexError:
+                break
+            keys = keys + more
+            aligned = aligned and len(more_hits) == len(more)
+            hits = hits + more_hits if aligned else []
+            self.stats.coalesced_batches += 1
+        return keys, hits
 
     def close(self) -> None:
         self._stop = True
@@ -420,6 +445,7 @@ class Prefetcher:
             "origin_misses": st.origin_misses,
             "origin_errors": st.origin_errors,
             "dropped_batches": st.dropped_batches,
+            "coalesced_batches": st.coalesced_batches,
             "hints": st.hints,
             "vocabulary": len(self.vocab),
             "vocabulary_resets": st.vocabulary_resets,

@@ -337,3 +337,47 @@ def test_replay_cli_prints_the_documented_json(tmp_path: Path) -> None:
     assert result["requests"] == 300 and result["hit_ratio"] > 0.95 and result["prefetch"] == "stride"
     bad = subprocess.run([sys.executable, "-m", "agent", "replay", str(tmp_path / "none"), "--cache-entries", "2"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "cannot read" in bad.stderr
+
+
+class _GatedOrigin(MemoryOrigin):
+    """Holds its first load until the test opens the gate (the worker is then busy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def load_many(self, keys: Any) -> list[bytes | None]:
+        self.entered.set()
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        return super().load_many(keys)
+
+
+def test_a_worker_behind_joins_the_queued_batches_into_one_step() -> None:
+    origin = _GatedOrigin()
+    cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 22, origin=origin, read_through=False)
+    vocab = Vocabulary(1024)
+    model = MarkovModel(vocab.capacity)
+    settings = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_batch_keys=64)
+    prefetcher = Prefetcher(cache, origin, model, vocab, settings)
+    try:
+        # A hint keeps the worker at the origin...
+        prefetcher.hint([b"hinted"])
+        assert origin.entered.wait(timeout=10)
+        # Behind it: 20 single reads of a chain c0 -> c1 -> ... -> c19, queued one by one.
+        chain = [b"c%d" % i for i in range(20)]
+        for key in chain:
+            prefetcher.observe([key], [False])
+        origin.gate.set()
+        assert prefetcher.wait_idle(timeout=10)
+    finally:
+        prefetcher.close()
+    st = prefetcher.stats
+    assert st.observed == len(chain)
+    assert st.coalesced_batches == len(chain) - 1  # one step for the whole backlog
+    # Joined, the reads were still learned in order: every chain transition is known.
+    for first, second in zip(chain, chain[1:]):
+        got = model.predict_one(vocab.encode(first), 1)
+        assert got and vocab.decode(got[0][0]) == second
