@@ -340,7 +340,8 @@ class RetrainPipeline:
                 f"{dataset.without_key} reads were recorded without their keys: a model names the keys it "
                 "prefetches, so retraining needs collectors.access_log.store_raw_keys: true"
             )
-        return f"{len(dataset.keys)} reads with keys in the {dataset.source}; mlops.retrain.min_requests is {s.min_requests}"
+        failed = f" ({dataset.segments_failed} segments failed verification: see the log)" if dataset.segments_failed else ""
+        return f"{len(dataset.keys)} reads with keys in the {dataset.source}{failed}; mlops.retrain.min_requests is {s.min_requests}"
 
     # -- reporting --------------------------------------------------------------------------
     def samples(self) -> list[Metric]:

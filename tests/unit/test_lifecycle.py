@@ -815,3 +815,31 @@ def test_retire_challenger_clears_only_the_version_it_names(tmp_path: Path) -> N
     assert registry.retire_challenger(TENANT, 2, "again") is None
     assert len(registry.audit(TENANT)) == count + 1
     assert registry.champion_history(TENANT) == [1]  # a challenger rollback is not a champion rollback
+
+
+def test_service_reads_its_dataset_from_the_exported_segments_with_the_configured_key(tmp_path: Path) -> None:
+    directory = _write_segments(tmp_path)
+    key_file = tmp_path / "segment.key"
+    key_file.write_text(KEY.hex())
+    service, _events, _box = _service(
+        tmp_path,
+        "collectors.access_log.enabled=true",
+        "collectors.access_log.store_raw_keys=true",
+        f"collectors.access_log.export_dir={directory}",
+        f"collectors.access_log.encryption_key=${{file:{key_file}}}",
+    )
+    data = service._dataset(RetrainSettings(recent_requests=150, history_requests=0))
+    all_reads = [k for i in range(SEGMENTS) for k in _segment_reads(i)]
+    assert data.source == "segments" and data.segments_failed == 0
+    assert data.keys == all_reads[-150:]
+    # The wrong key: every segment fails verification and nothing is trained on.
+    key_file.write_text(bytes(32).hex())
+    service, _events, _box = _service(
+        tmp_path,
+        "collectors.access_log.enabled=true",
+        "collectors.access_log.store_raw_keys=true",
+        f"collectors.access_log.export_dir={directory}",
+        f"collectors.access_log.encryption_key=${{file:{key_file}}}",
+    )
+    refused = service._dataset(RetrainSettings(recent_requests=150, history_requests=0))
+    assert refused.keys == [] and refused.segments_failed == SEGMENTS
