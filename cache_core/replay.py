@@ -29,6 +29,10 @@ BASELINE_SETTINGS = PrefetchSettings(depth=2, predict_last=1, threshold=1e-9, ad
 MODEL_SETTINGS = PrefetchSettings(depth=2, predict_last=1)
 # Memory budget per entry on top of its value (keys are bounded by entries, not bytes).
 MEMORY_SLACK_FACTOR = 4
+# Floors of a replay cache's memory and value limits, and the bookkeeping charged per entry.
+MIN_CACHE_MEMORY_BYTES = 1 << 16
+MIN_VALUE_LIMIT_BYTES = 1024
+PER_ENTRY_OVERHEAD_BYTES = 64
 
 
 class MemoryOrigin:
@@ -43,6 +47,31 @@ class MemoryOrigin:
     def load_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         self.loads += len(keys)
         return [self.value] * len(keys)
+
+
+def replay_cache(cache_entries: int, policy: str, origin: Any, value_bytes: int = DEFAULT_VALUE_BYTES) -> Cache:
+    """A real cache of ``cache_entries`` entries reading through from ``origin``."""
+    return Cache(
+        numpy,
+        max_keys=cache_entries,
+        max_memory_bytes=max(MIN_CACHE_MEMORY_BYTES, cache_entries * (value_bytes + PER_ENTRY_OVERHEAD_BYTES) * MEMORY_SLACK_FACTOR),
+        max_value_bytes=max(MIN_VALUE_LIMIT_BYTES, value_bytes),
+        eviction=policy,
+        origin=origin,
+        read_through=True,
+    )
+
+
+def replay_figures(stats: CacheStats, requests: int) -> dict[str, Any]:
+    """Hits, hit ratio and prefetch figures of a replay of ``requests`` demand reads."""
+    return {
+        "requests": requests,
+        "hits": stats.hits,
+        "hit_ratio": stats.hits / requests if requests else 0.0,
+        "prefetches": stats.prefetch_inserted,
+        "prefetch_used": stats.prefetch_used,
+        "prefetch_precision": stats.prefetch_used / stats.prefetch_inserted if stats.prefetch_inserted else None,
+    }
 
 
 class LruSimulator:
@@ -129,15 +158,7 @@ def replay(
     if cache_entries < 1:
         raise ValueError("cache_entries must be at least 1")
     origin = MemoryOrigin(value_bytes)
-    cache = Cache(
-        numpy,
-        max_keys=cache_entries,
-        max_memory_bytes=max(1 << 16, cache_entries * (value_bytes + 64) * MEMORY_SLACK_FACTOR),
-        max_value_bytes=max(1024, value_bytes),
-        eviction=policy,
-        origin=origin,
-        read_through=True,
-    )
+    cache = replay_cache(cache_entries, policy, origin, value_bytes)
     prefetcher: Prefetcher | None = None
     if prefetch != "none":
         distinct = len(set(keys))
@@ -152,18 +173,7 @@ def replay(
             observe((key,))
         if progress is not None and (i + 1) % progress_every == 0:
             progress(i + 1)
-    stats = cache.stats
-    requests = len(keys)
-    out: dict[str, Any] = {
-        "requests": requests,
-        "hits": stats.hits,
-        "hit_ratio": stats.hits / requests if requests else 0.0,
-        "prefetches": stats.prefetch_inserted,
-        "prefetch_used": stats.prefetch_used,
-        "prefetch_precision": stats.prefetch_used / stats.prefetch_inserted if stats.prefetch_inserted else None,
-        "policy": policy,
-        "prefetch": prefetch,
-    }
+    out: dict[str, Any] = {**replay_figures(cache.stats, len(keys)), "policy": policy, "prefetch": prefetch}
     if prefetcher is not None:
         status = prefetcher.status()
         out["inference_seconds_per_access"] = status["inference_seconds_per_access"]

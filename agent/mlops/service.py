@@ -118,16 +118,12 @@ class MlopsService:
             return None
         try:
             version = registry.aliases(self.tenant)["champion"]
-            if version is None:
-                return None
-            model, vocab = registry.load_model(self.tenant, version)
         except (AgentError, OSError) as exc:
-            self.load_error = f"champion of tenant {self.tenant!r} not loaded: {exc}"
+            self.load_error = f"registry of tenant {self.tenant!r} unreadable: {exc}"
             log.error("%s; serving a fresh model", self.load_error)
             return None
-        self.load_error = None
-        set_learning(model, self.learn_online)
-        return model, vocab, version
+        loaded = self._load(version) if version is not None else None
+        return None if loaded is None else (*loaded, version)
 
     def sync(self) -> None:
         """Follow the registry: serve a moved champion, start a canary for a new challenger."""

@@ -26,21 +26,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy
-
 from agent.errors import AgentError
 from agent.mlops.registry import ModelRegistry, RegistryError, keys_digest, save_model
 from agent.security import validate_tenant_id
-from cache_core.cache import Cache
 from cache_core.models import MODELS, Vocabulary, make_model, set_learning
 from cache_core.prefetch import Prefetcher, PrefetchSettings
 from cache_core.replay import (
     BASELINE_SETTINGS,
     DEFAULT_VALUE_BYTES,
-    MEMORY_SLACK_FACTOR,
     MODEL_SETTINGS,
     LruSimulator,
     MemoryOrigin,
+    replay_cache,
+    replay_figures,
 )
 
 # Defaults of the schema's ``mlops`` section (config_schema/agent.schema.json).
@@ -58,10 +56,6 @@ VOCABULARY_HEADROOM = 2
 MIN_VOCABULARY = 1024
 # Keys handed to ``observe`` at once while training.
 TRAIN_BATCH = 4096
-# Cache sizing floors, as replay uses them.
-MIN_CACHE_MEMORY_BYTES = 1 << 16
-MIN_VALUE_LIMIT_BYTES = 1024
-PER_ENTRY_OVERHEAD_BYTES = 64
 
 
 # Requests replayed between two looks at the deadline.
@@ -127,15 +121,7 @@ def evaluate(
         # read), several times faster: evaluation is most of a retrain's time.
         cache = LruSimulator(cache_entries, value_bytes)
     else:
-        cache = Cache(
-            numpy,
-            max_keys=cache_entries,
-            max_memory_bytes=max(MIN_CACHE_MEMORY_BYTES, cache_entries * (value_bytes + PER_ENTRY_OVERHEAD_BYTES) * MEMORY_SLACK_FACTOR),
-            max_value_bytes=max(MIN_VALUE_LIMIT_BYTES, value_bytes),
-            eviction=policy,
-            origin=origin,
-            read_through=True,
-        )
+        cache = replay_cache(cache_entries, policy, origin, value_bytes)
     prefetcher = None
     if model is not None:
         replayed, replayed_vocab = copy.deepcopy((model, vocab))
@@ -148,16 +134,7 @@ def evaluate(
         get(key)
         if observe is not None:
             observe((key,))
-    stats = cache.stats
-    requests = len(keys)
-    return {
-        "requests": requests,
-        "hits": stats.hits,
-        "hit_ratio": stats.hits / requests if requests else 0.0,
-        "prefetches": stats.prefetch_inserted,
-        "prefetch_used": stats.prefetch_used,
-        "prefetch_precision": stats.prefetch_used / stats.prefetch_inserted if stats.prefetch_inserted else None,
-    }
+    return replay_figures(cache.stats, len(keys))
 
 
 def eval_cache_entries(keys: Sequence[bytes], share: float = DEFAULT_EVAL_CACHE_SHARE) -> int:
