@@ -311,31 +311,99 @@ class MarkovModel:
 
 
 class ContextMarkov:
-    """Order-2 successor model: the context is the pair (previous key, current key)."""
+    """Order-2 successor model: the context is the pair (previous key, current key).
+
+    Pair contexts are hashed into a bounded table, and each row remembers the 64-bit hash
+    of the pair that owns it (``owner``): a pair that lands on a row another pair owns
+    takes the row over and starts it empty, and a row answers only the pair that owns
+    it. Without that check a collision would serve one pair's successors for another's,
+    a wrong guess at full confidence (with as many pairs as rows, about a third of the
+    rows are shared).
+    """
 
     name = "markov2"
 
     def __init__(self, contexts: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY) -> None:
         self.table = SuccessorTable(contexts, slots, decay_every)
+        # An empty row predicts nothing whoever owns it, so any start value will do.
+        self.owner = numpy.zeros(self.table.contexts, dtype=numpy.int64)
         self.prev = -1
         self.last = -1
-        # Pair contexts are hashed (multiplicative hash into the table): collisions only
-        # mix two contexts' statistics, they never break anything.
         self._mult = numpy.uint64(_MULT)
 
-    def _ctx(self, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
+    def _keyed(self, a: numpy.ndarray, b: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """Row (``-1``: no context) and 64-bit pair hash of each pair ``(a[i], b[i])``."""
         # Array arithmetic on uint64 wraps modulo 2^64 silently (NumPy warns on scalars only).
         ua, ub = a.astype(numpy.int64, copy=False).view(numpy.uint64), b.astype(numpy.int64, copy=False).view(numpy.uint64)
-        mixed = (ua * self._mult) ^ (ub + numpy.uint64(_SALT))
-        ctx = ((mixed * self._mult) >> numpy.uint64(17)) % numpy.uint64(self.table.contexts)
-        return numpy.where((a >= 0) & (b >= 0), ctx.view(numpy.int64), -1)
+        hashed = ((ua * self._mult) ^ (ub + numpy.uint64(_SALT))) * self._mult
+        ctx = (hashed >> numpy.uint64(17)) % numpy.uint64(self.table.contexts)
+        return numpy.where((a >= 0) & (b >= 0), ctx.view(numpy.int64), -1), hashed.view(numpy.int64)
+
+    def _ctx(self, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
+        return self._keyed(a, b)[0]
+
+    def _keyed_one(self, a: int, b: int) -> tuple[int, int]:
+        """:meth:`_keyed` on Python ints (the same hash, modulo 2^64; the tag as a signed int64)."""
+        if a < 0 or b < 0:
+            return -1, 0
+        hashed = ((((a * _MULT) & _MASK64) ^ ((b + _SALT) & _MASK64)) * _MULT) & _MASK64
+        return (hashed >> 17) % self.table.contexts, hashed - (1 << 64) if hashed >> 63 else hashed
 
     def _ctx_one(self, a: int, b: int) -> int:
-        """:meth:`_ctx` on Python ints (the same hash, modulo 2^64)."""
-        if a < 0 or b < 0:
-            return -1
-        mixed = ((a * _MULT) & _MASK64) ^ ((b + _SALT) & _MASK64)
-        return (((mixed * _MULT) & _MASK64) >> 17) % self.table.contexts
+        return self._keyed_one(a, b)[0]
+
+    def _learn_one(self, a: int, b: int, ident: int) -> None:
+        """Learn ``(a, b) -> ident``: the pair takes its row over first if another pair owns it."""
+        ctx, tag = self._keyed_one(a, b)
+        table = self.table
+        if ctx < 0 or ident < 0 or table.frozen:
+            return
+        if self.owner.item(ctx) != tag:
+            self.owner[ctx] = tag
+            table.succ[ctx] = -1
+            table.count[ctx] = 0.0
+        table.update_one(ctx, ident)
+
+    def _claim(self, ctx: numpy.ndarray, tag: numpy.ndarray, nxt: numpy.ndarray) -> numpy.ndarray:
+        """:meth:`_learn_one`'s take-overs for a batch, as array operations; the rows to learn.
+
+        Per row, the transitions in order: a row changes hands wherever the pair differs
+        from the one before (the first against the stored owner). If it changed hands at
+        all, it is emptied, its owner is the batch's last pair for it, and only the
+        transitions from that last change on are learned; the earlier ones would have been
+        wiped by it. They still count towards the decay, as learning them one by one does.
+        """
+        idx = numpy.flatnonzero((ctx >= 0) & (nxt >= 0))
+        if idx.shape[0] == 0:
+            return ctx
+        order = idx[numpy.argsort(ctx[idx], kind="stable")]
+        rows, tags = ctx[order], tag[order]
+        m = rows.shape[0]
+        start = numpy.ones(m, dtype=bool)
+        start[1:] = rows[1:] != rows[:-1]
+        before = numpy.empty_like(tags)
+        before[1:] = tags[:-1]
+        before[start] = self.owner[rows[start]]
+        changed = tags != before
+        if not changed.any():
+            return ctx
+        position = numpy.arange(m)
+        last_change = numpy.maximum.accumulate(numpy.where(changed, position, -1))
+        starts = numpy.flatnonzero(start)
+        ends = numpy.append(starts[1:], m) - 1
+        group_change = last_change[ends]
+        moved = group_change >= starts
+        group_of = numpy.cumsum(start) - 1
+        dropped = moved[group_of] & (position < group_change[group_of])
+        heads = rows[starts[moved]]
+        self.owner[heads] = tags[ends[moved]]
+        self.table.succ[heads] = -1
+        self.table.count[heads] = 0.0
+        if dropped.any():
+            self.table.seen += int(numpy.count_nonzero(dropped))
+            ctx = ctx.copy()
+            ctx[order[dropped]] = -1
+        return ctx
 
     def observe(self, ids: numpy.ndarray) -> None:
         if ids.shape[0] == 0:
@@ -343,41 +411,53 @@ class ContextMarkov:
         if ids.shape[0] <= SCALAR_BATCH:
             prev, last = self.prev, self.last
             for ident in ids.tolist():
-                self.table.update_one(self._ctx_one(prev, last), ident)
+                self._learn_one(prev, last, ident)
                 prev, last = last, ident
             self.prev, self.last = prev, last
             return
         seq = numpy.concatenate([[self.prev, self.last], ids]).astype(numpy.int64)
-        ctx = self._ctx(seq[:-2], seq[1:-1])
-        self.table.update(ctx, seq[2:])
+        nxt = seq[2:]
+        if not self.table.frozen:
+            ctx, tag = self._keyed(seq[:-2], seq[1:-1])
+            self.table.update(self._claim(ctx, tag, nxt), nxt)
         self.prev, self.last = int(seq[-2]), int(seq[-1])
 
     def observe_one(self, ident: int) -> None:
         """:meth:`observe` of one access, on Python scalars."""
-        self.table.update_one(self._ctx_one(self.prev, self.last), ident)
+        self._learn_one(self.prev, self.last, ident)
         self.prev, self.last = self.last, ident
 
     def predict(self, ids: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         # Called after observe(ids): the context of ids[i] is (ids[i-1], ids[i]).
         seq = numpy.concatenate([[self.prev], ids]) if ids.shape[0] == 1 else numpy.concatenate([[-1], ids])
         seq = seq.astype(numpy.int64, copy=False)
-        return self.table.top(self._ctx(seq[:-1], seq[1:]), k)
+        ctx, tag = self._keyed(seq[:-1], seq[1:])
+        owned = numpy.where(ctx >= 0, self.owner[numpy.maximum(ctx, 0)] == tag, False)
+        return self.table.top(numpy.where(owned, ctx, -1), k)
 
     def predict_one(self, ident: int, k: int) -> list[tuple[int, float]]:
         # Called after observe(): the context of the newest key is (prev, last).
-        return self.table.top_one(self._ctx_one(self.prev, ident), k)
+        ctx, tag = self._keyed_one(self.prev, ident)
+        if ctx < 0 or self.owner.item(ctx) != tag:
+            return []
+        return self.table.top_one(ctx, k)
 
     def save(self, path: str | Path) -> None:
-        save_arrays(path, succ=self.table.succ, count=self.table.count, state=numpy.array([self.prev, self.last], dtype=numpy.int64))
+        save_arrays(path, succ=self.table.succ, count=self.table.count, owner=self.owner, state=numpy.array([self.prev, self.last], dtype=numpy.int64))
 
     def load(self, path: str | Path) -> None:
         data = load_arrays(path)
         if data["succ"].shape != self.table.succ.shape:
             raise ValueError(f"{path}: context table of shape {data['succ'].shape}, expected {self.table.succ.shape}")
+        owner = data.get("owner")
+        if owner is not None and owner.shape != self.owner.shape:
+            raise ValueError(f"{path}: owner array of shape {owner.shape}, expected {self.owner.shape}")
         self.table.succ[...] = data["succ"]
         self.table.count[...] = data["count"]
+        # A file written before rows had owners: no row answers until its pair is seen again.
+        self.owner[...] = 0 if owner is None else owner
         self.prev, self.last = (int(x) for x in data["state"])
 
     @property
     def nbytes(self) -> int:
-        return self.table.nbytes
+        return int(self.table.nbytes + self.owner.nbytes)
