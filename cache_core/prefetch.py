@@ -96,6 +96,7 @@ class PrefetchSettings:
 @dataclass
 class PrefetchStats:
     observed: int = 0
+    steps: int = 0
     candidates: int = 0
     issued: int = 0
     loaded: int = 0
@@ -343,6 +344,7 @@ class Prefetcher:
                 rollout = self.rollout
             started = time.perf_counter()
             self.stats.observed += len(keys)
+            self.stats.steps += 1
             self.model = self._restart_if_full(self.model, self.vocab)
             chosen = self._chosen(self._propose(self.model, self.vocab, keys))
             self.stats.inference_seconds += time.perf_counter() - started
@@ -435,6 +437,7 @@ class Prefetcher:
             "challenger_errors": st.challenger_errors,
             "threshold": round(self.threshold, 4),
             "observed": st.observed,
+            "steps": st.steps,
             "candidates": st.candidates,
             "issued": st.issued,
             "loaded": st.loaded,

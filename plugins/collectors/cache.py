@@ -95,6 +95,9 @@ class CacheCollector:
                 out.append(sample(skipped, value, {"reason": reason}))
             out.append(sample(SPECS["predis_cache_prefetch_threshold"], prefetcher.threshold))
             out.append(sample(SPECS["predis_cache_prefetch_dropped_batches_total"], st.dropped_batches))
+            out.append(sample(SPECS["predis_cache_prefetch_observed_total"], st.observed))
+            out.append(sample(SPECS["predis_cache_prefetch_steps_total"], st.steps))
+            out.append(sample(SPECS["predis_cache_prefetch_inference_seconds_total"], st.inference_seconds))
         return out
 
     @staticmethod

@@ -63,6 +63,13 @@ def test_a_scan_is_prefetched_and_hints_load_named_keys(agent: AgentProcess) -> 
     status = prefetch_status(agent)
     assert status["model"] == "stride" and status["used"] >= 40, status
     assert wait_for(lambda: (agent.metric("predis_cache_prefetch_used_total") or 0) >= 40, what="the prefetch metric")
+    # The model's cost is exported: observed keys, worker steps and the time they took.
+    assert status["steps"] >= 1 and status["observed"] >= status["steps"]
+    observed = wait_for(lambda: (agent.metric("predis_cache_prefetch_observed_total") or 0) >= 60 and agent.metric("predis_cache_prefetch_observed_total"), what="the observed metric")
+    steps = agent.metric("predis_cache_prefetch_steps_total")
+    assert 1 <= steps <= observed
+    spent = agent.metric("predis_cache_prefetch_inference_seconds_total")
+    assert 0 < spent < 60
 
     assert client.execute_command("PREDIS.HINT", "blk0150", "blk0151") == 2
     assert prefetch_status(agent)["hints"] == 2
