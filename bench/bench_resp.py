@@ -88,10 +88,13 @@ def tail(path: Path, chars: int = 2000) -> str:
         return ""
 
 
-def start_agent(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
-    """Start ``python -m agent run`` and wait for its ready line; return (process, port, backend)."""
+def start_agent(tmp: Path, config_text: str = "{}\n", extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start ``python -m agent run`` and wait for its ready line; return (process, port, backend).
+
+    ``config_text`` is the config file's content, ``extra`` more ``--set`` overrides.
+    """
     config = tmp / "agent.yaml"
-    config.write_text("{}\n")
+    config.write_text(config_text)
     out, err = tmp / "agent.out", tmp / "agent.err"
     command = [
         sys.executable, "-m", "agent", "run", "--config", str(config),
@@ -99,6 +102,8 @@ def start_agent(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
         "--set", "agent.http.listen=127.0.0.1:0",
         "--set", f"agent.auth.token_store={tmp / 'tokens.json'}",
     ]  # fmt: skip
+    for override in extra:
+        command += ["--set", override]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with out.open("wb") as fout, err.open("wb") as ferr:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr)

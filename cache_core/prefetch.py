@@ -22,8 +22,15 @@ In the agent (``sync=False``) ``observe`` only appends to a bounded queue (oldes
 dropped and counted when the worker falls behind) and a worker thread does the rest, so a
 request never waits for the model or the origin. Batches queued behind each other are
 joined into one step (up to ``max_batch_keys``): under load the model learns on its
-batched array paths and predicts from the newest keys. Replay uses ``sync=True``: each step runs
-inline, deterministic. ``hint(keys)`` (``PREDIS.HINT``) queues keys a client says it will
+batched array paths and predicts from the newest keys. The worker's share of a core is
+bounded (``max_cpu_share``): after a step that took ``t`` seconds of its thread's CPU
+time it rests ``t × (1 − share) / share`` (at most ``max_pause_seconds``, and never
+while the queue is half full), so the request
+path keeps the rest of the interpreter, and the reads that queue up meanwhile make the
+next step's batch larger and cheaper per key. Model cost is counted in thread CPU time
+(``inference_seconds``), not wall time, which would also count the time the worker waits
+for the interpreter while the server runs. Replay uses ``sync=True``: each step runs
+inline, deterministic, without rests. ``hint(keys)`` (``PREDIS.HINT``) queues keys a client says it will
 read, loaded like confident candidates.
 
 A canary (:meth:`Prefetcher.start_rollout`, driven by :mod:`agent.mlops.rollout`) adds a
@@ -91,6 +98,8 @@ class PrefetchSettings:
     max_bytes_per_second: float = 0.0
     queue_max_batches: int = 1024
     max_batch_keys: int = 1024
+    max_cpu_share: float = 0.2
+    max_pause_seconds: float = 0.05
 
 
 @dataclass
@@ -111,6 +120,7 @@ class PrefetchStats:
     inference_seconds: float = 0.0
     challenger_errors: int = 0
     coalesced_batches: int = 0
+    rest_seconds: float = 0.0
 
 
 class _Bucket:
@@ -153,6 +163,7 @@ class Prefetcher:
         clock: Callable[[], float] = time.monotonic,
         learn_online: bool = True,
         version: int | None = None,
+        rest: Callable[[float], Any] | None = None,
     ) -> None:
         self.cache = cache
         self.origin = origin
@@ -174,6 +185,10 @@ class Prefetcher:
         self._adapt_base = (0, 0)  # (inserted, used) at the last adaptation
         self._queue: deque[tuple[str, list[bytes], list[bool]]] = deque()
         self._wake = threading.Event()
+        # Ends a rest early: set by close() and by a queue half full (a rest must not
+        # cost batches that the bounded queue would drop).
+        self._rouse = threading.Event()
+        self._rest = rest or self._rest_until_roused
         self._stop = False
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -204,6 +219,8 @@ class Prefetcher:
     def _enqueue(self, kind: str, keys: list[bytes], hits: list[bool]) -> None:
         queue = self._queue
         queue.append((kind, keys, hits))
+        if 2 * len(queue) >= self.settings.queue_max_batches:
+            self._rouse.set()
         if len(queue) > self.settings.queue_max_batches:
             try:
                 queue.popleft()
@@ -224,6 +241,7 @@ class Prefetcher:
                     break
                 if kind == "access":
                     keys, hits = self._coalesce(keys, hits)
+                started = time.thread_time()
                 try:
                     if kind == "hint":
                         self._load(keys)
@@ -232,6 +250,10 @@ class Prefetcher:
                 except Exception as exc:
                     self.stats.origin_errors += 1
                     log.warning("prefetch step failed: %s: %s", exc.__class__.__name__, exc)
+                rest = self.rest_after(time.thread_time() - started)
+                if rest > 0:
+                    self.stats.rest_seconds += rest
+                    self._rest(rest)
 
     def _coalesce(self, keys: list[bytes], hits: list[bool]) -> tuple[list[bytes], list[bool]]:
         """Join the read batches queued behind this one (up to ``max_batch_keys`` keys).
@@ -253,8 +275,22 @@ class Prefetcher:
             self.stats.coalesced_batches += 1
         return keys, hits
 
+    def rest_after(self, cpu_seconds: float) -> float:
+        """How long the worker rests after a step that took ``cpu_seconds`` of CPU time."""
+        share = self.settings.max_cpu_share
+        if share >= 1 or cpu_seconds <= 0:
+            return 0.0
+        return min(self.settings.max_pause_seconds, cpu_seconds * (1 - share) / share)
+
+    def _rest_until_roused(self, seconds: float) -> None:
+        if 2 * len(self._queue) < self.settings.queue_max_batches:
+            self._rouse.clear()
+            if not self._stop:
+                self._rouse.wait(seconds)
+
     def close(self) -> None:
         self._stop = True
+        self._rouse.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -342,17 +378,17 @@ class Prefetcher:
                 rollout.record_reads(keys, hits)
                 self._settle()
                 rollout = self.rollout
-            started = time.perf_counter()
+            started = time.thread_time()
             self.stats.observed += len(keys)
             self.stats.steps += 1
             self.model = self._restart_if_full(self.model, self.vocab)
             chosen = self._chosen(self._propose(self.model, self.vocab, keys))
-            self.stats.inference_seconds += time.perf_counter() - started
+            self.stats.inference_seconds += time.thread_time() - started
             if rollout is not None and self._challenger is not None:
                 chosen = [k for k, arm in zip(chosen, rollout.arms_of(chosen)) if arm == 0]
                 rollout.record_prefetches(0, len(chosen))
                 model, vocab, version = self._challenger
-                started = time.perf_counter()
+                started = time.thread_time()
                 try:
                     model = self._restart_if_full(model, vocab)
                     self._challenger = (model, vocab, version)
@@ -362,7 +398,7 @@ class Prefetcher:
                     log.warning("prefetch: the challenger model failed: %s: %s", exc.__class__.__name__, exc)
                     rollout.record_error(exc)
                     challenged = []
-                rollout.record_inference(time.perf_counter() - started, len(keys))
+                rollout.record_inference(time.thread_time() - started, len(keys))
                 mine = [k for k, arm in zip(challenged, rollout.arms_of(challenged)) if arm == 1]
                 rollout.record_prefetches(1, len(mine))
                 chosen += mine
@@ -449,6 +485,7 @@ class Prefetcher:
             "origin_errors": st.origin_errors,
             "dropped_batches": st.dropped_batches,
             "coalesced_batches": st.coalesced_batches,
+            "rest_seconds": round(st.rest_seconds, 6),
             "hints": st.hints,
             "vocabulary": len(self.vocab),
             "vocabulary_resets": st.vocabulary_resets,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,16 @@ from cache_core.models import (
 )
 from cache_core.prefetch import Prefetcher, PrefetchSettings
 from cache_core.replay import MemoryOrigin, replay
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return bool(predicate())
 
 
 def ids(vocab: Vocabulary, *keys: str) -> numpy.ndarray:
@@ -462,3 +473,95 @@ def test_a_worker_behind_joins_the_queued_batches_into_one_step() -> None:
     for first, second in zip(chain, chain[1:]):
         got = model.predict_one(vocab.encode(first), 1)
         assert got and vocab.decode(got[0][0]) == second
+
+
+def test_the_rest_after_a_step_keeps_the_worker_within_its_cpu_share() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    vocab = Vocabulary(64)
+    rest = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), vocab, PrefetchSettings(max_cpu_share=0.2, max_pause_seconds=0.05), sync=True).rest_after
+    assert rest(0.001) == pytest.approx(0.004)  # busy 1 ms, idle 4 ms: 20 % of the time
+    assert rest(1.0) == 0.05  # never longer than max_pause_seconds
+    assert rest(0.0) == 0.0
+    unbounded = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), vocab, PrefetchSettings(max_cpu_share=1.0), sync=True)
+    assert unbounded.rest_after(1.0) == 0.0
+
+
+class _Rests:
+    """Stands in for the worker's rest: records what it was asked and holds the worker
+    until the test lets it go."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.asked: list[float] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        self.entered.set()
+        assert self.gate.wait(timeout=10)
+
+
+def test_reads_that_arrive_while_the_worker_rests_are_learned_as_one_batch() -> None:
+    cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 22)
+    vocab = Vocabulary(1024)
+    model = MarkovModel(vocab.capacity)
+    settings = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_cpu_share=0.05, max_pause_seconds=1.0)
+    rests = _Rests()
+    prefetcher = Prefetcher(cache, MemoryOrigin(), model, vocab, settings, rest=rests)
+    chain = [b"c%d" % i for i in range(20)]
+    try:
+        prefetcher.observe([chain[0]], [False])
+        # The first step took some CPU time, so the worker rests 19x as long (capped).
+        assert rests.entered.wait(timeout=10)
+        assert 0 < rests.asked[0] <= 1.0
+        for key in chain[1:]:
+            prefetcher.observe([key], [False])
+        rests.gate.set()
+        assert prefetcher.wait_idle(timeout=10)
+    finally:
+        prefetcher.close()
+    st = prefetcher.stats
+    assert st.observed == 20 and st.steps == 2 and st.coalesced_batches == 18
+    assert st.rest_seconds == pytest.approx(sum(rests.asked))
+    for first, second in zip(chain, chain[1:]):
+        got = model.predict_one(vocab.encode(first), 1)
+        assert got and vocab.decode(got[0][0]) == second
+
+
+def test_a_worker_with_the_whole_core_never_rests() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    rests = _Rests()
+    rests.gate.set()
+    prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), PrefetchSettings(max_cpu_share=1.0), rest=rests)
+    try:
+        for i in range(5):
+            prefetcher.observe([b"k%d" % i])
+        assert prefetcher.wait_idle(timeout=10)
+    finally:
+        prefetcher.close()
+    assert rests.asked == [] and prefetcher.stats.rest_seconds == 0.0 and prefetcher.stats.observed == 5
+
+
+class _LongRests(Prefetcher):
+    """Asks for a rest far longer than the test waits: only the queue can end it."""
+
+    def rest_after(self, cpu_seconds: float) -> float:
+        return 60.0
+
+
+def test_a_queue_half_full_ends_the_rest_so_no_batch_is_dropped() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    settings = PrefetchSettings(queue_max_batches=8, max_pause_seconds=60.0)
+    prefetcher = _LongRests(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings)
+    try:
+        prefetcher.observe([b"first"])
+        # The worker took the first batch and is resting for a minute...
+        assert wait_until(lambda: prefetcher.stats.rest_seconds > 0)
+        for i in range(4):  # ...until the fourth queued batch fills half the queue.
+            prefetcher.observe([b"k%d" % i])
+        assert wait_until(lambda: prefetcher.stats.observed == 5, timeout=20)
+    finally:
+        prefetcher.close()
+    assert prefetcher.stats.dropped_batches == 0
