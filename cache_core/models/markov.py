@@ -39,6 +39,9 @@ SHARE_PRIOR = 1.0
 # round of array calls per successor of the busiest context.
 SCALAR_PAIRS = 32
 SCALAR_CONTEXTS = 16
+# Predictions for at most this many rows rank each row on Python scalars: cheaper than the
+# column-by-column array passes for so few rows.
+SCALAR_ROWS = 8
 # A batch that counts one slot up more often than this falls back to numpy.add.at.
 MAX_REPEAT_ROUNDS = 8
 # NumPy sums rows shorter than this one element after the other (pairwise summation
@@ -233,6 +236,8 @@ class SuccessorTable:
 
     def top(self, ctx: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         n = ctx.shape[0]
+        if n <= SCALAR_ROWS:
+            return self._top_rows(ctx, k)
         cand, conf = empty_prediction(n, k)
         ok = (ctx >= 0) & (ctx < self.contexts)
         if not ok.any():
@@ -253,6 +258,37 @@ class SuccessorTable:
                 cand[:, j], conf[:, j] = top_succ, share
             else:
                 cand[ok, j], conf[ok, j] = top_succ, share
+        return cand, conf
+
+    def _top_rows(self, ctx: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """:meth:`top` of a few rows, ranked on Python scalars (the same results, bit for bit).
+
+        The totals are summed as :meth:`top` sums them (:func:`_row_sum`, float32), the
+        slots ranked by count with ties to the lower slot (a stable sort), and each share
+        divided in float64: the quotient of two float32 values rounded to float32 is
+        their float32 quotient.
+        """
+        n = ctx.shape[0]
+        cand, conf = empty_prediction(n, k)
+        rows = [(r, c) for r, c in enumerate(ctx.tolist()) if 0 <= c < self.contexts]
+        if not rows:
+            return cand, conf
+        picked = [c for _, c in rows]
+        counts = self.count[picked]
+        totals = _row_sum(counts)
+        denominators = (totals + numpy.float32(SHARE_PRIOR)).tolist()
+        successors = self.succ[picked].tolist()
+        kk = min(k, self.slots)
+        for (r, _c), row_counts, row_succ, total, denominator in zip(rows, counts.tolist(), successors, totals.tolist(), denominators):
+            counted = total > 0
+            ranked = sorted(range(self.slots), key=lambda j, cs=row_counts: -cs[j])
+            for j in range(kk):
+                slot = ranked[j]
+                succ = row_succ[slot]
+                if succ >= 0:
+                    cand[r, j] = succ
+                    if counted:
+                        conf[r, j] = row_counts[slot] / denominator
         return cand, conf
 
     @property

@@ -323,12 +323,13 @@ class MixtureModel:
         """The noisy-OR merge, one row at a time (short batches)."""
         n = per_expert[0][0].shape[0]
         out_c, out_s = empty_prediction(n, k)
+        rows = [(w, cand.tolist(), conf.tolist()) for w, (cand, conf) in zip(weights.tolist(), per_expert)]
         for row in range(n):
             miss_prob: dict[int, float] = {}
-            for e, (cand, conf) in enumerate(per_expert):
-                for ident, c in zip(cand[row].tolist(), conf[row].tolist()):
+            for w, cands, confs in rows:
+                for ident, c in zip(cands[row], confs[row]):
                     if ident >= 0 and c > 0:
-                        miss_prob[ident] = miss_prob.get(ident, 1.0) * (1.0 - float(weights[e]) * c)
+                        miss_prob[ident] = miss_prob.get(ident, 1.0) * (1.0 - w * c)
             if not miss_prob:
                 continue
             best = sorted(miss_prob.items(), key=lambda item: item[1])[:k]

@@ -125,6 +125,8 @@ class StrideModel:
 
     def predict(self, ids: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         n = ids.shape[0]
+        if n <= SCALAR_BATCH:
+            return self._predict_rows(ids, k)
         cand, conf = empty_prediction(n, k)
         valid = ids >= 0
         if not valid.any():
@@ -160,6 +162,16 @@ class StrideModel:
                     break
                 cand[r, j] = got
                 conf[r, j] = c
+        return cand, conf
+
+    def _predict_rows(self, ids: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """:meth:`predict` of a few keys, one :meth:`predict_one` per row (the same keys are
+        named in the same order, so the vocabulary ends up the same too)."""
+        cand, conf = empty_prediction(ids.shape[0], k)
+        for r, ident in enumerate(ids.tolist()):
+            for j, (got, confidence) in enumerate(self.predict_one(ident, k)):
+                cand[r, j] = got
+                conf[r, j] = confidence
         return cand, conf
 
     def predict_one(self, ident: int, k: int) -> list[tuple[int, float]]:

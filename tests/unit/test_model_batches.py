@@ -522,6 +522,10 @@ def test_successor_top_matches_the_reference_for_any_slot_count(slots: int) -> N
     for k in (1, 2, slots, slots + 2):
         assert_same_prediction(ref.top(ctx, k), table.top(ctx, k))
         assert_same_prediction(ref.top(ctx[3:50], k), table.top(ctx[3:50], k))
+        # A few rows at a time take the scalar ranking (markov_module.SCALAR_ROWS).
+        for start in range(0, ctx.shape[0], 5):
+            for rows in (1, 3, markov_module.SCALAR_ROWS):
+                assert_same_prediction(ref.top(ctx[start : start + rows], k), table.top(ctx[start : start + rows], k))
 
 
 # ----------------------------------------------------------------------------- state round trips
