@@ -13,9 +13,11 @@ replayed through the real cache code (``cache_core.replay``) at cache sizes of 1
 and 10 % of its distinct keys, for every policy × prefetch combination. Hit ratios count
 demand hits, including hits on prefetched entries; prefetches are not requests.
 
-The inference row measures the model's own work per access (vocabulary, observe,
-predict), for accesses one at a time (replay, single GETs) and in batches of 1,000 and
-4,096 (pipelined MGETs), against the cache's own GET of the same keys as the baseline.
+The inference rows measure the model's own work per access (vocabulary, observe,
+predict after every access), in thread CPU time, for accesses one at a time (replay,
+single GETs) and in batches of 16 to 4,096 (the prefetch worker's joined reads, pipelined
+MGETs), against the cache's own GET of the same keys as the baseline.
+``--inference-only`` runs just those rows.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ SIZES = (0.01, 0.05, 0.10)
 KEYS = 10_000
 STRUCTURED = ("sequential", "loop", "markov", "mixture", "phase_change")
 UNSTRUCTURED = ("zipf0.8", "zipf1.0", "zipf1.2")
-# Accesses per model call in the inference rows: one at a time, then pipelined batches.
-INFERENCE_BATCHES = (1, 1000, 4096)
+# Accesses per model call in the inference rows: one at a time, then batches as the
+# prefetch worker sees them (joined reads, pipelined MGETs).
+INFERENCE_BATCHES = (1, 16, 64, 256, 1000, 4096)
 
 
 def zipf(rng: numpy.random.Generator, n: int, s: float, keys: int = KEYS, offset: int = 0) -> list[int]:
@@ -101,15 +104,15 @@ def inference_cost(n: int) -> list[dict[str, Any]]:
     cache = Cache(numpy, max_keys=KEYS * 2, max_memory_bytes=64 << 20)
     for k in keys[:KEYS]:
         cache.set(k, b"v" * 64)
-    started = time.perf_counter()
+    started = time.thread_time()
     for k in keys:
         cache.get(k)
-    get_cost = (time.perf_counter() - started) / n
+    get_cost = (time.thread_time() - started) / n
     for label, make in (("markov", lambda v: MarkovModel(v.capacity)), ("model", lambda v: MixtureModel(v, v.capacity))):
         for batch in INFERENCE_BATCHES:
             vocab = Vocabulary(4 * KEYS)
             model = make(vocab)
-            started = time.perf_counter()
+            started = time.thread_time()
             for i in range(0, n, batch):
                 ids = vocab.encode_many(keys[i : i + batch])
                 model.observe(ids)
@@ -117,7 +120,7 @@ def inference_cost(n: int) -> list[dict[str, Any]]:
                     model.predict_one(int(ids[0]), 2)
                 else:
                     model.predict(ids, 2)
-            cost = (time.perf_counter() - started) / n
+            cost = (time.thread_time() - started) / n
             out.append({"model": label, "batch": batch, "seconds_per_access": cost, "get_seconds": get_cost})
     return out
 
@@ -127,9 +130,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--inference-only", action="store_true", help="only the inference cost rows")
     args = parser.parse_args()
-    rows = run_suite(args.requests, args.seed)
     costs = inference_cost(min(args.requests, 20_000))
+    if args.inference_only:
+        print(f"Machine: {machine()}; {min(args.requests, 20_000)} accesses of a Markov chain over {KEYS} keys.\n")
+        print_costs(costs)
+        return
+    rows = run_suite(args.requests, args.seed)
     print("## Prefetching: replay of the synthetic suite (bench/bench_prefetch.py)\n")
     print(f"Machine: {machine()}; {args.requests} requests per workload, seed {args.seed}, {KEYS} keys per generator.\n")
     print("Hit ratio (%) by workload, cache size (share of distinct keys) and policy; columns: prefetch none / stride / markov / model (precision of model in brackets).\n")
@@ -151,6 +159,10 @@ def main() -> None:
     print(f"- none − model on workloads without structure (Zipf): worst loss {max(loss) * 100:.2f} pp (target ≤ 0.5 pp)")
     seq = [index[("sequential", s, p, m)]["hit_ratio"] for s in SIZES for p in POLICIES for m in ("stride", "model")]
     print(f"- sequential scan with stride or model: lowest hit ratio {min(seq) * 100:.1f} % (target ≥ 95 %)\n")
+    print_costs(costs)
+
+
+def print_costs(costs: list[dict[str, Any]]) -> None:
     print("| inference per access | batch | µs per access | cache GET µs (baseline) | ratio |")
     print("|---|---|---|---|---|")
     for c in costs:

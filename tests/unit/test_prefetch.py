@@ -470,6 +470,11 @@ def test_a_worker_behind_joins_the_queued_batches_into_one_step() -> None:
     assert st.observed == len(chain)
     assert st.coalesced_batches == len(chain) - 1  # one step for the whole backlog
     # Joined, the reads were still learned in order: every chain transition is known.
+    assert_learned_in_order(model, vocab, chain)
+
+
+def assert_learned_in_order(model: MarkovModel, vocab: Vocabulary, chain: list[bytes]) -> None:
+    """``model`` predicts each key of ``chain`` from the one before."""
     for first, second in zip(chain, chain[1:]):
         got = model.predict_one(vocab.encode(first), 1)
         assert got and vocab.decode(got[0][0]) == second
@@ -525,9 +530,7 @@ def test_reads_that_arrive_while_the_worker_rests_are_learned_as_one_batch() -> 
     st = prefetcher.stats
     assert st.observed == 20 and st.steps == 2 and st.coalesced_batches == 18
     assert st.rest_seconds == pytest.approx(sum(rests.asked))
-    for first, second in zip(chain, chain[1:]):
-        got = model.predict_one(vocab.encode(first), 1)
-        assert got and vocab.decode(got[0][0]) == second
+    assert_learned_in_order(model, vocab, chain)
 
 
 def test_a_worker_with_the_whole_core_never_rests() -> None:
