@@ -93,7 +93,7 @@ def settled_counters(base: str, interval: float) -> dict[str, float]:
 
 def run_mode(mode: str, origin_port: int, cli: str, bench: str, opts: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
     tmp = Path(tempfile.mkdtemp(prefix=f"agent-{mode}-", dir=root))
-    extra = (f"agent.collect.interval_seconds={opts.collect_interval}",)
+    extra = (f"agent.collect.interval_seconds={opts.collect_interval}", *opts.set)
     proc, port, _backend = start_agent(tmp, agent_config(origin_port, mode), extra)
     try:
         load(cli, port, opts.keyspace, root)
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--collect-interval", type=float, default=1.0)
     parser.add_argument("--modes", default=",".join(MODES[1:]), help="prefetch models to run against the baseline")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another config override for every agent (repeatable)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()

@@ -263,17 +263,25 @@ class Prefetcher:
         which is what is worth prefetching by now.
         """
         queue, limit = self._queue, self.settings.max_batch_keys
+        if not queue or len(keys) >= limit or queue[0][0] != "access":
+            return keys, hits
+        # Extended in place (the batches are the worker's own copies): joining n batches
+        # costs O(n), not the O(n^2) of concatenating one list after the other.
+        keys, hits = list(keys), list(hits)
         aligned = len(hits) == len(keys)
+        joined = 0
         while queue and len(keys) < limit and queue[0][0] == "access":
             try:
                 _kind, more, more_hits = queue.popleft()
             except IndexError:
                 break
-            keys = keys + more
+            keys.extend(more)
             aligned = aligned and len(more_hits) == len(more)
-            hits = hits + more_hits if aligned else []
-            self.stats.coalesced_batches += 1
-        return keys, hits
+            if aligned:
+                hits.extend(more_hits)
+            joined += 1
+        self.stats.coalesced_batches += joined
+        return keys, (hits if aligned else [])
 
     def rest_after(self, cpu_seconds: float) -> float:
         """How long the worker rests after a step that took ``cpu_seconds`` of CPU time."""
