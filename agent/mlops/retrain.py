@@ -66,6 +66,7 @@ class RetrainSettings:
     recent_requests: int = 200_000
     history_requests: int = 100_000
     min_requests: int = 10_000
+    settle_requests: int = 0
 
     @classmethod
     def from_config(cls, section: dict[str, Any]) -> RetrainSettings:
@@ -197,8 +198,11 @@ class RetrainPipeline:
         on_event: Callable[[str, dict[str, Any]], None],
         on_done: Callable[[dict[str, Any], Dataset | None], None],
         clock: Callable[[], float] = time.monotonic,
+        reads_logged: Callable[[], int] = lambda: 0,
     ) -> None:
         self._dataset = dataset
+        # Reads the access log has taken so far (settle_requests counts from a drift on).
+        self._reads_logged = reads_logged
         self._on_event = on_event
         self._on_done = on_done
         self._clock = clock
@@ -212,6 +216,7 @@ class RetrainPipeline:
         self.learn_online = True
         self._lock = threading.Lock()
         self._pending: tuple[str, dict[str, Any] | None] | None = None
+        self._pending_since = 0  # reads logged when the pending request came
         self.running = False
         self.phase = "idle"
         self.last_started: float | None = None
@@ -238,6 +243,9 @@ class RetrainPipeline:
         with self._lock:
             if not self.settings.enabled:
                 return False
+            if self._pending is None or self._pending[1] is None:
+                # The settling count starts at the first drift of a pending request.
+                self._pending_since = self._reads_logged()
             self._pending = (reason, drift)
             return True
 
@@ -255,11 +263,21 @@ class RetrainPipeline:
                 return None
             if since is not None and since < s.min_interval_seconds:
                 return None
+            if self._pending[1] is not None and self.settling() > 0:
+                # After a drift, train on the new regime rather than the moment it began.
+                self.phase = "settling"
+                return None
             pending, self._pending = self._pending, None
             self.running = True
             self.last_started = now
             self.phase = "starting"
             return pending
+
+    def settling(self) -> int:
+        """Reads still to be logged before a pending drift retrain may start (0: none)."""
+        if self._pending is None or self._pending[1] is None:
+            return 0
+        return max(0, self.settings.settle_requests - (self._reads_logged() - self._pending_since))
 
     # -- one run (a worker thread) -----------------------------------------------------------
     def run(self, reason: str, drift: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -361,6 +379,7 @@ class RetrainPipeline:
                 "running": self.running,
                 "phase": self.phase,
                 "pending": self._pending[0] if self._pending else None,
+                "settling_requests": self.settling(),
                 "results": dict(self.results),
                 "last": self.last_result,
             }

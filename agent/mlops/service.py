@@ -76,7 +76,7 @@ class MlopsService:
         self.learn_online = True
         self.depth = 1
         self.rollout_settings = RolloutSettings()
-        self.pipeline = RetrainPipeline(self._dataset, emit, self._retrained)
+        self.pipeline = RetrainPipeline(self._dataset, emit, self._retrained, reads_logged=self._reads_logged)
         self.decisions: Counter[str] = Counter({d: 0 for d in DECISIONS})
         self.load_error: str | None = None
         self.last_rollout: dict[str, Any] | None = None
@@ -221,6 +221,11 @@ class MlopsService:
         if decision.retrain and self.pipeline.settings.on_drift:
             self.pipeline.request(f"drift: {decision.reason}", result.public())
         return decision
+
+    def _reads_logged(self) -> int:
+        """Events the access-log ring has taken (0 without one)."""
+        ring = self._ring()
+        return int(ring.head) if ring is not None else 0
 
     def _dataset(self, settings: RetrainSettings) -> Dataset:
         access_log = self.access_log

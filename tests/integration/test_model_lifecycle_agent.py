@@ -108,6 +108,9 @@ def test_drift_retrain_canary_promotion_and_automatic_rollback(tmp_path: Path, r
                 "history_requests": 0,
                 "min_requests": 1000,
                 "min_interval_seconds": 3600,
+                # Train on B, not on the moment it began: how many B reads precede the
+                # drift check depends on the machine's speed.
+                "settle_requests": 2000,
                 "time_budget_seconds": 60,
             },
             "rollout": {"steps": [0.2, 0.5, 1.0], "block_requests": 150, "min_blocks": 3, "max_blocks": BLOCK_BUDGET, "margin": 0.02, "z": 3},

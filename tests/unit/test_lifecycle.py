@@ -278,6 +278,27 @@ def test_retrain_promotes_the_first_model_then_judges_later_ones(tmp_path: Path)
     assert pipeline.status()["last"] is other and pipeline.status()["running"] is False
 
 
+def test_a_drift_retrain_waits_for_settle_requests_more_logged_reads(tmp_path: Path) -> None:
+    logged = [1000]
+    events: list[tuple[str, dict]] = []
+    pipeline = RetrainPipeline(Box(_dataset([])), lambda name, data: events.append((name, data)), lambda report, data: None, reads_logged=lambda: logged[0])
+    values = {"enabled": True, "kind": "markov", "min_requests": 100, "min_interval_seconds": 0.0, "settle_requests": 500}
+    pipeline.configure(RetrainSettings(**values), ModelRegistry(tmp_path / "registry"), TENANT, MLOPS)
+    assert pipeline.request("drift: moved", {"score": 1.0})
+    assert pipeline.due() is None and pipeline.status()["settling_requests"] == 500
+    assert pipeline.status()["phase"] == "settling"
+    logged[0] = 1499
+    # A second drift while settling does not start the count again.
+    assert pipeline.request("drift: still moving", {"score": 2.0})
+    assert pipeline.due() is None and pipeline.status()["settling_requests"] == 1
+    logged[0] = 1500
+    assert pipeline.due() == ("drift: still moving", {"score": 2.0})
+    assert pipeline.status()["settling_requests"] == 0
+    # A request without a drift (schedule, CLI) never waits.
+    pipeline.running = False
+    assert pipeline.request("schedule") and pipeline.due() == ("schedule", None)
+
+
 def test_retrain_without_enough_data_or_without_keys_ends_no_data(tmp_path: Path) -> None:
     box = Box(_dataset(numbered_chain(50, states=30)))
     pipeline, events, done = _pipeline(tmp_path, box, min_requests=100)
