@@ -230,10 +230,10 @@ class Box:
         return self.data
 
 
-def _pipeline(tmp_path: Path, box: Box, learn_online: bool = True, clock: Any = time.monotonic, **settings: Any) -> tuple[RetrainPipeline, list, list]:
+def _pipeline(tmp_path: Path, box: Box, learn_online: bool = True, clock: Any = time.monotonic, reads_logged: Any = lambda: 0, **settings: Any) -> tuple[RetrainPipeline, list, list]:
     events: list[tuple[str, dict]] = []
     done: list[tuple[dict, Any]] = []
-    pipeline = RetrainPipeline(box, lambda name, data: events.append((name, data)), lambda report, data: done.append((report, data)), clock=clock)
+    pipeline = RetrainPipeline(box, lambda name, data: events.append((name, data)), lambda report, data: done.append((report, data)), clock=clock, reads_logged=reads_logged)
     values = {"enabled": True, "kind": "markov", "min_requests": 100, "min_interval_seconds": 0.0, **settings}
     pipeline.configure(RetrainSettings(**values), ModelRegistry(tmp_path / "registry"), TENANT, MLOPS, learn_online=learn_online)
     return pipeline, events, done
@@ -280,10 +280,7 @@ def test_retrain_promotes_the_first_model_then_judges_later_ones(tmp_path: Path)
 
 def test_a_drift_retrain_waits_for_settle_requests_more_logged_reads(tmp_path: Path) -> None:
     logged = [1000]
-    events: list[tuple[str, dict]] = []
-    pipeline = RetrainPipeline(Box(_dataset([])), lambda name, data: events.append((name, data)), lambda report, data: None, reads_logged=lambda: logged[0])
-    values = {"enabled": True, "kind": "markov", "min_requests": 100, "min_interval_seconds": 0.0, "settle_requests": 500}
-    pipeline.configure(RetrainSettings(**values), ModelRegistry(tmp_path / "registry"), TENANT, MLOPS)
+    pipeline, _events, _done = _pipeline(tmp_path, Box(_dataset([])), reads_logged=lambda: logged[0], settle_requests=500)
     assert pipeline.request("drift: moved", {"score": 1.0})
     assert pipeline.due() is None and pipeline.status()["settling_requests"] == 500
     assert pipeline.status()["phase"] == "settling"
