@@ -32,7 +32,7 @@ from agent.http import is_loopback, make_ssl_context, open_listener, parse_liste
 from cache_core.access_log import AccessLog
 from cache_core.backend import Backend
 from cache_core.cache import Cache, null_access_hook
-from cache_core.models import Vocabulary, make_model
+from cache_core.models import Vocabulary, make_model, place_model
 from cache_core.prefetch import PrefetchSettings, Prefetcher, test_inference
 from cache_core.resp.server import RespLimits, RespServer
 
@@ -265,13 +265,14 @@ class CacheService:
             version: int | None = None
             if served is not None:
                 model, vocab, version = served
+                place_model(model, cache.xp)
                 result = test_inference(model, vocab, settings.depth)
                 if not result[0]:
                     log.error("prefetch: champion v%d failed its test inference (%s); serving a fresh %s model", version, result[1], section["model"])
                     served, version = None, None
             if served is None:
                 vocab = Vocabulary(int(section["vocabulary_size"]))
-                model = make_model(section["model"], vocab)
+                model = make_model(section["model"], vocab, xp=cache.xp)
                 result = test_inference(model, vocab, settings.depth)
             learn = bool(section.get("learn_online", True)) or version is None
             self.prefetcher = Prefetcher(cache, origin, model, vocab, settings, learn_online=learn, version=version)

@@ -19,6 +19,14 @@ import numpy
 BACKENDS = ("auto", "cupy", "numpy")
 
 
+def to_host(array: Any) -> numpy.ndarray:
+    """``array`` as a NumPy array: a device array is copied to the host, a host one kept."""
+    get = getattr(array, "get", None)
+    if get is not None:
+        return numpy.asarray(get())
+    return numpy.asarray(array)
+
+
 class BackendError(RuntimeError):
     """The requested array backend cannot be used on this host."""
 

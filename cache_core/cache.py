@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy
 
+from cache_core.backend import to_host
 from cache_core.eviction import make_policy
 from cache_core.keys import Fingerprinter
 from cache_core.store import ValueStore, ValueTooLargeError
@@ -99,12 +100,6 @@ class CacheStats:
     max_keys: int = 0
 
 
-def _to_host(array: Any) -> numpy.ndarray:
-    if hasattr(array, "get"):  # pragma: no cover - needs a GPU
-        return numpy.asarray(array.get())
-    return numpy.asarray(array)
-
-
 class Cache:
     """A bounded key-value cache with TTL and eviction on an array backend."""
 
@@ -175,11 +170,11 @@ class Cache:
 
     def _find(self, hi: numpy.ndarray, lo: numpy.ndarray, now: int) -> numpy.ndarray:
         """Entry IDs for fingerprints (-1 absent); expired entries are removed here."""
-        slots = _to_host(self.table.lookup(hi, lo)).astype(numpy.int64)
+        slots = to_host(self.table.lookup(hi, lo)).astype(numpy.int64)
         eids = numpy.full(len(slots), -1, dtype=numpy.int64)
         found = slots >= 0
         if found.any():
-            eids[found] = _to_host(self.table.get_handles(slots[found]))
+            eids[found] = to_host(self.table.get_handles(slots[found]))
             exp = self.e_expire[eids[found]]
             dead_mask = (exp != TTL_NONE) & (exp <= now)
             if dead_mask.any():

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy
 
-from cache_core.models import make_model
+from cache_core.models import make_model, place_model
 from cache_core.models.base import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,13 @@ class Prefetcher:
         learn_online: bool = True,
         version: int | None = None,
         rest: Callable[[float], Any] | None = None,
+        xp: Any = None,
     ) -> None:
         self.cache = cache
         self.origin = origin
-        self.model = model
+        # Models learn and predict on the cache's array module (CuPy when it runs on the GPU).
+        self.xp = xp if xp is not None else getattr(cache, "xp", numpy)
+        self.model = place_model(model, self.xp)
         self.vocab = vocab
         self.learn_online = bool(learn_online)
         self.version = version  # the registry version serving (None: a fresh model)
@@ -315,12 +318,14 @@ class Prefetcher:
     # -- canary ---------------------------------------------------------------------------
     def start_rollout(self, rollout: Any, model: Any, vocab: Vocabulary, version: int | None) -> None:
         """Let ``model`` (the challenger) decide for the keys of ``rollout``'s challenger arm."""
+        place_model(model, self.xp)
         with self._lock:
             self.rollout = rollout
             self._challenger = (model, vocab, version)
 
     def swap_model(self, model: Any, vocab: Vocabulary, version: int | None, test_result: tuple[bool, str]) -> None:
         """Serve ``model`` from the next step on (it passed ``test_result``)."""
+        place_model(model, self.xp)
         with self._lock:
             self.model, self.vocab, self.version = model, vocab, version
             self.test_result = test_result
@@ -366,7 +371,7 @@ class Prefetcher:
         vocab.clear()
         self.stats.vocabulary_resets += 1
         log.info("prefetch vocabulary full (%d keys): starting over with a fresh %s model", vocab.capacity, getattr(model, "name", "?"))
-        fresh = make_model(getattr(model, "name", ""), vocab)
+        fresh = make_model(getattr(model, "name", ""), vocab, xp=self.xp)
         return fresh
 
     def _chosen(self, proposals: list[tuple[bytes, float]]) -> list[bytes]:

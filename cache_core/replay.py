@@ -151,8 +151,12 @@ def replay(
     settings: PrefetchSettings | None = None,
     progress: Callable[[int], None] | None = None,
     progress_every: int = 10_000,
+    xp: Any = None,
 ) -> dict[str, Any]:
-    """Replay ``keys`` (in order) and return the figures ``predis-agent replay --json`` prints."""
+    """Replay ``keys`` (in order) and return the figures ``predis-agent replay --json`` prints.
+
+    ``xp`` is the array module the model learns and predicts on (the cache's by default).
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
     if prefetch not in PREFETCH_MODES:
@@ -167,7 +171,7 @@ def replay(
         vocab = Vocabulary(max(1024, 2 * distinct + 1024))
         model = make_model(prefetch, vocab)
         chosen = settings or (MODEL_SETTINGS if prefetch == "model" else BASELINE_SETTINGS)
-        prefetcher = Prefetcher(cache, origin, model, vocab, chosen, sync=True)
+        prefetcher = Prefetcher(cache, origin, model, vocab, chosen, sync=True, xp=xp)
     get, observe = cache.get, (prefetcher.observe if prefetcher else None)
     for i, key in enumerate(keys):
         get(key)

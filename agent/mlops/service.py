@@ -44,7 +44,7 @@ from agent.mlops.registry import ModelRegistry
 from agent.mlops.retrain import Dataset, RetrainPipeline, RetrainSettings, dataset_from_ring, dataset_from_segments
 from agent.mlops.rollout import ADVANCE, DECISIONS, PROMOTE, Decision, Rollout, RolloutSettings
 from agent.telemetry import MLOPS_METRICS, Metric, sample
-from cache_core.models import Vocabulary, set_learning
+from cache_core.models import Vocabulary, place_model, set_learning
 from cache_core.prefetch import test_inference
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class MlopsService:
             return
         champion, challenger = aliases["champion"], aliases["challenger"]
         if champion is not None and champion != prefetcher.version:
-            loaded = self._load(champion)
+            loaded = self._load(champion, prefetcher.xp)
             if loaded is not None:
                 model, vocab = loaded
                 ok, detail = test_inference(model, vocab, self.depth)
@@ -154,7 +154,8 @@ class MlopsService:
         if challenger is not None and challenger != prefetcher.version:
             self._start_rollout(prefetcher, challenger)
 
-    def _load(self, version: int) -> tuple[Any, Vocabulary] | None:
+    def _load(self, version: int, xp: Any = numpy) -> tuple[Any, Vocabulary] | None:
+        """Version ``version``, its tables moved to the prefetcher's array module ``xp``."""
         assert self.registry is not None
         try:
             model, vocab = self.registry.load_model(self.tenant, version)
@@ -164,10 +165,10 @@ class MlopsService:
             return None
         self.load_error = None
         set_learning(model, self.learn_online)
-        return model, vocab
+        return place_model(model, xp), vocab
 
     def _start_rollout(self, prefetcher: Any, version: int) -> None:
-        loaded = self._load(version)
+        loaded = self._load(version, prefetcher.xp)
         if loaded is None:
             return
         model, vocab = loaded

@@ -17,12 +17,15 @@ Every model implements::
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Sequence
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy
+
+from cache_core.backend import to_host
 
 # The numeric split of a key: its trailing digits (at most MAX_DIGITS, so the number fits
 # an int64) and what precedes them. ``$`` also matches before a final newline, which the
@@ -37,6 +40,15 @@ SCALAR_KEYS = 8
 
 # Keys remembered per vocabulary unless configured otherwise.
 DEFAULT_VOCABULARY_SIZE = 1 << 20
+
+
+_F32 = struct.Struct("f")
+
+
+def float32(x: float) -> float:
+    """``x`` rounded to float32, as storing it in a float32 array rounds it: the scalar
+    paths answer with the same scores as the array paths."""
+    return _F32.unpack(_F32.pack(x))[0]
 
 
 def split_numeric(key: bytes) -> tuple[bytes, bytes] | None:
@@ -240,7 +252,7 @@ def save_arrays(path: str | Path, **arrays: Any) -> None:
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
     with open(tmp, "wb") as handle:
-        numpy.savez(handle, **{k: numpy.asarray(v) for k, v in arrays.items()})
+        numpy.savez(handle, **{k: to_host(v) for k, v in arrays.items()})
     tmp.replace(target)
 
 

@@ -13,18 +13,30 @@ Observation and inference are vectorised array operations: one batch of ``n`` tr
 costs a handful of gathers and scatters, whatever ``n`` (new successors take one round
 per successor of their busiest context; the last few are placed on scalars).
 
+The tables live on the array module they are given (``xp``): NumPy, or CuPy when the cache
+runs on the GPU. On NumPy, short batches and single accesses take Python-scalar paths
+(cheaper than the array calls' fixed cost); on a device every batch takes the array paths,
+since each element read from Python would be a transfer. Either way a batch arrives as
+host IDs and predictions come back as host arrays: the vocabulary, the mixture's
+bookkeeping and the prefetcher stay on the host. Both give the same tables and the same
+answers (tested on a stand-in device that refuses host arrays and Python-side reads).
+
 The context is the previous key (order 1) by default; :class:`ContextMarkov` uses the
 previous two keys, hashed into a bounded table of pair contexts (order 2).
 """
 
 from __future__ import annotations
 
+import importlib
 from array import array
 from pathlib import Path
+from typing import Any
 
 import numpy
 
+from cache_core.backend import to_host
 from cache_core.models.base import empty_prediction, load_arrays, save_arrays
+from cache_core.models.base import float32 as _f32
 
 DEFAULT_SLOTS = 4
 DEFAULT_DECAY_EVERY = 1 << 16
@@ -54,6 +66,29 @@ _SALT = 0x632BE59BD9B4E019
 _MASK64 = (1 << 64) - 1
 
 
+def _edges(xp: Any, ordered: Any) -> Any:
+    """Positions where a sorted array's runs start, with its length appended (run edges)."""
+    m = ordered.shape[0]
+    edge = xp.ones(m + 1, dtype=bool)
+    edge[1:m] = ordered[1:] != ordered[:-1]
+    return xp.flatnonzero(edge)
+
+
+def _run_starts(xp: Any, values: Any) -> Any:
+    """Mask of the positions where a run of equal values starts."""
+    first = xp.ones(values.shape[0], dtype=bool)
+    first[1:] = values[1:] != values[:-1]
+    return first
+
+
+def _with_first(xp: Any, first: int, rest: Any) -> Any:
+    """``[first, *rest]`` as an int64 array on ``xp`` (``rest`` already there)."""
+    out = xp.empty(rest.shape[0] + 1, dtype=xp.int64)
+    out[0] = first
+    out[1:] = rest
+    return out
+
+
 def _any_column(match: numpy.ndarray) -> numpy.ndarray:
     """``match.any(axis=1)`` for a few columns, as one array operation per column."""
     out = match[:, 0].copy()
@@ -62,30 +97,30 @@ def _any_column(match: numpy.ndarray) -> numpy.ndarray:
     return out
 
 
-def _least(counts: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+def _least(xp: Any, counts: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Per row, the first least counted slot (``argmin``) and its count, column by column."""
     best = counts[:, 0]
-    slot = numpy.zeros(counts.shape[0], dtype=numpy.int64)
+    slot = xp.zeros(counts.shape[0], dtype=xp.int64)
     for j in range(1, counts.shape[1]):
         column = counts[:, j]
-        numpy.putmask(slot, column < best, j)
-        best = numpy.minimum(best, column)
+        xp.putmask(slot, column < best, j)
+        best = xp.minimum(best, column)
     return slot, best
 
 
-def _most(counts: numpy.ndarray, k: int) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
+def _most(xp: Any, counts: numpy.ndarray, k: int) -> list[tuple[numpy.ndarray, numpy.ndarray]]:
     """Per row, the ``k`` most counted slots with their counts, most first, ties to the lower
     slot: ``argsort(-counts, kind="stable")[:, :k]``, column by column."""
     work = counts.copy() if k > 1 else counts
-    rows = numpy.arange(counts.shape[0])
+    rows = xp.arange(counts.shape[0])
     out = []
     for rank in range(k):
         best = work[:, 0]
-        slot = numpy.zeros(counts.shape[0], dtype=numpy.int64)
+        slot = xp.zeros(counts.shape[0], dtype=xp.int64)
         for j in range(1, counts.shape[1]):
             column = work[:, j]
-            numpy.putmask(slot, column > best, j)
-            best = numpy.maximum(best, column)
+            xp.putmask(slot, column > best, j)
+            best = xp.maximum(best, column)
         out.append((slot, best))
         if rank + 1 < k:
             work[rows, slot] = -numpy.inf
@@ -107,21 +142,43 @@ class SuccessorTable:
 
     ``frozen`` (off by default) stops learning: :meth:`update` and :meth:`update_one`
     change nothing, not even the decay counter, and the table serves as trained.
+    ``xp`` is the array module the two arrays live on (see the module docstring).
     """
 
-    def __init__(self, contexts: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY) -> None:
+    def __init__(self, contexts: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY, xp: Any = numpy) -> None:
         self.contexts = int(contexts)
         self.slots = int(slots)
         self.decay_every = int(decay_every)
-        self.succ = numpy.full((self.contexts, self.slots), -1, dtype=numpy.int64)
-        self.count = numpy.zeros((self.contexts, self.slots), dtype=numpy.float32)
+        self.xp = xp
+        self.host = xp is numpy
+        self.succ = xp.full((self.contexts, self.slots), -1, dtype=xp.int64)
+        self.count = xp.zeros((self.contexts, self.slots), dtype=xp.float32)
         self.seen = 0
         # Frozen: the table serves as trained (updates and decay are skipped).
         self.frozen = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A module does not pickle or deep-copy: it travels by name (the arrays do travel).
+        return {**self.__dict__, "xp": self.xp.__name__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.xp = importlib.import_module(state["xp"])
+
+    def place(self, xp: Any) -> None:
+        """Move the arrays to the array module ``xp`` (no copy if they are there already)."""
+        if xp is self.xp:
+            return
+        self.succ = xp.asarray(to_host(self.succ))
+        self.count = xp.asarray(to_host(self.count))
+        self.xp, self.host = xp, xp is numpy
+
     def update(self, ctx: numpy.ndarray, nxt: numpy.ndarray) -> None:
+        """Learn the transitions ``ctx[i] -> nxt[i]`` (host or device arrays), in order."""
         if self.frozen:
             return
+        xp = self.xp
+        ctx, nxt = xp.asarray(ctx), xp.asarray(nxt)
         ok = (ctx >= 0) & (ctx < self.contexts) & (nxt >= 0)
         if not ok.all():
             ctx, nxt = ctx[ok], nxt[ok]
@@ -129,7 +186,7 @@ class SuccessorTable:
             return
         match = self.succ[ctx] == nxt[:, None]
         has = _any_column(match)
-        r, c = numpy.nonzero(match)
+        r, c = xp.nonzero(match)
         if r.shape[0]:
             self._count_up(ctx[r] * self.slots + c)
         if not has.all():
@@ -143,22 +200,25 @@ class SuccessorTable:
         """``numpy.add.at(count, slots, 1.0)``: one float32 addition of 1 per occurrence, in turn.
 
         A slot that occurs ``c`` times gets ``c`` successive additions (not one of ``c``,
-        which can round differently), in at most :data:`MAX_REPEAT_ROUNDS` array rounds.
+        which can round differently), in at most :data:`MAX_REPEAT_ROUNDS` array rounds on
+        the host (beyond that ``numpy.add.at``) and as many rounds as it takes on a device.
         """
+        xp = self.xp
         flat = self.count.reshape(-1)
-        ordered = numpy.sort(slots)
-        edge = numpy.flatnonzero(numpy.concatenate([[True], ordered[1:] != ordered[:-1], [True]]))
+        ordered = xp.sort(slots)
+        edge = _edges(xp, ordered)
         if edge.shape[0] == ordered.shape[0] + 1:
             flat[slots] += 1.0
             return
-        repeats = numpy.diff(edge)
-        if int(repeats.max()) > MAX_REPEAT_ROUNDS:
+        repeats = xp.diff(edge)
+        most = int(repeats.max())
+        if most > MAX_REPEAT_ROUNDS and self.host:
             numpy.add.at(flat, slots, 1.0)
             return
         where = ordered[edge[:-1]]
         values = flat[where]
-        for rounds in range(1, int(repeats.max()) + 1):
-            values = numpy.where(repeats >= rounds, values + numpy.float32(1.0), values)
+        for rounds in range(1, most + 1):
+            values = xp.where(repeats >= rounds, values + numpy.float32(1.0), values)
         flat[where] = values
 
     def _place(self, ctx: numpy.ndarray, nxt: numpy.ndarray) -> None:
@@ -166,23 +226,28 @@ class SuccessorTable:
         placed one per context per round (two new successors of one context cannot share a
         slot): each into its context's least counted slot, inheriting that count plus its own.
         """
+        xp = self.xp
         span = int(nxt.max()) + 1
         if self.contexts * span < _PAIR_LIMIT:
-            keys = numpy.sort(ctx * span + nxt)
-            edge = numpy.flatnonzero(numpy.concatenate([[True], keys[1:] != keys[:-1], [True]]))
-            pairs, weight = keys[edge[:-1]], numpy.diff(edge)
+            keys = xp.sort(ctx * span + nxt)
+            edge = _edges(xp, keys)
+            pairs, weight = keys[edge[:-1]], xp.diff(edge)
             a, b = pairs // span, pairs % span
         else:
-            pairs, weight = numpy.unique(numpy.stack([ctx, nxt], axis=1), axis=0, return_counts=True)
-            a, b = pairs[:, 0], pairs[:, 1]
+            # Sorted by context, then successor (lexsort's last key is the primary one).
+            order = xp.lexsort(xp.stack([nxt, ctx]))
+            a, b = ctx[order], nxt[order]
+            new = xp.ones(a.shape[0] + 1, dtype=bool)
+            new[1:-1] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+            edge = xp.flatnonzero(new)
+            a, b, weight = a[edge[:-1]], b[edge[:-1]], xp.diff(edge)
         while a.shape[0]:
-            first = numpy.ones(a.shape[0], dtype=bool)
-            first[1:] = a[1:] != a[:-1]
-            if a.shape[0] <= SCALAR_PAIRS or int(numpy.count_nonzero(first)) <= SCALAR_CONTEXTS:
+            first = _run_starts(xp, a)
+            if self.host and (a.shape[0] <= SCALAR_PAIRS or int(numpy.count_nonzero(first)) <= SCALAR_CONTEXTS):
                 self._place_rows(a, b, weight)
                 return
-            head, nb, w = a[first], b[first], weight[first].astype(numpy.float32)
-            slot, floor = _least(self.count[head])
+            head, nb, w = a[first], b[first], weight[first].astype(xp.float32)
+            slot, floor = _least(xp, self.count[head])
             self.succ[head, slot] = nb
             self.count[head, slot] = floor + w
             a, b, weight = a[~first], b[~first], weight[~first]
@@ -206,8 +271,12 @@ class SuccessorTable:
             self.count[ctx] = count
 
     def update_one(self, a: int, b: int) -> None:
-        """One transition, on Python scalars: a batch of one costs no array call overhead."""
+        """One transition, on Python scalars: a batch of one costs no array call overhead
+        (on a device, a batch of one)."""
         if self.frozen or a < 0 or a >= self.contexts or b < 0:
+            return
+        if not self.host:
+            self.update(numpy.array([a], dtype=numpy.int64), numpy.array([b], dtype=numpy.int64))
             return
         succ, count = self.succ[a], self.count[a]
         row = succ.tolist()
@@ -224,41 +293,66 @@ class SuccessorTable:
             self.seen = 0
 
     def top_one(self, a: int, k: int) -> list[tuple[int, float]]:
-        """The ``k`` most counted successors of one context, with their shares."""
+        """The ``k`` most counted successors of one context, with their shares: :meth:`top`'s
+        row for ``a`` on Python scalars (the same order, ties to the lower slot, and the same
+        float32 shares), less the slots that name nothing or have no share."""
         if a < 0 or a >= self.contexts:
             return []
+        if not self.host:
+            cand, conf = self.top(numpy.array([a], dtype=numpy.int64), k)
+            return [(c, f) for c, f in zip(cand[0].tolist(), conf[0].tolist()) if c >= 0 and f > 0]
         row, counts = self.succ[a].tolist(), self.count[a].tolist()
-        total = sum(counts)
+        if self.slots >= SEQUENTIAL_SUM:
+            total = float(_row_sum(self.count[a : a + 1])[0])
+        else:
+            # _row_sum's float32 additions, one after the other (each float64 sum of two
+            # float32 values, rounded to float32, is their float32 sum).
+            total = counts[0]
+            for c in counts[1:]:
+                total = _f32(total + c)
         if total <= 0:
             return []
-        best = sorted([(c, succ) for succ, c in zip(row, counts) if succ >= 0 and c > 0], reverse=True)[:k]
-        return [(succ, c / (total + SHARE_PRIOR)) for c, succ in best]
+        denominator = _f32(total + SHARE_PRIOR)
+        out = []
+        for slot in sorted(range(self.slots), key=counts.__getitem__, reverse=True)[:k]:
+            succ = row[slot]
+            if succ >= 0:
+                share = _f32(counts[slot] / denominator)
+                if share > 0:
+                    out.append((succ, share))
+        return out
 
     def top(self, ctx: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """The ``k`` most counted successors of each context in ``ctx`` (host or device
+        IDs) with their shares, as host arrays shaped ``(len(ctx), k)``; ``-1``: none."""
         n = ctx.shape[0]
-        if n <= SCALAR_ROWS:
+        if self.host and n <= SCALAR_ROWS:
             return self._top_rows(ctx, k)
-        cand, conf = empty_prediction(n, k)
+        xp = self.xp
+        ctx = xp.asarray(ctx)
+        cand = xp.full((n, k), -1, dtype=xp.int64)
+        conf = xp.zeros((n, k), dtype=xp.float32)
         ok = (ctx >= 0) & (ctx < self.contexts)
         if not ok.any():
-            return cand, conf
+            return to_host(cand), to_host(conf)
         every = bool(ok.all())
-        picked = ctx if every else ctx[ok]
+        rows = None if every else xp.flatnonzero(ok)
+        picked = ctx if every else ctx[rows]
         counts = self.count[picked]
         total = _row_sum(counts)
         base = picked * self.slots
         flat_succ = self.succ.reshape(-1)
         counted, denominator = total > 0, total + SHARE_PRIOR
-        for j, (slot, top_count) in enumerate(_most(counts, min(k, self.slots))):
+        for j, (slot, top_count) in enumerate(_most(xp, counts, min(k, self.slots))):
             top_succ = flat_succ[base + slot]
             named = top_succ >= 0
-            share = numpy.where(counted & named, top_count / denominator, 0.0)
+            share = xp.where(counted & named, top_count / denominator, 0.0)
             top_succ[~named] = -1
             if every:
                 cand[:, j], conf[:, j] = top_succ, share
             else:
-                cand[ok, j], conf[ok, j] = top_succ, share
-        return cand, conf
+                cand[rows, j], conf[rows, j] = top_succ, share
+        return to_host(cand), to_host(conf)
 
     def _top_rows(self, ctx: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         """:meth:`top` of a few rows, ranked on Python scalars (the same results, bit for bit).
@@ -301,14 +395,18 @@ class MarkovModel:
 
     name = "markov"
 
-    def __init__(self, capacity: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY) -> None:
-        self.table = SuccessorTable(capacity, slots, decay_every)
+    def __init__(self, capacity: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY, xp: Any = numpy) -> None:
+        self.table = SuccessorTable(capacity, slots, decay_every, xp)
         self.last = -1
+
+    def place(self, xp: Any) -> None:
+        """Move the learned state to the array module ``xp``."""
+        self.table.place(xp)
 
     def observe(self, ids: numpy.ndarray) -> None:
         if ids.shape[0] == 0:
             return
-        if ids.shape[0] <= SCALAR_BATCH:
+        if self.table.host and ids.shape[0] <= SCALAR_BATCH:
             last = self.last
             for ident in ids.tolist():
                 self.table.update_one(last, ident)
@@ -337,8 +435,9 @@ class MarkovModel:
         data = load_arrays(path)
         if data["succ"].shape != self.table.succ.shape:
             raise ValueError(f"{path}: successor table of shape {data['succ'].shape}, expected {self.table.succ.shape}")
-        self.table.succ[...] = data["succ"]
-        self.table.count[...] = data["count"]
+        xp = self.table.xp
+        self.table.succ[...] = xp.asarray(data["succ"])
+        self.table.count[...] = xp.asarray(data["count"])
         self.last = int(data["last"])
 
     @property
@@ -359,21 +458,29 @@ class ContextMarkov:
 
     name = "markov2"
 
-    def __init__(self, contexts: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY) -> None:
-        self.table = SuccessorTable(contexts, slots, decay_every)
+    def __init__(self, contexts: int, slots: int = DEFAULT_SLOTS, decay_every: int = DEFAULT_DECAY_EVERY, xp: Any = numpy) -> None:
+        self.table = SuccessorTable(contexts, slots, decay_every, xp)
         # An empty row predicts nothing whoever owns it, so any start value will do.
-        self.owner = numpy.zeros(self.table.contexts, dtype=numpy.int64)
+        self.owner = xp.zeros(self.table.contexts, dtype=xp.int64)
         self.prev = -1
         self.last = -1
         self._mult = numpy.uint64(_MULT)
 
+    def place(self, xp: Any) -> None:
+        """Move the learned state (table and owners) to the array module ``xp``."""
+        if xp is not self.table.xp:
+            self.owner = xp.asarray(to_host(self.owner))
+            self.table.place(xp)
+
     def _keyed(self, a: numpy.ndarray, b: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
-        """Row (``-1``: no context) and 64-bit pair hash of each pair ``(a[i], b[i])``."""
+        """Row (``-1``: no context) and 64-bit pair hash of each pair ``(a[i], b[i])``, on the
+        array module ``a`` and ``b`` are on."""
+        xp = self.table.xp
         # Array arithmetic on uint64 wraps modulo 2^64 silently (NumPy warns on scalars only).
-        ua, ub = a.astype(numpy.int64, copy=False).view(numpy.uint64), b.astype(numpy.int64, copy=False).view(numpy.uint64)
+        ua, ub = a.astype(xp.int64, copy=False).view(xp.uint64), b.astype(xp.int64, copy=False).view(xp.uint64)
         hashed = ((ua * self._mult) ^ (ub + numpy.uint64(_SALT))) * self._mult
         ctx = (hashed >> numpy.uint64(17)) % numpy.uint64(self.table.contexts)
-        return numpy.where((a >= 0) & (b >= 0), ctx.view(numpy.int64), -1), hashed.view(numpy.int64)
+        return xp.where((a >= 0) & (b >= 0), ctx.view(xp.int64), -1), hashed.view(xp.int64)
 
     def _ctx(self, a: numpy.ndarray, b: numpy.ndarray) -> numpy.ndarray:
         return self._keyed(a, b)[0]
@@ -409,34 +516,38 @@ class ContextMarkov:
         transitions from that last change on are learned; the earlier ones would have been
         wiped by it. They still count towards the decay, as learning them one by one does.
         """
-        idx = numpy.flatnonzero((ctx >= 0) & (nxt >= 0))
+        xp = self.table.xp
+        idx = xp.flatnonzero((ctx >= 0) & (nxt >= 0))
         if idx.shape[0] == 0:
             return ctx
-        order = idx[numpy.argsort(ctx[idx], kind="stable")]
+        order = idx[xp.argsort(ctx[idx], kind="stable")]
         rows, tags = ctx[order], tag[order]
         m = rows.shape[0]
-        start = numpy.ones(m, dtype=bool)
-        start[1:] = rows[1:] != rows[:-1]
-        before = numpy.empty_like(tags)
+        start = _run_starts(xp, rows)
+        starts = xp.flatnonzero(start)
+        before = xp.empty_like(tags)
         before[1:] = tags[:-1]
-        before[start] = self.owner[rows[start]]
+        before[starts] = self.owner[rows[starts]]
         changed = tags != before
         if not changed.any():
             return ctx
-        position = numpy.arange(m)
-        last_change = numpy.maximum.accumulate(numpy.where(changed, position, -1))
-        starts = numpy.flatnonzero(start)
-        ends = numpy.append(starts[1:], m) - 1
+        position = xp.arange(m)
+        # The position of the latest change at or before each position (-1: none yet).
+        so_far = xp.cumsum(changed)
+        last_change = xp.where(so_far > 0, xp.flatnonzero(changed)[xp.maximum(so_far - 1, 0)], -1)
+        ends = xp.empty_like(starts)
+        ends[:-1] = starts[1:] - 1
+        ends[-1] = m - 1
         group_change = last_change[ends]
         moved = group_change >= starts
-        group_of = numpy.cumsum(start) - 1
+        group_of = xp.cumsum(start) - 1
         dropped = moved[group_of] & (position < group_change[group_of])
         heads = rows[starts[moved]]
         self.owner[heads] = tags[ends[moved]]
         self.table.succ[heads] = -1
         self.table.count[heads] = 0.0
         if dropped.any():
-            self.table.seen += int(numpy.count_nonzero(dropped))
+            self.table.seen += int(xp.count_nonzero(dropped))
             ctx = ctx.copy()
             ctx[order[dropped]] = -1
         return ctx
@@ -444,7 +555,7 @@ class ContextMarkov:
     def observe(self, ids: numpy.ndarray) -> None:
         if ids.shape[0] == 0:
             return
-        if ids.shape[0] <= SCALAR_BATCH:
+        if self.table.host and ids.shape[0] <= SCALAR_BATCH:
             prev, last = self.prev, self.last
             for ident in ids.tolist():
                 self._learn_one(prev, last, ident)
@@ -452,27 +563,35 @@ class ContextMarkov:
             self.prev, self.last = prev, last
             return
         seq = numpy.concatenate([[self.prev, self.last], ids]).astype(numpy.int64)
-        nxt = seq[2:]
         if not self.table.frozen:
-            ctx, tag = self._keyed(seq[:-2], seq[1:-1])
+            on = self.table.xp.asarray(seq)
+            nxt = on[2:]
+            ctx, tag = self._keyed(on[:-2], on[1:-1])
             self.table.update(self._claim(ctx, tag, nxt), nxt)
         self.prev, self.last = int(seq[-2]), int(seq[-1])
 
     def observe_one(self, ident: int) -> None:
-        """:meth:`observe` of one access, on Python scalars."""
+        """:meth:`observe` of one access, on Python scalars (on a device, a batch of one)."""
+        if not self.table.host:
+            self.observe(numpy.array([ident], dtype=numpy.int64))
+            return
         self._learn_one(self.prev, self.last, ident)
         self.prev, self.last = self.last, ident
 
     def predict(self, ids: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         # Called after observe(ids): the context of ids[i] is (ids[i-1], ids[i]).
+        xp = self.table.xp
         seq = numpy.concatenate([[self.prev], ids]) if ids.shape[0] == 1 else numpy.concatenate([[-1], ids])
-        seq = seq.astype(numpy.int64, copy=False)
+        seq = xp.asarray(seq.astype(numpy.int64, copy=False))
         ctx, tag = self._keyed(seq[:-1], seq[1:])
-        owned = numpy.where(ctx >= 0, self.owner[numpy.maximum(ctx, 0)] == tag, False)
-        return self.table.top(numpy.where(owned, ctx, -1), k)
+        owned = xp.where(ctx >= 0, self.owner[xp.maximum(ctx, 0)] == tag, False)
+        return self.table.top(xp.where(owned, ctx, -1), k)
 
     def predict_one(self, ident: int, k: int) -> list[tuple[int, float]]:
         # Called after observe(): the context of the newest key is (prev, last).
+        if not self.table.host:
+            cand, conf = self.predict(numpy.array([ident], dtype=numpy.int64), k)
+            return [(c, f) for c, f in zip(cand[0].tolist(), conf[0].tolist()) if c >= 0 and f > 0]
         ctx, tag = self._keyed_one(self.prev, ident)
         if ctx < 0 or self.owner.item(ctx) != tag:
             return []
@@ -488,10 +607,11 @@ class ContextMarkov:
         owner = data.get("owner")
         if owner is not None and owner.shape != self.owner.shape:
             raise ValueError(f"{path}: owner array of shape {owner.shape}, expected {self.owner.shape}")
-        self.table.succ[...] = data["succ"]
-        self.table.count[...] = data["count"]
+        xp = self.table.xp
+        self.table.succ[...] = xp.asarray(data["succ"])
+        self.table.count[...] = xp.asarray(data["count"])
         # A file written before rows had owners: no row answers until its pair is seen again.
-        self.owner[...] = 0 if owner is None else owner
+        self.owner[...] = 0 if owner is None else xp.asarray(owner)
         self.prev, self.last = (int(x) for x in data["state"])
 
     @property

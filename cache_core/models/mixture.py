@@ -33,6 +33,7 @@ import numpy
 from cache_core.models.base import (
     Vocabulary,
     empty_prediction,
+    float32,
     load_arrays,
     save_arrays,
 )
@@ -223,8 +224,11 @@ class MixtureModel:
         slots: int = DEFAULT_SLOTS,
         horizon: int = DEFAULT_HORIZON,
         decay_every: int = DEFAULT_PRECISION_DECAY_EVERY,
+        xp: Any = numpy,
     ) -> None:
-        self.experts = [StrideModel(vocab), MarkovModel(capacity, slots), ContextMarkov(capacity, slots)]
+        # The successor experts' tables live on ``xp``; the stride detector (which names keys
+        # through the host vocabulary) and the precision bookkeeping stay on the host.
+        self.experts = [StrideModel(vocab), MarkovModel(capacity, slots, xp=xp), ContextMarkov(capacity, slots, xp=xp)]
         self.horizon = int(horizon)
         self.decay_every = int(decay_every)
         e = len(self.experts)
@@ -232,6 +236,13 @@ class MixtureModel:
         self.proposals = numpy.zeros(e, dtype=numpy.float64)
         self._books = [_Proposals() for _ in range(e)]
         self.step = 0
+
+    def place(self, xp: Any) -> None:
+        """Move the successor experts' tables to the array module ``xp``."""
+        for expert in self.experts:
+            place = getattr(expert, "place", None)
+            if place is not None:
+                place(xp)
 
     @property
     def precision(self) -> numpy.ndarray:
@@ -413,7 +424,8 @@ class MixtureModel:
             for cand, c in proposals:
                 miss_prob[cand] = miss_prob.get(cand, 1.0) * (1.0 - w * c)
         best = sorted(miss_prob.items(), key=lambda item: item[1])[:k]
-        return [(cand, 1.0 - miss) for cand, miss in best]
+        # Rounded to float32, as :meth:`predict` stores its scores.
+        return [(cand, float32(1.0 - miss)) for cand, miss in best]
 
     def save(self, path: str | Path) -> None:
         base = Path(path)

@@ -20,6 +20,7 @@ import numpy
 from cache_core.models.base import (
     Vocabulary,
     empty_prediction,
+    float32,
     load_arrays,
     save_arrays,
 )
@@ -185,7 +186,7 @@ class StrideModel:
         if run < self.min_run:
             return []
         base, step, width = vocab.number_of.item(ident), self.step.item(pid), vocab.width_of.item(ident)
-        confidence = 1.0 - 0.5 ** min(run, MAX_CONFIDENCE_RUN)
+        confidence = float32(1.0 - 0.5 ** min(run, MAX_CONFIDENCE_RUN))
         out = []
         for j in range(1, k + 1):
             number = base + step * j

@@ -23,7 +23,7 @@ import pytest
 from cache_core.models import ContextMarkov, MarkovModel, MixtureModel, StrideModel, Vocabulary, make_model, set_learning
 from cache_core.models import markov as markov_module
 from cache_core.models import mixture as mixture_module
-from cache_core.models.base import empty_prediction, split_numeric
+from cache_core.models.base import empty_prediction, float32, split_numeric
 from cache_core.models.markov import SuccessorTable
 from cache_core.models.mixture import PRIOR_HITS, PRIOR_MISSES, add_ones
 
@@ -284,7 +284,8 @@ class ReferenceMixture(MixtureModel):
             self._remember(e, [cand for cand, _ in proposals])
             for cand, c in proposals:
                 miss_prob[cand] = miss_prob.get(cand, 1.0) * (1.0 - weights[e] * c)
-        return [(cand, 1.0 - miss) for cand, miss in sorted(miss_prob.items(), key=lambda item: item[1])[:k]]
+        # Scores rounded to float32, as predict stores them (predict_one answers as predict does).
+        return [(cand, float32(1.0 - miss)) for cand, miss in sorted(miss_prob.items(), key=lambda item: item[1])[:k]]
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -607,3 +608,19 @@ def test_set_learning_freezes_every_successor_table_of_the_mixture_and_leaves_st
     contextual = ContextMarkov(64)
     set_learning(contextual, False)
     assert contextual.table.frozen
+
+
+@pytest.mark.parametrize("kind", ["stride", "markov", "markov2", "model"])
+def test_predict_one_answers_what_predict_answers_for_that_row(kind: str) -> None:
+    """The scalar single-key path and the array path agree: same candidates in the same
+    order (ties to the lower slot) and the same float32 scores, less the empty slots."""
+    keys = mixed_trace(12, 2500)
+    vocab = Vocabulary(1 << 14)
+    model = ContextMarkov(4096) if kind == "markov2" else make_model(kind, vocab, 4096)
+    for key in keys:
+        ident = vocab.encode(key)
+        model.observe(numpy.array([ident], dtype=numpy.int64))
+        twin = copy.deepcopy((model, vocab))[0]
+        cand, conf = twin.predict(numpy.array([ident], dtype=numpy.int64), 3)
+        want = [(c, f) for c, f in zip(cand[0].tolist(), conf[0].tolist()) if c >= 0 and f > 0]
+        assert model.predict_one(ident, 3) == want
