@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_machine import machine  # noqa: E402
 from cache_core.cache import Cache  # noqa: E402
 from cache_core.models import MarkovModel, MixtureModel, Vocabulary  # noqa: E402
+from cache_core.prefetch import PrefetchSettings  # noqa: E402
 from cache_core.replay import replay  # noqa: E402
 
 POLICIES = ("clock", "lru", "s3fifo")
@@ -47,6 +48,8 @@ UNSTRUCTURED = ("zipf0.8", "zipf1.0", "zipf1.2")
 # Accesses per model call in the inference rows: one at a time, then batches as the
 # prefetch worker sees them (joined reads, pipelined MGETs).
 INFERENCE_BATCHES = (1, 16, 64, 256, 1000, 4096)
+# Keys per joined batch the prefetch worker predicts after (PrefetchSettings.predict_last).
+PREDICT_LAST = PrefetchSettings().predict_last
 
 
 def zipf(rng: numpy.random.Generator, n: int, s: float, keys: int = KEYS, offset: int = 0) -> list[int]:
@@ -97,7 +100,24 @@ def run_suite(n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def inference_cost(n: int) -> list[dict[str, Any]]:
+def array_module(backend: str) -> Any:
+    """NumPy, or CuPy for ``--backend cupy`` (the GPU measurement; needs a GPU)."""
+    if backend == "numpy":
+        return numpy
+    import cupy  # noqa: PLC0415 - only on a GPU host
+
+    return cupy
+
+
+def inference_cost(n: int, backend: str = "numpy", tail: int = PREDICT_LAST) -> list[dict[str, Any]]:
+    """Per batch size: the model's work per access, predicting after every access of the
+    batch (``every``) and after its last ``tail`` accesses, as the prefetch worker does.
+
+    On NumPy the cost is thread CPU time; on CuPy wall time with the device synchronised
+    at the end of each pass (the predictions come back to the host on every call anyway).
+    """
+    xp = array_module(backend)
+    clock = time.thread_time if xp is numpy else time.perf_counter
     rng = numpy.random.default_rng(1)
     keys = [f"blk:{x}".encode() for x in chain(rng, n)]
     out = []
@@ -108,20 +128,25 @@ def inference_cost(n: int) -> list[dict[str, Any]]:
     for k in keys:
         cache.get(k)
     get_cost = (time.thread_time() - started) / n
-    for label, make in (("markov", lambda v: MarkovModel(v.capacity)), ("model", lambda v: MixtureModel(v, v.capacity))):
+    makers = (("markov", lambda v: MarkovModel(v.capacity, xp=xp)), ("model", lambda v: MixtureModel(v, v.capacity, xp=xp)))
+    for label, make in makers:
         for batch in INFERENCE_BATCHES:
-            vocab = Vocabulary(4 * KEYS)
-            model = make(vocab)
-            started = time.thread_time()
-            for i in range(0, n, batch):
-                ids = vocab.encode_many(keys[i : i + batch])
-                model.observe(ids)
-                if batch == 1:
-                    model.predict_one(int(ids[0]), 2)
-                else:
-                    model.predict(ids, 2)
-            cost = (time.thread_time() - started) / n
-            out.append({"model": label, "batch": batch, "seconds_per_access": cost, "get_seconds": get_cost})
+            cost = {}
+            for pattern in ("every", "tail"):
+                vocab = Vocabulary(4 * KEYS)
+                model = make(vocab)
+                started = clock()
+                for i in range(0, n, batch):
+                    ids = vocab.encode_many(keys[i : i + batch])
+                    model.observe(ids)
+                    if batch == 1:
+                        model.predict_one(int(ids[0]), 2)
+                    else:
+                        model.predict(ids if pattern == "every" else ids[-tail:], 2)
+                if xp is not numpy:
+                    xp.cuda.Device().synchronize()
+                cost[pattern] = (clock() - started) / n
+            out.append({"model": label, "batch": batch, "seconds_per_access": cost["every"], "tail_seconds_per_access": cost["tail"], "get_seconds": get_cost, "backend": backend})
     return out
 
 
@@ -131,10 +156,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--inference-only", action="store_true", help="only the inference cost rows")
+    parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array module of the models in the inference rows (cupy: on a GPU)")
     args = parser.parse_args()
-    costs = inference_cost(min(args.requests, 20_000))
+    costs = inference_cost(min(args.requests, 20_000), args.backend)
     if args.inference_only:
-        print(f"Machine: {machine()}; {min(args.requests, 20_000)} accesses of a Markov chain over {KEYS} keys.\n")
+        print(f"Machine: {machine()}; backend {args.backend}; {min(args.requests, 20_000)} accesses of a Markov chain over {KEYS} keys.\n")
         print_costs(costs)
         return
     rows = run_suite(args.requests, args.seed)
@@ -163,10 +189,11 @@ def main() -> None:
 
 
 def print_costs(costs: list[dict[str, Any]]) -> None:
-    print("| inference per access | batch | µs per access | cache GET µs (baseline) | ratio |")
-    print("|---|---|---|---|---|")
+    print(f"| inference per access | batch | µs, predicting after every access | µs, predicting after the last {PREDICT_LAST} (the prefetch worker) | cache GET µs (baseline) | ratio (worker) |")
+    print("|---|---|---|---|---|---|")
     for c in costs:
-        print(f"| {c['model']} | {c['batch']} | {c['seconds_per_access'] * 1e6:.2f} | {c['get_seconds'] * 1e6:.2f} | {c['seconds_per_access'] / c['get_seconds']:.2f} |")
+        every, tail, get = c["seconds_per_access"] * 1e6, c["tail_seconds_per_access"] * 1e6, c["get_seconds"] * 1e6
+        print(f"| {c['model']} | {c['batch']} | {every:.2f} | {tail:.2f} | {get:.2f} | {tail / get:.2f} |")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy
 
-from cache_core.models import make_model, place_model
+from cache_core.models import make_model, model_array_module, place_model
 from cache_core.models.base import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -503,6 +503,8 @@ class Prefetcher:
             "vocabulary": len(self.vocab),
             "vocabulary_resets": st.vocabulary_resets,
             "model_bytes": int(getattr(self.model, "nbytes", 0)),
+            # Where the model's tables live: "cupy" (the GPU) or "numpy" (the host).
+            "backend": model_array_module(self.model).__name__.rsplit(".", 1)[-1],
             "inference_seconds_per_access": st.inference_seconds / st.observed if st.observed else None,
         }
 

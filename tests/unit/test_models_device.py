@@ -1,17 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """Prefetch models on a device array module: the same tables and answers as on the host.
 
-Without a GPU the device is :mod:`tests.fake_device` (NumPy underneath, CuPy's rules on
-top: no host array may meet a device array without an explicit copy, no NumPy function on
-device arrays, no element-by-element iteration). On a device every batch takes the array
+The device is :mod:`tests.fake_device` (NumPy underneath, CuPy's rules on top: no host
+array may meet a device array without an explicit copy, no NumPy function on device
+arrays, no element-by-element iteration), and CuPy itself as well when
+``PREDIS_TEST_BACKEND=cupy`` (the GPU check). On a device every batch takes the array
 paths, so comparing against the host (which takes the Python-scalar paths for short
-batches) also checks that both paths agree. Whether CuPy's kernels are as fast as hoped is
-for the GPU benchmark to say, when a GPU is lent.
+batches) also checks that both paths agree. Speed is for ``bench/bench_prefetch.py
+--inference-only --backend cupy`` to say, on a GPU.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 from pathlib import Path
 
@@ -20,13 +22,17 @@ import pytest
 
 from cache_core.backend import to_host
 from cache_core.cache import Cache
-from cache_core.models import ContextMarkov, MarkovModel, Vocabulary, make_model, model_array_module, place_model
+from cache_core.models import ContextMarkov, MarkovModel, Vocabulary, make_model, model_array_module, place_model, successor_tables
 from cache_core.models.markov import SuccessorTable
 from cache_core.prefetch import PrefetchSettings, Prefetcher
 from cache_core.prefetch import test_inference as run_test_inference
 from cache_core.replay import replay
 from tests import fake_device
-from tests.fake_device import DeviceArray, DeviceTransferError
+from tests.fake_device import DeviceTransferError
+
+DEVICES = [pytest.param(fake_device, id="stand-in")]
+if os.environ.get("PREDIS_TEST_BACKEND", "numpy") == "cupy":
+    DEVICES.append(pytest.param(pytest.importorskip("cupy"), id="cupy"))
 
 # Batch sizes from one access to past every scalar threshold, in a fixed irregular order.
 BATCHES = [1, 3, 8, 9, 1, 50, 2, 300, 7, 33, 1, 120, 16, 4, 600]
@@ -86,11 +92,16 @@ def assert_same_state(host: object, device: object, seen: bool = True) -> None:
             assert numpy.array_equal(w, g)
 
 
-def run_pair(kind: str, seed: int, k: int = 3) -> tuple[object, object, Vocabulary, Vocabulary]:
+@pytest.fixture(params=DEVICES)
+def xp(request: pytest.FixtureRequest) -> object:
+    return request.param
+
+
+def run_pair(kind: str, seed: int, xp: object, k: int = 3) -> tuple[object, object, Vocabulary, Vocabulary]:
     """Learn one stream on the host and on the device, comparing every batch's predictions."""
     hv, dv = Vocabulary(1 << 14), Vocabulary(1 << 14)
     host = make_model(kind, hv, 4096)
-    device = make_model(kind, dv, 4096, xp=fake_device)
+    device = make_model(kind, dv, 4096, xp=xp)
     for batch in batches(stream(seed)):
         hi, di = hv.encode_many(batch), dv.encode_many(batch)
         assert numpy.array_equal(hi, di)
@@ -106,19 +117,19 @@ def run_pair(kind: str, seed: int, k: int = 3) -> tuple[object, object, Vocabula
 
 @pytest.mark.parametrize("kind", ["markov", "model"])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_device_model_learns_and_predicts_as_the_host_does(kind: str, seed: int) -> None:
-    host, device, _, _ = run_pair(kind, seed)
-    assert model_array_module(device) is fake_device and model_array_module(host) is numpy
-    assert any(isinstance(t.succ, DeviceArray) for t in [getattr(device, "table", None), *[getattr(e, "table", None) for e in getattr(device, "experts", [])]] if t is not None)
+def test_device_model_learns_and_predicts_as_the_host_does(kind: str, seed: int, xp: object) -> None:
+    host, device, _, _ = run_pair(kind, seed, xp)
+    assert model_array_module(device) is xp and model_array_module(host) is numpy
+    assert all(type(t.succ) is not numpy.ndarray for t in successor_tables(device))
     assert_same_state(host, device)
     if kind == "model":
         assert numpy.array_equal(host.hits, device.hits) and numpy.array_equal(host.proposals, device.proposals)
 
 
-def test_context_markov_take_overs_on_the_device() -> None:
+def test_context_markov_take_overs_on_the_device(xp: object) -> None:
     """A table small enough that pairs collide: rows change hands inside one batch."""
     rng = numpy.random.default_rng(5)
-    host, device = ContextMarkov(37), ContextMarkov(37, xp=fake_device)
+    host, device = ContextMarkov(37), ContextMarkov(37, xp=xp)
     ids = rng.integers(0, 200, 5000)
     start = 0
     for size in BATCHES * 20:
@@ -133,11 +144,11 @@ def test_context_markov_take_overs_on_the_device() -> None:
     assert (host.prev, host.last) == (device.prev, device.last)
 
 
-def test_single_accesses_on_the_device_match_one_row_predictions() -> None:
+def test_single_accesses_on_the_device_match_one_row_predictions(xp: object) -> None:
     """observe_one / predict_one on a device run as batches of one; they answer what the
     host's array path answers for that row."""
     vocab = Vocabulary(1024)
-    host, device = MarkovModel(1024), MarkovModel(1024, xp=fake_device)
+    host, device = MarkovModel(1024), MarkovModel(1024, xp=xp)
     for key in stream(3, 1500):
         ident = vocab.encode(key)
         host.observe_one(ident)
@@ -149,8 +160,8 @@ def test_single_accesses_on_the_device_match_one_row_predictions() -> None:
 
 
 @pytest.mark.parametrize("kind", ["markov", "model"])
-def test_device_models_save_load_copy_and_move(kind: str, tmp_path: Path) -> None:
-    host, device, hv, _ = run_pair(kind, 4)
+def test_device_models_save_load_copy_and_move(kind: str, tmp_path: Path, xp: object) -> None:
+    host, device, hv, _ = run_pair(kind, 4, xp)
     probe = hv.encode_many(stream(9, 200))
     # Predicting changes a model (the mixture's open proposals, names the stride expert
     # adds): the twin to move is taken before.
@@ -162,16 +173,16 @@ def test_device_models_save_load_copy_and_move(kind: str, tmp_path: Path) -> Non
     loaded.load(tmp_path / "d.npz")
     assert_same_state(host, loaded, seen=False)
     host.save(tmp_path / "h.npz")
-    on_device = make_model(kind, hv, 4096, xp=fake_device)
+    on_device = make_model(kind, hv, 4096, xp=xp)
     on_device.load(tmp_path / "h.npz")
     assert_same_state(host, on_device, seen=False)
     # Deep copies and pickles keep the array module (it travels by name).
     for twin in (copy.deepcopy(device), pickle.loads(pickle.dumps(device))):
-        assert model_array_module(twin) is fake_device
+        assert model_array_module(twin) is xp
         assert_same_state(host, twin)
     # Moved to the device and back, a model answers as before.
-    place_model(moved, fake_device)
-    assert model_array_module(moved) is fake_device
+    place_model(moved, xp)
+    assert model_array_module(moved) is xp
     got = moved.predict(probe, 3)
     assert numpy.array_equal(got[0], want[0]) and numpy.array_equal(got[1], want[1])
     place_model(moved, numpy)
@@ -211,25 +222,26 @@ def test_the_stand_in_device_refuses_what_cupy_refuses() -> None:
 
 
 @pytest.mark.parametrize("kind", ["markov", "model"])
-def test_replay_on_a_device_model_gives_the_host_figures(kind: str) -> None:
+def test_replay_on_a_device_model_gives_the_host_figures(kind: str, xp: object) -> None:
     """The prefetcher puts its model on its array module; the replayed figures (hits,
     prefetches, precision) are the host's, to the request."""
     keys = stream(6, 3000)
     host = replay(keys, 300, prefetch=kind)
-    device = replay(keys, 300, prefetch=kind, xp=fake_device)
+    device = replay(keys, 300, prefetch=kind, xp=xp)
     assert host["prefetch_used"] > 0
     for field in ("requests", "hits", "prefetches", "prefetch_used", "prefetch_precision", "final_threshold"):
         assert device[field] == host[field], field
 
 
-def test_prefetcher_places_served_and_swapped_models_on_its_module() -> None:
+def test_prefetcher_places_served_and_swapped_models_on_its_module(xp: object) -> None:
     vocab = Vocabulary(1 << 10)
     cache = Cache(numpy, max_keys=1 << 10, max_memory_bytes=1 << 20)
-    prefetcher = Prefetcher(cache, None, make_model("model", vocab), vocab, PrefetchSettings(), sync=True, xp=fake_device)
-    assert model_array_module(prefetcher.model) is fake_device
+    prefetcher = Prefetcher(cache, None, make_model("model", vocab), vocab, PrefetchSettings(), sync=True, xp=xp)
+    assert model_array_module(prefetcher.model) is xp
+    assert prefetcher.status()["backend"] == xp.__name__.rsplit(".", 1)[-1]
     assert run_test_inference(prefetcher.model, vocab, 2)[0]
     fresh = make_model("markov", vocab)
     prefetcher.swap_model(fresh, vocab, 2, (True, "ok"))
-    assert model_array_module(prefetcher.model) is fake_device
+    assert model_array_module(prefetcher.model) is xp
     prefetcher.observe([b"a", b"b", b"a", b"b"])
     assert prefetcher.stats.observed == 4
