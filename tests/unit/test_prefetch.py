@@ -568,3 +568,18 @@ def test_a_queue_half_full_ends_the_rest_so_no_batch_is_dropped() -> None:
     finally:
         prefetcher.close()
     assert prefetcher.stats.dropped_batches == 0
+
+
+def test_prefetch_settings_defaults_are_the_schema_defaults() -> None:
+    """Code that builds PrefetchSettings() without a config (replay, tests, embedders) gets
+    what the agent gets from an empty config file."""
+    from dataclasses import fields
+
+    from agent.config import load_config
+
+    section = load_config(None, text="").get("cache.prefetch")
+    unbounded = {"max_keys_per_second", "max_bytes_per_second"}  # offline use: no rate limit
+    for field in fields(PrefetchSettings):
+        want = 0.0 if field.name in unbounded else section[field.name]
+        assert getattr(PrefetchSettings(), field.name) == want, field.name
+    assert all(section[name] > 0 for name in unbounded)
