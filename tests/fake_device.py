@@ -10,8 +10,9 @@ would fail on a real device fails here too:
   ``.get()`` (to the host, a copy), as CuPy requires;
 - NumPy functions must not be called on device arrays directly (CuPy would hand back
   device arrays where host code expects host ones): go through the module;
-- only the functions listed in :data:`FUNCTIONS` exist (all of them in CuPy >= 13), and
-  ufuncs offer only ``__call__`` and ``reduce``;
+- only the functions listed in :data:`FUNCTIONS` (and ``asarray``, ``array``,
+  ``argsort``) exist, all of them in CuPy >= 13 with the arguments used here; ufuncs offer
+  only ``__call__`` and ``reduce``, and ``argsort`` takes no ``kind`` (CuPy's is stable);
 - iterating over a device array from Python is refused (each element would be a transfer).
 
 ``transfers`` counts the copies each way, so a test can also check how often code crosses.
@@ -29,7 +30,6 @@ import numpy
 FUNCTIONS = frozenset(
     {
         "arange",
-        "argsort",
         "array",
         "asarray",
         "concatenate",
@@ -154,6 +154,12 @@ def asarray(value: Any, dtype: Any = None) -> DeviceArray:
 
 
 array = asarray
+
+
+def argsort(values: Any, axis: int = -1) -> Any:
+    """CuPy's argsort: always stable, and no ``kind`` to choose."""
+    _check((values,), "argsort")
+    return _device(numpy.argsort(_plain(values), axis=axis, kind="stable"))
 
 
 def _function(name: str) -> Any:

@@ -74,19 +74,17 @@ def _edges(xp: Any, ordered: Any) -> Any:
     return xp.flatnonzero(edge)
 
 
+def _stable_argsort(xp: Any, values: Any) -> Any:
+    """``argsort`` keeping equal values in order: NumPy's stable kind; CuPy's argsort is
+    always stable, and not every version takes ``kind``."""
+    return numpy.argsort(values, kind="stable") if xp is numpy else xp.argsort(values)
+
+
 def _run_starts(xp: Any, values: Any) -> Any:
     """Mask of the positions where a run of equal values starts."""
     first = xp.ones(values.shape[0], dtype=bool)
     first[1:] = values[1:] != values[:-1]
     return first
-
-
-def _with_first(xp: Any, first: int, rest: Any) -> Any:
-    """``[first, *rest]`` as an int64 array on ``xp`` (``rest`` already there)."""
-    out = xp.empty(rest.shape[0] + 1, dtype=xp.int64)
-    out[0] = first
-    out[1:] = rest
-    return out
 
 
 def _any_column(match: numpy.ndarray) -> numpy.ndarray:
@@ -520,7 +518,7 @@ class ContextMarkov:
         idx = xp.flatnonzero((ctx >= 0) & (nxt >= 0))
         if idx.shape[0] == 0:
             return ctx
-        order = idx[xp.argsort(ctx[idx], kind="stable")]
+        order = idx[_stable_argsort(xp, ctx[idx])]
         rows, tags = ctx[order], tag[order]
         m = rows.shape[0]
         start = _run_starts(xp, rows)

@@ -245,3 +245,10 @@ def test_prefetcher_places_served_and_swapped_models_on_its_module(xp: object) -
     assert model_array_module(prefetcher.model) is xp
     prefetcher.observe([b"a", b"b", b"a", b"b"])
     assert prefetcher.stats.observed == 4
+
+
+def test_the_stand_in_argsort_is_cupys() -> None:
+    dev = fake_device.asarray([3, 1, 3, 1, 2])
+    assert fake_device.argsort(dev).tolist() == [1, 3, 4, 0, 2]  # stable, as CuPy's
+    with pytest.raises(TypeError):
+        fake_device.argsort(dev, kind="stable")
