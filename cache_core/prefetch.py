@@ -102,6 +102,7 @@ class PrefetchSettings:
     max_batch_keys: int = 8192
     max_cpu_share: float = 0.2
     max_pause_seconds: float = 0.05
+    min_batch_keys: int = 1024
 
 
 @dataclass
@@ -123,6 +124,7 @@ class PrefetchStats:
     challenger_errors: int = 0
     coalesced_batches: int = 0
     rest_seconds: float = 0.0
+    gather_seconds: float = 0.0
 
 
 class _Bucket:
@@ -194,6 +196,17 @@ class Prefetcher:
         # cost batches that the bounded queue would drop).
         self._rouse = threading.Event()
         self._rest = rest or self._rest_until_roused
+        # Ends a gather (see _gather): min_batch_keys read keys queued, a queue half full, close().
+        self._gathered = threading.Event()
+        # Read keys queued, as two counters each written by one side only (no lock on the
+        # request path): the producer's keys in (and dropped), the worker's keys taken.
+        self._keys_in = 0
+        self._keys_dropped = 0
+        self._keys_taken = 0
+        # Hints queued and taken (a queued hint ends a gather: a client waits on it).
+        self._hints_in = 0
+        self._hints_taken = 0
+        self.gathering = False  # the worker waits for reads to gather (see _gather)
         self._stop = False
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -222,16 +235,26 @@ class Prefetcher:
         return len(keys)
 
     def _enqueue(self, kind: str, keys: list[bytes], hits: list[bool]) -> None:
-        queue = self._queue
+        queue, s = self._queue, self.settings
         queue.append((kind, keys, hits))
-        if 2 * len(queue) >= self.settings.queue_max_batches:
+        self._keys_in += len(keys)
+        if 2 * len(queue) >= s.queue_max_batches:
             self._rouse.set()
-        if len(queue) > self.settings.queue_max_batches:
+            self._gathered.set()
+        if len(queue) > s.queue_max_batches:
             try:
-                queue.popleft()
+                gone_kind, gone, _hits = queue.popleft()
                 self.stats.dropped_batches += 1
+                self._keys_dropped += len(gone)
+                if gone_kind == "hint":
+                    self._hints_in -= 1
             except IndexError:
                 pass
+        if kind == "hint":
+            self._hints_in += 1
+            self._gathered.set()
+        elif not self._gathered.is_set() and self.queued_keys() >= s.min_batch_keys:
+            self._gathered.set()
         # The worker clears the event before it drains the queue, so a set event means this
         # batch will be seen; skipping the set (a lock and a notify) saves the request path
         # a little on every read.
@@ -248,6 +271,9 @@ class Prefetcher:
                     kind, keys, hits = self._queue.popleft()
                 except IndexError:
                     break
+                self._keys_taken += len(keys)
+                if kind == "hint":
+                    self._hints_taken += 1
                 if kind == "access":
                     keys, hits = self._coalesce(keys, hits)
                 started = time.thread_time()
@@ -263,6 +289,8 @@ class Prefetcher:
                 if rest > 0:
                     self.stats.rest_seconds += rest
                     self._rest(rest)
+                if self._queue:
+                    self._gather(self.settings.max_pause_seconds - rest)
 
     def _coalesce(self, keys: list[bytes], hits: list[bool]) -> tuple[list[bytes], list[bool]]:
         """Join the read batches queued behind this one (up to ``max_batch_keys`` keys).
@@ -282,6 +310,7 @@ class Prefetcher:
         while queue and len(keys) < limit and queue[0][0] == "access":
             try:
                 _kind, more, more_hits = queue.popleft()
+                self._keys_taken += len(more)
             except IndexError:
                 break
             keys.extend(more)
@@ -299,6 +328,32 @@ class Prefetcher:
             return 0.0
         return min(self.settings.max_pause_seconds, cpu_seconds * (1 - share) / share)
 
+    def queued_keys(self) -> int:
+        """Read keys waiting for the worker (hints included)."""
+        return self._keys_in - self._keys_dropped - self._keys_taken
+
+    def _gather(self, limit: float) -> None:
+        """Reads queued up while the worker rested: it is being asked faster than it steps.
+        Wait (at most ``limit`` seconds: the rest and this wait together stay within
+        ``max_pause_seconds``) until ``min_batch_keys`` of them are queued, so that the next
+        step learns them as one batch, where a key costs a fraction of what it costs in a
+        small one. A worker that finds nothing queued after its rest does not wait: at a low
+        read rate every read is still learned and predicted from at once. A queued hint, a
+        queue half full and close() end the wait."""
+        s = self.settings
+        if s.min_batch_keys <= 1 or limit <= 0:
+            return
+        self._gathered.clear()
+        if self._stop or self.queued_keys() >= s.min_batch_keys or 2 * len(self._queue) >= s.queue_max_batches or self._hints_in > self._hints_taken:
+            return
+        started = time.monotonic()
+        self.gathering = True
+        try:
+            self._gathered.wait(limit)
+        finally:
+            self.gathering = False
+            self.stats.gather_seconds += time.monotonic() - started
+
     def _rest_until_roused(self, seconds: float) -> None:
         if 2 * len(self._queue) < self.settings.queue_max_batches:
             self._rouse.clear()
@@ -308,6 +363,7 @@ class Prefetcher:
     def close(self) -> None:
         self._stop = True
         self._rouse.set()
+        self._gathered.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -505,6 +561,7 @@ class Prefetcher:
             "dropped_batches": st.dropped_batches,
             "coalesced_batches": st.coalesced_batches,
             "rest_seconds": round(st.rest_seconds, 6),
+            "gather_seconds": round(st.gather_seconds, 6),
             "hints": st.hints,
             "vocabulary": len(self.vocab),
             "vocabulary_resets": st.vocabulary_resets,

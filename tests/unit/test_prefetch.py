@@ -583,3 +583,75 @@ def test_prefetch_settings_defaults_are_the_schema_defaults() -> None:
         want = 0.0 if field.name in unbounded else section[field.name]
         assert getattr(PrefetchSettings(), field.name) == want, field.name
     assert all(section[name] > 0 for name in unbounded)
+
+
+def test_reads_that_queue_up_during_a_rest_are_gathered_into_one_batch() -> None:
+    """Reads came faster than the worker steps: after its rest it waits for min_batch_keys
+    of them and learns them in one step, instead of stepping on each small batch."""
+    cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 22)
+    vocab = Vocabulary(1024)
+    model = MarkovModel(vocab.capacity)
+    settings = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_cpu_share=0.5, max_pause_seconds=30.0, min_batch_keys=6)
+    rests = _Rests()
+    prefetcher = Prefetcher(cache, MemoryOrigin(), model, vocab, settings, rest=rests)
+    chain = [b"g%d" % i for i in range(7)]
+    try:
+        prefetcher.observe([chain[0]], [False])
+        assert rests.entered.wait(timeout=10)
+        prefetcher.observe([chain[1]], [False])
+        prefetcher.observe([chain[2]], [False])
+        rests.gate.set()  # the rest ends with 2 reads queued: fewer than 6, so it gathers
+        assert wait_until(lambda: prefetcher.gathering)
+        for key in chain[3:]:
+            prefetcher.observe([key], [False])
+        assert wait_until(lambda: prefetcher.stats.observed == 7)
+    finally:
+        prefetcher.close()
+    st = prefetcher.stats
+    assert st.steps == 2 and st.coalesced_batches == 5 and st.gather_seconds > 0
+    assert prefetcher.queued_keys() == 0
+    assert_learned_in_order(model, vocab, chain)
+
+
+def test_a_worker_that_finds_nothing_queued_after_its_rest_does_not_gather() -> None:
+    """At a low read rate every read is learned and predicted from at once."""
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    settings = PrefetchSettings(max_pause_seconds=30.0, min_batch_keys=1000)
+    prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings)
+    try:
+        for i in range(3):
+            prefetcher.observe([b"slow%d" % i])
+            assert wait_until(lambda i=i: prefetcher.stats.observed == i + 1)
+    finally:
+        prefetcher.close()
+    assert prefetcher.stats.steps == 3 and prefetcher.stats.gather_seconds == 0.0
+
+
+@pytest.mark.parametrize("ender", ["hint", "half_full", "close"])
+def test_a_gather_ends_on_a_hint_a_half_full_queue_or_close(ender: str) -> None:
+    """Nothing waits the whole max_pause_seconds (a minute here) when it must not: a client
+    waits on its hint, a half-full queue would start dropping reads, close() must return."""
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    settings = PrefetchSettings(max_cpu_share=0.5, max_pause_seconds=60.0, min_batch_keys=1000, queue_max_batches=8)
+    rests = _Rests()
+    prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, rest=rests)
+    try:
+        prefetcher.observe([b"first"])
+        assert rests.entered.wait(timeout=10)
+        prefetcher.observe([b"queued"])
+        rests.gate.set()
+        assert wait_until(lambda: prefetcher.gathering)
+        if ender == "hint":
+            prefetcher.hint([b"soon"])
+            assert wait_until(lambda: prefetcher.queued_keys() == 0 and prefetcher.stats.observed == 2)
+        elif ender == "half_full":
+            for i in range(3):  # 4 batches queued: half of 8
+                prefetcher.observe([b"k%d" % i])
+            assert wait_until(lambda: prefetcher.stats.observed == 5)
+        else:
+            started = time.monotonic()
+            prefetcher.close()
+            assert time.monotonic() - started < 30
+    finally:
+        prefetcher.close()
+    assert prefetcher.stats.dropped_batches == 0
