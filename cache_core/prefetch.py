@@ -98,7 +98,7 @@ class PrefetchSettings:
     threshold_step: float = 1.25
     max_keys_per_second: float = 0.0  # 0: unbounded
     max_bytes_per_second: float = 0.0
-    queue_max_batches: int = 1024
+    queue_max_batches: int = 4096
     max_batch_keys: int = 8192
     max_cpu_share: float = 0.2
     max_pause_seconds: float = 0.05
