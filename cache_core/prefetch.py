@@ -102,7 +102,7 @@ class PrefetchSettings:
     max_batch_keys: int = 8192
     max_cpu_share: float = 0.2
     max_pause_seconds: float = 0.05
-    min_batch_keys: int = 1024
+    min_batch_keys: int = 1
 
 
 @dataclass
