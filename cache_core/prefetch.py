@@ -562,6 +562,7 @@ class Prefetcher:
             "coalesced_batches": st.coalesced_batches,
             "rest_seconds": round(st.rest_seconds, 6),
             "gather_seconds": round(st.gather_seconds, 6),
+            "queued_keys": self.queued_keys(),
             "hints": st.hints,
             "vocabulary": len(self.vocab),
             "vocabulary_resets": st.vocabulary_resets,

@@ -609,7 +609,8 @@ def test_reads_that_queue_up_during_a_rest_are_gathered_into_one_batch() -> None
         prefetcher.close()
     st = prefetcher.stats
     assert st.steps == 2 and st.coalesced_batches == 5 and st.gather_seconds > 0
-    assert prefetcher.queued_keys() == 0
+    assert prefetcher.queued_keys() == 0 and prefetcher.status()["queued_keys"] == 0
+    assert prefetcher.status()["gather_seconds"] == pytest.approx(st.gather_seconds, abs=1e-6)
     assert_learned_in_order(model, vocab, chain)
 
 
@@ -641,6 +642,7 @@ def test_a_gather_ends_on_a_hint_a_half_full_queue_or_close(ender: str) -> None:
         prefetcher.observe([b"queued"])
         rests.gate.set()
         assert wait_until(lambda: prefetcher.gathering)
+        assert prefetcher.status()["queued_keys"] == 1
         if ender == "hint":
             prefetcher.hint([b"soon"])
             assert wait_until(lambda: prefetcher.queued_keys() == 0 and prefetcher.stats.observed == 2)
