@@ -198,8 +198,10 @@ class Prefetcher:
         self._rest = rest or self._rest_until_roused
         # Ends a gather (see _gather): min_batch_keys read keys queued, a queue half full, close().
         self._gathered = threading.Event()
-        # Read keys queued, as two counters each written by one side only (no lock on the
-        # request path): the producer's keys in (and dropped), the worker's keys taken.
+        # Read keys queued, as counters each written by one side only (no lock on the request
+        # path): the producer's keys in (and dropped), the worker's keys taken. The agent has
+        # one producer, the event loop; were there more, the count would only be approximate
+        # (it decides when a gather ends, nothing is lost by it).
         self._keys_in = 0
         self._keys_dropped = 0
         self._keys_taken = 0
