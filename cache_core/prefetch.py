@@ -241,8 +241,11 @@ class Prefetcher:
         queue.append((kind, keys, hits))
         self._keys_in += len(keys)
         if 2 * len(queue) >= s.queue_max_batches:
-            self._rouse.set()
-            self._gathered.set()
+            # (Each set takes a lock and notifies: only when not set yet.)
+            if not self._rouse.is_set():
+                self._rouse.set()
+            if not self._gathered.is_set():
+                self._gathered.set()
         if len(queue) > s.queue_max_batches:
             try:
                 gone_kind, gone, _hits = queue.popleft()
@@ -255,7 +258,7 @@ class Prefetcher:
         if kind == "hint":
             self._hints_in += 1
             self._gathered.set()
-        elif not self._gathered.is_set() and self.queued_keys() >= s.min_batch_keys:
+        elif s.min_batch_keys > 1 and not self._gathered.is_set() and self.queued_keys() >= s.min_batch_keys:
             self._gathered.set()
         # The worker clears the event before it drains the queue, so a set event means this
         # batch will be seen; skipping the set (a lock and a notify) saves the request path
