@@ -290,8 +290,9 @@ class Cache:
     # ``lookup`` serves what is cached (counted as ``mget`` counts it), ``fill_from_origin``
     # (in a worker thread) loads the misses, ``notify_reads`` tells the prefetcher.
     def lookup(self, keys: Sequence[bytes]) -> tuple[list[bytes | None], list[bool]]:
-        """Cached values (None for a miss) and which keys were hits; no origin is asked."""
-        return self._mget(keys, True, read_through=False)
+        """Cached values (None for a miss) and which keys were hits (an empty list when no
+        prefetch observer would be told: nothing else reads them); no origin is asked."""
+        return self._mget(keys, self.prefetch_observer is not None, read_through=False)
 
     def needs_origin(self, values: Sequence[bytes | None]) -> bool:
         """Whether a lookup's misses would be read through from the origin."""

@@ -657,3 +657,15 @@ def test_a_gather_ends_on_a_hint_a_half_full_queue_or_close(ender: str) -> None:
     finally:
         prefetcher.close()
     assert prefetcher.stats.dropped_batches == 0
+
+
+def test_lookup_reports_hits_only_when_a_prefetch_observer_listens() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    cache.set(b"here", b"v")
+    assert cache.lookup([b"here", b"gone"]) == ([b"v", None], [])
+    seen: list[tuple[list[bytes], list[bool]]] = []
+    cache.prefetch_observer = lambda keys, hits: seen.append((list(keys), list(hits)))
+    values, hits = cache.lookup([b"here", b"gone"])
+    assert values == [b"v", None] and hits == [True, False]
+    cache.notify_reads([b"here", b"gone"], hits)
+    assert seen == [([b"here", b"gone"], [True, False])]
