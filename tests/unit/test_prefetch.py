@@ -508,18 +508,25 @@ class _Rests:
         assert self.gate.wait(timeout=10)
 
 
-def test_reads_that_arrive_while_the_worker_rests_are_learned_as_one_batch() -> None:
+def resting_after_first_read(first: bytes, **settings: Any) -> tuple[Prefetcher, MarkovModel, Vocabulary, _Rests]:
+    """A running prefetcher (Markov model, every candidate loaded) that has stepped on
+    ``first`` and is now held in its rest by the returned :class:`_Rests`."""
     cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 22)
     vocab = Vocabulary(1024)
     model = MarkovModel(vocab.capacity)
-    settings = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_cpu_share=0.05, max_pause_seconds=1.0)
     rests = _Rests()
-    prefetcher = Prefetcher(cache, MemoryOrigin(), model, vocab, settings, rest=rests)
+    chosen = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, **settings)
+    prefetcher = Prefetcher(cache, MemoryOrigin(), model, vocab, chosen, rest=rests)
+    prefetcher.observe([first], [False])
+    assert rests.entered.wait(timeout=10)
+    return prefetcher, model, vocab, rests
+
+
+def test_reads_that_arrive_while_the_worker_rests_are_learned_as_one_batch() -> None:
     chain = [b"c%d" % i for i in range(20)]
+    prefetcher, model, vocab, rests = resting_after_first_read(chain[0], max_cpu_share=0.05, max_pause_seconds=1.0)
     try:
-        prefetcher.observe([chain[0]], [False])
         # The first step took some CPU time, so the worker rests 19x as long (capped).
-        assert rests.entered.wait(timeout=10)
         assert 0 < rests.asked[0] <= 1.0
         for key in chain[1:]:
             prefetcher.observe([key], [False])
@@ -588,16 +595,9 @@ def test_prefetch_settings_defaults_are_the_schema_defaults() -> None:
 def test_reads_that_queue_up_during_a_rest_are_gathered_into_one_batch() -> None:
     """Reads came faster than the worker steps: after its rest it waits for min_batch_keys
     of them and learns them in one step, instead of stepping on each small batch."""
-    cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 22)
-    vocab = Vocabulary(1024)
-    model = MarkovModel(vocab.capacity)
-    settings = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_cpu_share=0.5, max_pause_seconds=30.0, min_batch_keys=6)
-    rests = _Rests()
-    prefetcher = Prefetcher(cache, MemoryOrigin(), model, vocab, settings, rest=rests)
     chain = [b"g%d" % i for i in range(7)]
+    prefetcher, model, vocab, rests = resting_after_first_read(chain[0], max_cpu_share=0.5, max_pause_seconds=30.0, min_batch_keys=6)
     try:
-        prefetcher.observe([chain[0]], [False])
-        assert rests.entered.wait(timeout=10)
         prefetcher.observe([chain[1]], [False])
         prefetcher.observe([chain[2]], [False])
         rests.gate.set()  # the rest ends with 2 reads queued: fewer than 6, so it gathers
