@@ -24,7 +24,7 @@ import click
 import yaml
 
 from agent import __version__
-from agent.config import Config, load_config, read_config_text, resolve_config_path
+from agent.config import Config, load_config, load_yaml, read_config_text, resolve_config_path
 from agent.errors import ConfigError, SecurityError, StartupError
 from agent.http import parse_listen
 from agent.plugins import PluginHost
@@ -81,7 +81,7 @@ def _load_for_client(config_path: str | None) -> Config:
         return load_config(path, plugin_fragments=fragments, opaque_plugins=opaque)
     except ConfigError as exc:
         try:
-            raw = yaml.safe_load(read_config_text(path)) if path else {}
+            raw = load_yaml(read_config_text(path)) if path else {}
             agent_section = raw.get("agent", {}) if isinstance(raw, dict) else {}
             subset = {k: agent_section[k] for k in ("http", "auth", "pid_file") if isinstance(agent_section, dict) and k in agent_section}
             cfg = load_config(None, text=yaml.safe_dump({"agent": subset}))
@@ -732,7 +732,7 @@ def _mlops_config(config_path: str | None) -> Config:
     try:
         text = read_config_text(path) if path else ""
         try:
-            raw = yaml.safe_load(text)
+            raw = load_yaml(text)
         except yaml.YAMLError:
             raw = None  # load_config reports the syntax error with its line
         section = raw.get("plugins") if isinstance(raw, dict) else None

@@ -133,10 +133,29 @@ def dotted(path: Iterable[Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers in exponent form without a dot (``2e-6``,
+    ``1E3``) as floats, as YAML 1.2 and JSON do; YAML 1.1 takes them for strings, and a
+    schema's "expected number" for ``max_model_seconds_per_read: 2e-6`` would puzzle
+    anyone who wrote it."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, read by :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML, returning the data and a map from key path to (1-based) line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -149,7 +168,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     _walk_nodes(node, (), lines, problems)
     if problems:
         raise ConfigError(problems, source)
-    data = yaml.SafeLoader(text).get_single_data()
+    data = ConfigLoader(text).get_single_data()
     return data, lines
 
 
@@ -185,7 +204,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> list[Conf
             problems.append(ConfigProblem(key or item, "--set expects key.path=value"))
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         parts = key.split(".")

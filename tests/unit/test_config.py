@@ -231,6 +231,17 @@ def test_overrides_parse_yaml_scalars_and_create_nested_maps() -> None:
     assert data["keep"] == {"me": 1, "other": 2}
 
 
+def test_numbers_in_exponent_form_are_floats_in_the_file_and_in_overrides() -> None:
+    """YAML 1.1 reads ``2e-6`` (no dot) as a string; the config reads it as JSON does."""
+    cfg = load_config(None, text="cache:\n  prefetch:\n    max_model_seconds_per_read: 2e-6\n", overrides=["cache.prefetch.model_cpu_floor_share=1E-2"])
+    assert cfg.get("cache.prefetch.max_model_seconds_per_read") == pytest.approx(2e-6)
+    assert cfg.get("cache.prefetch.model_cpu_floor_share") == pytest.approx(0.01)
+    data: dict[str, Any] = {}
+    assert apply_overrides(data, ["a.neg=-1.5e+2", "a.word=1e", "a.name=e5", "a.int=1000"]) == []
+    assert data["a"] == {"neg": -150.0, "word": "1e", "name": "e5", "int": 1000}
+    assert type(data["a"]["int"]) is int
+
+
 @pytest.mark.parametrize("item", ["noequals", "=value", "a..b=1", ".a=1", "a.=1", "  =1"])
 def test_malformed_overrides_are_rejected(item: str) -> None:
     data: dict[str, Any] = {}
