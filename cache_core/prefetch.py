@@ -27,7 +27,10 @@ bounded (``max_cpu_share``): after a step that took ``t`` seconds of its thread'
 time it rests ``t × (1 − share) / share`` (at most ``max_pause_seconds``, and never
 while the queue is half full), so the request
 path keeps the rest of the interpreter, and the reads that queue up meanwhile make the
-next step's batch larger and cheaper per key. Model cost is counted in thread CPU time
+next step's batch larger and cheaper per key. Optionally (``min_batch_keys``,
+``max_model_seconds_per_read``) the worker also gathers: it waits, within the same bound,
+for more reads before a step, a fixed number or as many as pay for the model time its
+steps cost beyond a budget per read (see :meth:`Prefetcher._gather`). Model cost is counted in thread CPU time
 (``inference_seconds``), not wall time, which would also count the time the worker waits
 for the interpreter while the server runs. Replay uses ``sync=True``: each step runs
 inline, deterministic, without rests. ``hint(keys)`` (``PREDIS.HINT``) queues keys a client says it will
@@ -44,6 +47,7 @@ not change; a full vocabulary then stops taking new keys instead of starting ove
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -57,6 +61,9 @@ from cache_core.models import make_model, model_array_module, place_model
 from cache_core.models.base import Vocabulary
 
 log = logging.getLogger(__name__)
+
+# What a debt's float rounding may add to the reads owed (10 us - 2 us is 8.000000000000001 us).
+_ROUNDING = 1e-9
 
 
 def test_inference(model: Any, vocab: Vocabulary, depth: int) -> tuple[bool, str]:
@@ -103,6 +110,8 @@ class PrefetchSettings:
     max_cpu_share: float = 0.2
     max_pause_seconds: float = 0.05
     min_batch_keys: int = 1
+    max_model_seconds_per_read: float = 0.0
+    model_cpu_floor_share: float = 0.05
 
 
 @dataclass
@@ -196,8 +205,14 @@ class Prefetcher:
         # cost batches that the bounded queue would drop).
         self._rouse = threading.Event()
         self._rest = rest or self._rest_until_roused
-        # Ends a gather (see _gather): min_batch_keys read keys queued, a queue half full, close().
+        # Ends a gather (see _gather): ``_gather_keys`` read keys queued (set by the worker
+        # while it waits, 0 otherwise), a hint, a queue half full, close().
         self._gathered = threading.Event()
+        self._gather_keys = 0
+        # Model CPU time spent beyond max_model_seconds_per_read per read, not yet paid for
+        # by the reads of later steps (see _gather).
+        self._debt = 0.0
+        self._charged_at = time.monotonic()
         # Read keys queued, as counters each written by one side only (no lock on the request
         # path): the producer's keys in (and dropped), the worker's keys taken. The agent has
         # one producer, the event loop; were there more, the count would only be approximate
@@ -258,7 +273,7 @@ class Prefetcher:
         if kind == "hint":
             self._hints_in += 1
             self._gathered.set()
-        elif s.min_batch_keys > 1 and not self._gathered.is_set() and self.queued_keys() >= s.min_batch_keys:
+        elif self._gather_keys and not self._gathered.is_set() and self.queued_keys() >= self._gather_keys:
             self._gathered.set()
         # The worker clears the event before it drains the queue, so a set event means this
         # batch will be seen; skipping the set (a lock and a notify) saves the request path
@@ -282,20 +297,27 @@ class Prefetcher:
                 if kind == "access":
                     keys, hits = self._coalesce(keys, hits)
                 started = time.thread_time()
+                model_seconds = 0.0
                 try:
                     if kind == "hint":
                         self._load(keys)
                     else:
-                        self._step(keys, hits)
+                        model_seconds = self._step(keys, hits)
                 except Exception as exc:
                     self.stats.origin_errors += 1
                     log.warning("prefetch step failed: %s: %s", exc.__class__.__name__, exc)
                 rest = self.rest_after(time.thread_time() - started)
+                if kind == "access":
+                    self._charge(model_seconds, len(keys))
                 if rest > 0:
                     self.stats.rest_seconds += rest
                     self._rest(rest)
                 if self._queue:
                     self._gather(self.settings.max_pause_seconds - rest)
+                else:
+                    # Caught up: the reads come slower than the worker steps, so what a
+                    # step costs per read is no load on anyone (see _gather).
+                    self._debt = 0.0
 
     def _coalesce(self, keys: list[bytes], hits: list[bool]) -> tuple[list[bytes], list[bool]]:
         """Join the read batches queued behind this one (up to ``max_batch_keys`` keys).
@@ -333,6 +355,32 @@ class Prefetcher:
             return 0.0
         return min(self.settings.max_pause_seconds, cpu_seconds * (1 - share) / share)
 
+    def _charge(self, model_seconds: float, reads: int) -> None:
+        """Book a step's model CPU time against what it earned: ``max_model_seconds_per_read``
+        for each of its ``reads`` and ``model_cpu_floor_share`` of the time since the last step."""
+        s = self.settings
+        now = time.monotonic()
+        earned = s.max_model_seconds_per_read * reads + s.model_cpu_floor_share * (now - self._charged_at)
+        self._charged_at = now
+        if s.max_model_seconds_per_read > 0:
+            self._debt = max(0.0, self._debt + model_seconds - earned)
+
+    def _owed(self) -> float:
+        """The debt less what the floor share has earned since it was booked."""
+        return max(0.0, self._debt - self.settings.model_cpu_floor_share * (time.monotonic() - self._charged_at))
+
+    def gather_target(self) -> int:
+        """Read keys the worker waits for before its next step (1: none): ``min_batch_keys``,
+        or as many reads as it takes to pay, at ``max_model_seconds_per_read`` each, for the
+        model time the steps before spent beyond what they earned (see :meth:`_charge`)."""
+        s = self.settings
+        need = s.min_batch_keys
+        budget = s.max_model_seconds_per_read
+        owed = self._owed() if self._debt > 0 else 0.0
+        if budget > 0 and owed > 0:
+            need = max(need, math.ceil(owed / budget - _ROUNDING))
+        return max(1, min(need, s.max_batch_keys))
+
     def queued_keys(self) -> int:
         """Read keys waiting for the worker (hints included)."""
         return self._keys_in - self._keys_dropped - self._keys_taken
@@ -340,24 +388,55 @@ class Prefetcher:
     def _gather(self, limit: float) -> None:
         """Reads queued up while the worker rested: it is being asked faster than it steps.
         Wait (at most ``limit`` seconds: the rest and this wait together stay within
-        ``max_pause_seconds``) until ``min_batch_keys`` of them are queued, so that the next
-        step learns them as one batch, where a key costs a fraction of what it costs in a
-        small one. A worker that finds nothing queued after its rest does not wait: at a low
-        read rate every read is still learned and predicted from at once. A queued hint, a
-        queue half full and close() end the wait."""
+        ``max_pause_seconds``) until :meth:`gather_target` reads are queued, so that the
+        next step learns them as one batch, where a key costs a fraction of what it costs
+        in a small one, and so that under load the model's CPU time per read stays within
+        ``max_model_seconds_per_read``. The part of the wait that pays a debt also ends
+        once ``model_cpu_floor_share`` of the time waited pays it (a moderate read rate
+        keeps timely predictions); ``min_batch_keys`` is waited for in any case. A worker
+        that finds nothing queued after its rest does not wait (and owes nothing): at a
+        low read rate every read is still learned and predicted from at once. A queued
+        hint, a queue half full and close() end the wait; a wait that runs out of time
+        forgives what is owed (the bound on how late a prediction comes wins over the
+        budget)."""
         s = self.settings
-        if s.min_batch_keys <= 1 or limit <= 0:
+        need = self.gather_target()
+        if need <= 1:
             return
-        self._gathered.clear()
-        if self._stop or self.queued_keys() >= s.min_batch_keys or 2 * len(self._queue) >= s.queue_max_batches or self._hints_in > self._hints_taken:
+        if limit <= 0:
+            self._debt = 0.0
             return
         started = time.monotonic()
-        self.gathering = True
+        deadline = started + limit
+        floor = s.model_cpu_floor_share
+        paid_at = started + self._owed() / floor if floor > 0 and need > s.min_batch_keys else math.inf
+        while True:
+            now = time.monotonic()
+            if now >= paid_at:
+                need = s.min_batch_keys
+            if need <= 1 or self._await_keys(need, min(deadline, paid_at) - now):
+                return
+            if time.monotonic() >= deadline:
+                self._debt = 0.0
+                return
+
+    def _await_keys(self, need: int, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``need`` read keys queued; False when the time ran out
+        first (a hint, a queue half full and close() end the wait too)."""
+        self._gathered.clear()
+        self._gather_keys = need
         try:
-            self._gathered.wait(limit)
+            if self._stop or self.queued_keys() >= need or 2 * len(self._queue) >= self.settings.queue_max_batches or self._hints_in > self._hints_taken:
+                return True
+            started = time.monotonic()
+            self.gathering = True
+            try:
+                return self._gathered.wait(max(0.0, seconds))
+            finally:
+                self.gathering = False
+                self.stats.gather_seconds += time.monotonic() - started
         finally:
-            self.gathering = False
-            self.stats.gather_seconds += time.monotonic() - started
+            self._gather_keys = 0
 
     def _rest_until_roused(self, seconds: float) -> None:
         if 2 * len(self._queue) < self.settings.queue_max_batches:
@@ -448,7 +527,9 @@ class Prefetcher:
         self.stats.skipped_threshold += len(proposals) - len(chosen)
         return chosen
 
-    def _step(self, keys: list[bytes], hits: list[bool] | None = None) -> None:
+    def _step(self, keys: list[bytes], hits: list[bool] | None = None) -> float:
+        """Learn from and predict after a read batch, load what is chosen; returns the model
+        CPU time it took (the serving model's and a challenger's)."""
         s = self.settings
         keys = keys[-s.max_batch_keys :]
         hits = (hits or [])[-s.max_batch_keys :]
@@ -463,7 +544,8 @@ class Prefetcher:
             self.stats.steps += 1
             self.model = self._restart_if_full(self.model, self.vocab)
             chosen = self._chosen(self._propose(self.model, self.vocab, keys))
-            self.stats.inference_seconds += time.thread_time() - started
+            model_seconds = time.thread_time() - started
+            self.stats.inference_seconds += model_seconds
             if rollout is not None and self._challenger is not None:
                 chosen = [k for k, arm in zip(chosen, rollout.arms_of(chosen)) if arm == 0]
                 rollout.record_prefetches(0, len(chosen))
@@ -478,7 +560,9 @@ class Prefetcher:
                     log.warning("prefetch: the challenger model failed: %s: %s", exc.__class__.__name__, exc)
                     rollout.record_error(exc)
                     challenged = []
-                rollout.record_inference(time.thread_time() - started, len(keys))
+                challenger_seconds = time.thread_time() - started
+                model_seconds += challenger_seconds
+                rollout.record_inference(challenger_seconds, len(keys))
                 mine = [k for k, arm in zip(challenged, rollout.arms_of(challenged)) if arm == 1]
                 rollout.record_prefetches(1, len(mine))
                 chosen += mine
@@ -489,6 +573,7 @@ class Prefetcher:
             self._load(wanted)
         if s.adaptive:
             self._adapt()
+        return model_seconds
 
     def _load(self, keys: list[bytes]) -> None:
         if not keys or self.origin is None:

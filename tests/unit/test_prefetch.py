@@ -659,6 +659,129 @@ def test_a_gather_ends_on_a_hint_a_half_full_queue_or_close(ender: str) -> None:
     assert prefetcher.stats.dropped_batches == 0
 
 
+def test_the_model_time_a_step_spends_beyond_its_reads_budget_is_owed_in_reads() -> None:
+    """gather_target: the reads it takes, at max_model_seconds_per_read each, to pay for what
+    the steps before spent beyond their own reads' budget (within min/max_batch_keys)."""
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    settings = PrefetchSettings(max_model_seconds_per_read=2e-6, model_cpu_floor_share=0.0, max_batch_keys=100)
+    prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
+    assert prefetcher.gather_target() == 1
+    prefetcher._charge(10e-6, 1)  # 8 us over a read's 2 us: four reads owed
+    assert prefetcher.gather_target() == 4
+    prefetcher._charge(1e-6, 10)  # well within budget: the debt is paid, none carried over
+    assert prefetcher._debt == 0.0 and prefetcher.gather_target() == 1
+    prefetcher._charge(1.0, 1)  # never more than one step's worth of keys
+    assert prefetcher.gather_target() == 100
+    unbudgeted = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), PrefetchSettings(max_model_seconds_per_read=0.0, min_batch_keys=3), sync=True)
+    unbudgeted._charge(1.0, 1)
+    assert unbudgeted._debt == 0.0 and unbudgeted.gather_target() == 3
+
+
+class _CostlySteps(Prefetcher):
+    """Each read step reports ``cost`` seconds of model CPU time (the real step runs too)."""
+
+    cost = 1e-3
+
+    def _step(self, keys: list[bytes], hits: list[bool] | None = None) -> float:
+        super()._step(keys, hits)
+        return self.cost
+
+
+def costly_prefetcher(**settings: Any) -> tuple[_CostlySteps, MarkovModel, Vocabulary, _Rests]:
+    """A running prefetcher whose first step (on ``b"b0"``) cost 1 ms of model time, held
+    in its rest by the returned :class:`_Rests`."""
+    cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 22)
+    vocab = Vocabulary(1024)
+    model = MarkovModel(vocab.capacity)
+    rests = _Rests()
+    chosen = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_cpu_share=0.5, **settings)
+    prefetcher = _CostlySteps(cache, MemoryOrigin(), model, vocab, chosen, rest=rests)
+    prefetcher.observe([b"b0"], [False])
+    assert rests.entered.wait(timeout=10)
+    return prefetcher, model, vocab, rests
+
+
+def test_under_load_a_step_over_budget_waits_for_the_reads_that_pay_for_it() -> None:
+    """1 ms of model time at 100 us per read: the worker, finding reads queued after its
+    rest, waits until 10 are queued and learns them as one batch."""
+    chain = [b"b%d" % i for i in range(11)]
+    prefetcher, model, vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-4, model_cpu_floor_share=0.0, max_pause_seconds=60.0)
+    try:
+        assert prefetcher.gather_target() == 9  # (1 ms - 100 us) / 100 us
+        prefetcher.observe([chain[1]], [False])
+        rests.gate.set()
+        assert wait_until(lambda: prefetcher.gathering)
+        for key in chain[2:9]:
+            prefetcher.observe([key], [False])
+        assert prefetcher.gathering and prefetcher.stats.steps == 1  # 8 of 9 queued: still waiting
+        prefetcher.observe([chain[9]], [False])
+        assert wait_until(lambda: prefetcher.stats.observed == 10)
+        assert prefetcher.stats.steps == 2
+    finally:
+        prefetcher.close()
+    assert_learned_in_order(model, vocab, chain[:10])
+
+
+def test_a_budget_wait_that_runs_out_of_time_steps_and_forgives_the_debt() -> None:
+    prefetcher, _model, _vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-4, model_cpu_floor_share=0.0, max_pause_seconds=0.5)
+    try:
+        prefetcher.observe([b"b1"], [False])
+        rests.gate.set()
+        assert wait_until(lambda: prefetcher.stats.observed == 2)
+        assert prefetcher.stats.steps == 2 and prefetcher.stats.gather_seconds > 0
+        # The second step (2 reads' worth of keys, 1 ms again) was booked after the forgiven
+        # first: what is owed now is that step's alone, or nothing if the worker caught up.
+        assert prefetcher._debt in (0.0, pytest.approx(1e-3 - 1e-4))
+    finally:
+        prefetcher.close()
+
+
+def test_the_floor_share_pays_a_debt_in_time_without_reads() -> None:
+    """1 ms of model time owed, 1 % of a core always free: about 0.1 s pays it (not the
+    minute of max_pause_seconds), and the reads the wait did not gather are not needed."""
+    prefetcher, _model, _vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-6, model_cpu_floor_share=0.01, max_pause_seconds=60.0)
+    try:
+        prefetcher.observe([b"b1"], [False])
+        assert prefetcher.gather_target() > 2  # reads alone would need ~1,000
+        rests.gate.set()
+        assert wait_until(lambda: prefetcher.stats.observed == 2)
+        assert prefetcher.stats.steps == 2 and prefetcher.stats.gather_seconds > 0
+    finally:
+        prefetcher.close()
+
+
+def test_once_the_floor_share_paid_the_debt_min_batch_keys_is_still_waited_for() -> None:
+    """The floor ends the budget's part of a gather, not the operator's min_batch_keys."""
+    prefetcher, model, vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-6, model_cpu_floor_share=0.002, min_batch_keys=3, max_pause_seconds=60.0)
+    try:
+        prefetcher.observe([b"b1"], [False])
+        rests.gate.set()
+        prefetcher.observe([b"b2"], [False])
+        # The budget's wait (~0.5 s at a 0.2 % floor) ended on time; the worker still gathers.
+        assert wait_until(lambda: prefetcher.stats.gather_seconds > 0 and prefetcher.gathering)
+        assert prefetcher.stats.steps == 1
+        prefetcher.observe([b"b3"], [False])
+        assert wait_until(lambda: prefetcher.stats.observed == 4)
+        assert prefetcher.stats.steps == 2
+    finally:
+        prefetcher.close()
+    assert_learned_in_order(model, vocab, [b"b0", b"b1", b"b2", b"b3"])
+
+
+def test_a_worker_that_catches_up_owes_nothing_and_steps_on_every_read() -> None:
+    """At a low read rate each read is learned at once, however much a step costs."""
+    prefetcher, _model, _vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-6, model_cpu_floor_share=0.0, max_pause_seconds=60.0)
+    try:
+        rests.gate.set()  # nothing queued when the rest ends
+        assert wait_until(lambda: prefetcher._debt == 0.0)
+        for i in range(1, 4):
+            prefetcher.observe([b"b%d" % i], [False])
+            assert wait_until(lambda i=i: prefetcher.stats.observed == i + 1)
+    finally:
+        prefetcher.close()
+    assert prefetcher.stats.steps == 4 and prefetcher.stats.gather_seconds == 0.0
+
+
 def test_lookup_reports_hits_only_when_a_prefetch_observer_listens() -> None:
     cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
     cache.set(b"here", b"v")
