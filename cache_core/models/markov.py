@@ -181,6 +181,7 @@ class SuccessorTable:
         if not ok.all():
             ctx, nxt = ctx[ok], nxt[ok]
         if ctx.shape[0] == 0:
+            self._decay_if_due()
             return
         match = self.succ[ctx] == nxt[:, None]
         has = _any_column(match)
@@ -190,6 +191,10 @@ class SuccessorTable:
         if not has.all():
             self._place(ctx[~has], nxt[~has])
         self.seen += int(ctx.shape[0])
+        self._decay_if_due()
+
+    def _decay_if_due(self) -> None:
+        """Halve every count once ``decay_every`` transitions were learned since the last time."""
         if self.seen >= self.decay_every:
             self.count *= 0.5
             self.seen = 0
@@ -544,10 +549,22 @@ class ContextMarkov:
         self.owner[heads] = tags[ends[moved]]
         self.table.succ[heads] = -1
         self.table.count[heads] = 0.0
-        if dropped.any():
-            self.table.seen += int(xp.count_nonzero(dropped))
+        # A row taken over that learns one transition (the rule under random traffic, where
+        # nearly every pair is new) gets it in its first slot with a count of one, what
+        # the update would place there, without the update's matching and placing rounds.
+        single = moved & (group_change == ends)
+        at = order[ends[single]]
+        taken = int(at.shape[0])
+        if taken:
+            one = rows[ends[single]]
+            self.table.succ[one, 0] = nxt[at]
+            self.table.count[one, 0] = 1.0
+        skipped = int(xp.count_nonzero(dropped)) + taken
+        if skipped:
+            self.table.seen += skipped
             ctx = ctx.copy()
             ctx[order[dropped]] = -1
+            ctx[at] = -1
         return ctx
 
     def observe(self, ids: numpy.ndarray) -> None:
