@@ -376,8 +376,8 @@ class Prefetcher:
         s = self.settings
         need = s.min_batch_keys
         budget = s.max_model_seconds_per_read
-        owed = self._owed() if self._debt > 0 else 0.0
-        if budget > 0 and owed > 0:
+        owed = self._owed() if budget > 0 else 0.0
+        if owed > 0:
             need = max(need, math.ceil(owed / budget - _ROUNDING))
         return max(1, min(need, s.max_batch_keys))
 

@@ -552,11 +552,11 @@ class ContextMarkov:
         # A row taken over that learns one transition (the rule under random traffic, where
         # nearly every pair is new) gets it in its first slot with a count of one, what
         # the update would place there, without the update's matching and placing rounds.
-        single = moved & (group_change == ends)
-        at = order[ends[single]]
+        last = ends[moved & (group_change == ends)]
+        at = order[last]
         taken = int(at.shape[0])
         if taken:
-            one = rows[ends[single]]
+            one = rows[last]
             self.table.succ[one, 0] = nxt[at]
             self.table.count[one, 0] = 1.0
         skipped = int(xp.count_nonzero(dropped)) + taken
