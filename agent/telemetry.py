@@ -137,7 +137,9 @@ COLLECTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_cache_prefetch_dropped_batches_total", "counter", "Access batches the prefetcher's queue dropped because its worker fell behind."),
     MetricSpec("predis_cache_prefetch_observed_total", "counter", "Read keys the prefetch model learned from and predicted after."),
     MetricSpec("predis_cache_prefetch_steps_total", "counter", "Prefetch worker steps (one model call each); observed / steps is the mean batch the model sees."),
-    MetricSpec("predis_cache_prefetch_inference_seconds_total", "counter", "CPU time the serving model spent encoding, learning and predicting; divided by observed, the inference cost per access.", unit="seconds"),
+    MetricSpec("predis_cache_prefetch_inference_seconds_total", "counter", "CPU time the serving model spent encoding, learning and predicting (in the model process, and shipping its work there and back); divided by observed, the inference cost per access.", unit="seconds"),
+    MetricSpec("predis_cache_prefetch_model_process_up", "gauge", "1 while the prefetch models run in their own process (cache.prefetch.model_process); 0 when they run in the prefetch worker thread, by configuration or because the process failed twice in a row."),
+    MetricSpec("predis_cache_prefetch_model_process_restarts_total", "counter", "Model processes replaced because one died or did not answer in time (the replacement starts from the models as last loaded)."),
     MetricSpec("predis_cache_keys", "gauge", "Live keys in the cache."),
     MetricSpec("predis_cache_max_keys", "gauge", "Key capacity (cache.max_keys)."),
     MetricSpec(

@@ -57,7 +57,8 @@ from typing import Any
 
 import numpy
 
-from cache_core.models import make_model, model_array_module, place_model
+from cache_core.model_host import CHALLENGER, SERVING, ModelError, ModelHostError, ModelProcess, describe, propose, restart_if_full
+from cache_core.models import place_model
 from cache_core.models.base import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class PrefetchSettings:
     min_batch_keys: int = 1
     max_model_seconds_per_read: float = 0.0
     model_cpu_floor_share: float = 0.05
+    model_process: bool = False
+    model_process_timeout_seconds: float = 10.0
 
 
 @dataclass
@@ -134,6 +137,7 @@ class PrefetchStats:
     coalesced_batches: int = 0
     rest_seconds: float = 0.0
     gather_seconds: float = 0.0
+    model_process_restarts: int = 0
 
 
 class _Bucket:
@@ -225,7 +229,21 @@ class Prefetcher:
         self._hints_taken = 0
         self.gathering = False  # the worker waits for reads to gather (see _gather)
         self._stop = False
+        self._busy = False  # the worker took a batch and has not caught up since
         self._lock = threading.Lock()
+        # The models' own process (see cache_core.model_host), or None: they run in the
+        # worker thread. What it says of each model, and why it was given up, for status.
+        self._host: ModelProcess | None = None
+        self._host_error: str | None = None
+        self._described: dict[str, dict[str, Any]] = {}
+        self._step_remote = 0.0  # CPU seconds the last step's models took in the model process
+        if not sync and self.settings.model_process:
+            self._host = ModelProcess(
+                self.xp.__name__,
+                depth=self.settings.depth,
+                predict_last=self.settings.predict_last,
+                timeout=self.settings.model_process_timeout_seconds,
+            )
         self._thread: threading.Thread | None = None
         if not sync:
             self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
@@ -283,10 +301,14 @@ class Prefetcher:
 
     # -- worker ---------------------------------------------------------------------
     def _run(self) -> None:
+        if self._host is not None:
+            with self._lock:
+                self._remote(lambda host: self._load_host(host))
         while not self._stop:
             self._wake.wait()
             self._wake.clear()
             while self._queue and not self._stop:
+                self._busy = True
                 try:
                     kind, keys, hits = self._queue.popleft()
                 except IndexError:
@@ -297,7 +319,7 @@ class Prefetcher:
                 if kind == "access":
                     keys, hits = self._coalesce(keys, hits)
                 started = time.thread_time()
-                model_seconds = 0.0
+                model_seconds = self._step_remote = 0.0
                 try:
                     if kind == "hint":
                         self._load(keys)
@@ -306,7 +328,7 @@ class Prefetcher:
                 except Exception as exc:
                     self.stats.origin_errors += 1
                     log.warning("prefetch step failed: %s: %s", exc.__class__.__name__, exc)
-                rest = self.rest_after(time.thread_time() - started)
+                rest = self.rest_after(time.thread_time() - started + self._step_remote)
                 if kind == "access":
                     self._charge(model_seconds, len(keys))
                 if rest > 0:
@@ -318,6 +340,7 @@ class Prefetcher:
                     # Caught up: the reads come slower than the worker steps, so what a
                     # step costs per read is no load on anyone (see _gather).
                     self._debt = 0.0
+            self._busy = False
 
     def _coalesce(self, keys: list[bytes], hits: list[bool]) -> tuple[list[bytes], list[bool]]:
         """Join the read batches queued behind this one (up to ``max_batch_keys`` keys).
@@ -451,10 +474,49 @@ class Prefetcher:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._lock:
+            if self._host is not None:
+                self._host.close()
+
+    # -- the model process -------------------------------------------------------------
+    def _load_host(self, host: ModelProcess) -> bool:
+        self._described[SERVING] = host.load(SERVING, self.model, self.vocab, self.learn_online)
+        if self._challenger is not None:
+            model, vocab, _version = self._challenger
+            self._described[CHALLENGER] = host.load(CHALLENGER, model, vocab, self.learn_online)
+        return True
+
+    def _remote(self, call: Callable[[ModelProcess], Any], *, model_errors: bool = False) -> Any:
+        """``call(host)`` with the model process; None when there is none, or when it failed
+        twice in a row (:class:`ModelProcess` replaces a failed child once per request) or
+        could not take a model: then the models run in the worker thread from here on, from
+        the state the prefetcher last gave the process. With ``model_errors`` a model's own
+        error (:class:`ModelError`) is raised instead, as it would be in the thread. Lock held."""
+        host = self._host
+        if host is None:
+            return None
+        try:
+            return call(host)
+        except ModelError as exc:
+            if model_errors:
+                raise
+            self._give_up_host(host, exc)
+        except ModelHostError as exc:
+            self._give_up_host(host, exc)
+        finally:
+            self.stats.model_process_restarts = host.restarts
+        return None
+
+    def _give_up_host(self, host: ModelProcess, exc: Exception) -> None:
+        self._host = None
+        self._host_error = str(exc)
+        log.error("prefetch: the model process failed (%s); the models run in the prefetch worker thread from now on", exc)
+        host.close()
 
     def wait_idle(self, timeout: float) -> bool:
+        """Wait until the worker has caught up: nothing queued, no step running."""
         deadline = time.monotonic() + timeout
-        while self._queue:
+        while self._queue or self._busy:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.001)
@@ -468,6 +530,10 @@ class Prefetcher:
         with self._lock:
             self.rollout = rollout
             self._challenger = (model, vocab, version)
+            self._described.pop(CHALLENGER, None)
+            info = self._remote(lambda host: host.load(CHALLENGER, model, vocab, self.learn_online))
+            if info is not None:
+                self._described[CHALLENGER] = info
 
     def swap_model(self, model: Any, vocab: Vocabulary, version: int | None, test_result: tuple[bool, str]) -> None:
         """Serve ``model`` from the next step on (it passed ``test_result``)."""
@@ -475,12 +541,18 @@ class Prefetcher:
         with self._lock:
             self.model, self.vocab, self.version = model, vocab, version
             self.test_result = test_result
+            self._described.pop(SERVING, None)
+            info = self._remote(lambda host: host.load(SERVING, model, vocab, self.learn_online))
+            if info is not None:
+                self._described[SERVING] = info
 
     def stop_rollout(self) -> None:
         """Drop the challenger (the champion decides for every key again)."""
         with self._lock:
             self.rollout = None
             self._challenger = None
+            self._described.pop(CHALLENGER, None)
+            self._remote(lambda host: host.drop(CHALLENGER))
 
     def _settle(self) -> None:
         """Apply a finished rollout: the promoted challenger becomes the model. Lock held."""
@@ -489,36 +561,49 @@ class Prefetcher:
             return
         if rollout.state == "promoted" and self._challenger is not None:
             self.model, self.vocab, self.version = self._challenger
-            self.test_result = test_inference(self.model, self.vocab, self.settings.depth)
+            self._described.pop(SERVING, None)
+            promoted = self._remote(lambda host: host.promote())
+            if promoted is not None:
+                self.test_result, self._described[SERVING] = promoted
+            else:
+                self.test_result = test_inference(self.model, self.vocab, self.settings.depth)
+        else:
+            self._remote(lambda host: host.drop(CHALLENGER))
         self.rollout = None
         self._challenger = None
+        self._described.pop(CHALLENGER, None)
 
     # -- one step -------------------------------------------------------------------
-    def _propose(self, model: Any, vocab: Vocabulary, keys: list[bytes]) -> list[tuple[bytes, float]]:
-        """Encode and learn ``keys`` with ``model``; its candidates (as keys) after the last ones."""
+    def _propose(self, slot: str, keys: list[bytes]) -> list[tuple[bytes, float]]:
+        """``slot``'s model (SERVING or CHALLENGER) learns ``keys`` and names its candidates
+        after the last ones, in the model process or here. Lock held."""
         s = self.settings
-        ids = vocab.encode_many(keys)
-        model.observe(ids)
-        tail = ids[-s.predict_last :]
-        one = getattr(model, "predict_one", None)
-        if tail.shape[0] == 1 and callable(one):
-            proposals = one(int(tail[0]), s.depth)
-        else:
-            cand, conf = model.predict(tail, s.depth)
-            ok = cand >= 0
-            proposals = list(zip(cand[ok].tolist(), conf[ok].tolist()))
-        decode, known = vocab.decode, len(vocab)
-        return [(decode(c), score) for c, score in proposals if 0 <= c < known]
+        answer = self._remote(lambda host: host.propose(slot, keys), model_errors=True)
+        if answer is not None:
+            proposals, seconds, restarted, info = answer
+            self._step_remote += seconds
+            self._described[slot] = info
+            if restarted:
+                self._count_restart(slot)
+            return proposals
+        if slot == SERVING:
+            self.model = self._restart_if_full(SERVING, self.model, self.vocab)
+            return propose(self.model, self.vocab, keys, s.depth, s.predict_last)
+        assert self._challenger is not None
+        model, vocab, version = self._challenger
+        model = self._restart_if_full(CHALLENGER, model, vocab)
+        self._challenger = (model, vocab, version)
+        return propose(model, vocab, keys, s.depth, s.predict_last)
 
-    def _restart_if_full(self, model: Any, vocab: Vocabulary) -> Any:
-        """A full vocabulary starts over, and with it the model (its IDs would name other keys)."""
-        if len(vocab) < vocab.capacity or not self.learn_online:
-            return model
-        vocab.clear()
+    def _restart_if_full(self, slot: str, model: Any, vocab: Vocabulary) -> Any:
+        model, restarted = restart_if_full(model, vocab, self.learn_online, self.xp)
+        if restarted:
+            self._count_restart(slot)
+        return model
+
+    def _count_restart(self, slot: str) -> None:
         self.stats.vocabulary_resets += 1
-        log.info("prefetch vocabulary full (%d keys): starting over with a fresh %s model", vocab.capacity, getattr(model, "name", "?"))
-        fresh = make_model(getattr(model, "name", ""), vocab, xp=self.xp)
-        return fresh
+        log.info("prefetch vocabulary of the %s model full: starting over with a fresh %s model", slot, getattr(self.model, "name", "?"))
 
     def _chosen(self, proposals: list[tuple[bytes, float]]) -> list[bytes]:
         threshold = self.threshold
@@ -539,28 +624,25 @@ class Prefetcher:
                 rollout.record_reads(keys, hits)
                 self._settle()
                 rollout = self.rollout
+            self._step_remote = 0.0
             started = time.thread_time()
             self.stats.observed += len(keys)
             self.stats.steps += 1
-            self.model = self._restart_if_full(self.model, self.vocab)
-            chosen = self._chosen(self._propose(self.model, self.vocab, keys))
-            model_seconds = time.thread_time() - started
+            chosen = self._chosen(self._propose(SERVING, keys))
+            model_seconds = time.thread_time() - started + self._step_remote
             self.stats.inference_seconds += model_seconds
             if rollout is not None and self._challenger is not None:
                 chosen = [k for k, arm in zip(chosen, rollout.arms_of(chosen)) if arm == 0]
                 rollout.record_prefetches(0, len(chosen))
-                model, vocab, version = self._challenger
-                started = time.thread_time()
+                started, remote = time.thread_time(), self._step_remote
                 try:
-                    model = self._restart_if_full(model, vocab)
-                    self._challenger = (model, vocab, version)
-                    challenged = self._chosen(self._propose(model, vocab, keys))
+                    challenged = self._chosen(self._propose(CHALLENGER, keys))
                 except Exception as exc:
                     self.stats.challenger_errors += 1
                     log.warning("prefetch: the challenger model failed: %s: %s", exc.__class__.__name__, exc)
                     rollout.record_error(exc)
                     challenged = []
-                challenger_seconds = time.thread_time() - started
+                challenger_seconds = time.thread_time() - started + self._step_remote - remote
                 model_seconds += challenger_seconds
                 rollout.record_inference(challenger_seconds, len(keys))
                 mine = [k for k, arm in zip(challenged, rollout.arms_of(challenged)) if arm == 1]
@@ -626,6 +708,18 @@ class Prefetcher:
             self.threshold = max(s.min_threshold, self.threshold / s.threshold_step)
         self._adapt_base = (inserted, used)
 
+    @property
+    def in_model_process(self) -> bool:
+        """Whether the models run in the model process (not in the worker thread)."""
+        return self._host is not None
+
+    def _host_status(self) -> dict[str, Any]:
+        host = self._host
+        if host is None:
+            state = "failed" if self._host_error is not None else "off"
+            return {"state": state, "error": self._host_error, "pid": None, "restarts": self.stats.model_process_restarts}
+        return {"state": "running" if host.running else "starting", "error": None, "pid": host.pid, "restarts": self.stats.model_process_restarts}
+
     def status(self) -> dict[str, Any]:
         st = self.stats
         cs = self.cache.stats
@@ -654,11 +748,11 @@ class Prefetcher:
             "gather_seconds": round(st.gather_seconds, 6),
             "queued_keys": self.queued_keys(),
             "hints": st.hints,
-            "vocabulary": len(self.vocab),
             "vocabulary_resets": st.vocabulary_resets,
-            "model_bytes": int(getattr(self.model, "nbytes", 0)),
-            # Where the model's tables live: "cupy" (the GPU) or "numpy" (the host).
-            "backend": model_array_module(self.model).__name__.rsplit(".", 1)[-1],
+            # vocabulary, model_bytes and backend (where the model's tables live: "cupy",
+            # the GPU, or "numpy", the host), as the model process last said, if it has them.
+            **(self._described.get(SERVING) or describe(self.model, self.vocab)),
+            "model_process": self._host_status(),
             "inference_seconds_per_access": st.inference_seconds / st.observed if st.observed else None,
         }
 

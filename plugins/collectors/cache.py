@@ -98,6 +98,8 @@ class CacheCollector:
             out.append(sample(SPECS["predis_cache_prefetch_observed_total"], st.observed))
             out.append(sample(SPECS["predis_cache_prefetch_steps_total"], st.steps))
             out.append(sample(SPECS["predis_cache_prefetch_inference_seconds_total"], st.inference_seconds))
+            out.append(sample(SPECS["predis_cache_prefetch_model_process_up"], 1 if prefetcher.in_model_process else 0))
+            out.append(sample(SPECS["predis_cache_prefetch_model_process_restarts_total"], st.model_process_restarts))
         return out
 
     @staticmethod

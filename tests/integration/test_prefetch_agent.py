@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Prefetching in the running agent: a scan read over RESP is prefetched from the files
 origin off the request path, PREDIS.HINT loads what a client names, and the figures show
-in /status and /metrics. Disabling it in a reload stops it and HINT says so."""
+in /status and /metrics. Disabling it in a reload stops it and HINT says so. The same with
+the models in their own process (``model_process``), which goes with the prefetcher."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ pytestmark = pytest.mark.integration
 BLOCKS = 200
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+@pytest.fixture(params=[False, True], ids=["models-in-thread", "model-process"])
+def agent(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
     root = tmp_path / "origin"
     root.mkdir()
     for i in range(BLOCKS):
@@ -30,7 +32,7 @@ def agent(tmp_path: Path) -> Iterator[AgentProcess]:
         "cache": {
             "read_through": True,
             "origin": "files",
-            "prefetch": {"enabled": True, "model": "stride", "depth": 4, "adaptive": False, "threshold": 0.1},
+            "prefetch": {"enabled": True, "model": "stride", "depth": 4, "adaptive": False, "threshold": 0.1, "model_process": request.param},
         },
         "plugins": {"files": {"root": str(root)}},
     }
@@ -78,10 +80,28 @@ def test_a_scan_is_prefetched_and_hints_load_named_keys(agent: AgentProcess) -> 
     assert client.get("blk0150") == b"block 150"
     assert prefetch_status(agent)["used"] == used_before + 1
     assert client.info("predis")["prefetch"] == "stride"
+    process = prefetch_status(agent)["model_process"]
+    in_process = agent.config["cache"]["prefetch"]["model_process"]
+    assert process["state"] == ("running" if in_process else "off") and process["restarts"] == 0, process
+    assert agent.metric("predis_cache_prefetch_model_process_up") == (1 if in_process else 0)
+    if in_process:
+        assert process["pid"] not in (None, agent.proc.pid)
+        os.kill(process["pid"], 0)  # alive
 
     agent.write_config(merge(agent.config, {"cache": {"prefetch": {"enabled": False}}}))
     assert agent.post("/reload").status_code == 200
     assert prefetch_status(agent) == {"enabled": False}
+    if in_process:  # the model process went with its prefetcher
+        wait_for(lambda: not _alive(process["pid"]), what="the model process to exit")
     with pytest.raises(redis.ResponseError, match="prefetching is not enabled"):
         client.execute_command("PREDIS.HINT", "blk0160")
     client.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited child not reaped yet, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
