@@ -510,6 +510,7 @@ class Prefetcher:
     def _give_up_host(self, host: ModelProcess, exc: Exception) -> None:
         self._host = None
         self._host_error = str(exc)
+        self._described.clear()  # what the process said of its models no longer holds
         log.error("prefetch: the model process failed (%s); the models run in the prefetch worker thread from now on", exc)
         host.close()
 

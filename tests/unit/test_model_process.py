@@ -105,6 +105,7 @@ def test_a_model_process_that_cannot_start_leaves_the_models_in_the_thread(monke
         status = pf.status()["model_process"]
         assert status["state"] == "failed" and "no interpreter" in status["error"]
         assert not pf.in_model_process
+        assert pf.status()["vocabulary"] == len(pf.vocab) >= 5  # the thread's own model
         assert b"f:5" in origin.asked and cache.contains_many([b"f:5"]) == [True]
     finally:
         pf.close()
