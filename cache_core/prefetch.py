@@ -303,7 +303,7 @@ class Prefetcher:
     def _run(self) -> None:
         if self._host is not None:
             with self._lock:
-                self._remote(lambda host: self._load_host(host))
+                self._remote(self._load_host)
         while not self._stop:
             self._wake.wait()
             self._wake.clear()
@@ -479,12 +479,11 @@ class Prefetcher:
                 self._host.close()
 
     # -- the model process -------------------------------------------------------------
-    def _load_host(self, host: ModelProcess) -> bool:
+    def _load_host(self, host: ModelProcess) -> None:
         self._described[SERVING] = host.load(SERVING, self.model, self.vocab, self.learn_online)
         if self._challenger is not None:
             model, vocab, _version = self._challenger
             self._described[CHALLENGER] = host.load(CHALLENGER, model, vocab, self.learn_online)
-        return True
 
     def _remote(self, call: Callable[[ModelProcess], Any], *, model_errors: bool = False) -> Any:
         """``call(host)`` with the model process; None when there is none, or when it failed

@@ -19,6 +19,15 @@ import yaml
 READY_RE = re.compile(r"ready: (https?://[^ ]+) ")
 
 
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited child not reaped yet, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
     deadline = time.monotonic() + timeout

@@ -6,7 +6,6 @@ the models in their own process (``model_process``), which goes with the prefetc
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, merge, wait_for
+from tests.agentproc import AgentProcess, merge, pid_running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,22 +85,14 @@ def test_a_scan_is_prefetched_and_hints_load_named_keys(agent: AgentProcess) -> 
     assert agent.metric("predis_cache_prefetch_model_process_up") == (1 if in_process else 0)
     if in_process:
         assert process["pid"] not in (None, agent.proc.pid)
-        os.kill(process["pid"], 0)  # alive
+        assert pid_running(process["pid"])
 
     agent.write_config(merge(agent.config, {"cache": {"prefetch": {"enabled": False}}}))
     assert agent.post("/reload").status_code == 200
     assert prefetch_status(agent) == {"enabled": False}
     if in_process:  # the model process went with its prefetcher
-        wait_for(lambda: not _alive(process["pid"]), what="the model process to exit")
+        wait_for(lambda: not pid_running(process["pid"]), what="the model process to exit")
     with pytest.raises(redis.ResponseError, match="prefetching is not enabled"):
         client.execute_command("PREDIS.HINT", "blk0160")
     client.close()
 
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (an exited child not reaped yet, a zombie, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

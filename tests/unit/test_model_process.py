@@ -17,20 +17,7 @@ from cache_core.model_host import ModelError, ModelProcess
 from cache_core.models import Vocabulary, make_model
 from cache_core.prefetch import Prefetcher, PrefetchSettings
 from cache_core.replay import MemoryOrigin
-from tests.agentproc import wait_for
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A child that exited but was not reaped yet is a zombie: gone for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from tests.agentproc import pid_running, wait_for
 
 
 class RecordingOrigin(MemoryOrigin):
@@ -87,7 +74,7 @@ def test_a_killed_model_process_is_replaced_and_counted() -> None:
         drive(pf, [b"s:%d" % i for i in range(5)])
         pid = pf.status()["model_process"]["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not alive(pid), interval=0.005, what="the killed model process gone")
+        wait_for(lambda: not pid_running(pid), interval=0.005, what="the killed model process gone")
         drive(pf, [b"t:%d" % i for i in range(5)])
         status = pf.status()["model_process"]
         assert status["state"] == "running" and status["pid"] != pid and status["restarts"] == 1
@@ -121,9 +108,9 @@ def test_the_model_process_exits_with_its_prefetcher() -> None:
     pf, _cache, _origin = build(True, name="stride")
     drive(pf, [b"e:1"])
     pid = pf.status()["model_process"]["pid"]
-    assert alive(pid)
+    assert pid_running(pid)
     pf.close()
-    wait_for(lambda: not alive(pid), interval=0.005, what="the model process gone")
+    wait_for(lambda: not pid_running(pid), interval=0.005, what="the model process gone")
 
 
 def test_a_model_error_in_the_process_is_reported_and_the_process_kept() -> None:
