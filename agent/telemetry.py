@@ -140,6 +140,10 @@ COLLECTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_cache_prefetch_inference_seconds_total", "counter", "CPU time the serving model spent encoding, learning and predicting (in the model process, and shipping its work there and back); divided by observed, the inference cost per access.", unit="seconds"),
     MetricSpec("predis_cache_prefetch_model_process_up", "gauge", "1 while the prefetch models run in their own process (cache.prefetch.model_process); 0 when they run in the prefetch worker thread, by configuration or because the process failed twice in a row."),
     MetricSpec("predis_cache_prefetch_model_process_restarts_total", "counter", "Model processes replaced because one died or did not answer in time (the replacement starts from the models as last loaded)."),
+    MetricSpec("predis_cache_prefetch_foresight_named_total", "counter", "Keys the prefetch worker chose to load that were not cached (what its foresight is judged on; cache.prefetch.backoff_below_accuracy)."),
+    MetricSpec("predis_cache_prefetch_foresight_read_total", "counter", "Of those, keys read within cache.prefetch.backoff_horizon_reads reads after, whether or not the prefetch came in time; divided by named, the model's foresight."),
+    MetricSpec("predis_cache_prefetch_backed_off", "gauge", "1 while the prefetch worker backs off (its model foresaw less than cache.prefetch.backoff_below_accuracy of what it named over the last window: it gathers reads by cache.prefetch.backoff_model_seconds_per_read), 0 otherwise."),
+    MetricSpec("predis_cache_prefetch_backoffs_total", "counter", "Times the prefetch worker began to back off."),
     MetricSpec("predis_cache_keys", "gauge", "Live keys in the cache."),
     MetricSpec("predis_cache_max_keys", "gauge", "Key capacity (cache.max_keys)."),
     MetricSpec(

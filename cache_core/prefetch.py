@@ -30,7 +30,10 @@ path keeps the rest of the interpreter, and the reads that queue up meanwhile ma
 next step's batch larger and cheaper per key. Optionally (``min_batch_keys``,
 ``max_model_seconds_per_read``) the worker also gathers: it waits, within the same bound,
 for more reads before a step, a fixed number or as many as pay for the model time its
-steps cost beyond a budget per read (see :meth:`Prefetcher._gather`). Model cost is counted in thread CPU time
+steps cost beyond a budget per read (see :meth:`Prefetcher._gather`). It backs off when
+its model foresees almost none of the reads (:meth:`Prefetcher._judge`): it then gathers
+by a small budget per read whatever the queue, so that a model with nothing to foresee
+costs little. Model cost is counted in thread CPU time
 (``inference_seconds``), not wall time, which would also count the time the worker waits
 for the interpreter while the server runs. Replay uses ``sync=True``: each step runs
 inline, deterministic, without rests. ``hint(keys)`` (``PREDIS.HINT``) queues keys a client says it will
@@ -50,7 +53,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +68,9 @@ log = logging.getLogger(__name__)
 
 # What a debt's float rounding may add to the reads owed (10 us - 2 us is 8.000000000000001 us).
 _ROUNDING = 1e-9
+# Keys remembered for foresight at most (a bound, not a tuning knob: a step names at most
+# depth x predict_last keys, and they expire after backoff_horizon_reads reads).
+MAX_FORESIGHT = 1 << 16
 
 
 def test_inference(model: Any, vocab: Vocabulary, depth: int) -> tuple[bool, str]:
@@ -93,7 +99,9 @@ def test_inference(model: Any, vocab: Vocabulary, depth: int) -> tuple[bool, str
 class PrefetchSettings:
     """The ``cache.prefetch`` section (defaults = the schema's, except the two bandwidth
     bounds: unbounded here, so that replay and other offline uses, which run on no real
-    clock's budget, measure the model rather than a rate limit)."""
+    clock's budget, measure the model rather than a rate limit; and ``model_process``:
+    code that builds a prefetcher itself runs its models in the calling process unless it
+    asks for a process of their own, as the agent's configuration does by default)."""
 
     depth: int = 2
     predict_last: int = 4
@@ -106,7 +114,7 @@ class PrefetchSettings:
     threshold_step: float = 1.25
     max_keys_per_second: float = 0.0  # 0: unbounded
     max_bytes_per_second: float = 0.0
-    queue_max_batches: int = 4096
+    queue_max_batches: int = 16384
     max_batch_keys: int = 8192
     max_cpu_share: float = 0.2
     max_pause_seconds: float = 0.05
@@ -115,6 +123,11 @@ class PrefetchSettings:
     model_cpu_floor_share: float = 0.05
     model_process: bool = False
     model_process_timeout_seconds: float = 10.0
+    backoff_below_accuracy: float = 0.05
+    backoff_horizon_reads: int = 64
+    backoff_window_reads: int = 4096
+    backoff_model_seconds_per_read: float = 1e-6
+    backoff_max_pause_seconds: float = 0.5
 
 
 @dataclass
@@ -138,6 +151,9 @@ class PrefetchStats:
     rest_seconds: float = 0.0
     gather_seconds: float = 0.0
     model_process_restarts: int = 0
+    foresight_named: int = 0
+    foresight_read: int = 0
+    backoffs: int = 0
 
 
 class _Bucket:
@@ -237,6 +253,15 @@ class Prefetcher:
         self._host_error: str | None = None
         self._described: dict[str, dict[str, Any]] = {}
         self._step_remote = 0.0  # CPU seconds the last step's models took in the model process
+        # Foresight (see _score_reads): each key the worker chose to prefetch, with the read
+        # index after which a read of it no longer counts as foreseen (oldest first); the
+        # read keys its steps have seen; this window's (reads, named, read in time); the
+        # last window's accuracy; whether the worker backs off.
+        self._foresight: OrderedDict[bytes, int] = OrderedDict()
+        self._reads = 0
+        self._window = [0, 0, 0]
+        self.accuracy: float | None = None
+        self.backed_off = False
         if not sync and self.settings.model_process:
             self._host = ModelProcess(
                 self.xp.__name__,
@@ -335,10 +360,14 @@ class Prefetcher:
                     self.stats.rest_seconds += rest
                     self._rest(rest)
                 if self._queue:
-                    self._gather(self.settings.max_pause_seconds - rest)
+                    self._gather(self.pacing()[2] - rest)
+                elif self.backed_off and self._debt > 0:
+                    self._busy = False  # idle while it waits (wait_idle)
+                    self._gather(self.pacing()[2] - rest)
                 else:
                     # Caught up: the reads come slower than the worker steps, so what a
-                    # step costs per read is no load on anyone (see _gather).
+                    # step costs per read is no load on anyone (see _gather). A worker
+                    # that backs off waits for its reads to pay all the same.
                     self._debt = 0.0
             self._busy = False
 
@@ -378,27 +407,40 @@ class Prefetcher:
             return 0.0
         return min(self.settings.max_pause_seconds, cpu_seconds * (1 - share) / share)
 
-    def _charge(self, model_seconds: float, reads: int) -> None:
-        """Book a step's model CPU time against what it earned: ``max_model_seconds_per_read``
-        for each of its ``reads`` and ``model_cpu_floor_share`` of the time since the last step."""
+    def pacing(self) -> tuple[float, float, float]:
+        """(model CPU budget per read, floor share, longest wait) the worker gathers by:
+        ``max_model_seconds_per_read``, ``model_cpu_floor_share`` and ``max_pause_seconds``;
+        while it backs off (see :meth:`_judge`) ``backoff_model_seconds_per_read`` (or the
+        budget, if that is lower), no floor and ``backoff_max_pause_seconds``."""
         s = self.settings
-        now = time.monotonic()
-        earned = s.max_model_seconds_per_read * reads + s.model_cpu_floor_share * (now - self._charged_at)
-        self._charged_at = now
+        if not self.backed_off:
+            return s.max_model_seconds_per_read, s.model_cpu_floor_share, s.max_pause_seconds
+        budget = s.backoff_model_seconds_per_read
         if s.max_model_seconds_per_read > 0:
+            budget = min(budget, s.max_model_seconds_per_read) if budget > 0 else s.max_model_seconds_per_read
+        return budget, 0.0, max(s.max_pause_seconds, s.backoff_max_pause_seconds)
+
+    def _charge(self, model_seconds: float, reads: int) -> None:
+        """Book a step's model CPU time against what it earned: the budget per read for
+        each of its ``reads`` and the floor share of the time since the last step."""
+        budget, floor, _pause = self.pacing()
+        now = time.monotonic()
+        earned = budget * reads + floor * (now - self._charged_at)
+        self._charged_at = now
+        if budget > 0:
             self._debt = max(0.0, self._debt + model_seconds - earned)
 
     def _owed(self) -> float:
         """The debt less what the floor share has earned since it was booked."""
-        return max(0.0, self._debt - self.settings.model_cpu_floor_share * (time.monotonic() - self._charged_at))
+        return max(0.0, self._debt - self.pacing()[1] * (time.monotonic() - self._charged_at))
 
     def gather_target(self) -> int:
         """Read keys the worker waits for before its next step (1: none): ``min_batch_keys``,
-        or as many reads as it takes to pay, at ``max_model_seconds_per_read`` each, for the
-        model time the steps before spent beyond what they earned (see :meth:`_charge`)."""
+        or as many reads as it takes to pay, at the budget per read (:meth:`pacing`) each,
+        for the model time the steps before spent beyond what they earned (see :meth:`_charge`)."""
         s = self.settings
         need = s.min_batch_keys
-        budget = s.max_model_seconds_per_read
+        budget = self.pacing()[0]
         owed = self._owed() if budget > 0 else 0.0
         if owed > 0:
             need = max(need, math.ceil(owed / budget - _ROUNDING))
@@ -431,7 +473,7 @@ class Prefetcher:
             return
         started = time.monotonic()
         deadline = started + limit
-        floor = s.model_cpu_floor_share
+        floor = self.pacing()[1]
         paid_at = started + self._owed() / floor if floor > 0 and need > s.min_batch_keys else math.inf
         while True:
             now = time.monotonic()
@@ -522,7 +564,6 @@ class Prefetcher:
             time.sleep(0.001)
         return True
 
-    # -- one step -------------------------------------------------------------------
     # -- canary ---------------------------------------------------------------------------
     def start_rollout(self, rollout: Any, model: Any, vocab: Vocabulary, version: int | None) -> None:
         """Let ``model`` (the challenger) decide for the keys of ``rollout``'s challenger arm."""
@@ -625,6 +666,8 @@ class Prefetcher:
                 self._settle()
                 rollout = self.rollout
             self._step_remote = 0.0
+            if not self.sync:
+                self._score_reads(keys)
             started = time.thread_time()
             self.stats.observed += len(keys)
             self.stats.steps += 1
@@ -649,18 +692,95 @@ class Prefetcher:
                 rollout.record_prefetches(1, len(mine))
                 chosen += mine
                 self._settle()
-            accessed = set(keys)
-            wanted = [k for k in dict.fromkeys(chosen) if k not in accessed]
+            candidates = list(dict.fromkeys(chosen))
+        present = self.cache.contains_many(candidates) if candidates and (self.origin is not None or not self.sync) else []
+        if not self.sync:
+            # Foresight counts what a prefetch would load: the candidates not cached (in a
+            # large batch, one read early in it may have left the cache since).
+            self._name([k for k, here in zip(candidates, present) if not here])
+            self._judge()
+        accessed = set(keys)
+        wanted = [(k, here) for k, here in zip(candidates, present) if k not in accessed]
         if wanted:
-            self._load(wanted)
+            self._load([k for k, _here in wanted], [here for _k, here in wanted])
         if s.adaptive:
             self._adapt()
         return model_seconds
 
-    def _load(self, keys: list[bytes]) -> None:
+    # -- foresight and backing off ------------------------------------------------
+    def _score_reads(self, keys: list[bytes]) -> None:
+        """Count the keys of a read batch that the worker chose to prefetch within the last
+        ``backoff_horizon_reads`` reads before: foreseen, whether or not the prefetch came
+        in time (so that a worker that backs off, and predicts late, still sees whether
+        its model would be right). A key named at read index ``i`` counts up to read index
+        ``i + horizon``, so only the batch's first ``horizon`` keys can count."""
+        pending, base = self._foresight, self._reads
+        read = 0
+        if pending:
+            for position, key in enumerate(keys[: self.settings.backoff_horizon_reads]):
+                until = pending.pop(key, None)
+                if until is not None and base + position < until:
+                    read += 1
+        self._reads = base + len(keys)
+        while pending:
+            key, until = next(iter(pending.items()))
+            if until > self._reads:
+                break
+            pending.popitem(last=False)
+        window = self._window
+        window[0] += len(keys)
+        window[2] += read
+        self.stats.foresight_read += read
+        if len(pending) > MAX_FORESIGHT:
+            for _ in range(len(pending) - MAX_FORESIGHT):
+                pending.popitem(last=False)
+
+    def _name(self, wanted: list[bytes]) -> None:
+        """Remember the keys a step chose (after the reads it learned), for :meth:`_score_reads`."""
+        pending = self._foresight
+        until = self._reads + self.settings.backoff_horizon_reads
+        named = 0
+        for key in wanted:
+            if key in pending:
+                pending.move_to_end(key)
+            else:
+                named += 1
+            pending[key] = until
+        self._window[1] += named
+        self.stats.foresight_named += named
+
+    def _judge(self) -> None:
+        """After ``adapt_every`` named keys or ``backoff_window_reads`` reads, whichever comes
+        first: the window's accuracy (foreseen ÷ named; 0 when nothing was named), and below
+        ``backoff_below_accuracy`` the worker backs off: it gathers by the back-off budget
+        (:meth:`pacing`), so that a model that foresees nothing costs little per read; it
+        stops backing off at the first window that does better."""
+        s = self.settings
+        reads, named, read = self._window
+        if named < s.adapt_every and reads < s.backoff_window_reads:
+            return
+        self._window = [0, 0, 0]
+        self.accuracy = read / named if named else 0.0
+        backed_off = s.backoff_below_accuracy > 0 and self.accuracy < s.backoff_below_accuracy
+        if backed_off != self.backed_off:
+            self.backed_off = backed_off
+            if backed_off:
+                self.stats.backoffs += 1
+            log.info(
+                "prefetch: %s foresaw %.1f %% of %d keys it named over %d reads; %s",
+                getattr(self.model, "name", "?"),
+                100 * self.accuracy,
+                named,
+                reads,
+                "backing off" if backed_off else "no longer backing off",
+            )
+
+    def _load(self, keys: list[bytes], present: list[bool] | None = None) -> None:
+        """Load ``keys`` not cached (``present``: whether each is, if the caller probed)."""
         if not keys or self.origin is None:
             return
-        present = self.cache.contains_many(keys)
+        if present is None:
+            present = self.cache.contains_many(keys)
         fresh = [k for k, here in zip(keys, present) if not here]
         self.stats.skipped_cached += len(keys) - len(fresh)
         room = self._keys_bucket.room()
@@ -753,6 +873,13 @@ class Prefetcher:
             # the GPU, or "numpy", the host), as the model process last said, if it has them.
             **(self._described.get(SERVING) or describe(self.model, self.vocab)),
             "model_process": self._host_status(),
+            "backoff": {
+                "active": self.backed_off,
+                "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+                "named": st.foresight_named,
+                "foreseen": st.foresight_read,
+                "backoffs": st.backoffs,
+            },
             "inference_seconds_per_access": st.inference_seconds / st.observed if st.observed else None,
         }
 

@@ -100,6 +100,10 @@ class CacheCollector:
             out.append(sample(SPECS["predis_cache_prefetch_inference_seconds_total"], st.inference_seconds))
             out.append(sample(SPECS["predis_cache_prefetch_model_process_up"], 1 if prefetcher.in_model_process else 0))
             out.append(sample(SPECS["predis_cache_prefetch_model_process_restarts_total"], st.model_process_restarts))
+            out.append(sample(SPECS["predis_cache_prefetch_foresight_named_total"], st.foresight_named))
+            out.append(sample(SPECS["predis_cache_prefetch_foresight_read_total"], st.foresight_read))
+            out.append(sample(SPECS["predis_cache_prefetch_backed_off"], 1 if prefetcher.backed_off else 0))
+            out.append(sample(SPECS["predis_cache_prefetch_backoffs_total"], st.backoffs))
         return out
 
     @staticmethod

@@ -71,6 +71,12 @@ def test_a_scan_is_prefetched_and_hints_load_named_keys(agent: AgentProcess) -> 
     assert 1 <= steps <= observed
     spent = agent.metric("predis_cache_prefetch_inference_seconds_total")
     assert 0 < spent < 60
+    # A scan is foreseen: the blocks the worker named were read next, so it does not back off.
+    backoff = status["backoff"]
+    assert backoff["named"] >= 40 and backoff["foreseen"] >= 0.9 * backoff["named"] - 4, backoff
+    assert backoff["active"] is False and backoff["backoffs"] == 0, backoff
+    assert agent.metric("predis_cache_prefetch_backed_off") == 0
+    assert wait_for(lambda: (agent.metric("predis_cache_prefetch_foresight_read_total") or 0) >= 36, what="the foresight metric")
 
     assert client.execute_command("PREDIS.HINT", "blk0150", "blk0151") == 2
     assert prefetch_status(agent)["hints"] == 2

@@ -579,7 +579,8 @@ def test_a_queue_half_full_ends_the_rest_so_no_batch_is_dropped() -> None:
 
 def test_prefetch_settings_defaults_are_the_schema_defaults() -> None:
     """Code that builds PrefetchSettings() without a config (replay, tests, embedders) gets
-    what the agent gets from an empty config file."""
+    what the agent gets from an empty config file, but for the bandwidth bounds and the
+    model process."""
     from dataclasses import fields
 
     from agent.config import load_config
@@ -587,9 +588,14 @@ def test_prefetch_settings_defaults_are_the_schema_defaults() -> None:
     section = load_config(None, text="").get("cache.prefetch")
     unbounded = {"max_keys_per_second", "max_bytes_per_second"}  # offline use: no rate limit
     for field in fields(PrefetchSettings):
+        if field.name == "model_process":
+            continue
         want = 0.0 if field.name in unbounded else section[field.name]
         assert getattr(PrefetchSettings(), field.name) == want, field.name
     assert all(section[name] > 0 for name in unbounded)
+    # The agent runs its models in a process of their own; code that builds a Prefetcher
+    # itself runs them in the calling process unless it asks.
+    assert section["model_process"] is True and PrefetchSettings().model_process is False
 
 
 def test_reads_that_queue_up_during_a_rest_are_gathered_into_one_batch() -> None:
@@ -792,3 +798,125 @@ def test_lookup_reports_hits_only_when_a_prefetch_observer_listens() -> None:
     assert values == [b"v", None] and hits == [True, False]
     cache.notify_reads([b"here", b"gone"], hits)
     assert seen == [([b"here", b"gone"], [True, False])]
+
+
+# ----------------------------------------------------------------------------- backing off
+
+
+def test_foresight_counts_the_chosen_keys_read_within_the_horizon_only() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    settings = PrefetchSettings(backoff_horizon_reads=4)
+    prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
+    prefetcher._score_reads([b"r0", b"r1"])  # two reads seen: what is named now counts up to read 6
+    prefetcher._name([b"a", b"b", b"c"])
+    prefetcher._name([b"a"])  # named again: renewed, not named twice
+    assert prefetcher.stats.foresight_named == 3
+    prefetcher._score_reads([b"x", b"a", b"y", b"a"])  # reads 2-5: "a" once (the repeat is no second foresight)
+    assert prefetcher.stats.foresight_read == 1
+    prefetcher._score_reads([b"b", b"c"])  # reads 6 and 7: past the horizon
+    assert prefetcher.stats.foresight_read == 1
+    assert not prefetcher._foresight  # the expired names are forgotten
+    assert prefetcher._window == [8, 3, 1]
+
+
+def test_the_window_judges_accuracy_and_backs_off_below_the_bound() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    settings = PrefetchSettings(backoff_below_accuracy=0.25, adapt_every=4, backoff_window_reads=100)
+    prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
+    prefetcher._window = [10, 3, 0]
+    prefetcher._judge()  # 3 named, 10 reads: the window is not over yet
+    assert prefetcher.accuracy is None and not prefetcher.backed_off
+    prefetcher._window = [12, 4, 0]
+    prefetcher._judge()
+    assert prefetcher.accuracy == 0.0 and prefetcher.backed_off and prefetcher.stats.backoffs == 1
+    assert prefetcher._window == [0, 0, 0]
+    prefetcher._window = [100, 0, 0]  # a full window of reads with nothing named: still 0
+    prefetcher._judge()
+    assert prefetcher.backed_off and prefetcher.stats.backoffs == 1
+    prefetcher._window = [20, 4, 1]  # 25 %: not below the bound
+    prefetcher._judge()
+    assert prefetcher.accuracy == 0.25 and not prefetcher.backed_off
+    never = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), PrefetchSettings(backoff_below_accuracy=0.0, adapt_every=1), sync=True)
+    never._window = [10, 5, 0]
+    never._judge()
+    assert never.accuracy == 0.0 and not never.backed_off
+
+
+def test_backing_off_gathers_by_its_own_budget_without_a_floor() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+    settings = PrefetchSettings(max_model_seconds_per_read=0.0, model_cpu_floor_share=0.05, max_pause_seconds=0.05, backoff_model_seconds_per_read=1e-6, backoff_max_pause_seconds=0.5, max_batch_keys=10_000)
+    prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
+    assert prefetcher.pacing() == (0.0, 0.05, 0.05)
+    prefetcher._charge(1e-3, 1)
+    assert prefetcher.gather_target() == 1  # no budget: nothing owed
+    prefetcher.backed_off = True
+    assert prefetcher.pacing() == (1e-6, 0.0, 0.5)
+    prefetcher._charge(1e-3, 1)
+    assert prefetcher.gather_target() == 999  # 1 ms less one read's 1 us, at 1 us a read
+    budgeted = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), PrefetchSettings(max_model_seconds_per_read=5e-7, max_pause_seconds=2.0), sync=True)
+    budgeted.backed_off = True
+    assert budgeted.pacing() == (5e-7, 0.0, 2.0)  # the lower budget and the longer wait win
+
+
+def test_a_worker_that_backs_off_waits_for_reads_to_pay_even_when_caught_up() -> None:
+    """Where a worker in its normal pacing steps on every read once it caught up (see
+    above), one that backs off waits until the reads pay for its last step."""
+    cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 22)
+    vocab = Vocabulary(1024)
+    model = MarkovModel(vocab.capacity)
+    rests = _Rests()
+    chosen = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_cpu_share=0.5, backoff_model_seconds_per_read=2.5e-4, backoff_max_pause_seconds=60.0)
+    prefetcher = _CostlySteps(cache, MemoryOrigin(), model, vocab, chosen, rest=rests)
+    prefetcher.backed_off = True
+    try:
+        prefetcher.observe([b"b0"], [False])
+        assert rests.entered.wait(timeout=10)
+        assert prefetcher.gather_target() == 3  # 1 ms less 0.25 ms earned, at 0.25 ms a read
+        rests.gate.set()  # nothing queued when the rest ends: it waits all the same
+        assert wait_until(lambda: prefetcher.gathering)
+        assert prefetcher.wait_idle(timeout=10)  # waiting for reads is idle
+        for i in (1, 2):
+            prefetcher.observe([b"b%d" % i], [False])
+        assert prefetcher.gathering and prefetcher.stats.steps == 1
+        prefetcher.observe([b"b3"], [False])
+        assert wait_until(lambda: prefetcher.stats.observed == 4)
+        assert prefetcher.stats.steps == 2
+    finally:
+        prefetcher.close()
+    assert_learned_in_order(model, vocab, [b"b0", b"b1", b"b2", b"b3"])
+
+
+def feed_until(prefetcher: Prefetcher, batches: Any, predicate: Any, timeout: float = 30.0) -> bool:
+    """Observe read batches from ``batches`` (cycled) until ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for keys in batches:
+            prefetcher.observe(keys, [False] * len(keys))
+            if predicate():
+                return True
+    return bool(predicate())
+
+
+def test_a_model_that_foresees_nothing_backs_off_and_one_that_foresees_comes_back() -> None:
+    """Random keys: the Markov model's few guesses are never read, the worker backs off.
+    Then a loop over 3,000 keys, more than the cache holds: once learned, what it guesses
+    after a batch is read next and not cached (a guess already cached is no foresight a
+    prefetch could use), and it stops backing off."""
+    cache = Cache(numpy, max_keys=1024, max_memory_bytes=1 << 24)
+    vocab = Vocabulary(1 << 16)
+    model = MarkovModel(vocab.capacity)
+    settings = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, adapt_every=32, backoff_window_reads=512, backoff_max_pause_seconds=0.05)
+    prefetcher = Prefetcher(cache, MemoryOrigin(), model, vocab, settings)
+    rng = numpy.random.default_rng(3)
+    randomly = [[b"k%d" % n] for n in rng.integers(0, 1 << 40, size=4096).tolist()]
+    looping = [[b"loop%d" % i] for i in range(3000)]
+    try:
+        assert feed_until(prefetcher, randomly, lambda: prefetcher.backed_off)
+        assert prefetcher.accuracy is not None and prefetcher.accuracy < settings.backoff_below_accuracy
+        status = prefetcher.status()["backoff"]
+        assert status["active"] is True and status["backoffs"] == 1
+        assert feed_until(prefetcher, looping, lambda: not prefetcher.backed_off)
+        assert prefetcher.accuracy >= settings.backoff_below_accuracy
+        assert prefetcher.status()["backoff"]["foreseen"] > 0
+    finally:
+        prefetcher.close()
