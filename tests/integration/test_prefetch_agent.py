@@ -102,3 +102,26 @@ def test_a_scan_is_prefetched_and_hints_load_named_keys(agent: AgentProcess) -> 
         client.execute_command("PREDIS.HINT", "blk0160")
     client.close()
 
+
+
+def test_reads_the_model_cannot_foresee_make_the_worker_back_off(agent: AgentProcess) -> None:
+    """Keys with no order to them: the stride model names nothing a read then asks for, and
+    after a window of reads (backoff_window_reads, 4,096) the worker backs off; /status
+    and /metrics say so."""
+    client = client_of(agent)
+    numbers = iter(range(1, 1 << 30, 7919))
+    assert prefetch_status(agent)["backoff"]["active"] is False
+
+    def read_some() -> bool:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(256):
+            pipe.get(f"rnd{next(numbers) * 104729 % 1000003:07d}")
+        pipe.execute()
+        return prefetch_status(agent)["backoff"]["active"]
+
+    wait_for(read_some, what="the prefetch worker to back off")
+    backoff = prefetch_status(agent)["backoff"]
+    assert backoff["backoffs"] == 1 and backoff["accuracy"] is not None and backoff["accuracy"] < 0.05, backoff
+    assert wait_for(lambda: agent.metric("predis_cache_prefetch_backed_off") == 1, what="the backed-off gauge")
+    assert agent.metric("predis_cache_prefetch_backoffs_total") == 1
+    client.close()
