@@ -756,6 +756,13 @@ def test_the_floor_share_pays_a_debt_in_time_without_reads() -> None:
         prefetcher.close()
 
 
+def second_step_on(prefetcher: Prefetcher, key: bytes) -> None:
+    """Reading ``key`` ends the gather: the worker's second step learns the four reads."""
+    prefetcher.observe([key], [False])
+    assert wait_until(lambda: prefetcher.stats.observed == 4)
+    assert prefetcher.stats.steps == 2
+
+
 def test_once_the_floor_share_paid_the_debt_min_batch_keys_is_still_waited_for() -> None:
     """The floor ends the budget's part of a gather, not the operator's min_batch_keys."""
     prefetcher, model, vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-6, model_cpu_floor_share=0.002, min_batch_keys=3, max_pause_seconds=60.0)
@@ -766,9 +773,7 @@ def test_once_the_floor_share_paid_the_debt_min_batch_keys_is_still_waited_for()
         # The budget's wait (~0.5 s at a 0.2 % floor) ended on time; the worker still gathers.
         assert wait_until(lambda: prefetcher.stats.gather_seconds > 0 and prefetcher.gathering)
         assert prefetcher.stats.steps == 1
-        prefetcher.observe([b"b3"], [False])
-        assert wait_until(lambda: prefetcher.stats.observed == 4)
-        assert prefetcher.stats.steps == 2
+        second_step_on(prefetcher, b"b3")
     finally:
         prefetcher.close()
     assert_learned_in_order(model, vocab, [b"b0", b"b1", b"b2", b"b3"])
@@ -878,9 +883,7 @@ def test_a_worker_that_backs_off_waits_for_reads_to_pay_even_when_caught_up() ->
         for i in (1, 2):
             prefetcher.observe([b"b%d" % i], [False])
         assert prefetcher.gathering and prefetcher.stats.steps == 1
-        prefetcher.observe([b"b3"], [False])
-        assert wait_until(lambda: prefetcher.stats.observed == 4)
-        assert prefetcher.stats.steps == 2
+        second_step_on(prefetcher, b"b3")
     finally:
         prefetcher.close()
     assert_learned_in_order(model, vocab, [b"b0", b"b1", b"b2", b"b3"])
