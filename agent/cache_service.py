@@ -78,10 +78,17 @@ def _limits(resp: dict[str, Any]) -> RespLimits:
 
 
 def _password(resp: dict[str, Any]) -> str | None:
+    """The RESP password, or None for none; an empty one is refused (``AUTH ""`` would log in)."""
     value = resp.get("requirepass")
     if value is None:
         return None
-    return value.reveal() if isinstance(value, Secret) else str(value)
+    password = value.reveal() if isinstance(value, Secret) else str(value)
+    if not password:
+        raise StartupError(
+            "cache.resp.requirepass is empty (or its secret reference resolves to an empty string): "
+            "set a non-empty password, or remove the key to serve without one on a loopback address"
+        )
+    return password
 
 
 class CacheService:

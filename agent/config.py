@@ -25,12 +25,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -45,6 +46,18 @@ REDACTED = "***"
 # A secret shorter than this is not scrubbed from free text (it would mangle logs);
 # it is still never printed through Secret's own str()/repr().
 MIN_SCRUB_LENGTH = 4
+
+# Bounds on what a config can make the agent read and build. They are constants, not
+# config keys: they protect the parsing of the config itself. docs/security.md lists them.
+# A secret file (${file:...}, ${cred:...}) larger than this is refused: keys and passwords are small.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+# A config file (or text) larger than this is refused before it is parsed.
+MAX_CONFIG_BYTES = 1024 * 1024
+# Values (mappings, lists and scalars) in the document with every alias expanded: an alias
+# bomb ("billion laughs") is refused as soon as its expansion passes this.
+MAX_YAML_NODES = 100_000
+# Nesting depth of mappings and lists, aliases expanded.
+MAX_YAML_DEPTH = 64
 
 _REF_RE = re.compile(r"\$\$\{|\$\{(env|file|cred):([^}]*)\}")
 
@@ -133,11 +146,85 @@ def dotted(path: Iterable[Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
+class ConfigYamlError(yaml.MarkedYAMLError):
+    """A YAML document the config loader refuses to read (a bound passed, a tag, a recursive alias)."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
 class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading numbers in exponent form without a dot (``2e-6``,
-    ``1E3``) as floats, as YAML 1.2 and JSON do; YAML 1.1 takes them for strings, and a
-    schema's "expected number" for ``max_model_seconds_per_read: 2e-6`` would puzzle
-    anyone who wrote it."""
+    """PyYAML's safe loader with bounds, for text an operator (or an attacker) wrote.
+
+    Numbers in exponent form without a dot (``2e-6``, ``1E3``) read as floats, as YAML 1.2
+    and JSON do; YAML 1.1 takes them for strings, and a schema's "expected number" for
+    ``max_model_seconds_per_read: 2e-6`` would puzzle anyone who wrote it.
+
+    Composing counts every value as the document would be once its aliases are expanded
+    and refuses, at the first node that passes a bound, an expansion above
+    :data:`MAX_YAML_NODES`, nesting deeper than :data:`MAX_YAML_DEPTH`, an alias inside
+    the value it names (recursive) and explicit tags (``!!python/object``, ``!!binary``,
+    ``!custom``): a config is plain mappings, lists and scalars. An alias costs what it
+    expands to, so a "billion laughs" document stops after a few thousand events instead
+    of growing until memory runs out.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (values, height), aliases expanded
+        self._open_anchors: set[str] = set()
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise ConfigYamlError(
+                    f"recursive alias *{event.anchor}: the alias is inside the value its anchor names; "
+                    "a config must be a tree, so copy the value instead",
+                    event.start_mark,
+                )
+            node = super().compose_node(parent, index)
+            count, height = self._expanded[id(node)]
+            if self._depth + height > MAX_YAML_DEPTH:
+                raise ConfigYamlError(
+                    f"alias *{event.anchor} nests values deeper than {MAX_YAML_DEPTH} levels once expanded", event.start_mark
+                )
+            return node
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            raise ConfigYamlError(
+                f"YAML tag {tag!r} is not accepted in the agent config: write plain mappings, lists and scalars "
+                "(quote a value to make it a string)",
+                event.start_mark,
+            )
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise ConfigYamlError(f"values nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        anchor = event.anchor
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        node = super().compose_node(parent, index)
+        if anchor is not None:
+            self._open_anchors.discard(anchor)
+        self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        sizes = [self._expanded[id(child)] for child in children]
+        count = 1 + sum(c for c, _ in sizes)
+        height = 1 + max((h for _, h in sizes), default=0)
+        if count > MAX_YAML_NODES:
+            raise ConfigYamlError(
+                f"the document expands to more than {MAX_YAML_NODES} values (aliases counted as copies of what they name); "
+                "a config this large is refused, check it for an alias bomb",
+                event.start_mark,
+            )
+        self._expanded[id(node)] = (count, height)
+        return node
 
 
 ConfigLoader.add_implicit_resolver(
@@ -146,29 +233,67 @@ ConfigLoader.add_implicit_resolver(
     list("-+0123456789."),
 )
 
+# What reading a hostile document can raise besides YAMLError: an integer with more
+# digits than Python converts (ValueError), and what a bound does not foresee.
+_PARSE_FAILURES = (yaml.YAMLError, ValueError, OverflowError, RecursionError, MemoryError)
+
+
+def _check_size(text: str, source: str) -> None:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [ConfigProblem("", f"config text is {len(text)} characters, more than the {MAX_CONFIG_BYTES} accepted; "
+                           "is this the right file?")],
+            source,
+        )
+
+
+def _yaml_problem(exc: BaseException) -> ConfigProblem:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    if isinstance(exc, ConfigYamlError):
+        return ConfigProblem("", f"YAML refused: {exc.problem}", line)
+    if isinstance(exc, yaml.YAMLError):
+        problem = getattr(exc, "problem", None) or str(exc)
+        return ConfigProblem("", f"YAML syntax error: {problem}", line)
+    if isinstance(exc, RecursionError):
+        return ConfigProblem("", "YAML refused: values nested too deeply to read", line)
+    if isinstance(exc, MemoryError):
+        return ConfigProblem("", "YAML refused: reading it ran out of memory", line)
+    return ConfigProblem("", f"YAML refused: {exc.__class__.__name__}: {exc}", line)
+
 
 def load_yaml(text: str) -> Any:
-    """One YAML document, read by :class:`ConfigLoader`."""
-    return yaml.load(text, Loader=ConfigLoader)
+    """One YAML document, read by :class:`ConfigLoader` (bounded; raises ``yaml.YAMLError``)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigYamlError(f"YAML text is more than {MAX_CONFIG_BYTES} characters", None)
+    try:
+        return yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError:
+        raise
+    except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        raise ConfigYamlError(_yaml_problem(exc).message.removeprefix("YAML refused: "), None) from None
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML, returning the data and a map from key path to (1-based) line."""
+    _check_size(text, source)
+    loader = ConfigLoader(text)
     try:
-        node = yaml.compose(text, Loader=ConfigLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigProblem("", f"YAML syntax error: {problem}", line)], source) from None
-    if node is None:
-        return {}, {}
-    lines: dict[Path_, int] = {}
-    problems: list[ConfigProblem] = []
-    _walk_nodes(node, (), lines, problems)
-    if problems:
-        raise ConfigError(problems, source)
-    data = ConfigLoader(text).get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return {}, {}
+        lines: dict[Path_, int] = {}
+        problems: list[ConfigProblem] = []
+        _walk_nodes(node, (), lines, problems)
+        if problems:
+            raise ConfigError(problems, source)
+        data = loader.construct_document(node)
+    except ConfigError:
+        raise
+    except _PARSE_FAILURES as exc:
+        raise ConfigError([_yaml_problem(exc)], source) from None
+    finally:
+        loader.dispose()
     return data, lines
 
 
@@ -249,14 +374,61 @@ def _resolve_ref(kind: str, arg: str, path: str) -> tuple[str | None, str | None
             return None, f"${{file:{arg}}} must name an absolute path"
         file_path = arg
     try:
-        with open(file_path, encoding="utf-8") as handle:
-            return handle.read().rstrip("\r\n"), None
+        raw = read_regular_file(file_path, MAX_SECRET_FILE_BYTES, "secret file")
+        return raw.decode("utf-8").rstrip("\r\n"), None
     except FileNotFoundError:
         return None, f"secret file {file_path} does not exist"
     except PermissionError:
         return None, f"secret file {file_path} is not readable by this user"
+    except FileReadRefused as exc:
+        return None, str(exc)
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"secret file {file_path} cannot be read ({type(exc).__name__})"
+
+
+class FileReadRefused(OSError):
+    """A file that is not read: not a regular file, or larger than its cap. The message says which."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_regular_file(path: str, max_bytes: int, what: str) -> bytes:
+    """The bytes of regular file ``path``, refusing anything else without blocking.
+
+    Opened with ``O_NONBLOCK`` (a FIFO with no writer does not hang the open) and checked
+    with ``fstat`` on the open descriptor (no race with a rename): a directory, FIFO,
+    device or socket raises :class:`FileReadRefused`, and so does a file longer than
+    ``max_bytes`` (at most ``max_bytes + 1`` bytes are read, whatever its size claims).
+    Other ``OSError`` (missing, no permission) propagate as they are.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise FileReadRefused(f"{what} {path} is {kind}; expected a regular file: point the reference at a file")
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise FileReadRefused(f"{what} {path} is larger than the {max_bytes} bytes accepted; is this the right file?")
+    return data
 
 
 def resolve_secrets(data: Any, path: Path_ = ()) -> tuple[Any, list[ConfigProblem], set[Path_]]:
@@ -405,6 +577,8 @@ def _describe(error: jsonschema.ValidationError, secret: bool) -> str:
         return f"must be {rel} {want}, found {found}"
     if kind == "pattern":
         return f"{found} does not match the pattern {want}"
+    if kind == "minLength" and want == 1:
+        return "must not be empty: give a value, or leave the key out to use its default"
     if kind == "minLength":
         return f"must be at least {want} characters long"
     if kind == "maxLength":
@@ -437,8 +611,31 @@ def validate(
         secret = _holds_secret(path, secret_paths)
         message = scrub(_describe(error, secret))
         problems.append(ConfigProblem(dotted(path), message, _line_for(path, lines)))
+    reported = {p.path for p in problems}
+    for path, value in _non_finite_numbers(revealed, ()):
+        if dotted(path) not in reported:
+            problems.append(
+                ConfigProblem(
+                    dotted(path),
+                    f"must be a finite number, found {value!r} (.nan, .inf and -.inf are not accepted): write a number",
+                    _line_for(path, lines),
+                )
+            )
     problems.sort(key=lambda p: (p.line or 0, p.path))
     return problems
+
+
+def _non_finite_numbers(value: Any, path: Path_) -> Iterator[tuple[Path_, float]]:
+    """Every NaN or infinity in ``value``: the schema's ``minimum``/``maximum`` let NaN through
+    (every comparison with it is false), and no setting means anything with one."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite_numbers(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite_numbers(item, (*path, str(index)))
 
 
 def _holds_secret(path: Path_, secret_paths: set[Path_]) -> bool:
@@ -532,10 +729,13 @@ def resolve_config_path(explicit: str | None) -> tuple[str | None, bool]:
 
 
 def read_config_text(path: str) -> str:
+    """The config file's text: a regular file of at most :data:`MAX_CONFIG_BYTES` bytes."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return read_regular_file(path, MAX_CONFIG_BYTES, "config file").decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([ConfigProblem("", f"config file {path} does not exist")], path) from None
+    except FileReadRefused as exc:
+        raise ConfigError([ConfigProblem("", str(exc))], path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigProblem("", f"cannot read config file {path}: {exc.__class__.__name__}")], path) from None
 

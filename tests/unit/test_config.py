@@ -118,7 +118,7 @@ def test_unknown_top_level_key_and_unknown_key_under_tls_both_reported() -> None
         ("cache:\n  backend: gpu\n", "cache.backend", 2, "found 'gpu'"),
         ("agent:\n  http:\n    listen: nope\n", "agent.http.listen", 3, f"'nope' does not match the pattern {LISTEN_PATTERN}"),
         ("agent:\n  auth:\n    anonymous_routes: [livez]\n", "agent.auth.anonymous_routes.0", 3, "does not match the pattern ^/"),
-        ("agent:\n  tracing:\n    service_name: ''\n", "agent.tracing.service_name", 3, "must be at least 1 characters long"),
+        ("agent:\n  tracing:\n    service_name: ''\n", "agent.tracing.service_name", 3, "must not be empty"),
         ("agent:\n  auth:\n    anonymous_routes: [/a, /a]\n", "agent.auth.anonymous_routes", 3, "items must be unique"),
         ("agent:\n  http: null\n", "agent.http", 2, "expected object, found null"),
     ],
