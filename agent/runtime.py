@@ -39,6 +39,7 @@ from agent.http import HttpServer, Route, error_response, json_response
 from agent.plugins import PluginHost
 from agent.mlops.drift_monitor import DriftMonitor
 from agent.mlops.service import MlopsService
+from agent.pidfile import remove_pid_file, write_pid_file
 from agent.security import TokenStore
 from agent.sinks import ResilientSink, SinkSettings
 from agent.systemd import Notifier
@@ -231,10 +232,7 @@ class Agent:
     def _write_pid_file(self, cfg: Config) -> None:
         path = cfg.get("agent.pid_file")
         if path:
-            path = os.path.expanduser(path)
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with open(path, "w", encoding="ascii") as handle:
-                handle.write(f"{os.getpid()}\n")
+            write_pid_file(path)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -733,10 +731,7 @@ class Agent:
         self.tracing.shutdown()
         pid_file = self.config.get("agent.pid_file")
         if pid_file:
-            try:
-                os.unlink(os.path.expanduser(pid_file))
-            except OSError:
-                pass
+            remove_pid_file(pid_file)
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval or 1.0

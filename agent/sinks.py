@@ -31,7 +31,12 @@ What happens to a payload:
 * With a spool directory every queued payload is also a file (written atomically, 0600)
   that is removed once the payload is delivered or dropped; a restarted agent queues
   the spooled payloads again, so a restart during an outage loses nothing. A spool file
-  that cannot be read is moved to ``quarantine/`` and reported.
+  that cannot be read is moved to ``quarantine/`` and reported; temp files of writes a
+  crash interrupted are removed when the spool is opened. Below ``spool_min_free_bytes`` /
+  ``spool_min_free_percent`` free (or on ENOSPC) spooling pauses: payloads stay queued in
+  memory only, and once space returns they are written to the spool after all.
+* Queued JSON bodies are kept as compact JSON bytes (:meth:`Payload.pack`), and the byte
+  bound counts what a payload really holds, so ``queue_max_bytes`` bounds memory.
 
 Exporters that only implement ``send(batch)`` still work: their whole batch is one payload
 that is never split and never spooled (its body is not JSON).
@@ -41,18 +46,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import email.utils
+import errno
 import itertools
 import json
 import logging
 import math
 import os
 import random
+import re
+import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +69,23 @@ import tenacity
 
 log = logging.getLogger(__name__)
 
+Statvfs = Callable[[str], Any]
+
 # How much of a vendor's error answer is kept in logs, /status and dead-letter files.
 ANSWER_LIMIT = 4096
+# The temp files write_private leaves when a crash interrupts it: ".<name>.<pid>.tmp".
+SPOOL_TEMP_RE = re.compile(r"\.[0-9]{20}\.json\.[0-9]+\.tmp")
+# At most one "spool paused" log line per this many seconds (the state is in /status and
+# predis_agent_sink_spool_paused all the time).
+SPOOL_PAUSED_LOG_SECONDS = 60.0
+PERCENT = 100.0
 # Breaker states as exported by predis_agent_sink_breaker_state.
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 # Threads a sink sends from (see ResilientSink._bounded_send).
 SENDER_THREADS = 2
+# Memory of a queued payload besides its packed JSON: the Payload object, the bytes
+# object's header, its float and the queue slot (measured with tracemalloc, rounded up).
+PAYLOAD_OVERHEAD_BYTES = 256
 
 
 # ----------------------------------------------------------------------------- errors
@@ -146,20 +165,67 @@ def http_error(status: int, answer: str = "", retry_after: str | None = None, wh
 
 
 # ----------------------------------------------------------------------------- payloads
-@dataclass(eq=False)
 class Payload:
     """One request's worth of data, as the exporter's ``encode`` built it.
 
     ``body`` is what ``send`` needs; it must be JSON-serialisable for the spool. ``nbytes``
     is the exporter's estimate of the request size on the wire (what the vendor limits).
+
+    Why :meth:`pack`: a body of dicts and lists takes several times its JSON size in
+    memory (a Datadog series list about five times), so a queue bounded by the request
+    size held far more than it counted. The sink packs every JSON body to its compact JSON
+    bytes before queueing it; ``body`` decodes them again when an exporter reads it (one
+    payload at a time, while it is sent), and :attr:`held_bytes` is what is really held.
     """
 
-    body: Any
-    points: int
-    nbytes: int
-    kind: str = "metrics"
-    created: float = field(default_factory=time.time)
-    spool_file: str | None = None
+    __slots__ = ("_body", "_packed", "points", "nbytes", "kind", "created", "spool_file")
+
+    def __init__(
+        self,
+        body: Any,
+        points: int,
+        nbytes: int,
+        kind: str = "metrics",
+        created: float | None = None,
+        spool_file: str | None = None,
+    ) -> None:
+        self._body = body
+        self._packed: bytes | None = None
+        self.points = points
+        self.nbytes = nbytes
+        self.kind = kind
+        self.created = time.time() if created is None else created
+        self.spool_file = spool_file
+
+    @property
+    def body(self) -> Any:
+        return json.loads(self._packed) if self._packed is not None else self._body
+
+    @property
+    def spoolable(self) -> bool:
+        """Whether the body is JSON (packed, or packable), so it can be spooled."""
+        return self._packed is not None or _jsonable(self._body)
+
+    def pack(self) -> None:
+        """Keep the body as compact JSON bytes only (idempotent; non-JSON bodies stay as they are)."""
+        if self._packed is None and _jsonable(self._body):
+            self._packed = json.dumps(self._body, separators=(",", ":")).encode()
+            self._body = None
+
+    def json_bytes(self) -> bytes:
+        """The body as compact JSON (no re-encoding once packed)."""
+        return self._packed if self._packed is not None else json.dumps(self._body, separators=(",", ":")).encode()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes counted against ``queue_max_bytes``: the larger of the request estimate and
+        the memory the queued payload holds (packed JSON plus its own objects)."""
+        if self._packed is None:
+            return self.nbytes
+        return max(self.nbytes, len(self._packed) + PAYLOAD_OVERHEAD_BYTES)
+
+    def __repr__(self) -> str:
+        return f"Payload(kind={self.kind!r}, points={self.points}, nbytes={self.nbytes}, packed={self._packed is not None})"
 
 
 @dataclass(frozen=True)
@@ -178,6 +244,8 @@ class SinkSettings:
     dead_letter_max_files: int = 0
     spool_dir: str | None = None
     interval_seconds: float = 0.0
+    spool_min_free_bytes: int = 0
+    spool_min_free_percent: float = 0.0
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], interval: float = 0.0) -> SinkSettings:
@@ -194,6 +262,8 @@ class SinkSettings:
             dead_letter_max_files=int(section["dead_letter_max_files"]),
             spool_dir=section.get("spool_dir"),
             interval_seconds=float(interval),
+            spool_min_free_bytes=int(section["spool_min_free_bytes"]),
+            spool_min_free_percent=float(section["spool_min_free_percent"]),
         )
 
 
@@ -270,17 +340,51 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def free_space(statvfs: Statvfs, directory: Path) -> tuple[int, float]:
+    """(bytes available to the agent, percent of the filesystem they are)."""
+    st = statvfs(str(directory))
+    free = int(st.f_bavail) * int(st.f_frsize)
+    total = int(st.f_blocks) * int(st.f_frsize)
+    return free, (PERCENT * free / total) if total > 0 else 0.0
+
+
 class Spool:
     """Queued payloads as files: ``<seq>.json`` under the sink's own directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, statvfs: Statvfs = os.statvfs) -> None:
         self.root = root
+        self.statvfs = statvfs
         self._seq = itertools.count(int(time.time() * 1000) * 1000)
+
+    def remove_temp_files(self) -> int:
+        """Delete the temp files of spool writes a crash interrupted; return how many.
+
+        Only names :func:`write_private` gives its temp files are touched, and only
+        regular files (never a link); they are never read: the rename that would have
+        made one a spool file did not happen, so its payload was not acknowledged as spooled.
+        """
+        removed = 0
+        for name in os.listdir(self.root):
+            if not SPOOL_TEMP_RE.fullmatch(name):
+                continue
+            path = self.root / name
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def free(self) -> tuple[int, float]:
+        """Free bytes and percent of the spool's filesystem."""
+        return free_space(self.statvfs, self.root)
 
     def write(self, payload: Payload) -> None:
         name = f"{next(self._seq):020d}.json"
-        record = {"kind": payload.kind, "points": payload.points, "nbytes": payload.nbytes, "created": payload.created, "body": payload.body}
-        write_private(self.root / name, json.dumps(record, separators=(",", ":")).encode())
+        head = {"kind": payload.kind, "points": payload.points, "nbytes": payload.nbytes, "created": payload.created}
+        record = json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"body":' + payload.json_bytes() + b"}"
+        write_private(self.root / name, record)
         payload.spool_file = name
 
     def remove(self, payload: Payload) -> None:
@@ -306,6 +410,7 @@ class Spool:
                     created=float(record["created"]),
                     spool_file=path.name,
                 )
+                payload.pack()
             except (OSError, ValueError, KeyError, TypeError):
                 quarantine = self.root / "quarantine"
                 quarantine.mkdir(mode=0o700, exist_ok=True)
@@ -355,6 +460,7 @@ class ResilientSink:
         metrics: Any = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         span: Callable[..., AbstractContextManager[Any]] | None = None,
+        statvfs: Statvfs = os.statvfs,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -396,6 +502,13 @@ class ResilientSink:
         # threads, so a send that ignores the abort does not hold up the next attempt.
         self._senders = concurrent.futures.ThreadPoolExecutor(max_workers=SENDER_THREADS, thread_name_prefix=f"sink-{name}-send")
         self._spool: Spool | None = None
+        self._statvfs = statvfs
+        # Spool below its free-space floor: payloads stay queued in memory only.
+        self.spool_paused = False
+        self.spool_reason: str | None = None
+        self.spool_temp_files_removed = 0
+        self._spool_memory_only = 0  # payloads not spooled since the last pause log line
+        self._spool_logged_at: float | None = None
         self._open_spool(settings.spool_dir)
         self._set_breaker_gauge(self.breaker.current_state)
         self._thread = threading.Thread(target=self._run, name=f"sink-{name}", daemon=True)
@@ -406,7 +519,13 @@ class ResilientSink:
         if not spool_dir:
             self._spool = None
             return
-        spool = Spool(private_dir(os.path.join(spool_dir, self.name), "agent.sinks.spool_dir"))
+        spool = Spool(private_dir(os.path.join(spool_dir, self.name), "agent.sinks.spool_dir"), self._statvfs)
+        removed = spool.remove_temp_files()
+        if removed:
+            log.warning("sink %s: removed %d unfinished spool temp file(s) in %s (a crash interrupted their writes)", self.name, removed, spool.root)
+            self.spool_temp_files_removed += removed
+            if self._metrics is not None:
+                self._m("predis_agent_sink_spool_temp_files_removed_total").inc(removed)
         payloads, bad = spool.load()
         for name in bad:
             log.error("sink %s: spool file %s could not be read; moved to quarantine/", self.name, name)
@@ -449,10 +568,10 @@ class ResilientSink:
                 for payload in queued:
                     old.remove(payload)
             self._open_spool(settings.spool_dir)
-            if self._spool is not None:
+            with self._cond:
                 for payload in queued:
-                    if _jsonable(payload.body):
-                        self._spool.write(payload)
+                    if payload in self._queue:
+                        self._spool_write(payload)
 
     # -- producing -----------------------------------------------------------
     def due(self, now: float, collect_interval: float) -> bool:
@@ -474,8 +593,10 @@ class ResilientSink:
             log.error("sink %s: encoding the batch failed: %s: %s", self.name, exc.__class__.__name__, exc)
             self._count_drop("encode_error", len(batch))
             return
+        for payload in payloads:
+            payload.pack()
         now = time.time()
-        self._update_rates(now, sum(p.points for p in payloads), sum(p.nbytes for p in payloads))
+        self._update_rates(now, sum(p.points for p in payloads), sum(p.held_bytes for p in payloads))
         self._queue_payloads(payloads, now)
 
     def submit_events(self, events: list[Any]) -> None:
@@ -499,11 +620,8 @@ class ResilientSink:
                 self._count_drop("shutdown", sum(p.points for p in payloads))
                 return
             for payload in payloads:
-                if self._spool is not None and _jsonable(payload.body):
-                    try:
-                        self._spool.write(payload)
-                    except OSError as exc:
-                        log.error("sink %s: cannot spool a payload (%s); it is kept in memory only", self.name, exc)
+                payload.pack()
+                self._spool_write(payload)
                 self._append(payload)
             self._enforce_bounds(now)
             self._gauges()
@@ -521,9 +639,60 @@ class ResilientSink:
         self._rate_bytes = (1 - alpha) * self._rate_bytes + alpha * nbytes / dt
 
     def _append(self, payload: Payload) -> None:
+        payload.pack()
         self._queue.append(payload)
         self._points += payload.points
-        self._bytes += payload.nbytes
+        self._bytes += payload.held_bytes
+
+    # -- spool ---------------------------------------------------------------
+    def _spool_write(self, payload: Payload) -> bool:
+        """Spool ``payload`` (called with the lock held) unless the spool's filesystem is
+        below its free-space floor; then the payload stays in memory only, the spool is
+        paused (log line, /status, predis_agent_sink_spool_paused) and it resumes by itself."""
+        spool = self._spool
+        if spool is None or payload.spool_file or not payload.spoolable:
+            return False
+        s = self.settings
+        try:
+            free, percent = spool.free()
+        except OSError as exc:
+            self._spool_pause(f"checking free space on {spool.root} failed: {exc}")
+            return False
+        if free < s.spool_min_free_bytes or percent < s.spool_min_free_percent:
+            self._spool_pause(
+                f"{free} bytes ({percent:.2f}%) free on the spool filesystem, below agent.sinks.spool_min_free_bytes "
+                f"{s.spool_min_free_bytes} or agent.sinks.spool_min_free_percent {s.spool_min_free_percent:g}"
+            )
+            return False
+        try:
+            spool.write(payload)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._spool_pause(f"writing to {spool.root} failed: {exc.strerror or exc}")
+            else:
+                log.error("sink %s: cannot spool a payload (%s); it is kept in memory only", self.name, exc)
+            return False
+        if self.spool_paused:
+            self._spool_resume(free)
+        return True
+
+    def _spool_pause(self, reason: str) -> None:
+        self._spool_memory_only += 1
+        first = not self.spool_paused
+        self.spool_paused = True
+        self.spool_reason = f"spool paused: {reason}; payloads are kept in memory only and spooling resumes by itself"
+        now = time.monotonic()
+        if self._spool_logged_at is None or now - self._spool_logged_at >= SPOOL_PAUSED_LOG_SECONDS:
+            log.warning("sink %s: %s (%d payload(s) not spooled%s)", self.name, self.spool_reason, self._spool_memory_only, "" if first else " since the last line")
+            self._spool_logged_at = now
+            self._spool_memory_only = 0
+
+    def _spool_resume(self, free: int) -> None:
+        """Space is back: spool what was kept in memory only meanwhile (lock held)."""
+        self.spool_paused = False
+        self.spool_reason = None
+        backfilled = sum(1 for p in list(self._queue) if not p.spool_file and p.spoolable and self._spool_write(p))
+        log.info("sink %s: spool resumed (%d bytes free); %d queued payload(s) written to it", self.name, free, backfilled)
 
     def _remove(self, payload: Payload) -> bool:
         try:
@@ -531,7 +700,7 @@ class ResilientSink:
         except ValueError:
             return False
         self._points -= payload.points
-        self._bytes -= payload.nbytes
+        self._bytes -= payload.held_bytes
         if self._spool is not None:
             self._spool.remove(payload)
         return True
@@ -565,6 +734,7 @@ class ResilientSink:
             return
         self._m("predis_agent_sink_queue_points").set(self._points)
         self._m("predis_agent_sink_queue_bytes").set(self._bytes)
+        self._m("predis_agent_sink_spool_paused").set(1 if self.spool_paused else 0)
         self._m("predis_agent_sink_queue_oldest_age_seconds").set(self._oldest_age(time.time()))
         self._m("predis_agent_sink_outage_budget_seconds").set(self._outage_budget(time.time()))
 
@@ -759,11 +929,11 @@ class ResilientSink:
             self._remove(payload)
             for offset, part in enumerate(parts):
                 part.created = payload.created
+                part.pack()
                 self._queue.insert(index + offset, part)
                 self._points += part.points
-                self._bytes += part.nbytes
-                if self._spool is not None and _jsonable(part.body):
-                    self._spool.write(part)
+                self._bytes += part.held_bytes
+                self._spool_write(part)
         self.splits += 1
         if self._metrics is not None:
             self._m("predis_agent_sink_splits_total").inc()
@@ -801,7 +971,7 @@ class ResilientSink:
                 "status": exc.status,
                 "error": str(exc),
                 "answer": exc.answer,
-                "body": payload.body if _jsonable(payload.body) else repr(payload.body)[:ANSWER_LIMIT],
+                "body": payload.body if payload.spoolable else repr(payload.body)[:ANSWER_LIMIT],
             }
             write_private(path, json.dumps(record, indent=1).encode())
         except (OSError, ValueError) as err:
@@ -859,6 +1029,9 @@ class ResilientSink:
                 "dead_letters": self.dead_letters,
                 "breaker": self.breaker.current_state,
                 "spool": str(self._spool.root) if self._spool else None,
+                "spool_paused": self.spool_paused,
+                "spool_reason": self.spool_reason,
+                "spool_temp_files_removed": self.spool_temp_files_removed,
                 "last_success": self.last_success,
                 "last_error": self.last_error,
             }

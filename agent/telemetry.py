@@ -75,7 +75,13 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
         buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
     ),
     MetricSpec("predis_agent_sink_queue_points", "gauge", "Points waiting in an exporter's queue (including the payload being sent).", ("sink",)),
-    MetricSpec("predis_agent_sink_queue_bytes", "gauge", "Estimated request bytes waiting in an exporter's queue.", ("sink",), unit="bytes"),
+    MetricSpec(
+        "predis_agent_sink_queue_bytes",
+        "gauge",
+        "Bytes waiting in an exporter's queue, counted against agent.sinks.queue_max_bytes: per payload the larger of its request size and the memory it holds (compact JSON).",
+        ("sink",),
+        unit="bytes",
+    ),
     MetricSpec("predis_agent_sink_queue_oldest_age_seconds", "gauge", "Age of the oldest queued payload.", ("sink",), unit="seconds"),
     MetricSpec(
         "predis_agent_sink_outage_budget_seconds",
@@ -96,6 +102,13 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_agent_sink_dead_letters_total", "counter", "Rejected payloads written to the dead-letter directory.", ("sink",)),
     MetricSpec("predis_agent_sink_breaker_state", "gauge", "Circuit breaker of an exporter: 0 closed, 1 half-open, 2 open.", ("sink",)),
     MetricSpec("predis_agent_sink_last_success_timestamp_seconds", "gauge", "Unix time of an exporter's last delivered payload.", ("sink",), unit="seconds"),
+    MetricSpec(
+        "predis_agent_sink_spool_paused",
+        "gauge",
+        "1 while an exporter's spool is paused (its filesystem below agent.sinks.spool_min_free_bytes / spool_min_free_percent, or full): payloads are queued in memory only.",
+        ("sink",),
+    ),
+    MetricSpec("predis_agent_sink_spool_temp_files_removed_total", "counter", "Spool temp files of interrupted writes removed when the spool was opened.", ("sink",)),
     MetricSpec(
         "predis_agent_sink_send_duration_seconds",
         "histogram",

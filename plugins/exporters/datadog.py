@@ -199,7 +199,7 @@ class DatadogExporter:
         if not self._key:
             raise ExportAuthError("exporters.datadog.api_key is not set")
         path = {"metrics": SERIES_PATH, "check": CHECK_RUN_PATH, "event": EVENTS_PATH}[payload.kind]
-        data = json.dumps(payload.body, separators=(",", ":")).encode()
+        data = payload.json_bytes()
         headers = {"DD-API-KEY": self._key, "Content-Type": "application/json"}
         if self.compress:
             data = zlib.compress(data)
