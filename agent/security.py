@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AuthError, SecurityError
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pda_"
 TOKEN_BYTES = 32  # 256 bits of entropy
@@ -101,22 +105,28 @@ class TokenRecord:
 
 
 class TokenStore:
-    """The hashed-token file. Reloads itself when the file changes on disk."""
+    """The hashed-token file. Reloads itself when the file changes on disk.
+
+    A store whose mode is looser than 0600 (any group or other bit, or owner execute) is
+    refused, not tightened: whoever could write it may have added a digest of their own,
+    and chmod would not undo that. No token is accepted until the operator has checked the
+    entries and run ``chmod 600``; the change of mode is noticed without a restart.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(os.path.expanduser(str(path)))
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._records: list[TokenRecord] = []
         self.load_error: str | None = None
 
     # -- reading -----------------------------------------------------------
-    def _file_stamp(self) -> tuple[int, int, int] | None:
+    def _file_stamp(self) -> tuple[int, int, int, int] | None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
 
     def _refresh(self) -> None:
         stamp = self._file_stamp()
@@ -143,6 +153,16 @@ class TokenStore:
                         "no token is accepted until the file is restored or those entries are removed"
                     )
                     records = []
+            mode = stat.S_IMODE(stamp[3])
+            if error is None and mode & ~FILE_MODE_SECRET:
+                error = (
+                    f"token store {self.path} has mode {mode:04o}, looser than {FILE_MODE_SECRET:04o}: others could read "
+                    f"or change it, so no token is accepted; check that every entry in it is yours, then run "
+                    f"`chmod 600 {self.path}` as the agent's user"
+                )
+                records = []
+        if error is not None and error != self.load_error:
+            log.error("%s", error)
         self._records = records
         self._stamp = stamp
         self.load_error = error

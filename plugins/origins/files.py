@@ -92,7 +92,7 @@ def config_schema() -> dict[str, Any]:
         "properties": {
             "root": {
                 "type": "string",
-                "pattern": "^(/.*)?$",
+                "pattern": "^(/.*)?$(?!\\n)",
                 "default": DEFAULT_ROOT,
                 "description": (
                     "Absolute path of the directory whose files are the values; a key is a relative path "

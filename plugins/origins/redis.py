@@ -52,7 +52,7 @@ MAX_MAX_VALUE_BYTES = 1 << 30
 DEFAULT_MAX_CONNECTIONS = 4
 MIN_MAX_CONNECTIONS = 1
 MAX_MAX_CONNECTIONS = 1024
-URL_PATTERN = "^((rediss?|unix)://.+)?$"
+URL_PATTERN = "^((rediss?|unix)://.+)?$(?!\\n)"
 
 
 def config_schema() -> dict[str, Any]:

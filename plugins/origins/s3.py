@@ -85,7 +85,7 @@ def config_schema() -> dict[str, Any]:
         "properties": {
             "bucket": {
                 "type": "string",
-                "pattern": "^[A-Za-z0-9._-]*$",
+                "pattern": "^[A-Za-z0-9._-]*$(?!\\n)",
                 "maxLength": 255,
                 "default": DEFAULT_BUCKET,
                 "description": "Bucket holding the values. Empty: the origin is not configured and nothing is registered.",
@@ -98,13 +98,13 @@ def config_schema() -> dict[str, Any]:
             },
             "region": {
                 "type": ["string", "null"],
-                "pattern": "^[a-z0-9-]{1,64}$",
+                "pattern": "^[a-z0-9-]{1,64}$(?!\\n)",
                 "default": None,
                 "description": "AWS region of the bucket; null: the SDK's default (AWS_REGION, the profile).",
             },
             "endpoint_url": {
                 "type": ["string", "null"],
-                "pattern": "^https?://[^\\s]+$",
+                "pattern": "^https?://[^\\s]+$(?!\\n)",
                 "default": None,
                 "description": "S3 endpoint for S3-compatible stores (MinIO, Ceph, moto); null: AWS's own.",
             },
