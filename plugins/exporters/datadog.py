@@ -113,7 +113,7 @@ class DatadogExporter:
 
     def _series(self, p: Point, report: EncodeReport) -> list[dict[str, Any]]:
         name = dotted_name(p.name)
-        if len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name):
+        if len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name):
             report.reject("invalid_name")
             return []
         tags = self._label_memo.get(p.labels, report)

@@ -155,3 +155,13 @@ def test_no_schema_pattern_lets_a_trailing_newline_through() -> None:
         assert not validator.is_valid(sample + "\n"), f"{where}: {pattern!r} accepts {sample!r} plus a newline"
         tried += 1
     assert tried >= 12
+
+
+def test_a_metric_name_with_a_trailing_newline_is_not_sent_to_datadog() -> None:
+    from agent.telemetry import Metric
+    from plugins.exporters.datadog import DatadogExporter
+
+    exporter = DatadogExporter(None, {"api_host": "http://127.0.0.1:9", "api_key": "k", "host": "h", "service_check": False})
+    payloads = exporter.encode([Metric("predis_probe\n", 1.0, "gauge", {}, ""), Metric("predis_probe", 1.0, "gauge", {}, "")])
+    assert [s["metric"] for p in payloads for s in p.body["series"]] == ["predis.probe"]
+    assert exporter.last_report.rejected == {"invalid_name": 1}
