@@ -73,6 +73,7 @@ from agent.mlops.dataset import (
     segment_name,
 )
 from agent.security import DIR_MODE_SECRET, atomic_write, confine
+from agent.sinks import free_space
 from agent.telemetry import (
     ACCESS_LOG_DROP_REASONS,
     ACCESS_LOG_METRICS,
@@ -96,7 +97,6 @@ MAX_BACKOFF_EXPONENT = 62
 DEFAULT_FLUSH_INTERVAL_SECONDS = 10.0
 DEFAULT_STOP_TIMEOUT_SECONDS = 10.0
 NS_PER_SECOND = 1_000_000_000
-PERCENT = 100.0
 
 STATE_DISABLED = "disabled"
 STATE_RING_ONLY = "ring_only"
@@ -182,14 +182,6 @@ def remove_temp_files(directory: Path) -> int:
         except FileNotFoundError:
             continue
     return removed
-
-
-def free_space(statvfs: Statvfs, directory: Path) -> tuple[int, float]:
-    """(bytes available to the agent, percent of the filesystem they are)."""
-    st = statvfs(str(directory))
-    free = int(st.f_bavail) * int(st.f_frsize)
-    total = int(st.f_blocks) * int(st.f_frsize)
-    return free, (PERCENT * free / total) if total > 0 else 0.0
 
 
 def _secret_text(value: Any) -> str | None:
