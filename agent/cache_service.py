@@ -54,6 +54,16 @@ LIMIT_KEYS = (
     "max_inline_bytes",
     "idle_timeout_seconds",
     "output_buffer_bytes",
+    "output_buffer_soft_bytes",
+    "output_buffer_soft_seconds",
+    "query_buffer_bytes",
+    "preauth_max_bulk_bytes",
+    "preauth_max_multibulk_length",
+    "max_client_memory_bytes",
+    "command_slice_keys",
+    "auth_failure_delay_seconds",
+    "auth_failure_burst",
+    "auth_failures_per_second",
     "origin_workers",
 )
 

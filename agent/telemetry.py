@@ -203,6 +203,18 @@ COLLECTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "predis_process_gc_pause_seconds_total",
         "counter",
+    MetricSpec(
+        "predis_cache_client_limit_disconnections_total",
+        "counter",
+        "Redis-protocol clients closed for a limit, by reason: output_buffer (cache.resp.output_buffer_bytes or the soft limit), "
+        "query_buffer (cache.resp.query_buffer_bytes), client_memory (cache.resp.max_client_memory_bytes).",
+        ("reason",),
+    ),
+    MetricSpec("predis_cache_client_buffer_bytes", "gauge", "Memory all Redis-protocol clients' buffers hold together (input, output, sliced commands).", unit="bytes"),
+    MetricSpec("predis_cache_auth_failures_total", "counter", "Failed AUTH (or HELLO AUTH) attempts on the Redis-protocol server."),
+    MetricSpec(
+        "predis_cache_auth_throttled_total", "counter", "AUTH attempts refused unchecked because their source's failure budget was spent."
+    ),
         "Time spent in Python garbage collection, by generation.",
         ("generation",),
         unit="seconds",

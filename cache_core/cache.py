@@ -127,6 +127,9 @@ class Cache:
         self.max_keys = int(max_keys)
         self.max_memory_bytes = int(max_memory_bytes)
         self.max_value_bytes = int(max_value_bytes)
+        # The longest value ever written (a high-water mark, never lowered): the RESP server
+        # sizes reply batches by it so that a batch cannot overshoot a client's output limit.
+        self.largest_value_bytes = 0
         self.clock = clock
         self.access_hook: AccessHook = access_hook or null_access_hook
         # Called with the keys of every read, after it was served (the prefetcher's queue).
@@ -455,11 +458,11 @@ class Cache:
 
     # ------------------------------------------------------------------ writes
     def _check_values(self, values: Sequence[bytes]) -> None:
-        for value in values:
-            if len(value) > self.max_value_bytes:
-                raise ValueTooLargeError(
-                    f"value of {len(value)} bytes exceeds cache.max_value_bytes ({self.max_value_bytes})"
-                )
+        largest = max(map(len, values), default=0)
+        if largest > self.max_value_bytes:
+            raise ValueTooLargeError(f"value of {largest} bytes exceeds cache.max_value_bytes ({self.max_value_bytes})")
+        if largest > self.largest_value_bytes:
+            self.largest_value_bytes = largest
 
     def mset(
         self,

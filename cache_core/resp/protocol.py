@@ -20,6 +20,11 @@ from typing import Any
 CRLF = b"\r\n"
 # The longest header line ("*<count>" or "$<length>") we read before the CRLF arrives.
 MAX_HEADER_BYTES = 32
+# What one received argument costs in memory beyond its bytes (the bytes object's header
+# and its slot in the argument list), for the query-buffer accounting.
+ARG_OVERHEAD_BYTES = 41
+MULTIBULK_ERROR = "Protocol error: invalid multibulk length"
+BULK_ERROR = "Protocol error: invalid bulk length"
 
 
 class ProtocolError(Exception):
@@ -59,11 +64,29 @@ class RequestParser:
         self._chunked = 0
         self._need = 0
         self.error: ProtocolError | None = None
+        # (max bulk bytes, max arguments) before AUTH; None: the configured limits only.
+        self._restricted: tuple[int, int] | None = None
+        # Memory held by the arguments of the command being received (not yet complete).
+        self._partial = 0
+        self._counted: list[bytes] | None = None
+        self._counted_len = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet parsed into a command."""
         return len(self._buf) - self._pos + self._chunked
+
+    @property
+    def held(self) -> int:
+        """Memory this parser holds for its client: unparsed bytes and the arguments of a
+        command not yet complete (the client's query buffer, as Redis counts it)."""
+        return len(self._buf) - self._pos + self._chunked + self._partial
+
+    def restrict(self, limits: tuple[int, int] | None) -> None:
+        """Tighter limits for a client that has not authenticated (Redis: 10 arguments of
+        16 KiB): (max bulk bytes, max arguments); ``None``: the configured ones only. A length over the configured
+        limit stays "invalid"; one over the tighter limit only says "unauthenticated"."""
+        self._restricted = limits
 
     def feed(self, data: bytes) -> None:
         if self._need and len(self._buf) - self._pos + self._chunked + len(data) < self._need:
@@ -81,8 +104,9 @@ class RequestParser:
         self._pos = 0
         self._need = 0
 
-    def commands(self) -> list[list[bytes]]:
-        """Every complete command received so far.
+    def commands(self, one: bool = False) -> list[list[bytes]]:
+        """Every complete command received so far (only the first with ``one``: before
+        AUTH each command is parsed under the limits its predecessor left).
 
         A protocol violation stops parsing: the commands before it are returned and
         :attr:`error` is set; the caller answers them, then the error, then closes.
@@ -91,12 +115,12 @@ class RequestParser:
         if self.error is not None or self._chunks:
             return out
         try:
-            self._parse(out)
+            self._parse(out, one)
         except ProtocolError as exc:
             self.error = exc
         return out
 
-    def _parse(self, out: list[list[bytes]]) -> None:
+    def _parse(self, out: list[list[bytes]], one: bool = False) -> None:
         """The hot loop: local variables only, one ``find`` per header."""
         buf = self._buf
         size = len(buf)
@@ -118,18 +142,22 @@ class RequestParser:
                             return
                         if command:
                             out.append(command)
+                            if one:
+                                return
                         continue
                     end = find(CRLF, pos)
                     if end < 0:
                         if size - pos > MAX_HEADER_BYTES:
-                            raise ProtocolError("Protocol error: invalid multibulk length")
+                            raise ProtocolError(MULTIBULK_ERROR)
                         return
                     try:
                         count = _header_int(buf[pos + 1 : end])
                     except ValueError:
-                        raise ProtocolError("Protocol error: invalid multibulk length") from None
+                        raise ProtocolError(MULTIBULK_ERROR) from None
                     if count > self.max_multibulk_length:
-                        raise ProtocolError("Protocol error: invalid multibulk length")
+                        raise ProtocolError(MULTIBULK_ERROR)
+                    if self._restricted is not None and count > self._restricted[1]:
+                        raise ProtocolError("Protocol error: unauthenticated multibulk length")
                     pos = end + 2
                     if count <= 0:
                         continue
@@ -145,16 +173,18 @@ class RequestParser:
                     end = find(CRLF, pos)
                     if end < 0:
                         if size - pos > MAX_HEADER_BYTES:
-                            raise ProtocolError("Protocol error: invalid bulk length")
+                            raise ProtocolError(BULK_ERROR)
                         return
                     digits = buf[pos + 1 : end]
                     # Plain decimal digits only: int() alone would also take " 1", "+1", "1_0";
                     # no leading zeros, as redis-server's string2ll.
                     if not digits.isdigit() or end - pos > 20 or (digits[0] == 0x30 and len(digits) > 1):
-                        raise ProtocolError("Protocol error: invalid bulk length")
+                        raise ProtocolError(BULK_ERROR)
                     length = int(digits)
                     if length > max_bulk:
-                        raise ProtocolError("Protocol error: invalid bulk length")
+                        raise ProtocolError(BULK_ERROR)
+                    if self._restricted is not None and length > self._restricted[0]:
+                        raise ProtocolError("Protocol error: unauthenticated bulk length")
                     start = end + 2
                     stop = start + length
                     if size < stop + 2:
@@ -167,10 +197,24 @@ class RequestParser:
                     remaining -= 1
                 out.append(args)
                 args = None
+                if one:
+                    return
         finally:
             self._pos = pos
             self._args = args
             self._remaining = remaining
+            if args is None:
+                self._partial = 0
+                self._counted = None
+            else:
+                # Count only the arguments that arrived in this call: a command of a
+                # million arguments received in many reads is summed once in all.
+                if args is not self._counted:
+                    self._counted, self._counted_len, self._partial = args, 0, 0
+                if len(args) > self._counted_len:
+                    fresh = args[self._counted_len :]
+                    self._partial += sum(map(len, fresh)) + ARG_OVERHEAD_BYTES * len(fresh)
+                    self._counted_len = len(args)
 
     def _inline(self) -> list[bytes] | None:
         buf = self._buf
@@ -283,6 +327,11 @@ class Encoder:
         parts = [b"*%d\r\n" % len(values)]
         parts.extend(null if v is None else b"$%d\r\n%s\r\n" % (len(v), v) for v in values)
         return b"".join(parts)
+
+    def bulk_items(self, values: list[bytes | None]) -> bytes:
+        """The elements of :meth:`bulks` without the array header (a reply streamed in parts)."""
+        null = self._null
+        return b"".join(null if v is None else b"$%d\r\n%s\r\n" % (len(v), v) for v in values)
 
     def verbatim(self, text: str) -> bytes:
         data = text.encode("utf-8", "replace")

@@ -29,8 +29,10 @@ import itertools
 import logging
 import os
 import re
+import resource
 import socket
 import ssl
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +41,7 @@ from typing import Any
 
 from cache_core.cache import Cache, CacheError, NotAnIntegerError, OutOfMemoryError
 from cache_core.keys import KeyLengthError
-from cache_core.resp.protocol import Encoder, RequestParser
+from cache_core.resp.protocol import ARG_OVERHEAD_BYTES, Encoder, RequestParser
 from cache_core.store import ValueTooLargeError
 
 log = logging.getLogger(__name__)
@@ -57,15 +59,60 @@ LATENCY_MAX_USEC = 10_000_000
 LATENCY_BUCKETS_USEC: tuple[int, ...] = tuple(d * s for d in LATENCY_DECADES_USEC for s in LATENCY_STEPS) + (LATENCY_MAX_USEC,)
 
 
+# Replies are written out (and the client's output limits checked) whenever this many
+# bytes of them are pending in one pass over a pipeline.
+FLUSH_BYTES = 256 * 1024
+# A bulk reply's framing beyond the value ("$<length>\r\n...\r\n"), for sizing read batches.
+REPLY_OVERHEAD_BYTES = 16
+# Commands run a slice of keys at a time when they name more than command_slice_keys.
+SLICED = frozenset((b"MGET", b"MSET", b"DEL", b"UNLINK", b"EXISTS"))
+# How long a refused connection stays half-closed, reading what its client sent meanwhile.
+REJECT_LINGER_SECONDS = 1.0
+# Why a client was closed for a limit (ServerStats.limit_disconnections, a metric label).
+LIMIT_REASONS = ("output_buffer", "query_buffer", "client_memory")
+# Failed AUTH attempts are logged once per source and interval, then summed up.
+AUTH_LOG_INTERVAL_SECONDS = 10.0
+# Sources whose failed AUTH attempts are remembered (the oldest is forgotten past it).
+AUTH_SOURCES_MAX = 4096
+
+
 @dataclass(frozen=True)
 class RespLimits:
+    """The server's limits; the agent fills them from ``cache.resp`` (defaults there)."""
+
     max_clients: int = 10000
     max_bulk_bytes: int = 2 * 1024 * 1024
     max_multibulk_length: int = 1024 * 1024
     max_inline_bytes: int = 64 * 1024
     idle_timeout_seconds: float = 0.0
     output_buffer_bytes: int = 64 * 1024 * 1024
+    output_buffer_soft_bytes: int = 16 * 1024 * 1024
+    output_buffer_soft_seconds: float = 10.0
+    query_buffer_bytes: int = 256 * 1024 * 1024
+    preauth_max_bulk_bytes: int = 16 * 1024
+    preauth_max_multibulk_length: int = 10
+    max_client_memory_bytes: int = 1024 * 1024 * 1024
+    command_slice_keys: int = 1024
+    auth_failure_delay_seconds: float = 0.1
+    auth_failure_burst: int = 20
+    auth_failures_per_second: float = 1.0
+    reserved_descriptors: int = 64
     origin_workers: int = 4
+
+    @property
+    def soft_output_bytes(self) -> int:
+        """Where a client's pipeline pauses and the soft limit's timer starts: the soft limit,
+        at most half the hard one (so a batch sized to fit under the hard limit fits)."""
+        return min(self.output_buffer_soft_bytes, self.output_buffer_bytes // 2)
+
+
+def descriptor_ceiling(reserved: int) -> int:
+    """The lowest descriptor number not given to a client: the soft RLIMIT_NOFILE less
+    ``reserved`` (the agent's own files, origins and exporters need some)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return sys.maxsize
+    return max(0, soft - reserved)
 
 
 class CommandError(Exception):
@@ -105,6 +152,14 @@ class ServerStats:
     # name -> calls per LATENCY_BUCKETS_USEC bound (not cumulative); the last slot counts
     # calls slower than the largest bound.
     command_latency: dict[str, list[int]] = field(default_factory=dict)
+    # Clients closed for a limit, by reason: output_buffer, query_buffer, client_memory.
+    limit_disconnections: dict[str, int] = field(default_factory=dict)
+    auth_failures: int = 0
+    auth_throttled: int = 0
+    # Refreshed by the server's cron (every OPS_SAMPLE_SECONDS).
+    client_memory_bytes: int = 0
+    max_input_buffer: int = 0
+    max_output_buffer: int = 0
 
 
 class RespServer:
@@ -134,6 +189,15 @@ class RespServer:
         self._ops_samples: deque[tuple[float, int]] = deque(maxlen=OPS_SAMPLES)
         self.address: tuple[str, int] | None = None
         self._origin_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if password is not None and not password:
+            raise ValueError("an empty password would let any client in: set a non-empty requirepass or none")
+        self.tasks: set[asyncio.Task[None]] = set()  # commands running in slices
+        # source address -> [tokens, last refill]: the AUTH failure budget per source.
+        self._auth_budget: dict[str, list[float]] = {}
+        self._auth_logged: dict[str, int] = {}  # sources logged this interval -> failures since
+        self._auth_log_started = 0.0
+        self._limit_log_started = 0.0
+        self._limit_log_suppressed = 0
 
     def origin_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that read misses through from the origin (made on first use)."""
@@ -165,6 +229,8 @@ class RespServer:
         if self._cron is not None:
             self._cron.cancel()
             self._cron = None
+        for task in list(self.tasks):
+            task.cancel()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -183,9 +249,98 @@ class RespServer:
             timeout = self.limits.idle_timeout_seconds
             if timeout > 0:
                 for conn in list(self.clients.values()):
-                    if now - conn.last_active > timeout:
+                    if now - conn.last_active > timeout and not conn._waiting:
                         conn.close()
+            self.check_clients(now)
+            self._flush_auth_log(now)
             await asyncio.sleep(OPS_SAMPLE_SECONDS)
+
+    def check_clients(self, now: float) -> None:
+        """Soft output limits over time, and the cap on memory held by all clients together
+        (Redis's maxmemory-clients): over it, the clients holding most are closed first."""
+        sizes: list[tuple[int, Connection]] = []
+        total = max_in = max_out = 0
+        for conn in list(self.clients.values()):
+            if conn.closing:
+                continue
+            conn._check_output(now)
+            held_in = conn.parser.held + conn._held
+            held_out = conn.output_bytes()
+            total += held_in + held_out
+            max_in = max(max_in, held_in)
+            max_out = max(max_out, held_out)
+            sizes.append((held_in + held_out, conn))
+        stats = self.stats
+        stats.client_memory_bytes, stats.max_input_buffer, stats.max_output_buffer = total, max_in, max_out
+        cap = self.limits.max_client_memory_bytes
+        if cap <= 0 or total <= cap:
+            return
+        sizes.sort(key=lambda item: item[0], reverse=True)
+        for size, conn in sizes:
+            if total <= cap:
+                break
+            conn.drop("client_memory", f"holds {size} bytes while all clients hold {total}, over cache.resp.max_client_memory_bytes ({cap})")
+            total -= size
+        stats.client_memory_bytes = total
+
+    def limit_log(self, message: str) -> None:
+        """A warning per client closed for a limit, at most one a second; the rest counted."""
+        now = time.monotonic()
+        if now - self._limit_log_started >= 1.0:
+            if self._limit_log_suppressed:
+                log.warning("resp: %d more clients closed for their limits in the last second", self._limit_log_suppressed)
+            self._limit_log_started, self._limit_log_suppressed = now, 0
+            log.warning("%s", message)
+        else:
+            self._limit_log_suppressed += 1
+
+    # -- AUTH failures ---------------------------------------------------------------
+    def auth_allowed(self, host: str) -> bool:
+        """Whether ``host`` may try a password now (its failure budget is not spent)."""
+        entry = self._auth_budget.get(host)
+        if entry is None:
+            return True
+        limits = self.limits
+        now = time.monotonic()
+        entry[0] = min(float(limits.auth_failure_burst), entry[0] + (now - entry[1]) * limits.auth_failures_per_second)
+        entry[1] = now
+        if entry[0] >= 1.0:
+            return True
+        self.stats.auth_throttled += 1
+        self._note_auth_failure(host)
+        return False
+
+    def auth_failed(self, conn: Connection) -> None:
+        self.stats.auth_failures += 1
+        host = conn.host
+        entry = self._auth_budget.pop(host, None)
+        if entry is None:
+            if len(self._auth_budget) >= AUTH_SOURCES_MAX:
+                self._auth_budget.pop(next(iter(self._auth_budget)))
+            entry = [float(self.limits.auth_failure_burst), time.monotonic()]
+        entry[0] -= 1.0
+        self._auth_budget[host] = entry  # most recent last: the oldest is forgotten first
+        conn._auth_penalty = True
+        self._note_auth_failure(host)
+
+    def _note_auth_failure(self, host: str) -> None:
+        seen = self._auth_logged.get(host)
+        if seen is None:
+            if len(self._auth_logged) < AUTH_SOURCES_MAX:
+                self._auth_logged[host] = 0
+            log.warning("resp: failed AUTH from %s (further failures from it are summed up every %g s)", host, AUTH_LOG_INTERVAL_SECONDS)
+        else:
+            self._auth_logged[host] = seen + 1
+
+    def _flush_auth_log(self, now: float) -> None:
+        if now - self._auth_log_started < AUTH_LOG_INTERVAL_SECONDS:
+            return
+        self._auth_log_started = now
+        more = {host: n for host, n in self._auth_logged.items() if n}
+        if more:
+            shown = ", ".join(f"{host} x{n}" for host, n in sorted(more.items(), key=lambda item: -item[1])[:5])
+            log.warning("resp: %d more failed or refused AUTH attempts in the last %g s (%s)", sum(more.values()), AUTH_LOG_INTERVAL_SECONDS, shown)
+        self._auth_logged = {}
 
     def ops_per_sec(self) -> int:
         if len(self._ops_samples) < 2:
@@ -227,13 +382,32 @@ class Connection(asyncio.Protocol):
         self.name: bytes | None = None
         self.protocol = 2
         self.encoder = Encoder(2)
-        self.authenticated = server.password is None
+        self.authenticated = True
+        if server.password is not None:
+            self.set_authenticated(False)
         self.transport: asyncio.Transport | None = None
         self.last_active = time.monotonic()
         self.closing = False
         self.peer = ""
+        self.host = ""
         self._backlog: deque[list[bytes]] = deque()
         self._waiting = False  # a read is at the origin: replies and reading wait for it
+        self._soft_since: float | None = None  # when the output buffer went over the soft limit
+        self._held = 0  # memory held by a command executing in slices (its arguments)
+        self._write_paused = False
+        self._output_blocked = False  # replies wait to be read: nothing is read or executed
+        self._drained: asyncio.Event | None = None
+        self._auth_penalty = False  # the last AUTH failed: the next command waits
+        self._stepwise = not self.authenticated  # parse one command at a time (before AUTH)
+
+    def set_authenticated(self, authenticated: bool) -> None:
+        """Before AUTH a client may send small frames only (Redis: 10 arguments of 16 KiB)."""
+        self.authenticated = authenticated
+        limits = self.server.limits
+        if authenticated:
+            self.parser.restrict(None)
+        else:
+            self.parser.restrict((limits.preauth_max_bulk_bytes, limits.preauth_max_multibulk_length))
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -243,67 +417,332 @@ class Connection(asyncio.Protocol):
         server.stats.total_connections += 1
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(server.clients) >= server.limits.max_clients:
+        self.host = str(peer[0]) if peer else "?"
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        # The kernel gives out the lowest free descriptor: one at or past the ceiling means
+        # that many are open, and the agent keeps the rest for its own files and origins.
+        if len(server.clients) >= server.limits.max_clients or fd >= descriptor_ceiling(server.limits.reserved_descriptors):
             server.stats.rejected_connections += 1
             transport.write(b"-ERR max number of clients reached\r\n")
-            transport.close()
             self.closing = True
+            # A lingering close: the client's first command (sent before it read the error)
+            # is read and dropped instead of being answered by a reset.
+            if transport.can_write_eof():
+                transport.write_eof()
+                asyncio.get_running_loop().call_later(REJECT_LINGER_SECONDS, transport.close)
+            else:
+                transport.close()
             return
         server.clients[self.id] = self
+        # Past the soft output limit the transport says pause_writing: the pipeline waits.
+        transport.set_write_buffer_limits(high=server.limits.soft_output_bytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.clients.pop(self.id, None)
         self.closing = True
+        self._held = 0
+        if self._drained is not None:
+            self._drained.set()
+
+    def pause_writing(self) -> None:
+        """The transport holds more than the soft output limit: execution stops (see _pump)."""
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None:
+            self._drained.set()
+        if self._output_blocked and not self.closing:
+            self._output_blocked = False
+            if not self._waiting and self.transport is not None:
+                self.transport.resume_reading()
+                self._pump()
+
+    def _block_on_output(self) -> None:
+        """Stop reading and executing until the client has taken in its replies; if it never
+        does, the soft limit's timer closes it."""
+        self._output_blocked = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
 
+    def drop(self, reason: str, detail: str) -> None:
+        """Close at once, discarding queued replies (what Redis does to a client over a
+        buffer limit); ``reason`` is the metric label."""
+        if self.closing:
+            return
+        server = self.server
+        server.stats.limit_disconnections[reason] = server.stats.limit_disconnections.get(reason, 0) + 1
+        server.limit_log(f"resp client {self.peer} closed: {detail}")
+        self.closing = True
+        self._backlog.clear()
+        self._held = 0
+        if self.transport is not None:
+            # abort(), not close(): close() would first deliver everything queued.
+            self.transport.abort()
+        if self._drained is not None:
+            self._drained.set()
+
+    def output_bytes(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None and not self.closing else 0
+
+    def memory(self) -> int:
+        """What this client holds: its query buffer, a sliced command's arguments and its
+        queued replies."""
+        return self.parser.held + self._held + self.output_bytes()
+
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self.last_active = time.monotonic()
-        self.parser.feed(data)
-        self._backlog.extend(self.parser.commands())
-        if not self._waiting:
+        parser = self.parser
+        parser.feed(data)
+        if self.authenticated and not self._stepwise:
+            self._backlog.extend(parser.commands())
+        else:
+            # Before AUTH, one command at a time (in _pump): the one after a successful AUTH
+            # is parsed under the full limits, as in redis-server.
+            self._stepwise = True
+        limit = self.server.limits.query_buffer_bytes
+        if parser.held > limit:
+            self.drop("query_buffer", f"query buffer over cache.resp.query_buffer_bytes ({limit}): {parser.held} bytes held")
+            return
+        if not self._waiting and not self._output_blocked:
             self._pump()
 
+    def _step(self) -> bool:
+        """Parse the next command of a client not yet authenticated (all of them once it is)."""
+        if self.authenticated:
+            self._stepwise = False
+            commands = self.parser.commands()
+        else:
+            commands = self.parser.commands(one=True)
+        self._backlog.extend(commands)
+        return bool(commands)
+
     def _pump(self) -> None:
-        """Execute the backlog in order until it is empty or a read waits for the origin."""
+        """Execute the backlog in order until it is empty, a read waits for the origin or a
+        large command continues in slices.
+
+        Replies go out whenever ``FLUSH_BYTES`` of them are pending, and the client's
+        output limits are checked then, so a pipeline of large replies to a client that
+        does not read is stopped at its limit, not built in full first."""
         out: list[bytes] = []
+        pending = 0
         close = False
         backlog = self._backlog
-        while backlog:
+        server = self.server
+        slice_keys = server.limits.command_slice_keys
+        if self._write_paused:
+            self._block_on_output()
+            return
+        while backlog or (self._stepwise and self._step()):
+            if pending > FLUSH_BYTES:
+                self._finish(out, False)
+                out = []
+                pending = 0
+                if self.closing:
+                    return
+                if self._write_paused:
+                    self._block_on_output()
+                    return
             args = backlog[0]
             name = args[0].upper()
+            if self.authenticated and name in SLICED and len(args) > 2 and len(args) - 1 > self._slice_keys(name, pending):
+                backlog.popleft()
+                self._finish(out, False)
+                if not self.closing:
+                    self._start_sliced(name, args)
+                return
             if self.authenticated and ((name == b"GET" and len(args) == 2) or (name == b"MGET" and len(args) >= 2)):
                 run = [backlog.popleft()]
                 if name == b"GET":
-                    while backlog and len(backlog[0]) == 2 and backlog[0][0].upper() == b"GET":
+                    most = self._slice_keys(name, pending)
+                    if not most:  # the replies pending first: write them, then see
+                        backlog.appendleft(run[0])
+                        self._finish(out, False)
+                        out, pending = [], 0
+                        if self.closing:
+                            return
+                        if self._write_paused:
+                            self._block_on_output()
+                            return
+                        continue
+                    while backlog and len(run) < most and len(backlog[0]) == 2 and backlog[0][0].upper() == b"GET":
                         run.append(backlog.popleft())
+                before = len(out)
                 if self._reads(name, run, out):
                     return  # resumed by _read_done, after the origin answered
+                pending += sum(map(len, out[before:]))
                 continue
             if name == b"SET" and self.authenticated and len(args) == 3 and len(backlog) > 1:
                 run = [backlog.popleft()]
-                while backlog and len(backlog[0]) == 3 and backlog[0][0].upper() == b"SET":
+                while backlog and len(run) < slice_keys and len(backlog[0]) == 3 and backlog[0][0].upper() == b"SET":
                     run.append(backlog.popleft())
                 out.extend(self._batch(name, run) if len(run) > 1 else [self._execute(run[0])[0]])
+                pending += 5 * len(run)
                 continue
             reply, close = self._execute(backlog.popleft())
             out.append(reply)
+            pending += len(reply)
             if close:
                 backlog.clear()
                 break
+            if self._auth_penalty:
+                self._auth_penalty = False
+                self._finish(out, False)
+                self._pause_after_auth_failure()
+                return
         error = self.parser.error
         if error is not None and not close:
             # Answer what came before the violation, then the violation, then close.
-            self.server.stats.protocol_errors += 1
+            server.stats.protocol_errors += 1
             log.info("resp client %s closed: %s", self.peer, error)
             out.append(self.encoder.error(f"ERR {error}"))
             close = True
         self._finish(out, close)
+        if self._write_paused and not self.closing:
+            self._block_on_output()
+
+    def _slice_keys(self, name: bytes, pending: int) -> int:
+        """How many keys one batch of ``name`` may take now: ``command_slice_keys``, and for
+        reads no more values of the largest size written than fit under the client's hard
+        output limit with what is already queued."""
+        limits = self.server.limits
+        most = limits.command_slice_keys
+        if name in (b"GET", b"MGET"):
+            budget = limits.output_buffer_bytes - self.output_bytes() - pending
+            largest = self.server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES
+            most = min(most, max(0 if pending else 1, budget // largest))
+        return most
+
+    def _pause_after_auth_failure(self) -> None:
+        """A failed AUTH holds this connection's next command back for a while."""
+        if self.closing or self.transport is None:
+            return
+        self._waiting = True
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(self.server.limits.auth_failure_delay_seconds, self._resume)
+
+    def _resume(self) -> None:
+        self._waiting = False
+        if self.closing or self.transport is None:
+            return
+        self.transport.resume_reading()
+        self._pump()
+
+    # -- commands executed in slices -----------------------------------------------------
+    def _start_sliced(self, name: bytes, args: list[bytes]) -> None:
+        """Run a large MSET/MGET/DEL/UNLINK/EXISTS a slice of keys at a time, yielding to
+        the other clients between slices; this connection reads nothing meanwhile."""
+        self._waiting = True
+        self._held = sum(map(len, args)) + ARG_OVERHEAD_BYTES * len(args)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._sliced(name, args))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _sliced(self, name: bytes, args: list[bytes]) -> None:
+        server = self.server
+        label = name.decode().lower()
+        started = time.perf_counter_ns()
+        error = False
+        reply: bytes | None = None
+        try:
+            if name == b"MGET":
+                await self._sliced_mget(args[1:])
+            elif name == b"MSET":
+                if len(args) % 2 != 1:
+                    raise _err_args("mset")
+                await self._in_slices(args, 2, lambda part: server.cache.mset(list(zip(part[::2], part[1::2]))))
+                reply = self.encoder.simple("OK")
+            else:
+                counter = server.cache.exists if name == b"EXISTS" else server.cache.delete
+                total = [0]
+
+                def count(part: list[bytes]) -> None:
+                    total[0] += counter(part)
+
+                await self._in_slices(args, 1, count)
+                reply = self.encoder.integer(total[0])
+        except CommandError as exc:
+            reply, error = self.encoder.error(exc.message), True
+        except OutOfMemoryError:
+            reply, error = self.encoder.error("OOM command not allowed when used memory > 'maxmemory'."), True
+        except CacheError as exc:
+            reply, error = self.encoder.error(f"ERR {exc}"), True
+        except (KeyLengthError, ValueTooLargeError) as exc:
+            reply, error = self.encoder.error(f"ERR {exc}"), True
+        except Exception as exc:
+            log.exception("resp command %s failed", label)
+            reply, error = self.encoder.error(f"ERR internal error ({exc.__class__.__name__}); see the agent's log"), True
+        finally:
+            self._held = 0
+        server.stats.total_commands += 1
+        server.record(label, (time.perf_counter_ns() - started) // 1000, error)
+        self._waiting = False
+        if self.closing or self.transport is None:
+            return
+        self._finish([reply] if reply is not None else [], False)
+        if not self.closing:
+            self.transport.resume_reading()
+            self._pump()
+
+    async def _in_slices(self, args: list[bytes], width: int, apply: Callable[[list[bytes]], None]) -> None:
+        step = self.server.limits.command_slice_keys * width
+        for start in range(1, len(args), step):
+            if self.closing:
+                return
+            apply(args[start : start + step])
+            await asyncio.sleep(0)
+
+    async def _sliced_mget(self, keys: list[bytes]) -> None:
+        """MGET streamed: the array header, then each slice's values as it is read; the
+        next slice waits until the client has taken the last one in."""
+        cache = self.server.cache
+        transport = self.transport
+        assert transport is not None
+        transport.write(b"*%d\r\n" % len(keys))
+        start = 0
+        while start < len(keys) and not self.closing:
+            part = keys[start : start + self._slice_keys(b"MGET", 0)]
+            start += len(part)
+            values, hits = cache.lookup(part)
+            if cache.needs_origin(values):
+                loop = asyncio.get_running_loop()
+                try:
+                    await loop.run_in_executor(self.server.origin_pool(), cache.fill_from_origin, part, values)
+                except Exception as exc:
+                    log.warning("resp: reading through from the origin failed: %s: %s", exc.__class__.__name__, exc)
+                    failed = self.encoder.error(f"ERR origin read failed ({exc.__class__.__name__}); see the agent's log")
+                    encoded = b"".join(self.encoder.bulk(v) if v is not None else failed for v in values)
+                else:
+                    encoded = self.encoder.bulk_items(values)
+            else:
+                encoded = self.encoder.bulk_items(values)
+            cache.notify_reads(part, hits)
+            if self.closing:
+                return
+            transport.write(encoded)
+            self._check_output()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Yield to the other clients; wait while this client's socket is full."""
+        if self._write_paused and not self.closing:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            self._drained.clear()
+            await self._drained.wait()
+        else:
+            await asyncio.sleep(0)
 
     # -- reads ------------------------------------------------------------------------------
     def _reads(self, name: bytes, run: list[list[bytes]], out: list[bytes]) -> bool:
@@ -375,18 +814,34 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, out: list[bytes], close: bool) -> None:
         transport = self.transport
-        if transport is None:
+        if transport is None or self.closing:
             return
         if out:
-            transport.write(b"".join(out))
+            transport.write(b"".join(out) if len(out) > 1 else out[0])
         if close:
             self.close()
             return
-        if transport.get_write_buffer_size() > self.server.limits.output_buffer_bytes:
-            log.warning("resp client %s dropped: output buffer over %d bytes", self.peer, self.server.limits.output_buffer_bytes)
-            # abort(), not close(): close() would first deliver everything queued.
-            self.closing = True
-            transport.abort()
+        self._check_output()
+
+    def _check_output(self, now: float | None = None) -> None:
+        """Redis's client-output-buffer-limit: over the hard limit the client is closed at
+        once; over the soft limit, once it has stayed there ``output_buffer_soft_seconds``."""
+        size = self.output_bytes()
+        limits = self.server.limits
+        if size > limits.output_buffer_bytes:
+            self.drop("output_buffer", f"output buffer over cache.resp.output_buffer_bytes ({limits.output_buffer_bytes}): {size} bytes queued")
+        elif size >= limits.soft_output_bytes:
+            now = time.monotonic() if now is None else now
+            if self._soft_since is None:
+                self._soft_since = now
+            elif now - self._soft_since >= limits.output_buffer_soft_seconds:
+                self.drop(
+                    "output_buffer",
+                    f"output buffer over cache.resp.output_buffer_soft_bytes ({limits.output_buffer_soft_bytes}) "
+                    f"for {limits.output_buffer_soft_seconds:g} s",
+                )
+        else:
+            self._soft_since = None
 
     # -- execution ------------------------------------------------------------------------
     def _batch(self, name: bytes, commands: list[list[bytes]]) -> list[bytes]:
@@ -488,12 +943,28 @@ def c_auth(conn: Connection, args: list[bytes]) -> bytes:
         # As redis-server: the default user has no password (any is accepted); no other user exists.
         if user != b"default":
             raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
-        conn.authenticated = True
         return conn.encoder.simple("OK")
-    if user != b"default" or not conn.server.check_password(args[-1]):
-        raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
-    conn.authenticated = True
+    _check_credentials(conn, user, args[-1])
     return conn.encoder.simple("OK")
+
+
+def _check_credentials(conn: Connection, user: bytes, password: bytes) -> None:
+    """AUTH and HELLO ... AUTH: a source whose failure budget is spent is refused without
+    the password being compared; each failure is counted, logged (rate-limited) and holds
+    the connection's next command back."""
+    server = conn.server
+    if server.password is None:
+        # As redis-server: the default user has no password (any is accepted); no other user exists.
+        if user != b"default":
+            raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
+        return
+    if not server.auth_allowed(conn.host):
+        raise CommandError("ERR too many failed AUTH attempts from this address; wait and retry")
+    if user != b"default" or not server.check_password(password):
+        server.auth_failed(conn)
+        raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
+    if not conn.authenticated:
+        conn.set_authenticated(True)
 
 
 def c_hello(conn: Connection, args: list[bytes]) -> bytes:
@@ -511,9 +982,7 @@ def c_hello(conn: Connection, args: list[bytes]) -> bytes:
     while i < len(args):
         option = args[i].upper()
         if option == b"AUTH" and i + 2 < len(args):
-            if args[i + 1] != b"default" or not conn.server.check_password(args[i + 2]):
-                raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
-            conn.authenticated = True
+            _check_credentials(conn, args[i + 1], args[i + 2])
             i += 3
         elif option == b"SETNAME" and i + 1 < len(args):
             name = args[i + 1]
@@ -802,7 +1271,16 @@ def render_info(server: RespServer, wanted: set[str]) -> str:
         )
     )
     sections.append(
-        ("clients", [("connected_clients", len(server.clients)), ("maxclients", server.limits.max_clients), ("blocked_clients", 0)])
+        (
+            "clients",
+            [
+                ("connected_clients", len(server.clients)),
+                ("maxclients", server.limits.max_clients),
+                ("client_recent_max_input_buffer", server.stats.max_input_buffer),
+                ("client_recent_max_output_buffer", server.stats.max_output_buffer),
+                ("blocked_clients", 0),
+            ],
+        )
     )
     used = stats.device_bytes + stats.host_bytes
     sections.append(
@@ -817,6 +1295,8 @@ def render_info(server: RespServer, wanted: set[str]) -> str:
                 ("used_memory_charged", stats.charged_bytes),
                 ("maxmemory", stats.max_memory_bytes),
                 ("maxmemory_policy", cache.eviction_name),
+                ("mem_clients_normal", server.stats.client_memory_bytes),
+                ("maxmemory_clients", server.limits.max_client_memory_bytes),
             ],
         )
     )
@@ -828,6 +1308,10 @@ def render_info(server: RespServer, wanted: set[str]) -> str:
                 ("total_commands_processed", server.stats.total_commands),
                 ("instantaneous_ops_per_sec", server.ops_per_sec()),
                 ("rejected_connections", server.stats.rejected_connections),
+                ("evicted_clients", server.stats.limit_disconnections.get("client_memory", 0)),
+                ("client_query_buffer_limit_disconnections", server.stats.limit_disconnections.get("query_buffer", 0)),
+                ("client_output_buffer_limit_disconnections", server.stats.limit_disconnections.get("output_buffer", 0)),
+                ("acl_access_denied_auth", server.stats.auth_failures + server.stats.auth_throttled),
                 ("expired_keys", stats.expirations),
                 ("evicted_keys", stats.evictions),
                 ("keyspace_hits", stats.hits),

@@ -25,7 +25,7 @@ from typing import Any
 
 from agent import hookimpl
 from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
-from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC
+from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS
 
 PLUGIN_NAME = "cache_metrics"
 CONFIG_SECTION = "collectors.cache"
@@ -120,7 +120,13 @@ class CacheCollector:
             sample(SPECS["predis_cache_connections_total"], stats.total_connections),
             sample(SPECS["predis_cache_rejected_connections_total"], stats.rejected_connections),
             sample(SPECS["predis_cache_protocol_errors_total"], stats.protocol_errors),
+            sample(SPECS["predis_cache_client_buffer_bytes"], stats.client_memory_bytes),
+            sample(SPECS["predis_cache_auth_failures_total"], stats.auth_failures),
+            sample(SPECS["predis_cache_auth_throttled_total"], stats.auth_throttled),
         ]
+        limit_closed = dict(stats.limit_disconnections)
+        for reason in LIMIT_REASONS:
+            out.append(sample(SPECS["predis_cache_client_limit_disconnections_total"], limit_closed.get(reason, 0), {"reason": reason}))
         # The event loop mutates these dicts while this runs in a collector thread: take
         # copies first (list() over a dict does not release the GIL).
         calls = {name: list(entry) for name, entry in list(stats.command_calls.items())}

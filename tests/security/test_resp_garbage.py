@@ -174,6 +174,9 @@ AUTH = encode_command("AUTH", PASSWORD)
     ("payload", "message"),
     [
         pytest.param(b"*1\r\n$999999999999\r\n", "invalid bulk length", id="huge-bulk-length"),
+        # Over the small limits before AUTH but within the configured ones (as redis-server).
+        pytest.param(b"*1\r\n$16385\r\n", "unauthenticated bulk length", id="bulk-over-preauth-limit"),
+        pytest.param(b"*11\r\n", "unauthenticated multibulk length", id="multibulk-over-preauth-limit"),
         pytest.param(b"*1\r\n$99999999999999999999999999999999\r\n", "invalid bulk length", id="bulk-length-over-64-bits"),
         pytest.param(b"*999999999\r\n", "invalid multibulk length", id="huge-multibulk-count"),
         pytest.param(b"*1048577\r\n", "invalid multibulk length", id="multibulk-count-just-over-limit"),
@@ -242,7 +245,7 @@ def test_truncated_frames_with_half_close_get_no_reply(port: int, check_healthy:
         pytest.param(b"+PING\r\n:1\r\n-ERR\r\n_\r\n", id="reply-types-as-inline"),
         pytest.param(b"\x01\xff\xfe\r\n", id="binary-inline"),
         pytest.param(b"PING\r\n" * 2000, id="many-inline-pings"),
-        pytest.param(encode_command("NOSUCH", "x" * 100000), id="unknown-command-large-arg"),
+        pytest.param(AUTH + encode_command("NOSUCH", "x" * 100000), id="unknown-command-large-arg"),
         pytest.param(AUTH + encode_command("SET", "garbage:k", "x" * 500000) + encode_command("DEL", "garbage:k"), id="large-value"),
         pytest.param(AUTH + encode_command("SET", "k" * 100000, "v"), id="key-over-max-key-bytes"),
         pytest.param(AUTH + encode_command("MGET", *["k" * 600] * 10), id="mget-long-keys"),
