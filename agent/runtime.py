@@ -28,10 +28,13 @@ from typing import Any
 from agent import __version__, logs
 from agent.cache_service import CacheService
 from agent.config import (
+    MAX_CONFIG_BYTES,
     Config,
+    FileReadRefused,
     changed_paths,
     load_config,
     read_config_text,
+    read_regular_file,
     section_changed,
 )
 from agent.errors import AgentError, ConfigError, StartupError
@@ -48,6 +51,9 @@ from agent.tracing import Tracing
 from cache_core.backend import Backend, BackendError
 
 log = logging.getLogger(__name__)
+
+# Threads that close the sinks a reload turned off (each close may wait for its timeout).
+SINK_CLOSE_WORKERS = 2
 
 REGISTER_HOOKS = (
     "predis_agent_register_collectors",
@@ -134,6 +140,11 @@ class Agent:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="collect")
+        # Sinks a reload turned off flush and stop here, off the event loop: with their
+        # endpoint down a close takes up to agent.shutdown_timeout_seconds.
+        self._close_pool = concurrent.futures.ThreadPoolExecutor(max_workers=SINK_CLOSE_WORKERS, thread_name_prefix="sink-close")
+        self._retired_sinks: list[ResilientSink] = []
+        self._closing: list[concurrent.futures.Future[None]] = []
         self._collect_busy: set[int] = set()
         self._collect_lock = threading.Lock()
         self._watch_digest: str | None = None
@@ -197,7 +208,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(self.reload("SIGHUP")))
-        self._watch_digest = self._file_digest()
+        self._watch_digest = await loop.run_in_executor(None, self._file_digest)
         self._tasks = [
             asyncio.create_task(self._collect_loop(), name="collect"),
             asyncio.create_task(self._watch_loop(), name="config-watch"),
@@ -235,10 +246,18 @@ class Agent:
             write_pid_file(path)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the agent cancels at stop; an exception it ends with is logged."""
         task = asyncio.ensure_future(coro)
         self._tasks.append(task)
-        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("task %s failed: %s: %s", task.get_name(), exc.__class__.__name__, exc)
 
     # ------------------------------------------------------------------ plugins' objects
     def _register_all(self, cfg: Config, only: set[str] | None) -> None:
@@ -300,10 +319,35 @@ class Agent:
             owner = self._sink_owner.get(name, "")
             affected = only is None or owner in only
             if name not in seen and (affected or not self._active(owner)):
-                self.sinks.pop(name).close(cfg.get("agent.shutdown_timeout_seconds"))
+                self._retired_sinks.append(self.sinks.pop(name))
                 self._sink_owner.pop(name, None)
             elif name not in seen:
                 self.sinks[name].tune(self.sink_settings(cfg, name))
+
+    def _close_retired_sinks(self, timeout: float) -> None:
+        """Close the sinks :meth:`_update_sinks` took out, each in a thread of its own pool."""
+        retired, self._retired_sinks = self._retired_sinks, []
+        self._closing = [f for f in self._closing if not f.done()]
+        for sink in retired:
+            self._closing.append(self._close_pool.submit(self._close_sink, sink, timeout))
+
+    @staticmethod
+    def _close_sink(sink: ResilientSink, timeout: float) -> None:
+        try:
+            sink.close(timeout)
+        except Exception as exc:
+            log.error("sink %s: closing it failed: %s: %s", sink.name, exc.__class__.__name__, exc)
+
+    async def _settle_sink_closes(self) -> None:
+        """Wait (without blocking the loop) until the sinks being closed are closed.
+
+        A reload that may build a sink again waits for this first, so the old and the new
+        sink of one exporter never share its spool at the same time.
+        """
+        pending = [f for f in self._closing if not f.done()]
+        if pending:
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in pending))
+        self._closing = []
 
     @staticmethod
     def _metrics_section(cfg: Config) -> dict[str, Any] | None:
@@ -380,13 +424,25 @@ class Agent:
 
     # ------------------------------------------------------------------ reload
     def _file_digest(self) -> str | None:
+        """A digest of the config file; blocking (a bounded read): call it off the loop.
+
+        A file the reader refuses (a FIFO, a device, over the size cap) digests as its
+        refusal, so that replacing a good file by one is noticed and reported by a reload.
+        """
         if not self.config_path:
             return None
         try:
-            with open(self.config_path, "rb") as handle:
-                return hashlib.sha256(handle.read()).hexdigest()
+            return hashlib.sha256(read_regular_file(self.config_path, MAX_CONFIG_BYTES, "config file")).hexdigest()
+        except FileReadRefused as exc:
+            return f"refused: {exc}"
         except OSError:
             return None
+
+    def _read_and_load(self) -> tuple[str | None, Config]:
+        """(digest, config) of the file on disk; blocking: run off the loop. Raises ConfigError."""
+        digest = self._file_digest()
+        text = read_config_text(self.config_path) if self.config_path else None
+        return digest, self.load_config(text)
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Apply the config on disk if it is valid; keep the running one otherwise."""
@@ -394,7 +450,13 @@ class Agent:
         async with self._reload_lock:
             self.notifier.reloading()
             with self.tracing.span("config.reload", trigger=trigger) as span:
-                result = await self._reload_locked(trigger)
+                try:
+                    result = await self._reload_locked(trigger)
+                except Exception as exc:
+                    # Whatever went wrong is a rejected reload, reported as such: a 422, an
+                    # error line, last_reload_success 0, never a 500 or a lost task exception.
+                    log.exception("reload (%s) failed unexpectedly", trigger)
+                    result = self._reload_failed(trigger, [f"reload failed: {exc.__class__.__name__}: {exc}"])
                 if span is not None and hasattr(span, "set_attribute"):
                     span.set_attribute("predis.reload.ok", result.ok)
                     span.set_attribute("predis.config.generation", result.generation)
@@ -405,12 +467,24 @@ class Agent:
 
     async def _reload_locked(self, trigger: str) -> ReloadResult:
         old = self.config
-        self._watch_digest = self._file_digest()
+        timeout = float(old.get("agent.reload.timeout_seconds"))
+        loop = asyncio.get_running_loop()
+        # Reading the file and its secret references and validating run in a thread, under
+        # a deadline: the loop keeps serving Redis and HTTP whatever the file holds.
         try:
-            text = read_config_text(self.config_path) if self.config_path else None
-            new = self.load_config(text)
+            digest, new = await asyncio.wait_for(loop.run_in_executor(None, self._read_and_load), timeout)
         except ConfigError as exc:
+            self._watch_digest = await loop.run_in_executor(None, self._file_digest)
             return self._reload_failed(trigger, [str(p) for p in exc.problems])
+        except TimeoutError:
+            return self._reload_failed(
+                trigger,
+                [f"reading and validating the config took more than agent.reload.timeout_seconds ({timeout}s); "
+                 "check its secret references (a slow filesystem?) and reload again"],
+            )
+        except (MemoryError, RecursionError) as exc:
+            return self._reload_failed(trigger, [f"reading the config failed: {exc.__class__.__name__}; is the file what you meant?"])
+        self._watch_digest = digest
         changed = sorted(changed_paths(old.data, new.data))
         rebind = self.http.needs_rebind(new.section("agent.http"))
         if not changed and not rebind and not self.cache_service.tls_renewed(new.section("cache.resp")):
@@ -428,48 +502,67 @@ class Agent:
             cache_plan = self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
         except (StartupError, AgentError, OSError) as exc:
             return self._reload_failed(trigger, [str(exc)])
+        except Exception as exc:
+            return self._reload_failed(trigger, [f"building the new config failed: {exc.__class__.__name__}: {exc}"])
         try:
             site = await self.http.prepare_site(new.section("agent.http")) if rebind else None
             metrics_site = await self._plan_metrics_listener(new)
-        except (StartupError, AgentError, OSError) as exc:
+            if section_changed(changed, ["plugins", "exporters", "agent.sinks"]):
+                # Sinks a previous reload turned off finish closing before any is built again.
+                await self._settle_sink_closes()
+        except Exception as exc:
             self.cache_service.discard(cache_plan)
-            return self._reload_failed(trigger, [str(exc)])
+            reason = str(exc) if isinstance(exc, (StartupError, AgentError, OSError)) else f"{exc.__class__.__name__}: {exc}"
+            return self._reload_failed(trigger, [reason])
         if rebind and not section_changed(changed, ["agent.http"]):
             changed.append("agent.http.tls (certificate files renewed)")
         if cache_plan.sock is not None and not section_changed(changed, ["cache.resp"]):
             changed.append("cache.resp.tls (certificate files renewed)")
-        # Swap.
+        # Swap. Everything that can fail was built above; should applying still raise, the
+        # previous config, generation and backend are put back and the reload is rejected.
+        old_generation, old_backend = self.generation, self.backend
         self.config = new
         self.generation += 1
         self.backend = backend
-        if section_changed(changed, ["agent.log"]):
-            logs.configure(new.section("agent.log"))
-        if section_changed(changed, ["agent.tracing"]):
-            self.tracing.configure(new.section("agent.tracing"))
-        if section_changed(changed, ["agent.auth.token_store"]):
-            self.tokens = TokenStore(new.get("agent.auth.token_store"))
-        self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
-        if site is not None:
-            await self.http.start(site)
-        await self._apply_metrics_listener(new, metrics_site)
-        if section_changed(changed, ["mlops", "cache.prefetch", "collectors.access_log"]):
-            self.mlops.configure(new)
-            self._wake_mlops()
-        for what in await self.cache_service.apply(cache_plan):
-            log.info("reload: %s", what)
-        if section_changed(changed, ["collectors.access_log"]):
-            self.cache_service.configure_access_log(new.section("collectors.access_log"))
-        if section_changed(changed, ["drift"]):
-            self.drift.configure(new.section("drift"))
-        if section_changed(changed, ["agent.pid_file"]):
-            self._write_pid_file(new)
-        changed_plugins = {p.split(".")[1] for p in changed if p.startswith(("plugins.", "exporters."))}
-        if changed_plugins or section_changed(changed, ["agent.sinks"]):
-            self.host.apply_config(self._plugin_enabled(new))
-            self._register_all(new, only=changed_plugins)
-            self._refresh_routes()
-        if cache_plan.origin_deferred:
-            self._repoint_origin(new)
+        try:
+            if section_changed(changed, ["agent.log"]):
+                logs.configure(new.section("agent.log"))
+            if section_changed(changed, ["agent.tracing"]):
+                self.tracing.configure(new.section("agent.tracing"))
+            if section_changed(changed, ["agent.auth.token_store"]):
+                self.tokens = TokenStore(new.get("agent.auth.token_store"))
+            self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
+            if site is not None:
+                await self.http.start(site)
+            await self._apply_metrics_listener(new, metrics_site)
+            if section_changed(changed, ["mlops", "cache.prefetch", "collectors.access_log"]):
+                self.mlops.configure(new)
+                self._wake_mlops()
+            for what in await self.cache_service.apply(cache_plan):
+                log.info("reload: %s", what)
+            if section_changed(changed, ["collectors.access_log"]):
+                self.cache_service.configure_access_log(new.section("collectors.access_log"))
+            if section_changed(changed, ["drift"]):
+                self.drift.configure(new.section("drift"))
+            if section_changed(changed, ["agent.pid_file"]):
+                self._write_pid_file(new)
+            changed_plugins = {p.split(".")[1] for p in changed if p.startswith(("plugins.", "exporters."))}
+            if changed_plugins or section_changed(changed, ["agent.sinks"]):
+                self.host.apply_config(self._plugin_enabled(new))
+                self._register_all(new, only=changed_plugins)
+                self._close_retired_sinks(float(new.get("agent.shutdown_timeout_seconds")))
+                self._refresh_routes()
+            if cache_plan.origin_deferred:
+                self._repoint_origin(new)
+        except Exception as exc:
+            self.config, self.generation, self.backend = old, old_generation, old_backend
+            self._close_retired_sinks(float(old.get("agent.shutdown_timeout_seconds")))
+            log.exception("reload (%s): applying the new config failed", trigger)
+            return self._reload_failed(
+                trigger,
+                [f"applying the new config failed: {exc.__class__.__name__}: {exc}; generation {old_generation} stays "
+                 "in force, but components applied before the failure run with their new settings until the next reload"],
+            )
         if self._wake is not None:
             self._wake.set()
         result = ReloadResult(True, trigger, time.time(), self.generation, changed, [])
@@ -501,13 +594,17 @@ class Agent:
         self.telemetry.end_round()
 
     async def _watch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.get("agent.reload.watch_interval_seconds"))
             if not self.config.get("agent.reload.watch") or not self.config_path:
                 continue
-            digest = self._file_digest()
-            if digest is not None and digest != self._watch_digest:
-                await self.reload("file-watch")
+            try:
+                digest = await loop.run_in_executor(None, self._file_digest)
+                if digest is not None and digest != self._watch_digest:
+                    await self.reload("file-watch")
+            except Exception as exc:
+                log.error("config watch: %s: %s", exc.__class__.__name__, exc)
 
     # ------------------------------------------------------------------ drift
     async def _drift_loop(self) -> None:
@@ -726,6 +823,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sink in list(self.sinks.values()):
             await loop.run_in_executor(None, sink.close, timeout)
+        await self._settle_sink_closes()
+        self._close_pool.shutdown(wait=False)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.tracing.flush()
         self.tracing.shutdown()
