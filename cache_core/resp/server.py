@@ -62,6 +62,9 @@ LATENCY_BUCKETS_USEC: tuple[int, ...] = tuple(d * s for d in LATENCY_DECADES_USE
 # Replies are written out (and the client's output limits checked) whenever this many
 # bytes of them are pending in one pass over a pipeline.
 FLUSH_BYTES = 256 * 1024
+# A batch of reads produces at most this many reply bytes (or one value, if larger): the
+# values are copied out of the cache, encoded and written, each a transient copy as large.
+READ_BATCH_BYTES = 1024 * 1024
 # A bulk reply's framing beyond the value ("$<length>\r\n...\r\n"), for sizing read batches.
 REPLY_OVERHEAD_BYTES = 16
 # Commands run a slice of keys at a time when they name more than command_slice_keys.
@@ -612,12 +615,13 @@ class Connection(asyncio.Protocol):
 
     def _slice_keys(self, name: bytes, pending: int) -> int:
         """How many keys one batch of ``name`` may take now: ``command_slice_keys``, and for
-        reads no more values of the largest size written than fit under the client's hard
-        output limit with what is already queued."""
+        reads no more values of the largest size written than fit in READ_BATCH_BYTES and
+        under the client's hard output limit with what is already queued (0: write the
+        pending replies first)."""
         limits = self.server.limits
         most = limits.command_slice_keys
         if name in (b"GET", b"MGET"):
-            budget = limits.output_buffer_bytes - self.output_bytes() - pending
+            budget = min(limits.output_buffer_bytes - self.output_bytes() - pending, READ_BATCH_BYTES)
             largest = self.server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES
             most = min(most, max(0 if pending else 1, budget // largest))
         return most
