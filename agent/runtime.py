@@ -93,6 +93,24 @@ class ReloadResult:
         }
 
 
+def _check_log_file(section: dict[str, Any]) -> None:
+    """Raise OSError (with the path) when the log file of ``section`` cannot be opened for appending.
+
+    Checked while a reload dry-builds: switching logs removes the running handlers first,
+    so a file that cannot be opened must be found before anything is swapped.
+    """
+    path = (section.get("file") or {}).get("path")
+    if not path:
+        return
+    path = os.path.expanduser(path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OSError(f"agent.log.file.path {path} cannot be opened for appending ({exc.strerror or exc}); fix the path or its directory's permissions") from None
+
+
 class Agent:
     """One running agent. Create, ``await start()``, ``await run_until_stopped()``."""
 
@@ -497,6 +515,8 @@ class Agent:
             backend = self._make_backend(new) if section_changed(changed, ["cache.backend"]) else self.backend
             assert backend is not None
             plugins_changed = any(p.startswith("plugins.") for p in changed)
+            if section_changed(changed, ["agent.log.file"]):
+                _check_log_file(new.section("agent.log"))
             self.cache_service.check_access_log(new.section("collectors.access_log"))
             MlopsService.check(new)
             cache_plan = self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
@@ -556,6 +576,8 @@ class Agent:
                 self._repoint_origin(new)
         except Exception as exc:
             self.config, self.generation, self.backend = old, old_generation, old_backend
+            if section_changed(changed, ["agent.log"]):
+                logs.configure(old.section("agent.log"))
             self._close_retired_sinks(float(old.get("agent.shutdown_timeout_seconds")))
             log.exception("reload (%s): applying the new config failed", trigger)
             return self._reload_failed(
