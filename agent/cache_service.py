@@ -81,10 +81,11 @@ class CachePlan:
     password: str | None
     origin: tuple[str, Any] | None
     origin_deferred: bool = False  # origin plugins are rebuilt in this reload: point at it after
+    reserved_descriptors: int = 64  # agent.reserved_descriptors: not given to Redis clients
 
 
-def _limits(resp: dict[str, Any]) -> RespLimits:
-    return RespLimits(**{key: resp[key] for key in LIMIT_KEYS})
+def _limits(resp: dict[str, Any], reserved_descriptors: int) -> RespLimits:
+    return RespLimits(reserved_descriptors=reserved_descriptors, **{key: resp[key] for key in LIMIT_KEYS})
 
 
 def _password(resp: dict[str, Any]) -> str | None:
@@ -182,7 +183,8 @@ class CacheService:
                     sock = self.server.sockets[0].dup()
                 else:
                     sock = open_listener(resp["listen"])
-        return CachePlan(section, backend, cache, sock, ctx, stamp, password, origin, origins is None)
+        reserved = int(cfg.get("agent.reserved_descriptors"))
+        return CachePlan(section, backend, cache, sock, ctx, stamp, password, origin, origins is None, reserved)
 
     @staticmethod
     def find_origin(section: dict[str, Any], origins: list[tuple[str, Any]]) -> tuple[str, Any] | None:
@@ -229,14 +231,14 @@ class CacheService:
             if self.server is None:
                 self.server = RespServer(
                     self.cache,
-                    limits=_limits(resp),
+                    limits=_limits(resp, plan.reserved_descriptors),
                     password=plan.password,
                     info_extra=self.info,
                     config_values=self._config_values(section),
                 )
             server = self.server
             server.cache = self.cache
-            server.limits = _limits(resp)
+            server.limits = _limits(resp, plan.reserved_descriptors)
             server.password = plan.password
             server.config_values = self._config_values(section)
             if plan.sock is not None:
