@@ -92,11 +92,11 @@ async def poll(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -
 
 
 # ------------------------------------------------------------------ output limits
-def test_a_pipeline_of_large_replies_stops_at_the_hard_output_limit() -> None:
-    """SET big <1 MiB>, then 500 pipelined GET big from a client that does not read: the
-    client is closed once its queued replies pass the limit, and no more than the limit
-    (plus one batch that fits under it) was ever queued for it."""
-    limits = RespLimits(output_buffer_bytes=4 << 20, output_buffer_soft_bytes=4 << 20)
+def test_a_pipeline_of_large_replies_stops_at_the_output_limits() -> None:
+    """SET big <1 MiB>, then 500 pipelined GET big from a client that does not read: its
+    pipeline pauses at the soft limit, the client is closed when the soft limit's time is
+    up, and no more than the hard limit was ever queued for it."""
+    limits = RespLimits(output_buffer_bytes=4 << 20, output_buffer_soft_bytes=1 << 20, output_buffer_soft_seconds=0.3)
 
     async def scenario(server: RespServer) -> None:
         cache = server.cache
@@ -117,12 +117,35 @@ def test_a_pipeline_of_large_replies_stops_at_the_hard_output_limit() -> None:
         await loop.sock_sendall(sock, encode_command("GET", "big") * 500)
         await poll(watch, "the non-reading client to be closed")
         sock.close()
-        assert peak[0] <= limits.output_buffer_bytes + cache.largest_value_bytes + 64
+        assert peak[0] <= limits.output_buffer_bytes
         # Every other client goes on.
         reader, writer = await connect(server)
         writer.write(encode_command("PING"))
         assert await read_replies(reader, 1) == ["+PONG"]
         writer.close()
+
+    run(scenario, limits=limits)
+
+
+def test_a_reply_past_the_hard_limit_closes_the_client_at_once() -> None:
+    limits = RespLimits(output_buffer_bytes=512 << 10, output_buffer_soft_seconds=3600)
+
+    async def scenario(server: RespServer) -> None:
+        server.cache.mset([(b"huge", b"h" * (1 << 20))])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        assert server.address is not None
+        await loop.sock_connect(sock, server.address)
+        await poll(lambda: server.clients, "the connection to be accepted")
+        # The kernel would otherwise take the whole reply in: the agent's side holds it.
+        for conn in server.clients.values():
+            assert conn.transport is not None
+            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await loop.sock_sendall(sock, encode_command("GET", "huge"))
+        await poll(lambda: server.stats.limit_disconnections.get("output_buffer", 0) == 1, "the hard limit to close the client")
+        sock.close()
 
     run(scenario, limits=limits)
 
