@@ -510,8 +510,9 @@ class Agent:
             self._finish_reload(result, success=True)
             log.info("reload (%s): no change; generation stays %d", trigger, self.generation)
             return result
-        # Dry-build everything that can fail, off to the side.
-        try:
+        # Dry-build everything that can fail, off to the side, in a thread under the same
+        # deadline: it reads TLS files, may start a backend and allocate a rebuilt cache.
+        def dry_build() -> tuple[Backend, Any]:
             backend = self._make_backend(new) if section_changed(changed, ["cache.backend"]) else self.backend
             assert backend is not None
             plugins_changed = any(p.startswith("plugins.") for p in changed)
@@ -519,7 +520,18 @@ class Agent:
                 _check_log_file(new.section("agent.log"))
             self.cache_service.check_access_log(new.section("collectors.access_log"))
             MlopsService.check(new)
-            cache_plan = self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
+            return backend, self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
+
+        building = loop.run_in_executor(None, dry_build)
+        try:
+            backend, cache_plan = await asyncio.wait_for(asyncio.shield(building), timeout)
+        except TimeoutError:
+            building.add_done_callback(self._discard_late_plan)
+            return self._reload_failed(
+                trigger,
+                [f"building the new config (TLS files, listeners, cache) took more than agent.reload.timeout_seconds "
+                 f"({timeout}s); check the files it names and reload again"],
+            )
         except (StartupError, AgentError, OSError) as exc:
             return self._reload_failed(trigger, [str(exc)])
         except Exception as exc:
@@ -592,6 +604,11 @@ class Agent:
         log.info("reload (%s) applied: generation %d; changed: %s", trigger, self.generation, ", ".join(changed))
         self.emit(Event("config_reloaded", {"generation": self.generation, "changed": changed, "trigger": trigger}))
         return result
+
+    def _discard_late_plan(self, building: asyncio.Future[Any]) -> None:
+        """Release what a dry-build that finished after its reload gave up on holds."""
+        if not building.cancelled() and building.exception() is None:
+            self.cache_service.discard(building.result()[1])
 
     def _reload_failed(self, trigger: str, errors: list[str]) -> ReloadResult:
         result = ReloadResult(False, trigger, time.time(), self.generation, [], errors)
