@@ -427,7 +427,9 @@ problems itself and exit 2 without contacting the agent.
 | `agent.http.listen`, `agent.http.tls.*` | a new address is bound first, then the old listener is closed; with the same address, a duplicate of the listening socket is served with the new TLS context, then the old one is closed; requests keep being served throughout |
 | none: the TLS certificate and key files were renewed in place (same paths) | the files are loaded again and the listening socket is re-served with them, as for a TLS change; `changed` lists `agent.http.tls (certificate files renewed)` (unless other `agent.http` keys changed too) and the generation goes up by one. The file watch does not notice renewed certificates: trigger the reload with SIGHUP, `predis-agent reload` or `POST /reload` |
 | `agent.http.request_timeout_seconds` | applies to the next request |
-| `agent.http.max_request_bytes` | enforced per request, so it applies to the next request: a larger `Content-Length` is answered 413 with a JSON error (hard ceiling 104857600 bytes, the schema's maximum) |
+| `agent.http.max_request_bytes` | enforced per request, so it applies to the next request: a larger `Content-Length`, or a chunked body that grows past it as it is read, is answered 413 with a JSON error (hard ceiling 104857600 bytes, the schema's maximum) |
+| `agent.http.max_connections`, `agent.http.extra_reserved_descriptors`, `agent.http.header_timeout_seconds`, `agent.http.body_timeout_seconds`, `agent.http.accept_retry_seconds`, `agent.reserved_descriptors` | applied in place: the next connection accepted, deadline started or body read uses them; connections already open are not closed for a smaller cap |
+| `agent.log.rate_limit_seconds` | the next rate-limited warning uses the new interval |
 | `agent.auth.anonymous_routes` | applies to the next request |
 | `agent.auth.token_store` | the token store at the new path is used from the next request |
 | `agent.collect.*` | the collection schedule is woken and uses the new interval; the schedule keeps its phase |

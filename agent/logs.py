@@ -14,12 +14,67 @@ import logging.handlers
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.config import SecretScrubFilter, scrub
 
 ROOT_LOGGER = ""
 _HANDLER_TAG = "_predis_agent_handler"
+# agent.log.rate_limit_seconds; set by configure() from the schema's default or the config.
+_rate_limit_seconds = 10.0
+
+
+def rate_limit_seconds() -> float:
+    """The interval of :class:`RateLimitedLog` (``agent.log.rate_limit_seconds``)."""
+    return _rate_limit_seconds
+
+
+class RateLimitedLog:
+    """One kind of repeated event, logged at most once per interval with a count of the rest.
+
+    For events a client or the machine can make happen thousands of times a second (a
+    failed ``accept()``, a refused connection, a failed AUTH): the first one is logged,
+    the next ones within ``interval`` are only counted, and the first one logged after
+    the interval says how many were left out. ``interval`` is
+    ``agent.log.rate_limit_seconds`` unless given; ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self.events = 0
+        self.logged = 0
+        self.suppressed = 0
+        self._next_at: float | None = None
+
+    def log(self, level: int, msg: str, *args: Any) -> bool:
+        """Log ``msg % args`` unless one was logged less than an interval ago; True if logged."""
+        self.events += 1
+        now = self.clock()
+        if self._next_at is not None and now < self._next_at:
+            self.suppressed += 1
+            return False
+        interval = self.interval if self.interval is not None else _rate_limit_seconds
+        if self.suppressed:
+            msg = f"{msg} (and {self.suppressed} more like it in the last {interval:g}s, not logged)"
+        self.logger.log(level, msg, *args)
+        self.logged += 1
+        self.suppressed = 0
+        self._next_at = now + interval
+        return True
+
+    def warning(self, msg: str, *args: Any) -> bool:
+        return self.log(logging.WARNING, msg, *args)
+
+    def error(self, msg: str, *args: Any) -> bool:
+        return self.log(logging.ERROR, msg, *args)
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,6 +100,8 @@ class TextFormatter(logging.Formatter):
 
 def configure(section: dict[str, Any]) -> None:
     """(Re)configure the root logger from the ``agent.log`` section."""
+    global _rate_limit_seconds
+    _rate_limit_seconds = float(section.get("rate_limit_seconds", _rate_limit_seconds))
     root = logging.getLogger(ROOT_LOGGER)
     for handler in list(root.handlers):
         if getattr(handler, _HANDLER_TAG, False):

@@ -119,6 +119,25 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("predis_agent_http_requests_total", "counter", "HTTP API requests by route and status code.", ("route", "code")),
     MetricSpec("predis_agent_http_auth_failures_total", "counter", "Requests refused for a missing or invalid token."),
+    MetricSpec("predis_agent_http_connections", "gauge", "HTTP connections open now on the agent's HTTP listeners (TLS handshakes in progress included)."),
+    MetricSpec(
+        "predis_agent_http_connections_refused_total",
+        "counter",
+        "HTTP connections refused at accept (answered 503 on plain HTTP) and closed at once, by reason (max_connections: agent.http.max_connections open; descriptors: agent.reserved_descriptors + agent.http.extra_reserved_descriptors reached).",
+        ("reason",),
+    ),
+    MetricSpec(
+        "predis_agent_http_timeouts_total",
+        "counter",
+        "HTTP connections closed for a read deadline, by phase (idle: no request within agent.http.header_timeout_seconds; header: headers incomplete by then; body: body incomplete after agent.http.body_timeout_seconds; handshake: TLS handshake not done by the header timeout).",
+        ("phase",),
+    ),
+    MetricSpec(
+        "predis_agent_accept_errors_total",
+        "counter",
+        "Failed accept() calls on the agent's listeners, by errno (EMFILE, ENFILE, ENOBUFS, ENOMEM, other); logged once per agent.log.rate_limit_seconds.",
+        ("errno",),
+    ),
     MetricSpec(
         "predis_agent_metric_series_folded_total",
         "counter",
@@ -184,6 +203,18 @@ COLLECTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_cache_connections_total", "counter", "Client connections accepted, including those then rejected."),
     MetricSpec("predis_cache_rejected_connections_total", "counter", "Connections refused because cache.resp.max_clients was reached."),
     MetricSpec("predis_cache_protocol_errors_total", "counter", "Connections closed for a Redis-protocol violation."),
+    MetricSpec(
+        "predis_cache_client_limit_disconnections_total",
+        "counter",
+        "Redis-protocol clients closed for a limit, by reason: output_buffer (cache.resp.output_buffer_bytes or the soft limit), "
+        "query_buffer (cache.resp.query_buffer_bytes), client_memory (cache.resp.max_client_memory_bytes).",
+        ("reason",),
+    ),
+    MetricSpec("predis_cache_client_buffer_bytes", "gauge", "Memory all Redis-protocol clients' buffers hold together (input, output, sliced commands).", unit="bytes"),
+    MetricSpec("predis_cache_auth_failures_total", "counter", "Failed AUTH (or HELLO AUTH) attempts on the Redis-protocol server."),
+    MetricSpec(
+        "predis_cache_auth_throttled_total", "counter", "AUTH attempts refused unchecked because their source's failure budget was spent."
+    ),
     # process (plugins/collectors/process.py)
     MetricSpec(
         "predis_process_cpu_seconds_total", "counter", "CPU time the agent process used, by mode (user, system).", ("mode",), unit="seconds"
@@ -203,18 +234,6 @@ COLLECTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "predis_process_gc_pause_seconds_total",
         "counter",
-    MetricSpec(
-        "predis_cache_client_limit_disconnections_total",
-        "counter",
-        "Redis-protocol clients closed for a limit, by reason: output_buffer (cache.resp.output_buffer_bytes or the soft limit), "
-        "query_buffer (cache.resp.query_buffer_bytes), client_memory (cache.resp.max_client_memory_bytes).",
-        ("reason",),
-    ),
-    MetricSpec("predis_cache_client_buffer_bytes", "gauge", "Memory all Redis-protocol clients' buffers hold together (input, output, sliced commands).", unit="bytes"),
-    MetricSpec("predis_cache_auth_failures_total", "counter", "Failed AUTH (or HELLO AUTH) attempts on the Redis-protocol server."),
-    MetricSpec(
-        "predis_cache_auth_throttled_total", "counter", "AUTH attempts refused unchecked because their source's failure budget was spent."
-    ),
         "Time spent in Python garbage collection, by generation.",
         ("generation",),
         unit="seconds",
@@ -534,6 +553,7 @@ SPECS_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRIC_REGIS
 EMITTERS: tuple[tuple[str, str], ...] = (
     ("predis_agent_sink_", "agent/sinks.py"),
     ("predis_agent_http_", "agent/http.py"),
+    ("predis_agent_accept_", "agent/fdlimits.py"),
     ("predis_agent_metric_", "agent/telemetry.py"),
     ("predis_agent_", "agent/runtime.py"),
     ("predis_cache_", "plugins/collectors/cache.py"),
