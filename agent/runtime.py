@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import __version__, logs
+from agent import __version__, fdlimits, logs
 from agent.cache_service import CacheService
 from agent.config import (
     MAX_CONFIG_BYTES,
@@ -203,6 +203,7 @@ class Agent:
         self._wake = asyncio.Event()
         cfg = self.config
         logs.configure(cfg.section("agent.log"))
+        fdlimits.setup(cfg.get("agent.reserved_descriptors"), self.telemetry)
         self.tracing.configure(cfg.section("agent.tracing"))
         self.backend = self._make_backend(cfg)
         self.tokens = TokenStore(cfg.get("agent.auth.token_store"))
@@ -563,6 +564,7 @@ class Agent:
                 self.tracing.configure(new.section("agent.tracing"))
             if section_changed(changed, ["agent.auth.token_store"]):
                 self.tokens = TokenStore(new.get("agent.auth.token_store"))
+            fdlimits.set_reserved(new.get("agent.reserved_descriptors"))
             self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
             if site is not None:
                 await self.http.start(site)
