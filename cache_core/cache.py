@@ -127,8 +127,8 @@ class Cache:
         self.max_keys = int(max_keys)
         self.max_memory_bytes = int(max_memory_bytes)
         self.max_value_bytes = int(max_value_bytes)
-        # The longest value ever written (a high-water mark, never lowered): the RESP server
-        # sizes reply batches by it so that a batch cannot overshoot a client's output limit.
+        # The longest value ever written (a high-water mark, never lowered): below it, the
+        # RESP server knows an MGET's reply fits its read budget without looking.
         self.largest_value_bytes = 0
         self.clock = clock
         self.access_hook: AccessHook = access_hook or null_access_hook
@@ -292,10 +292,14 @@ class Cache:
     # Split reads, for a server that must not wait for the origin on its event loop:
     # ``lookup`` serves what is cached (counted as ``mget`` counts it), ``fill_from_origin``
     # (in a worker thread) loads the misses, ``notify_reads`` tells the prefetcher.
-    def lookup(self, keys: Sequence[bytes]) -> tuple[list[bytes | None], list[bool]]:
+    def lookup(self, keys: Sequence[bytes], max_bytes: int = 0) -> tuple[list[bytes | None], list[bool]]:
         """Cached values (None for a miss) and which keys were hits (an empty list when no
-        prefetch observer would be told: nothing else reads them); no origin is asked."""
-        return self._mget(keys, self.prefetch_observer is not None, read_through=False)
+        prefetch observer would be told: nothing else reads them); no origin is asked.
+
+        ``max_bytes`` > 0: only the first keys whose values add up to at most that many
+        bytes are read (always at least one), so a server can bound what one batch copies
+        out; fewer values than keys come back then, and only those keys count as read."""
+        return self._mget(keys, self.prefetch_observer is not None, read_through=False, max_bytes=max_bytes)
 
     def needs_origin(self, values: Sequence[bytes | None]) -> bool:
         """Whether a lookup's misses would be read through from the origin."""
@@ -312,20 +316,26 @@ class Cache:
         if observer is not None and keys:
             observer(keys, hits)
 
-    def _mget(self, keys: Sequence[bytes], want_hits: bool = False, read_through: bool = True) -> tuple[list[bytes | None], list[bool]]:
-        """Values and, with ``want_hits``, which keys were hits (else an empty list)."""
+    def _mget(self, keys: Sequence[bytes], want_hits: bool = False, read_through: bool = True, max_bytes: int = 0) -> tuple[list[bytes | None], list[bool]]:
+        """Values and, with ``want_hits``, which keys were hits (else an empty list); with
+        ``max_bytes``, possibly for a prefix of ``keys`` only (see :meth:`lookup`)."""
         if not keys:
             return [], []
         if len(keys) <= self.small_batch:
-            out = self._mget_small(keys)
+            out = self._mget_small(keys, max_bytes)
             small_hits = [v is not None for v in out] if want_hits else []
             if read_through and self.read_through and self.origin is not None and None in out:
-                self._read_through(keys, out)
+                self._read_through(keys[: len(out)], out)
             return out, small_hits
         hi, lo = self.fp.fingerprints(keys)
         with self._lock:
             eids = self._find(hi, lo, self.now_ms())
             hit = eids >= 0
+            if max_bytes > 0:
+                total = numpy.cumsum(numpy.where(hit, self.e_len[numpy.maximum(eids, 0)], 0))
+                if total[-1] > max_bytes:
+                    n = max(1, int(numpy.searchsorted(total, max_bytes, side="right")))
+                    keys, hi, lo, eids, hit = keys[:n], hi[:n], lo[:n], eids[:n], hit[:n]
             out: list[bytes | None] = [None] * len(keys)
             for i in numpy.flatnonzero(hit).tolist():
                 eid = int(eids[i])
@@ -347,10 +357,17 @@ class Cache:
             self._read_through(keys, out)
         return out, (hit.tolist() if want_hits else [])
 
-    def _mget_small(self, keys: Sequence[bytes]) -> list[bytes | None]:
+    def _mget_small(self, keys: Sequence[bytes], max_bytes: int = 0) -> list[bytes | None]:
         fps = self._fps_small(keys)
         with self._lock:
             eids = self._find_small(fps, self.now_ms())
+            if max_bytes > 0:
+                total = 0
+                for n, eid in enumerate(eids):
+                    total += self.e_len.item(eid) if eid >= 0 else 0
+                    if total > max_bytes and n:
+                        keys, fps, eids = keys[:n], fps[:n], eids[:n]
+                        break
             e_handle, e_len, e_pre, store = self.e_handle, self.e_len, self.e_prefetched, self.store
             out: list[bytes | None] = []
             results: list[int] = []

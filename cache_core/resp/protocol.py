@@ -93,14 +93,16 @@ class RequestParser:
             self._chunks.append(bytes(data))
             self._chunked += len(data)
             return
-        if self._chunks:
-            data = b"".join(self._chunks) + data
+        if self._chunks or self._pos < len(self._buf):
+            # One join of everything unparsed: the bulk that completes is copied once here.
+            pieces: list[Any] = [memoryview(self._buf)[self._pos :]] if self._pos < len(self._buf) else []
+            pieces.extend(self._chunks)
+            pieces.append(data)
+            self._buf = b"".join(pieces)
             self._chunks = []
             self._chunked = 0
-        if self._pos >= len(self._buf):
-            self._buf = bytes(data)
         else:
-            self._buf = self._buf[self._pos :] + data
+            self._buf = bytes(data)
         self._pos = 0
         self._need = 0
 

@@ -513,6 +513,12 @@ class Connection(asyncio.Protocol):
             return
         self.last_active = time.monotonic()
         parser = self.parser
+        limit = self.server.limits.query_buffer_bytes
+        # Checked before the bytes join the buffer too (a bulk completed by them is joined
+        # and sliced, two more copies), and after parsing, when the arguments are counted.
+        if parser.held + len(data) > limit:
+            self.drop("query_buffer", f"query buffer over cache.resp.query_buffer_bytes ({limit}): {parser.held + len(data)} bytes")
+            return
         parser.feed(data)
         if self.authenticated and not self._stepwise:
             self._backlog.extend(parser.commands())
@@ -520,7 +526,6 @@ class Connection(asyncio.Protocol):
             # Before AUTH, one command at a time (in _pump): the one after a successful AUTH
             # is parsed under the full limits, as in redis-server.
             self._stepwise = True
-        limit = self.server.limits.query_buffer_bytes
         if parser.held > limit:
             self.drop("query_buffer", f"query buffer over cache.resp.query_buffer_bytes ({limit}): {parser.held} bytes held")
             return
@@ -565,30 +570,29 @@ class Connection(asyncio.Protocol):
                     return
             args = backlog[0]
             name = args[0].upper()
-            if self.authenticated and name in SLICED and len(args) > 2 and len(args) - 1 > self._slice_keys(name, pending):
+            if self.authenticated and name in SLICED and len(args) > 2 and not self._fits(name, len(args) - 1, pending):
                 backlog.popleft()
                 self._finish(out, False)
                 if not self.closing:
                     self._start_sliced(name, args)
                 return
             if self.authenticated and ((name == b"GET" and len(args) == 2) or (name == b"MGET" and len(args) >= 2)):
+                budget = self._read_budget(pending)
+                if budget <= 0:  # the replies pending first: write them, then see
+                    self._finish(out, False)
+                    out, pending = [], 0
+                    if self.closing:
+                        return
+                    if self._write_paused:
+                        self._block_on_output()
+                        return
+                    budget = self._read_budget(0)
                 run = [backlog.popleft()]
                 if name == b"GET":
-                    most = self._slice_keys(name, pending)
-                    if not most:  # the replies pending first: write them, then see
-                        backlog.appendleft(run[0])
-                        self._finish(out, False)
-                        out, pending = [], 0
-                        if self.closing:
-                            return
-                        if self._write_paused:
-                            self._block_on_output()
-                            return
-                        continue
-                    while backlog and len(run) < most and len(backlog[0]) == 2 and backlog[0][0].upper() == b"GET":
+                    while backlog and len(run) < slice_keys and len(backlog[0]) == 2 and backlog[0][0].upper() == b"GET":
                         run.append(backlog.popleft())
                 before = len(out)
-                if self._reads(name, run, out):
+                if self._reads(name, run, out, max(1, budget) if name == b"GET" else 0):
                     return  # resumed by _read_done, after the origin answered
                 pending += sum(map(len, out[before:]))
                 continue
@@ -621,18 +625,20 @@ class Connection(asyncio.Protocol):
         if self._write_paused and not self.closing:
             self._block_on_output()
 
-    def _slice_keys(self, name: bytes, pending: int) -> int:
-        """How many keys one batch of ``name`` may take now: ``command_slice_keys``, and for
-        reads no more values of the largest size written than fit in READ_BATCH_BYTES and
-        under the client's hard output limit with what is already queued (0: write the
-        pending replies first)."""
-        limits = self.server.limits
-        most = limits.command_slice_keys
-        if name in (b"GET", b"MGET"):
-            budget = min(limits.output_buffer_bytes - self.output_bytes() - pending, READ_BATCH_BYTES)
-            largest = self.server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES
-            most = min(most, max(0 if pending else 1, budget // largest))
-        return most
+    def _read_budget(self, pending: int) -> int:
+        """Reply bytes one batch of reads may produce now: READ_BATCH_BYTES, and no more than
+        fits under the client's hard output limit with what is already queued."""
+        return min(READ_BATCH_BYTES, self.server.limits.output_buffer_bytes - self.output_bytes() - pending)
+
+    def _fits(self, name: bytes, keys: int, pending: int) -> bool:
+        """Whether a command naming ``keys`` keys runs in one go: at most command_slice_keys,
+        and for MGET, even values as long as the longest ever written fit the read budget
+        (else it streams: see _sliced_mget)."""
+        if keys > self.server.limits.command_slice_keys:
+            return False
+        if name == b"MGET":
+            return keys * (self.server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES) <= self._read_budget(pending)
+        return True
 
     def _pause_after_auth_failure(self) -> None:
         """A failed AUTH holds this connection's next command back for a while."""
@@ -724,9 +730,10 @@ class Connection(asyncio.Protocol):
         transport.write(b"*%d\r\n" % len(keys))
         start = 0
         while start < len(keys) and not self.closing:
-            part = keys[start : start + self._slice_keys(b"MGET", 0)]
+            part = keys[start : start + self.server.limits.command_slice_keys]
+            values, hits = cache.lookup(part, max(1, self._read_budget(0)))
+            part = part[: len(values)]
             start += len(part)
-            values, hits = cache.lookup(part)
             if cache.needs_origin(values):
                 loop = asyncio.get_running_loop()
                 try:
@@ -757,17 +764,24 @@ class Connection(asyncio.Protocol):
             await asyncio.sleep(0)
 
     # -- reads ------------------------------------------------------------------------------
-    def _reads(self, name: bytes, run: list[list[bytes]], out: list[bytes]) -> bool:
-        """Serve a GET run or one MGET; True when it went to the origin (replies wait)."""
+    def _reads(self, name: bytes, run: list[list[bytes]], out: list[bytes], budget: int = 0) -> bool:
+        """Serve a GET run or one MGET; True when it went to the origin (replies wait).
+
+        ``budget`` > 0 bounds the bytes a GET run copies out: the GETs past it go back to
+        the front of the backlog, for the next batch."""
         keys = [c[1] for c in run] if name == b"GET" else run[0][1:]
         started = time.perf_counter_ns()
         cache = self.server.cache
         try:
-            values, hits = cache.lookup(keys)
+            values, hits = cache.lookup(keys, max(budget, 0))
         except Exception:
             # One bad key must fail only its own command: one by one.
             out.extend(self._execute(c)[0] for c in run)
             return False
+        if len(values) < len(keys):
+            self._backlog.extendleft(reversed(run[len(values) :]))
+            del run[len(values) :]
+            keys = keys[: len(values)]
         if not cache.needs_origin(values):
             out.extend(self._read_replies(name, run, values, started))
             cache.notify_reads(keys, hits)

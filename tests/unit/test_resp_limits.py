@@ -185,6 +185,49 @@ def test_a_reading_client_gets_every_reply_of_a_long_pipeline() -> None:
     run(scenario, limits=limits)
 
 
+def test_reads_copy_out_a_bounded_batch_whatever_the_value_sizes() -> None:
+    """Small and 1 MiB values mixed in one GET pipeline and one MGET: every reply is right,
+    and no batch copies out more than the read budget (one value past it at most)."""
+    from cache_core.resp import server as server_module
+
+    async def scenario(server: RespServer) -> None:
+        cache = server.cache
+        big = b"B" * (1 << 20)
+        cache.mset([(b"big", big)] + [(b"s:%d" % i, b"%d" % i) for i in range(50)])
+        copied: list[int] = []
+        lookup = cache.lookup
+
+        def counting(keys: Any, max_bytes: int = 0) -> Any:
+            values, hits = lookup(keys, max_bytes)
+            copied.append(sum(len(v) for v in values if v is not None))
+            return values, hits
+
+        cache.lookup = counting  # type: ignore[method-assign]
+        order = [b"s:%d" % i if i % 10 else b"big" for i in range(50)]
+        expected = [big if k == b"big" else k[2:] for k in order]
+        reader, writer = await connect(server)
+        writer.write(b"".join(encode_command("GET", k) for k in order) + encode_command("MGET", *order))
+        assert await read_replies(reader, 50) == expected
+        assert await read_replies(reader, 1) == [expected]
+        writer.close()
+        assert max(copied) <= server_module.READ_BATCH_BYTES + len(big)
+
+    run(scenario)
+
+
+def test_a_cut_lookup_counts_only_the_keys_it_read() -> None:
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=8 << 20)
+    cache.mset([(b"a", b"x" * 1000), (b"b", b"y" * 1000), (b"c", b"z" * 1000)])
+    for keys in ([b"a", b"b", b"c"], [b"a", b"b", b"c"] * 10):  # the small and the batched path
+        before = cache.snapshot().hits
+        values, _hits = cache.lookup(keys, max_bytes=1500)
+        assert values == [b"x" * 1000]
+        assert cache.snapshot().hits == before + 1
+        values, _hits = cache.lookup(keys, max_bytes=2000)
+        assert values == [b"x" * 1000, b"y" * 1000]
+        assert cache.lookup(keys)[0] == [b"x" * 1000, b"y" * 1000, b"z" * 1000] * (len(keys) // 3)
+
+
 # ------------------------------------------------------------------ input limits
 def test_the_query_buffer_limit_closes_a_client_sending_an_endless_command() -> None:
     limits = RespLimits(query_buffer_bytes=1 << 20)
