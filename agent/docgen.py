@@ -314,6 +314,9 @@ the secret is:
 - A reference may be the whole value or part of it: `"Bearer ${env:API_KEY}"` is allowed.
   A value that contains at least one reference becomes a *secret value* as a whole.
 - File and credential contents are read as UTF-8; trailing newlines (`\n`, `\r`) are removed.
+  Only regular files of at most 65536 bytes are read: a FIFO, a device, a directory or a
+  larger file is refused with an error that says which (see docs/security.md, "Config and
+  reload limits").
 - To write a literal `${`, double the dollar: `$${` (so `"cost: $${not_a_ref}"` is the plain
   string `cost: ${not_a_ref}`). Text like `${other:x}` whose prefix is not `env`, `file` or
   `cred` is left as it is.

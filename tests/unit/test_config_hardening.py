@@ -238,3 +238,19 @@ def test_an_empty_password_never_opens_a_non_loopback_listener() -> None:
     with pytest.raises(StartupError, match="requirepass is empty"):
         CacheService().plan(Config(data=data), Backend("numpy"), [])
 
+
+
+def test_the_documented_limits_are_the_constants() -> None:
+    root = Path(__file__).resolve().parents[2]
+    security = (root / "docs" / "security.md").read_text(encoding="utf-8")
+    section = security[security.index("## Config and reload limits") :]
+    section = section[: section.index("\n## ", 1)]
+    for name, value in (
+        ("MAX_SECRET_FILE_BYTES", MAX_SECRET_FILE_BYTES),
+        ("MAX_CONFIG_BYTES", MAX_CONFIG_BYTES),
+        ("MAX_YAML_NODES", MAX_YAML_NODES),
+        ("MAX_YAML_DEPTH", MAX_YAML_DEPTH),
+    ):
+        assert f"`{name}`) | {value}" in section, name
+    guide = (root / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert f"at most {MAX_SECRET_FILE_BYTES} bytes are read" in guide
