@@ -474,6 +474,12 @@ class Cache:
             return -1 if exp == TTL_NONE else max(0, exp - now)
 
     # ------------------------------------------------------------------ writes
+    def check_batch(self, keys: Sequence[bytes], values: Sequence[bytes] = ()) -> None:
+        """Raise what a write of ``keys`` and ``values`` would raise for their sizes, without
+        writing (a command applied in slices checks first, so that it fails whole)."""
+        self.fp.check_lengths(keys)
+        self._check_values(values)
+
     def _check_values(self, values: Sequence[bytes]) -> None:
         largest = max(map(len, values), default=0)
         if largest > self.max_value_bytes:

@@ -80,6 +80,15 @@ class Fingerprinter:
         digest = h.digest()
         return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
 
+    def check_lengths(self, keys: Sequence[bytes]) -> None:
+        """Raise the :class:`KeyLengthError` :meth:`fingerprints` would raise for ``keys``
+        (for a command read in slices, which must fail whole before its reply starts)."""
+        lengths = list(map(len, keys))
+        if lengths and (min(lengths) < 1 or max(lengths) > self.max_key_bytes):
+            for index, length in enumerate(lengths):
+                if not 1 <= length <= self.max_key_bytes:
+                    raise self._length_error(index, length)
+
     def fingerprints(self, keys: Sequence[bytes]) -> tuple[numpy.ndarray, numpy.ndarray]:
         """Host ``uint64`` arrays ``(hi, lo)`` for a batch of keys, in order.
 
@@ -92,11 +101,7 @@ class Fingerprinter:
         if n == 0:
             empty = numpy.empty(0, dtype=numpy.uint64)
             return empty, empty.copy()
-        lengths = list(map(len, keys))
-        if min(lengths) < 1 or max(lengths) > self.max_key_bytes:
-            for index, length in enumerate(lengths):
-                if not 1 <= length <= self.max_key_bytes:
-                    raise self._length_error(index, length)
+        self.check_lengths(keys)
         copy = self._template.copy
         parts: list[bytes] = []
         append = parts.append

@@ -679,10 +679,12 @@ class Connection(asyncio.Protocol):
             elif name == b"MSET":
                 if len(args) % 2 != 1:
                     raise _err_args("mset")
+                server.cache.check_batch(args[1::2], args[2::2])
                 await self._in_slices(args, 2, lambda part: server.cache.mset(list(zip(part[::2], part[1::2]))))
                 reply = self.encoder.simple("OK")
             else:
                 counter = server.cache.exists if name == b"EXISTS" else server.cache.delete
+                server.cache.check_batch(args[1:])
                 total = [0]
 
                 def count(part: list[bytes]) -> None:
@@ -727,6 +729,7 @@ class Connection(asyncio.Protocol):
         cache = self.server.cache
         transport = self.transport
         assert transport is not None
+        cache.fp.check_lengths(keys)  # a bad key fails the whole command, before its reply starts
         transport.write(b"*%d\r\n" % len(keys))
         start = 0
         while start < len(keys) and not self.closing:

@@ -306,14 +306,23 @@ def test_large_commands_in_slices_give_the_same_replies() -> None:
             + encode_command("DEL", *keys[:50], "absent")
             + encode_command("MSET", "odd", "pairs", "left")
             + encode_command("DBSIZE")
+            + encode_command("MGET", *keys[:20], "k" * 600)
+            + encode_command("MSET", *pairs[:40], "k" * 600, "v")
+            + encode_command("DEL", *keys, "k" * 600)
+            + encode_command("DBSIZE")
         )
-        replies = await read_replies(reader, 6)
+        replies = await read_replies(reader, 10)
         assert replies[0] == "+OK"
         assert replies[1] == [b"%d" % i for i in range(100)] + [None]
         assert replies[2] == 101
         assert replies[3] == 50
         assert replies[4] == "-ERR wrong number of arguments for 'mset' command"
         assert replies[5] == 50
+        assert replies[6] == "-ERR key at index 20 is 600 bytes; keys must be 1..512 bytes (raise cache.max_key_bytes to accept longer keys)"
+        # A bad key fails a sliced write whole: nothing of it was applied.
+        assert replies[7] == "-ERR key at index 20 is 600 bytes; keys must be 1..512 bytes (raise cache.max_key_bytes to accept longer keys)"
+        assert replies[8] == "-ERR key at index 100 is 600 bytes; keys must be 1..512 bytes (raise cache.max_key_bytes to accept longer keys)"
+        assert replies[9] == 50
         writer.close()
 
     run(scenario, limits=limits)
