@@ -5,8 +5,9 @@ Every connection costs a descriptor, and so does every file the agent opens (con
 spool, access log, origin reads, TLS files). When a listener lets clients take the last
 descriptors, everything else fails at once: origin reads, exports, even the other
 listeners. So the agent raises its soft ``RLIMIT_NOFILE`` to the hard limit at start
-(:func:`raise_nofile_limit`), and every listener refuses new connections while fewer than
-``agent.reserved_descriptors`` remain (:func:`has_headroom`). The reserve is process-wide
+(:func:`raise_nofile_limit`), and every listener refuses new connections while no more
+than ``agent.reserved_descriptors`` remain (:func:`within_reserve` per accepted connection;
+:func:`has_headroom` is exact but lists ``/proc/self/fd``). The reserve is process-wide
 state because the descriptor table is: the runtime sets it at start and on reload
 (:func:`set_reserved`).
 
@@ -112,8 +113,26 @@ def reserved() -> int:
 
 def has_headroom(extra: int = 0) -> bool:
     """True while more than the reserve (plus ``extra``) is available: a listener may accept
-    one more client. A listener that should give up before the others passes ``extra``."""
+    one more client. Exact, but it lists ``/proc/self/fd``: for a check per connection use
+    :func:`within_reserve`."""
     return available_descriptors() > _reserved + extra
+
+
+def descriptor_ceiling(extra: int = 0) -> int:
+    """The lowest descriptor number a client connection may not have: the open-file limit
+    less the reserve (and ``extra``, for a listener that should give up before the others)."""
+    return max(0, nofile_limit() - _reserved - extra)
+
+
+def within_reserve(fd: int, extra: int = 0) -> bool:
+    """Whether a just-accepted connection's descriptor ``fd`` leaves the reserve alone.
+
+    The kernel hands out the lowest free number, so a connection numbered at or past
+    :func:`descriptor_ceiling` means every number below it is taken: refuse it, and
+    client connections never hold the top ``reserved + extra`` numbers, which stay for the
+    agent's own files. One ``getrlimit`` call: cheap enough for every accept.
+    """
+    return fd < descriptor_ceiling(extra)
 
 
 def setup(reserved_count: int, metrics: Any) -> int:

@@ -413,25 +413,27 @@ class HttpServer:
                 continue
             self._admit(conn, listener)
 
-    def _refusal(self) -> str | None:
+    def _refusal(self, conn: socket.socket) -> str | None:
         if len(self._live) >= self.max_connections:
             return "max_connections"
-        if not fdlimits.has_headroom(self.extra_reserved_descriptors):
+        if not fdlimits.within_reserve(conn.fileno(), self.extra_reserved_descriptors):
             return "descriptors"
         return None
 
     def _admit(self, conn: socket.socket, listener: _Listener) -> None:
-        reason = self._refusal()
+        reason = self._refusal(conn)
         if reason is not None:
             self.metrics["predis_agent_http_connections_refused_total"].labels(reason=reason).inc()
             self._refused_log.warning(
-                "HTTP connection to %s refused: %s (%d open, agent.http.max_connections %d; %d descriptors "
-                "left, agent.reserved_descriptors %d + agent.http.extra_reserved_descriptors %d)",
+                "HTTP connection to %s refused: %s (%d open, agent.http.max_connections %d; descriptor %d, "
+                "ceiling %d: open-file limit less agent.reserved_descriptors %d and "
+                "agent.http.extra_reserved_descriptors %d)",
                 self.address,
                 "connection cap reached" if reason == "max_connections" else "descriptor reserve reached",
                 len(self._live),
                 self.max_connections,
-                fdlimits.available_descriptors(),
+                conn.fileno(),
+                fdlimits.descriptor_ceiling(self.extra_reserved_descriptors),
                 fdlimits.reserved(),
                 self.extra_reserved_descriptors,
             )
