@@ -20,16 +20,9 @@ import pytest
 from cache_core.cache import Cache
 from cache_core.resp.server import RespLimits, RespServer
 from tests.resp_helpers import encode_command
+from tests.unit.test_resp_server import _listener
 
 PASSWORD = "limits-test-password"
-
-
-def _listener() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
 
 
 def run(scenario: Callable[[RespServer], Awaitable[Any]], *, limits: RespLimits | None = None, password: str | None = None, max_keys: int = 4096, memory: int = 64 << 20) -> Any:
@@ -91,6 +84,16 @@ async def poll(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -
         await asyncio.sleep(0.01)
 
 
+async def non_reading_socket(server: RespServer) -> socket.socket:
+    """A connected socket with a tiny receive buffer, for a client that reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    assert server.address is not None
+    await asyncio.get_running_loop().sock_connect(sock, server.address)
+    return sock
+
+
 # ------------------------------------------------------------------ output limits
 def test_a_pipeline_of_large_replies_stops_at_the_output_limits() -> None:
     """SET big <1 MiB>, then 500 pipelined GET big from a client that does not read: its
@@ -101,12 +104,8 @@ def test_a_pipeline_of_large_replies_stops_at_the_output_limits() -> None:
     async def scenario(server: RespServer) -> None:
         cache = server.cache
         cache.mset([(b"big", b"x" * (1 << 20))])
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
+        sock = await non_reading_socket(server)
         loop = asyncio.get_running_loop()
-        assert server.address is not None
-        await loop.sock_connect(sock, server.address)
         peak = [0]
 
         def watch() -> bool:
@@ -132,12 +131,8 @@ def test_a_reply_past_the_hard_limit_closes_the_client_at_once() -> None:
 
     async def scenario(server: RespServer) -> None:
         server.cache.mset([(b"huge", b"h" * (1 << 20))])
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
+        sock = await non_reading_socket(server)
         loop = asyncio.get_running_loop()
-        assert server.address is not None
-        await loop.sock_connect(sock, server.address)
         await poll(lambda: server.clients, "the connection to be accepted")
         # The kernel would otherwise take the whole reply in: the agent's side holds it.
         for conn in server.clients.values():
@@ -155,12 +150,8 @@ def test_a_client_over_the_soft_limit_for_its_time_is_closed() -> None:
 
     async def scenario(server: RespServer) -> None:
         server.cache.mset([(b"v", b"y" * (256 << 10))])
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
+        sock = await non_reading_socket(server)
         loop = asyncio.get_running_loop()
-        assert server.address is not None
-        await loop.sock_connect(sock, server.address)
         await loop.sock_sendall(sock, encode_command("GET", "v") * 40)  # 10 MiB: over soft, under hard
         await poll(lambda: server.stats.limit_disconnections.get("output_buffer", 0) == 1, "the soft limit to close the client")
         sock.close()
