@@ -457,11 +457,9 @@ class Agent:
         except OSError:
             return None
 
-    def _read_and_load(self) -> tuple[str | None, Config]:
-        """(digest, config) of the file on disk; blocking: run off the loop. Raises ConfigError."""
-        digest = self._file_digest()
-        text = read_config_text(self.config_path) if self.config_path else None
-        return digest, self.load_config(text)
+    def _read_and_load(self) -> Config:
+        """The config on disk, read and validated; blocking: run off the loop. Raises ConfigError."""
+        return self.load_config(read_config_text(self.config_path) if self.config_path else None)
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Apply the config on disk if it is valid; keep the running one otherwise."""
@@ -490,10 +488,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         # Reading the file and its secret references and validating run in a thread, under
         # a deadline: the loop keeps serving Redis and HTTP whatever the file holds.
+        # The digest is taken first, so that the watch does not retry a file that failed.
+        self._watch_digest = await loop.run_in_executor(None, self._file_digest)
         try:
-            digest, new = await asyncio.wait_for(loop.run_in_executor(None, self._read_and_load), timeout)
+            new = await asyncio.wait_for(loop.run_in_executor(None, self._read_and_load), timeout)
         except ConfigError as exc:
-            self._watch_digest = await loop.run_in_executor(None, self._file_digest)
             return self._reload_failed(trigger, [str(p) for p in exc.problems])
         except TimeoutError:
             return self._reload_failed(
@@ -503,7 +502,6 @@ class Agent:
             )
         except (MemoryError, RecursionError) as exc:
             return self._reload_failed(trigger, [f"reading the config failed: {exc.__class__.__name__}; is the file what you meant?"])
-        self._watch_digest = digest
         changed = sorted(changed_paths(old.data, new.data))
         rebind = self.http.needs_rebind(new.section("agent.http"))
         if not changed and not rebind and not self.cache_service.tls_renewed(new.section("cache.resp")):

@@ -58,9 +58,11 @@ def test_an_unexpected_error_while_loading_is_a_rejected_reload(tmp_path: Path, 
             raise MemoryError
 
         monkeypatch.setattr(agent, "load_config", out_of_memory)
-        result = await agent.reload("SIGHUP")
+        result = await agent.reload("file-watch")
         assert_rejected(agent, result, 1, before, "MemoryError")
         assert agent.config is old
+        # The watch knows this file now: it is not retried until it changes again.
+        assert agent._watch_digest == agent._file_digest()
 
     run(tmp_path, scenario)
 
