@@ -411,7 +411,12 @@ class HttpServer:
                 )
                 await asyncio.sleep(self.accept_retry)
                 continue
-            self._admit(conn, listener)
+            try:
+                self._admit(conn, listener)
+            except Exception:
+                # Whatever went wrong with this one connection, the listener keeps accepting.
+                conn.close()
+                self._accept_log.error("HTTP connection to %s dropped: admitting it failed", self.address, exc_info=True)
 
     def _refusal(self, conn: socket.socket) -> str | None:
         if len(self._live) >= self.max_connections:

@@ -54,7 +54,7 @@ class RateLimitedLog:
         self.suppressed = 0
         self._next_at: float | None = None
 
-    def log(self, level: int, msg: str, *args: Any) -> bool:
+    def log(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> bool:
         """Log ``msg % args`` unless one was logged less than an interval ago; True if logged."""
         self.events += 1
         now = self.clock()
@@ -63,18 +63,18 @@ class RateLimitedLog:
             return False
         interval = self.interval if self.interval is not None else _rate_limit_seconds
         if self.suppressed:
-            msg = f"{msg} (and {self.suppressed} more like it in the last {interval:g}s, not logged)"
-        self.logger.log(level, msg, *args)
+            msg = f"{msg} (and {self.suppressed} more like it since the last such line, not logged)"
+        self.logger.log(level, msg, *args, exc_info=exc_info)
         self.logged += 1
         self.suppressed = 0
         self._next_at = now + interval
         return True
 
-    def warning(self, msg: str, *args: Any) -> bool:
-        return self.log(logging.WARNING, msg, *args)
+    def warning(self, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        return self.log(logging.WARNING, msg, *args, exc_info=exc_info)
 
-    def error(self, msg: str, *args: Any) -> bool:
-        return self.log(logging.ERROR, msg, *args)
+    def error(self, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        return self.log(logging.ERROR, msg, *args, exc_info=exc_info)
 
 
 class JsonFormatter(logging.Formatter):

@@ -161,7 +161,7 @@ def test_rate_limited_log_writes_one_line_per_interval_with_the_count_left_out(c
     lines = [r.getMessage() for r in caplog.records if r.name == "t.rate"]
     assert lines == [
         "accept failed: EMFILE",
-        "accept failed: EMFILE (and 999 more like it in the last 5s, not logged)",
+        "accept failed: EMFILE (and 999 more like it since the last such line, not logged)",
     ]
     assert (limited.events, limited.logged, limited.suppressed) == (1001, 2, 0)
 
@@ -551,6 +551,33 @@ def test_accept_errors_are_counted_logged_once_and_the_listener_recovers(
         run(main())
     lines = [r.getMessage() for r in caplog.records if "accept() on" in r.getMessage()]
     assert len(lines) == 1 and "Too many open files" in lines[0], lines
+
+
+def test_a_connection_that_cannot_be_admitted_does_not_stop_the_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as (server, _telemetry, port):
+            real_refusal = server._refusal
+            calls = {"n": 0}
+
+            def failing_once(conn: Any) -> str | None:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("admission broke")
+                return real_refusal(conn)
+
+            monkeypatch.setattr(server, "_refusal", failing_once)
+            try:
+                dropped = await request(port, get("/livez"))
+            except ConnectionResetError:
+                dropped = b""  # closed with the request unread: a reset
+            assert dropped == b""
+            assert status_of(await request(port, get("/livez"))) == 200
+
+    with caplog.at_level(logging.ERROR, logger="agent.http"):
+        run(main())
+    assert any("admitting it failed" in r.getMessage() for r in caplog.records)
 
 
 def server_port(server: HttpServer) -> int:
