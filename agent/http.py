@@ -28,13 +28,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from agent import fdlimits
 from agent.errors import AuthError, StartupError
-from agent.logs import RateLimitedLog
+from agent.logs import RateLimitedLog, RateLimitFilter
 from agent.security import TokenStore
 
 log = logging.getLogger(__name__)
+# aiohttp's own messages about connections (a malformed request is logged with a traceback,
+# once per request): given to its request handlers, rate-limited, client errors in one line.
+protocol_log = logging.getLogger(f"{__name__}.protocol")
+protocol_log.addFilter(RateLimitFilter(brief=(HttpProcessingError,)))
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # aiohttp's own body limit is fixed when the app is built; the configured (reloadable)
@@ -346,7 +351,7 @@ class HttpServer:
         if self._runner is None:
             app = web.Application(client_max_size=MAX_REQUEST_BYTES_LIMIT)
             app.router.add_route("*", "/{tail:.*}", self._dispatch)
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=protocol_log)
             await self._runner.setup()
         old = self._listener
         sock.setblocking(False)

@@ -77,6 +77,54 @@ class RateLimitedLog:
         return self.log(logging.ERROR, msg, *args, exc_info=exc_info)
 
 
+class RateLimitFilter(logging.Filter):
+    """A filter for a logger a client can make repeat itself (aiohttp's protocol errors):
+    at most one record per interval passes, and it says how many were dropped before it.
+
+    Records whose exception is one of ``brief`` (a client's malformed request) lose their
+    traceback, which says nothing about the agent, and are written as warnings: the
+    exception's first line is appended to the message instead.
+    """
+
+    def __init__(
+        self,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        brief: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self.brief = brief
+        self.passed = 0
+        self.dropped = 0
+        self._suppressed = 0
+        self._next_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self.clock()
+        if self._next_at is not None and now < self._next_at:
+            self._suppressed += 1
+            self.dropped += 1
+            return False
+        message = record.getMessage()
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, self.brief):
+            text = str(getattr(exc, "message", "") or exc)
+            summary = next((line.strip() for line in text.splitlines() if line.strip()), "")
+            message = f"{message}: {exc.__class__.__name__}: {summary}".rstrip(": ")
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        if self._suppressed:
+            message = f"{message} (and {self._suppressed} more like it since the last such line, not logged)"
+        record.msg, record.args = message, None
+        self._suppressed = 0
+        self.passed += 1
+        self._next_at = now + (self.interval if self.interval is not None else _rate_limit_seconds)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {

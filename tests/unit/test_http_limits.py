@@ -28,7 +28,8 @@ from aiohttp import web
 
 from agent import fdlimits
 from agent.http import HttpServer, Route
-from agent.logs import RateLimitedLog
+from agent.http import protocol_log
+from agent.logs import RateLimitedLog, RateLimitFilter
 from agent.security import TokenStore
 from agent.telemetry import Telemetry
 from tests.unit.test_http_unit import write_self_signed
@@ -122,7 +123,7 @@ def chunked(body: bytes, chunk: int = 256) -> bytes:
 
 
 def status_of(response: bytes) -> int:
-    assert response.startswith(b"HTTP/1.1 "), response[:80]
+    assert response.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), response[:80]
     return int(response.split(b" ", 2)[1])
 
 
@@ -164,6 +165,36 @@ def test_rate_limited_log_writes_one_line_per_interval_with_the_count_left_out(c
         "accept failed: EMFILE (and 999 more like it since the last such line, not logged)",
     ]
     assert (limited.events, limited.logged, limited.suppressed) == (1001, 2, 0)
+
+
+def test_rate_limit_filter_passes_one_record_per_interval_and_drops_client_tracebacks() -> None:
+    clock = FakeClock()
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger("t.ratefilter")
+    logger.propagate = False
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.addFilter(RateLimitFilter(interval=5.0, clock=clock, brief=(ValueError,)))
+    try:
+        for _ in range(100):
+            try:
+                raise ValueError("bad chunk size\nmore detail")
+            except ValueError:
+                logger.exception("Error handling request from %s", "127.0.0.1")
+        clock.now += 5.0
+        try:
+            raise KeyError("agent bug")
+        except KeyError:
+            logger.exception("Unhandled exception")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        "Error handling request from 127.0.0.1: ValueError: bad chunk size",
+        "Unhandled exception (and 99 more like it since the last such line, not logged)",
+    ]
+    assert records[0].levelno == logging.WARNING and records[0].exc_info is None
+    assert records[1].levelno == logging.ERROR and records[1].exc_info is not None
 
 
 def test_rate_limited_log_uses_the_configured_interval() -> None:
@@ -461,6 +492,23 @@ def test_an_unbounded_chunked_body_is_cut_off(tmp_path: Path) -> None:
             await until(lambda: server.open_connections == 0, "the streaming client to be disconnected")
 
     run(main())
+
+
+def test_malformed_requests_do_not_flood_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (limiter,) = [f for f in protocol_log.filters if isinstance(f, RateLimitFilter)]
+    dropped_before, passed_before = limiter.dropped, limiter.passed
+    bad_chunk = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+
+    async def main() -> None:
+        async with serving(tmp_path) as (_server, _telemetry, port):
+            for _ in range(50):
+                assert status_of(await request(port, bad_chunk)) == 400
+
+    with caplog.at_level(logging.DEBUG, logger="agent.http.protocol"):
+        run(main())
+    lines = [r for r in caplog.records if r.name == "agent.http.protocol"]
+    assert len(lines) <= 1 and all(r.exc_info is None for r in lines)
+    assert (limiter.dropped - dropped_before) + (limiter.passed - passed_before) == 50
 
 
 # -- TLS ------------------------------------------------------------------------------------
