@@ -230,6 +230,31 @@ def test_raise_nofile_limit_raises_the_soft_limit_to_the_hard_one() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_an_unlimited_hard_limit_is_read_as_the_kernel_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"soft": 1024}
+    monkeypatch.setattr(
+        fdlimits.resource, "getrlimit", lambda _which: (limits["soft"], fdlimits.resource.RLIM_INFINITY)
+    )
+
+    def setrlimit(_which: int, pair: tuple[int, int]) -> None:
+        limits["soft"] = pair[0]
+
+    monkeypatch.setattr(fdlimits.resource, "setrlimit", setrlimit)
+    assert fdlimits.raise_nofile_limit() == fdlimits._kernel_ceiling() == limits["soft"]
+
+
+def test_a_refused_raise_keeps_the_old_limit(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(fdlimits.resource, "getrlimit", lambda _which: (1024, 4096))
+
+    def setrlimit(_which: int, _pair: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(fdlimits.resource, "setrlimit", setrlimit)
+    with caplog.at_level(logging.WARNING, logger="agent.fdlimits"):
+        assert fdlimits.raise_nofile_limit() == 1024
+    assert "cannot raise the open-file limit from 1024 to 4096" in caplog.text
+
+
 def test_available_descriptors_counts_what_is_open(tmp_path: Path) -> None:
     before = fdlimits.open_descriptors()
     handles = [open(tmp_path / f"f{i}", "w") for i in range(5)]
@@ -308,6 +333,24 @@ def test_connections_past_the_cap_get_503_and_are_closed(tmp_path: Path) -> None
                 writer.close()
             await until(lambda: server.open_connections == 0, "every connection released")
             assert _sample(telemetry, "predis_agent_http_connections") == 0
+
+    run(main())
+
+
+def test_a_new_cap_applies_to_the_next_connection(tmp_path: Path) -> None:
+    """configure() (what a reload calls) changes the cap and deadlines in place."""
+
+    async def main() -> None:
+        async with serving(tmp_path, max_connections=5) as (server, telemetry, port):
+            holder = await asyncio.open_connection("127.0.0.1", port)
+            await until(lambda: server.open_connections == 1, "one open connection")
+            assert status_of(await request(port, get("/livez"))) == 200
+            await until(lambda: server.open_connections == 1, "the served connection released")
+            server.configure(_section(max_connections=1), {"anonymous_routes": ["/livez"]}, TokenStore(tmp_path / "t"))
+            assert status_of(await request(port, get("/livez"))) == 503
+            assert server.open_connections == 1  # the connection already open is kept
+            holder[1].close()
+            assert _sample(telemetry, "predis_agent_http_connections_refused_total", reason="max_connections") == 1
 
     run(main())
 
