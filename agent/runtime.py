@@ -314,6 +314,10 @@ class Agent:
         return SinkSettings.from_config(cfg.section("agent.sinks"), interval=float(interval))
 
     def _update_sinks(self, cfg: Config, exporters: list[tuple[str, Any]], only: set[str] | None) -> None:
+        """Build, retune or retire sinks. On a reload this runs in a worker thread (a new
+        sink reads its spool): the dict is built aside and swapped in whole, so the loop,
+        serving /status meanwhile, never sees it change under an iteration."""
+        sinks = dict(self.sinks)
         seen: set[str] = set()
         for plugin, exporter in exporters:
             name = str(getattr(exporter, "name", plugin))
@@ -322,26 +326,27 @@ class Agent:
                 continue
             seen.add(name)
             settings = self.sink_settings(cfg, name)
-            if name in self.sinks:
-                self.sinks[name].replace_exporter(exporter)
-                self.sinks[name].tune(settings)
+            if name in sinks:
+                sinks[name].replace_exporter(exporter)
+                sinks[name].tune(settings)
             else:
                 try:
-                    self.sinks[name] = ResilientSink(
+                    sinks[name] = ResilientSink(
                         name, exporter, settings, metrics=self.telemetry, on_event=self._on_sink_event, span=self.tracing.span
                     )
                 except (OSError, ValueError) as exc:
                     self.host.report_error(plugin, "predis_agent_register_exporters", exc)
                     continue
             self._sink_owner[name] = plugin
-        for name in list(self.sinks):
+        for name in list(sinks):
             owner = self._sink_owner.get(name, "")
             affected = only is None or owner in only
             if name not in seen and (affected or not self._active(owner)):
-                self._retired_sinks.append(self.sinks.pop(name))
+                self._retired_sinks.append(sinks.pop(name))
                 self._sink_owner.pop(name, None)
             elif name not in seen:
-                self.sinks[name].tune(self.sink_settings(cfg, name))
+                sinks[name].tune(self.sink_settings(cfg, name))
+        self.sinks = sinks
 
     def _close_retired_sinks(self, timeout: float) -> None:
         """Close the sinks :meth:`_update_sinks` took out, each in a thread of its own pool."""
@@ -581,7 +586,9 @@ class Agent:
             changed_plugins = {p.split(".")[1] for p in changed if p.startswith(("plugins.", "exporters."))}
             if changed_plugins or section_changed(changed, ["agent.sinks"]):
                 self.host.apply_config(self._plugin_enabled(new))
-                self._register_all(new, only=changed_plugins)
+                # Off the loop: plugins build their objects (SDK clients) and new sinks read
+                # their spools from disk.
+                await loop.run_in_executor(None, self._register_all, new, changed_plugins)
                 self._close_retired_sinks(float(new.get("agent.shutdown_timeout_seconds")))
                 self._refresh_routes()
             if cache_plan.origin_deferred:
