@@ -338,7 +338,7 @@ class HttpServer:
     async def prepare_site(self, section: dict[str, Any]) -> SitePlan:
         """Dry-build: the TLS context and a bound socket for ``section``. Nothing is served yet."""
         tls = dict(section.get("tls", {}))
-        ctx = make_ssl_context(tls)
+        ctx = await asyncio.get_running_loop().run_in_executor(None, make_ssl_context, tls)  # reads files: off the loop
         if section["listen"] == self._listen and self._sock is not None:
             sock = self._sock.dup()
         else:

@@ -104,6 +104,11 @@ class TokenRecord:
         return {"id": self.id, "name": self.name, "created": self.created}
 
 
+# A token store holds a few hundred bytes per token; a larger file is refused unread (it is
+# read on the request path whenever it changes).
+MAX_TOKEN_STORE_BYTES = 1024 * 1024
+
+
 class TokenStore:
     """The hashed-token file. Reloads itself when the file changes on disk.
 
@@ -134,7 +139,11 @@ class TokenStore:
             return
         records: list[TokenRecord] = []
         error = None
-        if stamp is not None:
+        if stamp is not None and not stat.S_ISREG(stamp[3]):
+            error = f"token store {self.path} is not a regular file; no token is accepted"
+        elif stamp is not None and stamp[1] > MAX_TOKEN_STORE_BYTES:
+            error = f"token store {self.path} is {stamp[1]} bytes, over {MAX_TOKEN_STORE_BYTES}; no token is accepted"
+        elif stamp is not None:
             try:
                 raw = json.loads(self.path.read_text(encoding="utf-8"))
                 for item in raw.get("tokens", []):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import AuthError, SecurityError
-from agent.security import TOKEN_RE, TokenStore, atomic_write, confine, hash_token, validate_tenant_id
+from agent.security import MAX_TOKEN_STORE_BYTES, TOKEN_RE, TokenStore, atomic_write, confine, hash_token, validate_tenant_id
 
 
 def mode(path: Path) -> int:
@@ -263,3 +263,21 @@ def test_valid_tenant_ids(value: str) -> None:
 def test_invalid_tenant_ids(value: object) -> None:
     with pytest.raises(SecurityError, match="invalid tenant ID"):
         validate_tenant_id(value)  # type: ignore[arg-type]
+
+
+def test_a_token_store_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    """A FIFO would block the reading thread (the event loop: tokens are checked per request)."""
+    fifo = tmp_path / "tokens.json"
+    os.mkfifo(fifo, 0o600)
+    store = TokenStore(fifo)
+    assert store.records() == []
+    assert store.load_error is not None and "not a regular file" in store.load_error
+
+
+def test_an_oversized_token_store_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_bytes(b" " * (MAX_TOKEN_STORE_BYTES + 1))
+    path.chmod(0o600)
+    store = TokenStore(path)
+    assert store.records() == []
+    assert store.load_error is not None and "over" in store.load_error
