@@ -775,6 +775,8 @@ class Connection(asyncio.Protocol):
         keys = [c[1] for c in run] if name == b"GET" else run[0][1:]
         started = time.perf_counter_ns()
         cache = self.server.cache
+        if budget and len(keys) * (cache.largest_value_bytes + REPLY_OVERHEAD_BYTES) <= budget:
+            budget = 0  # fits whatever the values: the lookup need not add their lengths up
         try:
             values, hits = cache.lookup(keys, max(budget, 0))
         except Exception:
