@@ -28,7 +28,6 @@ import hmac
 import itertools
 import logging
 import os
-import re
 import resource
 import socket
 import ssl
@@ -41,6 +40,8 @@ from typing import Any
 
 from cache_core.cache import Cache, CacheError, NotAnIntegerError, OutOfMemoryError
 from cache_core.keys import KeyLengthError
+from cache_core.resp import strings
+from cache_core.resp.args import INT64_MAX, CommandError, err_args, int_arg
 from cache_core.resp.protocol import ARG_OVERHEAD_BYTES, Encoder, RequestParser
 from cache_core.store import ValueTooLargeError
 
@@ -119,32 +120,6 @@ def descriptor_ceiling(reserved: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return sys.maxsize
     return max(0, soft - reserved)
-
-
-class CommandError(Exception):
-    """A command failed; ``message`` is sent as a RESP error (prefix included)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def _err_args(name: str) -> CommandError:
-    return CommandError(f"ERR wrong number of arguments for '{name}' command")
-
-
-_INT_RE = re.compile(rb"-?[1-9][0-9]{0,19}|0")
-
-
-def _int_arg(value: bytes, message: str = "ERR value is not an integer or out of range") -> int:
-    """A 64-bit integer argument, read like redis-server's string2ll: no '+', no leading
-    zeros, no spaces or underscores (Python's int() would take all of those)."""
-    if not _INT_RE.fullmatch(value):
-        raise CommandError(message)
-    number = int(value)
-    if not -(1 << 63) <= number < (1 << 63):
-        raise CommandError(message)
-    return number
 
 
 @dataclass
@@ -678,7 +653,7 @@ class Connection(asyncio.Protocol):
                 await self._sliced_mget(args[1:])
             elif name == b"MSET":
                 if len(args) % 2 != 1:
-                    raise _err_args("mset")
+                    raise err_args("mset")
                 server.cache.check_batch(args[1::2], args[2::2])
                 await self._in_slices(args, 2, lambda part: server.cache.mset(list(zip(part[::2], part[1::2]))))
                 reply = self.encoder.simple("OK")
@@ -943,7 +918,7 @@ QUIT = object()
 # ------------------------------------------------------------------------------ commands
 def c_ping(conn: Connection, args: list[bytes]) -> bytes:
     if len(args) > 2:
-        raise _err_args("ping")
+        raise err_args("ping")
     return conn.encoder.bulk(args[1]) if len(args) == 2 else conn.encoder.simple("PONG")
 
 
@@ -956,7 +931,7 @@ def c_quit(conn: Connection, args: list[bytes]) -> Any:
 
 
 def c_select(conn: Connection, args: list[bytes]) -> bytes:
-    if _int_arg(args[1]) != 0:
+    if int_arg(args[1]) != 0:
         raise CommandError("ERR DB index is out of range")
     return conn.encoder.simple("OK")
 
@@ -1043,7 +1018,6 @@ def c_get(conn: Connection, args: list[bytes]) -> bytes:
     return conn.encoder.bulk(conn.server.cache.get(args[1]))
 
 
-INT64_MAX = (1 << 63) - 1
 _TTL_OPTIONS = (b"EX", b"PX", b"EXAT", b"PXAT")
 
 
@@ -1052,7 +1026,7 @@ def _set_ttl_ms(unit: bytes, value: bytes) -> int:
 
     May be <= 0 for an EXAT/PXAT in the past (the key is then not kept).
     """
-    number = _int_arg(value)
+    number = int_arg(value)
     seconds = unit in (b"EX", b"EXAT")
     if number <= 0 or (seconds and number > INT64_MAX // 1000):
         raise CommandError("ERR invalid expire time in 'set' command")
@@ -1111,7 +1085,7 @@ def c_mget(conn: Connection, args: list[bytes]) -> bytes:
 
 def c_mset(conn: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2 != 1:
-        raise _err_args("mset")
+        raise err_args("mset")
     conn.server.cache.mset(list(zip(args[1::2], args[2::2])))
     return conn.encoder.simple("OK")
 
@@ -1140,7 +1114,7 @@ def _expire(conn: Connection, args: list[bytes], unit_ms: int) -> bytes:
         raise CommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
     if {"gt", "lt"} <= flags:
         raise CommandError("ERR GT and LT options at the same time are not compatible")
-    number = _int_arg(args[2])
+    number = int_arg(args[2])
     if unit_ms > 1 and not -(INT64_MAX // unit_ms) <= number <= INT64_MAX // unit_ms:
         raise CommandError(f"ERR invalid expire time in '{name}' command")
     ttl_ms = number * unit_ms
@@ -1185,11 +1159,11 @@ def c_decr(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_incrby(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(conn.server.cache.incrby(args[1], _int_arg(args[2])))
+    return conn.encoder.integer(conn.server.cache.incrby(args[1], int_arg(args[2])))
 
 
 def c_decrby(conn: Connection, args: list[bytes]) -> bytes:
-    delta = _int_arg(args[2])
+    delta = int_arg(args[2])
     if delta == -(1 << 63):
         raise CommandError("ERR decrement would overflow")
     return conn.encoder.integer(conn.server.cache.incrby(args[1], -delta))
@@ -1210,7 +1184,7 @@ def c_config(conn: Connection, args: list[bytes]) -> bytes:
     sub = args[1].upper()
     if sub == b"GET":
         if len(args) < 3:
-            raise _err_args("config|get")
+            raise err_args("config|get")
         found: dict[str, str] = {}
         for pattern in args[2:]:
             text = pattern.decode("utf-8", "replace").lower()
@@ -1407,3 +1381,6 @@ COMMANDS: dict[str, tuple[Callable[[Connection, list[bytes]], Any], int]] = {
 }
 KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby"}
 MULTI_KEY = {"mget", "mset", "del", "unlink", "exists"}
+COMMANDS.update(strings.COMMANDS)
+KEY_COMMANDS |= strings.KEY_COMMANDS
+MULTI_KEY |= strings.MULTI_KEY_COMMANDS
