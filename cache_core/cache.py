@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -607,6 +608,27 @@ class Cache:
         """The value of ``key`` without counting a hit or miss or touching the policy."""
         with self._lock:
             return self._peek(key)
+
+    def atomic(self) -> AbstractContextManager[bool]:
+        """The cache's lock, for a caller whose read and write must not interleave with the
+        other writers (the prefetcher and read-through fills write from their own threads):
+        RESP's APPEND, SETRANGE, INCRBYFLOAT... read with :meth:`peek` and write with
+        :meth:`mset` inside ``with cache.atomic():``. Re-entrant, so the cache's own methods
+        work inside it; hold it only for the command, as every cache call waits on it."""
+        return self._lock
+
+    def touch(self, keys: Sequence[bytes]) -> int:
+        """How many of ``keys`` exist (a key named twice counts twice, as Redis's TOUCH
+        counts); each one found counts as an access for the eviction policy, without its
+        value being copied out or a hit being counted."""
+        if not keys:
+            return 0
+        with self._lock:
+            eids, _hi, _lo = self._find_keys(keys, self.now_ms())
+            found = eids[eids >= 0]
+            if len(found):
+                self.policy.on_access(found)
+            return len(found)
 
     def expire(self, key: bytes, ttl_ms: int, when: str | None = None) -> bool:
         """Set a TTL (ms). A TTL <= 0 deletes the key, as in Redis. False if absent.

@@ -1021,20 +1021,21 @@ def c_get(conn: Connection, args: list[bytes]) -> bytes:
 _TTL_OPTIONS = (b"EX", b"PX", b"EXAT", b"PXAT")
 
 
-def _set_ttl_ms(unit: bytes, value: bytes) -> int:
-    """Milliseconds from now for SET's EX/PX/EXAT/PXAT, checked as redis-server does.
+def _set_ttl_ms(unit: bytes, value: bytes, command: str = "set") -> int:
+    """Milliseconds from now for SET's EX/PX/EXAT/PXAT, checked as redis-server does
+    (``command`` names the command in the error: SETEX, PSETEX and GETEX share this).
 
     May be <= 0 for an EXAT/PXAT in the past (the key is then not kept).
     """
     number = int_arg(value)
     seconds = unit in (b"EX", b"EXAT")
     if number <= 0 or (seconds and number > INT64_MAX // 1000):
-        raise CommandError("ERR invalid expire time in 'set' command")
+        raise CommandError(f"ERR invalid expire time in '{command}' command")
     ms = number * 1000 if seconds else number
     now_unix_ms = int(time.time() * 1000)
     if unit in (b"EX", b"PX"):
         if ms > INT64_MAX - now_unix_ms:
-            raise CommandError("ERR invalid expire time in 'set' command")
+            raise CommandError(f"ERR invalid expire time in '{command}' command")
         return ms
     return ms - now_unix_ms
 
@@ -1102,7 +1103,9 @@ def c_exists(conn: Connection, args: list[bytes]) -> bytes:
 _EXPIRE_CONDITIONS = {b"NX": "nx", b"XX": "xx", b"GT": "gt", b"LT": "lt"}
 
 
-def _expire(conn: Connection, args: list[bytes], unit_ms: int) -> bytes:
+def _expire(conn: Connection, args: list[bytes], unit_ms: int, absolute: bool = False) -> bytes:
+    """EXPIRE and PEXPIRE; with ``absolute``, EXPIREAT and PEXPIREAT (the time is a Unix
+    time in that unit, not a TTL; cache_core/resp/strings.py)."""
     name = args[0].decode().lower()
     flags: set[str] = set()
     for option in args[3:]:
@@ -1118,7 +1121,10 @@ def _expire(conn: Connection, args: list[bytes], unit_ms: int) -> bytes:
     if unit_ms > 1 and not -(INT64_MAX // unit_ms) <= number <= INT64_MAX // unit_ms:
         raise CommandError(f"ERR invalid expire time in '{name}' command")
     ttl_ms = number * unit_ms
-    if ttl_ms > INT64_MAX - int(time.time() * 1000):
+    now_unix_ms = int(time.time() * 1000)
+    if absolute:
+        ttl_ms -= now_unix_ms
+    elif ttl_ms > INT64_MAX - now_unix_ms:
         raise CommandError(f"ERR invalid expire time in '{name}' command")
     when = next(iter(flags)) if len(flags) == 1 else ("xx" if "xx" in flags else None)
     if len(flags) == 2:  # XX with GT or LT: both must hold
