@@ -139,6 +139,12 @@ class Cache:
         self.prefetch_observer: Callable[[Sequence[bytes], Sequence[bool]], None] | None = None
         self.origin = origin
         self.read_through = read_through
+        # Told, under the cache's lock, of every key a client's write changed: written,
+        # deleted, given or stripped of a TTL, expired or evicted, with the keys'
+        # fingerprints (hi, lo), or (None, None) when everything was flushed. Loads from the
+        # origin (read-through, prefetch) are not changes: the value is the origin's either
+        # way. The RESP server's WATCH sets it.
+        self.modified: Callable[[numpy.ndarray | None, numpy.ndarray | None], None] | None = None
         self.fp = fingerprinter or Fingerprinter(max_key_bytes=max_key_bytes)
         if self.fp.max_key_bytes != max_key_bytes:
             raise ValueError("the fingerprinter's max_key_bytes differs from the cache's")
@@ -242,6 +248,8 @@ class Cache:
             self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
         for eid in eids.tolist():
             self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
+        if self.modified is not None:
+            self.modified(self.e_hi[eids].copy(), self.e_lo[eids].copy())
         sizes = self.e_len[eids].copy()
         self.stats.prefetch_wasted += int(self.e_prefetched[eids].sum())
         self.e_live[eids] = False
@@ -439,7 +447,7 @@ class Cache:
             return
         with self._lock:
             self.stats.origin_loads += len(found)
-        self.mset(list(found.items()))
+        self.mset(list(found.items()), loaded=True)
         for i in missing:
             value = found.get(keys[i])
             if value is not None:
@@ -495,17 +503,28 @@ class Cache:
         ttl_ms: int | None = None,
         keep_ttl: bool = False,
         prefetched: bool = False,
+        loaded: bool = False,
     ) -> None:
         """Store every (key, value); duplicates in the batch: the last one wins.
 
         ``prefetched`` (the prefetcher's inserts) only adds keys that are absent: a
-        prefetch never replaces a value a client wrote or read."""
+        prefetch never replaces a value a client wrote or read. ``loaded``: the values come
+        from the origin (read-through), which :attr:`modified` is not told about."""
         if not items:
             return
         last = dict(items)
         keys = list(last)
         values = list(last.values())
         self._check_values(values)
+        if len(keys) > self.max_keys:
+            # More distinct keys than the cache holds: applied as that many SETs in a row
+            # would be, max_keys at a time (the last ones stay); in one batch no room could
+            # be made for them all.
+            pairs = list(last.items())
+            with self._lock:
+                for start in range(0, len(pairs), self.max_keys):
+                    self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded)
+            return
         with self._lock:
             now = self.now_ms()
             eids, hi, lo = self._find_keys(keys, now)
@@ -539,11 +558,15 @@ class Cache:
             if len(new_idx):
                 n_hi, n_lo = hi[new_idx], lo[new_idx]
                 new_eids = numpy.asarray([self._free.pop() for _ in range(len(new_idx))], dtype=numpy.int64)
-                if len(new_idx) == 1 and self.small_batch:
-                    self.table.insert_one(n_hi.item(0), n_lo.item(0), new_eids.item(0))
-                else:
-                    slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
-                    self.table.set_handles(slots, self.xp.asarray(new_eids))
+                try:
+                    if len(new_idx) == 1 and self.small_batch:
+                        self.table.insert_one(n_hi.item(0), n_lo.item(0), new_eids.item(0))
+                    else:
+                        slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
+                        self.table.set_handles(slots, self.xp.asarray(new_eids))
+                except BaseException:
+                    self._free.extend(reversed(new_eids.tolist()))  # not lost: the next write can use them
+                    raise
                 for eid, i in zip(new_eids.tolist(), new_idx.tolist()):
                     self.e_handle[eid] = self.store.put(values[i])
                     self.e_len[eid] = len(values[i])
@@ -558,6 +581,8 @@ class Cache:
                 self.stats.prefetch_inserted += len(keys)
             else:
                 self.stats.sets += len(keys)
+                if self.modified is not None and not loaded:
+                    self.modified(hi, lo)
             sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
             op = OP_PREFETCH if prefetched else OP_SET
             self._report(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes, keys)
@@ -657,7 +682,13 @@ class Cache:
                 self._remove(numpy.asarray([eid]), reason=RES_EXPIRED)
                 return True
             self.e_expire[eid] = now + ttl_ms
+            self._touched(eid)
             return True
+
+    def _touched(self, eid: int) -> None:
+        """Tell :attr:`modified` that the key of entry ``eid`` changed (its TTL)."""
+        if self.modified is not None:
+            self.modified(self.e_hi[eid : eid + 1].copy(), self.e_lo[eid : eid + 1].copy())
 
     def persist(self, key: bytes) -> bool:
         with self._lock:
@@ -665,6 +696,7 @@ class Cache:
             if eid < 0 or self.e_expire[eid] == TTL_NONE:
                 return False
             self.e_expire[eid] = TTL_NONE
+            self._touched(eid)
             return True
 
     def incrby(self, key: bytes, delta: int) -> int:
@@ -689,6 +721,8 @@ class Cache:
 
     def flush(self) -> None:
         with self._lock:
+            if self.modified is not None:
+                self.modified(None, None)
             self.table.clear()
             self.store.clear()
             self.policy.clear()

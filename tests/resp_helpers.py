@@ -22,13 +22,15 @@ BASE_CACHE: dict[str, Any] = {"max_keys": 65536, "max_memory_bytes": 64 * 1024 *
 RESP_ADDRESS_RE = re.compile(r"redis protocol: redis://127\.0\.0\.1:(\d+)")
 
 
-def start_agent(tmp: Path, resp: dict[str, Any] | None = None, env: dict[str, str] | None = None, cache: dict[str, Any] | None = None) -> tuple[AgentProcess, int]:
+def start_agent(
+    tmp: Path, resp: dict[str, Any] | None = None, env: dict[str, str] | None = None, cache: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+) -> tuple[AgentProcess, int]:
     """Start the agent with RESP on 127.0.0.1:0; return it and the port it picked.
 
     Module-scoped fixtures run outside the per-test environment cleaner, so the agent's
     own variables are removed here before the environment is copied.
     """
-    config = {"cache": merge(merge(BASE_CACHE, cache or {}), {"resp": merge({"listen": "127.0.0.1:0"}, resp or {})})}
+    config = merge({"cache": merge(merge(BASE_CACHE, cache or {}), {"resp": merge({"listen": "127.0.0.1:0"}, resp or {})})}, extra or {})
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
             if name.startswith("PREDIS_AGENT_") or name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY"):

@@ -319,6 +319,9 @@ class Encoder:
     def null(self) -> bytes:
         return self._null
 
+    def null_array(self) -> bytes:
+        return self._null_array
+
     def bulk(self, value: bytes | None) -> bytes:
         if value is None:
             return self._null

@@ -32,11 +32,14 @@ import resource
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy
 
 from cache_core.cache import Cache, CacheError, NotAnIntegerError, OutOfMemoryError
 from cache_core.keys import KeyLengthError
@@ -156,7 +159,11 @@ class RespServer:
         hint: Callable[[list[bytes]], int] | None = None,
         config_values: dict[str, str] | None = None,
     ) -> None:
-        self.cache = cache
+        # WATCH: fingerprint (hi, lo) -> connections watching it. The cache tells of
+        # changes from any thread (an eviction may come from the prefetcher), hence a lock.
+        self._watched: dict[tuple[int, int], set[Connection]] = {}
+        self._watch_lock = threading.Lock()
+        self._cache = cache
         self.limits = limits or RespLimits()
         self.password = password
         self.info_extra = info_extra
@@ -180,6 +187,63 @@ class RespServer:
         self._limit_log_started = 0.0
         self._clients_checked = 0.0
         self._limit_log_suppressed = 0
+
+    @property
+    def cache(self) -> Cache:
+        return self._cache
+
+    @cache.setter
+    def cache(self, cache: Cache) -> None:
+        """A new cache (a reload rebuilt it): every watched key counts as changed."""
+        if cache is self._cache:
+            return
+        with self._watch_lock:
+            self._cache.modified = None
+            self._mark_dirty(None, None)
+            self._cache = cache
+            if self._watched:
+                cache.modified = self._keys_modified
+
+    # -- WATCH ---------------------------------------------------------------------------
+    def watch(self, conn: Connection, fingerprints: list[tuple[int, int]]) -> None:
+        with self._watch_lock:
+            for fp in fingerprints:
+                self._watched.setdefault(fp, set()).add(conn)
+                conn.watching.add(fp)
+            self._cache.modified = self._keys_modified
+
+    def unwatch(self, conn: Connection) -> None:
+        with self._watch_lock:
+            for fp in conn.watching:
+                watchers = self._watched.get(fp)
+                if watchers is not None:
+                    watchers.discard(conn)
+                    if not watchers:
+                        del self._watched[fp]
+            conn.watching = set()
+            conn.watched_keys = []
+            conn.dirty = False
+            if not self._watched:
+                self._cache.modified = None
+
+    def _keys_modified(self, hi: numpy.ndarray | None, lo: numpy.ndarray | None) -> None:
+        with self._watch_lock:
+            self._mark_dirty(hi, lo)
+
+    def _mark_dirty(self, hi: numpy.ndarray | None, lo: numpy.ndarray | None) -> None:
+        """Flag the connections watching any of these keys (all of them for None)."""
+        watched = self._watched
+        if not watched:
+            return
+        if hi is None or lo is None:
+            hit = list(watched)
+        elif len(lo) <= len(watched):
+            hit = [fp for fp in zip(hi.tolist(), lo.tolist()) if fp in watched]
+        else:
+            hit = [fp for fp in watched if bool(numpy.any((lo == fp[1]) & (hi == fp[0])))]
+        for fp in hit:
+            for conn in watched[fp]:
+                conn.dirty = True
 
     def origin_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that read misses through from the origin (made on first use)."""
@@ -385,6 +449,14 @@ class Connection(asyncio.Protocol):
         self._drained: asyncio.Event | None = None
         self._auth_penalty = False  # the last AUTH failed: the next command waits
         self._stepwise = not self.authenticated  # parse one command at a time (before AUTH)
+        # MULTI/EXEC: the queued commands (None outside MULTI), whether queueing one failed
+        # (EXEC then aborts), the watched keys' fingerprints and whether one changed.
+        self.multi: list[list[bytes]] | None = None
+        self.multi_failed = False
+        self.watching: set[tuple[int, int]] = set()
+        self.watched_keys: list[bytes] = []
+        self.dirty = False
+        self.in_exec = False  # reads are served from the cache only (the origin was asked first)
 
     def set_authenticated(self, authenticated: bool) -> None:
         """Before AUTH a client may send small frames only (Redis: 10 arguments of 16 KiB)."""
@@ -427,6 +499,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.clients.pop(self.id, None)
         self.closing = True
+        if self.watching:
+            self.server.unwatch(self)
         self._held = 0
         if self._drained is not None:
             self._drained.set()
@@ -544,6 +618,17 @@ class Connection(asyncio.Protocol):
                     self._block_on_output()
                     return
             args = backlog[0]
+            if self.multi is not None:
+                reply, close = self._in_multi(backlog.popleft())
+                if reply is EXEC_WAITS:
+                    self._finish(out, False)
+                    return  # resumed by _exec_ready, after the origin answered
+                out.append(reply)
+                pending += len(reply)
+                if close:
+                    backlog.clear()
+                    break
+                continue
             name = args[0].upper()
             if self.authenticated and name in SLICED and len(args) > 2 and not self._fits(name, len(args) - 1, pending):
                 backlog.popleft()
@@ -869,11 +954,9 @@ class Connection(asyncio.Protocol):
         self.server.stats.total_commands += len(commands)
         return replies
 
-    def _execute(self, args: list[bytes]) -> tuple[bytes, bool]:
-        server = self.server
-        name = args[0].decode("utf-8", "replace").lower()
+    def _rejected(self, name: str, args: list[bytes]) -> bytes | None:
+        """The error a command gets before it runs (unknown, arity, NOAUTH), or None."""
         spec = COMMANDS.get(name)
-        server.stats.total_commands += 1
         if spec is None:
             shown = ""
             for arg in args[1:]:
@@ -881,12 +964,79 @@ class Connection(asyncio.Protocol):
                     break
                 shown += f"'{arg.decode('utf-8', 'replace')[: UNKNOWN_ARGS_SHOWN - len(shown)]}' "
             sent = args[0].decode("utf-8", "replace")[:UNKNOWN_ARGS_SHOWN]
-            return self.encoder.error(f"ERR unknown command '{sent}', with args beginning with: {shown}"), False
-        handler, arity = spec
+            return self.encoder.error(f"ERR unknown command '{sent}', with args beginning with: {shown}")
+        arity = spec[1]
         if (arity > 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
-            return self.encoder.error(f"ERR wrong number of arguments for '{name}' command"), False
+            return self.encoder.error(f"ERR wrong number of arguments for '{name}' command")
         if not self.authenticated and name not in ("auth", "hello", "quit"):
-            return self.encoder.error("NOAUTH Authentication required."), False
+            return self.encoder.error("NOAUTH Authentication required.")
+        return None
+
+    def _in_multi(self, args: list[bytes]) -> tuple[Any, bool]:
+        """Inside MULTI: queue the command (+QUEUED), or run MULTI/EXEC/DISCARD/WATCH/QUIT
+        at once; a command refused now makes EXEC abort, as in Redis."""
+        name = args[0].decode("utf-8", "replace").lower()
+        if name in TRANSACTION_CONTROL:
+            rejected = self._rejected(name, args)
+            if rejected is None and name == "exec" and not self.multi_failed and self._needs_origin_first():
+                return EXEC_WAITS, False
+            if rejected is not None:
+                self.server.stats.total_commands += 1
+                return rejected, False
+            return self._execute(args)
+        rejected = self._rejected(name, args)
+        if rejected is not None:
+            self.server.stats.total_commands += 1
+            self.multi_failed = True
+            return rejected, False
+        assert self.multi is not None
+        self.multi.append(args)
+        return QUEUED_REPLY, False
+
+    def _needs_origin_first(self) -> bool:
+        """EXEC with reads that miss and an origin to read them through: load them first, off
+        the loop (a transaction never waits on the origin while it runs). Starts the load."""
+        cache = self.server.cache
+        if not (cache.read_through and cache.origin is not None) or not self.multi:
+            return False
+        keys = [key for command in self.multi for key in _read_keys(command)]
+        if not keys:
+            return False
+        try:
+            missing = [k for k, present in zip(keys, cache.contains_many(keys)) if not present]
+        except Exception:
+            return False  # a bad key: the command itself will say so
+        if not missing:
+            return False
+        self._waiting = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.server.origin_pool(), cache.fill_from_origin, missing, [None] * len(missing))
+        future.add_done_callback(self._exec_ready)
+        return True
+
+    def _exec_ready(self, future: asyncio.Future[None]) -> None:
+        self._waiting = False
+        if self.closing:
+            return
+        if not future.cancelled() and future.exception() is not None:
+            exc = future.exception()
+            log.warning("resp: reading through from the origin before EXEC failed: %s: %s", exc.__class__.__name__, exc)
+        reply, _close = self._execute([b"EXEC"])
+        self._finish([reply], False)
+        if not self.closing and self.transport is not None:
+            self.transport.resume_reading()
+            self._pump()
+
+    def _execute(self, args: list[bytes]) -> tuple[bytes, bool]:
+        server = self.server
+        name = args[0].decode("utf-8", "replace").lower()
+        server.stats.total_commands += 1
+        rejected = self._rejected(name, args)
+        if rejected is not None:
+            return rejected, False
+        handler = COMMANDS[name][0]
         started = time.perf_counter_ns()
         error = False
         close = False
@@ -913,6 +1063,11 @@ class Connection(asyncio.Protocol):
 
 
 QUIT = object()
+# _in_multi's answer for an EXEC that first reads misses through from the origin.
+EXEC_WAITS = object()
+QUEUED_REPLY = b"+QUEUED\r\n"
+# Run at once inside MULTI rather than queued (as redis-server does).
+TRANSACTION_CONTROL = frozenset(("exec", "discard", "multi", "watch", "quit"))
 
 
 # ------------------------------------------------------------------------------ commands
@@ -1015,7 +1170,111 @@ def c_hello(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_get(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.bulk(conn.server.cache.get(args[1]))
+    return conn.encoder.bulk(_read(conn, [args[1]])[0])
+
+
+def _read(conn: Connection, keys: list[bytes]) -> list[bytes | None]:
+    """GET/MGET's values: read through from the origin, except inside EXEC, where the
+    misses were read through before the transaction started."""
+    cache = conn.server.cache
+    if not conn.in_exec:
+        return cache.mget(keys)
+    values, hits = cache.lookup(keys)
+    cache.notify_reads(keys, hits)
+    return values
+
+
+def _read_keys(command: list[bytes]) -> list[bytes]:
+    """The keys a queued GET or MGET reads (none for other commands or a wrong arity)."""
+    name = command[0].upper()
+    if name == b"GET" and len(command) == 2:
+        return [command[1]]
+    if name == b"MGET" and len(command) >= 2:
+        return command[1:]
+    return []
+
+
+# ------------------------------------------------------------------------------ transactions
+def c_multi(conn: Connection, args: list[bytes]) -> bytes:
+    if conn.multi is not None:
+        raise CommandError("ERR MULTI calls can not be nested")
+    conn.multi = []
+    conn.multi_failed = False
+    return conn.encoder.simple("OK")
+
+
+def c_exec(conn: Connection, args: list[bytes]) -> bytes:
+    """The queued commands' replies as one array; nil when a watched key changed,
+    EXECABORT when queueing one of them failed. Nothing else runs meanwhile."""
+    queued, failed = conn.multi, conn.multi_failed
+    if queued is None:
+        raise CommandError("ERR EXEC without MULTI")
+    conn.multi, conn.multi_failed = None, False
+    server = conn.server
+    try:
+        if failed:
+            raise CommandError("EXECABORT Transaction discarded because of previous errors.")
+        if conn.watching:
+            _expire_watched(conn)
+            if conn.dirty:
+                return conn.encoder.null_array()
+        replies: list[bytes] = []
+        room = server.limits.output_buffer_bytes - conn.output_bytes()
+        size = 0
+        conn.in_exec = True
+        try:
+            # Every command runs (a transaction is applied whole), but replies past the
+            # client's hard output limit are not kept: it is closed, as Redis would close it.
+            for command in queued:
+                reply, _close = conn._execute(command)
+                if size <= room:
+                    size += len(reply)
+                    replies.append(reply)
+        finally:
+            conn.in_exec = False
+        if size > room:
+            conn.drop("output_buffer", f"EXEC reply over cache.resp.output_buffer_bytes ({server.limits.output_buffer_bytes}): {size}+ bytes")
+            return b""
+        return b"*%d\r\n" % len(replies) + b"".join(replies)
+    finally:
+        if conn.watching:
+            server.unwatch(conn)
+
+
+def _expire_watched(conn: Connection) -> None:
+    """A watched key whose TTL ran out since WATCH counts as changed (Redis 7.0): looking
+    the watched keys up removes the expired ones, which tells the watchers."""
+    cache = conn.server.cache
+    keys = conn.watched_keys
+    if keys:
+        cache.contains_many(keys)
+
+
+def c_discard(conn: Connection, args: list[bytes]) -> bytes:
+    if conn.multi is None:
+        raise CommandError("ERR DISCARD without MULTI")
+    conn.multi, conn.multi_failed = None, False
+    if conn.watching:
+        conn.server.unwatch(conn)
+    return conn.encoder.simple("OK")
+
+
+def c_watch(conn: Connection, args: list[bytes]) -> bytes:
+    if conn.multi is not None:
+        raise CommandError("ERR WATCH inside MULTI is not allowed")
+    cache = conn.server.cache
+    keys = args[1:]
+    hi, lo = cache.fp.fingerprints(keys)
+    cache.contains_many(keys)  # a key already expired goes now, before it is watched
+    conn.server.watch(conn, list(zip(hi.tolist(), lo.tolist())))
+    conn.watched_keys.extend(k for k in keys if k not in conn.watched_keys)
+    return conn.encoder.simple("OK")
+
+
+def c_unwatch(conn: Connection, args: list[bytes]) -> bytes:
+    if conn.watching:
+        conn.server.unwatch(conn)
+    return conn.encoder.simple("OK")
 
 
 _TTL_OPTIONS = (b"EX", b"PX", b"EXAT", b"PXAT")
@@ -1081,7 +1340,7 @@ def c_set(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_mget(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.bulks(conn.server.cache.mget(args[1:]))
+    return conn.encoder.bulks(_read(conn, args[1:]))
 
 
 def c_mset(conn: Connection, args: list[bytes]) -> bytes:
@@ -1382,11 +1641,16 @@ COMMANDS: dict[str, tuple[Callable[[Connection, list[bytes]], Any], int]] = {
     "config": (c_config, -2),
     "command": (c_command, -1),
     "client": (c_client, -2),
+    "multi": (c_multi, 1),
+    "exec": (c_exec, 1),
+    "discard": (c_discard, 1),
+    "watch": (c_watch, -2),
+    "unwatch": (c_unwatch, 1),
     "predis.hint": (c_hint, -2),
     "predis.stats": (c_pstats, 1),
 }
-KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby"}
-MULTI_KEY = {"mget", "mset", "del", "unlink", "exists"}
+KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby", "watch"}
+MULTI_KEY = {"mget", "mset", "del", "unlink", "exists", "watch"}
 COMMANDS.update(strings.COMMANDS)
 KEY_COMMANDS |= strings.KEY_COMMANDS
 MULTI_KEY |= strings.MULTI_KEY_COMMANDS

@@ -311,3 +311,17 @@ def test_small_and_batched_paths_agree(policy: str) -> None:
     a, b = small.snapshot(), batched.snapshot()
     assert (a.keys, a.hits, a.misses, a.evictions, a.value_bytes) == (b.keys, b.hits, b.misses, b.evictions, b.value_bytes)
 
+
+
+def test_a_write_of_more_distinct_keys_than_the_cache_holds_keeps_the_last_ones() -> None:
+    """As that many SETs in a row would: no error, the cache full with keys of the batch
+    (the last ones written among them; which earlier ones stay is the eviction policy's
+    choice), and the cache keeps working (a failed batch once leaked its entry IDs and broke
+    every later write)."""
+    cache = Cache(numpy, max_keys=4, max_memory_bytes=1 << 20)
+    cache.mset([(b"k%d" % i, b"v%d" % i) for i in range(10)])
+    assert cache.dbsize() == 4
+    assert cache.mget([b"k8", b"k9"]) == [b"v8", b"v9"]
+    assert cache.exists([b"k%d" % i for i in range(10)]) == 4
+    cache.mset([(b"after", b"1")])
+    assert cache.get(b"after") == b"1"

@@ -61,7 +61,8 @@ async def _reply(reader: asyncio.StreamReader) -> Any:
             return None
         return (await asyncio.wait_for(reader.readexactly(n + 2), timeout=30))[:-2]
     if kind == b"*":
-        return [await _reply(reader) for _ in range(int(rest))]
+        n = int(rest)
+        return None if n < 0 else [await _reply(reader) for _ in range(n)]
     raise AssertionError(f"not a reply: {line!r}")
 
 
