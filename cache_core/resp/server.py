@@ -1225,11 +1225,14 @@ def c_exec(conn: Connection, args: list[bytes]) -> bytes:
         try:
             # Every command runs (a transaction is applied whole), but replies past the
             # client's hard output limit are not kept: it is closed, as Redis would close it.
-            for command in queued:
-                reply, _close = conn._execute(command)
-                if size <= room:
-                    size += len(reply)
-                    replies.append(reply)
+            # The cache's lock is held throughout: no prefetch or eviction from another
+            # thread lands between two of its commands.
+            with server.cache.atomic():
+                for command in queued:
+                    reply, _close = conn._execute(command)
+                    if size <= room:
+                        size += len(reply)
+                        replies.append(reply)
         finally:
             conn.in_exec = False
         if size > room:
