@@ -23,7 +23,15 @@ Left out on purpose, where the agent legitimately differs from Redis:
 - A bulk string not followed by CRLF: Redis skips the two bytes unchecked, the agent answers a
   protocol error (stricter; tests/security covers it). Likewise an inline line over 64 KiB that
   does end in a newline: Redis runs it, the agent refuses it (cache.resp.max_inline_bytes).
-- Commands the agent does not implement (STRLEN, GETSET, APPEND, ...).
+- ``EXPIRETIME``/``PEXPIRETIME`` are compared within one second: the agent keeps expiry on
+  a monotonic clock and adds what is left to the Unix time now, so the instant may read a
+  millisecond off (rounded to seconds, EXPIRETIME after EXPIREAT is exact).
+- A string grown past the size limit by ``APPEND``/``SETRANGE``: both answer
+  ``ERR string exceeds maximum allowed size (...)``; the parenthesis names Redis's
+  ``proto-max-bulk-len`` or the agent's ``cache.max_value_bytes``, so only the text before it
+  is compared.
+- Commands the agent does not implement (``LCS``, and the keyspace, hash and other commands of
+  issue 22 still to come).
 """
 
 from __future__ import annotations
@@ -110,12 +118,18 @@ def outcome(c: redis.Redis, args: Command) -> tuple[Any, ...]:
     return ("reply", normalize(reply))
 
 
+# Redis names its own limit in this error's parenthesis; the agent names cache.max_value_bytes.
+STRING_TOO_LONG = "string exceeds maximum allowed size ("
+
+
 def same(args: Command, ours: tuple[Any, ...], theirs: tuple[Any, ...]) -> bool:
     name = str(args[0]).upper()
-    if name in ("TTL", "PTTL") and ours[0] == theirs[0] == "reply":
+    if name in ("TTL", "PTTL", "EXPIRETIME", "PEXPIRETIME") and ours[0] == theirs[0] == "reply":
         a, b = ours[1], theirs[1]
         if isinstance(a, int) and isinstance(b, int) and a >= 0 and b >= 0:
-            return abs(a - b) <= (1 if name == "TTL" else 1000)
+            return abs(a - b) <= (1 if name in ("TTL", "EXPIRETIME") else 1000)
+    if ours[0] == theirs[0] == "error" and str(theirs[2]).startswith(STRING_TOO_LONG):
+        return ours[1] == theirs[1] and str(ours[2]).startswith(STRING_TOO_LONG)
     return ours == theirs
 
 
@@ -293,6 +307,144 @@ CASES: list[Any] = [
     pytest.param([["SET", "k", "v"], ["QUIT"], ["GET", "k"], ["QUIT", "extra"], ["GET", "k"]], id="quit"),
 ]
 
+# The string commands of cache_core/resp/strings.py and the absolute-expiry commands.
+CASES += [
+    pytest.param(
+        [["SETEX", "k", "100", "v"], ["GET", "k"], ["TTL", "k"], ["PSETEX", "k", "50000", "w"], ["GET", "k"], ["PTTL", "k"],
+         ["SET", "k", "x", "EX", "1000"], ["SETEX", "k", "100", "y"], ["TTL", "k"], ["SETEX", "k", "0", "v"], ["SETEX", "k", "-1", "v"],
+         ["PSETEX", "k", "0", "v"], ["SETEX", "k", "abc", "v"], ["SETEX", "k", "1.5", "v"], ["SETEX", "k", "+10", "v"],
+         ["SETEX", "k", "9223372036854775807", "v"], ["SETEX", "k", "9223372036854775", "v"], ["PSETEX", "k", "9223372036854775807", "v"],
+         ["GET", "k"], ["TTL", "k"], ["setex", "m", "100", ""], ["GET", "m"]],
+        id="setex-psetex",
+    ),
+    pytest.param(
+        [["SETNX", "k", "1"], ["SETNX", "k", "2"], ["GET", "k"], ["SET", "t", "v", "EX", "100"], ["SETNX", "t", "w"], ["TTL", "t"],
+         ["GETSET", "k", "3"], ["GETSET", "new", "x"], ["GET", "new"], ["GETSET", "t", "z"], ["TTL", "t"], ["GET", "t"],
+         ["GETSET", "k", ""], ["GET", "k"]],
+        id="setnx-getset",
+    ),
+    pytest.param(
+        [["GETDEL", "k"], ["SET", "k", "v", "EX", "100"], ["GETDEL", "k"], ["EXISTS", "k"], ["GETDEL", "k"], ["SET", "e", ""],
+         ["GETDEL", "e"], ["EXISTS", "e"]],
+        id="getdel",
+    ),
+    pytest.param(
+        [["GETEX", "k"], ["GETEX", "k", "EX", "10"], ["EXISTS", "k"], ["SET", "k", "v"], ["GETEX", "k"], ["TTL", "k"],
+         ["GETEX", "k", "EX", "100"], ["TTL", "k"], ["GETEX", "k", "PX", "50000"], ["PTTL", "k"], ["GETEX", "k", "PERSIST"], ["TTL", "k"],
+         ["GETEX", "k", "EXAT", str(NOW + 1000)], ["TTL", "k"], ["GETEX", "k", "PXAT", str((NOW + 2000) * 1000)], ["TTL", "k"],
+         ["GETEX", "k", "ex", "10", "ex", "200"], ["TTL", "k"], ["GETEX", "k", "persist", "PERSIST"], ["TTL", "k"],
+         ["GETEX", "k", "EXAT", "1"], ["EXISTS", "k"], ["SET", "k", "v"], ["GETEX", "k", "PXAT", str(NOW * 1000 - 1000)], ["EXISTS", "k"]],
+        id="getex",
+    ),
+    pytest.param(
+        [["SET", "k", "v"], ["GETEX", "k", "PERSIST", "EX", "10"], ["GETEX", "k", "EX", "10", "PERSIST"], ["GETEX", "k", "EX", "10", "PX", "10"],
+         ["GETEX", "k", "EXAT", "10", "PXAT", "10"], ["GETEX", "k", "EX"], ["GETEX", "k", "PX"], ["GETEX", "k", "KEEPTTL"],
+         ["GETEX", "k", "NX"], ["GETEX", "k", "GET"], ["GETEX", "k", "BOGUS"], ["GETEX", "missing", "BOGUS"], ["GETEX", "missing", "EX", "0"],
+         ["GETEX", "missing", "EX", "abc"], ["GETEX", "k", "EX", "0"], ["GETEX", "k", "EX", "-5"], ["GETEX", "k", "PX", "abc"],
+         ["GETEX", "k", "EXAT", "0"], ["GETEX", "k", "EX", "9223372036854775807"], ["GETEX", "k", "PX", "9223372036854775807"],
+         ["GETEX", "k", "EXAT", "9223372036854775807"], ["GETEX", "k", "PXAT", "9223372036854775807"], ["TTL", "k"], ["GET", "k"]],
+        id="getex-errors",
+    ),
+    pytest.param(
+        [["MSETNX", "a", "1", "b", "2"], ["MGET", "a", "b"], ["MSETNX", "b", "3", "c", "4"], ["MGET", "a", "b", "c"],
+         ["MSETNX", "c", "5", "c", "6"], ["GET", "c"], ["MSETNX", "a"], ["MSETNX", "x", "1", "y"], ["MSETNX"], ["EXISTS", "x"],
+         ["msetnx", "d", ""], ["GET", "d"]],
+        id="msetnx",
+    ),
+    pytest.param(
+        [["APPEND", "k", "ab"], ["APPEND", "k", "cd"], ["GET", "k"], ["APPEND", "k", ""], ["APPEND", "e", ""], ["EXISTS", "e"],
+         ["GET", "e"], ["SET", "t", "1", "EX", "100"], ["APPEND", "t", "2"], ["TTL", "t"], ["GET", "t"], ["INCR", "t"],
+         ["APPEND", "b", b"\x00\xff"], ["APPEND", "b", b"\r\n"], ["GET", "b"], ["STRLEN", "b"], ["STRLEN", "k"], ["STRLEN", "nokey"],
+         ["SET", "n", "12345"], ["STRLEN", "n"], ["SET", "z", ""], ["STRLEN", "z"]],
+        id="append-strlen",
+    ),
+    pytest.param(
+        [["SET", "s", "Hello, World"], ["GETRANGE", "s", "0", "4"], ["GETRANGE", "s", "-5", "-1"], ["GETRANGE", "s", "0", "-1"],
+         ["GETRANGE", "s", "5", "1"], ["GETRANGE", "s", "-1", "-5"], ["GETRANGE", "s", "-100", "100"], ["GETRANGE", "s", "100", "200"],
+         ["GETRANGE", "s", "-100", "-50"], ["GETRANGE", "s", "3", "3"], ["GETRANGE", "s", "0", "-100"], ["GETRANGE", "nokey", "0", "-1"],
+         ["GETRANGE", "s", "0", "abc"], ["GETRANGE", "s", "x", "0"], ["GETRANGE", "nokey", "x", "0"],
+         ["GETRANGE", "s", "-9223372036854775808", "9223372036854775807"], ["GETRANGE", "s", "0", "9223372036854775808"],
+         ["SUBSTR", "s", "0", "4"], ["SUBSTR", "s", "-3", "-1"], ["SUBSTR", "nokey", "0", "1"], ["SET", "z", ""],
+         ["GETRANGE", "z", "0", "-1"], ["GETRANGE", "z", "0", "0"], ["SET", "n", "-123"], ["GETRANGE", "n", "0", "1"]],
+        id="getrange-substr",
+    ),
+    pytest.param(
+        [["SETRANGE", "k", "0", "abc"], ["GET", "k"], ["SETRANGE", "k", "1", "Z"], ["GET", "k"], ["SETRANGE", "k", "6", "x"],
+         ["GET", "k"], ["STRLEN", "k"], ["SETRANGE", "new", "3", "abc"], ["GET", "new"], ["SETRANGE", "k", "2", ""],
+         ["SETRANGE", "missing", "5", ""], ["EXISTS", "missing"], ["SETRANGE", "k", "-1", "x"], ["SETRANGE", "k", "abc", "x"],
+         ["SETRANGE", "k", "536870912", "x"], ["SETRANGE", "k", "9223372036854775807", "x"], ["SETRANGE", "k", "536870912", ""],
+         ["SETRANGE", "missing", "536870912", "x"], ["EXISTS", "missing"], ["SET", "t", "abc", "EX", "100"], ["SETRANGE", "t", "1", "XY"],
+         ["TTL", "t"], ["GET", "t"], ["SET", "n", "100"], ["SETRANGE", "n", "1", "5"], ["INCR", "n"]],
+        id="setrange",
+    ),
+    pytest.param(
+        [["INCRBYFLOAT", "f", "10.5"], ["INCRBYFLOAT", "f", "0.1"], ["INCRBYFLOAT", "f", "-5"], ["INCRBYFLOAT", "g", "3.0e3"],
+         ["INCRBYFLOAT", "h", "5.0e3"], ["INCRBYFLOAT", "h", "2.0e2"], ["SET", "n", "10"], ["INCRBYFLOAT", "n", "1.5"],
+         ["INCRBYFLOAT", "z", "0.1"], ["INCRBYFLOAT", "z", "0.2"], ["INCRBYFLOAT", "w", "-0"], ["INCRBYFLOAT", "t", "-1e-20"],
+         ["INCRBYFLOAT", "x", "0x10"], ["INCRBYFLOAT", "x", "0x1.8p3"], ["INCRBYFLOAT", "x", ".5"], ["INCRBYFLOAT", "x", "5."],
+         ["INCRBYFLOAT", "x", "+3"], ["INCRBYFLOAT", "x", "1e-320"], ["INCRBYFLOAT", "y", "1.23456789012345678901234"],
+         ["INCRBYFLOAT", "y", "123456789012345678901234567890"], ["INCRBYFLOAT", "q", "5e-324"],
+         ["INCRBYFLOAT", "r", "0.000003814697265625"], ["INCRBYFLOAT", "r2", "0.000011444091796875"],
+         ["INCRBYFLOAT", "big", "1e300"], ["INCRBYFLOAT", "big", "1e308"], ["INCRBYFLOAT", "big", "1e308"], ["INCRBYFLOAT", "huge", "1e4500"],
+         ["SET", "e", "1", "EX", "100"], ["INCRBYFLOAT", "e", "1.5"], ["TTL", "e"], ["GET", "e"]],
+        id="incrbyfloat",
+    ),
+    pytest.param(
+        [["SET", "s", "abc"], ["INCRBYFLOAT", "s", "1"], ["SET", "e", ""], ["INCRBYFLOAT", "e", "1"], ["SET", "sp", " 1"],
+         ["INCRBYFLOAT", "sp", "1"], ["SET", "sp", "1 "], ["INCRBYFLOAT", "sp", "1"], ["INCRBYFLOAT", "f", "abc"], ["INCRBYFLOAT", "f", ""],
+         ["INCRBYFLOAT", "f", " 1"], ["INCRBYFLOAT", "f", "1 "], ["INCRBYFLOAT", "f", "1_0"], ["INCRBYFLOAT", "f", "1e"],
+         ["INCRBYFLOAT", "f", "0x"], ["INCRBYFLOAT", "f", "nan"], ["INCRBYFLOAT", "f", "NaN"], ["INCRBYFLOAT", "f", "inf"],
+         ["INCRBYFLOAT", "f", "-infinity"], ["INCRBYFLOAT", "f", "1e5000"], ["INCRBYFLOAT", "f", "1e-5000"], ["INCRBYFLOAT", "f", "0e-5000"],
+         ["INCRBYFLOAT", "f", "0x1p-20000"], ["INCRBYFLOAT", "f", "1" * 5200], ["INCRBYFLOAT", "f", b"1\x00"], ["EXISTS", "f"],
+         ["SET", "m", "1.18e4932"], ["INCRBYFLOAT", "m", "1.18e4932"], ["GET", "m"], ["SET", "i", "inf"], ["INCRBYFLOAT", "i", "0"],
+         ["SET", "big", "1" * 5200], ["INCRBYFLOAT", "big", "1"]],
+        id="incrbyfloat-errors",
+    ),
+    pytest.param(
+        [["EXPIREAT", "k", str(NOW + 1000)], ["SET", "k", "v"], ["EXPIREAT", "k", str(NOW + 1000)], ["TTL", "k"], ["EXPIRETIME", "k"],
+         ["PEXPIRETIME", "k"], ["PEXPIREAT", "k", str((NOW + 2000) * 1000 + 600)], ["PTTL", "k"], ["EXPIRETIME", "k"], ["PEXPIRETIME", "k"],
+         ["EXPIRETIME", "nokey"], ["PEXPIRETIME", "nokey"], ["SET", "p", "v"], ["EXPIRETIME", "p"], ["PEXPIRETIME", "p"],
+         ["EXPIREAT", "k", "1"], ["EXISTS", "k"], ["SET", "k", "v"], ["PEXPIREAT", "k", str(NOW * 1000 - 1)], ["EXISTS", "k"],
+         ["SET", "k", "v"], ["EXPIREAT", "k", "-5"], ["EXISTS", "k"], ["SET", "k", "v"], ["EXPIREAT", "k", "9223372036854775"],
+         ["EXPIRETIME", "k"], ["PEXPIREAT", "k", "9223372036854775807"], ["PEXPIRETIME", "k"], ["EXPIREAT", "k", "9223372036854776"],
+         ["EXPIREAT", "k", "-9223372036854776"], ["EXPIREAT", "k", "9223372036854775807"], ["EXPIREAT", "k", "abc"],
+         ["PEXPIREAT", "k", "1.5"], ["EXISTS", "k"], ["EXPIREAT", "k", "-9223372036854775"], ["EXISTS", "k"]],
+        id="expireat-expiretime",
+    ),
+    pytest.param(
+        [["SET", "k", "v"], ["EXPIREAT", "k", str(NOW + 1000), "XX"], ["EXPIREAT", "k", str(NOW + 1000), "NX"], ["TTL", "k"],
+         ["EXPIREAT", "k", str(NOW + 500), "GT"], ["EXPIREAT", "k", str(NOW + 2000), "GT"], ["TTL", "k"],
+         ["PEXPIREAT", "k", str((NOW + 3000) * 1000), "LT"], ["PEXPIREAT", "k", str((NOW + 1500) * 1000), "LT"], ["TTL", "k"],
+         ["EXPIREAT", "k", str(NOW + 1000), "NX"], ["EXPIREAT", "k", str(NOW + 900), "XX", "LT"], ["TTL", "k"], ["PERSIST", "k"],
+         ["EXPIREAT", "k", str(NOW + 1000), "GT"], ["EXPIREAT", "k", str(NOW + 1000), "LT"], ["TTL", "k"], ["PERSIST", "k"],
+         ["EXPIREAT", "k", str(NOW + 1000), "XX", "GT"], ["TTL", "k"], ["EXPIREAT", "k", str(NOW + 1000), "NX", "XX"],
+         ["EXPIREAT", "k", str(NOW + 1000), "GT", "LT"], ["EXPIREAT", "k", str(NOW + 1000), "BOGUS"], ["EXPIREAT", "k", "abc", "BOGUS"],
+         ["PEXPIREAT", "k", "abc", "NX"], ["EXPIREAT", "nokey", str(NOW + 1000), "NX"], ["SET", "g", "v", "EX", "100"],
+         ["EXPIREAT", "g", "1", "GT"], ["EXISTS", "g"], ["EXPIREAT", "g", "1", "LT"], ["EXISTS", "g"]],
+        id="expireat-options",
+    ),
+    pytest.param(
+        [["TYPE", "k"], ["SET", "k", "v"], ["TYPE", "k"], ["SET", "e", ""], ["TYPE", "e"], ["TOUCH", "k"], ["TOUCH", "k", "k", "nokey", "e"],
+         ["TOUCH", "nokey"], ["DEL", "k"], ["TYPE", "k"]],
+        id="type-touch",
+    ),
+    pytest.param(
+        [["SETEX"], ["SETEX", "k", "10"], ["SETEX", "k", "10", "v", "x"], ["PSETEX", "k"], ["SETNX", "k"], ["SETNX", "k", "v", "x"],
+         ["GETSET", "k"], ["GETSET", "k", "v", "x"], ["GETDEL"], ["GETDEL", "k", "x"], ["GETEX"], ["MSETNX"], ["MSETNX", "k"],
+         ["APPEND", "k"], ["APPEND", "k", "v", "x"], ["STRLEN"], ["STRLEN", "k", "x"], ["GETRANGE", "k", "0"],
+         ["GETRANGE", "k", "0", "1", "2"], ["SUBSTR", "k"], ["SETRANGE", "k", "0"], ["SETRANGE", "k", "0", "v", "x"], ["INCRBYFLOAT", "k"],
+         ["INCRBYFLOAT", "k", "1", "2"], ["EXPIREAT", "k"], ["PEXPIREAT"], ["EXPIRETIME"], ["EXPIRETIME", "k", "x"], ["PEXPIRETIME"],
+         ["TOUCH"], ["TYPE"], ["TYPE", "k", "x"], ["setex", "k"], ["GetRange", "k"], ["EXISTS", "k"]],
+        id="string-commands-wrong-arity",
+    ),
+    pytest.param(
+        [["setex", "k", "100", "v"], ["SetNx", "k", "v"], ["getSET", "k", "w"], ["GetEx", "k", "px", "100000"], ["sTrLeN", "k"],
+         ["gEtRaNgE", "k", "0", "0"], ["APPend", "k", "x"], ["incrbyFLOAT", "n", "1.5"], ["ExpireAt", "k", str(NOW + 1000), "gt"],
+         ["type", "k"], ["touch", "k"], ["getdel", "k"]],
+        id="string-commands-case-insensitive",
+    ),
+]
+
 
 @pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.parametrize("commands", CASES)
@@ -341,9 +493,62 @@ def _set(draw: st.DrawFn) -> Command:
     return args
 
 
+FLOAT_AMOUNTS = st.one_of(
+    st.sampled_from(["0.1", "-0.1", "1e300", "-1e-20", "3.0e3", "inf", "nan", "abc", "", "0x10", " 1", "1.5", "-0"]),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-(2**70), 2**70).map(str),
+)
+# Expiry times far enough from now that nothing expires between the two servers' replies:
+# an hour or more ahead, or already past.
+EXPIRY_OPTIONS = st.sampled_from(
+    [[], ["EX", "100000"], ["PX", "100000000"], ["EXAT", str(NOW + 100_000)], ["PXAT", str((NOW + 200_000) * 1000)], ["EXAT", "1"],
+     ["PERSIST"], ["EX", "0"], ["PERSIST", "EX", "10"], ["BOGUS"]]
+)
+ABSOLUTE_TIMES = st.sampled_from([str(NOW + 100_000), str(NOW + 200_000), str(NOW - 10), "1", "-5", "abc"])
+EXPIRE_CONDITIONS = st.sampled_from([[], ["NX"], ["XX"], ["GT"], ["LT"], ["XX", "GT"], ["NX", "LT"]])
+OFFSETS = st.one_of(st.integers(0, 20).map(str), st.sampled_from(["-1", "-3", "536870912", "x"]))
+
+
+def _string_command(draw: st.DrawFn, kind: str) -> Command:
+    """One of the string commands of cache_core/resp/strings.py, with its arguments."""
+    key = draw(KEYS)
+    if kind in ("setex", "psetex"):
+        ttl = draw(st.sampled_from(["100000", "0", "-1", "abc"]))
+        return [kind.upper(), key, ttl if kind == "setex" or not ttl.isdigit() else ttl + "000", draw(VALUES)]
+    if kind in ("setnx", "getset", "append"):
+        return [kind.upper(), key, draw(VALUES)]
+    if kind in ("getdel", "strlen", "type", "expiretime", "pexpiretime"):
+        return [kind.upper(), key]
+    if kind == "getex":
+        return ["GETEX", key, *draw(EXPIRY_OPTIONS)]
+    if kind == "msetnx":
+        pairs = draw(st.lists(st.tuples(KEYS, VALUES), min_size=1, max_size=3))
+        return ["MSETNX", *[x for pair in pairs for x in pair]]
+    if kind in ("getrange", "substr"):
+        return [kind.upper(), key, draw(OFFSETS), draw(OFFSETS)]
+    if kind == "setrange":
+        return ["SETRANGE", key, draw(OFFSETS), draw(VALUES)]
+    if kind == "incrbyfloat":
+        return ["INCRBYFLOAT", key, draw(FLOAT_AMOUNTS)]
+    if kind in ("expireat", "pexpireat"):
+        at = draw(ABSOLUTE_TIMES)
+        if kind == "pexpireat" and at.lstrip("-").isdigit():
+            at = str(int(at) * 1000)
+        return [kind.upper(), key, at, *draw(EXPIRE_CONDITIONS)]
+    return ["TOUCH", *draw(st.lists(KEYS, min_size=1, max_size=3))]
+
+
+STRING_KINDS = [
+    "setex", "psetex", "setnx", "getset", "getdel", "getex", "msetnx", "append", "strlen", "getrange", "substr", "setrange",
+    "incrbyfloat", "expireat", "pexpireat", "expiretime", "pexpiretime", "touch", "type",
+]
+
+
 @st.composite
 def operation(draw: st.DrawFn) -> Command:
-    kind = draw(st.sampled_from(["set", "get", "del", "exists", "incr", "incrby", "decrby", "mset", "mget"]))
+    kind = draw(st.sampled_from(["set", "get", "del", "exists", "incr", "incrby", "decrby", "mset", "mget", *STRING_KINDS]))
+    if kind in STRING_KINDS:
+        return _string_command(draw, kind)
     if kind == "set":
         return _set(draw)
     if kind == "get":
@@ -439,6 +644,10 @@ WIRE_REPLIES = [
     pytest.param(b"SET inline 1\r\nGET inline\nECHO \"a\\x41\\n\" 'b c'\r\nECHO 'it\\'s'\r\n", id="inline"),
     pytest.param(b"\r\n\r\n*0\r\n*-1\r\n  \r\nPING\r\n", id="empty-frames"),
     pytest.param(b"".join(encode_command("SET", f"p{i}", str(i)) for i in range(50)) + b"".join(encode_command("GET", f"p{i}") for i in range(60)), id="pipelined-batches"),
+    pytest.param(encode_command("TYPE", "exists") + encode_command("TYPE", "missing"), id="type-status"),
+    pytest.param(encode_command("INCRBYFLOAT", "float", "1.5") + encode_command("GETRANGE", "missing", "0", "-1"), id="float-and-empty-bulk"),
+    pytest.param(encode_command("GETEX", "missing") + encode_command("GETDEL", "missing") + encode_command("GETSET", "missing", "v"), id="string-nulls"),
+    pytest.param(encode_command("SETNX", "exists", "v") + encode_command("APPEND", "exists", "w") + encode_command("EXPIRETIME", "exists"), id="string-integers"),
 ]
 
 
