@@ -10,6 +10,7 @@ import random
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,151 @@ def test_incr_family(r: redis.Redis, key: Any) -> None:
         r.execute_command("DECRBY", n, str(-(2**63)))
     assert r.get(key("max")) == str(2**63 - 1).encode()  # failed increments change nothing
     assert r.get(n) == b"-15"
+
+
+def test_setex_psetex_setnx_getset(r: redis.Redis, key: Any) -> None:
+    k, other = key(), key("other")
+    assert r.setex(k, 100, "v") is True
+    assert 0 < r.ttl(k) <= 100
+    assert r.psetex(k, 50_000, "w") is True
+    assert r.get(k) == b"w"
+    assert 0 < r.pttl(k) <= 50_000
+    with pytest.raises(redis.ResponseError, match="^invalid expire time in 'setex' command$"):
+        r.setex(k, 0, "x")
+    with pytest.raises(redis.ResponseError, match="^invalid expire time in 'psetex' command$"):
+        r.psetex(k, -1, "x")
+    assert r.setnx(k, "x") is False
+    assert r.setnx(other, "x") is True
+    assert r.get(other) == b"x"
+    assert r.getset(k, "y") == b"w"
+    assert r.ttl(k) == -1  # GETSET clears the TTL, as SET does
+    assert r.getset(key("fresh"), "z") is None
+    assert r.get(key("fresh")) == b"z"
+
+
+def test_getdel_and_getex(r: redis.Redis, key: Any) -> None:
+    k = key()
+    assert r.getdel(k) is None
+    r.set(k, "v", ex=100)
+    assert r.getdel(k) == b"v"
+    assert r.exists(k) == 0
+    assert r.getex(k, ex=10) is None
+    r.set(k, "v")
+    assert r.getex(k) == b"v"
+    assert r.ttl(k) == -1
+    assert r.getex(k, ex=100) == b"v"
+    assert 0 < r.ttl(k) <= 100
+    assert r.getex(k, px=50_000) == b"v"
+    assert 0 < r.pttl(k) <= 50_000
+    assert r.getex(k, persist=True) == b"v"
+    assert r.ttl(k) == -1
+    at = int(time.time()) + 1000
+    assert r.getex(k, exat=at) == b"v"
+    assert r.expiretime(k) == at
+    assert r.getex(k, pxat=(at + 1000) * 1000) == b"v"
+    assert 1000 < r.ttl(k) <= 2000
+    with pytest.raises(redis.ResponseError, match="^invalid expire time in 'getex' command$"):
+        r.getex(k, ex=0)
+    with pytest.raises(redis.ResponseError, match="^syntax error$"):
+        r.execute_command("GETEX", k, "PERSIST", "EX", "10")
+    assert r.getex(k, exat=1) == b"v"  # a time already past: the value, and the key goes
+    assert r.exists(k) == 0
+
+
+def test_msetnx(r: redis.Redis, key: Any) -> None:
+    a, b, c = key("a"), key("b"), key("c")
+    assert r.msetnx({a: "1", b: "2"}) is True
+    assert r.msetnx({b: "3", c: "4"}) is False
+    assert r.mget(a, b, c) == [b"1", b"2", None]
+    with pytest.raises(redis.ResponseError, match="^wrong number of arguments for 'msetnx' command$"):
+        r.execute_command("MSETNX", c, "1", a)
+
+
+def test_append_strlen_getrange_setrange_substr(r: redis.Redis, key: Any) -> None:
+    k = key()
+    assert r.append(k, "Hello") == 5
+    assert r.append(k, ", World") == 12
+    assert r.strlen(k) == 12
+    assert r.strlen(key("missing")) == 0
+    assert r.getrange(k, 0, 4) == b"Hello"
+    assert r.getrange(k, -5, -1) == b"World"
+    assert r.getrange(k, 5, 1) == b""
+    assert r.getrange(key("missing"), 0, -1) == b""
+    assert r.substr(k, 7) == b"World"
+    assert r.setrange(k, 7, "Redis") == 12
+    assert r.get(k) == b"Hello, Redis"
+    assert r.setrange(key("padded"), 3, "x") == 4
+    assert r.get(key("padded")) == b"\x00\x00\x00x"
+    assert r.setrange(key("nothing"), 10, "") == 0
+    assert r.exists(key("nothing")) == 0
+    r.set(key("ttl"), "abc", ex=100)
+    assert r.append(key("ttl"), "d") == 4
+    assert r.setrange(key("ttl"), 0, "X") == 4
+    assert 0 < r.ttl(key("ttl")) <= 100  # APPEND and SETRANGE keep the TTL
+    with pytest.raises(redis.ResponseError, match="^offset is out of range$"):
+        r.setrange(k, -1, "x")
+
+
+def test_strings_are_held_to_max_value_bytes(r: redis.Redis, key: Any) -> None:
+    k = key()
+    limit = 1 << 20  # cache.max_value_bytes' default, which the test agent keeps
+    with pytest.raises(redis.ResponseError, match=r"^string exceeds maximum allowed size \(cache\.max_value_bytes"):
+        r.setrange(k, limit, "x")
+    assert r.exists(k) == 0
+    assert r.setrange(k, limit - 1, "x") == limit
+    with pytest.raises(redis.ResponseError, match=r"^string exceeds maximum allowed size \(cache\.max_value_bytes"):
+        r.append(k, "y")
+    assert r.strlen(k) == limit  # the failed APPEND changed nothing
+    assert r.getrange(k, -1, -1) == b"x"
+
+
+def test_incrbyfloat(r: redis.Redis, key: Any) -> None:
+    k = key()
+    assert r.incrbyfloat(k, 10.5) == 10.5
+    assert r.get(k) == b"10.5"
+    assert r.incrbyfloat(k, 0.1) == pytest.approx(10.6)
+    assert r.get(k) == b"10.6"
+    assert r.execute_command("INCRBYFLOAT", key("e"), "3.0e3") in (b"3000", 3000.0)
+    assert r.get(key("e")) == b"3000"
+    r.set(key("text"), "abc")
+    with pytest.raises(redis.ResponseError, match="^value is not a valid float$"):
+        r.incrbyfloat(key("text"), 1)
+    with pytest.raises(redis.ResponseError, match="^increment would produce NaN or Infinity$"):
+        r.execute_command("INCRBYFLOAT", k, "inf")
+    assert r.get(k) == b"10.6"
+    r.set(key("ttl"), "1", ex=100)
+    assert r.incrbyfloat(key("ttl"), 1.5) == 2.5
+    assert 0 < r.ttl(key("ttl")) <= 100
+
+
+def test_expireat_pexpireat_expiretime(r: redis.Redis, key: Any) -> None:
+    k, missing = key(), key("missing")
+    at = int(time.time()) + 1000
+    assert r.expireat(missing, at) is False
+    assert r.expiretime(missing) == -2
+    assert r.pexpiretime(missing) == -2
+    r.set(k, "v")
+    assert r.expiretime(k) == -1
+    assert r.expireat(k, at) is True
+    assert r.expiretime(k) == at
+    assert abs(r.pexpiretime(k) - at * 1000) <= 1  # kept on a monotonic clock: within a millisecond
+    assert r.expireat(k, at + 500, lt=True) is False
+    assert r.pexpireat(k, (at + 500) * 1000, gt=True) is True
+    assert r.expiretime(k) == at + 500
+    assert r.expireat(k, at, nx=True) is False
+    assert r.pexpireat(k, 1) is True  # already past: deleted
+    assert r.exists(k) == 0
+    with pytest.raises(redis.ResponseError, match="^invalid expire time in 'expireat' command$"):
+        r.execute_command("EXPIREAT", k, str(2**63 - 1))
+
+
+def test_touch_and_type(r: redis.Redis, key: Any) -> None:
+    a, b = key("a"), key("b")
+    r.mset({a: "1", b: ""})
+    assert r.touch(a, a, b, key("missing")) == 3
+    assert text(r.type(a)) == "string"
+    assert text(r.type(b)) == "string"
+    assert text(r.type(key("missing"))) == "none"
 
 
 def test_dbsize_flushdb_flushall(r: redis.Redis, key: Any) -> None:
