@@ -41,7 +41,7 @@ import numpy
 
 from cache_core.cache import Cache, CacheError, NotAnIntegerError, OutOfMemoryError
 from cache_core.keys import KeyLengthError
-from cache_core.resp import admin, strings
+from cache_core.resp import admin, keyspace, strings
 from cache_core.resp.args import INT64_MAX, CommandError, err_args, int_arg
 from cache_core.resp.protocol import ARG_OVERHEAD_BYTES, Encoder, RequestParser
 from cache_core.store import ValueTooLargeError
@@ -1493,7 +1493,8 @@ COMMANDS: dict[str, tuple[Callable[[Connection, list[bytes]], Any], int]] = {
 }
 KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby", "watch"}
 MULTI_KEY = {"mget", "mset", "del", "unlink", "exists", "watch"}
-COMMANDS.update(strings.COMMANDS)
-KEY_COMMANDS |= strings.KEY_COMMANDS
-MULTI_KEY |= strings.MULTI_KEY_COMMANDS
+for _module in (strings, keyspace):
+    COMMANDS.update(_module.COMMANDS)
+    KEY_COMMANDS |= _module.KEY_COMMANDS
+    MULTI_KEY |= _module.MULTI_KEY_COMMANDS
 COMMANDS.update(admin.COMMANDS)
