@@ -19,6 +19,7 @@ removed lazily on access and by :meth:`Cache.sweep_expired`.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,13 @@ TOMBSTONE_REBUILD_RATIO = 0.25
 # arrays (see HashTable.host_scalar): below it, the fixed cost of some twenty NumPy calls
 # per batch exceeds a Python loop over the keys (measured in bench/bench_cache.py).
 SMALL_BATCH = 16
+
+# SCAN looks for live entries this many entry IDs at a time (one NumPy pass each).
+SCAN_WINDOW = 65536
+# Host memory of one stored key name beyond its bytes (the bytes object's header), and of
+# one slot of the entry-to-key list.
+KEY_OBJECT_OVERHEAD_BYTES = 33
+POINTER_BYTES = 8
 
 # Access-hook op and result codes (uint8), shared with the access log.
 OP_GET, OP_SET, OP_DEL, OP_EXPIRE, OP_PREFETCH = 1, 2, 3, 4, 5
@@ -171,6 +179,11 @@ class Cache:
         self.e_lo = numpy.zeros(n, dtype=numpy.uint64)
         self.e_live = numpy.zeros(n, dtype=bool)
         self.e_prefetched = numpy.zeros(n, dtype=bool)
+        self.e_atime = numpy.zeros(n, dtype=numpy.int64)  # clock ms of the last read or write
+        # The key of each entry: fingerprints find entries, these name them back (KEYS,
+        # SCAN, RANDOMKEY, RENAME). On the host, counted in host_bytes.
+        self.e_key: list[bytes | None] = [None] * n
+        self.key_bytes = 0
         self._free = list(range(n - 1, -1, -1))
         self.live_keys = 0
 
@@ -246,8 +259,13 @@ class Cache:
                 self.table.delete_one(self.e_hi.item(eid), self.e_lo.item(eid))
         else:
             self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
+        e_key = self.e_key
         for eid in eids.tolist():
             self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
+            key = e_key[eid]
+            if key is not None:
+                self.key_bytes -= len(key)
+                e_key[eid] = None
         if self.modified is not None:
             self.modified(self.e_hi[eids].copy(), self.e_lo[eids].copy())
         sizes = self.e_len[eids].copy()
@@ -338,7 +356,8 @@ class Cache:
             return out, small_hits
         hi, lo = self.fp.fingerprints(keys)
         with self._lock:
-            eids = self._find(hi, lo, self.now_ms())
+            now = self.now_ms()
+            eids = self._find(hi, lo, now)
             hit = eids >= 0
             if max_bytes > 0:
                 total = numpy.cumsum(numpy.where(hit, self.e_len[numpy.maximum(eids, 0)], 0))
@@ -357,6 +376,7 @@ class Cache:
                 self.stats.prefetch_used += int(numpy.unique(hit_ids[prefetched]).shape[0])
                 self.e_prefetched[hit_ids] = False
                 self.policy.on_access(hit_ids)
+                self.e_atime[hit_ids] = now
             n_hit = int(hit.sum())
             self.stats.hits += n_hit
             self.stats.misses += len(keys) - n_hit
@@ -369,7 +389,8 @@ class Cache:
     def _mget_small(self, keys: Sequence[bytes], max_bytes: int = 0) -> list[bytes | None]:
         fps = self._fps_small(keys)
         with self._lock:
-            eids = self._find_small(fps, self.now_ms())
+            now = self.now_ms()
+            eids = self._find_small(fps, now)
             if max_bytes > 0:
                 total = 0
                 for n, eid in enumerate(eids):
@@ -396,6 +417,7 @@ class Cache:
                     self.stats.prefetch_used += int(numpy.unique(used).shape[0])
                 e_pre[hit_ids] = False
                 self.policy.on_access(hit_ids)
+                self.e_atime[hit_ids] = now
             self.stats.hits += len(hits)
             self.stats.misses += len(keys) - len(hits)
             if self.access_hook is not null_access_hook:
@@ -554,6 +576,7 @@ class Cache:
                     self.e_expire[eid] = TTL_NONE if ttl_ms is None else now + ttl_ms
             if len(old_idx):
                 self.policy.on_access(eids[old_idx])
+                self.e_atime[eids[old_idx]] = now
             # New keys.
             if len(new_idx):
                 n_hi, n_lo = hi[new_idx], lo[new_idx]
@@ -567,15 +590,19 @@ class Cache:
                 except BaseException:
                     self._free.extend(reversed(new_eids.tolist()))  # not lost: the next write can use them
                     raise
+                e_key = self.e_key
                 for eid, i in zip(new_eids.tolist(), new_idx.tolist()):
                     self.e_handle[eid] = self.store.put(values[i])
                     self.e_len[eid] = len(values[i])
+                    e_key[eid] = keys[i]
+                    self.key_bytes += len(keys[i])
                 self.e_hi[new_eids] = n_hi
                 self.e_lo[new_eids] = n_lo
                 self.e_live[new_eids] = True
                 self.live_keys += len(new_eids)
                 self.e_prefetched[new_eids] = prefetched
                 self.e_expire[new_eids] = TTL_NONE if ttl_ms is None else now + ttl_ms
+                self.e_atime[new_eids] = now
                 self.policy.on_insert(new_eids, n_lo)
             if prefetched:
                 self.stats.prefetch_inserted += len(keys)
@@ -649,10 +676,12 @@ class Cache:
         if not keys:
             return 0
         with self._lock:
-            eids, _hi, _lo = self._find_keys(keys, self.now_ms())
+            now = self.now_ms()
+            eids, _hi, _lo = self._find_keys(keys, now)
             found = eids[eids >= 0]
             if len(found):
                 self.policy.on_access(found)
+                self.e_atime[found] = now  # OBJECT IDLETIME starts again, as in Redis
             return len(found)
 
     def expire(self, key: bytes, ttl_ms: int, when: str | None = None) -> bool:
@@ -728,6 +757,75 @@ class Cache:
             self.policy.clear()
             self._alloc_entries()
 
+    # ------------------------------------------------------------------ the keyspace
+    def _unexpired(self, eids: numpy.ndarray, now: int) -> numpy.ndarray:
+        """Which of these live entries have not reached their expiry."""
+        expire = self.e_expire[eids]
+        return (expire == TTL_NONE) | (expire > now)
+
+    def key_names(self) -> list[bytes]:
+        """Every key present (not expired), in entry order; O(keys), as Redis's KEYS."""
+        with self._lock:
+            eids = numpy.flatnonzero(self.e_live)
+            eids = eids[self._unexpired(eids, self.now_ms())]
+            e_key = self.e_key
+            return [k for k in (e_key[e] for e in eids.tolist()) if k is not None]
+
+    def scan(self, cursor: int, count: int) -> tuple[int, list[bytes]]:
+        """Up to ``count`` keys from entry ``cursor`` on, and the cursor to go on from (0: done).
+
+        The cursor is an entry ID, and a key keeps its entry from its write to its removal,
+        whatever the table does meanwhile (growth, rehash, evictions of other keys): a key
+        present for a whole iteration is returned exactly once, one added or removed during
+        it may or may not be (Redis's SCAN guarantee). Expired keys met are removed."""
+        with self._lock:
+            now = self.now_ms()
+            end = self.max_keys
+            position = max(0, cursor)
+            found: list[int] = []
+            while position < end and len(found) < count:
+                stop = min(end, position + SCAN_WINDOW)
+                live = numpy.flatnonzero(self.e_live[position:stop]) + position
+                need = count - len(found)
+                if len(live) > need:
+                    found.extend(live[:need].tolist())
+                    position = int(live[need - 1]) + 1
+                    break
+                found.extend(live.tolist())
+                position = stop
+            chosen = numpy.asarray(found, dtype=numpy.int64)
+            keep = self._unexpired(chosen, now)
+            if not keep.all():
+                self._remove(chosen[~keep], reason=RES_EXPIRED)
+            e_key = self.e_key
+            names = [k for k in (e_key[e] for e in chosen[keep].tolist()) if k is not None]
+            return (0 if position >= end else position), names
+
+    def random_key(self, rng: random.Random) -> bytes | None:
+        with self._lock:
+            eids = numpy.flatnonzero(self.e_live)
+            eids = eids[self._unexpired(eids, self.now_ms())]
+            if not len(eids):
+                return None
+            return self.e_key[int(eids[rng.randrange(len(eids))])]
+
+    def idle_ms(self, key: bytes) -> int | None:
+        """Milliseconds since ``key`` was last read or written (OBJECT IDLETIME); None if absent."""
+        with self._lock:
+            now = self.now_ms()
+            eid = self._find_one(key, now)
+            return None if eid < 0 else max(0, now - int(self.e_atime[eid]))
+
+    def memory_usage(self, key: bytes) -> int | None:
+        """Bytes ``key`` costs (MEMORY USAGE): its value's chunk, its name on the host and its
+        entry's metadata; None if absent."""
+        with self._lock:
+            eid = self._find_one(key, self.now_ms())
+            if eid < 0:
+                return None
+            per_entry = sum(a.itemsize for a in (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime))
+            return self.store.chunk_size(int(self.e_len[eid])) + len(key) + KEY_OBJECT_OVERHEAD_BYTES + POINTER_BYTES + per_entry
+
     # ------------------------------------------------------------------ maintenance
     def sweep_expired(self, max_keys: int) -> int:
         """Remove up to ``max_keys`` expired keys; return how many were removed."""
@@ -749,9 +847,10 @@ class Cache:
             s.value_bytes = self.store.used_bytes
             s.charged_bytes = self.store.chunk_bytes
             s.device_bytes = int(self.table.nbytes) + self.store.allocated_bytes
-            s.host_bytes = int(
-                sum(a.nbytes for a in (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched))
-            )
+            arrays = (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime)
+            # The key names: their bytes, each bytes object's header and its list slot.
+            names = self.key_bytes + self.live_keys * KEY_OBJECT_OVERHEAD_BYTES + len(self.e_key) * POINTER_BYTES
+            s.host_bytes = int(sum(a.nbytes for a in arrays)) + names
             return s
 
     def self_test(self) -> tuple[bool, str]:

@@ -257,7 +257,7 @@ def test_before_auth_only_small_frames_are_accepted() -> None:
         value = b"v" * (1 << 20)
         reader, writer = await connect(server)
         writer.write(encode_command("AUTH", PASSWORD) + encode_command("SET", "k", value) + encode_command("STRLEN", "k") + encode_command("GET", "k"))
-        assert await read_replies(reader, 3) == ["+OK", "+OK", "-ERR unknown command 'STRLEN', with args beginning with: 'k' "]
+        assert await read_replies(reader, 3) == ["+OK", "+OK", 1 << 20]
         assert await read_replies(reader, 1) == [value]
         writer.close()
 
