@@ -41,7 +41,7 @@ import numpy
 
 from cache_core.cache import Cache, CacheError, NotAnIntegerError, OutOfMemoryError
 from cache_core.keys import KeyLengthError
-from cache_core.resp import admin, keyspace, strings
+from cache_core.resp import admin, keyspace, strings, unsupported
 from cache_core.resp.args import INT64_MAX, CommandError, err_args, int_arg
 from cache_core.resp.protocol import ARG_OVERHEAD_BYTES, Encoder, RequestParser
 from cache_core.store import ValueTooLargeError
@@ -106,6 +106,8 @@ class RespLimits:
     auth_failures_per_second: float = 1.0
     reserved_descriptors: int = 64
     origin_workers: int = 4
+    slowlog_log_slower_than_usec: int = 10000
+    slowlog_max_len: int = 128
 
     @property
     def soft_output_bytes(self) -> int:
@@ -168,6 +170,7 @@ class RespServer:
         self.hint = hint
         self.config_values = config_values or {}
         self.stats = ServerStats()
+        self.ops = admin.OpsState()  # slow log and error counts
         self.clients: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
@@ -434,7 +437,10 @@ class Connection(asyncio.Protocol):
         if server.password is not None:
             self.set_authenticated(False)
         self.transport: asyncio.Transport | None = None
-        self.last_active = time.monotonic()
+        self.last_active = self.created = time.monotonic()
+        # The last command's name and (the start of) its second argument: CLIENT LIST's cmd=.
+        self.last_command: tuple[bytes, bytes] = (b"", b"")
+        self.no_evict = False  # CLIENT NO-EVICT: accepted, shown as flag e
         self.closing = False
         self.peer = ""
         self.host = ""
@@ -616,6 +622,7 @@ class Connection(asyncio.Protocol):
                     self._block_on_output()
                     return
             args = backlog[0]
+            self.last_command = (args[0], args[1][: admin.SUBCOMMAND_MAX_BYTES] if len(args) > 1 else b"")
             if self.multi is not None:
                 reply, close = self._in_multi(backlog.popleft())
                 if reply is EXEC_WAITS:
@@ -678,6 +685,7 @@ class Connection(asyncio.Protocol):
             server.stats.protocol_errors += 1
             log.info("resp client %s closed: %s", self.peer, error)
             out.append(self.encoder.error(f"ERR {error}"))
+            server.ops.count_error(out[-1])
             close = True
         self._finish(out, close)
         if self._write_paused and not self.closing:
@@ -764,7 +772,9 @@ class Connection(asyncio.Protocol):
         finally:
             self._held = 0
         server.stats.total_commands += 1
-        server.record(label, (time.perf_counter_ns() - started) // 1000, error)
+        usec = (time.perf_counter_ns() - started) // 1000
+        server.record(label, usec, error)
+        server.ops.executed(self, args, usec, reply if error else None)
         self._waiting = False
         if self.closing or self.transport is None:
             return
@@ -882,15 +892,18 @@ class Connection(asyncio.Protocol):
         stats = self.server.stats
         if name == b"GET":
             self.server.record("get", usec // len(run), False, len(run))
+            self.server.ops.executed_run(self, run, usec // len(run))
             stats.total_commands += len(run)
             return [self.encoder.bulk(v) for v in values]
         self.server.record("mget", usec, False)
+        self.server.ops.executed(self, run[0], usec)
         stats.total_commands += 1
         return [self.encoder.bulks(values)]
 
     def _origin_failed(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], exc: BaseException) -> list[bytes]:
         """A failed read-through costs the commands that missed, never the connection."""
         error = self.encoder.error(f"ERR origin read failed ({exc.__class__.__name__}); see the agent's log")
+        self.server.ops.count_error(error, sum(v is None for v in values) if name == b"GET" else 1)
         stats = self.server.stats
         if name == b"GET":
             stats.total_commands += len(run)
@@ -949,6 +962,7 @@ class Connection(asyncio.Protocol):
             return [self._execute(c)[0] for c in commands]
         usec = (time.perf_counter_ns() - started) // 1000
         self.server.record(label, usec // len(commands), False, len(commands))
+        self.server.ops.executed_run(self, commands, usec // len(commands))
         self.server.stats.total_commands += len(commands)
         return replies
 
@@ -956,6 +970,9 @@ class Connection(asyncio.Protocol):
         """The error a command gets before it runs (unknown, arity, NOAUTH), or None."""
         spec = COMMANDS.get(name)
         if spec is None:
+            refusal = unsupported.refusal(name)
+            if refusal is not None:
+                return self.encoder.error(refusal)
             shown = ""
             for arg in args[1:]:
                 if len(shown) >= UNKNOWN_ARGS_SHOWN:
@@ -980,11 +997,13 @@ class Connection(asyncio.Protocol):
                 return EXEC_WAITS, False
             if rejected is not None:
                 self.server.stats.total_commands += 1
+                self.server.ops.rejected(name, rejected)
                 return rejected, False
             return self._execute(args)
         rejected = self._rejected(name, args)
         if rejected is not None:
             self.server.stats.total_commands += 1
+            self.server.ops.rejected(name, rejected)
             self.multi_failed = True
             return rejected, False
         assert self.multi is not None
@@ -1033,6 +1052,7 @@ class Connection(asyncio.Protocol):
         server.stats.total_commands += 1
         rejected = self._rejected(name, args)
         if rejected is not None:
+            server.ops.rejected(name, rejected)
             return rejected, False
         handler = COMMANDS[name][0]
         started = time.perf_counter_ns()
@@ -1056,7 +1076,9 @@ class Connection(asyncio.Protocol):
             # A bug or a failing origin must cost this command only, never the connection.
             log.exception("resp command %s failed", name)
             reply, error = self.encoder.error(f"ERR internal error ({exc.__class__.__name__}); see the agent's log"), True
-        server.record(name, (time.perf_counter_ns() - started) // 1000, error)
+        usec = (time.perf_counter_ns() - started) // 1000
+        server.record(name, usec, error)
+        server.ops.executed(self, args, usec, reply if error else None)
         return reply, close
 
 
