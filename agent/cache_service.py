@@ -47,6 +47,8 @@ REBUILD_KEYS = (
     "slab_growth_factor",
     "max_load_factor",
 )
+# What CONFIG GET databases answers without a cache.databases key: Redis's default.
+DEFAULT_DATABASES = 16
 LIMIT_KEYS = (
     "max_clients",
     "max_bulk_bytes",
@@ -65,6 +67,8 @@ LIMIT_KEYS = (
     "auth_failure_burst",
     "auth_failures_per_second",
     "origin_workers",
+    "slowlog_log_slower_than_usec",
+    "slowlog_max_len",
 )
 
 
@@ -365,7 +369,7 @@ class CacheService:
             "proto-max-bulk-len": str(resp["max_bulk_bytes"]),
             "bind": host,
             "port": str(port),
-            "databases": "1",
+            "databases": str(section.get("databases", DEFAULT_DATABASES)),
             "save": "",
             "appendonly": "no",
         }
