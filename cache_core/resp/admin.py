@@ -68,6 +68,8 @@ LATENCY_DOCTOR_DISABLED = (
     'You may use "CONFIG SET latency-monitor-threshold <milliseconds>." in order to enable it. '
     "If we weren't in a deep space mission I'd suggest to take a look at https://redis.io/topics/latency-monitor.\n"
 )
+# INFO replication's repl_backlog_size: Redis's default, which it reports with no replica too.
+REDIS_REPL_BACKLOG_BYTES = 1024 * 1024
 REPLICATION_ID_HEX = 40  # run_id and master_replid: 40 hex characters, as Redis's
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -238,6 +240,8 @@ def config_table(server: RespServer) -> dict[str, str]:
         "slaveof": "",
     }
     table.update(server.config_values)
+    if server.address:
+        table["port"] = str(port)  # the port bound (the config may say 0: any free port)
     return table
 
 
@@ -541,7 +545,7 @@ def c_slowlog(conn: Connection, args: list[bytes]) -> bytes:
     if sub == b"HELP":
         return _help(conn, _SLOWLOG_HELP)
     if len(args) > 3:
-        raise CommandError("ERR unknown subcommand or wrong number of arguments for 'get'. Try SLOWLOG HELP.")
+        raise CommandError(f"ERR unknown subcommand or wrong number of arguments for '{_text(args[1])}'. Try SLOWLOG HELP.")
     count = SLOWLOG_GET_DEFAULT
     if len(args) == 3:
         count = int_arg(args[2], "ERR count should be greater than or equal to -1")
@@ -628,6 +632,13 @@ def c_acl(conn: Connection, args: list[bytes]) -> bytes:
         f"ERR 'ACL {_text(args[1])[:128].upper()}' is not supported by this server "
         "(one user, default, with cache.resp.requirepass; ACL users are out of scope, see docs/redis-protocol.md)"
     )
+
+
+# ------------------------------------------------------------------------------ LASTSAVE
+def c_lastsave(conn: Connection, args: list[bytes]) -> bytes:
+    """The server's start time: what a redis-server that never saved answers (and INFO's
+    rdb_last_save_time). Nothing is ever saved here; a cache starts empty by design."""
+    return conn.encoder.integer(int(conn.server.stats.started))
 
 
 # ------------------------------------------------------------------------------ INFO
@@ -818,7 +829,7 @@ def render_info(server: RespServer, wanted: set[str]) -> str:
         ("master_repl_offset", 0),
         ("second_repl_offset", -1),
         ("repl_backlog_active", 0),
-        ("repl_backlog_size", 0),
+        ("repl_backlog_size", REDIS_REPL_BACKLOG_BYTES),
         ("repl_backlog_first_byte_offset", 0),
         ("repl_backlog_histlen", 0),
     ]
@@ -880,4 +891,5 @@ COMMANDS: dict[str, tuple[Handler, int]] = {
     "slowlog": (c_slowlog, -2),
     "latency": (c_latency, -2),
     "acl": (c_acl, -2),
+    "lastsave": (c_lastsave, 1),
 }
