@@ -43,6 +43,9 @@ from config_schema import load_schema
 DEFAULT_CONFIG_PATH = "/etc/predis/agent.yaml"
 CONFIG_ENV_VAR = "PREDIS_AGENT_CONFIG"
 REDACTED = "***"
+# What the schema's end-anchored patterns end with ($ alone matches before a final newline
+# in Python's re, which jsonschema uses).
+END_ANCHOR_GUARD = "(?!\\n)"
 # A secret shorter than this is not scrubbed from free text (it would mangle logs);
 # it is still never printed through Secret's own str()/repr().
 MIN_SCRUB_LENGTH = 4
@@ -576,7 +579,10 @@ def _describe(error: jsonschema.ValidationError, secret: bool) -> str:
         rel = "at most" if kind == "maximum" else "less than"
         return f"must be {rel} {want}, found {found}"
     if kind == "pattern":
-        return f"{found} does not match the pattern {want}"
+        # The schema's patterns end in $(?!\n) so that Python's $ cannot match before a final
+        # newline; the message shows the pattern as a person reads it.
+        shown = str(want).removesuffix(END_ANCHOR_GUARD)
+        return f"{found} does not match the pattern {shown}"
     if kind == "minLength" and want == 1:
         return "must not be empty: give a value, or leave the key out to use its default"
     if kind == "minLength":
