@@ -241,7 +241,7 @@ class CacheService:
                     config_values=self._config_values(section),
                 )
             server = self.server
-            server.cache = self.cache
+            server.replace_cache(self.cache)
             server.limits = _limits(resp, plan.reserved_descriptors)
             server.password = plan.password
             server.config_values = self._config_values(section)

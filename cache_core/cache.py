@@ -417,7 +417,9 @@ class Cache:
                     self.stats.prefetch_used += int(numpy.unique(used).shape[0])
                 e_pre[hit_ids] = False
                 self.policy.on_access(hit_ids)
-                self.e_atime[hit_ids] = now
+                e_atime = self.e_atime
+                for eid in hits:  # scalar stores: cheaper than fancy indexing for a few keys
+                    e_atime[eid] = now
             self.stats.hits += len(hits)
             self.stats.misses += len(keys) - len(hits)
             if self.access_hook is not null_access_hook:
@@ -565,8 +567,10 @@ class Cache:
             protect = set(eids[old_idx].tolist())
             self._make_room(len(new_idx), charge - refund, protect)
             # Overwrites.
+            e_atime = self.e_atime
             for i in old_idx.tolist():
                 eid = int(eids[i])
+                e_atime[eid] = now
                 if self.e_prefetched[eid]:
                     self.stats.prefetch_wasted += 1  # overwritten before anyone read it
                 self.e_handle[eid] = self.store.replace(int(self.e_handle[eid]), int(self.e_len[eid]), values[i])
@@ -576,7 +580,6 @@ class Cache:
                     self.e_expire[eid] = TTL_NONE if ttl_ms is None else now + ttl_ms
             if len(old_idx):
                 self.policy.on_access(eids[old_idx])
-                self.e_atime[eids[old_idx]] = now
             # New keys.
             if len(new_idx):
                 n_hi, n_lo = hi[new_idx], lo[new_idx]
@@ -591,18 +594,20 @@ class Cache:
                     self._free.extend(reversed(new_eids.tolist()))  # not lost: the next write can use them
                     raise
                 e_key = self.e_key
+                key_bytes = 0
                 for eid, i in zip(new_eids.tolist(), new_idx.tolist()):
                     self.e_handle[eid] = self.store.put(values[i])
                     self.e_len[eid] = len(values[i])
+                    e_atime[eid] = now
                     e_key[eid] = keys[i]
-                    self.key_bytes += len(keys[i])
+                    key_bytes += len(keys[i])
+                self.key_bytes += key_bytes
                 self.e_hi[new_eids] = n_hi
                 self.e_lo[new_eids] = n_lo
                 self.e_live[new_eids] = True
                 self.live_keys += len(new_eids)
                 self.e_prefetched[new_eids] = prefetched
                 self.e_expire[new_eids] = TTL_NONE if ttl_ms is None else now + ttl_ms
-                self.e_atime[new_eids] = now
                 self.policy.on_insert(new_eids, n_lo)
             if prefetched:
                 self.stats.prefetch_inserted += len(keys)

@@ -77,6 +77,11 @@ class RequestParser:
         return len(self._buf) - self._pos + self._chunked
 
     @property
+    def assembling(self) -> bool:
+        """A long bulk string is arriving in pieces (they wait in ``_chunks``)."""
+        return self._chunked > 0
+
+    @property
     def held(self) -> int:
         """Memory this parser holds for its client: unparsed bytes and the arguments of a
         command not yet complete (the client's query buffer, as Redis counts it)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import functools
 import hmac
 import itertools
 import logging
@@ -109,11 +110,17 @@ class RespLimits:
     slowlog_log_slower_than_usec: int = 10000
     slowlog_max_len: int = 128
 
-    @property
+    @functools.cached_property
     def soft_output_bytes(self) -> int:
         """Where a client's pipeline pauses and the soft limit's timer starts: the soft limit,
         at most half the hard one (so a batch sized to fit under the hard limit fits)."""
         return min(self.output_buffer_soft_bytes, self.output_buffer_bytes // 2)
+
+    @functools.cached_property
+    def fast_read_room(self) -> int:
+        """Reply bytes a read batch may produce without looking at the client's queue: while
+        its pipeline is not paused, at most soft_output_bytes are queued."""
+        return min(READ_BATCH_BYTES, self.output_buffer_bytes - self.soft_output_bytes)
 
 
 def descriptor_ceiling(reserved: int) -> int:
@@ -163,7 +170,7 @@ class RespServer:
         # changes from any thread (an eviction may come from the prefetcher), hence a lock.
         self._watched: dict[tuple[int, int], set[Connection]] = {}
         self._watch_lock = threading.Lock()
-        self._cache = cache
+        self.cache = cache
         self.limits = limits or RespLimits()
         self.password = password
         self.info_extra = info_extra
@@ -189,19 +196,14 @@ class RespServer:
         self._clients_checked = 0.0
         self._limit_log_suppressed = 0
 
-    @property
-    def cache(self) -> Cache:
-        return self._cache
-
-    @cache.setter
-    def cache(self, cache: Cache) -> None:
-        """A new cache (a reload rebuilt it): every watched key counts as changed."""
-        if cache is self._cache:
+    def replace_cache(self, cache: Cache) -> None:
+        """Serve a new cache (a reload rebuilt it): every watched key counts as changed."""
+        if cache is self.cache:
             return
         with self._watch_lock:
-            self._cache.modified = None
+            self.cache.modified = None
             self._mark_dirty(None, None)
-            self._cache = cache
+            self.cache = cache
             if self._watched:
                 cache.modified = self._keys_modified
 
@@ -211,7 +213,7 @@ class RespServer:
             for fp in fingerprints:
                 self._watched.setdefault(fp, set()).add(conn)
                 conn.watching.add(fp)
-            self._cache.modified = self._keys_modified
+            self.cache.modified = self._keys_modified
 
     def unwatch(self, conn: Connection) -> None:
         with self._watch_lock:
@@ -225,7 +227,7 @@ class RespServer:
             conn.watched_keys = []
             conn.dirty = False
             if not self._watched:
-                self._cache.modified = None
+                self.cache.modified = None
 
     def _keys_modified(self, hi: numpy.ndarray | None, lo: numpy.ndarray | None) -> None:
         with self._watch_lock:
@@ -567,9 +569,9 @@ class Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         parser = self.parser
         limit = self.server.limits.query_buffer_bytes
-        # Checked before the bytes join the buffer too (a bulk completed by them is joined
-        # and sliced, two more copies), and after parsing, when the arguments are counted.
-        if parser.held + len(data) > limit:
+        # Checked before the bytes join a bulk being assembled too (completed by them, it is
+        # joined and sliced, two more copies), and after parsing, when arguments are counted.
+        if parser.assembling and parser.held + len(data) > limit:
             self.drop("query_buffer", f"query buffer over cache.resp.query_buffer_bytes ({limit}): {parser.held + len(data)} bytes")
             return
         parser.feed(data)
@@ -608,6 +610,7 @@ class Connection(asyncio.Protocol):
         backlog = self._backlog
         server = self.server
         slice_keys = server.limits.command_slice_keys
+        fast_room = server.limits.fast_read_room
         if self._write_paused:
             self._block_on_output()
             return
@@ -622,8 +625,8 @@ class Connection(asyncio.Protocol):
                     self._block_on_output()
                     return
             args = backlog[0]
-            self.last_command = (args[0], args[1][: admin.SUBCOMMAND_MAX_BYTES] if len(args) > 1 else b"")
             if self.multi is not None:
+                self.last_command = _last_command(args)
                 reply, close = self._in_multi(backlog.popleft())
                 if reply is EXEC_WAITS:
                     self._finish(out, False)
@@ -636,32 +639,40 @@ class Connection(asyncio.Protocol):
                 continue
             name = args[0].upper()
             if self.authenticated and name in SLICED and len(args) > 2 and not self._fits(name, len(args) - 1, pending):
+                self.last_command = _last_command(args)
                 backlog.popleft()
                 self._finish(out, False)
                 if not self.closing:
                     self._start_sliced(name, args)
                 return
             if self.authenticated and ((name == b"GET" and len(args) == 2) or (name == b"MGET" and len(args) >= 2)):
-                budget = self._read_budget(pending)
-                if budget <= 0:  # the replies pending first: write them, then see
-                    self._finish(out, False)
-                    out, pending = [], 0
-                    if self.closing:
-                        return
-                    if self._write_paused:
-                        self._block_on_output()
-                        return
-                    budget = self._read_budget(0)
+                self.last_command = LAST_GET if name == b"GET" else LAST_MGET
                 run = [backlog.popleft()]
+                budget = 0  # no bound: the values fit whatever their lengths
                 if name == b"GET":
                     while backlog and len(run) < slice_keys and len(backlog[0]) == 2 and backlog[0][0].upper() == b"GET":
                         run.append(backlog.popleft())
+                    # Without a pause, at most the soft limit (half the hard one) is queued: a
+                    # run that fits what is left of that needs no look at the queue.
+                    if len(run) * (server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES) > fast_room - pending:
+                        budget = self._read_budget(pending)
+                        if budget <= 0:  # the replies pending first: write them, then see
+                            self._finish(out, False)
+                            out, pending = [], 0
+                            if self.closing:
+                                return
+                            if self._write_paused:
+                                backlog.extendleft(reversed(run))
+                                self._block_on_output()
+                                return
+                            budget = max(1, self._read_budget(0))
                 before = len(out)
-                if self._reads(name, run, out, max(1, budget) if name == b"GET" else 0):
+                if self._reads(name, run, out, budget):
                     return  # resumed by _read_done, after the origin answered
-                pending += sum(map(len, out[before:]))
+                pending += len(out[-1]) if len(out) == before + 1 else sum(map(len, out[before:]))
                 continue
             if name == b"SET" and self.authenticated and len(args) == 3 and len(backlog) > 1:
+                self.last_command = LAST_SET
                 run = [backlog.popleft()]
                 while backlog and len(run) < slice_keys and len(backlog[0]) == 3 and backlog[0][0].upper() == b"SET":
                     run.append(backlog.popleft())
@@ -846,7 +857,7 @@ class Connection(asyncio.Protocol):
         if budget and len(keys) * (cache.largest_value_bytes + REPLY_OVERHEAD_BYTES) <= budget:
             budget = 0  # fits whatever the values: the lookup need not add their lengths up
         try:
-            values, hits = cache.lookup(keys, max(budget, 0))
+            values, hits = cache.lookup(keys, budget) if budget > 0 else cache.lookup(keys)
         except Exception:
             # One bad key must fail only its own command: one by one.
             out.extend(self._execute(c)[0] for c in run)
@@ -890,13 +901,16 @@ class Connection(asyncio.Protocol):
     def _read_replies(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], started: int) -> list[bytes]:
         usec = (time.perf_counter_ns() - started) // 1000
         stats = self.server.stats
+        slow = 0 <= self.server.limits.slowlog_log_slower_than_usec <= usec  # checked here: the hot path
         if name == b"GET":
             self.server.record("get", usec // len(run), False, len(run))
-            self.server.ops.executed_run(self, run, usec // len(run))
+            if slow:
+                self.server.ops.executed_run(self, run, usec // len(run))
             stats.total_commands += len(run)
             return [self.encoder.bulk(v) for v in values]
         self.server.record("mget", usec, False)
-        self.server.ops.executed(self, run[0], usec)
+        if slow:
+            self.server.ops.executed(self, run[0], usec)
         stats.total_commands += 1
         return [self.encoder.bulks(values)]
 
@@ -923,7 +937,8 @@ class Connection(asyncio.Protocol):
         if close:
             self.close()
             return
-        self._check_output()
+        if transport.get_write_buffer_size() or self._soft_since is not None:
+            self._check_output()  # nothing queued (the common case): no limit to check
 
     def _check_output(self, now: float | None = None) -> None:
         """Redis's client-output-buffer-limit: over the hard limit the client is closed at
@@ -1048,12 +1063,15 @@ class Connection(asyncio.Protocol):
 
     def _execute(self, args: list[bytes]) -> tuple[bytes, bool]:
         server = self.server
+        self.last_command = _last_command(args)
         name = args[0].decode("utf-8", "replace").lower()
         server.stats.total_commands += 1
-        rejected = self._rejected(name, args)
-        if rejected is not None:
-            server.ops.rejected(name, rejected)
-            return rejected, False
+        spec = COMMANDS.get(name)
+        if spec is None or not self.authenticated or (len(args) != spec[1] if spec[1] > 0 else len(args) < -spec[1]):
+            rejected = self._rejected(name, args)
+            if rejected is not None:
+                server.ops.rejected(name, rejected)
+                return rejected, False
         handler = COMMANDS[name][0]
         started = time.perf_counter_ns()
         error = False
@@ -1083,6 +1101,16 @@ class Connection(asyncio.Protocol):
 
 
 QUIT = object()
+# CLIENT LIST's cmd= of the batched fast paths (no allocation per command).
+LAST_GET = (b"get", b"")
+LAST_MGET = (b"mget", b"")
+LAST_SET = (b"set", b"")
+
+
+def _last_command(args: list[bytes]) -> tuple[bytes, bytes]:
+    """What CLIENT LIST shows of a command: its name and the start of its first argument
+    (a subcommand, for CLIENT LIST and the like)."""
+    return args[0], args[1][: admin.SUBCOMMAND_MAX_BYTES] if len(args) > 1 else b""
 # _in_multi's answer for an EXEC that first reads misses through from the origin.
 EXEC_WAITS = object()
 QUEUED_REPLY = b"+QUEUED\r\n"

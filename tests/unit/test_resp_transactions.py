@@ -92,7 +92,7 @@ def test_a_new_cache_counts_as_a_change_of_every_watched_key() -> None:
         writer.write(command("WATCH", "w"))
         assert await read_replies(reader, 1) == ["+OK"]
         old = server.cache
-        server.cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
+        server.replace_cache(Cache(numpy, max_keys=64, max_memory_bytes=1 << 20))
         assert old.modified is None and server.cache.modified is not None
         writer.write(command("MULTI") + command("PING") + command("EXEC"))
         assert await read_replies(reader, 3) == ["+OK", "+QUEUED", None]
