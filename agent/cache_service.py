@@ -46,9 +46,8 @@ REBUILD_KEYS = (
     "eviction",
     "slab_growth_factor",
     "max_load_factor",
+    "databases",
 )
-# What CONFIG GET databases answers without a cache.databases key: Redis's default.
-DEFAULT_DATABASES = 16
 LIMIT_KEYS = (
     "max_clients",
     "max_bulk_bytes",
@@ -167,6 +166,7 @@ class CacheService:
                     eviction=section["eviction"],
                     slab_growth_factor=section["slab_growth_factor"],
                     max_load_factor=section["max_load_factor"],
+                    databases=section["databases"],
                 )
             except (ValueError, MemoryError) as exc:
                 raise StartupError(f"cache: cannot allocate the cache ({exc.__class__.__name__}: {exc})") from None
@@ -369,7 +369,7 @@ class CacheService:
             "proto-max-bulk-len": str(resp["max_bulk_bytes"]),
             "bind": host,
             "port": str(port),
-            "databases": str(section.get("databases", DEFAULT_DATABASES)),
+            "databases": str(section["databases"]),
             "save": "",
             "appendonly": "no",
         }

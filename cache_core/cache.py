@@ -19,6 +19,7 @@ removed lazily on access and by :meth:`Cache.sweep_expired`.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -45,6 +46,8 @@ TOMBSTONE_REBUILD_RATIO = 0.25
 # per batch exceeds a Python loop over the keys (measured in bench/bench_cache.py).
 SMALL_BATCH = 16
 
+# Most numbered databases (the entry's database is a uint16).
+MAX_DATABASES = 65536
 # SCAN looks for live entries this many entry IDs at a time (one NumPy pass each).
 SCAN_WINDOW = 65536
 # Host memory of one stored key name beyond its bytes (the bytes object's header), and of
@@ -129,9 +132,16 @@ class Cache:
         read_through: bool = False,
         fingerprinter: Fingerprinter | None = None,
         small_batch: int | None = None,
+        databases: int = 1,
     ) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
+        if not 1 <= databases <= MAX_DATABASES:
+            raise ValueError(f"databases must be 1..{MAX_DATABASES}, got {databases}")
+        # Numbered keyspaces sharing one table, one memory budget and one eviction policy:
+        # a key's fingerprint depends on its database, and each entry records it.
+        self.databases = int(databases)
+        self._views: dict[int, Database] = {}
         self.xp = xp
         self.max_keys = int(max_keys)
         self.max_memory_bytes = int(max_memory_bytes)
@@ -180,6 +190,8 @@ class Cache:
         self.e_live = numpy.zeros(n, dtype=bool)
         self.e_prefetched = numpy.zeros(n, dtype=bool)
         self.e_atime = numpy.zeros(n, dtype=numpy.int64)  # clock ms of the last read or write
+        self.e_db = numpy.zeros(n, dtype=numpy.uint16)
+        self.db_keys = numpy.zeros(self.databases, dtype=numpy.int64)
         # The key of each entry: fingerprints find entries, these name them back (KEYS,
         # SCAN, RANDOMKEY, RENAME). On the host, counted in host_bytes.
         self.e_key: list[bytes | None] = [None] * n
@@ -219,13 +231,15 @@ class Cache:
         else:
             hook(op, lo, results, sizes)
 
-    def _fps_small(self, keys: Sequence[bytes]) -> list[tuple[int, int]]:
+    def _fps_small(self, keys: Sequence[bytes], db: int = 0) -> list[tuple[int, int]]:
         fingerprint = self.fp.fingerprint
         lengths = list(map(len, keys))
         if min(lengths) < 1 or max(lengths) > self.fp.max_key_bytes:
             if len(keys) == 1:
                 fingerprint(keys[0])  # raises the error for one key
             self.fp.fingerprints(keys)  # raises the batch's error, naming the bad key's index
+        if db:
+            return [fingerprint(k, db) for k in keys]
         return [fingerprint(k) for k in keys]
 
     def _find_small(self, fps: list[tuple[int, int]], now: int) -> list[int]:
@@ -272,6 +286,10 @@ class Cache:
         self.stats.prefetch_wasted += int(self.e_prefetched[eids].sum())
         self.e_live[eids] = False
         self.live_keys -= len(eids)
+        if len(eids) == 1:
+            self.db_keys[self.e_db[eids[0]]] -= 1
+        else:
+            numpy.subtract.at(self.db_keys, self.e_db[eids].astype(numpy.int64), 1)
         self.e_handle[eids] = -1
         self.e_expire[eids] = TTL_NONE
         self.e_prefetched[eids] = False
@@ -307,11 +325,11 @@ class Cache:
             self._remove(victims[:want] if over_bytes <= 0 else victims, reason=RES_EVICTED)
 
     # ------------------------------------------------------------------ reads
-    def mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+    def mget(self, keys: Sequence[bytes], db: int = 0) -> list[bytes | None]:
         """Values for ``keys`` (None for missing), in order; the prefetch observer (if
-        any) is told about them afterwards."""
-        observer = self.prefetch_observer
-        out, hits = self._mget(keys, observer is not None)
+        any) is told about them afterwards (database 0's reads only: it prefetches there)."""
+        observer = self.prefetch_observer if db == 0 else None
+        out, hits = self._mget(keys, observer is not None, db=db)
         if observer is not None and keys:
             observer(keys, hits)
         return out
@@ -319,42 +337,44 @@ class Cache:
     # Split reads, for a server that must not wait for the origin on its event loop:
     # ``lookup`` serves what is cached (counted as ``mget`` counts it), ``fill_from_origin``
     # (in a worker thread) loads the misses, ``notify_reads`` tells the prefetcher.
-    def lookup(self, keys: Sequence[bytes], max_bytes: int = 0) -> tuple[list[bytes | None], list[bool]]:
+    def lookup(self, keys: Sequence[bytes], max_bytes: int = 0, db: int = 0) -> tuple[list[bytes | None], list[bool]]:
         """Cached values (None for a miss) and which keys were hits (an empty list when no
         prefetch observer would be told: nothing else reads them); no origin is asked.
 
         ``max_bytes`` > 0: only the first keys whose values add up to at most that many
         bytes are read (always at least one), so a server can bound what one batch copies
         out; fewer values than keys come back then, and only those keys count as read."""
-        return self._mget(keys, self.prefetch_observer is not None, read_through=False, max_bytes=max_bytes)
+        return self._mget(keys, db == 0 and self.prefetch_observer is not None, read_through=False, max_bytes=max_bytes, db=db)
 
     def needs_origin(self, values: Sequence[bytes | None]) -> bool:
         """Whether a lookup's misses would be read through from the origin."""
         return self.read_through and self.origin is not None and None in values
 
-    def fill_from_origin(self, keys: Sequence[bytes], values: list[bytes | None]) -> None:
+    def fill_from_origin(self, keys: Sequence[bytes], values: list[bytes | None], db: int = 0) -> None:
         """Read the misses of a lookup through from the origin (in place); may raise."""
         if self.needs_origin(values):
-            self._read_through(keys, values)
+            self._read_through(keys, values, db)
 
-    def notify_reads(self, keys: Sequence[bytes], hits: Sequence[bool]) -> None:
+    def notify_reads(self, keys: Sequence[bytes], hits: Sequence[bool], db: int = 0) -> None:
         """Tell the prefetch observer about a served read batch (as ``mget`` does)."""
         observer = self.prefetch_observer
-        if observer is not None and keys:
+        if observer is not None and keys and db == 0:
             observer(keys, hits)
 
-    def _mget(self, keys: Sequence[bytes], want_hits: bool = False, read_through: bool = True, max_bytes: int = 0) -> tuple[list[bytes | None], list[bool]]:
+    def _mget(
+        self, keys: Sequence[bytes], want_hits: bool = False, read_through: bool = True, max_bytes: int = 0, db: int = 0
+    ) -> tuple[list[bytes | None], list[bool]]:
         """Values and, with ``want_hits``, which keys were hits (else an empty list); with
         ``max_bytes``, possibly for a prefix of ``keys`` only (see :meth:`lookup`)."""
         if not keys:
             return [], []
         if len(keys) <= self.small_batch:
-            out = self._mget_small(keys, max_bytes)
+            out = self._mget_small(keys, max_bytes, db)
             small_hits = [v is not None for v in out] if want_hits else []
             if read_through and self.read_through and self.origin is not None and None in out:
-                self._read_through(keys[: len(out)], out)
+                self._read_through(keys[: len(out)], out, db)
             return out, small_hits
-        hi, lo = self.fp.fingerprints(keys)
+        hi, lo = self.fp.fingerprints(keys, db)
         with self._lock:
             now = self.now_ms()
             eids = self._find(hi, lo, now)
@@ -383,11 +403,11 @@ class Cache:
             sizes = numpy.where(hit, self.e_len[numpy.maximum(eids, 0)], 0)
             self._report(OP_GET, lo, results, sizes, keys)
         if read_through and self.read_through and self.origin is not None and n_hit < len(keys):
-            self._read_through(keys, out)
+            self._read_through(keys, out, db)
         return out, (hit.tolist() if want_hits else [])
 
-    def _mget_small(self, keys: Sequence[bytes], max_bytes: int = 0) -> list[bytes | None]:
-        fps = self._fps_small(keys)
+    def _mget_small(self, keys: Sequence[bytes], max_bytes: int = 0, db: int = 0) -> list[bytes | None]:
+        fps = self._fps_small(keys, db)
         with self._lock:
             now = self.now_ms()
             eids = self._find_small(fps, now)
@@ -432,26 +452,26 @@ class Cache:
                 )
         return out
 
-    def get(self, key: bytes) -> bytes | None:
-        return self.mget([key])[0]
+    def get(self, key: bytes, db: int = 0) -> bytes | None:
+        return self.mget([key], db)[0]
 
-    def _find_keys(self, keys: Sequence[bytes], now: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    def _find_keys(self, keys: Sequence[bytes], now: int, db: int = 0) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
         """``(eids, hi, lo)`` for ``keys``, by the small or the batched path."""
         if len(keys) <= self.small_batch:
-            fps = self._fps_small(keys)
+            fps = self._fps_small(keys, db)
             eids = numpy.asarray(self._find_small(fps, now), dtype=numpy.int64)
             pairs = numpy.asarray(fps, dtype=numpy.uint64).reshape(len(keys), 2)
             return eids, numpy.ascontiguousarray(pairs[:, 0]), numpy.ascontiguousarray(pairs[:, 1])
-        hi, lo = self.fp.fingerprints(keys)
+        hi, lo = self.fp.fingerprints(keys, db)
         return self._find(hi, lo, now), hi, lo
 
-    def _find_one(self, key: bytes, now: int) -> int:
+    def _find_one(self, key: bytes, now: int, db: int = 0) -> int:
         if self.small_batch:
-            return self._find_small(self._fps_small([key]), now)[0]
-        hi, lo = self.fp.fingerprints([key])
+            return self._find_small(self._fps_small([key], db), now)[0]
+        hi, lo = self.fp.fingerprints([key], db)
         return int(self._find(hi, lo, now)[0])
 
-    def _read_through(self, keys: Sequence[bytes], out: list[bytes | None]) -> None:
+    def _read_through(self, keys: Sequence[bytes], out: list[bytes | None], db: int = 0) -> None:
         missing = [i for i, v in enumerate(out) if v is None]
         wanted = list(dict.fromkeys(keys[i] for i in missing))
         assert self.origin is not None
@@ -471,36 +491,36 @@ class Cache:
             return
         with self._lock:
             self.stats.origin_loads += len(found)
-        self.mset(list(found.items()), loaded=True)
+        self.mset(list(found.items()), loaded=True, db=db)
         for i in missing:
             value = found.get(keys[i])
             if value is not None:
                 out[i] = value
 
-    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+    def contains_many(self, keys: Sequence[bytes], db: int = 0) -> list[bool]:
         """Whether each key is cached, without counting a read or touching the policy
         (the prefetcher asks before loading)."""
         if not keys:
             return []
         with self._lock:
             if len(keys) <= self.small_batch:
-                return [eid >= 0 for eid in self._find_small(self._fps_small(keys), self.now_ms())]
-            eids, _hi, _lo = self._find_keys(keys, self.now_ms())
+                return [eid >= 0 for eid in self._find_small(self._fps_small(keys, db), self.now_ms())]
+            eids, _hi, _lo = self._find_keys(keys, self.now_ms(), db)
             return (eids >= 0).tolist()
 
-    def exists(self, keys: Sequence[bytes]) -> int:
+    def exists(self, keys: Sequence[bytes], db: int = 0) -> int:
         """How many of ``keys`` exist (a key named twice counts twice, as in Redis)."""
         if not keys:
             return 0
         with self._lock:
-            eids, _hi, _lo = self._find_keys(keys, self.now_ms())
+            eids, _hi, _lo = self._find_keys(keys, self.now_ms(), db)
             return int((eids >= 0).sum())
 
-    def ttl_ms(self, key: bytes) -> int:
+    def ttl_ms(self, key: bytes, db: int = 0) -> int:
         """Remaining TTL in ms; -1 when the key has none; -2 when it does not exist."""
         with self._lock:
             now = self.now_ms()
-            eid = self._find_one(key, now)
+            eid = self._find_one(key, now, db)
             if eid < 0:
                 return -2
             exp = int(self.e_expire[eid])
@@ -528,6 +548,7 @@ class Cache:
         keep_ttl: bool = False,
         prefetched: bool = False,
         loaded: bool = False,
+        db: int = 0,
     ) -> None:
         """Store every (key, value); duplicates in the batch: the last one wins.
 
@@ -547,11 +568,11 @@ class Cache:
             pairs = list(last.items())
             with self._lock:
                 for start in range(0, len(pairs), self.max_keys):
-                    self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded)
+                    self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded, db=db)
             return
         with self._lock:
             now = self.now_ms()
-            eids, hi, lo = self._find_keys(keys, now)
+            eids, hi, lo = self._find_keys(keys, now, db)
             exists = eids >= 0
             if prefetched and exists.any():
                 keep = numpy.flatnonzero(~exists)
@@ -605,6 +626,8 @@ class Cache:
                 self.e_hi[new_eids] = n_hi
                 self.e_lo[new_eids] = n_lo
                 self.e_live[new_eids] = True
+                self.e_db[new_eids] = db
+                self.db_keys[db] += len(new_eids)
                 self.live_keys += len(new_eids)
                 self.e_prefetched[new_eids] = prefetched
                 self.e_expire[new_eids] = TTL_NONE if ttl_ms is None else now + ttl_ms
@@ -629,30 +652,31 @@ class Cache:
         xx: bool = False,
         keep_ttl: bool = False,
         get: bool = False,
+        db: int = 0,
     ) -> tuple[bool, bytes | None]:
         """Redis SET: returns (stored, previous value if ``get``)."""
         with self._lock:
-            old = self._peek(key) if (get or nx or xx) else None
+            old = self._peek(key, db) if (get or nx or xx) else None
             present = old is not None if (nx or xx) else False
             if (nx and present) or (xx and not present):
                 return False, old if get else None
-            self.mset([(key, value)], ttl_ms=ttl_ms, keep_ttl=keep_ttl)
+            self.mset([(key, value)], ttl_ms=ttl_ms, keep_ttl=keep_ttl, db=db)
             return True, old if get else None
 
-    def _peek(self, key: bytes) -> bytes | None:
+    def _peek(self, key: bytes, db: int = 0) -> bytes | None:
         """Value without counting a hit or miss or touching the policy."""
-        eid = self._find_one(key, self.now_ms())
+        eid = self._find_one(key, self.now_ms(), db)
         if eid < 0:
             return None
         return self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
 
-    def delete(self, keys: Sequence[bytes]) -> int:
+    def delete(self, keys: Sequence[bytes], db: int = 0) -> int:
         """Delete ``keys``; return how many existed."""
         if not keys:
             return 0
         unique = list(dict.fromkeys(keys))
         with self._lock:
-            eids, _hi, lo = self._find_keys(unique, self.now_ms())
+            eids, _hi, lo = self._find_keys(unique, self.now_ms(), db)
             present = eids[eids >= 0]
             sizes = numpy.where(eids >= 0, self.e_len[numpy.maximum(eids, 0)], 0)
             self._remove(present, reason=RES_DELETED)
@@ -661,10 +685,10 @@ class Cache:
             self._report(OP_DEL, lo, results, sizes, unique)
             return len(present)
 
-    def peek(self, key: bytes) -> bytes | None:
+    def peek(self, key: bytes, db: int = 0) -> bytes | None:
         """The value of ``key`` without counting a hit or miss or touching the policy."""
         with self._lock:
-            return self._peek(key)
+            return self._peek(key, db)
 
     def atomic(self) -> AbstractContextManager[bool]:
         """The cache's lock, for a caller whose read and write must not interleave with the
@@ -674,7 +698,7 @@ class Cache:
         work inside it; hold it only for the command, as every cache call waits on it."""
         return self._lock
 
-    def touch(self, keys: Sequence[bytes]) -> int:
+    def touch(self, keys: Sequence[bytes], db: int = 0) -> int:
         """How many of ``keys`` exist (a key named twice counts twice, as Redis's TOUCH
         counts); each one found counts as an access for the eviction policy, without its
         value being copied out or a hit being counted."""
@@ -682,14 +706,14 @@ class Cache:
             return 0
         with self._lock:
             now = self.now_ms()
-            eids, _hi, _lo = self._find_keys(keys, now)
+            eids, _hi, _lo = self._find_keys(keys, now, db)
             found = eids[eids >= 0]
             if len(found):
                 self.policy.on_access(found)
                 self.e_atime[found] = now  # OBJECT IDLETIME starts again, as in Redis
             return len(found)
 
-    def expire(self, key: bytes, ttl_ms: int, when: str | None = None) -> bool:
+    def expire(self, key: bytes, ttl_ms: int, when: str | None = None, db: int = 0) -> bool:
         """Set a TTL (ms). A TTL <= 0 deletes the key, as in Redis. False if absent.
 
         ``when`` is Redis 7's condition: ``nx`` (only if the key has no TTL), ``xx`` (only
@@ -700,7 +724,7 @@ class Cache:
             raise ValueError(f"when must be nx, xx, gt, lt or None, got {when!r}")
         with self._lock:
             now = self.now_ms()
-            eid = self._find_one(key, now)
+            eid = self._find_one(key, now, db)
             if eid < 0:
                 return False
             current = int(self.e_expire[eid])
@@ -724,19 +748,19 @@ class Cache:
         if self.modified is not None:
             self.modified(self.e_hi[eid : eid + 1].copy(), self.e_lo[eid : eid + 1].copy())
 
-    def persist(self, key: bytes) -> bool:
+    def persist(self, key: bytes, db: int = 0) -> bool:
         with self._lock:
-            eid = self._find_one(key, self.now_ms())
+            eid = self._find_one(key, self.now_ms(), db)
             if eid < 0 or self.e_expire[eid] == TTL_NONE:
                 return False
             self.e_expire[eid] = TTL_NONE
             self._touched(eid)
             return True
 
-    def incrby(self, key: bytes, delta: int) -> int:
+    def incrby(self, key: bytes, delta: int, db: int = 0) -> int:
         """Add ``delta`` to an integer value (missing counts as 0); keeps the TTL."""
         with self._lock:
-            old = self._peek(key)
+            old = self._peek(key, db)
             if old is None:
                 current = 0
             else:
@@ -750,11 +774,15 @@ class Cache:
             result = current + delta
             if not INT64_MIN <= result <= INT64_MAX:
                 raise NotAnIntegerError("increment or decrement would overflow")
-            self.mset([(key, str(result).encode())], keep_ttl=True)
+            self.mset([(key, str(result).encode())], keep_ttl=True, db=db)
             return result
 
-    def flush(self) -> None:
+    def flush(self, db: int | None = None) -> None:
+        """Remove every key (FLUSHALL), or every key of database ``db`` (FLUSHDB)."""
         with self._lock:
+            if db is not None and self.databases > 1:
+                self._remove(numpy.flatnonzero(self.e_live & (self.e_db == db)), reason=RES_DELETED)
+                return
             if self.modified is not None:
                 self.modified(None, None)
             self.table.clear()
@@ -768,15 +796,20 @@ class Cache:
         expire = self.e_expire[eids]
         return (expire == TTL_NONE) | (expire > now)
 
-    def key_names(self) -> list[bytes]:
+    def _live_in(self, db: int) -> numpy.ndarray:
+        """The live entries of database ``db``."""
+        live = self.e_live if self.databases == 1 else self.e_live & (self.e_db == db)
+        return numpy.flatnonzero(live)
+
+    def key_names(self, db: int = 0) -> list[bytes]:
         """Every key present (not expired), in entry order; O(keys), as Redis's KEYS."""
         with self._lock:
-            eids = numpy.flatnonzero(self.e_live)
+            eids = self._live_in(db)
             eids = eids[self._unexpired(eids, self.now_ms())]
             e_key = self.e_key
             return [k for k in (e_key[e] for e in eids.tolist()) if k is not None]
 
-    def scan(self, cursor: int, count: int) -> tuple[int, list[bytes]]:
+    def scan(self, cursor: int, count: int, db: int = 0) -> tuple[int, list[bytes]]:
         """Up to ``count`` keys from entry ``cursor`` on, and the cursor to go on from (0: done).
 
         The cursor is an entry ID, and a key keeps its entry from its write to its removal,
@@ -790,7 +823,10 @@ class Cache:
             found: list[int] = []
             while position < end and len(found) < count:
                 stop = min(end, position + SCAN_WINDOW)
-                live = numpy.flatnonzero(self.e_live[position:stop]) + position
+                window = self.e_live[position:stop]
+                if self.databases > 1:
+                    window = window & (self.e_db[position:stop] == db)
+                live = numpy.flatnonzero(window) + position
                 need = count - len(found)
                 if len(live) > need:
                     found.extend(live[:need].tolist())
@@ -806,29 +842,29 @@ class Cache:
             names = [k for k in (e_key[e] for e in chosen[keep].tolist()) if k is not None]
             return (0 if position >= end else position), names
 
-    def random_key(self, rng: random.Random) -> bytes | None:
+    def random_key(self, rng: random.Random, db: int = 0) -> bytes | None:
         with self._lock:
-            eids = numpy.flatnonzero(self.e_live)
+            eids = self._live_in(db)
             eids = eids[self._unexpired(eids, self.now_ms())]
             if not len(eids):
                 return None
             return self.e_key[int(eids[rng.randrange(len(eids))])]
 
-    def idle_ms(self, key: bytes) -> int | None:
+    def idle_ms(self, key: bytes, db: int = 0) -> int | None:
         """Milliseconds since ``key`` was last read or written (OBJECT IDLETIME); None if absent."""
         with self._lock:
             now = self.now_ms()
-            eid = self._find_one(key, now)
+            eid = self._find_one(key, now, db)
             return None if eid < 0 else max(0, now - int(self.e_atime[eid]))
 
-    def memory_usage(self, key: bytes) -> int | None:
+    def memory_usage(self, key: bytes, db: int = 0) -> int | None:
         """Bytes ``key`` costs (MEMORY USAGE): its value's chunk, its name on the host and its
         entry's metadata; None if absent."""
         with self._lock:
-            eid = self._find_one(key, self.now_ms())
+            eid = self._find_one(key, self.now_ms(), db)
             if eid < 0:
                 return None
-            per_entry = sum(a.itemsize for a in (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime))
+            per_entry = sum(a.itemsize for a in (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime, self.e_db))
             return self.store.chunk_size(int(self.e_len[eid])) + len(key) + KEY_OBJECT_OVERHEAD_BYTES + POINTER_BYTES + per_entry
 
     # ------------------------------------------------------------------ maintenance
@@ -840,9 +876,62 @@ class Cache:
             self._remove(dead, reason=RES_EXPIRED)
             return len(dead)
 
-    def dbsize(self) -> int:
+    def dbsize(self, db: int | None = None) -> int:
+        """Keys held (expired ones not yet removed included, as Redis's DBSIZE counts), in
+        all databases or in ``db``."""
         with self._lock:
-            return self.live_keys
+            return self.live_keys if db is None else int(self.db_keys[db])
+
+    def keyspace(self) -> list[tuple[int, int, int]]:
+        """(database, keys, keys with a TTL) of every database holding keys (INFO keyspace)."""
+        with self._lock:
+            live = self.e_live
+            dbs = self.e_db[live].astype(numpy.int64)
+            keys = numpy.bincount(dbs, minlength=self.databases)
+            expires = numpy.bincount(dbs[self.e_expire[live] != TTL_NONE], minlength=self.databases)
+            return [(db, int(keys[db]), int(expires[db])) for db in numpy.flatnonzero(keys).tolist()]
+
+    def fingerprints(self, keys: Sequence[bytes], db: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """The keys' fingerprints in database ``db`` (what WATCH watches)."""
+        return self.fp.fingerprints(keys, db)
+
+    def swap_databases(self, first: int, second: int) -> None:
+        """SWAPDB: every key of ``first`` moves to ``second`` and back, with its value, TTL
+        and eviction state: each entry gets the fingerprint of its key in the other database
+        (O(keys of both)). Watchers of keys in either are told."""
+        with self._lock:
+            if first == second:
+                return
+            moved = self.e_live & ((self.e_db == first) | (self.e_db == second))
+            eids = numpy.flatnonzero(moved)
+            if not len(eids):
+                return
+            if self.modified is not None:
+                self.modified(self.e_hi[eids].copy(), self.e_lo[eids].copy())
+            self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
+            target = numpy.where(self.e_db[eids] == first, second, first).astype(numpy.uint16)
+            hi = numpy.empty(len(eids), dtype=numpy.uint64)
+            lo = numpy.empty(len(eids), dtype=numpy.uint64)
+            for db in (first, second):
+                rows = numpy.flatnonzero(target == db)
+                if len(rows):
+                    names = [self.e_key[int(e)] or b"" for e in eids[rows].tolist()]
+                    hi[rows], lo[rows] = self.fp.fingerprints(names, db)
+            slots, _created = self.table.insert(self.xp.asarray(hi), self.xp.asarray(lo))
+            self.table.set_handles(slots, self.xp.asarray(eids))
+            self.e_hi[eids], self.e_lo[eids], self.e_db[eids] = hi, lo, target
+            self.db_keys[first], self.db_keys[second] = self.db_keys[second], self.db_keys[first]
+            if self.modified is not None:
+                self.modified(hi, lo)
+
+    def database(self, db: int) -> Cache | Database:
+        """Database ``db`` of this cache: an object with the cache's methods that act on it."""
+        if db == 0:
+            return self
+        view = self._views.get(db)
+        if view is None:
+            view = self._views[db] = Database(self, db)
+        return view
 
     def snapshot(self) -> CacheStats:
         """A copy of the statistics with the memory figures filled in."""
@@ -862,3 +951,28 @@ class Cache:
         """A real round trip through the device table (readiness)."""
         with self._lock:
             return self.table.self_test_probe(16)
+
+
+# The Cache methods that act on one database (a keyword argument ``db``).
+DATABASE_METHODS = frozenset(
+    (
+        "mget", "lookup", "fill_from_origin", "notify_reads", "get", "contains_many", "exists", "ttl_ms", "mset",
+        "set", "peek", "delete", "touch", "expire", "persist", "incrby", "key_names", "scan", "random_key",
+        "idle_ms", "memory_usage", "fingerprints", "flush", "dbsize",
+    )
+)  # fmt: skip
+
+
+class Database:
+    """Database ``db`` of a :class:`Cache`: the cache's per-database methods with ``db`` given,
+    everything else (limits, lock, statistics) the cache's own. Database 0 is the cache itself."""
+
+    def __init__(self, cache: Cache, db: int) -> None:
+        self._cache = cache
+        self.db = db
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._cache, name)
+        if name in DATABASE_METHODS:
+            return functools.partial(attr, db=self.db)
+        return attr

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy
 
@@ -38,6 +39,10 @@ DEFAULT_MAX_KEY_BYTES = 512
 # Drawn once per process, so every default Fingerprinter in it (a cache rebuilt on config
 # reload, the access log, the prefetcher) agrees on each key's fingerprint.
 _PROCESS_SECRET = os.urandom(SECRET_BYTES)
+
+
+# BLAKE2b personalisation of database n > 0 (at most 16 bytes with the number).
+DB_PERSON_PREFIX = b"predis-db"
 
 
 class KeyLengthError(ValueError):
@@ -61,7 +66,18 @@ class Fingerprinter:
         self.max_key_bytes = int(max_key_bytes)
         # Keyed BLAKE2b spends a whole compression on the key block; hashing from a copy
         # of this primed state skips that work for every key.
-        self._template = hashlib.blake2b(digest_size=DIGEST_BYTES, key=bytes(secret))
+        self._secret = bytes(secret)
+        self._template = hashlib.blake2b(digest_size=DIGEST_BYTES, key=self._secret)
+        # Database n > 0 hashes with its own personalisation: the same key in two databases
+        # has two unrelated fingerprints (database 0 keeps the plain keyed hash).
+        self._templates: dict[int, Any] = {0: self._template}
+
+    def _template_for(self, db: int) -> Any:
+        template = self._templates.get(db)
+        if template is None:
+            person = DB_PERSON_PREFIX + str(db).encode()
+            template = self._templates[db] = hashlib.blake2b(digest_size=DIGEST_BYTES, key=self._secret, person=person)
+        return template
 
     def _length_error(self, index: int | None, length: int) -> KeyLengthError:
         where = "key" if index is None else f"key at index {index}"
@@ -70,12 +86,12 @@ class Fingerprinter:
             "(raise cache.max_key_bytes to accept longer keys)"
         )
 
-    def fingerprint(self, key: bytes) -> tuple[int, int]:
+    def fingerprint(self, key: bytes, db: int = 0) -> tuple[int, int]:
         """The ``(hi, lo)`` fingerprint of one key, equal to one row of :meth:`fingerprints`."""
         length = len(key)
         if not 1 <= length <= self.max_key_bytes:
             raise self._length_error(None, length)
-        h = self._template.copy()
+        h = (self._template if db == 0 else self._template_for(db)).copy()
         h.update(key)
         digest = h.digest()
         return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
@@ -89,7 +105,7 @@ class Fingerprinter:
                 if not 1 <= length <= self.max_key_bytes:
                     raise self._length_error(index, length)
 
-    def fingerprints(self, keys: Sequence[bytes]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    def fingerprints(self, keys: Sequence[bytes], db: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
         """Host ``uint64`` arrays ``(hi, lo)`` for a batch of keys, in order.
 
         Every key is length-checked before any is hashed, so a bad batch fails whole.
@@ -102,7 +118,7 @@ class Fingerprinter:
             empty = numpy.empty(0, dtype=numpy.uint64)
             return empty, empty.copy()
         self.check_lengths(keys)
-        copy = self._template.copy
+        copy = (self._template if db == 0 else self._template_for(db)).copy
         parts: list[bytes] = []
         append = parts.append
         for key in keys:

@@ -864,7 +864,7 @@ def render_info(server: RespServer, wanted: set[str]) -> str:
             latency.append((f"latency_percentiles_usec_{name}", shown))
     sections["latencystats"] = latency
     sections["cluster"] = [("cluster_enabled", 0)]
-    sections["keyspace"] = _keyspace(server, stats.keys)
+    sections["keyspace"] = _keyspace(server)
     extra = server.info_extra() if server.info_extra else {}
     sections["predis"] = [("backend", extra.get("backend", "?")), ("device", extra.get("device", "?")), ("prefetch", extra.get("prefetch", "disabled"))]
     lines: list[str] = []
@@ -877,11 +877,9 @@ def render_info(server: RespServer, wanted: set[str]) -> str:
     return "\r\n".join(lines)
 
 
-def _keyspace(server: RespServer, keys: int) -> list[tuple[str, Any]]:
+def _keyspace(server: RespServer) -> list[tuple[str, Any]]:
     """INFO keyspace: one line per database that holds keys."""
-    cache = server.cache
-    expires = int(((cache.e_expire != 0) & cache.e_live).sum())
-    return [("db0", f"keys={keys},expires={expires},avg_ttl=0")] if keys else []
+    return [(f"db{db}", f"keys={count},expires={expires},avg_ttl=0") for db, count, expires in server.cache.keyspace()]
 
 COMMANDS: dict[str, tuple[Handler, int]] = {
     "info": (c_info, -1),

@@ -104,7 +104,7 @@ def _bracket(pattern: bytes, i: int) -> tuple[int, str]:
 # ------------------------------------------------------------------ commands
 def c_keys(conn: Connection, args: list[bytes]) -> bytes:
     match = glob_matcher(args[1])
-    names = conn.server.cache.key_names()
+    names = conn.cache.key_names()
     return conn.encoder.bulks(names if match is None else [k for k in names if match(k)])
 
 
@@ -129,7 +129,7 @@ def c_scan(conn: Connection, args: list[bytes]) -> bytes:
         else:
             raise CommandError(SYNTAX_ERROR)
         i += 2
-    following, names = conn.server.cache.scan(cursor, count)
+    following, names = conn.cache.scan(cursor, count)
     if wanted_type is not None and wanted_type != b"string":
         names = []
     if match is not None:
@@ -150,26 +150,28 @@ def _cursor(text: bytes) -> int:
 
 
 def c_randomkey(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.bulk(conn.server.cache.random_key(_RANDOM))
+    return conn.encoder.bulk(conn.cache.random_key(_RANDOM))
 
 
-def _move(conn: Connection, source: bytes, target: bytes, *, keep_source: bool, replace: bool) -> bool:
-    """Write ``source``'s value (and TTL) to ``target``; False when ``target`` exists and may
-    not be replaced. The caller has checked that ``source`` exists, under the same lock."""
-    cache = conn.server.cache
-    if not replace and cache.exists([target]):
+def _move(conn: Connection, source: bytes, target: bytes, *, keep_source: bool, replace: bool, target_db: int | None = None) -> bool:
+    """Write ``source``'s value (and TTL) to ``target`` (in database ``target_db``, the
+    selected one by default); False when ``target`` exists and may not be replaced. The
+    caller has checked that ``source`` exists, under the same lock."""
+    cache = conn.cache
+    destination = cache if target_db is None else conn.server.cache.database(target_db)
+    if not replace and destination.exists([target]):
         return False
     value = cache.peek(source)
     assert value is not None
     ttl = cache.ttl_ms(source)
     if not keep_source:
         cache.delete([source])
-    cache.mset([(target, value)], ttl_ms=ttl if ttl > 0 else None)
+    destination.mset([(target, value)], ttl_ms=ttl if ttl > 0 else None)
     return True
 
 
 def c_rename(conn: Connection, args: list[bytes]) -> bytes:
-    cache = conn.server.cache
+    cache = conn.cache
     with cache.atomic():
         if not cache.exists([args[1]]):
             raise CommandError("ERR no such key")
@@ -179,7 +181,7 @@ def c_rename(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_renamenx(conn: Connection, args: list[bytes]) -> bytes:
-    cache = conn.server.cache
+    cache = conn.cache
     with cache.atomic():
         if not cache.exists([args[1]]):
             raise CommandError("ERR no such key")
@@ -190,25 +192,27 @@ def c_renamenx(conn: Connection, args: list[bytes]) -> bytes:
 
 def c_copy(conn: Connection, args: list[bytes]) -> bytes:
     replace = False
+    target_db = conn.db
     i = 3
     while i < len(args):
         option = args[i].upper()
         if option == b"REPLACE":
             replace = True
         elif option == b"DB" and i + 1 < len(args):
-            if int_arg(args[i + 1]) != 0:
+            target_db = int_arg(args[i + 1])
+            if not 0 <= target_db < conn.server.cache.databases:
                 raise CommandError("ERR DB index is out of range")
             i += 1
         else:
             raise CommandError(SYNTAX_ERROR)
         i += 1
-    if args[1] == args[2]:
+    if args[1] == args[2] and target_db == conn.db:
         raise CommandError("ERR source and destination objects are the same")
-    cache = conn.server.cache
+    cache = conn.cache
     with cache.atomic():
         if not cache.exists([args[1]]):
             return conn.encoder.integer(0)
-        return conn.encoder.integer(1 if _move(conn, args[1], args[2], keep_source=True, replace=replace) else 0)
+        return conn.encoder.integer(1 if _move(conn, args[1], args[2], keep_source=True, replace=replace, target_db=target_db) else 0)
 
 
 def _encoding(value: bytes) -> bytes:
@@ -245,7 +249,7 @@ def c_object(conn: Connection, args: list[bytes]) -> bytes:
         if sub in (b"ENCODING", b"FREQ", b"IDLETIME", b"REFCOUNT", b"HELP"):
             raise err_args("object|" + sub.decode().lower())
         raise CommandError(f"ERR unknown subcommand '{args[1].decode('utf-8', 'replace')}'. Try OBJECT HELP.")
-    cache = conn.server.cache
+    cache = conn.cache
     value = cache.peek(args[2])
     if value is None:
         return conn.encoder.null()
@@ -269,7 +273,7 @@ def c_memory(conn: Connection, args: list[bytes]) -> bytes:
             raise CommandError(SYNTAX_ERROR)
         if len(args) == 5:
             int_arg(args[4])
-        return conn.encoder.value(conn.server.cache.memory_usage(args[2]))
+        return conn.encoder.value(conn.cache.memory_usage(args[2]))
     raise CommandError(f"ERR unknown subcommand '{args[1].decode('utf-8', 'replace')}'. Try MEMORY HELP.")
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy
 
-from cache_core.cache import Cache, CacheError, NotAnIntegerError, OutOfMemoryError
+from cache_core.cache import Cache, CacheError, Database, NotAnIntegerError, OutOfMemoryError
 from cache_core.keys import KeyLengthError
 from cache_core.resp import admin, keyspace, strings, unsupported
 from cache_core.resp.args import INT64_MAX, CommandError, err_args, int_arg
@@ -460,9 +460,16 @@ class Connection(asyncio.Protocol):
         self.multi: list[list[bytes]] | None = None
         self.multi_failed = False
         self.watching: set[tuple[int, int]] = set()
-        self.watched_keys: list[bytes] = []
+        self.watched_keys: list[tuple[int, bytes]] = []  # (database, key)
         self.dirty = False
         self.in_exec = False  # reads are served from the cache only (the origin was asked first)
+        self.db = 0  # SELECT
+
+    @property
+    def cache(self) -> Cache | Database:
+        """The database this client has selected (database 0 is the cache itself)."""
+        db = self.db
+        return self.server.cache if db == 0 else self.server.cache.database(db)
 
     def set_authenticated(self, authenticated: bool) -> None:
         """Before AUTH a client may send small frames only (Redis: 10 arguments of 16 KiB)."""
@@ -756,12 +763,14 @@ class Connection(asyncio.Protocol):
             elif name == b"MSET":
                 if len(args) % 2 != 1:
                     raise err_args("mset")
-                server.cache.check_batch(args[1::2], args[2::2])
-                await self._in_slices(args, 2, lambda part: server.cache.mset(list(zip(part[::2], part[1::2]))))
+                cache = self.cache
+                cache.check_batch(args[1::2], args[2::2])
+                await self._in_slices(args, 2, lambda part: cache.mset(list(zip(part[::2], part[1::2]))))
                 reply = self.encoder.simple("OK")
             else:
-                counter = server.cache.exists if name == b"EXISTS" else server.cache.delete
-                server.cache.check_batch(args[1:])
+                cache = self.cache
+                counter = cache.exists if name == b"EXISTS" else cache.delete
+                cache.check_batch(args[1:])
                 total = [0]
 
                 def count(part: list[bytes]) -> None:
@@ -805,7 +814,7 @@ class Connection(asyncio.Protocol):
     async def _sliced_mget(self, keys: list[bytes]) -> None:
         """MGET streamed: the array header, then each slice's values as it is read; the
         next slice waits until the client has taken the last one in."""
-        cache = self.server.cache
+        cache = self.cache
         transport = self.transport
         assert transport is not None
         cache.fp.check_lengths(keys)  # a bad key fails the whole command, before its reply starts
@@ -853,7 +862,7 @@ class Connection(asyncio.Protocol):
         the front of the backlog, for the next batch."""
         keys = [c[1] for c in run] if name == b"GET" else run[0][1:]
         started = time.perf_counter_ns()
-        cache = self.server.cache
+        cache = self.cache
         if budget and len(keys) * (cache.largest_value_bytes + REPLY_OVERHEAD_BYTES) <= budget:
             budget = 0  # fits whatever the values: the lookup need not add their lengths up
         try:
@@ -886,7 +895,7 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
-        cache = self.server.cache
+        cache = self.cache
         if exc is None:
             replies = self._read_replies(name, run, values, started)
         else:
@@ -966,10 +975,10 @@ class Connection(asyncio.Protocol):
         label = name.decode().lower()
         try:
             if name == b"GET":
-                values = self.server.cache.mget([c[1] for c in commands])
+                values = self.cache.mget([c[1] for c in commands])
                 replies = [self.encoder.bulk(v) for v in values]
             else:
-                self.server.cache.mset([(c[1], c[2]) for c in commands])
+                self.cache.mset([(c[1], c[2]) for c in commands])
                 ok = self.encoder.simple("OK")
                 replies = [ok] * len(commands)
         except Exception:
@@ -1028,7 +1037,7 @@ class Connection(asyncio.Protocol):
     def _needs_origin_first(self) -> bool:
         """EXEC with reads that miss and an origin to read them through: load them first, off
         the loop (a transaction never waits on the origin while it runs). Starts the load."""
-        cache = self.server.cache
+        cache = self.cache
         if not (cache.read_through and cache.origin is not None) or not self.multi:
             return False
         keys = [key for command in self.multi for key in _read_keys(command)]
@@ -1133,10 +1142,38 @@ def c_quit(conn: Connection, args: list[bytes]) -> Any:
     return QUIT
 
 
-def c_select(conn: Connection, args: list[bytes]) -> bytes:
-    if int_arg(args[1]) != 0:
+def _db_index(conn: Connection, value: bytes, message: str = "ERR value is not an integer or out of range") -> int:
+    index = int_arg(value, message)
+    if not 0 <= index < conn.server.cache.databases:
         raise CommandError("ERR DB index is out of range")
+    return index
+
+
+def c_select(conn: Connection, args: list[bytes]) -> bytes:
+    conn.db = _db_index(conn, args[1])
     return conn.encoder.simple("OK")
+
+
+def c_swapdb(conn: Connection, args: list[bytes]) -> bytes:
+    first = _db_index(conn, args[1], "ERR invalid first DB index")
+    second = _db_index(conn, args[2], "ERR invalid second DB index")
+    conn.server.cache.swap_databases(first, second)
+    return conn.encoder.simple("OK")
+
+
+def c_move(conn: Connection, args: list[bytes]) -> bytes:
+    target = _db_index(conn, args[2])
+    if target == conn.db:
+        raise CommandError("ERR source and destination objects are the same")
+    source, destination = conn.cache, conn.server.cache.database(target)
+    with source.atomic():
+        value = source.peek(args[1])
+        if value is None or destination.exists([args[1]]):
+            return conn.encoder.integer(0)
+        ttl = source.ttl_ms(args[1])
+        source.delete([args[1]])
+        destination.mset([(args[1], value)], ttl_ms=ttl if ttl > 0 else None)
+    return conn.encoder.integer(1)
 
 
 def c_auth(conn: Connection, args: list[bytes]) -> bytes:
@@ -1224,7 +1261,7 @@ def c_get(conn: Connection, args: list[bytes]) -> bytes:
 def _read(conn: Connection, keys: list[bytes]) -> list[bytes | None]:
     """GET/MGET's values: read through from the origin, except inside EXEC, where the
     misses were read through before the transaction started."""
-    cache = conn.server.cache
+    cache = conn.cache
     if not conn.in_exec:
         return cache.mget(keys)
     values, hits = cache.lookup(keys)
@@ -1275,7 +1312,7 @@ def c_exec(conn: Connection, args: list[bytes]) -> bytes:
             # client's hard output limit are not kept: it is closed, as Redis would close it.
             # The cache's lock is held throughout: no prefetch or eviction from another
             # thread lands between two of its commands.
-            with server.cache.atomic():
+            with conn.cache.atomic():
                 for command in queued:
                     reply, _close = conn._execute(command)
                     if size <= room:
@@ -1295,10 +1332,11 @@ def c_exec(conn: Connection, args: list[bytes]) -> bytes:
 def _expire_watched(conn: Connection) -> None:
     """A watched key whose TTL ran out since WATCH counts as changed (Redis 7.0): looking
     the watched keys up removes the expired ones, which tells the watchers."""
-    cache = conn.server.cache
-    keys = conn.watched_keys
-    if keys:
-        cache.contains_many(keys)
+    by_db: dict[int, list[bytes]] = {}
+    for db, key in conn.watched_keys:
+        by_db.setdefault(db, []).append(key)
+    for db, keys in by_db.items():
+        conn.server.cache.database(db).contains_many(keys)
 
 
 def c_discard(conn: Connection, args: list[bytes]) -> bytes:
@@ -1313,12 +1351,12 @@ def c_discard(conn: Connection, args: list[bytes]) -> bytes:
 def c_watch(conn: Connection, args: list[bytes]) -> bytes:
     if conn.multi is not None:
         raise CommandError("ERR WATCH inside MULTI is not allowed")
-    cache = conn.server.cache
+    cache = conn.cache
     keys = args[1:]
-    hi, lo = cache.fp.fingerprints(keys)
+    hi, lo = cache.fingerprints(keys)
     cache.contains_many(keys)  # a key already expired goes now, before it is watched
     conn.server.watch(conn, list(zip(hi.tolist(), lo.tolist())))
-    conn.watched_keys.extend(k for k in keys if k not in conn.watched_keys)
+    conn.watched_keys.extend((conn.db, k) for k in keys if (conn.db, k) not in conn.watched_keys)
     return conn.encoder.simple("OK")
 
 
@@ -1353,7 +1391,7 @@ def _set_ttl_ms(unit: bytes, value: bytes, command: str = "set") -> int:
 def c_set(conn: Connection, args: list[bytes]) -> bytes:
     """SET with Redis 7.0's option rules: NX/XX exclusive, one expiry unit (repeating the
     same one is allowed, the last wins), KEEPTTL not with an expiry."""
-    cache = conn.server.cache
+    cache = conn.cache
     nx = xx = get = keep = False
     unit: bytes | None = None
     expire_arg = b""
@@ -1397,17 +1435,17 @@ def c_mget(conn: Connection, args: list[bytes]) -> bytes:
 def c_mset(conn: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2 != 1:
         raise err_args("mset")
-    conn.server.cache.mset(list(zip(args[1::2], args[2::2])))
+    conn.cache.mset(list(zip(args[1::2], args[2::2])))
     return conn.encoder.simple("OK")
 
 
 def c_del(conn: Connection, args: list[bytes]) -> bytes:
     keys = args[1:]
-    return conn.encoder.integer(conn.server.cache.delete(keys))
+    return conn.encoder.integer(conn.cache.delete(keys))
 
 
 def c_exists(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(conn.server.cache.exists(args[1:]))
+    return conn.encoder.integer(conn.cache.exists(args[1:]))
 
 
 _EXPIRE_CONDITIONS = {b"NX": "nx", b"XX": "xx", b"GT": "gt", b"LT": "lt"}
@@ -1439,10 +1477,10 @@ def _expire(conn: Connection, args: list[bytes], unit_ms: int, absolute: bool = 
     when = next(iter(flags)) if len(flags) == 1 else ("xx" if "xx" in flags else None)
     if len(flags) == 2:  # XX with GT or LT: both must hold
         other = next(f for f in flags if f != "xx")
-        if conn.server.cache.ttl_ms(args[1]) == -1:
+        if conn.cache.ttl_ms(args[1]) == -1:
             return conn.encoder.integer(0)
         when = other
-    return conn.encoder.integer(1 if conn.server.cache.expire(args[1], ttl_ms, when) else 0)
+    return conn.encoder.integer(1 if conn.cache.expire(args[1], ttl_ms, when) else 0)
 
 
 def c_expire(conn: Connection, args: list[bytes]) -> bytes:
@@ -1454,45 +1492,47 @@ def c_pexpire(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_ttl(conn: Connection, args: list[bytes]) -> bytes:
-    ms = conn.server.cache.ttl_ms(args[1])
+    ms = conn.cache.ttl_ms(args[1])
     return conn.encoder.integer(ms if ms < 0 else (ms + 500) // 1000)
 
 
 def c_pttl(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(conn.server.cache.ttl_ms(args[1]))
+    return conn.encoder.integer(conn.cache.ttl_ms(args[1]))
 
 
 def c_persist(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(1 if conn.server.cache.persist(args[1]) else 0)
+    return conn.encoder.integer(1 if conn.cache.persist(args[1]) else 0)
 
 
 def c_incr(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(conn.server.cache.incrby(args[1], 1))
+    return conn.encoder.integer(conn.cache.incrby(args[1], 1))
 
 
 def c_decr(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(conn.server.cache.incrby(args[1], -1))
+    return conn.encoder.integer(conn.cache.incrby(args[1], -1))
 
 
 def c_incrby(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(conn.server.cache.incrby(args[1], int_arg(args[2])))
+    return conn.encoder.integer(conn.cache.incrby(args[1], int_arg(args[2])))
 
 
 def c_decrby(conn: Connection, args: list[bytes]) -> bytes:
     delta = int_arg(args[2])
     if delta == -(1 << 63):
         raise CommandError("ERR decrement would overflow")
-    return conn.encoder.integer(conn.server.cache.incrby(args[1], -delta))
+    return conn.encoder.integer(conn.cache.incrby(args[1], -delta))
 
 
 def c_dbsize(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.integer(conn.server.cache.dbsize())
+    return conn.encoder.integer(conn.server.cache.dbsize(conn.db))
 
 
 def c_flush(conn: Connection, args: list[bytes]) -> bytes:
+    """FLUSHDB empties the selected database, FLUSHALL every one."""
     if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
         raise CommandError("ERR syntax error")
-    conn.server.cache.flush()
+    everything = args[0].lower() == b"flushall"
+    conn.server.cache.flush(None if everything else conn.db)
     return conn.encoder.simple("OK")
 
 
@@ -1503,7 +1543,7 @@ def c_hint(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_pstats(conn: Connection, args: list[bytes]) -> bytes:
-    stats = conn.server.cache.snapshot()
+    stats = conn.cache.snapshot()
     return conn.encoder.map({k: v for k, v in stats.__dict__.items()})
 
 
@@ -1513,6 +1553,8 @@ COMMANDS: dict[str, tuple[Callable[[Connection, list[bytes]], Any], int]] = {
     "hello": (c_hello, -1),
     "auth": (c_auth, -2),
     "select": (c_select, 2),
+    "swapdb": (c_swapdb, 3),
+    "move": (c_move, 3),
     "quit": (c_quit, -1),
     "get": (c_get, 2),
     "set": (c_set, -3),
@@ -1541,7 +1583,7 @@ COMMANDS: dict[str, tuple[Callable[[Connection, list[bytes]], Any], int]] = {
     "predis.hint": (c_hint, -2),
     "predis.stats": (c_pstats, 1),
 }
-KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby", "watch"}
+KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby", "watch", "move"}
 MULTI_KEY = {"mget", "mset", "del", "unlink", "exists", "watch"}
 for _module in (strings, keyspace):
     COMMANDS.update(_module.COMMANDS)

@@ -74,7 +74,7 @@ def _setex(conn: Connection, args: list[bytes], unit: bytes) -> bytes:
     from cache_core.resp.server import _set_ttl_ms  # the server imports this module first
 
     ttl_ms = _set_ttl_ms(unit, args[2], args[0].decode().lower())
-    conn.server.cache.set(args[1], args[3], ttl_ms=ttl_ms)
+    conn.cache.set(args[1], args[3], ttl_ms=ttl_ms)
     return conn.encoder.simple("OK")
 
 
@@ -90,13 +90,13 @@ def c_psetex(conn: Connection, args: list[bytes]) -> bytes:
 
 def c_setnx(conn: Connection, args: list[bytes]) -> bytes:
     """SETNX key value: 1 when set, 0 when the key existed (SET NX answers OK/nil)."""
-    stored, _old = conn.server.cache.set(args[1], args[2], nx=True)
+    stored, _old = conn.cache.set(args[1], args[2], nx=True)
     return conn.encoder.integer(1 if stored else 0)
 
 
 def c_getset(conn: Connection, args: list[bytes]) -> bytes:
     """GETSET key value: the old value (or nil); the TTL is cleared, as a plain SET does."""
-    _stored, old = conn.server.cache.set(args[1], args[2], get=True)
+    _stored, old = conn.cache.set(args[1], args[2], get=True)
     return conn.encoder.bulk(old)
 
 
@@ -104,7 +104,7 @@ def c_msetnx(conn: Connection, args: list[bytes]) -> bytes:
     """MSETNX key value [key value ...]: all keys are set, or none when any one exists."""
     if len(args) % 2 == 0:
         raise err_args("msetnx")
-    cache = conn.server.cache
+    cache = conn.cache
     with cache.atomic():
         if cache.exists(args[1::2]):
             return conn.encoder.integer(0)
@@ -115,7 +115,7 @@ def c_msetnx(conn: Connection, args: list[bytes]) -> bytes:
 # ------------------------------------------------------------------------------ reading
 def c_getdel(conn: Connection, args: list[bytes]) -> bytes:
     """GETDEL key: the value (or nil), and the key is gone."""
-    cache = conn.server.cache
+    cache = conn.cache
     key = args[1]
     with cache.atomic():
         value = cache.lookup([key])[0][0]
@@ -144,7 +144,7 @@ def c_getex(conn: Connection, args: list[bytes]) -> bytes:
         else:
             raise CommandError(SYNTAX_ERROR)
         i += 1
-    cache = conn.server.cache
+    cache = conn.cache
     key = args[1]
     with cache.atomic():
         values, hits = cache.lookup([key])
@@ -164,7 +164,7 @@ def c_getex(conn: Connection, args: list[bytes]) -> bytes:
 
 def c_strlen(conn: Connection, args: list[bytes]) -> bytes:
     """STRLEN key: the value's length, 0 for a missing key."""
-    value = _read(conn.server.cache, args[1])
+    value = _read(conn.cache, args[1])
     return conn.encoder.integer(0 if value is None else len(value))
 
 
@@ -174,7 +174,7 @@ def c_getrange(conn: Connection, args: list[bytes]) -> bytes:
     key is missing (never nil). Both offsets are read before the key, as Redis does."""
     start = int_arg(args[2])
     end = int_arg(args[3])
-    value = _read(conn.server.cache, args[1])
+    value = _read(conn.cache, args[1])
     if value is None or (start < 0 and end < 0 and start > end):
         return conn.encoder.bulk(b"")
     length = len(value)
@@ -192,7 +192,7 @@ def c_getrange(conn: Connection, args: list[bytes]) -> bytes:
 def c_append(conn: Connection, args: list[bytes]) -> bytes:
     """APPEND key value: the new length; a missing key is created (even by an empty value),
     an existing one keeps its TTL."""
-    cache = conn.server.cache
+    cache = conn.cache
     key, tail = args[1], args[2]
     with cache.atomic():
         old = cache.peek(key)
@@ -210,7 +210,7 @@ def c_setrange(conn: Connection, args: list[bytes]) -> bytes:
     offset = int_arg(args[2])
     if offset < 0:
         raise CommandError("ERR offset is out of range")
-    cache = conn.server.cache
+    cache = conn.cache
     key, part = args[1], args[3]
     with cache.atomic():
         old = cache.peek(key)
@@ -281,7 +281,7 @@ def format_long_double(value: numpy.longdouble) -> bytes:
 def c_incrbyfloat(conn: Connection, args: list[bytes]) -> bytes:
     """INCRBYFLOAT key increment: long-double arithmetic and Redis's formatting (10.5 stays
     "10.5", 3.0e3 becomes "3000"); a missing key counts as 0; the TTL is kept."""
-    cache = conn.server.cache
+    cache = conn.cache
     key = args[1]
     with cache.atomic():
         old = cache.peek(key)
@@ -319,7 +319,7 @@ def _expiretime_ms(conn: Connection, key: bytes) -> int:
 
     The cache keeps expiry on its monotonic clock: the Unix time is now plus what is
     left, so it may read a millisecond off the time EXPIREAT was given."""
-    left = conn.server.cache.ttl_ms(key)
+    left = conn.cache.ttl_ms(key)
     if left < 0:
         return left
     return min(INT64_MAX, int(time.time() * MS_PER_SECOND) + left)
@@ -339,12 +339,12 @@ def c_pexpiretime(conn: Connection, args: list[bytes]) -> bytes:
 def c_touch(conn: Connection, args: list[bytes]) -> bytes:
     """TOUCH key [key ...]: how many exist (a key named twice counts twice); each counts as
     an access for eviction."""
-    return conn.encoder.integer(conn.server.cache.touch(args[1:]))
+    return conn.encoder.integer(conn.cache.touch(args[1:]))
 
 
 def c_type(conn: Connection, args: list[bytes]) -> bytes:
     """TYPE key: every value here is a string; "none" for a missing key."""
-    return conn.encoder.simple("string" if conn.server.cache.exists([args[1]]) else "none")
+    return conn.encoder.simple("string" if conn.cache.exists([args[1]]) else "none")
 
 
 # name -> (handler, arity as Redis gives it: n exact, -n at least n).

@@ -424,9 +424,12 @@ def test_dbsize_flushdb_flushall(r: redis.Redis, key: Any) -> None:
 
 
 def test_select(r: redis.Redis) -> None:
+    """cache.databases is 16 by default, as in Redis: 0..15 select, 16 is out of range."""
     assert r.select(0) is True
+    assert r.select(15) is True
     with pytest.raises(redis.ResponseError, match="^DB index is out of range$"):
-        r.select(1)
+        r.select(16)
+    assert r.select(0) is True
     assert r.ping() is True
 
 

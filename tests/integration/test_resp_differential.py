@@ -15,7 +15,6 @@ Left out on purpose, where the agent legitimately differs from Redis:
 - ``COMMAND``, ``COMMAND COUNT/INFO/DOCS``: the agent implements a subset and has no docs.
 - ``CLIENT ID`` and the ``id``/``version`` fields of ``HELLO``: connection counters and the
   server version differ; the rest of the HELLO reply is compared.
-- ``SELECT`` of a database other than 0: the agent has exactly one database.
 - ``PREDIS.*``: the agent's own commands.
 - ``TTL``/``PTTL`` of keys with a TTL are compared within one second, as they tick.
 - The empty key, keys over ``cache.max_key_bytes`` and values over ``cache.max_value_bytes``:
@@ -261,7 +260,7 @@ CASES: list[Any] = [
          ["DBSIZE", "x"]],
         id="dbsize-flush",
     ),
-    pytest.param([["SELECT", "0"], ["SELECT", "16"], ["SELECT", "-1"], ["SELECT", "x"], ["SELECT"], ["SELECT", "0", "1"]], id="select"),
+    pytest.param([["SELECT", "0"], ["SELECT", "16"], ["SELECT", "-1"], ["SELECT", "x"], ["SELECT"], ["SELECT", "0", "1"], ["SELECT", "15"], ["SELECT", "0"]], id="select"),
     pytest.param(
         [["CLIENT", "GETNAME"], ["CLIENT", "SETNAME", "conn-a"], ["CLIENT", "GETNAME"], ["CLIENT", "SETNAME", "has space"],
          ["CLIENT", "SETNAME", "new\nline"], ["CLIENT", "GETNAME"], ["CLIENT"]],
