@@ -325,3 +325,26 @@ def test_a_write_of_more_distinct_keys_than_the_cache_holds_keeps_the_last_ones(
     assert cache.exists([b"k%d" % i for i in range(10)]) == 4
     cache.mset([(b"after", b"1")])
     assert cache.get(b"after") == b"1"
+
+
+def test_databases_are_separate_keyspaces_sharing_one_budget() -> None:
+    """The same key in two databases is two entries; evictions take keys of any database,
+    and the per-database counts stay equal to what the entries say."""
+    cache = Cache(numpy, max_keys=32, max_memory_bytes=1 << 20, databases=4)
+    one, three = cache.database(1), cache.database(3)
+    cache.mset([(b"k", b"zero")])
+    one.mset([(b"k", b"one")])
+    assert (cache.get(b"k"), one.get(b"k"), three.get(b"k")) == (b"zero", b"one", None)
+    for i in range(100):  # past max_keys: evictions across databases
+        (cache, one, three)[i % 3].mset([(b"n%d" % i, b"v")])
+    live = cache.e_live
+    counted = numpy.bincount(cache.e_db[live].astype(numpy.int64), minlength=4)
+    assert cache.db_keys.tolist() == counted.tolist()
+    assert cache.dbsize() == 32 == sum(cache.dbsize(db) for db in range(4))
+    cache.swap_databases(1, 3)
+    assert cache.db_keys.tolist() == [counted[0], counted[3], counted[2], counted[1]]
+    assert sorted(three.key_names()) == sorted(set(three.key_names()))
+    cache.database(3).flush()
+    assert cache.dbsize(3) == 0 and cache.dbsize() == 32 - counted[1]
+    with pytest.raises(ValueError, match="databases must be"):
+        Cache(numpy, max_keys=8, max_memory_bytes=1 << 20, databases=0)
