@@ -46,6 +46,11 @@ TOMBSTONE_REBUILD_RATIO = 0.25
 # per batch exceeds a Python loop over the keys (measured in bench/bench_cache.py).
 SMALL_BATCH = 16
 
+# Value types: a string (what every string command reads and writes) or a hash (its fields
+# encoded by cache_core.resp.hashes; one entry, one value, as far as memory, TTL and
+# eviction go).
+TYPE_STRING, TYPE_HASH = 0, 1
+WRONGTYPE_MESSAGE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 # Most numbered databases (the entry's database is a uint16).
 MAX_DATABASES = 65536
 # SCAN looks for live entries this many entry IDs at a time (one NumPy pass each).
@@ -66,6 +71,24 @@ class CacheError(Exception):
 
 class NotAnIntegerError(CacheError):
     """INCR on a value that is not a base-10 64-bit integer, or an overflow."""
+
+
+class WrongTypeError(CacheError):
+    """A string operation on a hash, or a hash operation on a string (Redis's WRONGTYPE)."""
+
+    def __init__(self) -> None:
+        super().__init__(WRONGTYPE_MESSAGE)
+
+
+class _WrongType:
+    """What a read of string values gives for a key that holds another type (a hash):
+    GET answers WRONGTYPE for it, MGET nil, and read-through leaves it alone."""
+
+    def __repr__(self) -> str:
+        return "WRONG_TYPE"
+
+
+WRONG_TYPE: Any = _WrongType()
 
 
 class OutOfMemoryError(CacheError):
@@ -191,6 +214,8 @@ class Cache:
         self.e_prefetched = numpy.zeros(n, dtype=bool)
         self.e_atime = numpy.zeros(n, dtype=numpy.int64)  # clock ms of the last read or write
         self.e_db = numpy.zeros(n, dtype=numpy.uint16)
+        self.e_type = numpy.zeros(n, dtype=numpy.uint8)
+        self.typed_keys = 0  # entries that are not strings: 0 keeps the string reads' fast path
         self.db_keys = numpy.zeros(self.databases, dtype=numpy.int64)
         # The key of each entry: fingerprints find entries, these name them back (KEYS,
         # SCAN, RANDOMKEY, RENAME). On the host, counted in host_bytes.
@@ -286,6 +311,9 @@ class Cache:
         self.stats.prefetch_wasted += int(self.e_prefetched[eids].sum())
         self.e_live[eids] = False
         self.live_keys -= len(eids)
+        if self.typed_keys:
+            self.typed_keys -= int(numpy.count_nonzero(self.e_type[eids]))
+            self.e_type[eids] = TYPE_STRING
         if len(eids) == 1:
             self.db_keys[self.e_db[eids[0]]] -= 1
         else:
@@ -385,8 +413,12 @@ class Cache:
                     n = max(1, int(numpy.searchsorted(total, max_bytes, side="right")))
                     keys, hi, lo, eids, hit = keys[:n], hi[:n], lo[:n], eids[:n], hit[:n]
             out: list[bytes | None] = [None] * len(keys)
+            typed = self.typed_keys
             for i in numpy.flatnonzero(hit).tolist():
                 eid = int(eids[i])
+                if typed and self.e_type[eid]:
+                    out[i] = WRONG_TYPE
+                    continue
                 out[i] = self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
             results = numpy.where(hit, RES_HIT, RES_MISS).astype(numpy.uint8)
             if hit.any():
@@ -427,7 +459,7 @@ class Cache:
                     out.append(None)
                     results.append(RES_MISS)
                     continue
-                out.append(store.get(e_handle.item(eid), e_len.item(eid)))
+                out.append(WRONG_TYPE if self.typed_keys and self.e_type[eid] else store.get(e_handle.item(eid), e_len.item(eid)))
                 results.append(RES_PREFETCH_HIT if e_pre.item(eid) else RES_HIT)
                 hits.append(eid)
             if hits:
@@ -549,6 +581,7 @@ class Cache:
         prefetched: bool = False,
         loaded: bool = False,
         db: int = 0,
+        kind: int = TYPE_STRING,
     ) -> None:
         """Store every (key, value); duplicates in the batch: the last one wins.
 
@@ -568,7 +601,7 @@ class Cache:
             pairs = list(last.items())
             with self._lock:
                 for start in range(0, len(pairs), self.max_keys):
-                    self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded, db=db)
+                    self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded, db=db, kind=kind)
             return
         with self._lock:
             now = self.now_ms()
@@ -588,10 +621,13 @@ class Cache:
             protect = set(eids[old_idx].tolist())
             self._make_room(len(new_idx), charge - refund, protect)
             # Overwrites.
-            e_atime = self.e_atime
+            e_atime, e_type = self.e_atime, self.e_type
             for i in old_idx.tolist():
                 eid = int(eids[i])
                 e_atime[eid] = now
+                if e_type[eid] != kind:  # SET over a hash makes it a string, HSET the reverse
+                    self.typed_keys += (kind != TYPE_STRING) - (int(e_type[eid]) != TYPE_STRING)
+                    e_type[eid] = kind
                 if self.e_prefetched[eid]:
                     self.stats.prefetch_wasted += 1  # overwritten before anyone read it
                 self.e_handle[eid] = self.store.replace(int(self.e_handle[eid]), int(self.e_len[eid]), values[i])
@@ -628,6 +664,9 @@ class Cache:
                 self.e_live[new_eids] = True
                 self.e_db[new_eids] = db
                 self.db_keys[db] += len(new_eids)
+                if kind != TYPE_STRING:
+                    self.e_type[new_eids] = kind
+                    self.typed_keys += len(new_eids)
                 self.live_keys += len(new_eids)
                 self.e_prefetched[new_eids] = prefetched
                 self.e_expire[new_eids] = TTL_NONE if ttl_ms is None else now + ttl_ms
@@ -657,6 +696,8 @@ class Cache:
         """Redis SET: returns (stored, previous value if ``get``)."""
         with self._lock:
             old = self._peek(key, db) if (get or nx or xx) else None
+            if get and old is WRONG_TYPE:
+                raise WrongTypeError()
             present = old is not None if (nx or xx) else False
             if (nx and present) or (xx and not present):
                 return False, old if get else None
@@ -664,11 +705,28 @@ class Cache:
             return True, old if get else None
 
     def _peek(self, key: bytes, db: int = 0) -> bytes | None:
-        """Value without counting a hit or miss or touching the policy."""
+        """Value without counting a hit or miss or touching the policy (WRONG_TYPE for a key
+        that is not a string)."""
         eid = self._find_one(key, self.now_ms(), db)
         if eid < 0:
             return None
+        if self.typed_keys and self.e_type[eid]:
+            return WRONG_TYPE
         return self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
+
+    def peek_typed(self, key: bytes, db: int = 0) -> tuple[int, bytes] | None:
+        """(type, stored bytes) of ``key`` without counting a read; None if absent."""
+        with self._lock:
+            eid = self._find_one(key, self.now_ms(), db)
+            if eid < 0:
+                return None
+            return int(self.e_type[eid]), self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
+
+    def type_of(self, key: bytes, db: int = 0) -> int | None:
+        """TYPE_STRING or TYPE_HASH, None if absent; counts no read."""
+        with self._lock:
+            eid = self._find_one(key, self.now_ms(), db)
+            return None if eid < 0 else int(self.e_type[eid])
 
     def delete(self, keys: Sequence[bytes], db: int = 0) -> int:
         """Delete ``keys``; return how many existed."""
@@ -761,6 +819,8 @@ class Cache:
         """Add ``delta`` to an integer value (missing counts as 0); keeps the TTL."""
         with self._lock:
             old = self._peek(key, db)
+            if old is WRONG_TYPE:
+                raise WrongTypeError()
             if old is None:
                 current = 0
             else:
@@ -809,7 +869,7 @@ class Cache:
             e_key = self.e_key
             return [k for k in (e_key[e] for e in eids.tolist()) if k is not None]
 
-    def scan(self, cursor: int, count: int, db: int = 0) -> tuple[int, list[bytes]]:
+    def scan(self, cursor: int, count: int, db: int = 0, kind: int | None = None) -> tuple[int, list[bytes]]:
         """Up to ``count`` keys from entry ``cursor`` on, and the cursor to go on from (0: done).
 
         The cursor is an entry ID, and a key keeps its entry from its write to its removal,
@@ -838,8 +898,11 @@ class Cache:
             keep = self._unexpired(chosen, now)
             if not keep.all():
                 self._remove(chosen[~keep], reason=RES_EXPIRED)
+            chosen = chosen[keep]
+            if kind is not None:
+                chosen = chosen[self.e_type[chosen] == kind]
             e_key = self.e_key
-            names = [k for k in (e_key[e] for e in chosen[keep].tolist()) if k is not None]
+            names = [k for k in (e_key[e] for e in chosen.tolist()) if k is not None]
             return (0 if position >= end else position), names
 
     def random_key(self, rng: random.Random, db: int = 0) -> bytes | None:
@@ -958,7 +1021,7 @@ DATABASE_METHODS = frozenset(
     (
         "mget", "lookup", "fill_from_origin", "notify_reads", "get", "contains_many", "exists", "ttl_ms", "mset",
         "set", "peek", "delete", "touch", "expire", "persist", "incrby", "key_names", "scan", "random_key",
-        "idle_ms", "memory_usage", "fingerprints", "flush", "dbsize",
+        "idle_ms", "memory_usage", "fingerprints", "flush", "dbsize", "peek_typed", "type_of",
     )
 )  # fmt: skip
 

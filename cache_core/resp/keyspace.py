@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cache_core.cache import TYPE_HASH, TYPE_STRING
 from cache_core.resp.args import SYNTAX_ERROR, CommandError, err_args, int_arg
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 Handler = Callable[["Connection", list[bytes]], Any]
 
 SCAN_DEFAULT_COUNT = 10
+SCAN_TYPES = {b"string": TYPE_STRING, b"hash": TYPE_HASH}
+NO_TYPE = 255  # SCAN TYPE of a type this server does not hold: matches no key
 # Redis encodes a string value as "int" when it reads as a 64-bit integer of at most this
 # many characters, as "embstr" up to EMBSTR_MAX_BYTES, else as "raw".
 INT_ENCODING_MAX_CHARS = 20
@@ -109,7 +112,7 @@ def c_keys(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_scan(conn: Connection, args: list[bytes]) -> bytes:
-    cursor = _cursor(args[1])
+    cursor = scan_cursor(args[1])
     count = SCAN_DEFAULT_COUNT
     match: Callable[[bytes], bool] | None = None
     wanted_type: bytes | None = None
@@ -129,15 +132,14 @@ def c_scan(conn: Connection, args: list[bytes]) -> bytes:
         else:
             raise CommandError(SYNTAX_ERROR)
         i += 2
-    following, names = conn.cache.scan(cursor, count)
-    if wanted_type is not None and wanted_type != b"string":
-        names = []
+    kind = None if wanted_type is None else SCAN_TYPES.get(wanted_type, NO_TYPE)
+    following, names = conn.cache.scan(cursor, count, kind=kind)
     if match is not None:
         names = [k for k in names if match(k)]
     return conn.encoder.array([str(following).encode(), names])
 
 
-def _cursor(text: bytes) -> int:
+def scan_cursor(text: bytes) -> int:
     """SCAN's cursor as redis-server reads it (C's strtoul): an optional sign, decimal
     digits, nothing else (empty is 0); a negative number wraps around 2**64."""
     match = re.fullmatch(rb"([+-]?)([0-9]*)", text)
@@ -161,12 +163,13 @@ def _move(conn: Connection, source: bytes, target: bytes, *, keep_source: bool, 
     destination = cache if target_db is None else conn.server.cache.database(target_db)
     if not replace and destination.exists([target]):
         return False
-    value = cache.peek(source)
-    assert value is not None
+    found = cache.peek_typed(source)
+    assert found is not None
+    kind, value = found
     ttl = cache.ttl_ms(source)
     if not keep_source:
         cache.delete([source])
-    destination.mset([(target, value)], ttl_ms=ttl if ttl > 0 else None)
+    destination.mset([(target, value)], ttl_ms=ttl if ttl > 0 else None, kind=kind)
     return True
 
 
@@ -250,17 +253,19 @@ def c_object(conn: Connection, args: list[bytes]) -> bytes:
             raise err_args("object|" + sub.decode().lower())
         raise CommandError(f"ERR unknown subcommand '{args[1].decode('utf-8', 'replace')}'. Try OBJECT HELP.")
     cache = conn.cache
-    value = cache.peek(args[2])
-    if value is None:
+    found = cache.peek_typed(args[2])
+    if found is None:
         return conn.encoder.null()
+    kind, value = found
     if sub == b"ENCODING":
-        return conn.encoder.bulk(_encoding(value))
+        from cache_core.resp.hashes import hash_encoding  # hashes imports this module
+        return conn.encoder.bulk(_encoding(value) if kind == TYPE_STRING else hash_encoding(value))
     if sub == b"FREQ":
         raise CommandError(LFU_NOT_SELECTED)
     if sub == b"IDLETIME":
         idle = cache.idle_ms(args[2])
         return conn.encoder.integer((idle or 0) // 1000)
-    shared = _encoding(value) == b"int" and 0 <= int(value) < SHARED_INTEGERS
+    shared = kind == TYPE_STRING and _encoding(value) == b"int" and 0 <= int(value) < SHARED_INTEGERS
     return conn.encoder.integer(SHARED_REFCOUNT if shared else 1)
 
 

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy
 
-from cache_core.cache import Cache, CacheError, Database, NotAnIntegerError, OutOfMemoryError
+from cache_core.cache import WRONG_TYPE, WRONGTYPE_MESSAGE, Cache, CacheError, Database, NotAnIntegerError, OutOfMemoryError, WrongTypeError
 from cache_core.keys import KeyLengthError
-from cache_core.resp import admin, keyspace, strings, unsupported
+from cache_core.resp import admin, hashes, keyspace, strings, unsupported
 from cache_core.resp.args import INT64_MAX, CommandError, err_args, int_arg
 from cache_core.resp.protocol import ARG_OVERHEAD_BYTES, Encoder, RequestParser
 from cache_core.store import ValueTooLargeError
@@ -782,6 +782,8 @@ class Connection(asyncio.Protocol):
             reply, error = self.encoder.error(exc.message), True
         except OutOfMemoryError:
             reply, error = self.encoder.error("OOM command not allowed when used memory > 'maxmemory'."), True
+        except WrongTypeError:
+            reply, error = self.encoder.error(WRONGTYPE_MESSAGE), True
         except CacheError as exc:
             reply, error = self.encoder.error(f"ERR {exc}"), True
         except (KeyLengthError, ValueTooLargeError) as exc:
@@ -832,11 +834,11 @@ class Connection(asyncio.Protocol):
                 except Exception as exc:
                     log.warning("resp: reading through from the origin failed: %s: %s", exc.__class__.__name__, exc)
                     failed = self.encoder.error(f"ERR origin read failed ({exc.__class__.__name__}); see the agent's log")
-                    encoded = b"".join(self.encoder.bulk(v) if v is not None else failed for v in values)
+                    encoded = b"".join(self.encoder.bulk(v) if v is not None else failed for v in _strings_only(values))
                 else:
-                    encoded = self.encoder.bulk_items(values)
+                    encoded = self.encoder.bulk_items(_strings_only(values))
             else:
-                encoded = self.encoder.bulk_items(values)
+                encoded = self.encoder.bulk_items(_strings_only(values))
             cache.notify_reads(part, hits)
             if self.closing:
                 return
@@ -916,12 +918,20 @@ class Connection(asyncio.Protocol):
             if slow:
                 self.server.ops.executed_run(self, run, usec // len(run))
             stats.total_commands += len(run)
-            return [self.encoder.bulk(v) for v in values]
+            return self._get_replies(values)
         self.server.record("mget", usec, False)
         if slow:
             self.server.ops.executed(self, run[0], usec)
         stats.total_commands += 1
-        return [self.encoder.bulks(values)]
+        return [self.encoder.bulks(_strings_only(values))]
+
+    def _get_replies(self, values: list[Any]) -> list[bytes]:
+        """GET's replies for a run of values: a key holding a hash answers WRONGTYPE."""
+        bulk = self.encoder.bulk
+        if WRONG_TYPE not in values:
+            return [bulk(v) for v in values]
+        wrong = self.encoder.error(WRONGTYPE_MESSAGE)
+        return [wrong if v is WRONG_TYPE else bulk(v) for v in values]
 
     def _origin_failed(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], exc: BaseException) -> list[bytes]:
         """A failed read-through costs the commands that missed, never the connection."""
@@ -932,7 +942,8 @@ class Connection(asyncio.Protocol):
             stats.total_commands += len(run)
             for value in values:
                 self.server.record("get", 0, value is None)
-            return [self.encoder.bulk(v) if v is not None else error for v in values]
+            wrong = self.encoder.error(WRONGTYPE_MESSAGE)
+            return [wrong if v is WRONG_TYPE else self.encoder.bulk(v) if v is not None else error for v in values]
         stats.total_commands += 1
         self.server.record("mget", 0, True)
         return [error]
@@ -976,7 +987,7 @@ class Connection(asyncio.Protocol):
         try:
             if name == b"GET":
                 values = self.cache.mget([c[1] for c in commands])
-                replies = [self.encoder.bulk(v) for v in values]
+                replies = self._get_replies(values)
             else:
                 self.cache.mset([(c[1], c[2]) for c in commands])
                 ok = self.encoder.simple("OK")
@@ -1095,6 +1106,8 @@ class Connection(asyncio.Protocol):
             reply, error = self.encoder.error(f"ERR {exc}"), True
         except OutOfMemoryError:
             reply, error = self.encoder.error("OOM command not allowed when used memory > 'maxmemory'."), True
+        except WrongTypeError:
+            reply, error = self.encoder.error(WRONGTYPE_MESSAGE), True
         except (KeyLengthError, ValueTooLargeError) as exc:
             reply, error = self.encoder.error(f"ERR {exc}"), True
         except CacheError as exc:
@@ -1167,12 +1180,12 @@ def c_move(conn: Connection, args: list[bytes]) -> bytes:
         raise CommandError("ERR source and destination objects are the same")
     source, destination = conn.cache, conn.server.cache.database(target)
     with source.atomic():
-        value = source.peek(args[1])
-        if value is None or destination.exists([args[1]]):
+        found = source.peek_typed(args[1])
+        if found is None or destination.exists([args[1]]):
             return conn.encoder.integer(0)
         ttl = source.ttl_ms(args[1])
         source.delete([args[1]])
-        destination.mset([(args[1], value)], ttl_ms=ttl if ttl > 0 else None)
+        destination.mset([(args[1], found[1])], ttl_ms=ttl if ttl > 0 else None, kind=found[0])
     return conn.encoder.integer(1)
 
 
@@ -1255,7 +1268,17 @@ def c_hello(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_get(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.bulk(_read(conn, [args[1]])[0])
+    value = _read(conn, [args[1]])[0]
+    if value is WRONG_TYPE:
+        raise WrongTypeError()
+    return conn.encoder.bulk(value)
+
+
+def _strings_only(values: list[Any]) -> list[bytes | None]:
+    """MGET's values: a key that holds a hash reads as nil, as in Redis."""
+    if WRONG_TYPE not in values:
+        return values
+    return [None if v is WRONG_TYPE else v for v in values]
 
 
 def _read(conn: Connection, keys: list[bytes]) -> list[bytes | None]:
@@ -1429,7 +1452,7 @@ def c_set(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_mget(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.bulks(_read(conn, args[1:]))
+    return conn.encoder.bulks(_strings_only(_read(conn, args[1:])))
 
 
 def c_mset(conn: Connection, args: list[bytes]) -> bytes:
@@ -1585,7 +1608,7 @@ COMMANDS: dict[str, tuple[Callable[[Connection, list[bytes]], Any], int]] = {
 }
 KEY_COMMANDS = {"get", "set", "mget", "mset", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "persist", "incr", "decr", "incrby", "decrby", "watch", "move"}
 MULTI_KEY = {"mget", "mset", "del", "unlink", "exists", "watch"}
-for _module in (strings, keyspace):
+for _module in (strings, keyspace, hashes):
     COMMANDS.update(_module.COMMANDS)
     KEY_COMMANDS |= _module.KEY_COMMANDS
     MULTI_KEY |= _module.MULTI_KEY_COMMANDS

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy
 
+from cache_core.cache import TYPE_HASH, TYPE_STRING, WRONG_TYPE, WrongTypeError
 from cache_core.resp.args import INT64_MAX, SYNTAX_ERROR, CommandError, err_args, int_arg
 
 if TYPE_CHECKING:
@@ -66,7 +67,14 @@ def _read(cache: Cache, key: bytes) -> bytes | None:
     prefetcher told), from the cache only."""
     values, hits = cache.lookup([key])
     cache.notify_reads([key], hits)
-    return values[0]
+    return _string(values[0])
+
+
+def _string(value: Any) -> bytes | None:
+    """A string command's value: a key holding a hash is WRONGTYPE, as in Redis."""
+    if value is WRONG_TYPE:
+        raise WrongTypeError()
+    return value  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------ setting
@@ -118,7 +126,7 @@ def c_getdel(conn: Connection, args: list[bytes]) -> bytes:
     cache = conn.cache
     key = args[1]
     with cache.atomic():
-        value = cache.lookup([key])[0][0]
+        value = _string(cache.lookup([key])[0][0])
         if value is not None:
             cache.delete([key])
     return conn.encoder.bulk(value)
@@ -148,7 +156,7 @@ def c_getex(conn: Connection, args: list[bytes]) -> bytes:
     key = args[1]
     with cache.atomic():
         values, hits = cache.lookup([key])
-        value = values[0]
+        value = _string(values[0])
         if value is not None:
             if unit is not None:
                 ttl_ms = _set_ttl_ms(unit, expire_arg, "getex")
@@ -195,7 +203,7 @@ def c_append(conn: Connection, args: list[bytes]) -> bytes:
     cache = conn.cache
     key, tail = args[1], args[2]
     with cache.atomic():
-        old = cache.peek(key)
+        old = _string(cache.peek(key))
         if old is not None and len(old) + len(tail) > cache.max_value_bytes:
             raise _string_too_long(cache)
         value = tail if old is None else old + tail
@@ -213,7 +221,7 @@ def c_setrange(conn: Connection, args: list[bytes]) -> bytes:
     cache = conn.cache
     key, part = args[1], args[3]
     with cache.atomic():
-        old = cache.peek(key)
+        old = _string(cache.peek(key))
         if not part:
             return conn.encoder.integer(0 if old is None else len(old))
         end = offset + len(part)
@@ -284,7 +292,7 @@ def c_incrbyfloat(conn: Connection, args: list[bytes]) -> bytes:
     cache = conn.cache
     key = args[1]
     with cache.atomic():
-        old = cache.peek(key)
+        old = _string(cache.peek(key))
         current = numpy.longdouble(0) if old is None else parse_long_double(old)
         increment = parse_long_double(args[2])
         if current is None or increment is None:
@@ -342,9 +350,13 @@ def c_touch(conn: Connection, args: list[bytes]) -> bytes:
     return conn.encoder.integer(conn.cache.touch(args[1:]))
 
 
+TYPE_NAMES = {TYPE_STRING: "string", TYPE_HASH: "hash"}
+
+
 def c_type(conn: Connection, args: list[bytes]) -> bytes:
-    """TYPE key: every value here is a string; "none" for a missing key."""
-    return conn.encoder.simple("string" if conn.cache.exists([args[1]]) else "none")
+    """TYPE key: "string", "hash", or "none" for a missing key."""
+    kind = conn.cache.type_of(args[1])
+    return conn.encoder.simple("none" if kind is None else TYPE_NAMES[kind])
 
 
 # name -> (handler, arity as Redis gives it: n exact, -n at least n).
