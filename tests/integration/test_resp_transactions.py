@@ -124,6 +124,10 @@ SCENARIOS: list[Any] = [
     pytest.param([(0, [["EXEC"], ["DISCARD"], ["MULTI"], ["MULTI"], ["WATCH", "a"], ["PING"], ["EXEC"]])], id="misplaced-control"),
     pytest.param([(0, [["MULTI"], ["SET", "a", "1"], ["DISCARD"], ["GET", "a"], ["EXEC"]])], id="discard"),
     pytest.param([(0, [["MULTI"], ["EXEC"]])], id="empty-transaction"),
+    pytest.param(
+        [(0, [["HSET", "h", "f", "v"], ["MULTI"], ["SET", "a", "1"], ["SET", "b", "2"], ["SET", "a", "3"], ["GET", "a"], ["GET", "b"], ["GET", "none"], ["GET", "h"], ["GET", "a"], ["EXEC"]])],
+        id="runs-of-gets-and-sets",
+    ),
     pytest.param([(0, [["SET", "w", "1"], ["WATCH", "w"]]), (1, [["SET", "w", "2"]]), (0, [["MULTI"], ["GET", "w"], ["EXEC"]])], id="watch-conflict"),
     pytest.param([(0, [["WATCH", "w"]]), (1, [["SET", "w", "2"]]), (0, [["MULTI"], ["GET", "w"], ["EXEC"]])], id="watched-key-created"),
     pytest.param([(0, [["SET", "w", "1"], ["WATCH", "w"]]), (1, [["DEL", "w"]]), (0, [["MULTI"], ["PING"], ["EXEC"]])], id="watched-key-deleted"),
