@@ -234,6 +234,19 @@ def metrics() -> None:
     """Metrics the agent defines."""
 
 
+@cli.group()
+def resp() -> None:
+    """The Redis-protocol server's reference."""
+
+
+@resp.command("docs")
+def resp_docs() -> None:
+    """Print the command index of docs/redis-protocol.md (between its markers), generated from the server's command table."""
+    from agent.docgen import render_command_index
+
+    click.echo(render_command_index(), nl=False)
+
+
 @metrics.command("docs")
 def metrics_docs() -> None:
     """Print the metrics reference as Markdown (the source of docs/metrics.md)."""

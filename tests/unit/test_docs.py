@@ -66,3 +66,25 @@ def test_rendering_is_deterministic_and_escapes_table_cells() -> None:
     assert "integer or null" in first and "1 … 5" in first and "(none)" in first
     assert "array of string" in first and "each item: pattern `^/`" in first
     assert leaf_keys(schema) == ["b", "a.z", "a.m", "a.n"]
+
+
+def test_every_resp_command_has_its_syntax_and_group() -> None:
+    from cache_core.resp.server import COMMANDS
+    from cache_core.resp.syntax import GROUPS, SYNTAX
+
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(set(grouped)), "a command is listed in two groups"
+    assert set(SYNTAX) == set(COMMANDS), f"syntax missing for {set(COMMANDS) - set(SYNTAX)}, or left over for {set(SYNTAX) - set(COMMANDS)}"
+    assert set(grouped) == set(COMMANDS)
+    for name, syntax in SYNTAX.items():
+        assert syntax.upper().startswith(name.upper()), f"{name}'s syntax does not start with its name"
+
+
+def test_redis_protocol_doc_holds_the_generated_command_index() -> None:
+    from agent.docgen import command_index_in, render_command_index
+
+    page = (DOC.parent / "redis-protocol.md").read_text(encoding="utf-8")
+    assert command_index_in(page) == render_command_index(), "run `predis-agent resp docs` and paste its output between the markers"
+    result = CliRunner().invoke(cli, ["resp", "docs"])
+    assert result.exit_code == 0, result.output
+    assert result.output == render_command_index()
