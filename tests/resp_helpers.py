@@ -4,6 +4,8 @@ and a real redis-server to compare against."""
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import re
 import shutil
@@ -11,6 +13,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -128,3 +131,20 @@ class RedisServer:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self.log.close()
+
+
+@contextlib.contextmanager
+def agent_and_redis(tmp_path_factory: pytest.TempPathFactory, name: str, **agent_options: Any) -> Iterator[dict[str, int]]:
+    """A real redis-server and an agent side by side (their ports as {"redis": .., "agent": ..}),
+    both stopped at the end: the differential tests send the same commands to each."""
+    real = RedisServer(tmp_path_factory.mktemp(f"redis-server-{name}"))
+    try:
+        agent, agent_port = start_agent(tmp_path_factory.mktemp(f"resp-{name}-agent"), **agent_options)
+    except BaseException:
+        real.stop()
+        raise
+    try:
+        yield {"redis": real.port, "agent": agent_port}
+    finally:
+        agent.stop()
+        real.stop()

@@ -13,27 +13,16 @@ from typing import Any
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess
 from tests.integration.test_resp_transactions import play
-from tests.resp_helpers import RedisServer, start_agent
+from tests.resp_helpers import agent_and_redis
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    real = RedisServer(tmp_path_factory.mktemp("redis-server-databases"))
-    try:
-        agent: AgentProcess
-        agent, agent_port = start_agent(tmp_path_factory.mktemp("resp-databases-agent"))
-    except BaseException:
-        real.stop()
-        raise
-    try:
-        yield {"redis": real.port, "agent": agent_port}
-    finally:
-        agent.stop()
-        real.stop()
+    with agent_and_redis(tmp_path_factory, "databases") as ports:
+        yield ports
 
 
 SCENARIOS: list[Any] = [

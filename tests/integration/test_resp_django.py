@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.agentproc import AgentProcess
-from tests.resp_helpers import RedisServer, start_agent
+from tests.resp_helpers import agent_and_redis
 
 django = pytest.importorskip("django", reason="Django is in the test extras (pip install -e '.[test]')")
 
@@ -28,18 +27,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    real = RedisServer(tmp_path_factory.mktemp("redis-server-django"))
-    try:
-        agent: AgentProcess
-        agent, agent_port = start_agent(tmp_path_factory.mktemp("resp-django-agent"))
-    except BaseException:
-        real.stop()
-        raise
-    try:
-        yield {"redis": real.port, "agent": agent_port}
-    finally:
-        agent.stop()
-        real.stop()
+    with agent_and_redis(tmp_path_factory, "django") as ports:
+        yield ports
 
 
 def django_cache(port: int) -> Any:

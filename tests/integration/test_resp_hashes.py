@@ -17,9 +17,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.agentproc import AgentProcess
 from tests.integration.test_resp_transactions import play
-from tests.resp_helpers import RedisServer, start_agent
+from tests.resp_helpers import agent_and_redis
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +27,8 @@ WRONGTYPE = "WRONGTYPE"
 
 @pytest.fixture(scope="module")
 def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    real = RedisServer(tmp_path_factory.mktemp("redis-server-hashes"))
-    try:
-        agent: AgentProcess
-        agent, agent_port = start_agent(tmp_path_factory.mktemp("resp-hashes-agent"))
-    except BaseException:
-        real.stop()
-        raise
-    try:
-        yield {"redis": real.port, "agent": agent_port}
-    finally:
-        agent.stop()
-        real.stop()
+    with agent_and_redis(tmp_path_factory, "hashes") as ports:
+        yield ports
 
 
 SCENARIOS: list[Any] = [

@@ -21,8 +21,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.agentproc import AgentProcess
-from tests.resp_helpers import RedisServer, start_agent
+from tests.resp_helpers import agent_and_redis, start_agent
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +30,8 @@ KEYSPACE = ["a", "b", "ab", "abc", "user:1", "user:2", "user:10", "h[1]", "x*y",
 
 @pytest.fixture(scope="module")
 def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    real = RedisServer(tmp_path_factory.mktemp("redis-server-keyspace"))
-    try:
-        agent: AgentProcess
-        agent, agent_port = start_agent(tmp_path_factory.mktemp("resp-keyspace-agent"), cache={"max_keys": 4096})
-    except BaseException:
-        real.stop()
-        raise
-    try:
-        yield {"redis": real.port, "agent": agent_port}
-    finally:
-        agent.stop()
-        real.stop()
+    with agent_and_redis(tmp_path_factory, "keyspace", cache={"max_keys": 4096}) as ports:
+        yield ports
 
 
 def clients(ports: dict[str, int], protocol: int = 2) -> tuple[redis.Redis, redis.Redis]:

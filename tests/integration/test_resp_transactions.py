@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, wait_for
-from tests.resp_helpers import RedisServer, encode_command, start_agent
+from tests.agentproc import wait_for
+from tests.resp_helpers import agent_and_redis, encode_command, start_agent
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +28,8 @@ Step = tuple[int, list[list[str]]]
 
 @pytest.fixture(scope="module")
 def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    real = RedisServer(tmp_path_factory.mktemp("redis-server-tx"))
-    try:
-        agent: AgentProcess
-        agent, agent_port = start_agent(tmp_path_factory.mktemp("resp-tx-agent"))
-    except BaseException:
-        real.stop()
-        raise
-    try:
-        yield {"redis": real.port, "agent": agent_port}
-    finally:
-        agent.stop()
-        real.stop()
+    with agent_and_redis(tmp_path_factory, "transactions") as ports:
+        yield ports
 
 
 class Incomplete(Exception):
