@@ -451,6 +451,7 @@ class Cache:
                         keys, fps, eids = keys[:n], fps[:n], eids[:n]
                         break
             e_handle, e_len, e_pre, store = self.e_handle, self.e_len, self.e_prefetched, self.store
+            typed, e_type = self.typed_keys, self.e_type
             out: list[bytes | None] = []
             results: list[int] = []
             hits: list[int] = []
@@ -459,7 +460,7 @@ class Cache:
                     out.append(None)
                     results.append(RES_MISS)
                     continue
-                out.append(WRONG_TYPE if self.typed_keys and self.e_type[eid] else store.get(e_handle.item(eid), e_len.item(eid)))
+                out.append(WRONG_TYPE if typed and e_type.item(eid) else store.get(e_handle.item(eid), e_len.item(eid)))
                 results.append(RES_PREFETCH_HIT if e_pre.item(eid) else RES_HIT)
                 hits.append(eid)
             if hits:

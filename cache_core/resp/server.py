@@ -834,11 +834,11 @@ class Connection(asyncio.Protocol):
                 except Exception as exc:
                     log.warning("resp: reading through from the origin failed: %s: %s", exc.__class__.__name__, exc)
                     failed = self.encoder.error(f"ERR origin read failed ({exc.__class__.__name__}); see the agent's log")
-                    encoded = b"".join(self.encoder.bulk(v) if v is not None else failed for v in _strings_only(values))
+                    encoded = b"".join(self.encoder.bulk(v) if v is not None else failed for v in _strings_only(values, self.server.cache))
                 else:
-                    encoded = self.encoder.bulk_items(_strings_only(values))
+                    encoded = self.encoder.bulk_items(_strings_only(values, self.server.cache))
             else:
-                encoded = self.encoder.bulk_items(_strings_only(values))
+                encoded = self.encoder.bulk_items(_strings_only(values, self.server.cache))
             cache.notify_reads(part, hits)
             if self.closing:
                 return
@@ -923,12 +923,12 @@ class Connection(asyncio.Protocol):
         if slow:
             self.server.ops.executed(self, run[0], usec)
         stats.total_commands += 1
-        return [self.encoder.bulks(_strings_only(values))]
+        return [self.encoder.bulks(_strings_only(values, self.server.cache))]
 
     def _get_replies(self, values: list[Any]) -> list[bytes]:
         """GET's replies for a run of values: a key holding a hash answers WRONGTYPE."""
         bulk = self.encoder.bulk
-        if WRONG_TYPE not in values:
+        if not self.server.cache.typed_keys:  # no hash anywhere: no value can be one
             return [bulk(v) for v in values]
         wrong = self.encoder.error(WRONGTYPE_MESSAGE)
         return [wrong if v is WRONG_TYPE else bulk(v) for v in values]
@@ -1274,9 +1274,9 @@ def c_get(conn: Connection, args: list[bytes]) -> bytes:
     return conn.encoder.bulk(value)
 
 
-def _strings_only(values: list[Any]) -> list[bytes | None]:
+def _strings_only(values: list[Any], cache: Cache) -> list[bytes | None]:
     """MGET's values: a key that holds a hash reads as nil, as in Redis."""
-    if WRONG_TYPE not in values:
+    if not cache.typed_keys:  # no hash anywhere: no value can be one
         return values
     return [None if v is WRONG_TYPE else v for v in values]
 
@@ -1486,7 +1486,7 @@ def c_set(conn: Connection, args: list[bytes]) -> bytes:
 
 
 def c_mget(conn: Connection, args: list[bytes]) -> bytes:
-    return conn.encoder.bulks(_strings_only(_read(conn, args[1:])))
+    return conn.encoder.bulks(_strings_only(_read(conn, args[1:]), conn.server.cache))
 
 
 def c_mset(conn: Connection, args: list[bytes]) -> bytes:
