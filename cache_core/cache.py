@@ -315,9 +315,11 @@ class Cache:
             self.typed_keys -= int(numpy.count_nonzero(self.e_type[eids]))
             self.e_type[eids] = TYPE_STRING
         if len(eids) == 1:
-            self.db_keys[self.e_db[eids[0]]] -= 1
+            self.db_keys[self.e_db.item(eids[0])] -= 1
         else:
             numpy.subtract.at(self.db_keys, self.e_db[eids].astype(numpy.int64), 1)
+        if self.databases > 1:
+            self.e_db[eids] = 0
         self.e_handle[eids] = -1
         self.e_expire[eids] = TTL_NONE
         self.e_prefetched[eids] = False
@@ -452,27 +454,32 @@ class Cache:
                         break
             e_handle, e_len, e_pre, store = self.e_handle, self.e_len, self.e_prefetched, self.store
             typed, e_type = self.typed_keys, self.e_type
+            e_atime = self.e_atime
             out: list[bytes | None] = []
             results: list[int] = []
             hits: list[int] = []
+            used: set[int] = set()  # prefetched entries read for the first time
+            # Scalar reads and stores throughout: for a few keys, NumPy's fancy indexing
+            # costs more than the Python loop (measured in bench/RESULTS.md).
             for eid in eids:
                 if eid < 0:
                     out.append(None)
                     results.append(RES_MISS)
                     continue
                 out.append(WRONG_TYPE if typed and e_type.item(eid) else store.get(e_handle.item(eid), e_len.item(eid)))
-                results.append(RES_PREFETCH_HIT if e_pre.item(eid) else RES_HIT)
+                if e_pre.item(eid):
+                    results.append(RES_PREFETCH_HIT)
+                    used.add(eid)
+                else:
+                    results.append(RES_HIT)
+                e_atime[eid] = now
                 hits.append(eid)
             if hits:
-                hit_ids = numpy.asarray(hits, dtype=numpy.int64)
-                used = hit_ids[e_pre[hit_ids]]
-                if used.shape[0]:
-                    self.stats.prefetch_used += int(numpy.unique(used).shape[0])
-                e_pre[hit_ids] = False
-                self.policy.on_access(hit_ids)
-                e_atime = self.e_atime
-                for eid in hits:  # scalar stores: cheaper than fancy indexing for a few keys
-                    e_atime[eid] = now
+                if used:
+                    self.stats.prefetch_used += len(used)
+                    for eid in used:
+                        e_pre[eid] = False
+                self.policy.on_access(numpy.asarray(hits, dtype=numpy.int64))
             self.stats.hits += len(hits)
             self.stats.misses += len(keys) - len(hits)
             if self.access_hook is not null_access_hook:
@@ -567,7 +574,7 @@ class Cache:
         self._check_values(values)
 
     def _check_values(self, values: Sequence[bytes]) -> None:
-        largest = max(map(len, values), default=0)
+        largest = len(values[0]) if len(values) == 1 else max(map(len, values), default=0)
         if largest > self.max_value_bytes:
             raise ValueTooLargeError(f"value of {largest} bytes exceeds cache.max_value_bytes ({self.max_value_bytes})")
         if largest > self.largest_value_bytes:
@@ -626,8 +633,8 @@ class Cache:
             for i in old_idx.tolist():
                 eid = int(eids[i])
                 e_atime[eid] = now
-                if e_type[eid] != kind:  # SET over a hash makes it a string, HSET the reverse
-                    self.typed_keys += (kind != TYPE_STRING) - (int(e_type[eid]) != TYPE_STRING)
+                if e_type.item(eid) != kind:  # SET over a hash makes it a string, HSET the reverse
+                    self.typed_keys += (kind != TYPE_STRING) - (e_type.item(eid) != TYPE_STRING)
                     e_type[eid] = kind
                 if self.e_prefetched[eid]:
                     self.stats.prefetch_wasted += 1  # overwritten before anyone read it
@@ -663,7 +670,8 @@ class Cache:
                 self.e_hi[new_eids] = n_hi
                 self.e_lo[new_eids] = n_lo
                 self.e_live[new_eids] = True
-                self.e_db[new_eids] = db
+                if db:
+                    self.e_db[new_eids] = db  # _remove left database 0 in a freed entry
                 self.db_keys[db] += len(new_eids)
                 if kind != TYPE_STRING:
                     self.e_type[new_eids] = kind

@@ -1083,7 +1083,7 @@ class Connection(asyncio.Protocol):
 
     def _execute(self, args: list[bytes]) -> tuple[bytes, bool]:
         server = self.server
-        self.last_command = _last_command(args)
+        self.last_command = (args[0], args[1][:LAST_ARGUMENT_BYTES] if len(args) > 1 else b"")
         name = args[0].decode("utf-8", "replace").lower()
         server.stats.total_commands += 1
         spec = COMMANDS.get(name)
@@ -1118,7 +1118,8 @@ class Connection(asyncio.Protocol):
             reply, error = self.encoder.error(f"ERR internal error ({exc.__class__.__name__}); see the agent's log"), True
         usec = (time.perf_counter_ns() - started) // 1000
         server.record(name, usec, error)
-        server.ops.executed(self, args, usec, reply if error else None)
+        if error or 0 <= server.limits.slowlog_log_slower_than_usec <= usec:  # the common case calls nothing
+            server.ops.executed(self, args, usec, reply if error else None)
         return reply, close
 
 
@@ -1127,12 +1128,13 @@ QUIT = object()
 LAST_GET = (b"get", b"")
 LAST_MGET = (b"mget", b"")
 LAST_SET = (b"set", b"")
+LAST_ARGUMENT_BYTES = admin.SUBCOMMAND_MAX_BYTES
 
 
 def _last_command(args: list[bytes]) -> tuple[bytes, bytes]:
     """What CLIENT LIST shows of a command: its name and the start of its first argument
     (a subcommand, for CLIENT LIST and the like)."""
-    return args[0], args[1][: admin.SUBCOMMAND_MAX_BYTES] if len(args) > 1 else b""
+    return args[0], args[1][:LAST_ARGUMENT_BYTES] if len(args) > 1 else b""
 # _in_multi's answer for an EXEC that first reads misses through from the origin.
 EXEC_WAITS = object()
 QUEUED_REPLY = b"+QUEUED\r\n"
