@@ -13,33 +13,20 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+
+from agent.security import atomic_write
 
 log = logging.getLogger(__name__)
 
 # World-readable, like every PID file: `predis-agent reload` may run as another user.
 PID_FILE_MODE = 0o644
+PID_DIR_MODE = 0o755
 
 
 def write_pid_file(path: str) -> None:
     """Write this process's PID to ``path`` atomically (temp file, fsync, rename)."""
     target = os.path.abspath(os.path.expanduser(path))
-    directory = os.path.dirname(target)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, PID_FILE_MODE)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(target, f"{os.getpid()}\n".encode("ascii"), mode=PID_FILE_MODE, dir_mode=PID_DIR_MODE)
 
 
 def remove_pid_file(path: str) -> bool:

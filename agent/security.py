@@ -40,13 +40,13 @@ DIR_MODE_SECRET = 0o700
 STORE_VERSION = 1
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE_SECRET) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE_SECRET, dir_mode: int = DIR_MODE_SECRET) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename) with ``mode``.
 
-    The parent directory is created with mode 0700 when it does not exist.
+    The parent directory is created with ``dir_mode`` (0700) when it does not exist.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE_SECRET)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         os.fchmod(fd, mode)

@@ -340,6 +340,23 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_temp_files(directory: Path, pattern: re.Pattern[str]) -> int:
+    """Delete the regular files (never a link) in ``directory`` whose names match
+    ``pattern``: the temp files of writes a crash interrupted. Return how many."""
+    removed = 0
+    for name in os.listdir(directory):
+        if not pattern.fullmatch(name):
+            continue
+        path = directory / name
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def free_space(statvfs: Statvfs, directory: Path) -> tuple[int, float]:
     """(bytes available to the agent, percent of the filesystem they are)."""
     st = statvfs(str(directory))
@@ -363,18 +380,7 @@ class Spool:
         regular files (never a link); they are never read: the rename that would have
         made one a spool file did not happen, so its payload was not acknowledged as spooled.
         """
-        removed = 0
-        for name in os.listdir(self.root):
-            if not SPOOL_TEMP_RE.fullmatch(name):
-                continue
-            path = self.root / name
-            try:
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    os.unlink(path)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return remove_temp_files(self.root, SPOOL_TEMP_RE)
 
     def free(self) -> tuple[int, float]:
         """Free bytes and percent of the spool's filesystem."""

@@ -74,6 +74,7 @@ from agent.mlops.dataset import (
 )
 from agent.security import DIR_MODE_SECRET, atomic_write, confine
 from agent.sinks import free_space
+from agent.sinks import remove_temp_files as remove_temp_matching
 from agent.telemetry import (
     ACCESS_LOG_DROP_REASONS,
     ACCESS_LOG_METRICS,
@@ -170,18 +171,7 @@ def _refuse_links(raw: str, path: Path) -> None:
 
 def remove_temp_files(directory: Path) -> int:
     """Delete leftovers of interrupted segment writes; return how many were removed."""
-    removed = 0
-    for name in os.listdir(directory):
-        if not TEMP_NAME_RE.fullmatch(name):
-            continue
-        path = confine(directory, name)
-        try:
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                os.unlink(path)
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
+    return remove_temp_matching(directory, TEMP_NAME_RE)
 
 
 def _secret_text(value: Any) -> str | None:
