@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cache_core.keys import DEFAULT_MAX_KEY_BYTES, Fingerprinter, KeyLengthError
 
@@ -121,3 +123,35 @@ def test_secret_length_is_validated(secret: bytes) -> None:
 def test_max_key_bytes_is_validated() -> None:
     with pytest.raises(ValueError, match="max_key_bytes"):
         Fingerprinter(SECRET, max_key_bytes=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=st.binary(min_size=1, max_size=64),
+    keys=st.lists(st.binary(min_size=1, max_size=600), min_size=1, max_size=40),
+    db=st.integers(min_value=0, max_value=65535),
+)
+def test_compiled_hash_equals_hashlib_blake2b(secret: bytes, keys: list[bytes], db: int) -> None:
+    """The compiled BLAKE2b against hashlib's, across block boundaries (127/128/129 bytes
+    and several blocks), every key length, secret length and database personalisation."""
+    fp = Fingerprinter(secret, max_key_bytes=600)
+    person = b"" if db == 0 else b"predis-db" + str(db).encode()
+    expected = [hashlib.blake2b(key, digest_size=16, key=secret, person=person).digest() for key in keys]
+    hi, lo = fp.fingerprints(keys, db=db)
+    for i, digest in enumerate(expected):
+        pair = (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
+        assert (int(hi[i]), int(lo[i])) == pair
+        assert fp.fingerprint(keys[i], db=db) == pair
+
+
+def test_large_batch_hashed_without_the_gil_matches_small_batches() -> None:
+    """A batch long enough to be hashed with the GIL released gives what one-key calls give,
+    including keys that are bytearrays and memoryviews (read with the GIL held)."""
+    fp = Fingerprinter(SECRET)
+    keys = [b"key:%d" % i for i in range(3000)]
+    hi, lo = fp.fingerprints(keys)
+    mixed = [bytearray(k) if i % 3 == 1 else memoryview(k) if i % 3 == 2 else k for i, k in enumerate(keys)]
+    hi_m, lo_m = fp.fingerprints(mixed)
+    assert numpy.array_equal(hi, hi_m) and numpy.array_equal(lo, lo_m)
+    for i in range(0, 3000, 97):
+        assert fp.fingerprint(keys[i]) == (int(hi[i]), int(lo[i]))
