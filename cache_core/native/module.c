@@ -9,6 +9,10 @@ static struct PyModuleDef native_module = {
     "and the host hash table's probes.",
     -1,
     NULL,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

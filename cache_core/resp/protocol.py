@@ -8,6 +8,11 @@ lengths above the configured limits. Requests are arrays of bulk strings, as eve
 client sends them, or inline commands (``PING\\r\\n``), as a person types them into
 ``telnet``; anything else is a protocol error.
 
+The server parses with the compiled ``cache_core._native.RequestParser``
+(cache_core/native/parser.c); :class:`PyRequestParser` here is the same parser in
+Python, kept as its test oracle (tests/unit/test_native_parser.py feeds both the same
+bytes, split at random points, and compares commands, errors and held memory).
+
 hiredis was considered: its reader parses replies, has no limit on declared bulk or
 array lengths and does not parse inline commands, so it would need this parser around
 it anyway.
@@ -16,6 +21,8 @@ it anyway.
 from __future__ import annotations
 
 from typing import Any
+
+from cache_core import _native
 
 CRLF = b"\r\n"
 # The longest header line ("*<count>" or "$<length>") we read before the CRLF arrives.
@@ -45,8 +52,9 @@ def _header_int(line: bytes | bytearray) -> int:
     return -int(digits) if digits is not line else int(digits)
 
 
-class RequestParser:
-    """Turns bytes from a socket into commands (lists of ``bytes``)."""
+class PyRequestParser:
+    """Turns bytes from a socket into commands (lists of ``bytes``); the oracle of the
+    compiled :data:`RequestParser`."""
 
     def __init__(self, *, max_bulk_bytes: int, max_multibulk_length: int, max_inline_bytes: int) -> None:
         self.max_bulk_bytes = max_bulk_bytes
@@ -295,6 +303,12 @@ def split_inline(line: bytes) -> list[bytes]:
                 current.append(c)
             i += 1
         args.append(bytes(current))
+
+
+_native.parser_setup(ProtocolError, split_inline)
+#: The parser the server uses: cache_core/native/parser.c, the same interface and
+#: behaviour as :class:`PyRequestParser`.
+RequestParser = _native.RequestParser
 
 
 def _is_hex(pair: bytes) -> bool:

@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A time-boxed fuzzer of the compiled core (cache_core._native), run under a sanitizer build.
+
+Usage: ``python3 -m tests.fuzz.fuzz_native SECONDS [SO_PATH]``. With SO_PATH the module is
+loaded from that file (the AddressSanitizer/UBSan build made by
+tests/unit/test_native_sanitizers.py) instead of the one ``pip install -e .`` built.
+
+Each round mutates well-formed RESP (bit flips, truncations, spliced headers, huge and
+negative lengths, inline lines), feeds it to the compiled parser and to its Python oracle
+in random pieces under random limits and requires the same commands and errors; keys of
+random lengths are fingerprinted natively and with hashlib. A sanitizer finding aborts the
+process with its report; a disagreement raises. The last line printed counts the rounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import random
+import sys
+import time
+
+
+def load(so_path: str | None) -> None:
+    if so_path:
+        loader = importlib.machinery.ExtensionFileLoader("cache_core._native", so_path)
+        spec = importlib.util.spec_from_file_location("cache_core._native", so_path, loader=loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        sys.modules["cache_core._native"] = module
+        import cache_core
+
+        cache_core._native = module  # type: ignore[attr-defined]
+
+
+SEEDS = [
+    b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n",
+    b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n",
+    b"*1\r\n$4\r\nPING\r\n",
+    b"PING\r\n",
+    b"SET \"a\\x41b\" 'c d'\r\n",
+    b"*0\r\n*-1\r\n",
+]
+SPLICES = [b"*", b"$", b"\r\n", b"\r", b"\n", b"-", b"0", b"-0", b"99999999999999999999", b"9" * 19, b"'", b'"', b"\\x", b"\x00", b" "]
+
+
+def mutate(rng: random.Random, data: bytearray) -> bytearray:
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(5)
+        if op == 0 and data:
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+        elif op == 1 and data:
+            del data[rng.randrange(len(data)) :]
+        elif op == 2:
+            i = rng.randint(0, len(data))
+            data[i:i] = rng.choice(SPLICES)
+        elif op == 3:
+            data += rng.choice(SEEDS)
+        elif data:
+            i = rng.randrange(len(data))
+            del data[i : i + rng.randint(1, 4)]
+    return data
+
+
+def parser_round(rng: random.Random) -> None:
+    from cache_core.resp.protocol import PyRequestParser, RequestParser
+
+    data = bytearray()
+    for _ in range(rng.randint(1, 6)):
+        data += rng.choice(SEEDS)
+    data = bytes(mutate(rng, data))
+    limits = {
+        "max_bulk_bytes": rng.choice([0, 1, 5, 64, 1 << 20]),
+        "max_multibulk_length": rng.choice([0, 1, 3, 1024]),
+        "max_inline_bytes": rng.choice([0, 8, 1024]),
+    }
+    restricted = rng.choice([None, (4, 2), (0, 0)])
+    one = rng.random() < 0.3
+    native, oracle = RequestParser(**limits), PyRequestParser(**limits)
+    native.restrict(restricted)
+    oracle.restrict(restricted)
+    start = 0
+    while start < len(data):
+        stop = min(len(data), start + rng.randint(1, 40))
+        native.feed(data[start:stop])
+        oracle.feed(data[start:stop])
+        start = stop
+        while True:
+            a, b = native.commands(one=one), oracle.commands(one=one)
+            ea, eb = native.error, oracle.error
+            if a != b or (ea is None) != (eb is None) or str(ea) != str(eb) or native.held != oracle.held:
+                raise AssertionError(f"parsers disagree on {data!r} with {limits} {restricted} one={one}: {a!r} {ea!r} / {b!r} {eb!r}")
+            if not a or not one:
+                break
+
+
+def fingerprint_round(rng: random.Random) -> None:
+    from cache_core import _native
+
+    secret = rng.randbytes(rng.choice([16, 32, 64]))
+    hasher = _native.Blake2b(secret, b"predis")
+    keys = [rng.randbytes(rng.choice([1, 15, 16, 17, 127, 128, 129, 300])) for _ in range(rng.randint(1, 300))]
+    bad = rng.randrange(len(keys) + 1)
+    if bad < len(keys):
+        keys[bad] = rng.choice([b"", b"x" * 513])
+        if hasher.fingerprints(keys, 512) != bad:
+            raise AssertionError(f"the key of {len(keys[bad])} bytes at {bad} was not refused")
+        del keys[bad]
+    packed = hasher.fingerprints(keys, 512)
+    if len(packed) != 16 * len(keys):
+        raise AssertionError("fingerprints returned the wrong length")
+    for i, key in enumerate(keys):
+        want = hashlib.blake2b(key, digest_size=16, key=secret, person=b"predis").digest()
+        if packed[16 * i : 16 * i + 16] != want:
+            raise AssertionError(f"fingerprint of {key!r} differs from hashlib")
+
+
+def main() -> int:
+    seconds = float(sys.argv[1])
+    load(sys.argv[2] if len(sys.argv) > 2 else None)
+    rng = random.Random(int(time.time()))
+    deadline = time.monotonic() + seconds
+    rounds = 0
+    while time.monotonic() < deadline:
+        parser_round(rng)
+        if rounds % 20 == 0:
+            fingerprint_round(rng)
+        rounds += 1
+    from cache_core import _native
+
+    print(f"fuzz_native: {rounds} rounds in {seconds:.0f} s of {_native.__file__}, no finding")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
