@@ -45,6 +45,10 @@ TOMBSTONE_REBUILD_RATIO = 0.25
 # arrays (see HashTable.host_scalar): below it, the fixed cost of some twenty NumPy calls
 # per batch exceeds a Python loop over the keys (measured in bench/bench_cache.py).
 SMALL_BATCH = 16
+# The table is first sized for this many keys (or max_keys if fewer) and doubles as keys
+# arrive: a rehash of n keys costs about what inserting them did, so growth adds a constant
+# factor to writes while an idle agent holds a table of 2048 slots instead of max_keys'.
+INITIAL_TABLE_KEYS = 1024
 
 # Value types: a string (what every string command reads and writes) or a hash (its fields
 # encoded by cache_core.resp.hashes; one entry, one value, as far as memory, TTL and
@@ -97,6 +101,14 @@ class OutOfMemoryError(CacheError):
 
 class AccessHook(Protocol):
     def __call__(self, op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None: ...
+
+
+def _capacity_for(keys: int, max_load_factor: float) -> int:
+    """The power-of-two slot count whose load limit holds ``keys``."""
+    capacity = 1
+    while capacity * max_load_factor < keys:
+        capacity *= 2
+    return capacity
 
 
 def null_access_hook(op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None:
@@ -190,10 +202,11 @@ class Cache:
         if self.fp.max_key_bytes != max_key_bytes:
             raise ValueError("the fingerprinter's max_key_bytes differs from the cache's")
         self.eviction_name = eviction
-        capacity = 1
-        while capacity * max_load_factor < self.max_keys:
-            capacity *= 2
-        self.table = HashTable(xp, capacity, max_load_factor=max_load_factor)
+        # The table starts small and doubles as keys arrive (Cache._reserve), up to the
+        # capacity that holds max_keys: an idle cache does not hold max_keys' worth of table.
+        self._table_capacity = _capacity_for(self.max_keys, max_load_factor)
+        self._initial_capacity = _capacity_for(min(self.max_keys, INITIAL_TABLE_KEYS), max_load_factor)
+        self.table = HashTable(xp, self._initial_capacity, max_load_factor=max_load_factor)
         self.store = ValueStore(xp, max_value_bytes=max_value_bytes, growth_factor=slab_growth_factor)
         self.policy = make_policy(eviction, self.max_keys)
         # Batches up to this many keys take the scalar host path (same results).
@@ -204,8 +217,12 @@ class Cache:
         self._alloc_entries()
 
     def _alloc_entries(self) -> None:
+        # The per-entry arrays are zero-filled on allocation, so the kernel maps their pages
+        # only as entries are first handed out (from 0 up, _fresh): they cost memory in
+        # proportion to the keys the cache has held, not to max_keys. e_handle is read only
+        # for live entries.
         n = self.max_keys
-        self.e_handle = numpy.full(n, -1, dtype=numpy.int64)
+        self.e_handle = numpy.zeros(n, dtype=numpy.int64)
         self.e_len = numpy.zeros(n, dtype=numpy.int64)
         self.e_expire = numpy.zeros(n, dtype=numpy.int64)  # absolute clock ms; 0 = none
         self.e_hi = numpy.zeros(n, dtype=numpy.uint64)
@@ -219,10 +236,38 @@ class Cache:
         self.db_keys = numpy.zeros(self.databases, dtype=numpy.int64)
         # The key of each entry: fingerprints find entries, these name them back (KEYS,
         # SCAN, RANDOMKEY, RENAME). On the host, counted in host_bytes.
-        self.e_key: list[bytes | None] = [None] * n
+        self.e_key: list[bytes | None] = []  # grows with _fresh
         self.key_bytes = 0
-        self._free = list(range(n - 1, -1, -1))
+        self._free: list[int] = []  # entries removed, handed out again last-removed first
+        self._fresh = 0  # entries [0, _fresh) have been handed out at least once
         self.live_keys = 0
+
+    def _take_entries(self, n: int) -> numpy.ndarray:
+        """``n`` unused entry IDs: removed ones first, then ones never used."""
+        free = self._free
+        reused = min(n, len(free))
+        taken = [free.pop() for _ in range(reused)]
+        if n > reused:
+            start, stop = self._fresh, self._fresh + n - reused
+            if stop > self.max_keys:
+                free.extend(reversed(taken))
+                raise RuntimeError(f"entry IDs exhausted: {stop} > max_keys {self.max_keys}")
+            taken.extend(range(start, stop))
+            self.e_key.extend([None] * (stop - start))
+            self._fresh = stop
+        return numpy.asarray(taken, dtype=numpy.int64)
+
+    def _reserve(self, new_keys: int) -> None:
+        """Grow the table (doubling, up to the capacity for max_keys) so that ``new_keys``
+        more keys fit under its load limit."""
+        table = self.table
+        need = len(table) + new_keys
+        if need <= table.max_items or table.capacity >= self._table_capacity:
+            return
+        capacity = table.capacity
+        while int(capacity * table.max_load_factor) < need and capacity < self._table_capacity:
+            capacity *= 2
+        table.rehash(min(capacity, self._table_capacity))
 
     # ------------------------------------------------------------------ helpers
     def now_ms(self) -> int:
@@ -648,7 +693,8 @@ class Cache:
             # New keys.
             if len(new_idx):
                 n_hi, n_lo = hi[new_idx], lo[new_idx]
-                new_eids = numpy.asarray([self._free.pop() for _ in range(len(new_idx))], dtype=numpy.int64)
+                self._reserve(len(new_idx))
+                new_eids = self._take_entries(len(new_idx))
                 try:
                     if len(new_idx) == 1 and self.small_batch:
                         self.table.insert_one(n_hi.item(0), n_lo.item(0), new_eids.item(0))
@@ -850,11 +896,13 @@ class Cache:
         """Remove every key (FLUSHALL), or every key of database ``db`` (FLUSHDB)."""
         with self._lock:
             if db is not None and self.databases > 1:
-                self._remove(numpy.flatnonzero(self.e_live & (self.e_db == db)), reason=RES_DELETED)
+                self._remove(self._live_in(db), reason=RES_DELETED)
                 return
             if self.modified is not None:
                 self.modified(None, None)
             self.table.clear()
+            if self.table.capacity > self._initial_capacity:
+                self.table.rehash(self._initial_capacity)  # FLUSHALL gives the table's memory back
             self.store.clear()
             self.policy.clear()
             self._alloc_entries()
@@ -867,7 +915,8 @@ class Cache:
 
     def _live_in(self, db: int) -> numpy.ndarray:
         """The live entries of database ``db``."""
-        live = self.e_live if self.databases == 1 else self.e_live & (self.e_db == db)
+        used = self._fresh
+        live = self.e_live[:used] if self.databases == 1 else self.e_live[:used] & (self.e_db[:used] == db)
         return numpy.flatnonzero(live)
 
     def key_names(self, db: int = 0) -> list[bytes]:
@@ -887,7 +936,7 @@ class Cache:
         it may or may not be (Redis's SCAN guarantee). Expired keys met are removed."""
         with self._lock:
             now = self.now_ms()
-            end = self.max_keys
+            end = self._fresh
             position = max(0, cursor)
             found: list[int] = []
             while position < end and len(found) < count:
@@ -944,7 +993,9 @@ class Cache:
         """Remove up to ``max_keys`` expired keys; return how many were removed."""
         with self._lock:
             now = self.now_ms()
-            dead = numpy.flatnonzero(self.e_live & (self.e_expire != TTL_NONE) & (self.e_expire <= now))[:max_keys]
+            used = self._fresh
+            expire = self.e_expire[:used]
+            dead = numpy.flatnonzero(self.e_live[:used] & (expire != TTL_NONE) & (expire <= now))[:max_keys]
             self._remove(dead, reason=RES_EXPIRED)
             return len(dead)
 
@@ -957,10 +1008,11 @@ class Cache:
     def keyspace(self) -> list[tuple[int, int, int]]:
         """(database, keys, keys with a TTL) of every database holding keys (INFO keyspace)."""
         with self._lock:
-            live = self.e_live
-            dbs = self.e_db[live].astype(numpy.int64)
+            used = self._fresh
+            live = self.e_live[:used]
+            dbs = self.e_db[:used][live].astype(numpy.int64)
             keys = numpy.bincount(dbs, minlength=self.databases)
-            expires = numpy.bincount(dbs[self.e_expire[live] != TTL_NONE], minlength=self.databases)
+            expires = numpy.bincount(dbs[self.e_expire[:used][live] != TTL_NONE], minlength=self.databases)
             return [(db, int(keys[db]), int(expires[db])) for db in numpy.flatnonzero(keys).tolist()]
 
     def fingerprints(self, keys: Sequence[bytes], db: int = 0) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -974,7 +1026,9 @@ class Cache:
         with self._lock:
             if first == second:
                 return
-            moved = self.e_live & ((self.e_db == first) | (self.e_db == second))
+            used = self._fresh
+            e_db = self.e_db[:used]
+            moved = self.e_live[:used] & ((e_db == first) | (e_db == second))
             eids = numpy.flatnonzero(moved)
             if not len(eids):
                 return
@@ -1013,10 +1067,11 @@ class Cache:
             s.value_bytes = self.store.used_bytes
             s.charged_bytes = self.store.chunk_bytes
             s.device_bytes = int(self.table.nbytes) + self.store.allocated_bytes
-            arrays = (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime)
-            # The key names: their bytes, each bytes object's header and its list slot.
+            arrays = (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime, self.e_db, self.e_type)
+            # The entries handed out so far (the pages of the arrays in use) and the key
+            # names: their bytes, each bytes object's header and its list slot.
             names = self.key_bytes + self.live_keys * KEY_OBJECT_OVERHEAD_BYTES + len(self.e_key) * POINTER_BYTES
-            s.host_bytes = int(sum(a.nbytes for a in arrays)) + names
+            s.host_bytes = self._fresh * sum(a.itemsize for a in arrays) + names
             return s
 
     def self_test(self) -> tuple[bool, str]:

@@ -40,6 +40,7 @@ import base64
 import binascii
 import datetime as dt
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -51,8 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy
-import pyarrow
-import pyarrow.ipc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -84,17 +83,36 @@ KEY_FORMATS = "32 raw bytes, 64 hex characters or the base64 of 32 bytes"
 # A key file is read up to this size: enough for any key format plus whitespace.
 MAX_KEY_FILE_BYTES = 4 * KEY_BYTES + 1
 
-EVENT_COLUMNS: tuple[tuple[str, pyarrow.DataType], ...] = (
-    ("ts_ns", pyarrow.int64()),
-    ("fp", pyarrow.uint64()),
-    ("op", pyarrow.uint8()),
-    ("result", pyarrow.uint8()),
-    ("tenant", pyarrow.uint16()),
-    ("size", pyarrow.uint32()),
+# The Arrow columns of a segment: (name, pyarrow type constructor's name).
+EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ts_ns", "int64"),
+    ("fp", "uint64"),
+    ("op", "uint8"),
+    ("result", "uint8"),
+    ("tenant", "uint16"),
+    ("size", "uint32"),
 )
 KEY_COLUMN = "key"
-EVENT_SCHEMA = pyarrow.schema(list(EVENT_COLUMNS))
-EVENT_SCHEMA_WITH_KEYS = pyarrow.schema([*EVENT_COLUMNS, (KEY_COLUMN, pyarrow.binary())])
+
+
+class _Arrow:
+    """pyarrow, imported when a segment is first written or read: an agent that never
+    exports its access log does not pay pyarrow's ~25 MiB of resident memory."""
+
+    def __init__(self) -> None:
+        import pyarrow
+        import pyarrow.ipc
+
+        self.pa = pyarrow
+        self.ipc = pyarrow.ipc
+        self.types = [(name, getattr(pyarrow, kind)()) for name, kind in EVENT_COLUMNS]
+        self.schema = pyarrow.schema(self.types)
+        self.schema_with_keys = pyarrow.schema([*self.types, (KEY_COLUMN, pyarrow.binary())])
+
+
+@functools.cache
+def _arrow() -> _Arrow:
+    return _Arrow()
 
 OP_NAMES = {
     cache_ops.OP_GET: "get",
@@ -285,14 +303,16 @@ def encode_segment(
         raise ValueError("a segment holds at least one event")
     if len(key) != KEY_BYTES or len(stream_id) != STREAM_ID_BYTES:
         raise ValueError(f"expected a {KEY_BYTES}-byte key and an {STREAM_ID_BYTES}-byte stream id")
-    columns = [pyarrow.array(numpy.ascontiguousarray(events[name]), type=kind) for name, kind in EVENT_COLUMNS]
-    schema = EVENT_SCHEMA
+    arrow = _arrow()
+    pyarrow = arrow.pa
+    columns = [pyarrow.array(numpy.ascontiguousarray(events[name]), type=kind) for name, kind in arrow.types]
+    schema = arrow.schema
     flags = 0
     if keys is not None:
         if len(keys) != count:
             raise ValueError(f"expected one key per event ({count}), got {len(keys)}")
         columns.append(pyarrow.array(keys, type=pyarrow.binary()))
-        schema = EVENT_SCHEMA_WITH_KEYS
+        schema = arrow.schema_with_keys
         flags |= FLAG_RAW_KEYS
     batch = pyarrow.record_batch(columns, schema=schema)
     sink = pyarrow.BufferOutputStream()
@@ -375,11 +395,12 @@ def decode_segment(blob: bytes, keys: Iterable[bytes] | Mapping[bytes, bytes], p
 
 
 def _decode_payload(payload: bytes, header: SegmentHeader, path: str) -> tuple[numpy.ndarray, list[bytes | None] | None]:
+    arrow = _arrow()
     try:
-        table = pyarrow.ipc.open_stream(pyarrow.py_buffer(payload)).read_all()
-    except (pyarrow.ArrowException, OSError) as exc:
+        table = arrow.ipc.open_stream(arrow.pa.py_buffer(payload)).read_all()
+    except (arrow.pa.ArrowException, OSError) as exc:
         raise SegmentFormatError(path, f"authenticated payload is not a readable Arrow IPC stream ({exc.__class__.__name__})") from None
-    expected = EVENT_SCHEMA_WITH_KEYS if header.raw_keys else EVENT_SCHEMA
+    expected = arrow.schema_with_keys if header.raw_keys else arrow.schema
     if not table.schema.equals(expected):
         raise SegmentFormatError(path, f"payload columns {table.schema.names} do not match the header (expected {expected.names})")
     if table.num_rows != header.count or header.last_seq != header.first_seq + header.count - 1:

@@ -19,8 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy
-from scipy import stats
-from scipy.spatial import distance
 
 from agent import hookimpl
 from agent.mlops.drift import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, combine, effective_sizes, quantile_bin_counts
@@ -33,6 +31,8 @@ JENSEN_SHANNON = "jensen_shannon"
 def normed_wasserstein(reference: numpy.ndarray, current: numpy.ndarray, std_floor: float) -> float:
     """Wasserstein-1 distance in units of the reference's standard deviation (floored)."""
     scale = max(float(numpy.std(reference)), std_floor)
+    from scipy import stats  # imported at the first check: ~70 MiB an idle agent does not hold
+
     return float(stats.wasserstein_distance(reference, current) / scale)
 
 
@@ -42,6 +42,8 @@ def js_distance(ref_counts: numpy.ndarray, cur_counts: numpy.ndarray) -> float:
     q = numpy.asarray(cur_counts, dtype=numpy.float64)
     if p.sum() <= 0 or q.sum() <= 0:
         return 0.0
+    from scipy.spatial import distance
+
     value = float(distance.jensenshannon(p / p.sum(), q / q.sum()))
     return value if numpy.isfinite(value) else 0.0
 

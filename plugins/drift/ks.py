@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy
-from scipy import stats
 
 from agent import hookimpl
 from agent.mlops.drift import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, combine, effective_sizes
@@ -48,6 +47,8 @@ def ks_test(
     # sizes' p), so the costly exact distribution of the raw sizes would be thrown away.
     use_exact = exact and effective is None and max(reference.size, current.size) <= EXACT_MAX
     method = "exact" if use_exact else "asymp"
+    from scipy import stats  # imported at the first check: ~70 MiB an idle agent does not hold
+
     res = stats.ks_2samp(reference, current, method=method)
     d, p = float(res.statistic), float(res.pvalue)
     if effective is not None:

@@ -348,3 +348,28 @@ def test_databases_are_separate_keyspaces_sharing_one_budget() -> None:
     assert cache.dbsize(3) == 0 and cache.dbsize() == 32 - counted[1]
     with pytest.raises(ValueError, match="databases must be"):
         Cache(numpy, max_keys=8, max_memory_bytes=1 << 20, databases=0)
+
+
+def test_the_table_and_the_entries_grow_with_the_keys_and_flushall_gives_them_back() -> None:
+    cache = Cache(numpy, max_keys=200_000, max_memory_bytes=64 << 20)
+    idle = cache.snapshot()
+    first = cache.table.capacity
+    assert first * cache.table.max_load_factor < 200_000, "the table starts small"
+    assert idle.device_bytes < 200_000 and idle.host_bytes == 0
+    keys = [b"key:%06d" % i for i in range(30_000)]
+    for start in range(0, len(keys), 7_000):  # batches and single writes both grow it
+        cache.mset([(k, k[::-1]) for k in keys[start : start + 7_000]])
+    cache.set(b"one more", b"v")
+    assert cache.table.capacity * cache.table.max_load_factor >= 30_001 > first
+    assert cache.mget(keys) == [k[::-1] for k in keys]
+    assert cache.get(b"one more") == b"v"
+    grown = cache.snapshot()
+    assert grown.host_bytes > 30_000 * 50  # the entries handed out are counted, not max_keys of them
+    assert grown.host_bytes < 200_000 * 50
+    cache.delete(keys[:10_000])
+    cache.set(b"reuses an entry", b"w")
+    assert cache.snapshot().host_bytes <= grown.host_bytes + 64, "a freed entry is handed out again"
+    assert cache.scan(0, 100_000)[1].count(b"reuses an entry") == 1
+    cache.flush()
+    assert cache.table.capacity == first and cache.snapshot().host_bytes == 0
+    assert cache.mget(keys[:5]) == [None] * 5
