@@ -7,7 +7,9 @@ Run from the repository root::
     python bench/bench_access_log.py --markdown # the section recorded in bench/RESULTS.md
 
 For each operation (``get`` and ``set`` of one key; ``mget`` and ``mset`` of 1,000 and
-100,000 keys) the same calls run with the null access
+100,000 keys; ``GET`` over RESP, one request per read, through the server's connection
+with a transport that drops what it is given, i.e. the server's CPU per request without
+the network's system calls, which only make the share smaller) the same calls run with the null access
 hook and one reporting to an :class:`~cache_core.access_log.AccessLog` — the same cache,
 its hook switched between repetitions, so memory layout and warmth are the same for both.
 Repetitions alternate, and the best time of each is kept (the machine is shared and
@@ -22,6 +24,7 @@ compression work off the request path and is not part of these figures.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import sys
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cache_core.access_log import AccessLog  # noqa: E402
 from cache_core.cache import OP_GET, Cache, null_access_hook  # noqa: E402
+from cache_core.resp.server import Connection, RespServer  # noqa: E402
 
 REPEATS = 9
 RING_CAPACITY = 1 << 22
@@ -78,6 +82,51 @@ def singles(op: str) -> Callable[[Cache, list[bytes]], None]:
     return run
 
 
+class NullTransport(asyncio.Transport):
+    """Takes replies and drops them: the server's own CPU per request, no socket."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def resp_singles(keys: list[bytes]) -> Callable[[Cache, list[bytes]], None]:
+    """One GET request per read, as an unpipelined client sends them (requests encoded
+    once, outside the timed runs)."""
+    requests = [b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys]
+    connections: dict[int, Connection] = {}
+
+    def run(cache: Cache, _keys: list[bytes]) -> None:
+        conn = connections.get(id(cache))
+        if conn is None:
+            conn = connections[id(cache)] = Connection(RespServer(cache))
+            conn.connection_made(NullTransport())
+        for request in requests:
+            conn.data_received(request)
+
+    return run
+
+
 def batched(op: str, batch: int) -> Callable[[Cache, list[bytes]], None]:
     def run(cache: Cache, keys: list[bytes]) -> None:
         for i in range(0, len(keys), batch):
@@ -114,6 +163,7 @@ def main() -> int:
     single_keys = [b"key:%d" % i for i in range(SINGLE_CALLS)]
     rows.append(measure("get", 1, single_keys, singles("get")))
     rows.append(measure("set", 1, single_keys, singles("set")))
+    rows.append(measure("resp GET", 1, single_keys, resp_singles(single_keys)))
     for batch in BATCHES:
         keys = [b"key:%d" % i for i in range(max(batch, KEYS_PER_BATCH_RUN))]
         rows.append(measure("mget", batch, keys, batched("mget", batch)))
@@ -133,9 +183,10 @@ def main() -> int:
         for b, ns in appends.items():
             print(f"| {b:,} | {ns:.1f} |")
         for r in rows:
-            if r["batch"] >= 1_000:
-                verdict = "met" if r["overhead"] <= 0.01 else "NOT met"
-                print(f"\n- target <= 1 % for {r['op']} at batch {r['batch']:,}: {r['overhead'] * 100:+.2f} %, {verdict}", end="")
+            if r["batch"] >= 1_000 or r["op"] == "resp GET":
+                limit = 0.01 if r["batch"] >= 1_000 else 0.05
+                verdict = "met" if r["overhead"] <= limit else "NOT met"
+                print(f"\n- target <= {limit:.0%} for {r['op']} at batch {r['batch']:,}: {r['overhead'] * 100:+.2f} %, {verdict}", end="")
         print()
     else:
         for r in rows:

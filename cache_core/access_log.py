@@ -13,7 +13,8 @@ Concurrency: producers (the RESP loop, the executor, prefetch loads) and consume
 production data collector, drift features) may run in different threads. One short lock
 covers reserving the range *and* copying the batch in, and readers copy out under the
 same lock, so a reader never sees a half-written batch. The lock is held for a vectorised
-copy only, never for I/O.
+copy only, never for I/O. The lock, the head and the row writes of small batches are in
+cache_core/native/ring.c, so a lone GET logs its event in one compiled call.
 
 Bounded, never silent: when producers outrun a reader by more than the capacity, the
 oldest events are overwritten; :meth:`read` tells each reader how many it lost, so a
@@ -30,12 +31,13 @@ prefetch models need; a per-event coin flip would cut reuse distances apart.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy
+
+from cache_core import _native
 
 EVENT_DTYPE = numpy.dtype(
     [
@@ -51,9 +53,10 @@ EVENT_DTYPE = numpy.dtype(
 SAMPLE_BITS = 32
 _SAMPLE_MIX = numpy.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads any fingerprint bit pattern
 MAX_SIZE = numpy.iinfo(numpy.uint32).max
-MAX_SIZE_INT = int(MAX_SIZE)
-# Batches up to this many events are written row by row (see AccessLog._append_scalar).
-SCALAR_APPEND_MAX = 8
+# Batches up to this many events are written row by row by the compiled writer (see
+# AccessLog._append_scalar): about 30 ns per event there, against some ten NumPy calls
+# (about 5 us) for a vectorised batch of any size.
+SCALAR_APPEND_MAX = 32
 
 
 @dataclass
@@ -86,25 +89,41 @@ class AccessLog:
         # 6 ns per event, measured in bench/bench_access_log.py) where writing the fields of
         # a structured array, strided, cost about 50. Readers get structured rows.
         self._columns = {name: numpy.zeros(capacity, dtype=EVENT_DTYPE.fields[name][0]) for name in EVENT_DTYPE.names}
+        # The compiled ring state (cache_core/native/ring.c): the columns' buffers, the head,
+        # the count of events offered and the lock that covers writes and reads.
+        self._ring = _native.EventColumns(*(self._columns[name] for name in EVENT_DTYPE.names))
         # Raw keys only when asked for: a parallel ring of bytes objects (None where the
         # cache had no key to give, as for evictions, which it knows by fingerprint only).
         self.store_raw_keys = bool(store_raw_keys)
         self._keys: numpy.ndarray | None = numpy.full(capacity, None, dtype=object) if store_raw_keys else None
 
+        # A few events with every key logged and the real clock: one compiled call (clock,
+        # lock, rows, head) from the hook; this runs once per lone GET or SET.
+        log = self._ring.log
+        one_call = not store_raw_keys and self.sample_rate >= 1.0 and clock_ns is time.time_ns
+
         def hook(op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, keys: Any = None) -> None:
-            self.append(op, fps, results, sizes, keys=keys)
+            if one_call and 0 < len(fps) <= SCALAR_APPEND_MAX:
+                log(op, fps, results, sizes)
+            else:
+                self.append(op, fps, results, sizes, keys=keys)
 
         hook.wants_keys = self.store_raw_keys  # type: ignore[attr-defined]
+        # The cache may pass a few events as lists of ints rather than arrays (cheaper to
+        # build for one GET than three one-element arrays); append takes either.
+        hook.accepts_lists = True  # type: ignore[attr-defined]
         self.hook = hook
-        self._lock = threading.Lock()
-        self._head = 0  # events ever written (the next event's sequence)
-        self.offered = 0  # events reported by the cache, before sampling
         self.sampled_out = 0  # events not logged because of sampling
 
     @property
     def head(self) -> int:
         """Sequence number the next event will get (= events ever logged)."""
-        return self._head
+        return self._ring.head
+
+    @property
+    def offered(self) -> int:
+        """Events reported by the cache, before sampling."""
+        return self._ring.offered
 
     def _keep(self, fps: numpy.ndarray) -> numpy.ndarray | None:
         """Mask of fingerprints that are sampled in; None when every key is."""
@@ -145,8 +164,9 @@ class AccessLog:
             key_array = key_array[keep] if key_array is not None else None
         k = int(fps.shape[0])
         now = int(self._clock_ns())
-        with self._lock:
-            self.offered += n
+        ring = self._ring
+        with ring:
+            ring.offered += n
             self.sampled_out += n - k
             if k == 0:
                 return 0
@@ -155,9 +175,9 @@ class AccessLog:
                 skip = k - self.capacity
                 fps, results, sizes = fps[skip:], results[skip:], sizes[skip:]
                 key_array = key_array[skip:] if key_array is not None else None
-                self._head += skip
+                ring.head += skip
                 k = self.capacity
-            start = self._head & self.mask
+            start = ring.head & self.mask
             first = min(k, self.capacity - start)
             for lo, hi, dst in ((0, first, start), (first, k, 0)):
                 if hi <= lo:
@@ -172,26 +192,19 @@ class AccessLog:
                 columns["size"][where] = sizes[lo:hi]
                 if self._keys is not None and key_array is not None:
                     self._keys[dst : dst + hi - lo] = key_array[lo:hi]
-            self._head += k
+            ring.head += k
         return k
 
     def _append_scalar(self, op: int, fps: Any, results: Any, sizes: Any, tenant: int, n: int) -> int:
-        """A few events, row by row: cheaper than a dozen NumPy calls on arrays of one."""
+        """A few events, row by row in one compiled call (cache_core/native/ring.c):
+        cheaper than a dozen NumPy calls on arrays of one."""
         now = int(self._clock_ns())
-        ts, fp, ops, result, ten, size = (self._columns[name] for name in EVENT_DTYPE.names)
-        mask = self.mask
-        with self._lock:
-            head = self._head
-            for i in range(n):
-                at = (head + i) & mask
-                ts[at] = now
-                fp[at] = fps[i]
-                ops[at] = op
-                result[at] = results[i]
-                ten[at] = tenant
-                size[at] = min(int(sizes[i]), MAX_SIZE_INT)
-            self._head = head + n
-            self.offered += n
+        ring = self._ring
+        with ring:
+            head = ring.head
+            ring.rows(head, now, op, fps, results, sizes, tenant)
+            ring.head = head + n
+            ring.offered += n
         return n
 
     def read(self, since: int, max_events: int | None = None) -> ReadResult:
@@ -200,8 +213,8 @@ class AccessLog:
         If some of them were already overwritten, ``lost`` says how many and the read
         starts at the oldest event still held.
         """
-        with self._lock:
-            head = self._head
+        with self._ring:
+            head = self._ring.head
             oldest = max(0, head - self.capacity)
             since = max(0, int(since))
             lost = max(0, oldest - since)

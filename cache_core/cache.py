@@ -100,6 +100,10 @@ class OutOfMemoryError(CacheError):
 
 
 class AccessHook(Protocol):
+    """Told about every batch: the keys' 64-bit fingerprints, RES_* results and value sizes,
+    as aligned arrays. A hook with ``accepts_lists = True`` may get a small batch (a lone
+    GET) as lists of ints instead; one with ``wants_keys = True`` also gets ``keys=``."""
+
     def __call__(self, op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None: ...
 
 
@@ -185,7 +189,7 @@ class Cache:
         # RESP server knows an MGET's reply fits its read budget without looking.
         self.largest_value_bytes = 0
         self.clock = clock
-        self.access_hook: AccessHook = access_hook or null_access_hook
+        self.access_hook = access_hook or null_access_hook
         # Called with the keys of every read, after it was served (the prefetcher's queue).
         # Told about every read batch after it was served: the keys and, per key, whether
         # it was a hit (before any read-through); the prefetcher learns from it.
@@ -289,14 +293,26 @@ class Cache:
                 eids[positions] = -1
         return eids
 
+    @property
+    def access_hook(self) -> AccessHook:
+        """Told about every batch (see :class:`AccessHook`); replaceable while serving."""
+        return self._access_hook
+
+    @access_hook.setter
+    def access_hook(self, hook: AccessHook) -> None:
+        # What the hook accepts is read once here, not on every read it is told about.
+        self._hook_wants_keys = bool(getattr(hook, "wants_keys", False))
+        self._hook_lists = bool(getattr(hook, "accepts_lists", False)) and not self._hook_wants_keys
+        self._access_hook = hook
+
     def _report(
         self, op: int, lo: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, keys: Sequence[bytes] | None = None
     ) -> None:
         """Tell the access hook; the keys themselves only to a hook that asks (``wants_keys``)."""
-        hook = self.access_hook
+        hook = self._access_hook
         if hook is null_access_hook:
             return
-        if keys is not None and getattr(hook, "wants_keys", False):
+        if keys is not None and self._hook_wants_keys:
             hook(op, lo, results, sizes, keys=keys)
         else:
             hook(op, lo, results, sizes)
@@ -527,14 +543,20 @@ class Cache:
                 self.policy.on_access(numpy.asarray(hits, dtype=numpy.int64))
             self.stats.hits += len(hits)
             self.stats.misses += len(keys) - len(hits)
-            if self.access_hook is not null_access_hook:
-                self._report(
-                    OP_GET,
-                    numpy.asarray([lo for _hi, lo in fps], dtype=numpy.uint64),
-                    numpy.asarray(results, dtype=numpy.uint8),
-                    numpy.asarray([e_len.item(e) if e >= 0 else 0 for e in eids], dtype=numpy.int64),
-                    keys,
-                )
+            hook = self._access_hook
+            if hook is not null_access_hook:
+                fp_lo = [lo for _hi, lo in fps]
+                sizes = [e_len.item(e) if e >= 0 else 0 for e in eids]
+                if self._hook_lists:
+                    hook(OP_GET, fp_lo, results, sizes)  # type: ignore[arg-type]
+                else:
+                    self._report(
+                        OP_GET,
+                        numpy.asarray(fp_lo, dtype=numpy.uint64),
+                        numpy.asarray(results, dtype=numpy.uint8),
+                        numpy.asarray(sizes, dtype=numpy.int64),
+                        keys,
+                    )
         return out
 
     def get(self, key: bytes, db: int = 0) -> bytes | None:
@@ -732,9 +754,12 @@ class Cache:
                 self.stats.sets += len(keys)
                 if self.modified is not None and not loaded:
                     self.modified(hi, lo)
-            sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
             op = OP_PREFETCH if prefetched else OP_SET
-            self._report(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes, keys)
+            if self._hook_lists and len(keys) <= self.small_batch:
+                self._access_hook(op, lo.tolist(), [RES_STORED] * len(keys), [len(v) for v in values])
+            elif self._access_hook is not null_access_hook:
+                sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
+                self._report(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes, keys)
 
     def set(
         self,

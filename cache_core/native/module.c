@@ -6,7 +6,7 @@ static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     "cache_core._native",
     "The compiled serving core of the cache: keyed fingerprints, the RESP request parser "
-    "and the host hash table's probes.",
+    "and the access log's row writes.",
     -1,
     NULL,
     NULL,
@@ -20,7 +20,8 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL)
         return NULL;
-    if (predis_blake2b_init(module) < 0 || predis_parser_init(module) < 0 || predis_table_init(module) < 0) {
+    if (predis_blake2b_init(module) < 0 || predis_parser_init(module) < 0 ||
+        predis_ring_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

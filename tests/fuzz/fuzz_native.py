@@ -8,7 +8,8 @@ tests/unit/test_native_sanitizers.py) instead of the one ``pip install -e .`` bu
 Each round mutates well-formed RESP (bit flips, truncations, spliced headers, huge and
 negative lengths, inline lines), feeds it to the compiled parser and to its Python oracle
 in random pieces under random limits and requires the same commands and errors; keys of
-random lengths are fingerprinted natively and with hashlib. A sanitizer finding aborts the
+random lengths are fingerprinted natively and with hashlib; the access log's compiled ring
+takes random batches through both of its write paths and must hold the newest events. A sanitizer finding aborts the
 process with its report; a disagreement raises. The last line printed counts the rounds.
 """
 
@@ -118,6 +119,26 @@ def fingerprint_round(rng: random.Random) -> None:
             raise AssertionError(f"fingerprint of {key!r} differs from hashlib")
 
 
+def ring_round(rng: random.Random) -> None:
+    import numpy
+
+    from cache_core.access_log import AccessLog
+
+    log = AccessLog(1 << rng.randint(0, 6))
+    model: list[int] = []
+    for _ in range(rng.randint(1, 10)):
+        n = rng.choice([0, 1, 2, 31, 32, 33, 100])
+        fps = [rng.getrandbits(64) for _ in range(n)]
+        results, sizes = [rng.randrange(256) for _ in range(n)], [rng.getrandbits(34) for _ in range(n)]
+        if rng.random() < 0.5:
+            fps, results, sizes = numpy.asarray(fps, dtype=numpy.uint64), numpy.asarray(results, dtype=numpy.uint8), numpy.asarray(sizes, dtype=numpy.int64)
+        (log.hook if rng.random() < 0.7 else log.append)(rng.randrange(8), fps, results, sizes)
+        model.extend(int(fp) for fp in fps)
+    got = [int(fp) for fp in log.read(0).events["fp"]]
+    if got != model[max(0, len(model) - log.capacity) :]:
+        raise AssertionError("the access log ring lost or reordered events")
+
+
 def main() -> int:
     seconds = float(sys.argv[1])
     load(sys.argv[2] if len(sys.argv) > 2 else None)
@@ -128,6 +149,8 @@ def main() -> int:
         parser_round(rng)
         if rounds % 20 == 0:
             fingerprint_round(rng)
+        if rounds % 5 == 0:
+            ring_round(rng)
         rounds += 1
     from cache_core import _native
 

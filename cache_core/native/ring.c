@@ -1,0 +1,363 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The access log ring's state and row writes (cache_core._native.EventColumns).
+ *
+ * cache_core/access_log.py keeps the ring column by column in six NumPy arrays and copies
+ * a large batch in with slice assignments. A single GET or SET reports one event; written
+ * field by field through NumPy scalar stores that cost about 3 us, more than the read it
+ * records. This type holds the six columns' buffers, the ring's head, its count of events
+ * offered and its lock (a context manager for the Python side's batch writes and reads),
+ * and logs a few events in one call: clock, lock, rows, head, unlock. */
+#include "native.h"
+#include <pythread.h>
+#include <time.h>
+
+#define COLUMNS 6
+
+/* ts_ns int64, fp uint64, op uint8, result uint8, tenant uint16, size uint32 */
+static const Py_ssize_t ITEMSIZE[COLUMNS] = {8, 8, 1, 1, 2, 4};
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer columns[COLUMNS];
+    int held;
+    Py_ssize_t capacity;
+    unsigned long long head;    /* events ever written: the next event's sequence */
+    unsigned long long offered; /* events reported, before sampling */
+    PyThread_type_lock lock;
+} EventColumns;
+
+/* Take the ring's lock; while another thread holds it, wait without the GIL. */
+static void lock_ring(EventColumns *self)
+{
+    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static void release(EventColumns *self)
+{
+    for (int i = 0; i < self->held; i++)
+        PyBuffer_Release(&self->columns[i]);
+    self->held = 0;
+}
+
+static int EventColumns_init(EventColumns *self, PyObject *args, PyObject *kwds)
+{
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "EventColumns takes the six columns positionally");
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(args) != COLUMNS) {
+        PyErr_SetString(PyExc_TypeError, "EventColumns(ts_ns, fp, op, result, tenant, size)");
+        return -1;
+    }
+    release(self);
+    if (self->lock == NULL && (self->lock = PyThread_allocate_lock()) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < COLUMNS; i++) {
+        Py_buffer *b = &self->columns[i];
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args, i), b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+            release(self);
+            return -1;
+        }
+        self->held = i + 1;
+        Py_ssize_t n = b->itemsize ? b->len / b->itemsize : 0;
+        if (b->itemsize != ITEMSIZE[i] || b->ndim != 1 || (i > 0 && n != self->capacity) || n < 1 || (n & (n - 1))) {
+            release(self);
+            PyErr_SetString(PyExc_ValueError,
+                            "EventColumns: six one-dimensional writable columns of one power-of-two length "
+                            "(int64, uint64, uint8, uint8, uint16, uint32)");
+            return -1;
+        }
+        self->capacity = n;
+    }
+    return 0;
+}
+
+static void EventColumns_dealloc(EventColumns *self)
+{
+    release(self);
+    if (self->lock != NULL)
+        PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* An unsigned 64-bit value from a Python int or anything with __index__ (NumPy scalars). */
+static int as_u64(PyObject *obj, uint64_t *out)
+{
+    if (PyLong_CheckExact(obj)) {
+        *out = PyLong_AsUnsignedLongLong(obj);
+        return (*out == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+    }
+    PyObject *index = PyNumber_Index(obj);
+    if (index == NULL)
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(index);
+    Py_DECREF(index);
+    return (*out == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* A sequence as a list or tuple (an array through its tolist(), 20 times faster than
+ * iterating it); a new reference, or NULL with an exception. */
+static PyObject *as_fast(PyObject *obj, const char *what)
+{
+    if (PyList_CheckExact(obj) || PyTuple_CheckExact(obj))
+        return Py_NewRef(obj);
+    if (PyObject_HasAttrString(obj, "tolist")) {
+        PyObject *list = PyObject_CallMethod(obj, "tolist", NULL);
+        if (list == NULL || PyList_Check(list))
+            return list;
+        Py_DECREF(list);
+    }
+    return PySequence_Fast(obj, what);
+}
+
+/* Converted rows, checked before any is written. */
+typedef struct {
+    Py_ssize_t n;
+    uint64_t *fp;
+    uint8_t *result;
+    uint32_t *size;
+    uint64_t small[3 * 32];
+} Rows;
+
+static void rows_free(Rows *rows)
+{
+    if (rows->fp != NULL && rows->fp != rows->small)
+        PyMem_Free(rows->fp);
+    rows->fp = NULL;
+}
+
+static int rows_convert(Rows *rows, PyObject *fps_obj, PyObject *results_obj, PyObject *sizes_obj)
+{
+    rows->fp = NULL;
+    PyObject *fps = as_fast(fps_obj, "fps must be a sequence");
+    PyObject *results = fps ? as_fast(results_obj, "results must be a sequence") : NULL;
+    PyObject *sizes = results ? as_fast(sizes_obj, "sizes must be a sequence") : NULL;
+    int rc = -1;
+    if (sizes == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fps);
+    if (PySequence_Fast_GET_SIZE(results) != n || PySequence_Fast_GET_SIZE(sizes) != n) {
+        PyErr_SetString(PyExc_ValueError, "fps, results and sizes differ in length");
+        goto done;
+    }
+    rows->n = n;
+    /* fp (8 bytes), then size (4) and result (1) per row, in one block */
+    if (n <= 32) {
+        rows->fp = rows->small;
+    } else if ((rows->fp = PyMem_Malloc((size_t)n * 13 + 8)) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    rows->size = (uint32_t *)(rows->fp + n);
+    rows->result = (uint8_t *)(rows->size + n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t fp, result, size;
+        if (as_u64(PySequence_Fast_GET_ITEM(fps, i), &fp) < 0 || as_u64(PySequence_Fast_GET_ITEM(results, i), &result) < 0 ||
+            as_u64(PySequence_Fast_GET_ITEM(sizes, i), &size) < 0)
+            goto done;
+        if (result > UINT8_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "a result must fit in 8 bits");
+            goto done;
+        }
+        rows->fp[i] = fp;
+        rows->result[i] = (uint8_t)result;
+        rows->size[i] = size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+    }
+    rc = 0;
+done:
+    if (rc < 0)
+        rows_free(rows);
+    Py_XDECREF(fps);
+    Py_XDECREF(results);
+    Py_XDECREF(sizes);
+    return rc;
+}
+
+static void rows_write(EventColumns *self, const Rows *rows, uint64_t head, int64_t ts, uint8_t op, uint16_t tenant)
+{
+    uint64_t mask = (uint64_t)self->capacity - 1;
+    int64_t *ts_col = self->columns[0].buf;
+    uint64_t *fp_col = self->columns[1].buf;
+    uint8_t *op_col = self->columns[2].buf;
+    uint8_t *result_col = self->columns[3].buf;
+    uint16_t *tenant_col = self->columns[4].buf;
+    uint32_t *size_col = self->columns[5].buf;
+    for (Py_ssize_t i = 0; i < rows->n; i++) {
+        uint64_t at = (head + (uint64_t)i) & mask;
+        ts_col[at] = ts;
+        fp_col[at] = rows->fp[i];
+        op_col[at] = op;
+        result_col[at] = rows->result[i];
+        tenant_col[at] = tenant;
+        size_col[at] = rows->size[i];
+    }
+}
+
+/* rows(head, ts_ns, op, fps, results, sizes, tenant): write len(fps) events at sequence
+ * numbers head, head+1, ... (modulo the capacity); sizes are clipped to 32 bits. The
+ * caller holds the ring's lock and advances its head. */
+static PyObject *EventColumns_rows(EventColumns *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "rows(head, ts_ns, op, fps, results, sizes, tenant)");
+        return NULL;
+    }
+    if (self->held != COLUMNS) {
+        PyErr_SetString(PyExc_RuntimeError, "EventColumns was not initialised");
+        return NULL;
+    }
+    uint64_t head, op, tenant, ts;
+    if (as_u64(args[0], &head) < 0 || as_u64(args[2], &op) < 0 || as_u64(args[6], &tenant) < 0)
+        return NULL;
+    long long ts_signed = PyLong_AsLongLong(args[1]);
+    if (ts_signed == -1 && PyErr_Occurred())
+        return NULL;
+    ts = (uint64_t)ts_signed;
+    if (op > UINT8_MAX || tenant > UINT16_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "op must fit in 8 bits and tenant in 16");
+        return NULL;
+    }
+    Rows rows;
+    if (rows_convert(&rows, args[3], args[4], args[5]) < 0)
+        return NULL;
+    rows_write(self, &rows, head, (int64_t)ts, (uint8_t)op, (uint16_t)tenant);
+    rows_free(&rows);
+    Py_RETURN_NONE;
+}
+
+/* log(op, fps, results, sizes): the whole append of a few events under the ring's lock,
+ * stamped with the realtime clock; returns how many were logged. */
+static PyObject *EventColumns_log(EventColumns *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "log(op, fps, results, sizes)");
+        return NULL;
+    }
+    if (self->held != COLUMNS) {
+        PyErr_SetString(PyExc_RuntimeError, "EventColumns was not initialised");
+        return NULL;
+    }
+    uint64_t op;
+    if (as_u64(args[0], &op) < 0)
+        return NULL;
+    if (op > UINT8_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "op must fit in 8 bits");
+        return NULL;
+    }
+    Rows rows;
+    if (rows_convert(&rows, args[1], args[2], args[3]) < 0)
+        return NULL;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t ts = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+    Py_ssize_t n = rows.n;
+    if (n > self->capacity) { /* only the newest `capacity` can be held */
+        Py_ssize_t skip = n - self->capacity;
+        rows.fp += skip;
+        rows.size += skip;
+        rows.result += skip;
+        rows.n = self->capacity;
+        lock_ring(self);
+        self->head += (unsigned long long)skip;
+        rows_write(self, &rows, self->head, ts, (uint8_t)op, 0);
+        self->head += (unsigned long long)rows.n;
+        self->offered += (unsigned long long)n;
+        PyThread_release_lock(self->lock);
+        rows.fp -= skip;
+    } else {
+        lock_ring(self);
+        rows_write(self, &rows, self->head, ts, (uint8_t)op, 0);
+        self->head += (unsigned long long)n;
+        self->offered += (unsigned long long)n;
+        PyThread_release_lock(self->lock);
+    }
+    rows_free(&rows);
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *EventColumns_enter(EventColumns *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "EventColumns was not initialised");
+        return NULL;
+    }
+    lock_ring(self);
+    return Py_NewRef(self);
+}
+
+static PyObject *EventColumns_exit(EventColumns *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    PyThread_release_lock(self->lock);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *get_counter(EventColumns *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(closure ? self->offered : self->head);
+}
+
+static int set_counter(EventColumns *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete a ring counter");
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(value);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (closure)
+        self->offered = v;
+    else
+        self->head = v;
+    return 0;
+}
+
+static PyGetSetDef EventColumns_getset[] = {
+    {"head", (getter)get_counter, (setter)set_counter, "Events ever written (the next event's sequence).", NULL},
+    {"offered", (getter)get_counter, (setter)set_counter, "Events reported, before sampling.", (void *)1},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef EventColumns_methods[] = {
+    {"rows", (PyCFunction)(void (*)(void))EventColumns_rows, METH_FASTCALL,
+     "rows(head, ts_ns, op, fps, results, sizes, tenant): write one event per fingerprint at "
+     "sequence numbers head, head+1, ... (modulo the capacity); sizes clipped to 32 bits. "
+     "Every value is converted before any row is written; the caller holds the lock."},
+    {"log", (PyCFunction)(void (*)(void))EventColumns_log, METH_FASTCALL,
+     "log(op, fps, results, sizes): append these events (tenant 0) stamped with the realtime "
+     "clock, under the ring's lock; returns how many."},
+    {"__enter__", (PyCFunction)EventColumns_enter, METH_NOARGS, "Take the ring's lock."},
+    {"__exit__", (PyCFunction)(void (*)(void))EventColumns_exit, METH_FASTCALL, "Release the ring's lock."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EventColumnsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cache_core._native.EventColumns",
+    .tp_doc = "EventColumns(ts_ns, fp, op, result, tenant, size): row writes into the access "
+              "log's six column arrays (int64, uint64, uint8, uint8, uint16, uint32, one "
+              "power-of-two length).",
+    .tp_basicsize = sizeof(EventColumns),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)EventColumns_init,
+    .tp_dealloc = (destructor)EventColumns_dealloc,
+    .tp_methods = EventColumns_methods,
+    .tp_getset = EventColumns_getset,
+};
+
+int predis_ring_init(PyObject *module)
+{
+    if (PyType_Ready(&EventColumnsType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "EventColumns", (PyObject *)&EventColumnsType);
+}
