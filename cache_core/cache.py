@@ -678,6 +678,9 @@ class Cache:
                 for start in range(0, len(pairs), self.max_keys):
                     self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded, db=db, kind=kind)
             return
+        if len(keys) <= self.small_batch:
+            self._mset_small(keys, values, ttl_ms, keep_ttl, prefetched, loaded, db, kind)
+            return
         with self._lock:
             now = self.now_ms()
             eids, hi, lo = self._find_keys(keys, now, db)
@@ -754,12 +757,115 @@ class Cache:
                 self.stats.sets += len(keys)
                 if self.modified is not None and not loaded:
                     self.modified(hi, lo)
-            op = OP_PREFETCH if prefetched else OP_SET
-            if self._hook_lists and len(keys) <= self.small_batch:
-                self._access_hook(op, lo.tolist(), [RES_STORED] * len(keys), [len(v) for v in values])
-            elif self._access_hook is not null_access_hook:
+            if self._access_hook is not null_access_hook:
+                op = OP_PREFETCH if prefetched else OP_SET
                 sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
                 self._report(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes, keys)
+
+    def _mset_small(
+        self, keys: list[bytes], values: list[bytes], ttl_ms: int | None, keep_ttl: bool, prefetched: bool, loaded: bool, db: int, kind: int
+    ) -> None:
+        """:meth:`mset` of a few distinct keys on host memory: the same steps in the same
+        order, by scalar probes, reads and stores. For a lone SET, NumPy calls on arrays of
+        one element (fancy indexing, flatnonzero, one-element stores) cost more than the
+        write itself (measured in bench/RESULTS.md)."""
+        fps = self._fps_small(keys, db)
+        with self._lock:
+            now = self.now_ms()
+            eids = self._find_small(fps, now)
+            if prefetched and max(eids) >= 0:
+                keep = [i for i, eid in enumerate(eids) if eid < 0]
+                if not keep:
+                    return
+                keys, values = [keys[i] for i in keep], [values[i] for i in keep]
+                fps, eids = [fps[i] for i in keep], [eids[i] for i in keep]
+            store = self.store
+            chunk_size = store.chunk_size
+            e_len, e_handle, e_atime, e_type, e_pre, e_expire = self.e_len, self.e_handle, self.e_atime, self.e_type, self.e_prefetched, self.e_expire
+            old = [i for i, eid in enumerate(eids) if eid >= 0]
+            new = [i for i, eid in enumerate(eids) if eid < 0]
+            charge = sum(chunk_size(len(v)) for v in values)
+            refund = sum(chunk_size(e_len.item(eids[i])) for i in old)
+            self._make_room(len(new), charge - refund, {eids[i] for i in old})
+            expire = TTL_NONE if ttl_ms is None else now + ttl_ms
+            # Overwrites.
+            for i in old:
+                eid = eids[i]
+                e_atime[eid] = now
+                current = e_type.item(eid)
+                if current != kind:  # SET over a hash makes it a string, HSET the reverse
+                    self.typed_keys += (kind != TYPE_STRING) - (current != TYPE_STRING)
+                    e_type[eid] = kind
+                if e_pre.item(eid):
+                    self.stats.prefetch_wasted += 1  # overwritten before anyone read it
+                    e_pre[eid] = False
+                value = values[i]
+                e_handle[eid] = store.replace(e_handle.item(eid), e_len.item(eid), value)
+                e_len[eid] = len(value)
+                if not keep_ttl:
+                    e_expire[eid] = expire
+            if old:
+                self.policy.on_access(numpy.asarray([eids[i] for i in old], dtype=numpy.int64))
+            # New keys.
+            if new:
+                self._reserve(len(new))
+                new_eids = self._take_entries(len(new))
+                ids = new_eids.tolist()
+                try:
+                    if len(new) == 1:
+                        self.table.insert_one(fps[new[0]][0], fps[new[0]][1], ids[0])
+                    else:
+                        n_hi = numpy.asarray([fps[i][0] for i in new], dtype=numpy.uint64)
+                        n_lo = numpy.asarray([fps[i][1] for i in new], dtype=numpy.uint64)
+                        slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
+                        self.table.set_handles(slots, self.xp.asarray(new_eids))
+                except BaseException:
+                    self._free.extend(reversed(ids))  # not lost: the next write can use them
+                    raise
+                e_key, e_hi, e_lo, e_live, e_db = self.e_key, self.e_hi, self.e_lo, self.e_live, self.e_db
+                for eid, i in zip(ids, new):
+                    value, key = values[i], keys[i]
+                    e_handle[eid] = store.put(value)
+                    e_len[eid] = len(value)
+                    e_atime[eid] = now
+                    e_key[eid] = key
+                    self.key_bytes += len(key)
+                    e_hi[eid], e_lo[eid] = fps[i]
+                    e_live[eid] = True
+                    if db:
+                        e_db[eid] = db  # _remove left database 0 in a freed entry
+                    if kind != TYPE_STRING:
+                        e_type[eid] = kind
+                    if prefetched:
+                        e_pre[eid] = True
+                    e_expire[eid] = expire
+                self.db_keys[db] += len(ids)
+                if kind != TYPE_STRING:
+                    self.typed_keys += len(ids)
+                self.live_keys += len(ids)
+                self.policy.on_insert(new_eids, numpy.asarray([fps[i][1] for i in new], dtype=numpy.uint64))
+            if prefetched:
+                self.stats.prefetch_inserted += len(keys)
+            else:
+                self.stats.sets += len(keys)
+                if self.modified is not None and not loaded:
+                    pairs = numpy.asarray(fps, dtype=numpy.uint64).reshape(len(keys), 2)
+                    self.modified(numpy.ascontiguousarray(pairs[:, 0]), numpy.ascontiguousarray(pairs[:, 1]))
+            hook = self._access_hook
+            if hook is not null_access_hook:
+                op = OP_PREFETCH if prefetched else OP_SET
+                lo = [fp[1] for fp in fps]
+                sizes = [len(v) for v in values]
+                if self._hook_lists:
+                    hook(op, lo, [RES_STORED] * len(keys), sizes)  # type: ignore[arg-type]
+                else:
+                    self._report(
+                        op,
+                        numpy.asarray(lo, dtype=numpy.uint64),
+                        numpy.full(len(keys), RES_STORED, dtype=numpy.uint8),
+                        numpy.asarray(sizes, dtype=numpy.int64),
+                        keys,
+                    )
 
     def set(
         self,
