@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy
 
+from cache_core import _native
 from cache_core.backend import to_host
 from cache_core.eviction import make_policy
 from cache_core.keys import Fingerprinter
@@ -59,10 +60,6 @@ WRONGTYPE_MESSAGE = "WRONGTYPE Operation against a key holding the wrong kind of
 MAX_DATABASES = 65536
 # SCAN looks for live entries this many entry IDs at a time (one NumPy pass each).
 SCAN_WINDOW = 65536
-# Host memory of one stored key name beyond its bytes (the bytes object's header), and of
-# one slot of the entry-to-key list.
-KEY_OBJECT_OVERHEAD_BYTES = 33
-POINTER_BYTES = 8
 
 # Access-hook op and result codes (uint8), shared with the access log.
 OP_GET, OP_SET, OP_DEL, OP_EXPIRE, OP_PREFETCH = 1, 2, 3, 4, 5
@@ -212,6 +209,10 @@ class Cache:
         self._initial_capacity = _capacity_for(min(self.max_keys, INITIAL_TABLE_KEYS), max_load_factor)
         self.table = HashTable(xp, self._initial_capacity, max_load_factor=max_load_factor)
         self.store = ValueStore(xp, max_value_bytes=max_value_bytes, growth_factor=slab_growth_factor)
+        # Key names live in slabs of their own on the host (KEYS, SCAN, RANDOMKEY, RENAME
+        # name keys back from entries): a 16-byte key costs a 16-byte chunk and its entry's
+        # handle and length, where a bytes object in a list cost about 64 bytes.
+        self.key_store = ValueStore(numpy, max_value_bytes=max(max_key_bytes, 16), growth_factor=slab_growth_factor)
         self.policy = make_policy(eviction, self.max_keys)
         # Batches up to this many keys take the scalar host path (same results).
         limit = SMALL_BATCH if small_batch is None else int(small_batch)
@@ -240,11 +241,21 @@ class Cache:
         self.db_keys = numpy.zeros(self.databases, dtype=numpy.int64)
         # The key of each entry: fingerprints find entries, these name them back (KEYS,
         # SCAN, RANDOMKEY, RENAME). On the host, counted in host_bytes.
-        self.e_key: list[bytes | None] = []  # grows with _fresh
+        self.e_khandle = numpy.zeros(n, dtype=numpy.int64)  # the key's handle in key_store
+        self.e_klen = numpy.zeros(n, dtype=numpy.uint32)  # the key's length
+        self.key_store.clear()
         self.key_bytes = 0
         self._free: list[int] = []  # entries removed, handed out again last-removed first
         self._fresh = 0  # entries [0, _fresh) have been handed out at least once
         self.live_keys = 0
+
+    def _entry_arrays(self) -> tuple[numpy.ndarray, ...]:
+        return (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime, self.e_db, self.e_type, self.e_khandle, self.e_klen)
+
+    def _names(self, eids: numpy.ndarray) -> list[bytes]:
+        """The key names of live entries, in order."""
+        get, e_khandle, e_klen = self.key_store.get, self.e_khandle, self.e_klen
+        return [get(e_khandle.item(e), e_klen.item(e)) for e in eids.tolist()]
 
     def _take_entries(self, n: int) -> numpy.ndarray:
         """``n`` unused entry IDs: removed ones first, then ones never used."""
@@ -257,7 +268,6 @@ class Cache:
                 free.extend(reversed(taken))
                 raise RuntimeError(f"entry IDs exhausted: {stop} > max_keys {self.max_keys}")
             taken.extend(range(start, stop))
-            self.e_key.extend([None] * (stop - start))
             self._fresh = stop
         return numpy.asarray(taken, dtype=numpy.int64)
 
@@ -272,6 +282,7 @@ class Cache:
         while int(capacity * table.max_load_factor) < need and capacity < self._table_capacity:
             capacity *= 2
         table.rehash(min(capacity, self._table_capacity))
+        _native.trim_heap()  # the replaced arrays would otherwise stay resident (about 30 B/key at 1M keys)
 
     # ------------------------------------------------------------------ helpers
     def now_ms(self) -> int:
@@ -359,13 +370,12 @@ class Cache:
                 self.table.delete_one(self.e_hi.item(eid), self.e_lo.item(eid))
         else:
             self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
-        e_key = self.e_key
+        e_khandle, e_klen, key_store = self.e_khandle, self.e_klen, self.key_store
         for eid in eids.tolist():
             self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
-            key = e_key[eid]
-            if key is not None:
-                self.key_bytes -= len(key)
-                e_key[eid] = None
+            length = e_klen.item(eid)
+            key_store.free(e_khandle.item(eid), length)
+            self.key_bytes -= length
         if self.modified is not None:
             self.modified(self.e_hi[eids].copy(), self.e_lo[eids].copy())
         sizes = self.e_len[eids].copy()
@@ -729,13 +739,14 @@ class Cache:
                 except BaseException:
                     self._free.extend(reversed(new_eids.tolist()))  # not lost: the next write can use them
                     raise
-                e_key = self.e_key
+                e_khandle, e_klen, key_store = self.e_khandle, self.e_klen, self.key_store
                 key_bytes = 0
                 for eid, i in zip(new_eids.tolist(), new_idx.tolist()):
                     self.e_handle[eid] = self.store.put(values[i])
                     self.e_len[eid] = len(values[i])
                     e_atime[eid] = now
-                    e_key[eid] = keys[i]
+                    e_khandle[eid] = key_store.put(keys[i])
+                    e_klen[eid] = len(keys[i])
                     key_bytes += len(keys[i])
                 self.key_bytes += key_bytes
                 self.e_hi[new_eids] = n_hi
@@ -822,13 +833,15 @@ class Cache:
                 except BaseException:
                     self._free.extend(reversed(ids))  # not lost: the next write can use them
                     raise
-                e_key, e_hi, e_lo, e_live, e_db = self.e_key, self.e_hi, self.e_lo, self.e_live, self.e_db
+                e_khandle, e_klen, key_store = self.e_khandle, self.e_klen, self.key_store
+                e_hi, e_lo, e_live, e_db = self.e_hi, self.e_lo, self.e_live, self.e_db
                 for eid, i in zip(ids, new):
                     value, key = values[i], keys[i]
                     e_handle[eid] = store.put(value)
                     e_len[eid] = len(value)
                     e_atime[eid] = now
-                    e_key[eid] = key
+                    e_khandle[eid] = key_store.put(key)
+                    e_klen[eid] = len(key)
                     self.key_bytes += len(key)
                     e_hi[eid], e_lo[eid] = fps[i]
                     e_live[eid] = True
@@ -1034,6 +1047,7 @@ class Cache:
             self.table.clear()
             if self.table.capacity > self._initial_capacity:
                 self.table.rehash(self._initial_capacity)  # FLUSHALL gives the table's memory back
+            _native.trim_heap()
             self.store.clear()
             self.policy.clear()
             self._alloc_entries()
@@ -1055,8 +1069,7 @@ class Cache:
         with self._lock:
             eids = self._live_in(db)
             eids = eids[self._unexpired(eids, self.now_ms())]
-            e_key = self.e_key
-            return [k for k in (e_key[e] for e in eids.tolist()) if k is not None]
+            return self._names(eids)
 
     def scan(self, cursor: int, count: int, db: int = 0, kind: int | None = None) -> tuple[int, list[bytes]]:
         """Up to ``count`` keys from entry ``cursor`` on, and the cursor to go on from (0: done).
@@ -1090,8 +1103,7 @@ class Cache:
             chosen = chosen[keep]
             if kind is not None:
                 chosen = chosen[self.e_type[chosen] == kind]
-            e_key = self.e_key
-            names = [k for k in (e_key[e] for e in chosen.tolist()) if k is not None]
+            names = self._names(chosen)
             return (0 if position >= end else position), names
 
     def random_key(self, rng: random.Random, db: int = 0) -> bytes | None:
@@ -1100,7 +1112,7 @@ class Cache:
             eids = eids[self._unexpired(eids, self.now_ms())]
             if not len(eids):
                 return None
-            return self.e_key[int(eids[rng.randrange(len(eids))])]
+            return self._names(eids[rng.randrange(len(eids)) :][:1])[0]
 
     def idle_ms(self, key: bytes, db: int = 0) -> int | None:
         """Milliseconds since ``key`` was last read or written (OBJECT IDLETIME); None if absent."""
@@ -1116,8 +1128,8 @@ class Cache:
             eid = self._find_one(key, self.now_ms(), db)
             if eid < 0:
                 return None
-            per_entry = sum(a.itemsize for a in (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime, self.e_db))
-            return self.store.chunk_size(int(self.e_len[eid])) + len(key) + KEY_OBJECT_OVERHEAD_BYTES + POINTER_BYTES + per_entry
+            per_entry = sum(a.itemsize for a in self._entry_arrays())
+            return self.store.chunk_size(int(self.e_len[eid])) + self.key_store.chunk_size(len(key)) + per_entry
 
     # ------------------------------------------------------------------ maintenance
     def sweep_expired(self, max_keys: int) -> int:
@@ -1172,7 +1184,7 @@ class Cache:
             for db in (first, second):
                 rows = numpy.flatnonzero(target == db)
                 if len(rows):
-                    names = [self.e_key[int(e)] or b"" for e in eids[rows].tolist()]
+                    names = self._names(eids[rows])
                     hi[rows], lo[rows] = self.fp.fingerprints(names, db)
             slots, _created = self.table.insert(self.xp.asarray(hi), self.xp.asarray(lo))
             self.table.set_handles(slots, self.xp.asarray(eids))
@@ -1198,11 +1210,9 @@ class Cache:
             s.value_bytes = self.store.used_bytes
             s.charged_bytes = self.store.chunk_bytes
             s.device_bytes = int(self.table.nbytes) + self.store.allocated_bytes
-            arrays = (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime, self.e_db, self.e_type)
-            # The entries handed out so far (the pages of the arrays in use) and the key
-            # names: their bytes, each bytes object's header and its list slot.
-            names = self.key_bytes + self.live_keys * KEY_OBJECT_OVERHEAD_BYTES + len(self.e_key) * POINTER_BYTES
-            s.host_bytes = self._fresh * sum(a.itemsize for a in arrays) + names
+            # The entries handed out so far (the pages of the arrays in use) and the pages
+            # of the key names.
+            s.host_bytes = self._fresh * sum(a.itemsize for a in self._entry_arrays()) + self.key_store.allocated_bytes
             return s
 
     def self_test(self) -> tuple[bool, str]:

@@ -3,7 +3,7 @@
 with Redis 7.0's semantics, error texts and reply types.
 
 The cache finds entries by keyed fingerprints and keeps each entry's key name beside it
-(:attr:`cache_core.cache.Cache.e_key`), so these commands name keys back. SCAN's cursor is
+(in slabs of its own, :attr:`cache_core.cache.Cache.key_store`), so these commands name keys back. SCAN's cursor is
 an entry ID: a key keeps its entry for its whole life, so Redis's guarantee (every key
 present for the whole iteration is returned) holds across table growth, rehashes and the
 eviction of other keys. Patterns follow redis-server's ``stringmatchlen``.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import os
 import random
 import sys
 import time
@@ -142,15 +143,21 @@ def ring_round(rng: random.Random) -> None:
 def main() -> int:
     seconds = float(sys.argv[1])
     load(sys.argv[2] if len(sys.argv) > 2 else None)
-    rng = random.Random(int(time.time()))
+    seed = int(os.environ.get("PREDIS_FUZZ_SEED", time.time_ns()))
+    rng = random.Random(seed)
     deadline = time.monotonic() + seconds
     rounds = 0
     while time.monotonic() < deadline:
-        parser_round(rng)
-        if rounds % 20 == 0:
-            fingerprint_round(rng)
-        if rounds % 5 == 0:
-            ring_round(rng)
+        state = rng.getstate()
+        try:
+            parser_round(rng)
+            if rounds % 20 == 0:
+                fingerprint_round(rng)
+            if rounds % 5 == 0:
+                ring_round(rng)
+        except Exception:
+            print(f"fuzz_native: finding in round {rounds} (PREDIS_FUZZ_SEED={seed}); the round's generator state: {hash(state)}", file=sys.stderr)
+            raise
         rounds += 1
     from cache_core import _native
 
