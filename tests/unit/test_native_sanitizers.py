@@ -31,6 +31,7 @@ def runtime(name: str) -> str:
     return path
 
 
+@pytest.mark.timeout(FUZZ_SECONDS + 420)  # the build (up to 300 s on a loaded machine) and the fuzzing
 def test_fuzzing_the_sanitized_core_finds_nothing(tmp_path: Path) -> None:
     flags = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g"
     env = {**os.environ, "CFLAGS": flags, "LDFLAGS": "-fsanitize=address,undefined"}
