@@ -245,9 +245,30 @@ class Cache:
         self.e_klen = numpy.zeros(n, dtype=numpy.uint32)  # the key's length
         self.key_store.clear()
         self.key_bytes = 0
+        # Entries whose string encoding is not the one Redis gives a value written by SET
+        # (OBJECT ENCODING): "raw" after APPEND or SETRANGE, "embstr" for INCRBYFLOAT's
+        # result. Absent: derived from the value. Few entries, so a dict.
+        self.encodings: dict[int, bytes] = {}
         self._free: list[int] = []  # entries removed, handed out again last-removed first
         self._fresh = 0  # entries [0, _fresh) have been handed out at least once
         self.live_keys = 0
+
+    def _note_encoding(self, eids: list[int], encoding: bytes | None) -> None:
+        if encoding is None:
+            for eid in eids:
+                self.encodings.pop(eid, None)
+        else:
+            for eid in eids:
+                self.encodings[eid] = encoding
+
+    def encoding_override(self, key: bytes, db: int = 0) -> bytes | None:
+        """The string encoding a write set for ``key`` (see ``mset(encoding=)``), or None:
+        the one Redis derives from the value."""
+        with self._lock:
+            if not self.encodings:
+                return None
+            eid = self._find_one(key, self.now_ms(), db)
+            return self.encodings.get(eid) if eid >= 0 else None
 
     def _entry_arrays(self) -> tuple[numpy.ndarray, ...]:
         return (self.e_handle, self.e_len, self.e_expire, self.e_hi, self.e_lo, self.e_live, self.e_prefetched, self.e_atime, self.e_db, self.e_type, self.e_khandle, self.e_klen)
@@ -371,6 +392,8 @@ class Cache:
         else:
             self.table.delete(self.xp.asarray(self.e_hi[eids]), self.xp.asarray(self.e_lo[eids]))
         e_khandle, e_klen, key_store = self.e_khandle, self.e_klen, self.key_store
+        if self.encodings:
+            self._note_encoding(eids.tolist(), None)
         for eid in eids.tolist():
             self.store.free(int(self.e_handle[eid]), int(self.e_len[eid]))
             length = e_klen.item(eid)
@@ -667,6 +690,7 @@ class Cache:
         loaded: bool = False,
         db: int = 0,
         kind: int = TYPE_STRING,
+        encoding: bytes | None = None,
     ) -> None:
         """Store every (key, value); duplicates in the batch: the last one wins.
 
@@ -686,10 +710,10 @@ class Cache:
             pairs = list(last.items())
             with self._lock:
                 for start in range(0, len(pairs), self.max_keys):
-                    self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded, db=db, kind=kind)
+                    self.mset(pairs[start : start + self.max_keys], ttl_ms=ttl_ms, keep_ttl=keep_ttl, prefetched=prefetched, loaded=loaded, db=db, kind=kind, encoding=encoding)
             return
         if len(keys) <= self.small_batch:
-            self._mset_small(keys, values, ttl_ms, keep_ttl, prefetched, loaded, db, kind)
+            self._mset_small(keys, values, ttl_ms, keep_ttl, prefetched, loaded, db, kind, encoding)
             return
         with self._lock:
             now = self.now_ms()
@@ -762,6 +786,8 @@ class Cache:
                 self.e_prefetched[new_eids] = prefetched
                 self.e_expire[new_eids] = TTL_NONE if ttl_ms is None else now + ttl_ms
                 self.policy.on_insert(new_eids, n_lo)
+            if encoding is not None or self.encodings:
+                self._note_encoding(eids[old_idx].tolist() + (new_eids.tolist() if len(new_idx) else []), encoding)
             if prefetched:
                 self.stats.prefetch_inserted += len(keys)
             else:
@@ -774,7 +800,16 @@ class Cache:
                 self._report(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes, keys)
 
     def _mset_small(
-        self, keys: list[bytes], values: list[bytes], ttl_ms: int | None, keep_ttl: bool, prefetched: bool, loaded: bool, db: int, kind: int
+        self,
+        keys: list[bytes],
+        values: list[bytes],
+        ttl_ms: int | None,
+        keep_ttl: bool,
+        prefetched: bool,
+        loaded: bool,
+        db: int,
+        kind: int,
+        encoding: bytes | None,
     ) -> None:
         """:meth:`mset` of a few distinct keys on host memory: the same steps in the same
         order, by scalar probes, reads and stores. For a lone SET, NumPy calls on arrays of
@@ -857,6 +892,8 @@ class Cache:
                     self.typed_keys += len(ids)
                 self.live_keys += len(ids)
                 self.policy.on_insert(new_eids, numpy.asarray([fps[i][1] for i in new], dtype=numpy.uint64))
+            if encoding is not None or self.encodings:
+                self._note_encoding([eids[i] for i in old] + (ids if new else []), encoding)
             if prefetched:
                 self.stats.prefetch_inserted += len(keys)
             else:
@@ -1226,7 +1263,7 @@ DATABASE_METHODS = frozenset(
     (
         "mget", "lookup", "fill_from_origin", "notify_reads", "get", "contains_many", "exists", "ttl_ms", "mset",
         "set", "peek", "delete", "touch", "expire", "persist", "incrby", "key_names", "scan", "random_key",
-        "idle_ms", "memory_usage", "fingerprints", "flush", "dbsize", "peek_typed", "type_of",
+        "idle_ms", "memory_usage", "fingerprints", "flush", "dbsize", "peek_typed", "type_of", "encoding_override",
     )
 )  # fmt: skip
 

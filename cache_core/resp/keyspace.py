@@ -167,9 +167,10 @@ def _move(conn: Connection, source: bytes, target: bytes, *, keep_source: bool, 
     assert found is not None
     kind, value = found
     ttl = cache.ttl_ms(source)
+    encoding = cache.encoding_override(source)  # RENAME moves the object, COPY duplicates it: same encoding
     if not keep_source:
         cache.delete([source])
-    destination.mset([(target, value)], ttl_ms=ttl if ttl > 0 else None, kind=kind)
+    destination.mset([(target, value)], ttl_ms=ttl if ttl > 0 else None, kind=kind, encoding=encoding)
     return True
 
 
@@ -259,13 +260,13 @@ def c_object(conn: Connection, args: list[bytes]) -> bytes:
     kind, value = found
     if sub == b"ENCODING":
         from cache_core.resp.hashes import hash_encoding  # hashes imports this module
-        return conn.encoder.bulk(_encoding(value) if kind == TYPE_STRING else hash_encoding(value))
+        return conn.encoder.bulk((cache.encoding_override(args[2]) or _encoding(value)) if kind == TYPE_STRING else hash_encoding(value))
     if sub == b"FREQ":
         raise CommandError(LFU_NOT_SELECTED)
     if sub == b"IDLETIME":
         idle = cache.idle_ms(args[2])
         return conn.encoder.integer((idle or 0) // 1000)
-    shared = kind == TYPE_STRING and _encoding(value) == b"int" and 0 <= int(value) < SHARED_INTEGERS
+    shared = kind == TYPE_STRING and (cache.encoding_override(args[2]) or _encoding(value)) == b"int" and 0 <= int(value) < SHARED_INTEGERS
     return conn.encoder.integer(SHARED_REFCOUNT if shared else 1)
 
 

@@ -1186,8 +1186,9 @@ def c_move(conn: Connection, args: list[bytes]) -> bytes:
         if found is None or destination.exists([args[1]]):
             return conn.encoder.integer(0)
         ttl = source.ttl_ms(args[1])
+        encoding = source.encoding_override(args[1])
         source.delete([args[1]])
-        destination.mset([(args[1], found[1])], ttl_ms=ttl if ttl > 0 else None, kind=found[0])
+        destination.mset([(args[1], found[1])], ttl_ms=ttl if ttl > 0 else None, kind=found[0], encoding=encoding)
     return conn.encoder.integer(1)
 
 

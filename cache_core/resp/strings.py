@@ -25,6 +25,7 @@ import numpy
 
 from cache_core.cache import TYPE_HASH, TYPE_STRING, WRONG_TYPE, WrongTypeError
 from cache_core.resp.args import INT64_MAX, SYNTAX_ERROR, CommandError, err_args, int_arg
+from cache_core.resp.keyspace import EMBSTR_MAX_BYTES
 
 if TYPE_CHECKING:
     from cache_core.cache import Cache
@@ -207,7 +208,9 @@ def c_append(conn: Connection, args: list[bytes]) -> bytes:
         if old is not None and len(old) + len(tail) > cache.max_value_bytes:
             raise _string_too_long(cache)
         value = tail if old is None else old + tail
-        cache.mset([(key, value)], keep_ttl=True)
+        # Redis appends to a copy of the string it owns, "raw" from then on; a new key is
+        # encoded as SET would.
+        cache.mset([(key, value)], keep_ttl=True, encoding=None if old is None else b"raw")
     return conn.encoder.integer(len(value))
 
 
@@ -231,7 +234,7 @@ def c_setrange(conn: Connection, args: list[bytes]) -> bytes:
         if len(base) < offset:
             base += bytes(offset - len(base))
         value = base[:offset] + part + base[end:]
-        cache.mset([(key, value)], keep_ttl=True)
+        cache.mset([(key, value)], keep_ttl=True, encoding=b"raw")  # Redis writes into a raw string
     return conn.encoder.integer(len(value))
 
 
@@ -302,7 +305,8 @@ def c_incrbyfloat(conn: Connection, args: list[bytes]) -> bytes:
         if not numpy.isfinite(result):
             raise CommandError("ERR increment would produce NaN or Infinity")
         text = format_long_double(result)
-        cache.mset([(key, text)], keep_ttl=True)
+        # Redis stores the formatted number as a plain string object, never as "int".
+        cache.mset([(key, text)], keep_ttl=True, encoding=b"embstr" if len(text) <= EMBSTR_MAX_BYTES else b"raw")
     return conn.encoder.bulk(text)
 
 

@@ -6,8 +6,8 @@ under concurrent writes, table growth and evictions; redis-py's scan_iter unchan
 
 Left out on purpose: MEMORY USAGE's figure (each server's own accounting: compared as
 "an integer for a key, nil for none"); OBJECT IDLETIME's figure (compared as 0 right after
-a write); OBJECT ENCODING after APPEND/SETRANGE (Redis turns such a value "raw" whatever
-its length; the agent keeps no encoding and answers by the value alone).
+a write). OBJECT ENCODING follows the value's history as Redis's does: "raw" after APPEND or
+SETRANGE, "embstr" for INCRBYFLOAT's result, kept by RENAME, COPY and MOVE, reset by SET.
 """
 
 from __future__ import annotations
@@ -87,6 +87,18 @@ CASES: list[Any] = [
         [["SET", "i", "12345"], ["SET", "neg", "-7"], ["SET", "big", "99999999999999999999"], ["SET", "s", "x" * 44], ["SET", "r", "x" * 45], ["SET", "lead0", "012"], ["SET", "small", "5"]],
         [["OBJECT", "ENCODING", "i"], ["OBJECT", "ENCODING", "neg"], ["OBJECT", "ENCODING", "big"], ["OBJECT", "ENCODING", "s"], ["OBJECT", "ENCODING", "r"], ["OBJECT", "ENCODING", "lead0"], ["OBJECT", "ENCODING", "nokey"], ["OBJECT", "REFCOUNT", "small"], ["OBJECT", "REFCOUNT", "s"], ["OBJECT", "FREQ", "s"], ["OBJECT", "IDLETIME", "nokey"], ["OBJECT", "BOGUS", "s"], ["OBJECT", "ENCODING"], ["OBJECT", "HELP"]],
         id="object",
+    ),
+    pytest.param(
+        [["SET", "ap", "12"], ["APPEND", "ap", "3"], ["APPEND", "new", "45"], ["SET", "sr", "abc"], ["SETRANGE", "sr", "1", "X"], ["SETRANGE", "srnew", "0", "7"],
+         ["SET", "f", "1.5"], ["INCRBYFLOAT", "f", "1.5"], ["INCRBYFLOAT", "fl", "0.25"], ["SET", "n", "7"], ["INCR", "n"], ["SET", "reset", "x"], ["APPEND", "reset", "y"], ["SET", "reset", "5"],
+         ["SET", "mv", "1"], ["APPEND", "mv", "2"], ["RENAME", "mv", "mv2"], ["COPY", "mv2", "cp"], ["APPEND", "del", "1"], ["APPEND", "del", "1"], ["DEL", "del"], ["SET", "del", "9"]],
+        [["OBJECT", "ENCODING", k] for k in ("ap", "new", "sr", "srnew", "f", "fl", "n", "reset", "mv2", "cp", "del")] + [["GET", "ap"], ["GET", "f"], ["OBJECT", "REFCOUNT", "ap"]],
+        id="object-encoding-history",
+    ),
+    pytest.param(
+        [["SET", "m", "1"], ["APPEND", "m", "2"], ["MOVE", "m", "1"]],
+        [["SELECT", "1"], ["OBJECT", "ENCODING", "m"], ["GET", "m"], ["SELECT", "0"]],
+        id="object-encoding-move",
     ),
     pytest.param([["SET", "a", "1"]], [["MEMORY", "USAGE", "nokey"], ["MEMORY", "USAGE", "a", "SAMPLES"], ["MEMORY", "USAGE", "a", "BOGUS", "1"], ["MEMORY", "BOGUS"]], id="memory-usage-errors"),
 ]
