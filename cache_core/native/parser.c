@@ -86,6 +86,17 @@ static Py_ssize_t find_crlf(const char *buf, Py_ssize_t from, Py_ssize_t limit)
     return -1;
 }
 
+/* The CRLF ending the header line ("*<count>" or "$<length>") that starts at pos: its
+ * position, -1 while it may still arrive, -2 when the line is already too long. */
+static Py_ssize_t header_end(const char *buf, Py_ssize_t pos, Py_ssize_t size)
+{
+    Py_ssize_t window = size - pos < MAX_HEADER_BYTES + 2 ? size : pos + MAX_HEADER_BYTES + 2;
+    Py_ssize_t end = find_crlf(buf, pos, window);
+    if (end < 0 && size - pos > MAX_HEADER_BYTES)
+        return -2;
+    return end;
+}
+
 /* A header integer as redis-server's string2ll reads it: an optional '-', plain decimal
  * digits, no leading zeros, no "-0". Returns 0 and sets *value (saturated to +/-INT64_MAX
  * past 64 bits, which every limit refuses or every caller treats as "empty"), -1 if invalid. */
@@ -204,13 +215,9 @@ static int parse(Parser *self, PyObject *out, int one)
                     return 0;
                 continue;
             }
-            Py_ssize_t window = size - pos < MAX_HEADER_BYTES + 2 ? size : pos + MAX_HEADER_BYTES + 2;
-            Py_ssize_t end = find_crlf(buf, pos, window);
-            if (end < 0) {
-                if (size - pos > MAX_HEADER_BYTES)
-                    return set_error(self, MULTIBULK_ERROR);
-                return 0;
-            }
+            Py_ssize_t end = header_end(buf, pos, size);
+            if (end < 0)
+                return end == -2 ? set_error(self, MULTIBULK_ERROR) : 0;
             int64_t count;
             if (header_int(buf + pos + 1, end - pos - 1, &count) < 0 || count > self->max_multibulk)
                 return set_error(self, MULTIBULK_ERROR);
@@ -238,13 +245,9 @@ static int parse(Parser *self, PyObject *out, int one)
                     snprintf(message, sizeof message, "Protocol error: expected '$', got '\\x%02x'", c);
                 return set_error(self, message);
             }
-            Py_ssize_t window = size - pos < MAX_HEADER_BYTES + 2 ? size : pos + MAX_HEADER_BYTES + 2;
-            Py_ssize_t end = find_crlf(buf, pos, window);
-            if (end < 0) {
-                if (size - pos > MAX_HEADER_BYTES)
-                    return set_error(self, BULK_ERROR);
-                return 0;
-            }
+            Py_ssize_t end = header_end(buf, pos, size);
+            if (end < 0)
+                return end == -2 ? set_error(self, BULK_ERROR) : 0;
             uint64_t length;
             if (bulk_length(buf + pos + 1, end - pos - 1, &length) < 0 || length > (uint64_t)self->max_bulk)
                 return set_error(self, BULK_ERROR);

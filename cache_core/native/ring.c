@@ -257,26 +257,19 @@ static PyObject *EventColumns_log(EventColumns *self, PyObject *const *args, Py_
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t ts = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
     Py_ssize_t n = rows.n;
-    if (n > self->capacity) { /* only the newest `capacity` can be held */
-        Py_ssize_t skip = n - self->capacity;
-        rows.fp += skip;
-        rows.size += skip;
-        rows.result += skip;
-        rows.n = self->capacity;
-        lock_ring(self);
-        self->head += (unsigned long long)skip;
-        rows_write(self, &rows, self->head, ts, (uint8_t)op, 0);
-        self->head += (unsigned long long)rows.n;
-        self->offered += (unsigned long long)n;
-        PyThread_release_lock(self->lock);
-        rows.fp -= skip;
-    } else {
-        lock_ring(self);
-        rows_write(self, &rows, self->head, ts, (uint8_t)op, 0);
-        self->head += (unsigned long long)n;
-        self->offered += (unsigned long long)n;
-        PyThread_release_lock(self->lock);
-    }
+    /* Only the newest `capacity` events can be held: the others are overwritten at once. */
+    Py_ssize_t skip = n > self->capacity ? n - self->capacity : 0;
+    Rows newest = rows;
+    newest.fp += skip;
+    newest.size += skip;
+    newest.result += skip;
+    newest.n = n - skip;
+    lock_ring(self);
+    self->head += (unsigned long long)skip;
+    rows_write(self, &newest, self->head, ts, (uint8_t)op, 0);
+    self->head += (unsigned long long)newest.n;
+    self->offered += (unsigned long long)n;
+    PyThread_release_lock(self->lock);
     rows_free(&rows);
     return PyLong_FromSsize_t(n);
 }
