@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy
 
+from cache_core import _native
+
 EMPTY = 0
 FULL = 1
 TOMBSTONE = 2
@@ -76,7 +78,7 @@ _MAX_BLOCKS = 4096
 
 _V16 = numpy.dtype((numpy.void, 16))
 # Everything _allocate replaces; rehash restores these if rebuilding fails.
-_STORAGE = ("_capacity", "_mask", "_keys", "state", "handle", "_claim", "_ticket", "_len", "_tombstones", "_keys16")
+_STORAGE = ("_capacity", "_mask", "_keys", "state", "handle", "_claim", "_ticket", "_len", "_tombstones", "_keys16", "_view")
 _BOTH_EQUAL = 0x0101  # two adjacent True bytes read as one uint16, in either byte order
 
 
@@ -110,9 +112,14 @@ class HashTable:
     ``capacity`` is rounded up to a power of two. At most
     ``floor(capacity * max_load_factor)`` keys may be FULL; a batch that would exceed it
     raises :class:`TableFullError` before anything is modified.
+
+    On NumPy every operation runs in the compiled core (``cache_core._native.TableView``,
+    ``native/table.c``) over these same arrays, with the same result slot for slot;
+    ``native=False`` runs the vectorised NumPy rounds instead, the oracle its tests compare
+    it with (and the host mirror of the CUDA kernels).
     """
 
-    def __init__(self, xp: Any, capacity: int, *, max_load_factor: float = 0.75) -> None:
+    def __init__(self, xp: Any, capacity: int, *, max_load_factor: float = 0.75, native: bool = True) -> None:
         capacity = int(capacity)
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -124,6 +131,7 @@ class HashTable:
         self._kernels: dict[str, Any] | None = None
         if xp is not numpy:  # pragma: no cover - needs a GPU
             self._kernels = _load_kernels(xp)
+        self._native = bool(native) and self._kernels is None
         self._allocate(1 << (capacity - 1).bit_length())
 
     # ------------------------------------------------------------------ storage
@@ -140,6 +148,7 @@ class HashTable:
         self._tombstones = 0
         # The NumPy path gathers whole fingerprints through this 16-byte void view.
         self._keys16: Any = self._keys.view(_V16).reshape(capacity) if self._kernels is None else None
+        self._view: Any = _native.TableView(self._keys, self.state, self.handle, self._claim) if self._native else None
 
     @property
     def hi(self) -> Any:
@@ -256,6 +265,9 @@ class HashTable:
                 raise ValueError(f"slots and handles differ in shape: {slots.shape} vs {handles.shape}")
             n = slots.shape[0]
             if n == 0:
+                return
+            if self._view is not None:
+                self._ticket = self._view.set_handles(numpy.ascontiguousarray(slots), numpy.ascontiguousarray(handles), self._ticket)
                 return
             if not bool((self.state[slots] == FULL).all()):
                 raise ValueError("set_handles: every slot must hold a key (state FULL)")
@@ -378,6 +390,8 @@ class HashTable:
 
     def _probe_one(self, hi: int, lo: int) -> tuple[int, int]:
         """``(slot or -1, first slot of the chain that is not FULL or -1)`` for one key."""
+        if self._view is not None:
+            return self._view.probe(hi, lo)  # type: ignore[no-any-return]
         state, keys, mask = self.state, self._keys, self._mask
         pos = lo & mask
         free = -1
@@ -397,7 +411,17 @@ class HashTable:
     def lookup_one(self, hi: int, lo: int) -> int:
         """Slot of one fingerprint (-1 when absent); NumPy only, same answer as :meth:`lookup`."""
         with self._lock:
+            if self._view is not None:
+                return self._view.probe(hi, lo)[0]  # type: ignore[no-any-return]
             return self._probe_one(hi, lo)[0]
+
+    def find_one(self, hi: int, lo: int) -> int:
+        """Handle of one fingerprint's slot (-1 when absent); NumPy only."""
+        with self._lock:
+            if self._view is not None:
+                return self._view.find(hi, lo)  # type: ignore[no-any-return]
+            slot = self._probe_one(hi, lo)[0]
+            return int(self.handle.item(slot)) if slot >= 0 else -1
 
     def handle_one(self, slot: int) -> int:
         """Handle of one FULL slot (NumPy only)."""
@@ -410,9 +434,18 @@ class HashTable:
         (the first slot of its chain that is not FULL), so both paths build the same table.
         """
         with self._lock:
-            slot, free = self._probe_one(hi, lo)
-            if slot >= 0:
-                return slot, False
+            if self._view is not None:
+                slot, outcome = self._view.insert_one(hi, lo, handle, self._len < self.max_items)
+                if slot >= 0:
+                    if outcome:
+                        self._len += 1
+                        self._tombstones -= outcome == 2
+                    return slot, outcome > 0
+                free = -1
+            else:
+                slot, free = self._probe_one(hi, lo)
+                if slot >= 0:
+                    return slot, False
             if self._len + 1 > self.max_items or free < 0:
                 raise TableFullError(
                     f"inserting 1 new key into a table holding {self._len} would exceed "
@@ -431,6 +464,12 @@ class HashTable:
     def delete_one(self, hi: int, lo: int) -> int:
         """Remove one fingerprint, leaving a tombstone; return its freed slot or -1. NumPy only."""
         with self._lock:
+            if self._view is not None:
+                slot = self._view.delete_one(hi, lo)
+                if slot >= 0:
+                    self._len -= 1
+                    self._tombstones += 1
+                return slot  # type: ignore[no-any-return]
             slot = self._probe_one(hi, lo)[0]
             if slot >= 0:
                 self._keys[slot, 0] = 0
@@ -511,6 +550,14 @@ class HashTable:
         """
         xp = self.xp
         n = int(q.shape[0])
+        if self._view is not None:
+            self._ticket, won_count, reused = self._view.place(
+                q, numpy.ascontiguousarray(idx, dtype=numpy.int64), numpy.ascontiguousarray(pos, dtype=numpy.int64),
+                slots, created, prior, self._ticket,
+            )
+            self._len += won_count
+            self._tombstones -= reused
+            return
         while idx.shape[0]:
             keep, won, seen = self._round(q, idx, pos, slots, created, n)
             if won.shape[0]:
@@ -526,6 +573,12 @@ class HashTable:
 
     def _delete(self, q: Any) -> Any:
         xp = self.xp
+        if self._view is not None:
+            slots = numpy.empty(q.shape[0], dtype=numpy.int64)
+            self._ticket, removed = self._view.remove(q, slots, self._ticket)
+            self._len -= removed
+            self._tombstones += removed
+            return slots
         slots = self._lookup(q)
         hit = xp.flatnonzero(slots >= 0)
         if hit.shape[0]:
@@ -573,6 +626,12 @@ class HashTable:
                     (self._keys, self.state, numpy.uint64(self._mask), numpy.int64(self._capacity), q, numpy.int64(n),
                      out, free, numpy.int32(track_free)),
                 )
+            return (out, free) if track_free else out
+        if self._view is not None:
+            n = q.shape[0]
+            out = numpy.empty(n, dtype=numpy.int64)
+            free = numpy.empty(n, dtype=numpy.int64) if track_free else None
+            self._view.lookup(q, out, free)
             return (out, free) if track_free else out
         return self._lookup_numpy(q, track_free)
 

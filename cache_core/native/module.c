@@ -34,7 +34,7 @@ static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     "cache_core._native",
     "The compiled serving core of the cache: keyed fingerprints, the RESP request parser "
-    "and the access log's row writes.",
+    "the access log's row writes and the hash table's operations on host memory.",
     -1,
     module_functions,
     NULL,
@@ -49,7 +49,7 @@ PyMODINIT_FUNC PyInit__native(void)
     if (module == NULL)
         return NULL;
     if (predis_blake2b_init(module) < 0 || predis_parser_init(module) < 0 ||
-        predis_ring_init(module) < 0) {
+        predis_ring_init(module) < 0 || predis_table_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

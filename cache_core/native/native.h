@@ -11,6 +11,7 @@
 int predis_blake2b_init(PyObject *module);
 int predis_parser_init(PyObject *module);
 int predis_ring_init(PyObject *module);
+int predis_table_init(PyObject *module);
 
 /* Keyed BLAKE2b (RFC 7693) with a 16-byte digest, primed with its key block. */
 typedef struct {
