@@ -78,6 +78,8 @@ class ClockPolicy:
             idx = (self.hand + numpy.arange(min(window, self.capacity), dtype=numpy.int64)) % self.capacity
             live = self.live[idx]
             cold = live & (self.ref[idx] == 0)
+            if found:  # a sweep that wrapped around meets the entries it chose before: once each
+                cold &= ~numpy.isin(idx, numpy.concatenate(chosen))
             cold_pos = numpy.flatnonzero(cold)
             if len(cold_pos) >= n - found:
                 take = cold_pos[: n - found]
@@ -94,7 +96,7 @@ class ClockPolicy:
             self.hand = int((self.hand + len(idx)) % self.capacity)
             budget -= len(idx)
         victims = numpy.concatenate(chosen) if chosen else numpy.empty(0, dtype=numpy.int64)
-        return numpy.unique(victims)[:n] if len(victims) > n else victims
+        return victims[:n]
 
 
 class LRUPolicy:

@@ -75,6 +75,10 @@ class Fingerprinter:
         # has two unrelated fingerprints (database 0 keeps the plain keyed hash).
         self._templates: dict[int, Blake2b] = {0: self._template}
 
+    def hasher(self, db: int = 0) -> Blake2b:
+        """The primed hasher of database ``db`` (the compiled reads fingerprint with it)."""
+        return self._template if db == 0 else self._template_for(db)
+
     def _template_for(self, db: int) -> Blake2b:
         template = self._templates.get(db)
         if template is None:

@@ -78,6 +78,10 @@ class ValueStore:
     def clear(self) -> None:
         """Release every page and reset the accounting."""
         self._classes = [_Class(size, max(1, self.page_bytes // size)) for size in self.sizes]
+        # The layout the compiled reads use (cache_core/native/reads.c): each class's list
+        # of pages (the same lists, updated in place) and its chunk size.
+        self.page_lists = [cls.pages for cls in self._classes]
+        self.chunk_sizes = numpy.asarray([cls.chunk for cls in self._classes], dtype=numpy.int64)
         self.used_bytes = 0
         self.chunk_bytes = 0
         self.allocated_bytes = 0

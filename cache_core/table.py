@@ -151,6 +151,11 @@ class HashTable:
         self._view: Any = _native.TableView(self._keys, self.state, self.handle, self._claim) if self._native else None
 
     @property
+    def view(self) -> Any:
+        """The compiled operations on this table's arrays (None on CuPy or with ``native=False``)."""
+        return self._view
+
+    @property
     def hi(self) -> Any:
         """High 64 bits of each slot's fingerprint (a view; 0 where not FULL)."""
         return self._keys[:, 0]

@@ -49,7 +49,8 @@ PyMODINIT_FUNC PyInit__native(void)
     if (module == NULL)
         return NULL;
     if (predis_blake2b_init(module) < 0 || predis_parser_init(module) < 0 ||
-        predis_ring_init(module) < 0 || predis_table_init(module) < 0) {
+        predis_ring_init(module) < 0 || predis_table_init(module) < 0 ||
+        predis_reads_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

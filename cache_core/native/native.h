@@ -12,6 +12,7 @@ int predis_blake2b_init(PyObject *module);
 int predis_parser_init(PyObject *module);
 int predis_ring_init(PyObject *module);
 int predis_table_init(PyObject *module);
+int predis_reads_init(PyObject *module);
 
 /* Keyed BLAKE2b (RFC 7693) with a 16-byte digest, primed with its key block. */
 typedef struct {
@@ -24,5 +25,52 @@ void predis_blake2b_prime(predis_blake2b_primed *state, const uint8_t *key, size
  * and 8..15 read little-endian. */
 void predis_blake2b_fingerprint(const predis_blake2b_primed *state, const uint8_t *data,
                                 size_t len, uint64_t *hi, uint64_t *lo);
+
+/* The hash table's host arrays (cache_core._native.TableView, table.c). */
+#define PREDIS_EMPTY 0
+#define PREDIS_FULL 1
+#define PREDIS_TOMBSTONE 2
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buf[4]; /* keys (capacity, 2) uint64; state uint8; handle int64; claim int64 */
+    int held;
+    uint64_t *keys;
+    uint8_t *state;
+    int64_t *handle;
+    int64_t *claim;
+    Py_ssize_t capacity;
+    uint64_t mask;
+} predis_table;
+
+/* The TableView behind `obj` (TypeError, or ValueError when uninitialised: NULL). */
+predis_table *predis_as_table(PyObject *obj);
+/* The Blake2b state behind `obj` (TypeError: NULL). */
+const predis_blake2b_primed *predis_as_blake2b(PyObject *obj);
+
+/* The slot holding (hi, lo) or -1; *free gets the first slot of the chain that is not
+ * FULL, or -1 when none was met before the key or the chain's end. */
+static inline int64_t predis_table_probe(const predis_table *t, uint64_t hi, uint64_t lo, int64_t *free)
+{
+    uint64_t pos = lo & t->mask;
+    int64_t first = -1;
+    for (Py_ssize_t i = 0; i < t->capacity; i++) {
+        uint8_t seen = t->state[pos];
+        if (seen == PREDIS_FULL) {
+            if (t->keys[2 * pos + 1] == lo && t->keys[2 * pos] == hi) {
+                *free = first;
+                return (int64_t)pos;
+            }
+        } else {
+            if (first < 0)
+                first = (int64_t)pos;
+            if (seen == PREDIS_EMPTY)
+                break;
+        }
+        pos = (pos + 1) & t->mask;
+    }
+    *free = first;
+    return -1;
+}
 
 #endif

@@ -24,22 +24,12 @@
 #include "native.h"
 #include <string.h>
 
-#define EMPTY 0
-#define FULL 1
-#define TOMBSTONE 2
+#define EMPTY PREDIS_EMPTY
+#define FULL PREDIS_FULL
+#define TOMBSTONE PREDIS_TOMBSTONE
 #define BIG_BATCH 4096
 
-typedef struct {
-    PyObject_HEAD
-    Py_buffer buf[4]; /* keys (capacity, 2) uint64; state uint8; handle int64; claim int64 */
-    int held;
-    uint64_t *keys;
-    uint8_t *state;
-    int64_t *handle;
-    int64_t *claim;
-    Py_ssize_t capacity;
-    uint64_t mask;
-} TableView;
+typedef predis_table TableView;
 
 static const Py_ssize_t VIEW_ITEMSIZE[4] = {8, 1, 8, 8};
 
@@ -102,30 +92,7 @@ static int view_ready(TableView *self)
     return 1;
 }
 
-/* The slot holding (hi, lo) or -1; *free gets the first slot of the chain that is not
- * FULL, or -1 when none was met before the key or the chain's end. */
-static inline int64_t probe(const TableView *t, uint64_t hi, uint64_t lo, int64_t *free)
-{
-    uint64_t pos = lo & t->mask;
-    int64_t first = -1;
-    for (Py_ssize_t i = 0; i < t->capacity; i++) {
-        uint8_t seen = t->state[pos];
-        if (seen == FULL) {
-            if (t->keys[2 * pos + 1] == lo && t->keys[2 * pos] == hi) {
-                *free = first;
-                return (int64_t)pos;
-            }
-        } else {
-            if (first < 0)
-                first = (int64_t)pos;
-            if (seen == EMPTY)
-                break;
-        }
-        pos = (pos + 1) & t->mask;
-    }
-    *free = first;
-    return -1;
-}
+#define probe predis_table_probe
 
 /* A writable, C-contiguous buffer of `count` items of `itemsize` bytes (count < 0: any
  * whole number of items, returned through *count). */
@@ -585,6 +552,16 @@ static PyTypeObject TableViewType = {
     .tp_dealloc = (destructor)TableView_dealloc,
     .tp_methods = TableView_methods,
 };
+
+predis_table *predis_as_table(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &TableViewType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a cache_core._native.TableView");
+        return NULL;
+    }
+    TableView *view = (TableView *)obj;
+    return view_ready(view) ? view : NULL;
+}
 
 int predis_table_init(PyObject *module)
 {

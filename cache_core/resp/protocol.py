@@ -346,16 +346,15 @@ class Encoder:
             return self._null
         return b"$%d\r\n%s\r\n" % (len(value), value)
 
-    def bulks(self, values: list[bytes | None]) -> bytes:
-        null = self._null
-        parts = [b"*%d\r\n" % len(values)]
-        parts.extend(null if v is None else b"$%d\r\n%s\r\n" % (len(v), v) for v in values)
-        return b"".join(parts)
+    def bulks(self, values: list[Any], other: bytes | None = None) -> bytes:
+        """An array of bulk strings: None (and any value that is not bytes, such as the
+        cache's WRONG_TYPE marker) as null, or as ``other`` when given."""
+        return _native.encode_bulks(values if type(values) is list else list(values), self._null, other or self._null, True)  # type: ignore[no-any-return]
 
-    def bulk_items(self, values: list[bytes | None]) -> bytes:
-        """The elements of :meth:`bulks` without the array header (a reply streamed in parts)."""
-        null = self._null
-        return b"".join(null if v is None else b"$%d\r\n%s\r\n" % (len(v), v) for v in values)
+    def bulk_items(self, values: list[Any], other: bytes | None = None) -> bytes:
+        """The elements of :meth:`bulks` without the array header (a reply streamed in
+        parts, or the replies of a run of GETs)."""
+        return _native.encode_bulks(values if type(values) is list else list(values), self._null, other or self._null, False)  # type: ignore[no-any-return]
 
     def verbatim(self, text: str) -> bytes:
         data = text.encode("utf-8", "replace")

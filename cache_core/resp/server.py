@@ -70,6 +70,7 @@ FLUSH_BYTES = 256 * 1024
 READ_BATCH_BYTES = 1024 * 1024
 # A bulk reply's framing beyond the value ("$<length>\r\n...\r\n"), for sizing read batches.
 REPLY_OVERHEAD_BYTES = 16
+WRONGTYPE_REPLY = Encoder.error(WRONGTYPE_MESSAGE)  # the same in RESP2 and RESP3
 # Commands run a slice of keys at a time when they name more than command_slice_keys.
 SLICED = frozenset((b"MGET", b"MSET", b"DEL", b"UNLINK", b"EXISTS"))
 # How long a refused connection stays half-closed, reading what its client sent meanwhile.
@@ -923,15 +924,12 @@ class Connection(asyncio.Protocol):
         if slow:
             self.server.ops.executed(self, run[0], usec)
         stats.total_commands += 1
-        return [self.encoder.bulks(_strings_only(values, self.server.cache))]
+        return [self.encoder.bulks(values)]  # a key holding a hash reads as nil, as in Redis
 
     def _get_replies(self, values: list[Any]) -> list[bytes]:
-        """GET's replies for a run of values: a key holding a hash answers WRONGTYPE."""
-        bulk = self.encoder.bulk
-        if not self.server.cache.typed_keys:  # no hash anywhere: no value can be one
-            return [bulk(v) for v in values]
-        wrong = self.encoder.error(WRONGTYPE_MESSAGE)
-        return [wrong if v is WRONG_TYPE else bulk(v) for v in values]
+        """GET's replies for a run of values, joined in one part (one compiled call): a key
+        holding a hash answers WRONGTYPE."""
+        return [self.encoder.bulk_items(values, WRONGTYPE_REPLY)]
 
     def _origin_failed(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], exc: BaseException) -> list[bytes]:
         """A failed read-through costs the commands that missed, never the connection."""
@@ -1348,7 +1346,8 @@ def c_exec(conn: Connection, args: list[bytes]) -> bytes:
         if size > room:
             conn.drop("output_buffer", f"EXEC reply over cache.resp.output_buffer_bytes ({server.limits.output_buffer_bytes}): {size}+ bytes")
             return b""
-        return b"*%d\r\n" % len(replies) + b"".join(replies)
+        # One reply per queued command (a run of GETs comes as one joined part).
+        return b"*%d\r\n" % len(queued) + b"".join(replies)
     finally:
         if conn.watching:
             server.unwatch(conn)

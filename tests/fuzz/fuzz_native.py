@@ -9,8 +9,11 @@ Each round mutates well-formed RESP (bit flips, truncations, spliced headers, hu
 negative lengths, inline lines), feeds it to the compiled parser and to its Python oracle
 in random pieces under random limits and requires the same commands and errors; keys of
 random lengths are fingerprinted natively and with hashlib; the access log's compiled ring
-takes random batches through both of its write paths and must hold the newest events. A sanitizer finding aborts the
-process with its report; a disagreement raises. The last line printed counts the rounds.
+takes random batches through both of its write paths and must hold the newest events; the
+compiled hash table and string reads/overwrites run random operations beside their
+oracles (``native=False``: the NumPy rounds and the Python paths) and must leave the same
+arrays and answers. A sanitizer finding aborts the process with its report; a
+disagreement raises. The last line printed counts the rounds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import random
 import sys
 import time
+from typing import Any
 
 
 def load(so_path: str | None) -> None:
@@ -140,6 +144,71 @@ def ring_round(rng: random.Random) -> None:
         raise AssertionError("the access log ring lost or reordered events")
 
 
+def _both(pair: list[Any], apply: Any) -> None:
+    """Apply one write to both caches: the same result or the same refusal."""
+    from cache_core.cache import OutOfMemoryError
+
+    outcomes = []
+    for cache in pair:
+        try:
+            outcomes.append(repr(apply(cache)))
+        except OutOfMemoryError as exc:
+            outcomes.append(str(exc))
+    if outcomes[0] != outcomes[1]:
+        raise AssertionError(f"a write gave different outcomes: {outcomes}")
+
+
+def cache_round(rng: random.Random) -> None:
+    import numpy
+
+    from cache_core.cache import TYPE_HASH, Cache
+    from cache_core.keys import Fingerprinter, KeyLengthError
+
+    class Clock:
+        t = 100.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock, secret = Clock(), rng.randbytes(32)
+    max_keys, max_memory, eviction = rng.choice([8, 64, 300]), rng.choice([1 << 10, 1 << 16]), rng.choice(["clock", "lru", "s3fifo"])
+    pair = [
+        Cache(numpy, max_keys=max_keys, max_memory_bytes=max_memory, max_key_bytes=32, eviction=eviction, clock=clock,
+              fingerprinter=Fingerprinter(secret, max_key_bytes=32), native=native)
+        for native in (True, False)
+    ]  # fmt: skip
+    names = [rng.randbytes(rng.choice([0, 1, 5, 32, 33])) for _ in range(rng.randint(1, 40))]
+    for _ in range(rng.randint(1, 30)):
+        keys = [rng.choice(names) for _ in range(rng.randint(1, 120))]
+        good = [k for k in keys if 1 <= len(k) <= 32]
+        op = rng.randrange(6)
+        if op <= 1:
+            answers, budget = [], rng.choice([0, 0, 1, 50])
+            for cache in pair:
+                try:
+                    answers.append(cache.lookup(keys, max_bytes=budget))
+                except KeyLengthError as exc:
+                    answers.append(str(exc))  # type: ignore[arg-type]
+            if answers[0] != answers[1]:
+                raise AssertionError("compiled reads answered differently from the Python path")
+        elif op == 2 and good:
+            values = [rng.randbytes(rng.choice([0, 3, 16, 17, 100, 600])) for _ in good]
+            ttl, prefetched = rng.choice([None, None, rng.randint(1, 50)]), rng.random() < 0.1
+            _both(pair, lambda cache: cache.mset(list(zip(good, values)), ttl_ms=ttl, prefetched=prefetched))
+        elif op == 3 and good:
+            _both(pair, lambda cache: cache.mset([(good[0], b"f")], kind=TYPE_HASH))
+        elif op == 4 and good:
+            _both(pair, lambda cache: cache.delete(good))
+        else:
+            clock.t += rng.randint(0, 60) / 1000
+        for name in ("e_handle", "e_len", "e_expire", "e_atime", "e_prefetched", "e_type", "e_live"):
+            if getattr(pair[0], name).tolist() != getattr(pair[1], name).tolist():
+                raise AssertionError(f"entry array {name} differs after a compiled read or write")
+        for name in ("_keys", "state", "handle", "_claim"):
+            if getattr(pair[0].table, name).tolist() != getattr(pair[1].table, name).tolist():
+                raise AssertionError(f"table array {name} differs from the NumPy rounds")
+
+
 def main() -> int:
     seconds = float(sys.argv[1])
     load(sys.argv[2] if len(sys.argv) > 2 else None)
@@ -155,6 +224,8 @@ def main() -> int:
                 fingerprint_round(rng)
             if rounds % 5 == 0:
                 ring_round(rng)
+            if rounds % 10 == 0:
+                cache_round(rng)
         except Exception:
             print(f"fuzz_native: finding in round {rounds} (PREDIS_FUZZ_SEED={seed}); the round's generator state: {hash(state)}", file=sys.stderr)
             raise

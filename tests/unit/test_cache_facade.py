@@ -373,3 +373,23 @@ def test_the_table_and_the_entries_grow_with_the_keys_and_flushall_gives_them_ba
     cache.flush()
     assert cache.table.capacity == first and cache.snapshot().host_bytes == 0
     assert cache.mget(keys[:5]) == [None] * 5
+
+
+def test_clock_names_each_victim_once_when_its_sweep_wraps_around() -> None:
+    """A sweep that wraps the ring meets the cold entries it already chose: each must be a
+    victim once (the cache freed a victim named twice twice: negative byte counts, one
+    entry ID handed to two keys)."""
+    from cache_core.eviction import ClockPolicy
+
+    policy = ClockPolicy(8)
+    policy.on_insert(numpy.arange(8, dtype=numpy.int64), numpy.zeros(8, dtype=numpy.uint64))
+    policy.on_access(numpy.arange(4, 8, dtype=numpy.int64))  # 0-3 cold, 4-7 referenced
+    victims = policy.victims(6).tolist()
+    assert len(victims) == 6 and len(set(victims)) == 6
+    assert victims[:4] == [0, 1, 2, 3]  # the cold ones first, in the hand's order
+    cache = Cache(numpy, max_keys=8, max_memory_bytes=1 << 16)
+    for round_ in range(6):
+        cache.mset([(b"k%d-%d" % (round_, i), b"v" * (i * 7)) for i in range(12)])
+        cache.mget([b"k%d-%d" % (round_, i) for i in range(0, 12, 3)])
+        assert cache.live_keys == int(cache.e_live.sum()) <= 8
+        assert cache.store.chunk_bytes >= 0 and len(cache._free) == len(set(cache._free))

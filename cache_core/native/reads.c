@@ -1,0 +1,603 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The cache's string reads and same-size overwrites on host memory
+ * (cache_core._native.Entries).
+ *
+ * Cache._mget_small did, per key, a fingerprint, a probe, a dozen NumPy scalar reads and
+ * stores and a slice-and-tobytes of the value, each a Python call. An Entries object holds
+ * the buffers of the cache's per-entry arrays and does the same steps for a whole batch
+ * in one call:
+ *
+ * - read: fingerprint each key (keyed BLAKE2b, the Fingerprinter's primed state), probe
+ *   the table, check the entry's expiry and type, copy the value out of its slab page
+ *   into a bytes object, stamp the entry's access time and the CLOCK reference bit, and
+ *   clear the prefetched flags of the entries read (counting each once);
+ * - overwrite: write a batch of values over existing keys whose size class does not
+ *   change, in place.
+ *
+ * Both look before they write: when any key of the batch needs the general path (a key of
+ * a bad length, an expired entry to remove, an absent key to insert, a value that changes
+ * size class) nothing is changed and None is returned, and the caller runs the Python
+ * path, which is the oracle of tests/unit/test_native_reads.py. The caller holds the
+ * cache's lock. */
+#include "native.h"
+#include <string.h>
+
+#define ENTRY_ARRAYS 6
+#define SMALL_KEYS 64
+#define RES_HIT 0
+#define RES_MISS 1
+#define RES_PREFETCH_HIT 2
+#define HANDLE_CHUNK_BITS 24
+#define HANDLE_PAGE_BITS 24
+#define HANDLE_MASK ((1LL << 24) - 1)
+
+/* e_handle int64, e_len int64, e_expire int64, e_atime int64, e_prefetched bool, e_type uint8 */
+static const Py_ssize_t ENTRY_ITEMSIZE[ENTRY_ARRAYS] = {8, 8, 8, 8, 1, 1};
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buf[ENTRY_ARRAYS];
+    int held;
+    Py_ssize_t count;
+    int64_t *handle, *len, *expire, *atime;
+    uint8_t *prefetched, *type;
+} Entries;
+
+static void entries_release(Entries *self)
+{
+    for (int i = 0; i < self->held; i++)
+        PyBuffer_Release(&self->buf[i]);
+    self->held = 0;
+    self->count = 0;
+}
+
+static int Entries_init(Entries *self, PyObject *args, PyObject *kwds)
+{
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || PyTuple_GET_SIZE(args) != ENTRY_ARRAYS) {
+        PyErr_SetString(PyExc_TypeError, "Entries(e_handle, e_len, e_expire, e_atime, e_prefetched, e_type)");
+        return -1;
+    }
+    entries_release(self);
+    Py_ssize_t count = -1;
+    for (int i = 0; i < ENTRY_ARRAYS; i++) {
+        Py_buffer *b = &self->buf[i];
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(args, i), b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            entries_release(self);
+            return -1;
+        }
+        self->held = i + 1;
+        Py_ssize_t n = b->len / ENTRY_ITEMSIZE[i];
+        if (b->len % ENTRY_ITEMSIZE[i] || (count >= 0 && n != count) || n < 1) {
+            entries_release(self);
+            PyErr_SetString(PyExc_ValueError,
+                            "Entries: six writable C-contiguous arrays of one length (int64 handle, length, expiry "
+                            "and access time, bool prefetched, uint8 type)");
+            return -1;
+        }
+        count = n;
+    }
+    self->handle = (int64_t *)self->buf[0].buf;
+    self->len = (int64_t *)self->buf[1].buf;
+    self->expire = (int64_t *)self->buf[2].buf;
+    self->atime = (int64_t *)self->buf[3].buf;
+    self->prefetched = (uint8_t *)self->buf[4].buf;
+    self->type = (uint8_t *)self->buf[5].buf;
+    self->count = count;
+    return 0;
+}
+
+static void Entries_dealloc(Entries *self)
+{
+    entries_release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The value store's layout: per size class, its chunk size and list of pages. */
+typedef struct {
+    PyObject *pages;   /* list (per class) of lists (per page) of uint8 arrays or None */
+    const int64_t *sizes;
+    Py_ssize_t classes;
+    Py_buffer sizes_buf;
+} Slabs;
+
+static int slabs_open(Slabs *s, PyObject *pages, PyObject *sizes)
+{
+    if (!PyList_Check(pages)) {
+        PyErr_SetString(PyExc_TypeError, "pages must be a list of lists");
+        return -1;
+    }
+    if (PyObject_GetBuffer(sizes, &s->sizes_buf, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (s->sizes_buf.len % 8 || s->sizes_buf.len / 8 != PyList_GET_SIZE(pages)) {
+        PyBuffer_Release(&s->sizes_buf);
+        PyErr_SetString(PyExc_ValueError, "sizes must be int64, one per class of pages");
+        return -1;
+    }
+    s->pages = pages;
+    s->sizes = (const int64_t *)s->sizes_buf.buf;
+    s->classes = PyList_GET_SIZE(pages);
+    return 0;
+}
+
+/* The bytes of the chunk behind `handle`, `len` of them (or of `cap`, its size): the page's
+ * buffer is opened into *view (release it after use). */
+static uint8_t *slab_chunk(Slabs *s, int64_t handle, int64_t len, Py_buffer *view, int writable)
+{
+    int64_t cid = handle >> (HANDLE_CHUNK_BITS + HANDLE_PAGE_BITS);
+    int64_t page = (handle >> HANDLE_CHUNK_BITS) & HANDLE_MASK;
+    int64_t chunk = handle & HANDLE_MASK;
+    if (cid < 0 || cid >= s->classes) {
+        PyErr_SetString(PyExc_ValueError, "a value handle names no size class");
+        return NULL;
+    }
+    PyObject *pages = PyList_GET_ITEM(s->pages, cid);
+    if (!PyList_Check(pages) || page >= PyList_GET_SIZE(pages)) {
+        PyErr_SetString(PyExc_ValueError, "a value handle names no page");
+        return NULL;
+    }
+    int64_t size = s->sizes[cid];
+    if (len > size) {
+        PyErr_SetString(PyExc_ValueError, "a value is longer than its chunk");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(PyList_GET_ITEM(pages, page), view, writable ? PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS : PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if ((chunk + 1) * size > view->len) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "a value handle points past its page");
+        return NULL;
+    }
+    return (uint8_t *)view->buf + chunk * size;
+}
+
+typedef struct {
+    uint64_t lo;
+    int64_t eid;
+} Found;
+
+/* Fingerprint and probe each key of `keys` (a list of bytes): found[j] gets its lo half
+ * and entry (-1 when absent). Returns 1 when every key was looked up, 0 when one needs the
+ * general path (bad length, not bytes, expired entry), -1 on error. */
+static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_table *table, Entries *e,
+                    Py_ssize_t max_key_bytes, int64_t now, Found *found)
+{
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *key = PyList_GET_ITEM(keys, j);
+        if (!PyBytes_CheckExact(key))
+            return 0;
+        Py_ssize_t klen = PyBytes_GET_SIZE(key);
+        if (klen < 1 || klen > max_key_bytes)
+            return 0;
+        uint64_t hi, lo;
+        int64_t free;
+        predis_blake2b_fingerprint(hasher, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)klen, &hi, &lo);
+        int64_t slot = predis_table_probe(table, hi, lo, &free);
+        int64_t eid = slot < 0 ? -1 : table->handle[slot];
+        if (eid >= e->count) {
+            PyErr_SetString(PyExc_ValueError, "the table names an entry past the entry arrays");
+            return -1;
+        }
+        if (eid >= 0 && e->expire[eid] != 0 && e->expire[eid] <= now)
+            return 0;
+        found[j].lo = lo;
+        found[j].eid = eid;
+    }
+    return 1;
+}
+
+static int entries_ready(Entries *self)
+{
+    if (self->count < 1) {
+        PyErr_SetString(PyExc_ValueError, "Entries is not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref)
+ *   -> None | (values, hits, prefetch_used, lo, results, sizes, hit_eids)
+ * values: the first m keys' values (bytes, None for a miss, wrong_type for a key that is
+ * not a string when `typed`); m < len(keys) only when max_bytes > 0 cut the batch (the
+ * keys whose values add up to at most max_bytes, at least one). lo (uint64), results
+ * (uint8), sizes (int64) per key read and hit_eids (int64) as bytes. `ref` (a uint8 array
+ * or None): the CLOCK policy's reference bits, set for every hit. */
+static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref)");
+        return NULL;
+    }
+    if (!entries_ready(self))
+        return NULL;
+    const predis_blake2b_primed *hasher = predis_as_blake2b(args[0]);
+    predis_table *table = hasher ? predis_as_table(args[1]) : NULL;
+    if (table == NULL)
+        return NULL;
+    PyObject *keys = args[2];
+    if (!PyList_Check(keys)) {
+        PyErr_SetString(PyExc_TypeError, "keys must be a list");
+        return NULL;
+    }
+    Py_ssize_t max_key_bytes = PyLong_AsSsize_t(args[3]);
+    long long now = PyLong_AsLongLong(args[4]);
+    long long max_bytes = PyLong_AsLongLong(args[5]);
+    int typed = PyObject_IsTrue(args[6]);
+    if (PyErr_Occurred() || typed < 0)
+        return NULL;
+    PyObject *wrong_type = args[7];
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    Found small[SMALL_KEYS];
+    Found *found = n <= SMALL_KEYS ? small : PyMem_Malloc(sizeof(Found) * (size_t)n);
+    if (found == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = NULL, *values = NULL, *lo = NULL, *res = NULL, *sz = NULL, *eids = NULL;
+    Py_buffer ref_buf = {0};
+    int have_ref = 0;
+    Slabs slabs = {0};
+    int have_slabs = 0;
+    int ok = find_all(keys, hasher, table, self, max_key_bytes, (int64_t)now, found);
+    if (ok <= 0) {
+        if (ok == 0)
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (slabs_open(&slabs, args[8], args[9]) < 0)
+        goto done;
+    have_slabs = 1;
+    uint8_t *ref = NULL;
+    if (args[10] != Py_None) {
+        if (PyObject_GetBuffer(args[10], &ref_buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        have_ref = 1;
+        if (ref_buf.len < self->count) {
+            PyErr_SetString(PyExc_ValueError, "ref must have one byte per entry");
+            goto done;
+        }
+        ref = (uint8_t *)ref_buf.buf;
+    }
+    /* How many keys this batch serves: all, or those within max_bytes (at least one). */
+    Py_ssize_t m = n;
+    if (max_bytes > 0) {
+        long long total = 0;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            total += found[j].eid >= 0 ? self->len[found[j].eid] : 0;
+            if (total > max_bytes && j) {
+                m = j;
+                break;
+            }
+        }
+    }
+    values = PyList_New(m);
+    lo = PyBytes_FromStringAndSize(NULL, m * 8);
+    res = PyBytes_FromStringAndSize(NULL, m);
+    sz = PyBytes_FromStringAndSize(NULL, m * 8);
+    if (values == NULL || lo == NULL || res == NULL || sz == NULL)
+        goto done;
+    uint64_t *lo_out = (uint64_t *)PyBytes_AS_STRING(lo);
+    uint8_t *res_out = (uint8_t *)PyBytes_AS_STRING(res);
+    int64_t *sz_out = (int64_t *)PyBytes_AS_STRING(sz);
+    Py_ssize_t hits = 0;
+    int any_prefetched = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        int64_t eid = found[j].eid;
+        lo_out[j] = found[j].lo;
+        PyObject *value;
+        if (eid < 0) {
+            value = Py_NewRef(Py_None);
+            res_out[j] = RES_MISS;
+            sz_out[j] = 0;
+        } else {
+            int64_t len = self->len[eid];
+            if (typed && self->type[eid]) {
+                value = Py_NewRef(wrong_type);
+            } else {
+                value = PyBytes_FromStringAndSize(NULL, len);
+                if (value == NULL)
+                    goto done;
+                if (len) {
+                    Py_buffer page;
+                    const uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], len, &page, 0);
+                    if (chunk == NULL) {
+                        Py_DECREF(value);
+                        goto done;
+                    }
+                    memcpy(PyBytes_AS_STRING(value), chunk, (size_t)len);
+                    PyBuffer_Release(&page);
+                }
+            }
+            res_out[j] = self->prefetched[eid] ? RES_PREFETCH_HIT : RES_HIT;
+            any_prefetched |= self->prefetched[eid];
+            sz_out[j] = len;
+            hits++;
+        }
+        PyList_SET_ITEM(values, j, value);
+    }
+    eids = PyBytes_FromStringAndSize(NULL, hits * 8);
+    if (eids == NULL)
+        goto done;
+    /* Nothing can fail from here on: the entries are written. */
+    int64_t *eid_out = (int64_t *)PyBytes_AS_STRING(eids);
+    Py_ssize_t h = 0;
+    long long used = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        int64_t eid = found[j].eid;
+        if (eid < 0)
+            continue;
+        eid_out[h++] = eid;
+        self->atime[eid] = now;
+        if (ref != NULL)
+            ref[eid] = 1;
+    }
+    if (any_prefetched) {
+        for (Py_ssize_t j = 0; j < m; j++) {
+            int64_t eid = found[j].eid;
+            if (eid >= 0 && self->prefetched[eid]) {
+                self->prefetched[eid] = 0; /* read once: counted once however often it was named */
+                used++;
+            }
+        }
+    }
+    result = Py_BuildValue("(OnLOOOO)", values, hits, used, lo, res, sz, eids);
+done:
+    if (found != small)
+        PyMem_Free(found);
+    if (have_ref)
+        PyBuffer_Release(&ref_buf);
+    if (have_slabs)
+        PyBuffer_Release(&slabs.sizes_buf);
+    Py_XDECREF(values);
+    Py_XDECREF(lo);
+    Py_XDECREF(res);
+    Py_XDECREF(sz);
+    Py_XDECREF(eids);
+    return result;
+}
+
+/* The size class of a value of `len` bytes: the first whose chunk holds it. */
+static Py_ssize_t class_of(const Slabs *s, int64_t len)
+{
+    Py_ssize_t lo = 0, hi = s->classes;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (s->sizes[mid] < len)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref)
+ *   -> None | (used_bytes_delta, prefetch_wasted, lo, eids)
+ * SET of distinct existing string keys whose values keep their size class: each value is
+ * written over its chunk, the entry's length, access time and (unless keep_ttl) expiry
+ * (`expire`, 0 for none) updated, a prefetched flag cleared (counted: overwritten before
+ * it was read) and the CLOCK bit set when `ref` is given. lo (uint64) and eids (int64)
+ * per key as bytes. None, with nothing changed, when any key needs the general path. */
+static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref)");
+        return NULL;
+    }
+    if (!entries_ready(self))
+        return NULL;
+    const predis_blake2b_primed *hasher = predis_as_blake2b(args[0]);
+    predis_table *table = hasher ? predis_as_table(args[1]) : NULL;
+    if (table == NULL)
+        return NULL;
+    PyObject *keys = args[2], *values = args[3];
+    if (!PyList_Check(keys) || !PyList_Check(values) || PyList_GET_SIZE(keys) != PyList_GET_SIZE(values)) {
+        PyErr_SetString(PyExc_TypeError, "keys and values must be lists of one length");
+        return NULL;
+    }
+    Py_ssize_t max_key_bytes = PyLong_AsSsize_t(args[4]);
+    long long now = PyLong_AsLongLong(args[5]);
+    long long expire = PyLong_AsLongLong(args[6]);
+    int keep_ttl = PyObject_IsTrue(args[7]);
+    if (PyErr_Occurred() || keep_ttl < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    Found small[SMALL_KEYS];
+    Found *found = n <= SMALL_KEYS ? small : PyMem_Malloc(sizeof(Found) * (size_t)n);
+    if (found == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = NULL, *lo = NULL, *eids = NULL;
+    Py_buffer ref_buf = {0};
+    int have_ref = 0, have_slabs = 0;
+    Slabs slabs = {0};
+    int ok = find_all(keys, hasher, table, self, max_key_bytes, (int64_t)now, found);
+    if (ok <= 0) {
+        if (ok == 0)
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (slabs_open(&slabs, args[8], args[9]) < 0)
+        goto done;
+    have_slabs = 1;
+    uint8_t *ref = NULL;
+    if (args[10] != Py_None) {
+        if (PyObject_GetBuffer(args[10], &ref_buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        have_ref = 1;
+        if (ref_buf.len < self->count) {
+            PyErr_SetString(PyExc_ValueError, "ref must have one byte per entry");
+            goto done;
+        }
+        ref = (uint8_t *)ref_buf.buf;
+    }
+    /* Look first: every key present, a string, its value bytes and of its size class. */
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int64_t eid = found[j].eid;
+        PyObject *value = PyList_GET_ITEM(values, j);
+        if (eid < 0 || self->type[eid] || !PyBytes_CheckExact(value) ||
+            class_of(&slabs, PyBytes_GET_SIZE(value)) != self->handle[eid] >> (HANDLE_CHUNK_BITS + HANDLE_PAGE_BITS)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    lo = PyBytes_FromStringAndSize(NULL, n * 8);
+    eids = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (lo == NULL || eids == NULL)
+        goto done;
+    uint64_t *lo_out = (uint64_t *)PyBytes_AS_STRING(lo);
+    int64_t *eid_out = (int64_t *)PyBytes_AS_STRING(eids);
+    long long used = 0, wasted = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int64_t eid = found[j].eid;
+        PyObject *value = PyList_GET_ITEM(values, j);
+        int64_t len = PyBytes_GET_SIZE(value);
+        if (len) {
+            Py_buffer page;
+            uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], len, &page, 1);
+            if (chunk == NULL)
+                goto done; /* a corrupt handle: the keys before it are written, as a failing Python write would leave them */
+            memcpy(chunk, PyBytes_AS_STRING(value), (size_t)len);
+            PyBuffer_Release(&page);
+        }
+        used += len - self->len[eid];
+        self->len[eid] = len;
+        self->atime[eid] = now;
+        if (self->prefetched[eid]) {
+            self->prefetched[eid] = 0;
+            wasted++;
+        }
+        if (!keep_ttl)
+            self->expire[eid] = expire;
+        if (ref != NULL)
+            ref[eid] = 1;
+        lo_out[j] = found[j].lo;
+        eid_out[j] = eid;
+    }
+    result = Py_BuildValue("(LLOO)", used, wasted, lo, eids);
+done:
+    if (found != small)
+        PyMem_Free(found);
+    if (have_ref)
+        PyBuffer_Release(&ref_buf);
+    if (have_slabs)
+        PyBuffer_Release(&slabs.sizes_buf);
+    Py_XDECREF(lo);
+    Py_XDECREF(eids);
+    return result;
+}
+
+/* Decimal digits of n >= 0. */
+static inline int digits(Py_ssize_t n)
+{
+    int d = 1;
+    while (n >= 10) {
+        n /= 10;
+        d++;
+    }
+    return d;
+}
+
+static char *put_number(char *out, Py_ssize_t n)
+{
+    int d = digits(n);
+    for (int i = d - 1; i >= 0; i--) {
+        out[i] = (char)('0' + n % 10);
+        n /= 10;
+    }
+    return out + d;
+}
+
+/* encode_bulks(values, null, other, header) -> bytes: the RESP encoding of a list of
+ * values: each bytes as a bulk string ($len CRLF data CRLF), None as `null`, anything else
+ * (the cache's WRONG_TYPE marker) as `other`; with `header`, the array header *n CRLF
+ * first (MGET's reply), else the replies one after another (a run of GETs). */
+static PyObject *encode_bulks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "encode_bulks(values, null, other, header)");
+        return NULL;
+    }
+    PyObject *values = args[0], *null = args[1], *other = args[2];
+    if (!PyList_Check(values) || !PyBytes_Check(null) || !PyBytes_Check(other)) {
+        PyErr_SetString(PyExc_TypeError, "encode_bulks: a list of values and two bytes replies");
+        return NULL;
+    }
+    int header = PyObject_IsTrue(args[3]);
+    if (header < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    Py_ssize_t total = header ? 3 + digits(n) : 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *v = PyList_GET_ITEM(values, j);
+        Py_ssize_t len;
+        if (PyBytes_Check(v))
+            len = 5 + digits(PyBytes_GET_SIZE(v)) + PyBytes_GET_SIZE(v);
+        else
+            len = PyBytes_GET_SIZE(v == Py_None ? null : other);
+        if (len > PY_SSIZE_T_MAX - total)
+            return PyErr_NoMemory();
+        total += len;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    if (header) {
+        *p++ = '*';
+        p = put_number(p, n);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *v = PyList_GET_ITEM(values, j);
+        if (PyBytes_Check(v)) {
+            Py_ssize_t len = PyBytes_GET_SIZE(v);
+            *p++ = '$';
+            p = put_number(p, len);
+            *p++ = '\r';
+            *p++ = '\n';
+            memcpy(p, PyBytes_AS_STRING(v), (size_t)len);
+            p += len;
+            *p++ = '\r';
+            *p++ = '\n';
+        } else {
+            PyObject *reply = v == Py_None ? null : other;
+            memcpy(p, PyBytes_AS_STRING(reply), (size_t)PyBytes_GET_SIZE(reply));
+            p += PyBytes_GET_SIZE(reply);
+        }
+    }
+    return out;
+}
+
+static PyMethodDef reads_functions[] = {
+    {"encode_bulks", (PyCFunction)(void (*)(void))encode_bulks, METH_FASTCALL,
+     "encode_bulks(values, null, other, header) -> the RESP bulk replies of values (None: null, not bytes: other)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef Entries_methods[] = {
+    {"read", (PyCFunction)(void (*)(void))Entries_read, METH_FASTCALL,
+     "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref) -> None or "
+     "(values, hits, prefetch_used, lo, results, sizes, hit_eids)"},
+    {"overwrite", (PyCFunction)(void (*)(void))Entries_overwrite, METH_FASTCALL,
+     "overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref) -> None or "
+     "(used_bytes_delta, prefetch_wasted, lo, eids)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EntriesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cache_core._native.Entries",
+    .tp_doc = "Entries(e_handle, e_len, e_expire, e_atime, e_prefetched, e_type): the cache's batched string reads.",
+    .tp_basicsize = sizeof(Entries),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Entries_init,
+    .tp_dealloc = (destructor)Entries_dealloc,
+    .tp_methods = Entries_methods,
+};
+
+int predis_reads_init(PyObject *module)
+{
+    if (PyType_Ready(&EntriesType) < 0 || PyModule_AddFunctions(module, reads_functions) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "Entries", (PyObject *)&EntriesType);
+}

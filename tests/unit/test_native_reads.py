@@ -1,0 +1,156 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The compiled string reads and overwrites (cache_core._native.Entries) against the Python paths.
+
+Two caches with one fingerprinting secret and one fake clock go through the same random
+operations, one reading through the compiled core, one with ``native=False`` (the Python
+small-batch and vectorised paths, the oracle): every read's values, hit flags and access
+events, the counters, the per-entry arrays and the CLOCK reference bits must agree after
+each step. Writes of keys that exist with values of the same size class take the compiled
+overwrite; the others the Python path. Keys repeat within batches, some carry TTLs that the clock passes, some are
+prefetched, some hold hashes, and reads are bounded by byte budgets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cache_core import _native
+from cache_core.cache import TYPE_HASH, WRONG_TYPE, Cache
+from cache_core.keys import Fingerprinter, KeyLengthError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, list[int], list[int], list[int]]] = []
+
+    def __call__(self, op: int, fps: Any, results: Any, sizes: Any) -> None:
+        self.seen.append((op, [int(f) for f in fps], [int(r) for r in results], [int(s) for s in sizes]))
+
+
+def _pair(eviction: str = "clock") -> tuple[Cache, Cache, FakeClock, Events, Events]:
+    clock, secret = FakeClock(), b"s" * 32
+    made = []
+    for native in (True, False):
+        events = Events()
+        cache = Cache(
+            numpy, max_keys=64, max_memory_bytes=1 << 16, max_key_bytes=24, eviction=eviction, clock=clock,
+            fingerprinter=Fingerprinter(secret, max_key_bytes=24), access_hook=events, native=native,
+        )  # fmt: skip
+        made.append((cache, events))
+    assert made[0][0]._entries is not None and made[1][0]._entries is None
+    return made[0][0], made[1][0], clock, made[0][1], made[1][1]
+
+
+_ENTRY_ARRAYS = ("e_handle", "e_len", "e_expire", "e_atime", "e_prefetched", "e_type", "e_live")
+
+
+def _same_state(a: Cache, b: Cache) -> None:
+    for name in _ENTRY_ARRAYS:
+        assert getattr(a, name).tolist() == getattr(b, name).tolist(), name
+    assert a.stats.hits == b.stats.hits and a.stats.misses == b.stats.misses
+    assert a.stats.prefetch_used == b.stats.prefetch_used and a.stats.expirations == b.stats.expirations
+    assert (a.stats.sets, a.stats.prefetch_wasted, a.stats.evictions) == (b.stats.sets, b.stats.prefetch_wasted, b.stats.evictions)
+    assert (a.store.used_bytes, a.store.chunk_bytes, a.live_keys) == (b.store.used_bytes, b.store.chunk_bytes, b.live_keys)
+    if a.eviction_name == "clock":
+        assert a.policy.ref.tolist() == b.policy.ref.tolist()
+
+
+_KEYS = st.sampled_from([b"k%d" % i for i in range(12)] + [b"", b"x" * 25])
+
+
+@st.composite
+def _steps(draw: Any) -> list[tuple[str, Any]]:
+    steps: list[tuple[str, Any]] = []
+    for _ in range(draw(st.integers(1, 30))):
+        op = draw(st.sampled_from(["read", "read", "read", "write", "write", "rewrite", "ttl", "prefetch", "hash", "tick", "delete"]))
+        keys = draw(st.lists(_KEYS, min_size=1, max_size=40))
+        steps.append((op, keys, draw(st.integers(0, 60)), draw(st.binary(max_size=40))))
+    return steps
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=_steps(), eviction=st.sampled_from(["clock", "lru", "s3fifo"]))
+def test_compiled_reads_match_the_python_paths(steps: list[tuple[str, Any]], eviction: str) -> None:
+    native, oracle, clock, native_events, oracle_events = _pair(eviction)
+    for op, keys, number, value in steps:
+        good = [k for k in keys if 1 <= len(k) <= 24]
+        if op == "read":
+            outcomes = []
+            for cache in (native, oracle):
+                try:
+                    outcomes.append(cache.lookup(keys, max_bytes=number if number % 3 else 0))
+                except KeyLengthError as exc:
+                    outcomes.append(str(exc))  # type: ignore[arg-type]
+            assert outcomes[0] == outcomes[1]
+        elif op == "write" and good:
+            for cache in (native, oracle):
+                cache.mset([(k, value + k) for k in good])
+        elif op == "rewrite" and good:  # the same keys again: overwrites in place, TTLs given or kept
+            ttl = number if number % 4 == 1 else None
+            for cache in (native, oracle):
+                cache.mset([(k, value[: len(k)] + k) for k in good], ttl_ms=ttl, keep_ttl=number % 4 == 2)
+        elif op == "ttl" and good:
+            for cache in (native, oracle):
+                cache.mset([(good[0], value)], ttl_ms=number + 1)
+        elif op == "prefetch" and good:
+            for cache in (native, oracle):
+                cache.mset([(k, value) for k in good], prefetched=True)
+        elif op == "hash" and good:
+            for cache in (native, oracle):
+                cache.mset([(good[0], b"field")], kind=TYPE_HASH)
+        elif op == "tick":
+            clock.t += number / 1000.0
+        elif op == "delete" and good:
+            assert native.delete(good) == oracle.delete(good)
+        _same_state(native, oracle)
+        assert native_events.seen == oracle_events.seen
+
+
+def test_a_run_of_reads_and_its_replies() -> None:
+    native, _oracle, clock, events, _ = _pair()
+    native.mset([(b"a", b"1"), (b"b", b""), (b"c", b"333")], ttl_ms=None)
+    native.mset([(b"h", b"f")], kind=TYPE_HASH)
+    values, hits = native.lookup([b"a", b"zz", b"b", b"h", b"a"])
+    assert values == [b"1", None, b"", WRONG_TYPE, b"1"]
+    assert native.stats.hits == 4 and native.stats.misses == 1
+    # A byte budget serves a prefix (at least one key) and reads only that.
+    values, _ = native.lookup([b"c", b"a", b"a"], max_bytes=3)
+    assert values == [b"333"]
+    values, _ = native.lookup([b"c", b"a"], max_bytes=1)
+    assert values == [b"333"]
+    # An expired entry sends the batch to the Python path, which removes it.
+    native.mset([(b"t", b"v")], ttl_ms=5)
+    clock.t += 1.0
+    assert native.lookup([b"t", b"a"])[0] == [None, b"1"]
+    assert native.stats.expirations == 1
+    ok, wrong = b"$-1\r\n", b"-WRONGTYPE x\r\n"
+    assert _native.encode_bulks([b"ab", None, WRONG_TYPE, b""], ok, wrong, True) == b"*4\r\n$2\r\nab\r\n$-1\r\n-WRONGTYPE x\r\n$0\r\n\r\n"
+    assert _native.encode_bulks([b"x" * 1000], ok, wrong, False) == b"$1000\r\n" + b"x" * 1000 + b"\r\n"
+    with pytest.raises(TypeError):
+        _native.encode_bulks((b"a",), ok, wrong, True)
+
+
+def test_entries_refuse_arrays_they_cannot_serve() -> None:
+    arrays = [numpy.zeros(8, dtype=numpy.int64) for _ in range(4)] + [numpy.zeros(8, dtype=bool), numpy.zeros(8, dtype=numpy.uint8)]
+    with pytest.raises(ValueError):
+        _native.Entries(*arrays[:5], numpy.zeros(4, dtype=numpy.uint8))
+    with pytest.raises(TypeError):
+        _native.Entries(*arrays[:5])
+    entries = _native.Entries(*arrays)
+    cache = Cache(numpy, max_keys=8, max_memory_bytes=1 << 12)
+    with pytest.raises(TypeError):  # a hasher that is not the compiled one
+        entries.read(object(), cache.table.view, [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None)
+    with pytest.raises(TypeError):
+        entries.read(cache.fp.hasher(0), object(), [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None)
