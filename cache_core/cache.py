@@ -46,6 +46,9 @@ TOMBSTONE_REBUILD_RATIO = 0.25
 # arrays (see HashTable.host_scalar): below it, the fixed cost of some twenty NumPy calls
 # per batch exceeds a Python loop over the keys (measured in bench/bench_cache.py).
 SMALL_BATCH = 16
+# Up to this many events, an access hook that takes lists gets lists (cheaper to build
+# than three arrays for a few events; the access log's compiled append takes either).
+HOOK_LIST_EVENTS = 32
 # The table is first sized for this many keys (or max_keys if fewer) and doubles as keys
 # arrive: a rehash of n keys costs about what inserting them did, so growth adds a constant
 # factor to writes while an idle agent holds a table of 2048 slots instead of max_keys'.
@@ -574,6 +577,9 @@ class Cache:
             self.stats.hits += hits
             self.stats.misses += len(out) - hits
             if self._access_hook is not null_access_hook:
+                if self._hook_lists and len(out) <= HOOK_LIST_EVENTS:  # lists: cheaper than arrays for a few events
+                    self._access_hook(OP_GET, memoryview(lo).cast("Q").tolist(), list(results), memoryview(sizes).cast("q").tolist())  # type: ignore[arg-type]
+                    return out, ([r != RES_MISS for r in results] if want_hits else [])
                 self._report(
                     OP_GET,
                     numpy.frombuffer(lo, dtype=numpy.uint64),
@@ -882,6 +888,9 @@ class Cache:
                 self._note_encoding(ids.tolist(), None)
             self.stats.sets += len(keys)
             if self._access_hook is not null_access_hook:
+                if self._hook_lists and len(keys) <= HOOK_LIST_EVENTS:
+                    self._access_hook(OP_SET, memoryview(lo).cast("Q").tolist(), [RES_STORED] * len(keys), [len(v) for v in values])  # type: ignore[arg-type]
+                    return True
                 self._report(
                     OP_SET,
                     numpy.frombuffer(lo, dtype=numpy.uint64),

@@ -10,6 +10,7 @@
 #include "native.h"
 #include <pythread.h>
 #include <time.h>
+#include <string.h>
 
 #define COLUMNS 6
 
@@ -132,9 +133,71 @@ static void rows_free(Rows *rows)
     rows->fp = NULL;
 }
 
+/* Whether a buffer holds one-dimensional integers of `itemsize` bytes (any signedness). */
+static int int_buffer(const Py_buffer *b, Py_ssize_t itemsize)
+{
+    const char *format = b->format ? b->format : "B";
+    if (*format == '<' || *format == '=' || *format == '@')
+        format++;
+    return b->ndim == 1 && b->itemsize == itemsize && format[0] != '\0' && format[1] == '\0' &&
+           strchr(itemsize == 1 ? "Bb" : "QqLl", format[0]) != NULL;
+}
+
+/* Rows straight from three arrays (the cache's uint64 fingerprints, uint8 results and
+ * int64 sizes) without a list in between: 1 when done, 0 when the inputs are not such
+ * arrays (the sequence path converts them), -1 on error. */
+static int rows_from_arrays(Rows *rows, PyObject *fps_obj, PyObject *results_obj, PyObject *sizes_obj)
+{
+    if (!PyObject_CheckBuffer(fps_obj) || !PyObject_CheckBuffer(results_obj) || !PyObject_CheckBuffer(sizes_obj))
+        return 0;
+    Py_buffer b[3];
+    PyObject *objs[3] = {fps_obj, results_obj, sizes_obj};
+    const Py_ssize_t itemsize[3] = {8, 1, 8};
+    int held = 0, rc = 0;
+    for (; held < 3; held++) {
+        if (PyObject_GetBuffer(objs[held], &b[held], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+            PyErr_Clear();
+            goto done;
+        }
+        if (!int_buffer(&b[held], itemsize[held])) {
+            held++;
+            goto done;
+        }
+    }
+    Py_ssize_t n = b[0].len / 8;
+    if (b[1].len != n || b[2].len / 8 != n)
+        goto done; /* the sequence path reports the mismatch */
+    const int64_t *sizes = (const int64_t *)b[2].buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (sizes[i] < 0)
+            goto done; /* the sequence path refuses it */
+    if (n <= 32) {
+        rows->fp = rows->small;
+    } else if ((rows->fp = PyMem_Malloc((size_t)n * 13 + 8)) == NULL) {
+        PyErr_NoMemory();
+        rc = -1;
+        goto done;
+    }
+    rows->n = n;
+    rows->size = (uint32_t *)(rows->fp + n);
+    rows->result = (uint8_t *)(rows->size + n);
+    memcpy(rows->fp, b[0].buf, (size_t)n * 8);
+    memcpy(rows->result, b[1].buf, (size_t)n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        rows->size[i] = (uint64_t)sizes[i] > UINT32_MAX ? UINT32_MAX : (uint32_t)sizes[i];
+    rc = 1;
+done:
+    for (int i = 0; i < held; i++)
+        PyBuffer_Release(&b[i]);
+    return rc;
+}
+
 static int rows_convert(Rows *rows, PyObject *fps_obj, PyObject *results_obj, PyObject *sizes_obj)
 {
     rows->fp = NULL;
+    int direct = rows_from_arrays(rows, fps_obj, results_obj, sizes_obj);
+    if (direct != 0)
+        return direct > 0 ? 0 : -1;
     PyObject *fps = as_fast(fps_obj, "fps must be a sequence");
     PyObject *results = fps ? as_fast(results_obj, "results must be a sequence") : NULL;
     PyObject *sizes = results ? as_fast(sizes_obj, "sizes must be a sequence") : NULL;
