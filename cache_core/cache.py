@@ -788,8 +788,9 @@ class Cache:
                     return
             new_idx = numpy.flatnonzero(~exists)
             old_idx = numpy.flatnonzero(exists)
-            charge = sum(self.store.chunk_size(len(v)) for v in values)
-            refund = sum(self.store.chunk_size(int(self.e_len[eids[i]])) for i in old_idx.tolist())
+            chunk_sizes = self.store.chunk_sizes
+            charge = int(chunk_sizes[numpy.searchsorted(chunk_sizes, numpy.fromiter(map(len, values), dtype=numpy.int64, count=len(values)))].sum())
+            refund = int(chunk_sizes[numpy.searchsorted(chunk_sizes, self.e_len[eids[old_idx]])].sum()) if len(old_idx) else 0
             protect = set(eids[old_idx].tolist())
             self._make_room(len(new_idx), charge - refund, protect)
             # Overwrites.
@@ -823,16 +824,16 @@ class Cache:
                 except BaseException:
                     self._free.extend(reversed(new_eids.tolist()))  # not lost: the next write can use them
                     raise
-                e_khandle, e_klen, key_store = self.e_khandle, self.e_klen, self.key_store
-                key_bytes = 0
-                for eid, i in zip(new_eids.tolist(), new_idx.tolist()):
-                    self.e_handle[eid] = self.store.put(values[i])
-                    self.e_len[eid] = len(values[i])
-                    e_atime[eid] = now
-                    e_khandle[eid] = key_store.put(keys[i])
-                    e_klen[eid] = len(keys[i])
-                    key_bytes += len(keys[i])
-                self.key_bytes += key_bytes
+                new_list = new_idx.tolist()
+                new_values = [values[i] for i in new_list]
+                new_keys = [keys[i] for i in new_list]
+                self.e_handle[new_eids] = self.store.put_many(new_values)
+                self.e_len[new_eids] = numpy.fromiter(map(len, new_values), dtype=numpy.int64, count=len(new_values))
+                e_atime[new_eids] = now
+                self.e_khandle[new_eids] = self.key_store.put_many(new_keys)
+                key_lengths = numpy.fromiter(map(len, new_keys), dtype=numpy.int64, count=len(new_keys))
+                self.e_klen[new_eids] = key_lengths
+                self.key_bytes += int(key_lengths.sum())
                 self.e_hi[new_eids] = n_hi
                 self.e_lo[new_eids] = n_lo
                 self.e_live[new_eids] = True

@@ -157,9 +157,10 @@ typedef struct {
 
 /* Fingerprint and probe each key of `keys` (a list of bytes): found[j] gets its lo half
  * and entry (-1 when absent). Returns 1 when every key was looked up, 0 when one needs the
- * general path (bad length, not bytes, expired entry), -1 on error. */
+ * general path (bad length, not bytes, expired entry, or with `present` an absent key), -1
+ * on error. */
 static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_table *table, Entries *e,
-                    Py_ssize_t max_key_bytes, int64_t now, Found *found)
+                    Py_ssize_t max_key_bytes, int64_t now, Found *found, int present)
 {
     Py_ssize_t n = PyList_GET_SIZE(keys);
     for (Py_ssize_t j = 0; j < n; j++) {
@@ -180,6 +181,8 @@ static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_
         }
         if (eid >= 0 && e->expire[eid] != 0 && e->expire[eid] <= now)
             return 0;
+        if (present && eid < 0)
+            return 0; /* an overwrite of a key that is not there: the general path, at once */
         found[j].lo = lo;
         found[j].eid = eid;
     }
@@ -236,7 +239,7 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
     int have_ref = 0;
     Slabs slabs = {0};
     int have_slabs = 0;
-    int ok = find_all(keys, hasher, table, self, max_key_bytes, (int64_t)now, found);
+    int ok = find_all(keys, hasher, table, self, max_key_bytes, (int64_t)now, found, 0);
     if (ok <= 0) {
         if (ok == 0)
             result = Py_NewRef(Py_None);
@@ -407,7 +410,7 @@ static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssiz
     Py_buffer ref_buf = {0};
     int have_ref = 0, have_slabs = 0;
     Slabs slabs = {0};
-    int ok = find_all(keys, hasher, table, self, max_key_bytes, (int64_t)now, found);
+    int ok = find_all(keys, hasher, table, self, max_key_bytes, (int64_t)now, found, 1);
     if (ok <= 0) {
         if (ok == 0)
             result = Py_NewRef(Py_None);
@@ -480,6 +483,86 @@ done:
         PyBuffer_Release(&slabs.sizes_buf);
     Py_XDECREF(lo);
     Py_XDECREF(eids);
+    return result;
+}
+
+/* write_values(pages, sizes, handles, values): copy each bytes value into the chunk its
+ * handle names (the value store's batch put, after the chunks were allocated). Every
+ * handle and length is checked before any byte is written. */
+static PyObject *write_values(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "write_values(pages, sizes, handles, values)");
+        return NULL;
+    }
+    PyObject *values = args[3];
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "values must be a list of bytes");
+        return NULL;
+    }
+    Slabs slabs;
+    if (slabs_open(&slabs, args[0], args[1]) < 0)
+        return NULL;
+    Py_buffer hb;
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(args[2], &hb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&slabs.sizes_buf);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    const int64_t *handles = (const int64_t *)hb.buf;
+    if (hb.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "one int64 handle per value");
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *value = PyList_GET_ITEM(values, j);
+        int64_t cid = handles[j] >> (HANDLE_CHUNK_BITS + HANDLE_PAGE_BITS);
+        if (!PyBytes_Check(value) || cid < 0 || cid >= slabs.classes || PyBytes_GET_SIZE(value) > slabs.sizes[cid]) {
+            PyErr_SetString(PyExc_ValueError, "write_values: a value that is not bytes or does not fit its chunk");
+            goto done;
+        }
+    }
+    PyObject *open_page = NULL;
+    Py_buffer page;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *value = PyList_GET_ITEM(values, j);
+        Py_ssize_t len = PyBytes_GET_SIZE(value);
+        if (!len)
+            continue;
+        int64_t h = handles[j];
+        int64_t cid = h >> (HANDLE_CHUNK_BITS + HANDLE_PAGE_BITS);
+        int64_t page_no = (h >> HANDLE_CHUNK_BITS) & HANDLE_MASK;
+        int64_t size = slabs.sizes[cid];
+        PyObject *pages = PyList_GET_ITEM(slabs.pages, cid);
+        if (!PyList_Check(pages) || page_no >= PyList_GET_SIZE(pages)) {
+            PyErr_SetString(PyExc_ValueError, "a value handle names no page");
+            goto close;
+        }
+        PyObject *target = PyList_GET_ITEM(pages, page_no);
+        if (target != open_page) { /* consecutive values mostly share a page: open it once */
+            if (open_page != NULL)
+                PyBuffer_Release(&page);
+            open_page = NULL;
+            if (PyObject_GetBuffer(target, &page, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+                goto close;
+            open_page = target;
+        }
+        int64_t offset = (h & HANDLE_MASK) * size;
+        if (offset + size > page.len) {
+            PyErr_SetString(PyExc_ValueError, "a value handle points past its page");
+            goto close;
+        }
+        memcpy((uint8_t *)page.buf + offset, PyBytes_AS_STRING(value), (size_t)len);
+    }
+    result = Py_NewRef(Py_None);
+close:
+    if (open_page != NULL)
+        PyBuffer_Release(&page);
+done:
+    PyBuffer_Release(&hb);
+    PyBuffer_Release(&slabs.sizes_buf);
     return result;
 }
 
@@ -568,6 +651,8 @@ static PyObject *encode_bulks(PyObject *module, PyObject *const *args, Py_ssize_
 }
 
 static PyMethodDef reads_functions[] = {
+    {"write_values", (PyCFunction)(void (*)(void))write_values, METH_FASTCALL,
+     "write_values(pages, sizes, handles, values): copy each value into the chunk its handle names"},
     {"encode_bulks", (PyCFunction)(void (*)(void))encode_bulks, METH_FASTCALL,
      "encode_bulks(values, null, other, header) -> the RESP bulk replies of values (None: null, not bytes: other)"},
     {NULL, NULL, 0, NULL},

@@ -679,12 +679,12 @@ class Connection(asyncio.Protocol):
                     return  # resumed by _read_done, after the origin answered
                 pending += len(out[-1]) if len(out) == before + 1 else sum(map(len, out[before:]))
                 continue
-            if name == b"SET" and self.authenticated and len(args) == 3 and len(backlog) > 1:
+            if name == b"SET" and self.authenticated and len(args) == 3:
                 self.last_command = LAST_SET
                 run = [backlog.popleft()]
                 while backlog and len(run) < slice_keys and len(backlog[0]) == 3 and backlog[0][0].upper() == b"SET":
                     run.append(backlog.popleft())
-                out.extend(self._batch(name, run) if len(run) > 1 else [self._execute(run[0])[0]])
+                out.extend(self._batch(name, run))  # a failing write falls back to _execute, command by command
                 pending += 5 * len(run)
                 continue
             reply, close = self._execute(backlog.popleft())

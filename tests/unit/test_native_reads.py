@@ -154,3 +154,40 @@ def test_entries_refuse_arrays_they_cannot_serve() -> None:
         entries.read(object(), cache.table.view, [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None)
     with pytest.raises(TypeError):
         entries.read(cache.fp.hasher(0), object(), [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None)
+
+
+def test_put_many_allocates_as_put_does_one_value_after_another() -> None:
+    """The value store's batch put (bulk chunk allocation, one compiled copy) gives the same
+    handles and leaves the same pages, free lists and counters as put() called per value,
+    through frees, page releases and reuse, over several size classes."""
+    import random
+
+    from cache_core.store import ValueStore
+
+    rng = random.Random(3)
+    for _trial in range(120):
+        page_bytes = rng.choice([256, 1024, 4096])
+        batch, single = (ValueStore(numpy, max_value_bytes=5000, page_bytes=page_bytes) for _ in range(2))
+        live: list[tuple[int, int]] = []
+        for _step in range(12):
+            if live and rng.random() < 0.4:
+                for _ in range(rng.randint(1, len(live))):
+                    handle, length = live.pop(rng.randrange(len(live)))
+                    batch.free(handle, length)
+                    single.free(handle, length)
+            values = [rng.randbytes(rng.choice([0, 3, 16, 17, 30, 100, 700, 5000])) for _ in range(rng.randint(0, 60))]
+            handles = batch.put_many(values).tolist()
+            assert handles == [single.put(v) for v in values]
+            assert [batch.get(h, len(v)) for h, v in zip(handles, values)] == values
+            live += [(h, len(v)) for h, v in zip(handles, values)]
+            assert (batch.used_bytes, batch.chunk_bytes, batch.values, batch.allocated_bytes) == (
+                single.used_bytes, single.chunk_bytes, single.values, single.allocated_bytes)  # fmt: skip
+            for a, b in zip(batch._classes, single._classes):
+                assert (a.free, a.fresh, a.used, a.partial, a.released, a.current, a.spare) == (
+                    b.free, b.fresh, b.used, b.partial, b.released, b.current, b.spare)  # fmt: skip
+    store = ValueStore(numpy, max_value_bytes=100)
+    with pytest.raises(ValueError):  # too long: refused before anything is allocated
+        store.put_many([b"a"] * 4 + [b"x" * 101])
+    assert store.values == 0 and store.allocated_bytes == 0
+    with pytest.raises(ValueError):
+        _native.write_values(store.page_lists, store.chunk_sizes, numpy.zeros(1, dtype=numpy.int64), [b"x" * 17])
