@@ -151,7 +151,7 @@ class ValueStore:
             cls = self._classes[cid]
             page = (handle >> _CHUNK_BITS) & _PAGE_MASK
             offset = (handle & _CHUNK_MASK) * cls.chunk
-            cls.pages[page][offset : offset + length] = self.xp.asarray(numpy.frombuffer(value, dtype=numpy.uint8))
+            self._write(cls.pages[page], offset, value)
         self.used_bytes += length
         self.chunk_bytes += self.sizes[cid]
         self.values += 1
@@ -217,6 +217,12 @@ class ValueStore:
             got += len(part)
         return parts[0] if len(parts) == 1 else numpy.concatenate(parts)
 
+    def _write(self, page: Any, offset: int, value: bytes) -> None:
+        if self.xp is numpy:  # a host page: one copy through a memoryview, no temporary array
+            memoryview(page)[offset : offset + len(value)] = value
+        else:  # pragma: no cover - needs a GPU
+            page[offset : offset + len(value)] = self.xp.asarray(numpy.frombuffer(value, dtype=numpy.uint8))
+
     def get(self, handle: int, length: int) -> bytes:
         cid = handle >> (_PAGE_BITS + _CHUNK_BITS)
         cls = self._classes[cid]
@@ -245,7 +251,7 @@ class ValueStore:
             cls = self._classes[cid]
             page = (handle >> _CHUNK_BITS) & _PAGE_MASK
             offset = (handle & _CHUNK_MASK) * cls.chunk
-            cls.pages[page][offset : offset + length] = self.xp.asarray(numpy.frombuffer(value, dtype=numpy.uint8))
+            self._write(cls.pages[page], offset, value)
         self.used_bytes += length - old_length
         return handle
 
