@@ -112,6 +112,9 @@ class AccessLog:
         # The cache may pass a few events as lists of ints rather than arrays (cheaper to
         # build for one GET than three one-element arrays); append takes either.
         hook.accepts_lists = True  # type: ignore[attr-defined]
+        # Where every event is logged as it comes (no sampling, no raw keys, the real
+        # clock), the cache's compiled reads and writes log straight into the ring.
+        hook.ring = self._ring if one_call else None  # type: ignore[attr-defined]
         self.hook = hook
         self.sampled_out = 0  # events not logged because of sampling
 

@@ -345,6 +345,8 @@ class Cache:
         # What the hook accepts is read once here, not on every read it is told about.
         self._hook_wants_keys = bool(getattr(hook, "wants_keys", False))
         self._hook_lists = bool(getattr(hook, "accepts_lists", False)) and not self._hook_wants_keys
+        # An access log ring the compiled paths write events into themselves (AccessLog.hook).
+        self._hook_ring = getattr(hook, "ring", None)
         self._access_hook = hook
 
     def _report(
@@ -564,7 +566,7 @@ class Cache:
             now = self.now_ms()
             got = self._entries.read(
                 self.fp.hasher(db), self.table.view, key_list, self.fp.max_key_bytes, now, max_bytes,
-                self.typed_keys > 0, WRONG_TYPE, store.page_lists, store.chunk_sizes, ref,
+                self.typed_keys > 0, WRONG_TYPE, store.page_lists, store.chunk_sizes, ref, self._hook_ring, OP_GET,
             )  # fmt: skip
             if got is None:
                 return None
@@ -576,7 +578,7 @@ class Cache:
                     policy.on_access(numpy.frombuffer(hit_eids, dtype=numpy.int64))
             self.stats.hits += hits
             self.stats.misses += len(out) - hits
-            if self._access_hook is not null_access_hook:
+            if self._access_hook is not null_access_hook and self._hook_ring is None:
                 if self._hook_lists and len(out) <= HOOK_LIST_EVENTS:  # lists: cheaper than arrays for a few events
                     self._access_hook(OP_GET, memoryview(lo).cast("Q").tolist(), list(results), memoryview(sizes).cast("q").tolist())  # type: ignore[arg-type]
                     return out, ([r != RES_MISS for r in results] if want_hits else [])
@@ -876,6 +878,7 @@ class Cache:
             got = self._entries.overwrite(
                 self.fp.hasher(db), self.table.view, keys, values, self.fp.max_key_bytes, now,
                 TTL_NONE if ttl_ms is None else now + ttl_ms, keep_ttl, store.page_lists, store.chunk_sizes, ref,
+                self._hook_ring, OP_SET, RES_STORED,
             )  # fmt: skip
             if got is None:
                 return False
@@ -888,7 +891,7 @@ class Cache:
             if self.encodings:
                 self._note_encoding(ids.tolist(), None)
             self.stats.sets += len(keys)
-            if self._access_hook is not null_access_hook:
+            if self._access_hook is not null_access_hook and self._hook_ring is None:
                 if self._hook_lists and len(keys) <= HOOK_LIST_EVENTS:
                     self._access_hook(OP_SET, memoryview(lo).cast("Q").tolist(), [RES_STORED] * len(keys), [len(v) for v in values])  # type: ignore[arg-type]
                     return True

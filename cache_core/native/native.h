@@ -26,6 +26,12 @@ void predis_blake2b_prime(predis_blake2b_primed *state, const uint8_t *key, size
 void predis_blake2b_fingerprint(const predis_blake2b_primed *state, const uint8_t *data,
                                 size_t len, uint64_t *hi, uint64_t *lo);
 
+/* Log n events into an access log ring (cache_core._native.EventColumns, ring.c) in one
+ * locked write stamped with the realtime clock, as its log() method does: fingerprints,
+ * results and sizes (clamped to 32 bits). -1 with an exception when `ring` is not one. */
+int predis_ring_log(PyObject *ring, uint8_t op, const uint64_t *fps, const uint8_t *results, const int64_t *sizes,
+                    Py_ssize_t n);
+
 /* The hash table's host arrays (cache_core._native.TableView, table.c). */
 #define PREDIS_EMPTY 0
 #define PREDIS_FULL 1

@@ -198,17 +198,18 @@ static int entries_ready(Entries *self)
     return 1;
 }
 
-/* read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref)
+/* read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref, ring, op)
  *   -> None | (values, hits, prefetch_used, lo, results, sizes, hit_eids)
  * values: the first m keys' values (bytes, None for a miss, wrong_type for a key that is
  * not a string when `typed`); m < len(keys) only when max_bytes > 0 cut the batch (the
  * keys whose values add up to at most max_bytes, at least one). lo (uint64), results
  * (uint8), sizes (int64) per key read and hit_eids (int64) as bytes. `ref` (a uint8 array
- * or None): the CLOCK policy's reference bits, set for every hit. */
+ * or None): the CLOCK policy's reference bits, set for every hit. `ring` (an EventColumns or
+ * None): the access log ring the reads are logged into, as events of code `op`. */
 static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref)");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref, ring, op)");
         return NULL;
     }
     if (!entries_ready(self))
@@ -341,6 +342,11 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
             }
         }
     }
+    if (args[11] != Py_None) {
+        long op = PyLong_AsLong(args[12]);
+        if ((op == -1 && PyErr_Occurred()) || predis_ring_log(args[11], (uint8_t)op, lo_out, res_out, sz_out, m) < 0)
+            goto done;
+    }
     result = Py_BuildValue("(OnLOOOO)", values, hits, used, lo, res, sz, eids);
 done:
     if (found != small)
@@ -371,17 +377,19 @@ static Py_ssize_t class_of(const Slabs *s, int64_t len)
     return lo;
 }
 
-/* overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref)
+/* overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref, ring, op, result)
  *   -> None | (used_bytes_delta, prefetch_wasted, lo, eids)
  * SET of distinct existing string keys whose values keep their size class: each value is
  * written over its chunk, the entry's length, access time and (unless keep_ttl) expiry
  * (`expire`, 0 for none) updated, a prefetched flag cleared (counted: overwritten before
  * it was read) and the CLOCK bit set when `ref` is given. lo (uint64) and eids (int64)
- * per key as bytes. None, with nothing changed, when any key needs the general path. */
+ * per key as bytes. None, with nothing changed, when any key needs the general path. `ring`
+ * (an EventColumns or None): the access log ring the writes are logged into, as events of
+ * code `op` with result code `result` and the values' lengths. */
 static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref)");
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref, ring, op, result)");
         return NULL;
     }
     if (!entries_ready(self))
@@ -472,6 +480,31 @@ static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssiz
             ref[eid] = 1;
         lo_out[j] = found[j].lo;
         eid_out[j] = eid;
+    }
+    if (args[11] != Py_None) {
+        long op = PyLong_AsLong(args[12]), code = PyLong_AsLong(args[13]);
+        if (PyErr_Occurred())
+            goto done;
+        uint8_t codes_small[SMALL_KEYS];
+        int64_t sizes_small[SMALL_KEYS];
+        uint8_t *codes = n <= SMALL_KEYS ? codes_small : PyMem_Malloc((size_t)n);
+        int64_t *lengths = n <= SMALL_KEYS ? sizes_small : PyMem_Malloc(sizeof(int64_t) * (size_t)n);
+        int logged = codes != NULL && lengths != NULL;
+        if (logged) {
+            for (Py_ssize_t j = 0; j < n; j++) {
+                codes[j] = (uint8_t)code;
+                lengths[j] = PyBytes_GET_SIZE(PyList_GET_ITEM(values, j));
+            }
+            logged = predis_ring_log(args[11], (uint8_t)op, lo_out, codes, lengths, n) == 0;
+        } else {
+            PyErr_NoMemory();
+        }
+        if (codes != codes_small)
+            PyMem_Free(codes);
+        if (lengths != sizes_small)
+            PyMem_Free(lengths);
+        if (!logged)
+            goto done;
     }
     result = Py_BuildValue("(LLOO)", used, wasted, lo, eids);
 done:
@@ -660,10 +693,10 @@ static PyMethodDef reads_functions[] = {
 
 static PyMethodDef Entries_methods[] = {
     {"read", (PyCFunction)(void (*)(void))Entries_read, METH_FASTCALL,
-     "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref) -> None or "
+     "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref, ring, op) -> None or "
      "(values, hits, prefetch_used, lo, results, sizes, hit_eids)"},
     {"overwrite", (PyCFunction)(void (*)(void))Entries_overwrite, METH_FASTCALL,
-     "overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref) -> None or "
+     "overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref, ring, op, result) -> None or "
      "(used_bytes_delta, prefetch_wasted, lo, eids)"},
     {NULL, NULL, 0, NULL},
 };

@@ -337,6 +337,46 @@ static PyObject *EventColumns_log(EventColumns *self, PyObject *const *args, Py_
     return PyLong_FromSsize_t(n);
 }
 
+static PyTypeObject EventColumnsType;
+
+int predis_ring_log(PyObject *ring, uint8_t op, const uint64_t *fps, const uint8_t *results, const int64_t *sizes,
+                    Py_ssize_t n)
+{
+    if (!PyObject_TypeCheck(ring, &EventColumnsType) || ((EventColumns *)ring)->held != COLUMNS) {
+        PyErr_SetString(PyExc_TypeError, "expected an initialised cache_core._native.EventColumns");
+        return -1;
+    }
+    EventColumns *self = (EventColumns *)ring;
+    Py_ssize_t skip = n > self->capacity ? n - self->capacity : 0; /* only the newest fit */
+    Rows rows;
+    rows.n = n - skip;
+    if (rows.n <= 32) {
+        rows.fp = rows.small;
+    } else if ((rows.fp = PyMem_Malloc((size_t)rows.n * 13 + 8)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    rows.size = (uint32_t *)(rows.fp + rows.n);
+    rows.result = (uint8_t *)(rows.size + rows.n);
+    memcpy(rows.fp, fps + skip, (size_t)rows.n * 8);
+    memcpy(rows.result, results + skip, (size_t)rows.n);
+    for (Py_ssize_t i = 0; i < rows.n; i++) {
+        int64_t size = sizes[skip + i];
+        rows.size[i] = size < 0 ? 0 : (uint64_t)size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t ts = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+    lock_ring(self);
+    self->head += (unsigned long long)skip;
+    rows_write(self, &rows, self->head, ts, op, 0);
+    self->head += (unsigned long long)rows.n;
+    self->offered += (unsigned long long)n;
+    PyThread_release_lock(self->lock);
+    rows_free(&rows);
+    return 0;
+}
+
 static PyObject *EventColumns_enter(EventColumns *self, PyObject *unused)
 {
     (void)unused;

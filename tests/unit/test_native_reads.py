@@ -118,6 +118,40 @@ def test_compiled_reads_match_the_python_paths(steps: list[tuple[str, Any]], evi
         assert native_events.seen == oracle_events.seen
 
 
+@settings(max_examples=60, deadline=None)
+@given(steps=_steps())
+def test_compiled_paths_log_the_same_events_into_the_access_log(steps: list[tuple[str, Any]]) -> None:
+    """With an access log that takes every event, the compiled reads and overwrites write
+    their events into its ring themselves: the same events, in the same order, as the
+    Python paths report through the hook."""
+    from cache_core.access_log import AccessLog
+
+    clock, secret = FakeClock(), b"s" * 32
+    logs = [AccessLog(1 << 12), AccessLog(1 << 12)]
+    assert logs[0].hook.ring is not None
+    caches = [
+        Cache(numpy, max_keys=64, max_memory_bytes=1 << 16, max_key_bytes=24, clock=clock, access_hook=log.hook,
+              fingerprinter=Fingerprinter(secret, max_key_bytes=24), native=native)
+        for log, native in zip(logs, (True, False))
+    ]  # fmt: skip
+    for op, keys, number, value in steps:
+        good = [k for k in keys if 1 <= len(k) <= 24]
+        for cache in caches:
+            if op in ("read", "hash") or not good:
+                try:
+                    cache.lookup(keys, max_bytes=number if number % 3 else 0)
+                except KeyLengthError:
+                    pass
+            elif op == "tick":
+                clock.t += number / 1000.0
+            else:
+                cache.mset([(k, value[: len(k)] + k) for k in good], ttl_ms=number + 1 if op == "ttl" else None)
+    events = [log.read(0).events for log in logs]
+    assert logs[0].head == logs[1].head and logs[0].offered == logs[1].offered
+    for field in ("fp", "op", "result", "size"):
+        assert events[0][field].tolist() == events[1][field].tolist(), field
+
+
 def test_a_run_of_reads_and_its_replies() -> None:
     native, _oracle, clock, events, _ = _pair()
     native.mset([(b"a", b"1"), (b"b", b""), (b"c", b"333")], ttl_ms=None)
@@ -151,9 +185,9 @@ def test_entries_refuse_arrays_they_cannot_serve() -> None:
     entries = _native.Entries(*arrays)
     cache = Cache(numpy, max_keys=8, max_memory_bytes=1 << 12)
     with pytest.raises(TypeError):  # a hasher that is not the compiled one
-        entries.read(object(), cache.table.view, [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None)
+        entries.read(object(), cache.table.view, [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None, None, 1)
     with pytest.raises(TypeError):
-        entries.read(cache.fp.hasher(0), object(), [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None)
+        entries.read(cache.fp.hasher(0), object(), [b"a"], 16, 0, 0, False, WRONG_TYPE, [], numpy.zeros(0, dtype=numpy.int64), None, None, 1)
 
 
 def test_put_many_allocates_as_put_does_one_value_after_another() -> None:
