@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import os
 import signal
 import ssl
@@ -53,30 +52,6 @@ set_option = click.option(
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
-
-
-def _run_event_loop(main: Any) -> None:
-    """Run the agent on uvloop (libuv: about 15-25 % more requests per second on the Redis
-    port than asyncio's selector loop, bench/RESULTS.md) where it is installed, else on
-    asyncio's; ``PREDIS_AGENT_EVENT_LOOP=asyncio`` (or ``uvloop``, to require it) chooses."""
-    choice = os.environ.get("PREDIS_AGENT_EVENT_LOOP", "auto").strip().lower() or "auto"
-    if choice not in EVENT_LOOPS:
-        main.close()
-        _fail(f"PREDIS_AGENT_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {choice!r}", 2)
-    if choice != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if choice == "uvloop":
-                main.close()
-                _fail("PREDIS_AGENT_EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)", 2)
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
 
 
 def _load(config_path: str | None, overrides: tuple[str, ...], host: PluginHost | None = None) -> tuple[Config, PluginHost]:
@@ -183,8 +158,6 @@ def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
     async def main() -> None:
         await agent.start()
-        loop = asyncio.get_running_loop()
-        logging.getLogger("agent").info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
         routes = ", ".join(sorted({p for (_m, p) in agent.http.routes}))
         backend = agent.backend.name if agent.backend else "none"
         click.echo(
@@ -196,7 +169,7 @@ def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
         await agent.run_until_stopped()
 
     try:
-        _run_event_loop(main())
+        asyncio.run(main())
     except StartupError as exc:
         _fail(f"cannot start: {exc}")
 

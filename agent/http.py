@@ -25,7 +25,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -201,8 +201,8 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol, forwarded -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (asyncio's, or uvloop's, which does not subclass asyncio.Transport).
-        self.transport = cast(asyncio.Transport, transport)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         self.inner = self.server._request_handler()
         if self.inner is None:  # the server stopped while a TLS handshake ran
             transport.abort()

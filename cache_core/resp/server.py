@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy
 
@@ -483,8 +483,8 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (asyncio's, or uvloop's, which does not subclass asyncio.Transport).
-        self.transport = cast(asyncio.Transport, transport)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         server = self.server
         server.stats.total_connections += 1
         peer = transport.get_extra_info("peername")

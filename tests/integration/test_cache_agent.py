@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, cli, merge, wait_for
+from tests.agentproc import AgentProcess, merge, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -129,33 +129,3 @@ def test_a_sizing_change_rebuilds_the_cache_empty_and_an_unknown_origin_is_rejec
     assert "cache rebuilt empty" in agent.logs()
     assert agent.status()["components"]["cache"]["stats"]["max_keys"] == 8192
     client.close()
-
-
-@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
-def test_the_agent_serves_on_either_event_loop(tmp_path: Path, choice: str) -> None:
-    """uvloop by default where installed; PREDIS_AGENT_EVENT_LOOP=asyncio keeps asyncio's
-    own loop (the escape hatch), and both serve the Redis port, the HTTP API and a reload."""
-    proc = AgentProcess(tmp_path, {"agent": {"reload": {"watch": False}}}, env={"PREDIS_AGENT_EVENT_LOOP": choice})
-    proc.start()
-    try:
-        expected = "uvloop.Loop" if choice == "uvloop" else "asyncio."
-        wait_for(lambda: f"event loop: {expected}" in proc.logs(), what=f"the {choice} loop in the log")
-        client = _client(_resp_port(proc))
-        pipe = client.pipeline(transaction=False)
-        for i in range(50):
-            pipe.set(f"k{i}", f"v{i}")
-        pipe.execute()
-        assert client.mget([f"k{i}" for i in range(50)]) == [f"v{i}".encode() for i in range(50)]
-        assert proc.get("/status").status_code == 200
-        assert _reload(proc, merge(proc.config, {"agent": {"log": {"level": "debug"}}}))["ok"]
-        assert client.get("k7") == b"v7"
-        client.close()
-    finally:
-        assert proc.stop() == 0
-
-
-def test_an_unknown_event_loop_choice_is_refused(tmp_path: Path) -> None:
-    proc = AgentProcess(tmp_path)
-    done = cli("run", "--config", str(proc.config_path), env={**proc.env, "PREDIS_AGENT_EVENT_LOOP": "twisted"}, check=False)
-    assert done.returncode == 2
-    assert "PREDIS_AGENT_EVENT_LOOP must be one of auto, uvloop, asyncio, got 'twisted'" in done.stderr
