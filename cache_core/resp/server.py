@@ -71,6 +71,7 @@ READ_BATCH_BYTES = 1024 * 1024
 # A bulk reply's framing beyond the value ("$<length>\r\n...\r\n"), for sizing read batches.
 REPLY_OVERHEAD_BYTES = 16
 WRONGTYPE_REPLY = Encoder.error(WRONGTYPE_MESSAGE)  # the same in RESP2 and RESP3
+OK_REPLY = Encoder.simple("OK")
 # Commands run a slice of keys at a time when they name more than command_slice_keys.
 SLICED = frozenset((b"MGET", b"MSET", b"DEL", b"UNLINK", b"EXISTS"))
 # How long a refused connection stays half-closed, reading what its client sent meanwhile.
@@ -658,7 +659,8 @@ class Connection(asyncio.Protocol):
                 run = [backlog.popleft()]
                 budget = 0  # no bound: the values fit whatever their lengths
                 if name == b"GET":
-                    while backlog and len(run) < slice_keys and len(backlog[0]) == 2 and backlog[0][0].upper() == b"GET":
+                    # The name as clients send it first: .upper() allocates, once per command.
+                    while backlog and len(run) < slice_keys and len(nxt := backlog[0]) == 2 and (nxt[0] == b"GET" or nxt[0].upper() == b"GET"):
                         run.append(backlog.popleft())
                     # Without a pause, at most the soft limit (half the hard one) is queued: a
                     # run that fits what is left of that needs no look at the queue.
@@ -682,7 +684,7 @@ class Connection(asyncio.Protocol):
             if name == b"SET" and self.authenticated and len(args) == 3:
                 self.last_command = LAST_SET
                 run = [backlog.popleft()]
-                while backlog and len(run) < slice_keys and len(backlog[0]) == 3 and backlog[0][0].upper() == b"SET":
+                while backlog and len(run) < slice_keys and len(nxt := backlog[0]) == 3 and (nxt[0] == b"SET" or nxt[0].upper() == b"SET"):
                     run.append(backlog.popleft())
                 out.extend(self._batch(name, run))  # a failing write falls back to _execute, command by command
                 pending += 5 * len(run)
@@ -988,8 +990,7 @@ class Connection(asyncio.Protocol):
                 replies = self._get_replies(values)
             else:
                 self.cache.mset([(c[1], c[2]) for c in commands])
-                ok = self.encoder.simple("OK")
-                replies = [ok] * len(commands)
+                replies = [OK_REPLY] * len(commands)
         except Exception:
             # One bad key (or a failing origin) must fail only its own command: one by one.
             return [self._execute(c)[0] for c in commands]
