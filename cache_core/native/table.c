@@ -316,7 +316,7 @@ static void place_rounds(TableView *t, PlaceJob *job)
                         job->prior[row] = job->seen[j];
                     continue;
                 }
-                if (same_row(q, winner, row)) {
+                if (winner >= 0 && winner < (int64_t)job->n && same_row(q, winner, row)) {
                     job->slots[row] = p;
                     continue;
                 }
