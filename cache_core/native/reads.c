@@ -198,6 +198,23 @@ static int entries_ready(Entries *self)
     return 1;
 }
 
+/* The CLOCK reference bits `obj` names (None: no policy bits to set, *ref stays NULL):
+ * opened into *view, *held set when it must be released; -1 with an exception. */
+static int open_ref(const Entries *self, PyObject *obj, Py_buffer *view, int *held, uint8_t **ref)
+{
+    if (obj == Py_None)
+        return 0;
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    *held = 1;
+    if (view->len < self->count) {
+        PyErr_SetString(PyExc_ValueError, "ref must have one byte per entry");
+        return -1;
+    }
+    *ref = (uint8_t *)view->buf;
+    return 0;
+}
+
 /* read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref, ring, op)
  *   -> None | (values, hits, prefetch_used, lo, results, sizes, hit_eids)
  * values: the first m keys' values (bytes, None for a miss, wrong_type for a key that is
@@ -250,16 +267,8 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
         goto done;
     have_slabs = 1;
     uint8_t *ref = NULL;
-    if (args[10] != Py_None) {
-        if (PyObject_GetBuffer(args[10], &ref_buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-            goto done;
-        have_ref = 1;
-        if (ref_buf.len < self->count) {
-            PyErr_SetString(PyExc_ValueError, "ref must have one byte per entry");
-            goto done;
-        }
-        ref = (uint8_t *)ref_buf.buf;
-    }
+    if (open_ref(self, args[10], &ref_buf, &have_ref, &ref) < 0)
+        goto done;
     /* How many keys this batch serves: all, or those within max_bytes (at least one). */
     Py_ssize_t m = n;
     if (max_bytes > 0) {
@@ -428,16 +437,8 @@ static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssiz
         goto done;
     have_slabs = 1;
     uint8_t *ref = NULL;
-    if (args[10] != Py_None) {
-        if (PyObject_GetBuffer(args[10], &ref_buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
-            goto done;
-        have_ref = 1;
-        if (ref_buf.len < self->count) {
-            PyErr_SetString(PyExc_ValueError, "ref must have one byte per entry");
-            goto done;
-        }
-        ref = (uint8_t *)ref_buf.buf;
-    }
+    if (open_ref(self, args[10], &ref_buf, &have_ref, &ref) < 0)
+        goto done;
     /* Look first: every key present, a string, its value bytes and of its size class. */
     for (Py_ssize_t j = 0; j < n; j++) {
         int64_t eid = found[j].eid;

@@ -418,29 +418,43 @@ done:
     return result;
 }
 
+/* The arguments of remove and set_handles: (first, second, ticket), the first array of n
+ * items of `first_itemsize` bytes, the second of n int64 (writable when `second_writable`).
+ * Both buffers are open on success (release them); -1 with an exception. */
+static int two_arrays_and_ticket(TableView *self, PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                                 Py_ssize_t first_itemsize, int second_writable, Py_buffer *first, Py_buffer *second,
+                                 Py_ssize_t *n, long long *ticket)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    if (!view_ready(self))
+        return -1;
+    *ticket = PyLong_AsLongLong(args[2]);
+    if (*ticket == -1 && PyErr_Occurred())
+        return -1;
+    *n = -1;
+    if (get_array(args[0], first, first_itemsize, n, 0, usage) < 0)
+        return -1;
+    Py_ssize_t m = *n;
+    if (get_array(args[1], second, 8, &m, second_writable, usage) < 0) {
+        PyBuffer_Release(first);
+        return -1;
+    }
+    return 0;
+}
+
 /* remove(q, out, ticket) -> (ticket, removed): deletes the (n, 2) batch q, leaving
  * tombstones; out[j] the freed slot, -1 for absent keys and for later copies of a key
  * (the claim words and the ticket move as in HashTable._delete's _first_claim). */
 static PyObject *TableView_remove(TableView *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "remove(q, out, ticket)");
-        return NULL;
-    }
-    if (!view_ready(self))
-        return NULL;
-    long long ticket = PyLong_AsLongLong(args[2]);
-    if (ticket == -1 && PyErr_Occurred())
-        return NULL;
     Py_buffer qb, ob;
-    Py_ssize_t n = -1, m;
-    if (get_array(args[0], &qb, 16, &n, 0, "remove q") < 0)
+    Py_ssize_t n;
+    long long ticket;
+    if (two_arrays_and_ticket(self, args, nargs, "remove(q, out, ticket)", 16, 1, &qb, &ob, &n, &ticket) < 0)
         return NULL;
-    m = n;
-    if (get_array(args[1], &ob, 8, &m, 1, "remove out") < 0) {
-        PyBuffer_Release(&qb);
-        return NULL;
-    }
     const uint64_t *q = (const uint64_t *)qb.buf;
     int64_t *out = (int64_t *)ob.buf;
     long long removed = 0;
@@ -480,24 +494,11 @@ static PyObject *TableView_remove(TableView *self, PyObject *const *args, Py_ssi
  * occurrence of a slot winning; every slot must be FULL (ValueError, nothing written). */
 static PyObject *TableView_set_handles(TableView *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "set_handles(slots, handles, ticket)");
-        return NULL;
-    }
-    if (!view_ready(self))
-        return NULL;
-    long long ticket = PyLong_AsLongLong(args[2]);
-    if (ticket == -1 && PyErr_Occurred())
-        return NULL;
     Py_buffer sb, hb;
-    Py_ssize_t n = -1, m;
-    if (get_array(args[0], &sb, 8, &n, 0, "set_handles slots") < 0)
+    Py_ssize_t n;
+    long long ticket;
+    if (two_arrays_and_ticket(self, args, nargs, "set_handles(slots, handles, ticket)", 8, 0, &sb, &hb, &n, &ticket) < 0)
         return NULL;
-    m = n;
-    if (get_array(args[1], &hb, 8, &m, 0, "set_handles handles") < 0) {
-        PyBuffer_Release(&sb);
-        return NULL;
-    }
     const int64_t *slots = (const int64_t *)sb.buf, *handles = (const int64_t *)hb.buf;
     PyObject *result = NULL;
     for (Py_ssize_t j = 0; j < n; j++) {
