@@ -591,6 +591,40 @@ class Cache:
                 )
         return out, ([r != RES_MISS for r in results] if want_hits else [])
 
+    def read_replies(self, keys: list[bytes], null: bytes, other: bytes, header: bool, db: int = 0) -> tuple[bytes, list[bool]] | None:
+        """A server's batch of string reads with their RESP replies in one compiled call:
+        the replies of a run of GETs (or, with ``header``, one MGET's array), a miss as
+        ``null`` and a key that is not a string as ``other``, and which keys were hits (an
+        empty list when no prefetch observer would be told). Reads, counters and access-log
+        events are those of :meth:`lookup`. None, with nothing read, where that needs the
+        general path: no compiled entries, misses that the origin would fill, an access
+        hook that takes no ring, or a key the compiled read leaves to Python."""
+        if self._entries is None or (self.read_through and self.origin is not None):
+            return None
+        if self._hook_ring is None and self._access_hook is not null_access_hook:
+            return None
+        policy = self.policy
+        ref = policy.ref if type(policy) is ClockPolicy else None
+        store = self.store
+        with self._lock:
+            got = self._entries.read_reply(
+                self.fp.hasher(db), self.table.view, keys, self.fp.max_key_bytes, self.now_ms(), self.typed_keys > 0,
+                null, other, header, store.page_lists, store.chunk_sizes, ref, self._hook_ring, OP_GET,
+            )  # fmt: skip
+            if got is None:
+                return None
+            reply, hits, used, results, hit_eids = got
+            if hits:
+                if used:
+                    self.stats.prefetch_used += used
+                if ref is None:
+                    policy.on_access(numpy.frombuffer(hit_eids, dtype=numpy.int64))
+            self.stats.hits += hits
+            self.stats.misses += len(keys) - hits
+        if db or self.prefetch_observer is None:
+            return reply, []
+        return reply, [r != RES_MISS for r in results]
+
     def _mget_small(self, keys: Sequence[bytes], max_bytes: int = 0, db: int = 0) -> list[bytes | None]:
         fps = self._fps_small(keys, db)
         with self._lock:
@@ -862,6 +896,21 @@ class Cache:
                 sizes = numpy.asarray([len(v) for v in values], dtype=numpy.int64)
                 self._report(op, lo, numpy.full(len(keys), RES_STORED, dtype=numpy.uint8), sizes, keys)
 
+    def overwrite_strings(self, keys: list[bytes], values: list[bytes], db: int = 0) -> bool:
+        """A server's run of plain SETs (no options) over distinct keys, as :meth:`mset`
+        would store them, when every key exists, holds a string and keeps its value's size
+        class: one compiled call. False, with nothing changed, where :meth:`mset` is needed."""
+        if self._entries is None or self.modified is not None:
+            return False
+        largest = len(values[0]) if len(values) == 1 else max(map(len, values))
+        if largest > self.max_value_bytes:
+            return False
+        if not self._overwrite_native(keys, values, None, False, db):
+            return False
+        if largest > self.largest_value_bytes:
+            self.largest_value_bytes = largest
+        return True
+
     def _overwrite_native(self, keys: list[bytes], values: list[bytes], ttl_ms: int | None, keep_ttl: bool, db: int) -> bool:
         """:meth:`mset` of distinct existing string keys whose values keep their size class
         (a client rewriting its keys) in one compiled call (native/reads.c), with the same
@@ -884,12 +933,12 @@ class Cache:
                 return False
             used, wasted, lo, eids = got
             store.used_bytes += used
-            self.stats.prefetch_wasted += wasted
-            ids = numpy.frombuffer(eids, dtype=numpy.int64)
+            if wasted:
+                self.stats.prefetch_wasted += wasted
             if ref is None:
-                policy.on_access(ids)
+                policy.on_access(numpy.frombuffer(eids, dtype=numpy.int64))
             if self.encodings:
-                self._note_encoding(ids.tolist(), None)
+                self._note_encoding(memoryview(eids).cast("q").tolist(), None)
             self.stats.sets += len(keys)
             if self._access_hook is not null_access_hook and self._hook_ring is None:
                 if self._hook_lists and len(keys) <= HOOK_LIST_EVENTS:

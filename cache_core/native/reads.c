@@ -151,40 +151,66 @@ static uint8_t *slab_chunk(Slabs *s, int64_t handle, int64_t len, Py_buffer *vie
 }
 
 typedef struct {
-    uint64_t lo;
+    uint64_t hi, lo;
     int64_t eid;
 } Found;
 
-/* Fingerprint and probe each key of `keys` (a list of bytes): found[j] gets its lo half
- * and entry (-1 when absent). Returns 1 when every key was looked up, 0 when one needs the
- * general path (bad length, not bytes, expired entry, or with `present` an absent key), -1
- * on error. */
+/* Keys of a batch are looked up in stages over blocks of PREFETCH_BLOCK keys: fingerprint
+ * each and prefetch its table slot, then probe each and prefetch its entry's fields. The
+ * table, the entry arrays and the slabs are far larger than the caches, so each key costs
+ * several memory round trips; in stages those of a block overlap instead of queueing. */
+#define PREFETCH_BLOCK 16
+#define PREFETCH(addr) __builtin_prefetch((const void *)(addr), 0, 3)
+
+/* Fingerprint and probe each key of `keys` (a list of bytes): found[j] gets its
+ * fingerprint and entry (-1 when absent). Returns 1 when every key was looked up, 0 when
+ * one needs the general path (bad length, not bytes, expired entry, or with `present` an
+ * absent key), -1 on error. */
 static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_table *table, Entries *e,
                     Py_ssize_t max_key_bytes, int64_t now, Found *found, int present)
 {
     Py_ssize_t n = PyList_GET_SIZE(keys);
-    for (Py_ssize_t j = 0; j < n; j++) {
-        PyObject *key = PyList_GET_ITEM(keys, j);
-        if (!PyBytes_CheckExact(key))
-            return 0;
-        Py_ssize_t klen = PyBytes_GET_SIZE(key);
-        if (klen < 1 || klen > max_key_bytes)
-            return 0;
-        uint64_t hi, lo;
-        int64_t free;
-        predis_blake2b_fingerprint(hasher, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)klen, &hi, &lo);
-        int64_t slot = predis_table_probe(table, hi, lo, &free);
-        int64_t eid = slot < 0 ? -1 : table->handle[slot];
-        if (eid >= e->count) {
-            PyErr_SetString(PyExc_ValueError, "the table names an entry past the entry arrays");
-            return -1;
+    for (Py_ssize_t start = 0; start < n; start += PREFETCH_BLOCK) {
+        Py_ssize_t end = start + PREFETCH_BLOCK < n ? start + PREFETCH_BLOCK : n;
+        for (Py_ssize_t j = start; j < end; j++) {
+            PyObject *key = PyList_GET_ITEM(keys, j);
+            if (!PyBytes_CheckExact(key))
+                return 0;
+            Py_ssize_t klen = PyBytes_GET_SIZE(key);
+            if (klen < 1 || klen > max_key_bytes)
+                return 0;
+            predis_blake2b_fingerprint(hasher, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)klen, &found[j].hi,
+                                       &found[j].lo);
+            uint64_t pos = found[j].lo & table->mask;
+            PREFETCH(&table->state[pos]);
+            PREFETCH(&table->keys[2 * pos]);
+            PREFETCH(&table->handle[pos]);
         }
-        if (eid >= 0 && e->expire[eid] != 0 && e->expire[eid] <= now)
-            return 0;
-        if (present && eid < 0)
-            return 0; /* an overwrite of a key that is not there: the general path, at once */
-        found[j].lo = lo;
-        found[j].eid = eid;
+        for (Py_ssize_t j = start; j < end; j++) {
+            int64_t free;
+            int64_t slot = predis_table_probe(table, found[j].hi, found[j].lo, &free);
+            int64_t eid = slot < 0 ? -1 : table->handle[slot];
+            if (eid >= e->count) {
+                PyErr_SetString(PyExc_ValueError, "the table names an entry past the entry arrays");
+                return -1;
+            }
+            if (eid >= 0) {
+                PREFETCH(&e->expire[eid]);
+                PREFETCH(&e->handle[eid]);
+                PREFETCH(&e->len[eid]);
+                PREFETCH(&e->atime[eid]);
+                PREFETCH(&e->prefetched[eid]);
+                PREFETCH(&e->type[eid]);
+            }
+            found[j].eid = eid;
+        }
+        for (Py_ssize_t j = start; j < end; j++) {
+            int64_t eid = found[j].eid;
+            if (eid >= 0 && e->expire[eid] != 0 && e->expire[eid] <= now)
+                return 0;
+            if (present && eid < 0)
+                return 0; /* an overwrite of a key that is not there: the general path, at once */
+        }
     }
     return 1;
 }
@@ -213,6 +239,47 @@ static int open_ref(const Entries *self, PyObject *obj, Py_buffer *view, int *he
     }
     *ref = (uint8_t *)view->buf;
     return 0;
+}
+
+/* After a read of found[0..m): stamp each hit's access time and CLOCK bit (`ref` may be
+ * NULL), clear the prefetched flags (each entry counted once: the count is returned) and
+ * list the hits' entry IDs into eid_out. Nothing here can fail. */
+static long long stamp_reads(Entries *self, const Found *found, Py_ssize_t m, int64_t now, uint8_t *ref,
+                             int any_prefetched, int64_t *eid_out)
+{
+    Py_ssize_t h = 0;
+    long long used = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        int64_t eid = found[j].eid;
+        if (eid < 0)
+            continue;
+        eid_out[h++] = eid;
+        self->atime[eid] = now;
+        if (ref != NULL)
+            ref[eid] = 1;
+    }
+    if (any_prefetched) {
+        for (Py_ssize_t j = 0; j < m; j++) {
+            int64_t eid = found[j].eid;
+            if (eid >= 0 && self->prefetched[eid]) {
+                self->prefetched[eid] = 0; /* read once: counted once however often it was named */
+                used++;
+            }
+        }
+    }
+    return used;
+}
+
+/* Log m reads into the access log ring `ring` (None: not logged) as events of code `op`. */
+static int log_reads(PyObject *ring, PyObject *op_obj, const uint64_t *lo, const uint8_t *res, const int64_t *sizes,
+                     Py_ssize_t m)
+{
+    if (ring == Py_None)
+        return 0;
+    long op = PyLong_AsLong(op_obj);
+    if (op == -1 && PyErr_Occurred())
+        return -1;
+    return predis_ring_log(ring, (uint8_t)op, lo, res, sizes, m);
 }
 
 /* read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref, ring, op)
@@ -292,70 +359,67 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
     int64_t *sz_out = (int64_t *)PyBytes_AS_STRING(sz);
     Py_ssize_t hits = 0;
     int any_prefetched = 0;
-    for (Py_ssize_t j = 0; j < m; j++) {
-        int64_t eid = found[j].eid;
-        lo_out[j] = found[j].lo;
-        PyObject *value;
-        if (eid < 0) {
-            value = Py_NewRef(Py_None);
-            res_out[j] = RES_MISS;
-            sz_out[j] = 0;
-        } else {
-            int64_t len = self->len[eid];
-            if (typed && self->type[eid]) {
-                value = Py_NewRef(wrong_type);
-            } else {
-                value = PyBytes_FromStringAndSize(NULL, len);
-                if (value == NULL)
-                    goto done;
-                if (len) {
-                    Py_buffer page;
-                    const uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], len, &page, 0);
-                    if (chunk == NULL) {
-                        Py_DECREF(value);
-                        goto done;
-                    }
-                    memcpy(PyBytes_AS_STRING(value), chunk, (size_t)len);
-                    PyBuffer_Release(&page);
-                }
+    for (Py_ssize_t start = 0; start < m; start += PREFETCH_BLOCK) {
+        Py_ssize_t end = start + PREFETCH_BLOCK < m ? start + PREFETCH_BLOCK : m;
+        /* The block's chunks first (prefetched), then their copies. */
+        Py_buffer pages[PREFETCH_BLOCK];
+        const uint8_t *chunks[PREFETCH_BLOCK];
+        Py_ssize_t opened = 0;
+        int failed = 0;
+        for (Py_ssize_t j = start; j < end; j++) {
+            int64_t eid = found[j].eid;
+            chunks[j - start] = NULL;
+            if (eid < 0 || (typed && self->type[eid]) || self->len[eid] == 0)
+                continue;
+            const uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], self->len[eid], &pages[j - start], 0);
+            if (chunk == NULL) {
+                failed = 1;
+                break;
             }
-            res_out[j] = self->prefetched[eid] ? RES_PREFETCH_HIT : RES_HIT;
-            any_prefetched |= self->prefetched[eid];
-            sz_out[j] = len;
-            hits++;
+            chunks[j - start] = chunk;
+            opened = j - start + 1;
+            PREFETCH(chunk);
         }
-        PyList_SET_ITEM(values, j, value);
+        for (Py_ssize_t j = start; j < end && !failed; j++) {
+            int64_t eid = found[j].eid;
+            lo_out[j] = found[j].lo;
+            PyObject *value;
+            if (eid < 0) {
+                value = Py_NewRef(Py_None);
+                res_out[j] = RES_MISS;
+                sz_out[j] = 0;
+            } else {
+                int64_t len = self->len[eid];
+                if (typed && self->type[eid]) {
+                    value = Py_NewRef(wrong_type);
+                } else {
+                    value = PyBytes_FromStringAndSize(NULL, len);
+                    if (value == NULL) {
+                        failed = 1;
+                        break;
+                    }
+                    if (len)
+                        memcpy(PyBytes_AS_STRING(value), chunks[j - start], (size_t)len);
+                }
+                res_out[j] = self->prefetched[eid] ? RES_PREFETCH_HIT : RES_HIT;
+                any_prefetched |= self->prefetched[eid];
+                sz_out[j] = len;
+                hits++;
+            }
+            PyList_SET_ITEM(values, j, value);
+        }
+        for (Py_ssize_t i = 0; i < opened; i++)
+            if (chunks[i] != NULL)
+                PyBuffer_Release(&pages[i]);
+        if (failed)
+            goto done;
     }
     eids = PyBytes_FromStringAndSize(NULL, hits * 8);
     if (eids == NULL)
         goto done;
-    /* Nothing can fail from here on: the entries are written. */
-    int64_t *eid_out = (int64_t *)PyBytes_AS_STRING(eids);
-    Py_ssize_t h = 0;
-    long long used = 0;
-    for (Py_ssize_t j = 0; j < m; j++) {
-        int64_t eid = found[j].eid;
-        if (eid < 0)
-            continue;
-        eid_out[h++] = eid;
-        self->atime[eid] = now;
-        if (ref != NULL)
-            ref[eid] = 1;
-    }
-    if (any_prefetched) {
-        for (Py_ssize_t j = 0; j < m; j++) {
-            int64_t eid = found[j].eid;
-            if (eid >= 0 && self->prefetched[eid]) {
-                self->prefetched[eid] = 0; /* read once: counted once however often it was named */
-                used++;
-            }
-        }
-    }
-    if (args[11] != Py_None) {
-        long op = PyLong_AsLong(args[12]);
-        if ((op == -1 && PyErr_Occurred()) || predis_ring_log(args[11], (uint8_t)op, lo_out, res_out, sz_out, m) < 0)
-            goto done;
-    }
+    long long used = stamp_reads(self, found, m, (int64_t)now, ref, any_prefetched, (int64_t *)PyBytes_AS_STRING(eids));
+    if (log_reads(args[11], args[12], lo_out, res_out, sz_out, m) < 0)
+        goto done;
     result = Py_BuildValue("(OnLOOOO)", values, hits, used, lo, res, sz, eids);
 done:
     if (found != small)
@@ -368,6 +432,190 @@ done:
     Py_XDECREF(lo);
     Py_XDECREF(res);
     Py_XDECREF(sz);
+    Py_XDECREF(eids);
+    return result;
+}
+
+/* Decimal digits of n >= 0. */
+static inline int digits(Py_ssize_t n)
+{
+    int d = 1;
+    while (n >= 10) {
+        n /= 10;
+        d++;
+    }
+    return d;
+}
+
+static char *put_number(char *out, Py_ssize_t n)
+{
+    int d = digits(n);
+    for (int i = d - 1; i >= 0; i--) {
+        out[i] = (char)('0' + n % 10);
+        n /= 10;
+    }
+    return out + d;
+}
+
+/* read_reply(hasher, table, keys, max_key_bytes, now, typed, null, other, header, pages, sizes, ref, ring, op)
+ *   -> None | (reply, hits, prefetch_used, results, hit_eids)
+ * read() for a server: the same lookups, checks, stamps and log events, but the values go
+ * straight into their RESP replies, one bytes object for the batch (a run of GETs, or with
+ * `header` one MGET's array): a hit as a bulk string, a miss as `null`, a key that is not a
+ * string (when `typed`) as `other`. results (uint8 per key) and hit_eids (int64) as bytes.
+ * None, with nothing changed, when a key needs the general path. */
+static PyObject *Entries_read_reply(Entries *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "read_reply(hasher, table, keys, max_key_bytes, now, typed, null, other, header, pages, sizes, ref, ring, op)");
+        return NULL;
+    }
+    if (!entries_ready(self))
+        return NULL;
+    const predis_blake2b_primed *hasher = predis_as_blake2b(args[0]);
+    predis_table *table = hasher ? predis_as_table(args[1]) : NULL;
+    if (table == NULL)
+        return NULL;
+    PyObject *keys = args[2], *null = args[6], *other = args[7];
+    if (!PyList_Check(keys) || !PyBytes_Check(null) || !PyBytes_Check(other)) {
+        PyErr_SetString(PyExc_TypeError, "read_reply: keys must be a list, null and other bytes");
+        return NULL;
+    }
+    Py_ssize_t max_key_bytes = PyLong_AsSsize_t(args[3]);
+    long long now = PyLong_AsLongLong(args[4]);
+    int typed = PyObject_IsTrue(args[5]);
+    int header = PyObject_IsTrue(args[8]);
+    if (PyErr_Occurred() || typed < 0 || header < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    /* found, then per key its fingerprint's low half, result code and size (the log's
+     * columns), in one allocation for a large batch */
+    Found small[SMALL_KEYS];
+    uint64_t lo_small[SMALL_KEYS];
+    int64_t sz_small[SMALL_KEYS];
+    Found *found = small;
+    uint64_t *lo_out = lo_small;
+    int64_t *sz_out = sz_small;
+    void *block = NULL;
+    if (n > SMALL_KEYS) {
+        block = PyMem_Malloc((sizeof(Found) + 16) * (size_t)n);
+        if (block == NULL)
+            return PyErr_NoMemory();
+        found = (Found *)block;
+        lo_out = (uint64_t *)(found + n);
+        sz_out = (int64_t *)(lo_out + n);
+    }
+    PyObject *result = NULL, *reply = NULL, *res = NULL, *eids = NULL;
+    Py_buffer ref_buf = {0};
+    int have_ref = 0, have_slabs = 0;
+    Slabs slabs = {0};
+    int ok = find_all(keys, hasher, table, self, max_key_bytes, (int64_t)now, found, 0);
+    if (ok <= 0) {
+        if (ok == 0)
+            result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (slabs_open(&slabs, args[9], args[10]) < 0)
+        goto done;
+    have_slabs = 1;
+    uint8_t *ref = NULL;
+    if (open_ref(self, args[11], &ref_buf, &have_ref, &ref) < 0)
+        goto done;
+    Py_ssize_t total = header ? 3 + digits(n) : 0, hits = 0;
+    Py_ssize_t null_len = PyBytes_GET_SIZE(null), other_len = PyBytes_GET_SIZE(other);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int64_t eid = found[j].eid;
+        Py_ssize_t len = eid < 0 ? null_len : typed && self->type[eid] ? other_len : 5 + digits(self->len[eid]) + self->len[eid];
+        if (len > PY_SSIZE_T_MAX - total) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        total += len;
+    }
+    reply = PyBytes_FromStringAndSize(NULL, total);
+    res = PyBytes_FromStringAndSize(NULL, n);
+    if (reply == NULL || res == NULL)
+        goto done;
+    char *p = PyBytes_AS_STRING(reply);
+    uint8_t *res_out = (uint8_t *)PyBytes_AS_STRING(res);
+    if (header) {
+        *p++ = '*';
+        p = put_number(p, n);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    int any_prefetched = 0;
+    for (Py_ssize_t start = 0; start < n; start += PREFETCH_BLOCK) {
+        Py_ssize_t end = start + PREFETCH_BLOCK < n ? start + PREFETCH_BLOCK : n;
+        Py_buffer pages[PREFETCH_BLOCK];
+        const uint8_t *chunks[PREFETCH_BLOCK];
+        Py_ssize_t opened = 0;
+        int failed = 0;
+        for (Py_ssize_t j = start; j < end; j++) {
+            int64_t eid = found[j].eid;
+            chunks[j - start] = NULL;
+            if (eid < 0 || (typed && self->type[eid]) || self->len[eid] == 0)
+                continue;
+            const uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], self->len[eid], &pages[j - start], 0);
+            if (chunk == NULL) {
+                failed = 1;
+                break;
+            }
+            chunks[j - start] = chunk;
+            opened = j - start + 1;
+            PREFETCH(chunk);
+        }
+        for (Py_ssize_t j = start; j < end && !failed; j++) {
+            int64_t eid = found[j].eid;
+            lo_out[j] = found[j].lo;
+            if (eid < 0) {
+                memcpy(p, PyBytes_AS_STRING(null), (size_t)null_len);
+                p += null_len;
+                res_out[j] = RES_MISS;
+                sz_out[j] = 0;
+                continue;
+            }
+            int64_t len = self->len[eid];
+            if (typed && self->type[eid]) {
+                memcpy(p, PyBytes_AS_STRING(other), (size_t)other_len);
+                p += other_len;
+            } else {
+                *p++ = '$';
+                p = put_number(p, len);
+                *p++ = '\r';
+                *p++ = '\n';
+                if (len)
+                    memcpy(p, chunks[j - start], (size_t)len);
+                p += len;
+                *p++ = '\r';
+                *p++ = '\n';
+            }
+            res_out[j] = self->prefetched[eid] ? RES_PREFETCH_HIT : RES_HIT;
+            any_prefetched |= self->prefetched[eid];
+            sz_out[j] = len;
+            hits++;
+        }
+        for (Py_ssize_t i = 0; i < opened; i++)
+            if (chunks[i] != NULL)
+                PyBuffer_Release(&pages[i]);
+        if (failed)
+            goto done;
+    }
+    eids = PyBytes_FromStringAndSize(NULL, hits * 8);
+    if (eids == NULL)
+        goto done;
+    long long used = stamp_reads(self, found, n, (int64_t)now, ref, any_prefetched, (int64_t *)PyBytes_AS_STRING(eids));
+    if (log_reads(args[12], args[13], lo_out, res_out, sz_out, n) < 0)
+        goto done;
+    result = Py_BuildValue("(OnLOO)", reply, hits, used, res, eids);
+done:
+    PyMem_Free(block);
+    if (have_ref)
+        PyBuffer_Release(&ref_buf);
+    if (have_slabs)
+        PyBuffer_Release(&slabs.sizes_buf);
+    Py_XDECREF(reply);
+    Py_XDECREF(res);
     Py_XDECREF(eids);
     return result;
 }
@@ -600,27 +848,6 @@ done:
     return result;
 }
 
-/* Decimal digits of n >= 0. */
-static inline int digits(Py_ssize_t n)
-{
-    int d = 1;
-    while (n >= 10) {
-        n /= 10;
-        d++;
-    }
-    return d;
-}
-
-static char *put_number(char *out, Py_ssize_t n)
-{
-    int d = digits(n);
-    for (int i = d - 1; i >= 0; i--) {
-        out[i] = (char)('0' + n % 10);
-        n /= 10;
-    }
-    return out + d;
-}
-
 /* encode_bulks(values, null, other, header) -> bytes: the RESP encoding of a list of
  * values: each bytes as a bulk string ($len CRLF data CRLF), None as `null`, anything else
  * (the cache's WRONG_TYPE marker) as `other`; with `header`, the array header *n CRLF
@@ -696,6 +923,9 @@ static PyMethodDef Entries_methods[] = {
     {"read", (PyCFunction)(void (*)(void))Entries_read, METH_FASTCALL,
      "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref, ring, op) -> None or "
      "(values, hits, prefetch_used, lo, results, sizes, hit_eids)"},
+    {"read_reply", (PyCFunction)(void (*)(void))Entries_read_reply, METH_FASTCALL,
+     "read_reply(hasher, table, keys, max_key_bytes, now, typed, null, other, header, pages, sizes, ref, ring, op) -> None "
+     "or (reply, hits, prefetch_used, results, hit_eids)"},
     {"overwrite", (PyCFunction)(void (*)(void))Entries_overwrite, METH_FASTCALL,
      "overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref, ring, op, result) -> None or "
      "(used_bytes_delta, prefetch_wasted, lo, eids)"},

@@ -676,6 +676,10 @@ class Connection(asyncio.Protocol):
                                 self._block_on_output()
                                 return
                             budget = max(1, self._read_budget(0))
+                if not budget and not self.db and (reply := self._served(name, run)) is not None:
+                    out.append(reply)
+                    pending += len(reply)
+                    continue
                 before = len(out)
                 if self._reads(name, run, out, budget):
                     return  # resumed by _read_done, after the origin answered
@@ -686,7 +690,10 @@ class Connection(asyncio.Protocol):
                 run = [backlog.popleft()]
                 while backlog and len(run) < slice_keys and len(nxt := backlog[0]) == 3 and (nxt[0] == b"SET" or nxt[0].upper() == b"SET"):
                     run.append(backlog.popleft())
-                out.extend(self._batch(name, run))  # a failing write falls back to _execute, command by command
+                if not self.db and self._overwritten(run):
+                    out.append(OK_REPLY * len(run))
+                else:
+                    out.extend(self._batch(name, run))  # a failing write falls back to _execute, command by command
                 pending += 5 * len(run)
                 continue
             reply, close = self._execute(backlog.popleft())
@@ -912,7 +919,25 @@ class Connection(asyncio.Protocol):
         self._finish(replies, False)
         self._pump()
 
-    def _read_replies(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], started: int) -> list[bytes]:
+    def _served(self, name: bytes, run: list[list[bytes]]) -> bytes | None:
+        """A GET run or one MGET on database 0 read and encoded in one compiled call
+        (Cache.read_replies); None when it needs the general path (_reads): nothing was
+        read then."""
+        started = time.perf_counter_ns()
+        cache = self.server.cache
+        get = name == b"GET"
+        keys = [c[1] for c in run] if get else run[0][1:]
+        null = self.encoder.null()
+        # A key holding a hash: WRONGTYPE for GET, nil within MGET's array (as in Redis).
+        got = cache.read_replies(keys, null, WRONGTYPE_REPLY if get else null, not get)
+        if got is None:
+            return None
+        self._count_reads(name, run, started)
+        cache.notify_reads(keys, got[1])
+        return got[0]
+
+    def _count_reads(self, name: bytes, run: list[list[bytes]], started: int) -> None:
+        """Command statistics and the slow log for a served GET run or MGET."""
         usec = (time.perf_counter_ns() - started) // 1000
         stats = self.server.stats
         slow = 0 <= self.server.limits.slowlog_log_slower_than_usec <= usec  # checked here: the hot path
@@ -921,11 +946,16 @@ class Connection(asyncio.Protocol):
             if slow:
                 self.server.ops.executed_run(self, run, usec // len(run))
             stats.total_commands += len(run)
-            return self._get_replies(values)
+            return
         self.server.record("mget", usec, False)
         if slow:
             self.server.ops.executed(self, run[0], usec)
         stats.total_commands += 1
+
+    def _read_replies(self, name: bytes, run: list[list[bytes]], values: list[bytes | None], started: int) -> list[bytes]:
+        self._count_reads(name, run, started)
+        if name == b"GET":
+            return self._get_replies(values)
         return [self.encoder.bulks(values)]  # a key holding a hash reads as nil, as in Redis
 
     def _get_replies(self, values: list[Any]) -> list[bytes]:
@@ -981,6 +1011,21 @@ class Connection(asyncio.Protocol):
             self._soft_since = None
 
     # -- execution ------------------------------------------------------------------------
+    def _overwritten(self, run: list[list[bytes]]) -> bool:
+        """A SET run over distinct existing keys of database 0 that keep their size class,
+        in one compiled call (Cache.overwrite_strings); False when it needs _batch."""
+        started = time.perf_counter_ns()
+        keys = [c[1] for c in run]
+        if len(keys) > 1 and len(set(keys)) < len(keys):
+            return False
+        if not self.server.cache.overwrite_strings(keys, [c[2] for c in run]):
+            return False
+        usec = (time.perf_counter_ns() - started) // 1000 // len(run)
+        self.server.record("set", usec, False, len(run))
+        self.server.ops.executed_run(self, run, usec)
+        self.server.stats.total_commands += len(run)
+        return True
+
     def _batch(self, name: bytes, commands: list[list[bytes]]) -> list[bytes]:
         started = time.perf_counter_ns()
         label = name.decode().lower()

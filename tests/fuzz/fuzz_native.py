@@ -161,6 +161,7 @@ def _both(pair: list[Any], apply: Any) -> None:
 def cache_round(rng: random.Random) -> None:
     import numpy
 
+    from cache_core import _native
     from cache_core.cache import TYPE_HASH, Cache
     from cache_core.keys import Fingerprinter, KeyLengthError
 
@@ -182,7 +183,22 @@ def cache_round(rng: random.Random) -> None:
         keys = [rng.choice(names) for _ in range(rng.randint(1, 120))]
         good = [k for k in keys if 1 <= len(k) <= 32]
         op = rng.randrange(6)
-        if op <= 1:
+        if op == 0 and rng.random() < 0.5:
+            # A server's read: the compiled replies against the oracle's values, encoded.
+            header = rng.random() < 0.5
+            try:
+                expected: Any = _native.encode_bulks(pair[1].lookup(keys)[0], b"$-1\r\n", b"-WRONG\r\n", header)
+            except KeyLengthError as exc:
+                expected = str(exc)
+            served = pair[0].read_replies(keys, b"$-1\r\n", b"-WRONG\r\n", header)
+            if served is None:
+                try:
+                    served = (_native.encode_bulks(pair[0].lookup(keys)[0], b"$-1\r\n", b"-WRONG\r\n", header), [])
+                except KeyLengthError as exc:
+                    served = (str(exc), [])
+            if served[0] != expected:
+                raise AssertionError("compiled replies differ from the Python path's values")
+        elif op <= 1:
             answers, budget = [], rng.choice([0, 0, 1, 50])
             for cache in pair:
                 try:
@@ -194,7 +210,16 @@ def cache_round(rng: random.Random) -> None:
         elif op == 2 and good:
             values = [rng.randbytes(rng.choice([0, 3, 16, 17, 100, 600])) for _ in good]
             ttl, prefetched = rng.choice([None, None, rng.randint(1, 50)]), rng.random() < 0.1
-            _both(pair, lambda cache: cache.mset(list(zip(good, values)), ttl_ms=ttl, prefetched=prefetched))
+            if ttl is None and not prefetched and len(set(good)) == len(good) and rng.random() < 0.5:
+                # A server's SET run: compiled when every key exists and keeps its size class.
+                def server_set(cache: Any) -> Any:
+                    if cache is pair[0] and cache.overwrite_strings(good, values):
+                        return None
+                    return cache.mset(list(zip(good, values)))
+
+                _both(pair, server_set)
+            else:
+                _both(pair, lambda cache: cache.mset(list(zip(good, values)), ttl_ms=ttl, prefetched=prefetched))
         elif op == 3 and good:
             _both(pair, lambda cache: cache.mset([(good[0], b"f")], kind=TYPE_HASH))
         elif op == 4 and good:

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cache_core import _native
-from cache_core.cache import TYPE_HASH, WRONG_TYPE, Cache
+from cache_core.cache import TYPE_HASH, WRONG_TYPE, Cache, null_access_hook
 from cache_core.keys import Fingerprinter, KeyLengthError
 
 
@@ -116,6 +116,98 @@ def test_compiled_reads_match_the_python_paths(steps: list[tuple[str, Any]], evi
             assert native.delete(good) == oracle.delete(good)
         _same_state(native, oracle)
         assert native_events.seen == oracle_events.seen
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=_steps(), eviction=st.sampled_from(["clock", "lru", "s3fifo"]), resp3=st.booleans())
+def test_a_servers_compiled_replies_and_overwrites_match_the_python_paths(steps: list[tuple[str, Any]], eviction: str, resp3: bool) -> None:
+    """What the RESP server calls for a GET run, an MGET and a SET run: the compiled replies
+    are the oracle's values encoded, the hit flags told to the prefetch observer agree, and
+    the entries, counters and CLOCK bits end up the same; a batch the compiled call leaves
+    to Python (None / False) changed nothing."""
+    clock, secret = FakeClock(), b"s" * 32
+    caches, observed = [], []
+    for native in (True, False):
+        seen: list[tuple[list[bytes], list[bool]]] = []
+        cache = Cache(
+            numpy, max_keys=64, max_memory_bytes=1 << 16, max_key_bytes=24, eviction=eviction, clock=clock,
+            fingerprinter=Fingerprinter(secret, max_key_bytes=24), native=native,
+        )  # fmt: skip
+        cache.prefetch_observer = lambda keys, hits, seen=seen: seen.append((list(keys), list(hits)))
+        caches.append(cache)
+        observed.append(seen)
+    native, oracle = caches
+    null, other = (b"_\r\n", b"-WRONGTYPE x\r\n") if resp3 else (b"$-1\r\n", b"-WRONGTYPE x\r\n")
+    served = 0
+    for op, keys, number, value in steps:
+        good = [k for k in keys if 1 <= len(k) <= 24]
+        if op == "read":
+            header = number % 2 == 1
+            got = native.read_replies(keys, null, other, header)
+            try:
+                values, hits = oracle.lookup(keys)
+            except KeyLengthError:
+                assert got is None
+                continue
+            if got is None:
+                assert native.lookup(keys) == (values, hits)
+            else:
+                served += 1
+                assert got[0] == _native.encode_bulks(values, null, other, header)
+                assert got[1] == hits == [v is not None for v in values]
+        elif op in ("write", "rewrite") and good:
+            distinct = list(dict.fromkeys(good))
+            pairs = [(k, value[: len(k)] + k) for k in distinct]
+            if not native.overwrite_strings(distinct, [v for _k, v in pairs]):
+                native.mset(pairs)
+            oracle.mset(pairs)
+        elif op == "hash" and good:
+            for cache in caches:
+                cache.mset([(good[0], b"field")], kind=TYPE_HASH)
+        elif op == "ttl" and good:
+            for cache in caches:
+                cache.mset([(good[0], value)], ttl_ms=number + 1)
+        elif op == "tick":
+            clock.t += number / 1000.0
+        elif op == "delete" and good:
+            assert native.delete(good) == oracle.delete(good)
+        _same_state(native, oracle)
+    assert observed[0] == observed[1] == []  # told by the server (notify_reads), not by these calls
+
+
+def test_a_servers_read_and_overwrite_in_one_call() -> None:
+    """The compiled reply path serves plain reads, and leaves to Python, with nothing
+    changed, what it cannot serve: an expired entry, a hook that takes no ring, a read the
+    origin would fill; overwrite_strings only rewrites existing keys that keep their class."""
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 16, max_key_bytes=24, clock=(clock := FakeClock()))
+    cache.mset([(b"a", b"1"), (b"b", b""), (b"h", b"f")])
+    cache.mset([(b"h", b"f")], kind=TYPE_HASH)
+    null, wrong = b"$-1\r\n", b"-WRONGTYPE x\r\n"
+    assert cache.read_replies([b"a", b"zz", b"b", b"h"], null, wrong, False) == (b"$1\r\n1\r\n$-1\r\n$0\r\n\r\n-WRONGTYPE x\r\n", [])
+    assert cache.read_replies([b"a", b"h"], null, null, True) == (b"*2\r\n$1\r\n1\r\n$-1\r\n", [])
+    assert (cache.stats.hits, cache.stats.misses) == (5, 1)
+    assert cache.read_replies([b"x" * 25], null, wrong, False) is None  # too long: the Python path raises
+    cache.mset([(b"t", b"v")], ttl_ms=5)
+    clock.t += 1.0
+    atime = cache.e_atime.tolist()
+    assert cache.read_replies([b"a", b"t"], null, wrong, False) is None
+    assert cache.e_atime.tolist() == atime and (cache.stats.hits, cache.stats.misses) == (5, 1)
+    # Overwrites: an existing key keeping its size class in place, anything else refused.
+    handle = cache.e_handle.tolist()
+    assert cache.overwrite_strings([b"a", b"b"], [b"22", b"3"])
+    assert cache.e_handle.tolist() == handle and cache.mget([b"a", b"b"]) == [b"22", b"3"]
+    sets = cache.stats.sets
+    assert not cache.overwrite_strings([b"a", b"new"], [b"1", b"2"])
+    assert not cache.overwrite_strings([b"a"], [b"x" * 600])  # another size class
+    assert not cache.overwrite_strings([b"h"], [b"x"])  # a hash
+    assert cache.stats.sets == sets and cache.mget([b"a", b"new"]) == [b"22", None]
+    # A hook that reports through Python calls, or an origin that fills misses: not here.
+    cache.access_hook = Events()
+    assert cache.read_replies([b"a"], null, wrong, False) is None
+    cache.access_hook = null_access_hook
+    assert cache.read_replies([b"a"], null, wrong, False) is not None
+    cache.origin, cache.read_through = object(), True
+    assert cache.read_replies([b"a"], null, wrong, False) is None
 
 
 @settings(max_examples=60, deadline=None)
