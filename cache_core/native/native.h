@@ -25,6 +25,10 @@ void predis_blake2b_prime(predis_blake2b_primed *state, const uint8_t *key, size
  * and 8..15 read little-endian. */
 void predis_blake2b_fingerprint(const predis_blake2b_primed *state, const uint8_t *data,
                                 size_t len, uint64_t *hi, uint64_t *lo);
+/* The fingerprints of n keys (hi[i], lo[i] as above), keys of at most one block hashed
+ * several at a time on the CPU's vector unit. */
+void predis_blake2b_fingerprint_many(const predis_blake2b_primed *state, const uint8_t *const *data,
+                                     const size_t *len, size_t n, uint64_t *hi, uint64_t *lo);
 
 /* Log n events into an access log ring (cache_core._native.EventColumns, ring.c) in one
  * locked write stamped with the realtime clock, as its log() method does: fingerprints,

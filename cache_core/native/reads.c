@@ -172,6 +172,9 @@ static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_
     Py_ssize_t n = PyList_GET_SIZE(keys);
     for (Py_ssize_t start = 0; start < n; start += PREFETCH_BLOCK) {
         Py_ssize_t end = start + PREFETCH_BLOCK < n ? start + PREFETCH_BLOCK : n;
+        const uint8_t *data[PREFETCH_BLOCK];
+        size_t lens[PREFETCH_BLOCK];
+        uint64_t his[PREFETCH_BLOCK], los[PREFETCH_BLOCK];
         for (Py_ssize_t j = start; j < end; j++) {
             PyObject *key = PyList_GET_ITEM(keys, j);
             if (!PyBytes_CheckExact(key))
@@ -179,8 +182,16 @@ static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_
             Py_ssize_t klen = PyBytes_GET_SIZE(key);
             if (klen < 1 || klen > max_key_bytes)
                 return 0;
-            predis_blake2b_fingerprint(hasher, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)klen, &found[j].hi,
-                                       &found[j].lo);
+            data[j - start] = (const uint8_t *)PyBytes_AS_STRING(key);
+            lens[j - start] = (size_t)klen;
+        }
+        if (end - start == 1)
+            predis_blake2b_fingerprint(hasher, data[0], lens[0], &his[0], &los[0]);
+        else
+            predis_blake2b_fingerprint_many(hasher, data, lens, (size_t)(end - start), his, los);
+        for (Py_ssize_t j = start; j < end; j++) {
+            found[j].hi = his[j - start];
+            found[j].lo = los[j - start];
             uint64_t pos = found[j].lo & table->mask;
             PREFETCH(&table->state[pos]);
             PREFETCH(&table->keys[2 * pos]);

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,34 @@ def test_compiled_hash_equals_hashlib_blake2b(secret: bytes, keys: list[bytes], 
         pair = (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
         assert (int(hi[i]), int(lo[i])) == pair
         assert fp.fingerprint(keys[i], db=db) == pair
+
+
+@pytest.mark.parametrize("kind", ["baseline", "avx2", "avx512f"])
+def test_every_build_of_the_side_by_side_hashing_equals_hashlib(kind: str) -> None:
+    """Keys of at most one block are hashed eight at a time (a lane each, on the vector
+    unit): each build this CPU runs gives hashlib's digests, across word and block
+    boundaries, in batches mixing short and multi-block keys."""
+    from cache_core import _native
+
+    chosen = _native.blake2b_lanes()
+    try:
+        try:
+            _native.blake2b_lanes(kind)
+        except ValueError:
+            pytest.skip(f"this CPU does not run the {kind} build")
+        rng = random.Random(kind)
+        fp = Fingerprinter(SECRET, max_key_bytes=400)
+        lengths = [1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 120, 127, 128, 129, 255, 256, 257, 400]
+        keys = [rng.randbytes(rng.choice(lengths)) for _ in range(301)]
+        hi, lo = fp.fingerprints(keys)
+        for i, key in enumerate(keys):
+            digest = hashlib.blake2b(key, digest_size=16, key=SECRET).digest()
+            assert (int(hi[i]), int(lo[i])) == (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"))
+        assert _native.blake2b_lanes() == kind
+    finally:
+        _native.blake2b_lanes(chosen)
+    with pytest.raises(ValueError):
+        _native.blake2b_lanes("sse9")
 
 
 def test_large_batch_hashed_without_the_gil_matches_small_batches() -> None:
