@@ -645,6 +645,24 @@ static Py_ssize_t class_of(const Slabs *s, int64_t len)
     return lo;
 }
 
+/* Prefetch, for writing, the chunks the values start..end of an overwrite go to. */
+static int prefetch_chunks(Entries *self, Slabs *slabs, const Found *found, PyObject *values, Py_ssize_t start,
+                           Py_ssize_t end)
+{
+    for (Py_ssize_t j = start; j < end; j++) {
+        int64_t len = PyBytes_GET_SIZE(PyList_GET_ITEM(values, j));
+        if (!len)
+            continue;
+        Py_buffer page;
+        const uint8_t *chunk = slab_chunk(slabs, self->handle[found[j].eid], len, &page, 0);
+        if (chunk == NULL)
+            return -1;
+        __builtin_prefetch(chunk, 1, 3);
+        PyBuffer_Release(&page);
+    }
+    return 0;
+}
+
 /* overwrite(hasher, table, keys, values, max_key_bytes, now, expire, keep_ttl, pages, sizes, ref, ring, op, result)
  *   -> None | (used_bytes_delta, prefetch_wasted, lo, eids)
  * SET of distinct existing string keys whose values keep their size class: each value is
@@ -719,6 +737,12 @@ static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssiz
         int64_t eid = found[j].eid;
         PyObject *value = PyList_GET_ITEM(values, j);
         int64_t len = PyBytes_GET_SIZE(value);
+        if (j % PREFETCH_BLOCK == 0) {
+            /* The next block's chunks are fetched for writing while this one is written. */
+            Py_ssize_t end = j + PREFETCH_BLOCK < n ? j + PREFETCH_BLOCK : n;
+            if (prefetch_chunks(self, &slabs, found, values, j, end) < 0)
+                goto done;
+        }
         if (len) {
             Py_buffer page;
             uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], len, &page, 1);

@@ -584,8 +584,9 @@ class Connection(asyncio.Protocol):
             self.drop("query_buffer", f"query buffer over cache.resp.query_buffer_bytes ({limit}): {parser.held + len(data)} bytes")
             return
         parser.feed(data)
+        commands = None
         if self.authenticated and not self._stepwise:
-            self._backlog.extend(parser.commands())
+            commands = parser.commands()
         else:
             # Before AUTH, one command at a time (in _pump): the one after a successful AUTH
             # is parsed under the full limits, as in redis-server.
@@ -593,8 +594,36 @@ class Connection(asyncio.Protocol):
         if parser.held > limit:
             self.drop("query_buffer", f"query buffer over cache.resp.query_buffer_bytes ({limit}): {parser.held} bytes held")
             return
+        if commands:
+            if len(commands) == 1 and not self._backlog and (reply := self._alone(commands[0])) is not None:
+                # One GET or SET arrived alone (a client that does not pipeline): served
+                # without the backlog's machinery when nothing else is pending.
+                self._finish([reply], False)
+                return
+            self._backlog.extend(commands)
         if not self._waiting and not self._output_blocked:
             self._pump()
+
+    def _alone(self, args: list[bytes]) -> bytes | None:
+        """The reply of a lone plain GET or SET on database 0 when the compiled path serves
+        it and this connection has nothing else going on (no MULTI, no read at the origin,
+        no output held back, no protocol error, no reply that could pass the output limit);
+        else None, with nothing done (_pump runs it)."""
+        if self.multi is not None or self.db or self._waiting or self._output_blocked or self._write_paused or self.parser.error is not None:
+            return None
+        count = len(args)
+        if count == 2 and (args[0] == b"GET" or args[0] == b"get"):
+            limits = self.server.limits
+            if self.server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES > limits.fast_read_room:
+                return None
+            reply = self._served(b"GET", [args])
+            if reply is not None:
+                self.last_command = LAST_GET
+            return reply
+        if count == 3 and (args[0] == b"SET" or args[0] == b"set") and self._overwritten([args]):
+            self.last_command = LAST_SET
+            return OK_REPLY
+        return None
 
     def _step(self) -> bool:
         """Parse the next command of a client not yet authenticated (all of them once it is)."""
@@ -1540,8 +1569,11 @@ def c_mget(conn: Connection, args: list[bytes]) -> bytes:
 def c_mset(conn: Connection, args: list[bytes]) -> bytes:
     if len(args) % 2 != 1:
         raise err_args("mset")
-    conn.cache.mset(list(zip(args[1::2], args[2::2])))
-    return conn.encoder.simple("OK")
+    keys, values = args[1::2], args[2::2]
+    # Distinct existing keys keeping their size class: one compiled call (else mset).
+    if conn.db or len(set(keys)) < len(keys) or not conn.server.cache.overwrite_strings(keys, values):
+        conn.cache.mset(list(zip(keys, values)))
+    return OK_REPLY
 
 
 def c_del(conn: Connection, args: list[bytes]) -> bytes:
