@@ -119,6 +119,9 @@ def null_access_hook(op: int, fingerprints: numpy.ndarray, results: numpy.ndarra
     """The default access hook: does nothing."""
 
 
+# What the compiled one-request path (Entries.lone) compares a cache's hook and policy with.
+_native.serving_setup(null_access_hook, ClockPolicy, time.monotonic)
+
 class Origin(Protocol):
     """A backing store the cache reads through on a miss."""
 
@@ -253,6 +256,7 @@ class Cache:
         self._entries: Any = None
         if self.native and self.table.host_scalar and self.xp is numpy:
             self._entries = _native.Entries(self.e_handle, self.e_len, self.e_expire, self.e_atime, self.e_prefetched, self.e_type)
+            self._entries.bind(self.fp.hasher(0), self.fp.max_key_bytes, self.store, self._lock, self.stats)
         self.key_store.clear()
         self.key_bytes = 0
         # Entries whose string encoding is not the one Redis gives a value written by SET
@@ -590,6 +594,19 @@ class Cache:
                     key_list[: len(out)],
                 )
         return out, ([r != RES_MISS for r in results] if want_hits else [])
+
+    def serve_lone(self, key: bytes, value: bytes | None, null: bytes, other: bytes) -> bytes | bool | None:
+        """One client request in one compiled call (Entries.lone), with the lock held: GET
+        ``key`` (``value`` None: its RESP reply, ``null`` for a miss, ``other`` for a key
+        that is not a string) or a plain SET over an existing string key keeping its size
+        class (True). Counters and access-log events as :meth:`read_replies` and
+        :meth:`overwrite_strings` give them. None, with nothing done, where those (or the
+        general paths) must serve it: a prefetch observer to tell, WATCHed keys, an origin
+        to read through, a hook without a ring, a policy other than CLOCK, a key to insert."""
+        entries = self._entries
+        if entries is None:
+            return None
+        return entries.lone(self, key, value, null, other, OP_GET if value is None else OP_SET, RES_STORED)  # type: ignore[no-any-return]
 
     def read_replies(self, keys: list[bytes], null: bytes, other: bytes, header: bool, db: int = 0) -> tuple[bytes, list[bool]] | None:
         """A server's batch of string reads with their RESP replies in one compiled call:

@@ -21,6 +21,7 @@
  * cache's lock. */
 #include "native.h"
 #include <string.h>
+#include <time.h>
 
 #define ENTRY_ARRAYS 6
 #define SMALL_KEYS 64
@@ -41,6 +42,8 @@ typedef struct {
     Py_ssize_t count;
     int64_t *handle, *len, *expire, *atime;
     uint8_t *prefetched, *type;
+    /* The cache's objects that live as long as these arrays (Entries.bind; lone() needs them) */
+    PyObject *hasher, *max_key_bytes, *store, *lock, *stats;
 } Entries;
 
 static void entries_release(Entries *self)
@@ -88,6 +91,11 @@ static int Entries_init(Entries *self, PyObject *args, PyObject *kwds)
 
 static void Entries_dealloc(Entries *self)
 {
+    Py_CLEAR(self->hasher);
+    Py_CLEAR(self->max_key_bytes);
+    Py_CLEAR(self->store);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->stats);
     entries_release(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -803,6 +811,406 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------- one request, one call */
+
+/* Set once by serving_setup: the cache's null access hook and its CLOCK policy class. */
+static PyObject *null_hook = NULL, *clock_policy = NULL, *monotonic_clock = NULL;
+
+/* Attribute and method names lone() uses, interned once by serving_setup. */
+enum {
+    N_ACCESS_HOOK,
+    N_HOOK_RING,
+    N_NOTE_ENCODING,
+    N_VIEW,
+    N_ACQUIRE,
+    N_CHUNK_BYTES,
+    N_CHUNK_SIZES,
+    N_CLOCK,
+    N_ENCODINGS,
+    N_HITS,
+    N_LARGEST_VALUE_BYTES,
+    N_LIVE_KEYS,
+    N_MAX_KEYS,
+    N_MAX_MEMORY_BYTES,
+    N_MAX_VALUE_BYTES,
+    N_MISSES,
+    N_MODIFIED,
+    N_ORIGIN,
+    N_PAGE_LISTS,
+    N_POLICY,
+    N_PREFETCH_OBSERVER,
+    N_PREFETCH_USED,
+    N_PREFETCH_WASTED,
+    N_READ_THROUGH,
+    N_REF,
+    N_RELEASE,
+    N_SETS,
+    N_TABLE,
+    N_TYPED_KEYS,
+    N_USED_BYTES,
+    N_COUNT
+};
+static const char *const NAME_TEXT[N_COUNT] = {
+    "_access_hook",
+    "_hook_ring",
+    "_note_encoding",
+    "_view",
+    "acquire",
+    "chunk_bytes",
+    "chunk_sizes",
+    "clock",
+    "encodings",
+    "hits",
+    "largest_value_bytes",
+    "live_keys",
+    "max_keys",
+    "max_memory_bytes",
+    "max_value_bytes",
+    "misses",
+    "modified",
+    "origin",
+    "page_lists",
+    "policy",
+    "prefetch_observer",
+    "prefetch_used",
+    "prefetch_wasted",
+    "read_through",
+    "ref",
+    "release",
+    "sets",
+    "table",
+    "typed_keys",
+    "used_bytes",
+};
+static PyObject *names[N_COUNT];
+
+
+static PyObject *get_attr(PyObject *obj, int name)
+{
+    return PyObject_GetAttr(obj, names[name]);
+}
+
+/* obj.name += delta (Python ints). */
+static int add_attr(PyObject *obj, int name, long long delta)
+{
+    if (delta == 0)
+        return 0;
+    PyObject *old = get_attr(obj, name);
+    if (old == NULL)
+        return -1;
+    PyObject *d = PyLong_FromLongLong(delta);
+    PyObject *sum = d ? PyNumber_Add(old, d) : NULL;
+    Py_DECREF(old);
+    Py_XDECREF(d);
+    if (sum == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, names[name], sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+/* Whether attribute `name` of obj is None (-1 on error). */
+static int attr_is_none(PyObject *obj, int name)
+{
+    PyObject *v = get_attr(obj, name);
+    if (v == NULL)
+        return -1;
+    int none = v == Py_None;
+    Py_DECREF(v);
+    return none;
+}
+
+/* What one compiled request reads off the cache each time (objects that a table growth, a
+ * flush or a new access hook replace), as new references. */
+typedef struct {
+    PyObject *table, *view, *policy, *ref, *pages, *sizes, *ring, *typed, *clock;
+    /* borrowed from the Entries (Entries.bind) */
+    PyObject *hasher, *max_key_bytes, *store, *lock, *stats;
+} Bound;
+
+static void bound_release(Bound *b)
+{
+    PyObject **all[] = {&b->table, &b->view, &b->policy, &b->ref, &b->pages, &b->sizes, &b->ring, &b->typed, &b->clock};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        Py_CLEAR(*all[i]);
+}
+
+/* 1 when the cache can serve `writing` (SET) or reading (GET) compiled now, its objects in
+ * *b; 0 when the Python path must (nothing is held then); -1 on error. */
+static int bind_cache(Entries *self, PyObject *cache, int writing, Bound *b)
+{
+    memset(b, 0, sizeof *b);
+    if (null_hook == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "serving_setup() was not called (import cache_core.cache)");
+        return -1;
+    }
+    if (self->hasher == NULL)
+        return 0; /* not bound to its cache: the Python path */
+    b->hasher = self->hasher;
+    b->max_key_bytes = self->max_key_bytes;
+    b->store = self->store;
+    b->lock = self->lock;
+    b->stats = self->stats;
+    /* What the compiled path leaves to Python: a prefetch observer to tell, WATCHed keys to
+     * mark, an origin to fill misses, an access hook that takes no ring. */
+    int none = attr_is_none(cache, N_PREFETCH_OBSERVER);
+    if (none <= 0)
+        return none;
+    if (writing && (none = attr_is_none(cache, N_MODIFIED)) <= 0)
+        return none;
+    PyObject *rt = get_attr(cache, N_READ_THROUGH);
+    if (rt == NULL)
+        return -1;
+    int through = PyObject_IsTrue(rt);
+    Py_DECREF(rt);
+    if (through < 0)
+        return -1;
+    if (!writing && through) {
+        if ((none = attr_is_none(cache, N_ORIGIN)) <= 0)
+            return none;
+    }
+    if ((b->ring = get_attr(cache, N_HOOK_RING)) == NULL)
+        return -1;
+    if (b->ring == Py_None) {
+        PyObject *hook = get_attr(cache, N_ACCESS_HOOK);
+        if (hook == NULL)
+            goto fail;
+        int plain = hook == null_hook;
+        Py_DECREF(hook);
+        if (!plain)
+            goto python;
+    }
+    if ((b->policy = get_attr(cache, N_POLICY)) == NULL)
+        goto fail;
+    if ((PyObject *)Py_TYPE(b->policy) != clock_policy)
+        goto python; /* other policies record accesses in Python (policy.on_access) */
+    if ((b->ref = get_attr(b->policy, N_REF)) == NULL || (b->table = get_attr(cache, N_TABLE)) == NULL ||
+        (b->view = get_attr(b->table, N_VIEW)) == NULL)
+        goto fail;
+    if (b->view == Py_None)
+        goto python;
+    if ((b->pages = get_attr(b->store, N_PAGE_LISTS)) == NULL || (b->sizes = get_attr(b->store, N_CHUNK_SIZES)) == NULL ||
+        (b->typed = get_attr(cache, N_TYPED_KEYS)) == NULL || (b->clock = get_attr(cache, N_CLOCK)) == NULL)
+        goto fail;
+    return 1;
+python:
+    bound_release(b);
+    return 0;
+fail:
+    bound_release(b);
+    return -1;
+}
+
+/* The cache's clock in milliseconds, as Cache.now_ms: int(clock() * 1000); time.monotonic
+ * (the default) read directly, with the arithmetic CPython's gives it. */
+static PyObject *now_ms(PyObject *clock)
+{
+#ifdef CLOCK_MONOTONIC
+    if (clock == monotonic_clock) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+            double seconds = (double)((int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
+            return PyLong_FromLongLong((long long)(seconds * 1000.0));
+        }
+    }
+#endif
+    PyObject *t = PyObject_CallNoArgs(clock);
+    if (t == NULL)
+        return NULL;
+    PyObject *k = PyLong_FromLong(1000);
+    PyObject *ms = k ? PyNumber_Multiply(t, k) : NULL;
+    Py_DECREF(t);
+    Py_XDECREF(k);
+    if (ms == NULL)
+        return NULL;
+    PyObject *whole = PyNumber_Long(ms);
+    Py_DECREF(ms);
+    return whole;
+}
+
+/* lone(cache, key, value, null, other, op, result)
+ * One client request on database 0 served in one call, with the cache's lock held: value
+ * None is GET key (its RESP reply: the bulk string, `null` for a miss, `other` for a key
+ * that is not a string), a bytes value is SET key value without options over an existing
+ * string key keeping its size class (True). The cache's counters move as Cache.read_replies
+ * and Cache.overwrite_strings move them, events go to the access log's ring as there (code
+ * `op`, and `result` for a write). None, with nothing changed, where the Python path must
+ * serve it (see bind_cache and the reads' own conditions). */
+static PyObject *Entries_lone(Entries *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "lone(cache, key, value, null, other, op, result)");
+        return NULL;
+    }
+    PyObject *cache = args[0], *key = args[1], *value = args[2];
+    int writing = value != Py_None;
+    if (!PyBytes_CheckExact(key) || (writing && !PyBytes_CheckExact(value)))
+        Py_RETURN_NONE;
+    Bound b;
+    int ok = bind_cache(self, cache, writing, &b);
+    if (ok <= 0)
+        return ok == 0 ? Py_NewRef(Py_None) : NULL;
+    PyObject *result = NULL, *got = NULL, *now = NULL, *keys = NULL, *values = NULL, *tmp = NULL;
+    PyObject *locked = PyObject_CallMethodNoArgs(b.lock, names[N_ACQUIRE]);
+    if (locked == NULL)
+        goto out;
+    Py_DECREF(locked);
+    if ((now = now_ms(b.clock)) == NULL || (keys = PyList_New(1)) == NULL)
+        goto unlock;
+    PyList_SET_ITEM(keys, 0, Py_NewRef(key));
+    if (!writing) {
+        PyObject *typed = PyBool_FromLong(PyObject_IsTrue(b.typed) == 1);
+        PyObject *argv[14] = {b.hasher, b.view, keys, b.max_key_bytes, now, typed, args[3], args[4], Py_False,
+                              b.pages, b.sizes, b.ref, b.ring, args[5]};
+        got = Entries_read_reply(self, argv, 14);
+        Py_DECREF(typed);
+        if (got == NULL || got == Py_None)
+            goto unlock;
+        /* (reply, hits, prefetch_used, results, hit_eids) */
+        long long hits = PyLong_AsLongLong(PyTuple_GET_ITEM(got, 1));
+        long long used = PyLong_AsLongLong(PyTuple_GET_ITEM(got, 2));
+        if (PyErr_Occurred() || add_attr(b.stats, N_PREFETCH_USED, used) < 0 || add_attr(b.stats, N_HITS, hits) < 0 ||
+            add_attr(b.stats, N_MISSES, 1 - hits) < 0)
+            goto unlock;
+        result = Py_NewRef(PyTuple_GET_ITEM(got, 0));
+        goto unlock;
+    }
+    /* SET: the checks of Cache.overwrite_strings and _overwrite_native first. */
+    long long len = PyBytes_GET_SIZE(value);
+    if ((tmp = get_attr(cache, N_MAX_VALUE_BYTES)) == NULL)
+        goto unlock;
+    long long max_value = PyLong_AsLongLong(tmp);
+    Py_CLEAR(tmp);
+    if (max_value == -1 && PyErr_Occurred())
+        goto unlock;
+    long long counts[4];
+    const int limits[3] = {N_LIVE_KEYS, N_MAX_KEYS, N_MAX_MEMORY_BYTES};
+    for (int i = 0; i < 3; i++) {
+        if ((tmp = get_attr(cache, limits[i])) == NULL)
+            goto unlock;
+        counts[i] = PyLong_AsLongLong(tmp);
+        Py_CLEAR(tmp);
+    }
+    if ((tmp = get_attr(b.store, N_CHUNK_BYTES)) == NULL)
+        goto unlock;
+    counts[3] = PyLong_AsLongLong(tmp);
+    Py_CLEAR(tmp);
+    if (PyErr_Occurred())
+        goto unlock;
+    if (len > max_value || counts[0] > counts[1] || counts[3] > counts[2]) {
+        result = Py_NewRef(Py_None);
+        goto unlock;
+    }
+    if ((values = PyList_New(1)) == NULL)
+        goto unlock;
+    PyList_SET_ITEM(values, 0, Py_NewRef(value));
+    PyObject *never = PyLong_FromLong(0); /* TTL_NONE: SET without options drops a TTL */
+    if (never == NULL)
+        goto unlock;
+    PyObject *argv[14] = {b.hasher, b.view, keys, values, b.max_key_bytes, now, never, Py_False,
+                          b.pages, b.sizes, b.ref, b.ring, args[5], args[6]};
+    got = Entries_overwrite(self, argv, 14);
+    Py_DECREF(never);
+    if (got == NULL || got == Py_None)
+        goto unlock;
+    /* (used_bytes_delta, prefetch_wasted, lo, eids) */
+    long long used = PyLong_AsLongLong(PyTuple_GET_ITEM(got, 0));
+    long long wasted = PyLong_AsLongLong(PyTuple_GET_ITEM(got, 1));
+    if (PyErr_Occurred() || add_attr(b.store, N_USED_BYTES, used) < 0 || add_attr(b.stats, N_PREFETCH_WASTED, wasted) < 0 ||
+        add_attr(b.stats, N_SETS, 1) < 0)
+        goto unlock;
+    /* An entry with a non-default encoding (APPEND, INCRBYFLOAT) is a plain string again. */
+    if ((tmp = get_attr(cache, N_ENCODINGS)) == NULL)
+        goto unlock;
+    int encoded = PyObject_IsTrue(tmp);
+    Py_CLEAR(tmp);
+    if (encoded < 0)
+        goto unlock;
+    if (encoded) {
+        const int64_t *eid = (const int64_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(got, 3));
+        tmp = Py_BuildValue("([L]O)", (long long)eid[0], Py_None);
+        PyObject *done = tmp ? PyObject_CallMethodObjArgs(cache, names[N_NOTE_ENCODING], PyTuple_GET_ITEM(tmp, 0), Py_None, NULL) : NULL;
+        Py_CLEAR(tmp);
+        if (done == NULL)
+            goto unlock;
+        Py_DECREF(done);
+    }
+    if ((tmp = get_attr(cache, N_LARGEST_VALUE_BYTES)) == NULL)
+        goto unlock;
+    long long largest = PyLong_AsLongLong(tmp);
+    Py_CLEAR(tmp);
+    if (largest == -1 && PyErr_Occurred())
+        goto unlock;
+    if (len > largest) {
+        PyObject *l = PyLong_FromLongLong(len);
+        int rc = l ? PyObject_SetAttr(cache, names[N_LARGEST_VALUE_BYTES], l) : -1;
+        Py_XDECREF(l);
+        if (rc < 0)
+            goto unlock;
+    }
+    result = Py_NewRef(Py_True);
+unlock:
+    if (got == Py_None && result == NULL && !PyErr_Occurred())
+        result = Py_NewRef(Py_None);
+    {
+        /* Released whatever happened, keeping a pending exception. */
+        PyObject *type, *val, *tb;
+        PyErr_Fetch(&type, &val, &tb);
+        PyObject *released = PyObject_CallMethodNoArgs(b.lock, names[N_RELEASE]);
+        if (released == NULL) {
+            Py_CLEAR(result);
+            Py_XDECREF(type);
+            Py_XDECREF(val);
+            Py_XDECREF(tb);
+        } else {
+            Py_DECREF(released);
+            PyErr_Restore(type, val, tb);
+        }
+    }
+out:
+    Py_XDECREF(got);
+    Py_XDECREF(now);
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    bound_release(&b);
+    return result;
+}
+
+/* bind(hasher, max_key_bytes, store, lock, stats): the cache's objects that live as long as
+ * these arrays, which lone() uses without looking them up. */
+static PyObject *Entries_bind(Entries *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || predis_as_blake2b(args[0]) == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "bind(hasher, max_key_bytes, store, lock, stats)");
+        return NULL;
+    }
+    Py_XSETREF(self->hasher, Py_NewRef(args[0]));
+    Py_XSETREF(self->max_key_bytes, Py_NewRef(args[1]));
+    Py_XSETREF(self->store, Py_NewRef(args[2]));
+    Py_XSETREF(self->lock, Py_NewRef(args[3]));
+    Py_XSETREF(self->stats, Py_NewRef(args[4]));
+    Py_RETURN_NONE;
+}
+
+/* serving_setup(null_access_hook, clock_policy_class, monotonic): what lone() compares with. */
+static PyObject *serving_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "serving_setup(null_access_hook, clock_policy_class, monotonic)");
+        return NULL;
+    }
+    Py_XSETREF(monotonic_clock, Py_NewRef(args[2]));
+    for (int i = 0; i < N_COUNT; i++) {
+        if (names[i] == NULL && (names[i] = PyUnicode_InternFromString(NAME_TEXT[i])) == NULL)
+            return NULL;
+    }
+    Py_XSETREF(null_hook, Py_NewRef(args[0]));
+    Py_XSETREF(clock_policy, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
 /* write_values(pages, sizes, handles, values): copy each bytes value into the chunk its
  * handle names (the value store's batch put, after the chunks were allocated). Every
  * handle and length is checked before any byte is written. */
@@ -947,6 +1355,8 @@ static PyObject *encode_bulks(PyObject *module, PyObject *const *args, Py_ssize_
 }
 
 static PyMethodDef reads_functions[] = {
+    {"serving_setup", (PyCFunction)(void (*)(void))serving_setup, METH_FASTCALL,
+     "serving_setup(null_access_hook, clock_policy_class, monotonic): what Entries.lone compares with"},
     {"write_values", (PyCFunction)(void (*)(void))write_values, METH_FASTCALL,
      "write_values(pages, sizes, handles, values): copy each value into the chunk its handle names"},
     {"encode_bulks", (PyCFunction)(void (*)(void))encode_bulks, METH_FASTCALL,
@@ -958,6 +1368,11 @@ static PyMethodDef Entries_methods[] = {
     {"read", (PyCFunction)(void (*)(void))Entries_read, METH_FASTCALL,
      "read(hasher, table, keys, max_key_bytes, now, max_bytes, typed, wrong_type, pages, sizes, ref, ring, op) -> None or "
      "(values, hits, prefetch_used, lo, results, sizes, hit_eids)"},
+    {"bind", (PyCFunction)(void (*)(void))Entries_bind, METH_FASTCALL,
+     "bind(hasher, max_key_bytes, store, lock, stats): the cache's objects lone() uses"},
+    {"lone", (PyCFunction)(void (*)(void))Entries_lone, METH_FASTCALL,
+     "lone(cache, key, value, null, other, op, result) -> a lone GET's reply (value None) or True for a SET, served "
+     "compiled with the cache's lock held; None where the Python path must serve it"},
     {"read_reply", (PyCFunction)(void (*)(void))Entries_read_reply, METH_FASTCALL,
      "read_reply(hasher, table, keys, max_key_bytes, now, typed, null, other, header, pages, sizes, ref, ring, op) -> None "
      "or (reply, hits, prefetch_used, results, hit_eids)"},

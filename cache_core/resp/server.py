@@ -612,18 +612,29 @@ class Connection(asyncio.Protocol):
         if self.multi is not None or self.db or self._waiting or self._output_blocked or self._write_paused or self.parser.error is not None:
             return None
         count = len(args)
+        server = self.server
         if count == 2 and (args[0] == b"GET" or args[0] == b"get"):
-            limits = self.server.limits
-            if self.server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES > limits.fast_read_room:
+            if server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES > server.limits.fast_read_room:
                 return None
-            reply = self._served(b"GET", [args])
-            if reply is not None:
-                self.last_command = LAST_GET
-            return reply
-        if count == 3 and (args[0] == b"SET" or args[0] == b"set") and self._overwritten([args]):
-            self.last_command = LAST_SET
-            return OK_REPLY
-        return None
+            started = time.perf_counter_ns()
+            null = self.encoder.null()
+            reply = server.cache.serve_lone(args[1], None, null, WRONGTYPE_REPLY)
+            if reply is None:
+                return self._served(b"GET", [args])  # the observer, an origin or a hook: one layer down
+            self.last_command, label = LAST_GET, "get"
+        elif count == 3 and (args[0] == b"SET" or args[0] == b"set"):
+            started = time.perf_counter_ns()
+            if server.cache.serve_lone(args[1], args[2], b"", b"") is None:
+                return OK_REPLY if self._overwritten([args]) else None
+            self.last_command, label, reply = LAST_SET, "set", OK_REPLY
+        else:
+            return None
+        usec = (time.perf_counter_ns() - started) // 1000
+        server.record(label, usec, False)
+        server.stats.total_commands += 1
+        if 0 <= server.limits.slowlog_log_slower_than_usec <= usec:
+            server.ops.executed(self, args, usec)
+        return reply  # type: ignore[return-value]
 
     def _step(self) -> bool:
         """Parse the next command of a client not yet authenticated (all of them once it is)."""

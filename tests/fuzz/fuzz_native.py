@@ -190,7 +190,11 @@ def cache_round(rng: random.Random) -> None:
                 expected: Any = _native.encode_bulks(pair[1].lookup(keys)[0], b"$-1\r\n", b"-WRONG\r\n", header)
             except KeyLengthError as exc:
                 expected = str(exc)
-            served = pair[0].read_replies(keys, b"$-1\r\n", b"-WRONG\r\n", header)
+            if len(keys) == 1 and not header:
+                one = pair[0].serve_lone(keys[0], None, b"$-1\r\n", b"-WRONG\r\n")
+                served = None if one is None else (one, [])
+            else:
+                served = pair[0].read_replies(keys, b"$-1\r\n", b"-WRONG\r\n", header)
             if served is None:
                 try:
                     served = (_native.encode_bulks(pair[0].lookup(keys)[0], b"$-1\r\n", b"-WRONG\r\n", header), [])
@@ -213,6 +217,8 @@ def cache_round(rng: random.Random) -> None:
             if ttl is None and not prefetched and len(set(good)) == len(good) and rng.random() < 0.5:
                 # A server's SET run: compiled when every key exists and keeps its size class.
                 def server_set(cache: Any) -> Any:
+                    if cache is pair[0] and len(good) == 1 and cache.serve_lone(good[0], values[0], b"", b"") is not None:
+                        return None
                     if cache is pair[0] and cache.overwrite_strings(good, values):
                         return None
                     return cache.mset(list(zip(good, values)))

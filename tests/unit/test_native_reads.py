@@ -119,12 +119,14 @@ def test_compiled_reads_match_the_python_paths(steps: list[tuple[str, Any]], evi
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=_steps(), eviction=st.sampled_from(["clock", "lru", "s3fifo"]), resp3=st.booleans())
-def test_a_servers_compiled_replies_and_overwrites_match_the_python_paths(steps: list[tuple[str, Any]], eviction: str, resp3: bool) -> None:
-    """What the RESP server calls for a GET run, an MGET and a SET run: the compiled replies
-    are the oracle's values encoded, the hit flags told to the prefetch observer agree, and
-    the entries, counters and CLOCK bits end up the same; a batch the compiled call leaves
-    to Python (None / False) changed nothing."""
+@given(steps=_steps(), eviction=st.sampled_from(["clock", "lru", "s3fifo"]), resp3=st.booleans(), observe=st.booleans())
+def test_a_servers_compiled_replies_and_overwrites_match_the_python_paths(
+    steps: list[tuple[str, Any]], eviction: str, resp3: bool, observe: bool
+) -> None:
+    """What the RESP server calls for a lone GET or SET (Cache.serve_lone), a GET run, an
+    MGET and a SET run: the compiled replies are the oracle's values encoded, the hit flags
+    told to the prefetch observer agree, and the entries, counters and CLOCK bits end up the
+    same; a call the compiled path leaves to Python (None / False) changed nothing."""
     clock, secret = FakeClock(), b"s" * 32
     caches, observed = [], []
     for native in (True, False):
@@ -133,15 +135,27 @@ def test_a_servers_compiled_replies_and_overwrites_match_the_python_paths(steps:
             numpy, max_keys=64, max_memory_bytes=1 << 16, max_key_bytes=24, eviction=eviction, clock=clock,
             fingerprinter=Fingerprinter(secret, max_key_bytes=24), native=native,
         )  # fmt: skip
-        cache.prefetch_observer = lambda keys, hits, seen=seen: seen.append((list(keys), list(hits)))
+        if observe:
+            cache.prefetch_observer = lambda keys, hits, seen=seen: seen.append((list(keys), list(hits)))
         caches.append(cache)
         observed.append(seen)
     native, oracle = caches
     null, other = (b"_\r\n", b"-WRONGTYPE x\r\n") if resp3 else (b"$-1\r\n", b"-WRONGTYPE x\r\n")
-    served = 0
     for op, keys, number, value in steps:
         good = [k for k in keys if 1 <= len(k) <= 24]
-        if op == "read":
+        if op == "read" and len(keys) == 1:
+            lone = native.serve_lone(keys[0], None, null, other)
+            try:
+                values, hits = oracle.lookup(keys)
+            except KeyLengthError:
+                assert lone is None
+                continue
+            if lone is None:
+                assert native.lookup(keys) == (values, hits)
+            else:
+                assert not observe and eviction == "clock"
+                assert lone == _native.encode_bulks(values, null, other, False)
+        elif op == "read":
             header = number % 2 == 1
             got = native.read_replies(keys, null, other, header)
             try:
@@ -152,13 +166,15 @@ def test_a_servers_compiled_replies_and_overwrites_match_the_python_paths(steps:
             if got is None:
                 assert native.lookup(keys) == (values, hits)
             else:
-                served += 1
                 assert got[0] == _native.encode_bulks(values, null, other, header)
-                assert got[1] == hits == [v is not None for v in values]
+                assert got[1] == hits == ([v is not None for v in values] if observe else [])
         elif op in ("write", "rewrite") and good:
             distinct = list(dict.fromkeys(good))
             pairs = [(k, value[: len(k)] + k) for k in distinct]
-            if not native.overwrite_strings(distinct, [v for _k, v in pairs]):
+            if len(pairs) == 1:
+                if native.serve_lone(pairs[0][0], pairs[0][1], null, other) is None:
+                    native.mset(pairs)
+            elif not native.overwrite_strings(distinct, [v for _k, v in pairs]):
                 native.mset(pairs)
             oracle.mset(pairs)
         elif op == "hash" and good:
@@ -201,13 +217,24 @@ def test_a_servers_read_and_overwrite_in_one_call() -> None:
     assert not cache.overwrite_strings([b"a"], [b"x" * 600])  # another size class
     assert not cache.overwrite_strings([b"h"], [b"x"])  # a hash
     assert cache.stats.sets == sets and cache.mget([b"a", b"new"]) == [b"22", None]
+    # One request in one call: a GET's reply, a SET over an existing key in place.
+    hits = cache.stats.hits
+    assert cache.serve_lone(b"a", None, null, wrong) == b"$2\r\n22\r\n"
+    assert cache.serve_lone(b"h", None, null, wrong) == wrong and cache.serve_lone(b"zz", None, null, wrong) == null
+    assert cache.stats.hits == hits + 2
+    assert cache.serve_lone(b"a", b"7", null, wrong) is True and cache.mget([b"a"]) == [b"7"]
+    assert cache.serve_lone(b"new", b"7", null, wrong) is None and cache.mget([b"new"]) == [None]
+    assert cache.serve_lone(b"x" * 25, None, null, wrong) is None
+    cache.prefetch_observer = lambda keys, hits: None  # told in Python: not here
+    assert cache.serve_lone(b"a", None, null, wrong) is None
+    cache.prefetch_observer = None
     # A hook that reports through Python calls, or an origin that fills misses: not here.
     cache.access_hook = Events()
-    assert cache.read_replies([b"a"], null, wrong, False) is None
+    assert cache.read_replies([b"a"], null, wrong, False) is None and cache.serve_lone(b"a", None, null, wrong) is None
     cache.access_hook = null_access_hook
     assert cache.read_replies([b"a"], null, wrong, False) is not None
     cache.origin, cache.read_through = object(), True
-    assert cache.read_replies([b"a"], null, wrong, False) is None
+    assert cache.read_replies([b"a"], null, wrong, False) is None and cache.serve_lone(b"a", None, null, wrong) is None
 
 
 @settings(max_examples=60, deadline=None)
