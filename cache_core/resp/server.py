@@ -598,7 +598,11 @@ class Connection(asyncio.Protocol):
             if len(commands) == 1 and not self._backlog and (reply := self._alone(commands[0])) is not None:
                 # One GET or SET arrived alone (a client that does not pipeline): served
                 # without the backlog's machinery when nothing else is pending.
-                self._finish([reply], False)
+                transport = self.transport
+                if transport is not None:
+                    transport.write(reply)
+                    if transport.get_write_buffer_size() or self._soft_since is not None:
+                        self._check_output()
                 return
             self._backlog.extend(commands)
         if not self._waiting and not self._output_blocked:
@@ -617,8 +621,7 @@ class Connection(asyncio.Protocol):
             if server.cache.largest_value_bytes + REPLY_OVERHEAD_BYTES > server.limits.fast_read_room:
                 return None
             started = time.perf_counter_ns()
-            null = self.encoder.null()
-            reply = server.cache.serve_lone(args[1], None, null, WRONGTYPE_REPLY)
+            reply = server.cache.serve_lone(args[1], None, self.encoder.null(), WRONGTYPE_REPLY)
             if reply is None:
                 return self._served(b"GET", [args])  # the observer, an origin or a hook: one layer down
             self.last_command, label = LAST_GET, "get"
