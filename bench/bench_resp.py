@@ -21,7 +21,7 @@ Both get the same ``--keyspace`` (100,000) keys ``key:%012d`` with 3-byte values
 key names and value size redis-benchmark uses) loaded with ``redis-cli --pipe``, so
 every GET and MGET hits. Then, ``--repeat`` times, alternating which server goes first:
 
-* ``redis-benchmark -h 127.0.0.1 -p PORT -t set,get -n N -c 50 -P 16 -r 100000 --csv``
+* ``redis-benchmark -h 127.0.0.1 -p PORT -t set -n N -c 50 -P 16 -r 100000 --csv``, then ``-t get``
   (N = ``--n``, 200,000) and the same with ``-P 1`` (N = ``--n-p1``, 100,000);
 * ``redis-benchmark -h 127.0.0.1 -p PORT -n M -c 50 -P 16 -r 100000 --csv MGET
   key:__rand_int__ ...`` with 100 keys per MGET (each placeholder drawn separately;
@@ -30,11 +30,14 @@ every GET and MGET hits. Then, ``--repeat`` times, alternating which server goes
   overwrites a client rewriting its keys sends).
 
 Every redis-benchmark run has a fixed ``-n`` and a timeout, so the whole script is bounded
-(about 100 s on 2 cores, more when the machine is busy). Reported per test: the median requests/s over the
+(about 90 s on 2 cores, more when the machine is busy). Reported per test: the median requests/s over the
 repetitions, their min-max, and the ratio ours / redis (the median of the per-repetition
-ratios, each taken between runs a few seconds apart). The client, both servers and this
-script share the machine's cores, as they would on one host. Both servers are stopped by
-PID at the end, whatever happens.
+ratios, each taken between runs a few seconds apart). Also per test: each server's CPU time
+(user + system, all threads, from ``/proc/PID/stat``) per request over the run, and redis's
+over ours: the share of redis-server's capacity a core of ours gives, a figure the client's
+scheduling on a shared machine disturbs far less than the rates (the targets stay on the
+rates). The client, both servers and this script share the machine's cores, as they would on
+one host. Both servers are stopped by PID at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -202,29 +205,50 @@ def benchmark(bench: str, port: int, args: list[str]) -> dict[str, float]:
     return out
 
 
-def run_suite(bench: str, port: int, opts: argparse.Namespace) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_suite(bench: str, port: int, pid: int, opts: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
+    """Requests/s per test, and the server's CPU time per request (us) over each test."""
     common = ["-c", str(opts.clients), "-r", str(opts.keyspace), "--csv"]
     mget = ["MGET", *(["key:__rand_int__"] * opts.mget_keys)]
     mset = ["MSET", *(["key:__rand_int__", "xxx"] * opts.mget_keys)]
-    out: dict[str, float] = {}
+    rates: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def measure(label: str, name: str, n: int, args: list[str]) -> None:
+        before = cpu_seconds(pid)
+        rates[label] = benchmark(bench, port, ["-n", str(n), *common, *args])[name]
+        cpu[label] = (cpu_seconds(pid) - before) * 1e6 / n
+
     for pipeline, n in ((16, opts.n), (1, opts.n_p1)):
-        for test, rps in benchmark(bench, port, ["-t", "set,get", "-n", str(n), "-P", str(pipeline), *common]).items():
-            out[f"{test} -P {pipeline}"] = rps
+        for test in ("SET", "GET"):
+            measure(f"{test} -P {pipeline}", test, n, ["-t", test.lower(), "-P", str(pipeline)])
     for pipeline in (16, 1):
         for name, command in (("MGET", mget), ("MSET", mset)):
-            rps = benchmark(bench, port, ["-n", str(opts.n_mget), "-P", str(pipeline), *common, *command])[name]
-            out[f"{name} x{opts.mget_keys} -P {pipeline}"] = rps
-    return out
+            measure(f"{name} x{opts.mget_keys} -P {pipeline}", name, opts.n_mget, ["-P", str(pipeline), *command])
+    return rates, cpu
 
 
-def summarise(runs: list[dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+def summarise(runs: list[dict[str, dict[str, float]]], cpu_runs: list[dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
     rows = []
     for test in runs[0]["ours"]:
         ours = [r["ours"][test] for r in runs]
         redis = [r["redis"][test] for r in runs]
         ratios = [o / r for o, r in zip(ours, redis)]
+        ours_cpu = [r["ours"][test] for r in cpu_runs]
+        redis_cpu = [r["redis"][test] for r in cpu_runs]
+        # redis's CPU per request over ours: the share of redis-server's capacity one core of
+        # ours gives, whatever the client's scheduling did to the rates.
+        cpu_ratios = [rc / oc for oc, rc in zip(ours_cpu, redis_cpu) if oc > 0]
         rows.append(
             {
+                "ours_cpu_us": statistics.median(ours_cpu),
+                "redis_cpu_us": statistics.median(redis_cpu),
+                "cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else 0.0,
                 "test": test,
                 "ours_rps": statistics.median(ours),
                 "ours_min": min(ours),
@@ -260,12 +284,16 @@ def fmt(v: float) -> str:
 
 
 def text_table(rows: list[dict[str, Any]]) -> str:
-    out = [f"{'test':<16} {'ours rps':>10} {'(min-max)':>16} {'redis rps':>10} {'(min-max)':>16} {'ours/redis':>10} {'(min-max)':>14}"]
+    out = [
+        f"{'test':<16} {'ours rps':>10} {'(min-max)':>16} {'redis rps':>10} {'(min-max)':>16} {'ours/redis':>10} {'(min-max)':>14}"
+        f" {'CPU us/req ours':>15} {'redis':>6} {'redis/ours':>10}"
+    ]
     for r in rows:
         out.append(
             f"{r['test']:<16} {fmt(r['ours_rps']):>10} {fmt(r['ours_min']) + '-' + fmt(r['ours_max']):>16}"
             f" {fmt(r['redis_rps']):>10} {fmt(r['redis_min']) + '-' + fmt(r['redis_max']):>16}"
             f" {r['ratio']:>10.3f} {'%.3f-%.3f' % (r['ratio_min'], r['ratio_max']):>14}"
+            f" {r['ours_cpu_us']:>15.2f} {r['redis_cpu_us']:>6.2f} {r['cpu_ratio']:>10.3f}"
         )
     return "\n".join(out)
 
@@ -278,19 +306,20 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"Machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}; Python {info['python']}, NumPy {info['numpy']};"
         f" redis-server {info['redis_server']}. Our server: `python -m agent run` (cache backend: {res['backend']}).",
         f"Command: `{command}` (whole run {res['seconds']:.0f} s; {opts['repeat']} repetitions, alternating order).",
-        f"redis-benchmark: `-c {opts['clients']} -r {opts['keyspace']} --csv`; `-t set,get -n {opts['n']} -P 16`,"
-        f" `-t set,get -n {opts['n_p1']} -P 1`, `-n {opts['n_mget']} -P 16|1 MGET key:__rand_int__` x{opts['mget_keys']}"
+        f"redis-benchmark: `-c {opts['clients']} -r {opts['keyspace']} --csv`; `-t set` and `-t get` (one run each) `-n {opts['n']} -P 16`,"
+        f" the same `-n {opts['n_p1']} -P 1`, `-n {opts['n_mget']} -P 16|1 MGET key:__rand_int__` x{opts['mget_keys']}"
         f" and `MSET key:__rand_int__ xxx` x{opts['mget_keys']};"
         f" {opts['keyspace']:,} keys loaded first on both.",
         "",
-        "| test | ours rps (min-max) | redis rps (min-max) | ours / redis (min-max) |",
-        "|---|---:|---:|---:|",
+        "| test | ours rps (min-max) | redis rps (min-max) | ours / redis (min-max) | server CPU us/request: ours | redis | redis / ours |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["results"]:
         out.append(
             f"| {r['test']} | {fmt(r['ours_rps'])} ({fmt(r['ours_min'])}-{fmt(r['ours_max'])})"
             f" | {fmt(r['redis_rps'])} ({fmt(r['redis_min'])}-{fmt(r['redis_max'])})"
-            f" | {r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) |"
+            f" | {r['ratio']:.3f} ({r['ratio_min']:.3f}-{r['ratio_max']:.3f})"
+            f" | {r['ours_cpu_us']:.2f} | {r['redis_cpu_us']:.2f} | {r['cpu_ratio']:.3f} |"
         )
     out.append("")
     out.extend(f"- {line}" for line in res["targets"])
@@ -325,23 +354,27 @@ def main(argv: list[str] | None = None) -> int:
             ports = {"ours": ours_port, "redis": redis_port}
             for port in ports.values():
                 load(cli, port, opts.keyspace, tmp)
+            pids = {"ours": agent.pid, "redis": redis.pid}
             runs: list[dict[str, dict[str, float]]] = []
+            cpu_runs: list[dict[str, dict[str, float]]] = []
             for rep in range(opts.repeat):
                 order = ("ours", "redis") if rep % 2 == 0 else ("redis", "ours")
-                run = {name: run_suite(bench, ports[name], opts) for name in order}
+                suites = {name: run_suite(bench, ports[name], pids[name], opts) for name in order}
                 if agent.poll() is not None:
                     raise RuntimeError(f"the agent exited with {agent.returncode} during the benchmark:\n{tail(tmp / 'agent.err')}")
-                runs.append(run)
+                runs.append({name: suite[0] for name, suite in suites.items()})
+                cpu_runs.append({name: suite[1] for name, suite in suites.items()})
         finally:
             stop(agent)
             stop(redis)
-    rows = summarise(runs)
+    rows = summarise(runs, cpu_runs)
     res = {
         "machine": machine(redis_server=redis_server_version(redis_server)),
         "backend": backend,
         "seconds": time.perf_counter() - start,
         "options": {k: getattr(opts, k) for k in ("n", "n_p1", "n_mget", "mget_keys", "clients", "keyspace", "repeat")},
         "runs": runs,
+        "cpu_runs": cpu_runs,
         "results": rows,
         "targets": target_lines(rows, opts.mget_keys),
     }
