@@ -623,12 +623,18 @@ class Connection(asyncio.Protocol):
             started = time.perf_counter_ns()
             reply = server.cache.serve_lone(args[1], None, self.encoder.null(), WRONGTYPE_REPLY)
             if reply is None:
-                return self._served(b"GET", [args])  # the observer, an origin or a hook: one layer down
+                reply = self._served(b"GET", [args])  # the observer, an origin or a hook: one layer down
+                if reply is not None:
+                    self.last_command = LAST_GET
+                return reply
             self.last_command, label = LAST_GET, "get"
         elif count == 3 and (args[0] == b"SET" or args[0] == b"set"):
             started = time.perf_counter_ns()
             if server.cache.serve_lone(args[1], args[2], b"", b"") is None:
-                return OK_REPLY if self._overwritten([args]) else None
+                if not self._overwritten([args]):
+                    return None
+                self.last_command = LAST_SET
+                return OK_REPLY
             self.last_command, label, reply = LAST_SET, "set", OK_REPLY
         else:
             return None

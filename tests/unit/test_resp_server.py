@@ -136,3 +136,47 @@ def test_a_too_long_key_in_a_batch_fails_only_its_own_command() -> None:
     assert (first, third) == (b"+OK", b"+OK")
     assert second.startswith(b"-ERR key is 9 bytes")
     assert rest == b"*2\r\n$1\r\n1\r\n$1\r\n3\r\n"
+
+
+def test_lone_requests_are_counted_and_named_whichever_path_serves_them() -> None:
+    """A lone GET or SET is served by one compiled call, or, where that leaves it to Python
+    (a prefetch observer to tell, a policy other than CLOCK), one layer down: either way
+    its reply is right, CLIENT LIST names it as the client's last command and
+    INFO commandstats counts it."""
+
+    async def bulk(reader: asyncio.StreamReader) -> bytes:
+        header = await asyncio.wait_for(reader.readline(), timeout=10)
+        assert header.startswith(b"$"), header
+        return (await asyncio.wait_for(reader.readexactly(int(header[1:]) + 2), timeout=10))[:-2]
+
+    async def scenario(eviction: str, observe: bool) -> None:
+        cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 16, eviction=eviction)
+        cache.mset([(b"k", b"v")])
+        if observe:
+            cache.prefetch_observer = lambda keys, hits: None
+        server = RespServer(cache)
+        await server.start(_listener())
+        assert server.address is not None
+        try:
+            reader, writer = await asyncio.open_connection(*server.address)
+            other_reader, other_writer = await asyncio.open_connection(*server.address)
+            writer.write(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            assert await bulk(reader) == b"v"
+            other_writer.write(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+            assert b"cmd=get" in await bulk(other_reader)
+            writer.write(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nw\r\n")
+            assert await asyncio.wait_for(reader.readline(), timeout=10) == b"+OK\r\n"
+            other_writer.write(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+            assert b"cmd=set" in await bulk(other_reader)
+            other_writer.write(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            stats = await bulk(other_reader)
+            assert b"cmdstat_get:calls=1," in stats and b"cmdstat_set:calls=1," in stats
+            assert cache.mget([b"k"]) == [b"w"] and cache.stats.hits >= 2
+            for w in (writer, other_writer):
+                w.close()
+                await w.wait_closed()
+        finally:
+            await server.stop()
+
+    for eviction, observe in (("clock", False), ("clock", True), ("lru", False)):
+        asyncio.run(scenario(eviction, observe))
