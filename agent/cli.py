@@ -629,7 +629,14 @@ def status(config_path: str | None, as_json: bool, token_file: str | None) -> No
         errs = sum(p["hook_errors"].values())
         click.echo(f"  {p['name']:<22} {p['state']:<9} errors={errs}")
     for name, sink in sorted(body.get("sinks", {}).items()):
-        click.echo(f"sink {name}: breaker {sink['breaker']}, queued {sink['queued_batches']}, dropped {sink['dropped_batches']}")
+        dropped = sum((sink.get("dropped_points") or {}).values())
+        line = (
+            f"sink {name}: breaker {sink.get('breaker')}, queued {sink.get('queued_points', 0)} points in "
+            f"{sink.get('queued_payloads', 0)} payloads, dropped {dropped} points, failed attempts {sink.get('failed_attempts', 0)}"
+        )
+        if sink.get("spool_paused"):
+            line += f", spool paused ({sink.get('spool_reason')})"
+        click.echo(line)
 
 
 @cli.command()

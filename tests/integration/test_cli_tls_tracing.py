@@ -273,3 +273,29 @@ def test_no_endpoint_means_no_tracing(tmp_path: Path) -> None:
     finally:
         agent.stop()
     assert "tracing:" not in agent.logs()
+
+
+def test_status_shows_every_push_exporter_sink(tmp_path: Path) -> None:
+    """`status` with push exporters enabled (one with nothing listening) prints a line per
+    sink with its breaker, queue and drops: it used to crash with KeyError: 'queued_batches'."""
+    dead = free_port()  # nothing listens here: the sink queues and counts its failures
+    agent = AgentProcess(
+        tmp_path,
+        {
+            "agent": {"http": {"listen": f"127.0.0.1:{free_port()}"}, "reload": {"watch": False}},
+            "exporters": {
+                "datadog": {"enabled": True, "api_host": f"http://127.0.0.1:{dead}", "api_key": "${env:DD_KEY}", "interval": 1},
+            },
+        },
+        env={"DD_KEY": "0123456789abcdef0123456789abcdef"},
+    )
+    agent.start()
+    try:
+        env = {**agent.env, "PREDIS_AGENT_TOKEN": agent.token}
+        done = cli("status", "--config", str(agent.config_path), env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        line = next(line for line in done.stdout.splitlines() if line.startswith("sink datadog:"))
+        assert "breaker" in line and "queued" in line and "dropped" in line
+        assert "0123456789abcdef" not in done.stdout + done.stderr
+    finally:
+        agent.stop()
