@@ -897,7 +897,22 @@ def model_audit(tenant: str, registry_dir: str | None, config_path: str | None, 
         click.echo(json.dumps(entries, indent=2))
         return
     for entry in entries:
-        click.echo(f"{entry.get('time')}  {entry.get('alias'):<10} {entry.get('from')} -> {entry.get('to')}  by {entry.get('actor')}: {entry.get('reason')}")
+        click.echo(_audit_line(entry))
+
+
+def _audit_line(entry: dict[str, Any]) -> str:
+    """One audit entry for people: the alias's move in versions (v1 -> v2; "set to v1" for
+    an alias's first assignment, "cleared" when it was unset), the action, who and why."""
+    old, new = entry.get("from"), entry.get("to")
+    if old is None:
+        move = f"set to v{new}" if new is not None else "unset"
+    elif new is None:
+        move = f"v{old} cleared"
+    elif old == new:
+        move = f"stays v{new}"
+    else:
+        move = f"v{old} -> v{new}"
+    return f"{entry.get('time')}  {entry.get('alias'):<10} {move:<16} {entry.get('action')} by {entry.get('actor')}: {entry.get('reason')}"
 
 
 @model.command("train")

@@ -116,6 +116,9 @@ def test_train_list_promote_rollback_audit(tmp_path: Path, traces: dict[str, Pat
         ("champion", 2, 1, "canary failed"),
     ]
     assert audit[3]["actor"] == "ops"
+    text = cli("model", "audit", "--tenant", "acme", *conf).stdout.splitlines()
+    assert len(text) == 5 and "None" not in "\n".join(text)
+    assert "set to v1" in text[0] and "v1 -> v2" in text[3] and "by ops: markov wins" in text[3] and "v2 -> v1" in text[4]
 
     shown = jcli("model", "show", "--tenant", "acme", "--version", "champion", *conf)
     assert shown["version"] == 1 and shown["verification"]["ok"] and shown["kind"] == "stride"
