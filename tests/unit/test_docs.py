@@ -88,3 +88,12 @@ def test_redis_protocol_doc_holds_the_generated_command_index() -> None:
     result = CliRunner().invoke(cli, ["resp", "docs"])
     assert result.exit_code == 0, result.output
     assert result.output == render_command_index()
+
+
+def test_the_plugin_guide_names_every_built_in_plugin() -> None:
+    """docs/plugins.md lists the built-ins by name: a plugin added to DEFAULT_PLUGINS (or
+    renamed) without the guide fails here."""
+    from agent.plugins import DEFAULT_PLUGINS
+
+    row = next(line for line in (DOC.parent / "plugins.md").read_text().splitlines() if line.startswith("| built-in |"))
+    assert [name for name, _module in DEFAULT_PLUGINS if f"`{name}`" not in row] == []
