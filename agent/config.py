@@ -22,6 +22,7 @@ value.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import logging
@@ -68,12 +69,18 @@ Path_ = tuple[str, ...]
 
 
 class Secret:
-    """A config value that came from a secret reference. Prints as ``***``."""
+    """A config value that came from a secret reference. Prints as ``***``.
 
-    __slots__ = ("_value", "ref")
+    ``reveal()`` gives its text; ``reveal_bytes()`` the exact bytes of the file or
+    credential a whole ``${file:...}`` / ``${cred:...}`` reference named (a key file of 32
+    raw bytes is not text: its text form is then their base64, which key parsers accept
+    too)."""
 
-    def __init__(self, value: str, ref: str) -> None:
+    __slots__ = ("_value", "_raw", "ref")
+
+    def __init__(self, value: str, ref: str, raw: bytes | None = None) -> None:
         self._value = value
+        self._raw = raw
         self.ref = ref
         if len(value) >= MIN_SCRUB_LENGTH:
             _SECRET_VALUES.add(value)
@@ -81,6 +88,10 @@ class Secret:
     def reveal(self) -> str:
         """Return the plaintext. Do not log it."""
         return self._value
+
+    def reveal_bytes(self) -> bytes:
+        """The referenced file's exact bytes (else the text, UTF-8). Do not log them."""
+        return self._raw if self._raw is not None else self._value.encode("utf-8")
 
     def reread(self) -> Secret:
         """Resolve the reference again (a rotated key file or credential).
@@ -104,7 +115,7 @@ class Secret:
         return REDACTED
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value and other.ref == self.ref
+        return isinstance(other, Secret) and other._value == self._value and other._raw == self._raw and other.ref == self.ref
 
     def __hash__(self) -> int:
         return hash((self.ref, self._value))
@@ -357,36 +368,46 @@ def _credentials_dir() -> str | None:
 
 def _resolve_ref(kind: str, arg: str, path: str) -> tuple[str | None, str | None]:
     """Return (value, error). Errors never contain the value."""
+    value, _raw, error = _resolve_ref_bytes(kind, arg, path)
+    return value, error
+
+
+def _resolve_ref_bytes(kind: str, arg: str, path: str) -> tuple[str | None, bytes | None, str | None]:
+    """Return (text, the file's bytes or None, error). Errors never contain the value. A
+    file that is not UTF-8 (a key of raw bytes) has its base64 as its text."""
     arg = arg.strip()
     if kind == "env":
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", arg):
-            return None, f"invalid environment variable name in ${{env:{arg}}}"
+            return None, None, f"invalid environment variable name in ${{env:{arg}}}"
         value = os.environ.get(arg)
         if value is None:
-            return None, f"environment variable {arg} is not set (referenced as ${{env:{arg}}})"
-        return value, None
+            return None, None, f"environment variable {arg} is not set (referenced as ${{env:{arg}}})"
+        return value, None, None
     if kind == "cred":
         base = _credentials_dir()
         if not base:
-            return None, f"${{cred:{arg}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+            return None, None, f"${{cred:{arg}}} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", arg) or arg in {".", ".."}:
-            return None, f"invalid credential name in ${{cred:{arg}}}"
+            return None, None, f"invalid credential name in ${{cred:{arg}}}"
         file_path = os.path.join(base, arg)
     else:
         if not os.path.isabs(arg):
-            return None, f"${{file:{arg}}} must name an absolute path"
+            return None, None, f"${{file:{arg}}} must name an absolute path"
         file_path = arg
     try:
         raw = read_regular_file(file_path, MAX_SECRET_FILE_BYTES, "secret file")
-        return raw.decode("utf-8").rstrip("\r\n"), None
     except FileNotFoundError:
-        return None, f"secret file {file_path} does not exist"
+        return None, None, f"secret file {file_path} does not exist"
     except PermissionError:
-        return None, f"secret file {file_path} is not readable by this user"
+        return None, None, f"secret file {file_path} is not readable by this user"
     except FileReadRefused as exc:
-        return None, str(exc)
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"secret file {file_path} cannot be read ({type(exc).__name__})"
+        return None, None, str(exc)
+    except OSError as exc:
+        return None, None, f"secret file {file_path} cannot be read ({type(exc).__name__})"
+    try:
+        return raw.decode("utf-8").rstrip("\r\n"), raw, None
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), raw, None
 
 
 class FileReadRefused(OSError):
@@ -460,7 +481,7 @@ def resolve_secrets(data: Any, path: Path_ = ()) -> tuple[Any, list[ConfigProble
                 out.append("${")
                 continue
             found_ref = True
-            resolved, error = _resolve_ref(match.group(1), match.group(2), dotted(where))
+            resolved, raw, error = _resolve_ref_bytes(match.group(1), match.group(2), dotted(where))
             if error:
                 problems.append(ConfigProblem(dotted(where), error))
                 failed = True
@@ -470,7 +491,8 @@ def resolve_secrets(data: Any, path: Path_ = ()) -> tuple[Any, list[ConfigProble
         if not found_ref:
             return "".join(out)
         secret_paths.add(where)
-        return Secret("" if failed else "".join(out), text)
+        whole = raw if not failed and len(out) == 3 and out[0] == out[2] == "" else None  # the reference alone
+        return Secret("" if failed else "".join(out), text, whole)
 
     return walk(data, path), problems, secret_paths
 

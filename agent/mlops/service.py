@@ -233,7 +233,7 @@ class MlopsService:
         export_dir = access_log.get("export_dir")
         if export_dir:
             material = access_log.get("encryption_key")
-            text = material.reveal() if isinstance(material, Secret) else material
+            text = material.reveal_bytes() if isinstance(material, Secret) else material
             keys = [parse_key(text)] if text else []
             return dataset_from_segments(str(export_dir), keys, settings.recent_requests, settings.history_requests)
         ring = self._ring()

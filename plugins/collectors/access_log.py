@@ -174,10 +174,12 @@ def remove_temp_files(directory: Path) -> int:
     return remove_temp_matching(directory, TEMP_NAME_RE)
 
 
-def _secret_text(value: Any) -> str | None:
+def _secret_text(value: Any) -> bytes | str | None:
+    """A key setting's material: a secret's exact bytes (a key file of 32 raw bytes, hex or
+    base64), or the text given."""
     if value is None:
         return None
-    return value.reveal() if isinstance(value, Secret) else str(value)
+    return value.reveal_bytes() if isinstance(value, Secret) else str(value)
 
 
 def _error_text(exc: OSError) -> str:

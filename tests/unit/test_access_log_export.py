@@ -418,6 +418,41 @@ def test_a_key_in_base64_from_the_config_works(tmp_path: Path) -> None:
     assert ex.flush() == "exporting" and exported(tmp_path / "export")[0].shape[0] == 2
 
 
+@pytest.mark.parametrize(
+    "make",
+    ["recipe", "not-utf8", "utf8-ending-in-newline", "hex-file"],
+)
+def test_a_key_file_made_as_the_docs_say_works_through_a_file_reference(tmp_path: Path, make: str) -> None:
+    """docs/access-log.md creates the key with `head -c 32 /dev/urandom > segment.key`; a
+    `${file:...}` reference to that file used to be refused (UnicodeDecodeError). Raw keys
+    are read as the file's exact bytes, whatever they look like (a trailing newline byte is
+    part of the key), hex and base64 files as text."""
+    from agent.config import Secret, load_config
+
+    path = tmp_path / "segment.key"
+    if make == "recipe":
+        with path.open("wb") as out:
+            subprocess.run(["head", "-c", "32", "/dev/urandom"], stdout=out, check=True)
+    elif make == "not-utf8":
+        path.write_bytes(b"\xff\xfe" + KEY[2:])
+    elif make == "utf8-ending-in-newline":
+        path.write_bytes(b"k" * 31 + b"\n")
+    else:
+        path.write_text(KEY.hex() + "\n")
+    raw = path.read_bytes()
+    expected = KEY if make == "hex-file" else raw
+    cfg = load_config(None, text=f"collectors:\n  access_log:\n    encryption_key: '${{file:{path}}}'\n")
+    # (load_config raises ConfigError listing every problem: before the fix, "cannot be read")
+    value = cfg.section("collectors.access_log")["encryption_key"]
+    assert isinstance(value, Secret) and value.reveal_bytes() == raw
+    assert dataset.parse_key(value.reveal_bytes()) == expected
+    ring = AccessLog(256)
+    ex = exporter(ring, section(tmp_path, encryption_key=value))
+    append(ring, 0, 3)
+    assert ex.flush() == "exporting"
+    assert ex.status()["key_id"] == dataset.key_id(expected).hex()
+
+
 # ----------------------------------------------------------------------------- retention
 
 
