@@ -10,8 +10,11 @@ metrics into datagrams of at most :data:`MAX_UDP_DATAGRAM_BYTES` (UDP) or
 sanitised here (no ``|``, ``:`` in names, ``#``, ``@`` or ``,``).
 
 UDP is fire-and-forget: a send "succeeds" when the datagram leaves the host. Socket errors
-(no Agent on a Unix socket, a full buffer) are counted by the client; the exporter turns a
-growing ``packets_dropped`` into a transient error so the sink retries and reports it.
+(no Agent on a Unix socket, a full buffer, a local UDP port refusing with ICMP) are counted
+by the client, and the exporter turns a growing ``packets_dropped`` into a transient error,
+so the sink's retries, circuit breaker and outage budget see the failure. The client counts
+drops only with its telemetry on: it is on, with a flush interval that never comes, so it
+sends no telemetry metrics of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ MAX_NAME_LENGTH = 200
 MAX_TAG_LENGTH = 200
 MAX_EVENT_TITLE = 100
 MAX_EVENT_TEXT = 4000
+# The client keeps its drop counters only with telemetry on; this interval means its
+# telemetry is never flushed (no datadog.dogstatsd.client.* metrics are sent).
+TELEMETRY_NEVER_SECONDS = 10 * 365 * 86400
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.]")
 _TAG_BAD = re.compile(r"[\s,|#@]")
@@ -130,7 +136,8 @@ class DogStatsdExporter:
                 port=None if self.socket_path else self.statsd_port,
                 socket_path=self.socket_path,
                 constant_tags=list(self.global_tags),
-                disable_telemetry=True,
+                disable_telemetry=False,
+                telemetry_min_flush_interval=TELEMETRY_NEVER_SECONDS,
                 disable_buffering=False,
                 max_buffer_len=MAX_UDS_DATAGRAM_BYTES if self.socket_path else MAX_UDP_DATAGRAM_BYTES,
                 origin_detection_enabled=False,

@@ -918,3 +918,70 @@ def test_summary_reset_is_detected_by_its_count() -> None:
     items = {m["name"]: m for m in nr_metrics(nr.encode([summary(SUMMARY, 2, 0.4, ts=T0 + STEP)]))}
     assert items["predis.drift.check.duration.seconds.count"]["value"] == 2
     assert items["predis.drift.check.duration.seconds.sum"]["value"] == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------------------- DogStatsD
+def _statsd_exporter(port: int) -> Any:
+    from plugins.exporters.dogstatsd import DogStatsdExporter
+
+    section = {"statsd_host": "127.0.0.1", "statsd_port": port, "tags": ["env:test"], "events": True, "service_check": True}
+    return DogStatsdExporter(make_agent(), section, "h1")
+
+
+def test_dogstatsd_lines_reach_a_udp_intake_in_the_documented_format() -> None:
+    """DogStatsD mode against a UDP socket standing in for the Datadog Agent's intake (the
+    Agent itself cannot run offline): gauges as |g, counter deltas as |c, the readiness as
+    a service check (_sc), an event (_e), all with the constant and per-metric tags; and
+    only the lines, no client telemetry."""
+    import socket
+
+    intake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    intake.bind(("127.0.0.1", 0))
+    intake.settimeout(10)
+    exporter = _statsd_exporter(intake.getsockname()[1])
+    try:
+        exporter.encode([counter("predis_cache_hits_total", 5, {"tenant": "a"})])  # a counter's first sample is its baseline
+        payloads = exporter.encode([gauge("predis_cache_keys", 42, {"tenant": "a"}), counter("predis_cache_hits_total", 12, {"tenant": "a"})])
+        payloads += exporter.encode_events([Event("drift_detected", {"detector": "ks"}, time=T0)])
+        for payload in payloads:
+            exporter.send(payload, timeout=1)
+        lines: list[str] = []
+        while not any(line.startswith("_e{") for line in lines):
+            lines += intake.recv(65536).decode().splitlines()
+    finally:
+        exporter.close()
+        intake.close()
+    assert "predis.cache.keys:42.0|g|#tenant:a,env:test" in lines
+    assert "predis.cache.hits:7|c|#tenant:a,env:test" in lines
+    assert any(line.startswith("_sc|predis.agent.ready|0|") for line in lines)
+    assert any(line.startswith("_e{") and "predis-agent: drift_detected" in line for line in lines)
+    assert not any("datadog.dogstatsd.client" in line for line in lines)
+
+
+def test_dogstatsd_with_nothing_listening_fails_the_send() -> None:
+    """A DogStatsD port with no Agent behind it refuses (ICMP port unreachable): the send
+    raises a transient export error, so the sink counts failures and its breaker can open.
+    It used to log "Connection refused, dropping the packet" and report success."""
+    import socket
+
+    from agent.sinks import TransientExportError
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens on this port now
+    exporter = _statsd_exporter(port)
+    failures = 0
+    try:
+        payload = exporter.encode([gauge("predis_cache_keys", 1)])[0]
+        for _attempt in range(20):  # the refusal is reported on the send after the one it answers
+            try:
+                exporter.send(payload, timeout=1)
+            except TransientExportError as exc:
+                failures += 1
+                assert "could not be sent" in str(exc)
+                if failures >= 2:
+                    break
+    finally:
+        exporter.close()
+    assert failures >= 2
