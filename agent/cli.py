@@ -187,8 +187,15 @@ def config() -> None:
 @set_option
 def config_validate(file: str, overrides: tuple[str, ...]) -> None:
     """Validate FILE: exit 0 when valid, 2 with one `<key.path>: <problem>` line per problem."""
-    _load(file, overrides)
+    cfg, _ = _load(file, overrides)
+    _warn_literal_secrets(cfg)
     click.echo(f"{file}: valid")
+
+
+def _warn_literal_secrets(cfg: Any) -> None:
+    """Say on stderr which keys hold a secret written into the file (never its value)."""
+    for path in cfg.literal_secrets:
+        click.echo(f"warning: {path} holds a secret written into the config file: it is never printed, but give it as ${{env:NAME}}, ${{file:/path}} or ${{cred:NAME}}", err=True)
 
 
 @config.command("show")
@@ -197,6 +204,7 @@ def config_validate(file: str, overrides: tuple[str, ...]) -> None:
 def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Print the effective config (defaults filled in, secrets redacted)."""
     cfg, _ = _load(config_path, overrides)
+    _warn_literal_secrets(cfg)
     click.echo(yaml.safe_dump(cfg.redacted(), sort_keys=False, default_flow_style=False), nl=False)
 
 

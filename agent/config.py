@@ -68,6 +68,10 @@ _REF_RE = re.compile(r"\$\$\{|\$\{(env|file|cred):([^}]*)\}")
 Path_ = tuple[str, ...]
 
 
+# What a secret written literally into the config file shows instead of a reference.
+LITERAL_SECRET_REF = "literal in the config file; give it as ${env:NAME}, ${file:/path} or ${cred:NAME}"
+
+
 class Secret:
     """A config value that came from a secret reference. Prints as ``***``.
 
@@ -85,6 +89,16 @@ class Secret:
         if len(value) >= MIN_SCRUB_LENGTH:
             _SECRET_VALUES.add(value)
 
+    @classmethod
+    def literal(cls, value: str) -> Secret:
+        """A secret written into the config file itself (not a reference): kept and used,
+        but never printed, like any other (its "reference" says where it came from)."""
+        return cls(value, LITERAL_SECRET_REF)
+
+    @property
+    def is_literal(self) -> bool:
+        return self.ref == LITERAL_SECRET_REF
+
     def reveal(self) -> str:
         """Return the plaintext. Do not log it."""
         return self._value
@@ -94,10 +108,13 @@ class Secret:
         return self._raw if self._raw is not None else self._value.encode("utf-8")
 
     def reread(self) -> Secret:
-        """Resolve the reference again (a rotated key file or credential).
+        """Resolve the reference again (a rotated key file or credential); a literal is
+        itself.
 
         Raises ValueError, without the value, when the reference no longer resolves.
         """
+        if self.is_literal:
+            return self
         value, problems, _ = resolve_secrets(self.ref)
         if problems:
             raise ValueError(problems[0].message)
@@ -701,6 +718,8 @@ class Config:
     text_digest: str | None = None
     secret_paths: set[Path_] = field(default_factory=set)
     secret_refs: dict[Path_, str] = field(default_factory=dict)
+    # writeOnly keys holding a secret written literally (kept, never printed; warned about)
+    literal_secrets: list[str] = field(default_factory=list)
 
     def get(self, path: str, default: Any = None) -> Any:
         node: Any = self.data
@@ -790,13 +809,32 @@ def load_config(
     data, secret_problems, secret_paths = resolve_secrets(data)
     problems.extend(secret_problems)
     schema = build_schema(plugin_fragments, opaque_plugins)
+    literal_paths = _wrap_literal_secrets(data, schema, secret_paths)
     fill_defaults(data, schema)
     problems.extend(validate(data, schema, lines, secret_paths))
     if problems:
         raise ConfigError(problems, source)
     refs = _unwrap_plain_references(data, schema, secret_paths)
     digest = hashlib.sha256(text.encode("utf-8") + repr(list(overrides)).encode()).hexdigest()
-    return Config(data=data, source=path, text_digest=digest, secret_paths=secret_paths, secret_refs=refs)
+    return Config(data=data, source=path, text_digest=digest, secret_paths=secret_paths, secret_refs=refs, literal_secrets=literal_paths)
+
+
+def _wrap_literal_secrets(data: Any, schema: Mapping[str, Any], secret_paths: set[Path_], path: Path_ = ()) -> list[str]:
+    """Wrap every string written literally at a writeOnly key (an API key, a password) into
+    a :class:`Secret`, so that it is never printed (``config show``, error messages, logs);
+    return their dotted paths, which ``config validate`` and the agent warn about."""
+    found: list[str] = []
+    if not isinstance(data, dict):
+        return found
+    for key, value in data.items():
+        where = (*path, str(key))
+        if isinstance(value, dict):
+            found += _wrap_literal_secrets(value, schema, secret_paths, where)
+        elif isinstance(value, str) and value and _schema_at(schema, where).get("writeOnly"):
+            data[key] = Secret.literal(value)
+            secret_paths.add(where)
+            found.append(dotted(where))
+    return found
 
 
 def _schema_at(schema: Mapping[str, Any], path: Path_) -> Mapping[str, Any]:

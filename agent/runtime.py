@@ -188,9 +188,12 @@ class Agent:
     # ------------------------------------------------------------------ config
     def load_config(self, text: str | None = None) -> Config:
         fragments, opaque = self.host.schema_fragments()
-        return load_config(
+        config = load_config(
             self.config_path, overrides=self.overrides, plugin_fragments=fragments, opaque_plugins=opaque, text=text
         )
+        for path in config.literal_secrets:  # the path only, never the value
+            log.warning("config: %s holds a secret written into the config file; give it as ${env:NAME}, ${file:/path} or ${cred:NAME}", path)
+        return config
 
     def _plugin_enabled(self, config: Config) -> Any:
         return lambda name: config.plugin_enabled(name)

@@ -634,3 +634,31 @@ def test_config_dataclass_plugin_helpers_on_a_handmade_config() -> None:
     assert not cfg.plugin_enabled("x")
     assert cfg.plugin_config("y") == {} and cfg.plugin_enabled("y")
     assert cfg.plugin_enabled("absent")
+
+
+def test_a_secret_written_literally_is_kept_but_never_printed(tmp_path: Path) -> None:
+    """`exporters.datadog.api_key: literalkey...` used to validate and be printed by
+    `config show`: a string written literally at a writeOnly key becomes a Secret (used as
+    given, redacted everywhere, scrubbed from logs), and validate/show warn by path."""
+    from click.testing import CliRunner
+
+    from agent.cli import cli as agent_cli
+
+    literal = "literalkey-0123456789abcdef-ffee"
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"exporters:\n  datadog:\n    enabled: true\n    api_key: {literal}\n")
+    cfg = load_config(str(path))
+    value = cfg.get("exporters.datadog.api_key")
+    assert isinstance(value, Secret) and value.reveal() == literal and value.reread() is value
+    assert cfg.literal_secrets == ["exporters.datadog.api_key"]
+    assert literal not in repr(cfg.redacted()) and literal not in str(value) and scrub(f"x {literal} y") == "x *** y"
+    runner = CliRunner()
+    for args in (["config", "validate", str(path)], ["config", "show", "--config", str(path)]):
+        result = runner.invoke(agent_cli, args)
+        assert result.exit_code == 0, result.output
+        assert literal not in result.output
+        assert "exporters.datadog.api_key holds a secret written into the config file" in result.output
+    # A reference is no literal; neither is a key that is not writeOnly.
+    (tmp_path / "key").write_text(literal)
+    path.write_text(f"exporters:\n  datadog:\n    enabled: true\n    api_key: '${{file:{tmp_path / 'key'}}}'\n")
+    assert load_config(str(path)).literal_secrets == []
