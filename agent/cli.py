@@ -146,8 +146,10 @@ def version() -> None:
 @set_option
 def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Run the agent in the foreground (systemd: Type=notify)."""
+    from agent import logs
     from agent.runtime import Agent
 
+    logs.hold_early_records()
     path, _explicit = resolve_config_path(config_path)
     try:
         agent = Agent(path, overrides)
@@ -160,11 +162,12 @@ def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
         await agent.start()
         routes = ", ".join(sorted({p for (_m, p) in agent.http.routes}))
         backend = agent.backend.name if agent.backend else "none"
-        click.echo(
+        text = (
             f"predis-agent {__version__} ready: {agent.http.address} ({routes}); "
             f"config: {path or '<embedded default>'}; cache backend: {backend}; "
             f"redis protocol: {agent.cache_service.address or 'disabled'}"
         )
+        click.echo(logs.banner(text, agent.config.get("agent.log.format")))
         sys.stdout.flush()
         await agent.run_until_stopped()
 

@@ -8,6 +8,7 @@ re-applied on every reload.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import logging.handlers
@@ -21,6 +22,9 @@ from agent.config import SecretScrubFilter, scrub
 
 ROOT_LOGGER = ""
 _HANDLER_TAG = "_predis_agent_handler"
+# Records logged before configure() (plugins load before the config that names the log
+# format can be read): held, then written in the configured format.
+EARLY_RECORDS_MAX = 1000
 # agent.log.rate_limit_seconds; set by configure() from the schema's default or the config.
 _rate_limit_seconds = 10.0
 
@@ -125,6 +129,67 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
+class _EarlyRecords(logging.Handler):
+    """Holds the records logged before the log format is known (at most
+    EARLY_RECORDS_MAX; the rest are counted)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.lost = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < EARLY_RECORDS_MAX:
+            self.records.append(record)
+        else:
+            self.lost += 1
+
+
+_early: _EarlyRecords | None = None
+
+
+def hold_early_records() -> None:
+    """Hold log records until :func:`configure` writes them in the configured format (JSON
+    lines stay JSON from the first line); a process that exits before that writes them as
+    text to stderr."""
+    global _early
+    if _early is not None:
+        return
+    _early = _EarlyRecords()
+    logging.getLogger(ROOT_LOGGER).addHandler(_early)
+    atexit.register(_release_early, None)
+
+
+def _release_early(handlers: list[logging.Handler] | None) -> None:
+    """Write the held records through ``handlers`` (None: text on stderr) and stop holding."""
+    global _early
+    early, _early = _early, None
+    if early is None:
+        return
+    root = logging.getLogger(ROOT_LOGGER)
+    root.removeHandler(early)
+    if handlers is None:
+        fallback = logging.StreamHandler(sys.stderr)
+        fallback.setFormatter(TextFormatter())
+        fallback.addFilter(SecretScrubFilter())
+        handlers = [fallback]
+    for record in early.records:
+        for handler in handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+    if early.lost:
+        lost = logging.LogRecord(root.name, logging.WARNING, __file__, 0, "%d log records from before the log was configured were not kept", (early.lost,), None)
+        for handler in handlers:
+            handler.handle(lost)
+
+
+def banner(text: str, log_format: str | None) -> str:
+    """The agent's ready line as the log format has it: JSON lines get a JSON object."""
+    if log_format != "json":
+        return text
+    return JsonFormatter().format(logging.LogRecord("agent", logging.INFO, __file__, 0, text, None, None))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
@@ -172,6 +237,7 @@ def configure(section: dict[str, Any]) -> None:
         setattr(handler, _HANDLER_TAG, True)
         root.addHandler(handler)
     root.setLevel(section.get("level", "info").upper())
+    _release_early(handlers)
     # Third-party libraries are chatty at debug; keep them at warning unless asked.
     for noisy in ("aiohttp.access", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

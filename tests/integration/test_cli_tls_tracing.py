@@ -299,3 +299,28 @@ def test_status_shows_every_push_exporter_sink(tmp_path: Path) -> None:
         assert "0123456789abcdef" not in done.stdout + done.stderr
     finally:
         agent.stop()
+
+
+def test_json_logs_hold_for_every_line_from_the_first(tmp_path: Path) -> None:
+    """Under agent.log.format: json every line the agent writes is a JSON object: the
+    records logged while plugins load (before the config that names the format is read;
+    here an installed plugin that fails to import) and the ready banner used to be text."""
+    import os
+
+    site = tmp_path / "site"
+    dist = site / "predis_broken_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: predis-broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[predis_agent]\nbroken_one = predis_module_that_is_not_there\n")
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    agent = AgentProcess(tmp_path, {"agent": {"log": {"format": "json"}}}, env={"PYTHONPATH": path})
+    agent.start()
+    try:
+        wait_for(lambda: "broken_one" in (tmp_path / "stderr.log").read_text(), timeout=30, what="the plugin failure logged")
+    finally:
+        agent.stop()
+    lines = [line for name in ("stdout.log", "stderr.log") for line in (tmp_path / name).read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # raises on any text line
+    assert any("broken_one" in entry["msg"] and entry["level"] == "error" for entry in parsed)
+    banner = next(entry for entry in parsed if " ready: " in entry["msg"])
+    assert banner["level"] == "info" and "redis protocol:" in banner["msg"]
