@@ -48,10 +48,26 @@ def build_wheel(directory: Path) -> Path:
     return path
 
 
+def inner_venv(venv: Path) -> str:
+    """A virtual environment that sees this test run's packages (the agent and its
+    dependencies) wherever they are installed: the base interpreter, a virtual environment
+    the suite runs in, or an editable install (whose own .pth files are processed); what is
+    installed into it stays in it. Returns its python."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    inner = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    outer = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    lines = [f"import site; site.addsitedir({d!r})" for d in dict.fromkeys(outer) if Path(d).is_dir()]
+    (Path(inner) / "zz_outer_environment.pth").write_text("\n".join(lines) + "\n")
+    return python
+
+
 def test_install_a_wheel_then_list_it(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    python = str(venv / "bin" / "python")
+    python = inner_venv(venv)
     wheel = build_wheel(tmp_path)
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_NO_INDEX": "1"}
 
