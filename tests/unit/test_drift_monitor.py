@@ -39,9 +39,23 @@ def log_lookups(ring: AccessLog, keys: numpy.ndarray, rng: numpy.random.Generato
         ring.append(OP_GET, fps[i : i + 1000], results[i : i + 1000], sizes[i : i + 1000])
 
 
+class StepClock:
+    """Nanoseconds that advance by one millisecond per read: each appended batch is one
+    millisecond after the previous one, however fast or loaded the machine is (the
+    inter-arrival feature compares event timestamps, which a wall clock would make depend
+    on the machine's speed: the same workload then drifted against itself under load)."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000_000_000
+
+    def __call__(self) -> int:
+        self.now += 1_000_000
+        return self.now
+
+
 class Harness:
     def __init__(self, section: dict[str, Any] | None = None) -> None:
-        self.ring: AccessLog | None = AccessLog(1 << 17)
+        self.ring: AccessLog | None = AccessLog(1 << 17, clock_ns=StepClock())
         self.drifts: list[DriftResult] = []
         self.monitor = DriftMonitor(lambda: self.ring, lambda: DETECTORS, self.drifts.append)
         self.monitor.configure({**SECTION, **(section or {})})
