@@ -575,13 +575,7 @@ class Cache:
             if got is None:
                 return None
             out, hits, used, lo, results, sizes, hit_eids = got
-            if hits:
-                if used:
-                    self.stats.prefetch_used += used
-                if ref is None:
-                    policy.on_access(numpy.frombuffer(hit_eids, dtype=numpy.int64))
-            self.stats.hits += hits
-            self.stats.misses += len(out) - hits
+            self._count_compiled_reads(len(out), hits, used, hit_eids, ref)
             if self._access_hook is not null_access_hook and self._hook_ring is None:
                 if self._hook_lists and len(out) <= HOOK_LIST_EVENTS:  # lists: cheaper than arrays for a few events
                     self._access_hook(OP_GET, memoryview(lo).cast("Q").tolist(), list(results), memoryview(sizes).cast("q").tolist())  # type: ignore[arg-type]
@@ -608,6 +602,17 @@ class Cache:
             return None
         return entries.lone(self, key, value, null, other, OP_GET if value is None else OP_SET, RES_STORED)  # type: ignore[no-any-return]
 
+    def _count_compiled_reads(self, read: int, hits: int, used: int, hit_eids: bytes, ref: Any) -> None:
+        """Counters and policy after a compiled read of ``read`` keys (the lock held): the
+        compiled call set the CLOCK bits itself when ``ref`` was given."""
+        if hits:
+            if used:
+                self.stats.prefetch_used += used
+            if ref is None:
+                self.policy.on_access(numpy.frombuffer(hit_eids, dtype=numpy.int64))
+        self.stats.hits += hits
+        self.stats.misses += read - hits
+
     def read_replies(self, keys: list[bytes], null: bytes, other: bytes, header: bool, db: int = 0) -> tuple[bytes, list[bool]] | None:
         """A server's batch of string reads with their RESP replies in one compiled call:
         the replies of a run of GETs (or, with ``header``, one MGET's array), a miss as
@@ -631,13 +636,7 @@ class Cache:
             if got is None:
                 return None
             reply, hits, used, results, hit_eids = got
-            if hits:
-                if used:
-                    self.stats.prefetch_used += used
-                if ref is None:
-                    policy.on_access(numpy.frombuffer(hit_eids, dtype=numpy.int64))
-            self.stats.hits += hits
-            self.stats.misses += len(keys) - hits
+            self._count_compiled_reads(len(keys), hits, used, hit_eids, ref)
         if db or self.prefetch_observer is None:
             return reply, []
         return reply, [r != RES_MISS for r in results]

@@ -234,6 +234,42 @@ static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_
     return 1;
 }
 
+/* The value chunks of a block of found entries, opened (and prefetched) before they are
+ * copied, so that their cache misses overlap. */
+typedef struct {
+    Py_buffer pages[PREFETCH_BLOCK];
+    const uint8_t *chunks[PREFETCH_BLOCK]; /* NULL: a miss, a key that is not a string, an empty value */
+} ChunkBlock;
+
+static void close_chunks(ChunkBlock *b)
+{
+    for (Py_ssize_t i = 0; i < PREFETCH_BLOCK; i++)
+        if (b->chunks[i] != NULL)
+            PyBuffer_Release(&b->pages[i]);
+}
+
+/* Open the chunks of found[start..end) (at most PREFETCH_BLOCK) into *b; -1 with an
+ * exception and nothing held. */
+static int open_chunks(Entries *self, Slabs *slabs, const Found *found, Py_ssize_t start, Py_ssize_t end, int typed,
+                       ChunkBlock *b)
+{
+    for (Py_ssize_t i = 0; i < PREFETCH_BLOCK; i++)
+        b->chunks[i] = NULL;
+    for (Py_ssize_t j = start; j < end; j++) {
+        int64_t eid = found[j].eid;
+        if (eid < 0 || (typed && self->type[eid]) || self->len[eid] == 0)
+            continue;
+        const uint8_t *chunk = slab_chunk(slabs, self->handle[eid], self->len[eid], &b->pages[j - start], 0);
+        if (chunk == NULL) {
+            close_chunks(b);
+            return -1;
+        }
+        b->chunks[j - start] = chunk;
+        PREFETCH(chunk);
+    }
+    return 0;
+}
+
 static int entries_ready(Entries *self)
 {
     if (self->count < 1) {
@@ -381,24 +417,11 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
     for (Py_ssize_t start = 0; start < m; start += PREFETCH_BLOCK) {
         Py_ssize_t end = start + PREFETCH_BLOCK < m ? start + PREFETCH_BLOCK : m;
         /* The block's chunks first (prefetched), then their copies. */
-        Py_buffer pages[PREFETCH_BLOCK];
-        const uint8_t *chunks[PREFETCH_BLOCK];
-        Py_ssize_t opened = 0;
+        ChunkBlock block;
+        if (open_chunks(self, &slabs, found, start, end, typed, &block) < 0)
+            goto done;
+        const uint8_t *const *chunks = block.chunks;
         int failed = 0;
-        for (Py_ssize_t j = start; j < end; j++) {
-            int64_t eid = found[j].eid;
-            chunks[j - start] = NULL;
-            if (eid < 0 || (typed && self->type[eid]) || self->len[eid] == 0)
-                continue;
-            const uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], self->len[eid], &pages[j - start], 0);
-            if (chunk == NULL) {
-                failed = 1;
-                break;
-            }
-            chunks[j - start] = chunk;
-            opened = j - start + 1;
-            PREFETCH(chunk);
-        }
         for (Py_ssize_t j = start; j < end && !failed; j++) {
             int64_t eid = found[j].eid;
             lo_out[j] = found[j].lo;
@@ -427,9 +450,7 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
             }
             PyList_SET_ITEM(values, j, value);
         }
-        for (Py_ssize_t i = 0; i < opened; i++)
-            if (chunks[i] != NULL)
-                PyBuffer_Release(&pages[i]);
+        close_chunks(&block);
         if (failed)
             goto done;
     }
@@ -515,12 +536,12 @@ static PyObject *Entries_read_reply(Entries *self, PyObject *const *args, Py_ssi
     Found *found = small;
     uint64_t *lo_out = lo_small;
     int64_t *sz_out = sz_small;
-    void *block = NULL;
+    void *scratch = NULL;
     if (n > SMALL_KEYS) {
-        block = PyMem_Malloc((sizeof(Found) + 16) * (size_t)n);
-        if (block == NULL)
+        scratch = PyMem_Malloc((sizeof(Found) + 16) * (size_t)n);
+        if (scratch == NULL)
             return PyErr_NoMemory();
-        found = (Found *)block;
+        found = (Found *)scratch;
         lo_out = (uint64_t *)(found + n);
         sz_out = (int64_t *)(lo_out + n);
     }
@@ -566,25 +587,12 @@ static PyObject *Entries_read_reply(Entries *self, PyObject *const *args, Py_ssi
     int any_prefetched = 0;
     for (Py_ssize_t start = 0; start < n; start += PREFETCH_BLOCK) {
         Py_ssize_t end = start + PREFETCH_BLOCK < n ? start + PREFETCH_BLOCK : n;
-        Py_buffer pages[PREFETCH_BLOCK];
-        const uint8_t *chunks[PREFETCH_BLOCK];
-        Py_ssize_t opened = 0;
-        int failed = 0;
+        /* The block's chunks first (prefetched), then their copies. */
+        ChunkBlock block;
+        if (open_chunks(self, &slabs, found, start, end, typed, &block) < 0)
+            goto done;
+        const uint8_t *const *chunks = block.chunks;
         for (Py_ssize_t j = start; j < end; j++) {
-            int64_t eid = found[j].eid;
-            chunks[j - start] = NULL;
-            if (eid < 0 || (typed && self->type[eid]) || self->len[eid] == 0)
-                continue;
-            const uint8_t *chunk = slab_chunk(&slabs, self->handle[eid], self->len[eid], &pages[j - start], 0);
-            if (chunk == NULL) {
-                failed = 1;
-                break;
-            }
-            chunks[j - start] = chunk;
-            opened = j - start + 1;
-            PREFETCH(chunk);
-        }
-        for (Py_ssize_t j = start; j < end && !failed; j++) {
             int64_t eid = found[j].eid;
             lo_out[j] = found[j].lo;
             if (eid < 0) {
@@ -614,11 +622,7 @@ static PyObject *Entries_read_reply(Entries *self, PyObject *const *args, Py_ssi
             sz_out[j] = len;
             hits++;
         }
-        for (Py_ssize_t i = 0; i < opened; i++)
-            if (chunks[i] != NULL)
-                PyBuffer_Release(&pages[i]);
-        if (failed)
-            goto done;
+        close_chunks(&block);
     }
     eids = PyBytes_FromStringAndSize(NULL, hits * 8);
     if (eids == NULL)
@@ -628,7 +632,7 @@ static PyObject *Entries_read_reply(Entries *self, PyObject *const *args, Py_ssi
         goto done;
     result = Py_BuildValue("(OnLOO)", reply, hits, used, res, eids);
 done:
-    PyMem_Free(block);
+    PyMem_Free(scratch);
     if (have_ref)
         PyBuffer_Release(&ref_buf);
     if (have_slabs)

@@ -245,38 +245,50 @@ done:
 /* Events ahead of the head whose slots a write prefetches. */
 #define RING_PREFETCH_AHEAD 64
 
+/* The ring's six columns, typed, and the mask of its sequence numbers. */
+typedef struct {
+    int64_t *ts;
+    uint64_t *fp;
+    uint8_t *op, *result;
+    uint16_t *tenant;
+    uint32_t *size;
+    uint64_t mask;
+} Columns;
+
+static Columns columns_of(EventColumns *self)
+{
+    Columns c = {self->columns[0].buf, self->columns[1].buf, self->columns[2].buf, self->columns[3].buf,
+                 self->columns[4].buf, self->columns[5].buf, (uint64_t)self->capacity - 1};
+    return c;
+}
+
 /* Fetch for writing the slots a little ahead of `next`, the next event's sequence number:
  * events mostly come a few at a time (a GET each), too few for the hardware prefetcher to
  * see a stream, and each of the six columns would otherwise cost its own cache miss on the
  * request path. */
 static void prefetch_ahead(EventColumns *self, uint64_t next)
 {
-    uint64_t ahead = (next + RING_PREFETCH_AHEAD) & ((uint64_t)self->capacity - 1);
-    __builtin_prefetch((int64_t *)self->columns[0].buf + ahead, 1, 3);
-    __builtin_prefetch((uint64_t *)self->columns[1].buf + ahead, 1, 3);
-    __builtin_prefetch((uint8_t *)self->columns[2].buf + ahead, 1, 3);
-    __builtin_prefetch((uint8_t *)self->columns[3].buf + ahead, 1, 3);
-    __builtin_prefetch((uint16_t *)self->columns[4].buf + ahead, 1, 3);
-    __builtin_prefetch((uint32_t *)self->columns[5].buf + ahead, 1, 3);
+    Columns c = columns_of(self);
+    uint64_t ahead = (next + RING_PREFETCH_AHEAD) & c.mask;
+    __builtin_prefetch(c.ts + ahead, 1, 3);
+    __builtin_prefetch(c.fp + ahead, 1, 3);
+    __builtin_prefetch(c.op + ahead, 1, 3);
+    __builtin_prefetch(c.result + ahead, 1, 3);
+    __builtin_prefetch(c.tenant + ahead, 1, 3);
+    __builtin_prefetch(c.size + ahead, 1, 3);
 }
 
 static void rows_write(EventColumns *self, const Rows *rows, uint64_t head, int64_t ts, uint8_t op, uint16_t tenant)
 {
-    uint64_t mask = (uint64_t)self->capacity - 1;
-    int64_t *ts_col = self->columns[0].buf;
-    uint64_t *fp_col = self->columns[1].buf;
-    uint8_t *op_col = self->columns[2].buf;
-    uint8_t *result_col = self->columns[3].buf;
-    uint16_t *tenant_col = self->columns[4].buf;
-    uint32_t *size_col = self->columns[5].buf;
+    Columns c = columns_of(self);
     for (Py_ssize_t i = 0; i < rows->n; i++) {
-        uint64_t at = (head + (uint64_t)i) & mask;
-        ts_col[at] = ts;
-        fp_col[at] = rows->fp[i];
-        op_col[at] = op;
-        result_col[at] = rows->result[i];
-        tenant_col[at] = tenant;
-        size_col[at] = rows->size[i];
+        uint64_t at = (head + (uint64_t)i) & c.mask;
+        c.ts[at] = ts;
+        c.fp[at] = rows->fp[i];
+        c.op[at] = op;
+        c.result[at] = rows->result[i];
+        c.tenant[at] = tenant;
+        c.size[at] = rows->size[i];
     }
     prefetch_ahead(self, head + (uint64_t)rows->n);
 }
@@ -370,27 +382,21 @@ int predis_ring_log(PyObject *ring, uint8_t op, const uint64_t *fps, const uint8
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t ts = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
-    uint64_t mask = (uint64_t)self->capacity - 1;
-    int64_t *ts_col = self->columns[0].buf;
-    uint64_t *fp_col = self->columns[1].buf;
-    uint8_t *op_col = self->columns[2].buf;
-    uint8_t *result_col = self->columns[3].buf;
-    uint16_t *tenant_col = self->columns[4].buf;
-    uint32_t *size_col = self->columns[5].buf;
+    Columns c = columns_of(self);
     lock_ring(self);
     self->head += (unsigned long long)skip;
     uint64_t head = self->head;
     /* Straight from the caller's arrays into the columns (nothing to check: they are C
      * arrays of the right types), sizes clamped to 32 bits. */
     for (Py_ssize_t i = skip; i < n; i++) {
-        uint64_t at = (head + (uint64_t)(i - skip)) & mask;
+        uint64_t at = (head + (uint64_t)(i - skip)) & c.mask;
         int64_t size = sizes[i];
-        ts_col[at] = ts;
-        fp_col[at] = fps[i];
-        op_col[at] = op;
-        result_col[at] = results[i];
-        tenant_col[at] = 0;
-        size_col[at] = size < 0 ? 0 : (uint64_t)size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+        c.ts[at] = ts;
+        c.fp[at] = fps[i];
+        c.op[at] = op;
+        c.result[at] = results[i];
+        c.tenant[at] = 0;
+        c.size[at] = size < 0 ? 0 : (uint64_t)size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
     }
     self->head += (unsigned long long)(n - skip);
     self->offered += (unsigned long long)n;
