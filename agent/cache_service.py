@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import Config, Secret
+from agent.config_rules import enforce
 from agent.errors import StartupError
 from agent.http import is_loopback, make_ssl_context, open_listener, parse_listen, tls_files_stamp
 from cache_core.access_log import AccessLog
@@ -92,17 +93,11 @@ def _limits(resp: dict[str, Any], reserved_descriptors: int) -> RespLimits:
 
 
 def _password(resp: dict[str, Any]) -> str | None:
-    """The RESP password, or None for none; an empty one is refused (``AUTH ""`` would log in)."""
+    """The RESP password, or None for none (an empty one never passes the config rules)."""
     value = resp.get("requirepass")
     if value is None:
         return None
-    password = value.reveal() if isinstance(value, Secret) else str(value)
-    if not password:
-        raise StartupError(
-            "cache.resp.requirepass is empty (or its secret reference resolves to an empty string): "
-            "set a non-empty password, or remove the key to serve without one on a loopback address"
-        )
-    return password
+    return value.reveal() if isinstance(value, Secret) else str(value)
 
 
 class CacheService:
@@ -133,22 +128,11 @@ class CacheService:
         ``origins`` None: the origin plugins are about to be rebuilt, so the origin is
         looked up afterwards (:meth:`set_origin`) rather than checked here.
         """
+        enforce(cfg.data, "cache")
         section = cfg.section("cache")
         resp = section["resp"]
         password = _password(resp)
-        if resp["enabled"]:
-            host, _port = parse_listen(resp["listen"])
-            if not is_loopback(host) and password is None:
-                raise StartupError(
-                    f"cache.resp.listen is {resp['listen']!r}, not a loopback address, but cache.resp.requirepass "
-                    "is not set: set a password (as a secret reference) or listen on 127.0.0.1"
-                )
         origin = self.find_origin(section, origins) if origins is not None else None
-        prefetch = section.get("prefetch", {})
-        if prefetch.get("enabled") and section.get("origin") is None:
-            raise StartupError("cache.prefetch.enabled is true but cache.origin is not set: prefetching loads from an origin; name one (e.g. files, s3, redis)")
-        if prefetch.get("enabled") and prefetch["min_threshold"] > prefetch["max_threshold"]:
-            raise StartupError("cache.prefetch.min_threshold is above cache.prefetch.max_threshold")
         rebuild = (
             self.cache is None
             or backend is not self.backend
@@ -194,8 +178,6 @@ class CacheService:
     def find_origin(section: dict[str, Any], origins: list[tuple[str, Any]]) -> tuple[str, Any] | None:
         wanted = section.get("origin")
         if wanted is None:
-            if section["read_through"]:
-                raise StartupError("cache.read_through is true but cache.origin is not set: name an origin, e.g. files")
             return None
         names = {str(getattr(obj, "name", plugin)): (plugin, obj) for plugin, obj in origins}
         if wanted not in names:
@@ -313,7 +295,6 @@ class CacheService:
 
         The ring is kept (with its unexported events) unless its size or sampling changed.
         """
-        self.check_access_log(section)
         if not section.get("enabled"):
             self.access_log = None
         else:
@@ -324,15 +305,6 @@ class CacheService:
             if current is None or (current.capacity, current.sample_rate, current.store_raw_keys) != (capacity, rate, raw):
                 self.access_log = AccessLog(capacity, sample_rate=rate, store_raw_keys=raw)
         self._attach_access_log()
-
-    @staticmethod
-    def check_access_log(section: dict[str, Any]) -> None:
-        """Raise :class:`StartupError` for what the schema cannot say (run before any swap)."""
-        capacity = int(section["ring_capacity"])
-        if capacity & (capacity - 1):
-            raise StartupError(
-                f"collectors.access_log.ring_capacity is {capacity}; it must be a power of two (e.g. {1 << capacity.bit_length()})"
-            )
 
     def _attach_access_log(self) -> None:
         if self.cache is not None:

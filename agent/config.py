@@ -38,6 +38,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from agent.config_rules import check_rules
 from agent.errors import ConfigError, ConfigProblem
 from config_schema import load_schema
 
@@ -812,6 +813,10 @@ def load_config(
     literal_paths = _wrap_literal_secrets(data, schema, secret_paths)
     fill_defaults(data, schema)
     problems.extend(validate(data, schema, lines, secret_paths))
+    if not problems:
+        problems.extend(
+            ConfigProblem(p.path, p.message, _line_for(tuple(p.path.split(".")), lines)) for p in check_rules(data)
+        )
     if problems:
         raise ConfigError(problems, source)
     refs = _unwrap_plain_references(data, schema, secret_paths)

@@ -216,8 +216,30 @@ def _table(path: tuple[str, ...], leaves: list[tuple[str, Mapping[str, Any]]]) -
 
 
 def render_configuration_doc(schema: Mapping[str, Any]) -> str:
-    """The whole ``docs/configuration.md``: the generated reference, then the guide."""
-    return render_config_reference(schema) + CONFIG_GUIDE
+    """The whole ``docs/configuration.md``: the generated reference, the rules, then the guide."""
+    return render_config_reference(schema) + render_config_rules() + CONFIG_GUIDE
+
+
+def render_config_rules() -> str:
+    """The cross-field rules of :mod:`agent.config_rules`, as a table."""
+    from agent.config_rules import RULES
+
+    lines = [
+        "## Rules across keys",
+        "",
+        "After the schema, these rules run on the whole config. `config validate`, `run` and every",
+        "reload apply the same ones; a problem names its rule, e.g.",
+        "`cache.prefetch.enabled: is true but cache.origin is not set: ... [rule prefetch-needs-origin]`.",
+        "What a file alone cannot tell (a certificate file exists, a port is free, a GPU is there, an",
+        "origin plugin is enabled) is checked when the component starts.",
+        "",
+        "| rule | what it requires |",
+        "|---|---|",
+        *(f"| `{rule.name}` | {rule.summary} |" for rule in RULES),
+        "",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 CONFIG_GUIDE = r"""## Where the config comes from

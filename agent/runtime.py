@@ -214,7 +214,6 @@ class Agent:
         self._register_all(cfg, only=None)
         self.cache_service.configure_access_log(cfg.section("collectors.access_log"))
         self.drift.configure(cfg.section("drift"))
-        MlopsService.check(cfg)
         self.mlops.configure(cfg)
         self._mlops_wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -525,8 +524,6 @@ class Agent:
             plugins_changed = any(p.startswith("plugins.") for p in changed)
             if section_changed(changed, ["agent.log.file"]):
                 _check_log_file(new.section("agent.log"))
-            self.cache_service.check_access_log(new.section("collectors.access_log"))
-            MlopsService.check(new)
             return backend, self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
 
         building = loop.run_in_executor(None, dry_build)

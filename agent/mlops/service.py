@@ -83,15 +83,6 @@ class MlopsService:
         self._served: tuple[int, int | None] | None = None  # (id(prefetcher), version) checked
 
     # -- configuration ------------------------------------------------------------------------
-    @staticmethod
-    def check(cfg: Config) -> None:
-        """Raise for what the schema cannot say (run before anything is swapped)."""
-        section = cfg.section("mlops")
-        try:
-            RolloutSettings.from_config(section["rollout"])
-        except ValueError as exc:
-            raise AgentError(str(exc)) from None
-
     def configure(self, cfg: Config) -> None:
         section = cfg.section("mlops")
         prefetch = cfg.section("cache.prefetch")

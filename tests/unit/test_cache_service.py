@@ -12,7 +12,7 @@ import redis
 
 from agent.cache_service import CacheService
 from agent.config import Config, load_config
-from agent.errors import StartupError
+from agent.errors import ConfigError, StartupError
 from cache_core.backend import Backend
 from cache_core.cache import null_access_hook
 
@@ -35,9 +35,8 @@ def config(text: str) -> Config:
 
 
 def test_a_non_loopback_listener_without_a_password_is_refused() -> None:
-    cfg = load_config(None, text="cache:\n  resp: {listen: '0.0.0.0:0'}\n")
-    with pytest.raises(StartupError, match="not a loopback address.*requirepass"):
-        CacheService().plan(cfg, Backend("numpy"), [])
+    with pytest.raises(ConfigError, match=r"not a loopback address.*requirepass.*\[rule resp-public-needs-password\]"):
+        load_config(None, text="cache:\n  resp: {listen: '0.0.0.0:0'}\n")
 
 
 def test_a_non_loopback_listener_is_allowed_with_a_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,8 +51,8 @@ def test_a_non_loopback_listener_is_allowed_with_a_password(monkeypatch: pytest.
 
 def test_read_through_needs_an_existing_origin() -> None:
     service = CacheService()
-    with pytest.raises(StartupError, match="cache.origin is not set"):
-        service.plan(config("  read_through: true\n"), Backend("numpy"), [])
+    with pytest.raises(ConfigError, match=r"cache.origin is not set.*\[rule read-through-needs-origin\]"):
+        config("  read_through: true\n")
     with pytest.raises(StartupError, match=r"'nope'.*registered: stub"):
         service.plan(config("  origin: nope\n"), Backend("numpy"), [("p", StubOrigin({}))])
 
@@ -167,5 +166,3 @@ def test_the_access_log_is_attached_kept_across_a_rebuild_and_checked() -> None:
     count, after, hook = asyncio.run(scenario())
     assert count == 2 and after is None
     assert hook is null_access_hook
-    with pytest.raises(StartupError, match="power of two"):
-        CacheService.check_access_log({"ring_capacity": 3000})

@@ -235,7 +235,7 @@ def test_an_empty_password_never_opens_a_non_loopback_listener() -> None:
     cfg = load_config(None, text="cache:\n  resp: {listen: '127.0.0.1:0'}\n")
     resp = dict(cfg.data["cache"]["resp"], listen="0.0.0.0:0", requirepass=Secret("", "${env:X}"))
     data = {**cfg.data, "cache": {**cfg.data["cache"], "resp": resp}}
-    with pytest.raises(StartupError, match="requirepass is empty"):
+    with pytest.raises(StartupError, match=r"requirepass: is empty.*\[rule resp-password-not-empty\]"):
         CacheService().plan(Config(data=data), Backend("numpy"), [])
 
 
