@@ -1,15 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The Agent: starts components, reloads config, stops cleanly. A thin coordinator.
+"""The Agent: a coordinator that takes its components (:mod:`agent.components`) through
+start-up, reloads and stop, and runs the schedules (collection, drift, model lifecycle).
 
 Threads: the asyncio loop (HTTP server, signals, schedules, reload) runs in the main
 thread; collectors run in a small thread pool under a timeout; each push exporter has
 its own sink thread (``agent.sinks``).
 
-Reload (SIGHUP, file change, ``POST /reload``) is: read → validate → dry-build (bind
-the new listener, load TLS files, pick the backend) → swap, restarting only the
-components whose config section changed. Any failure before the swap leaves the
-running config untouched and is reported in ``/status``, the log and the
-``predis_agent_config_*`` metrics.
+Start-up and reload are one path: start-up is a change from nothing to the loaded
+config. A reload (SIGHUP, file change, ``POST /reload``) reads and validates the file
+(schema and rules: :mod:`agent.config_rules`), dry-builds every component whose sections
+changed (bind the new listener, load TLS files, pick the backend, allocate a rebuilt
+cache), then swaps them in. Any failure before the swap leaves the running config
+untouched and is reported in ``/status``, the log and the ``predis_agent_config_*``
+metrics.
 """
 
 from __future__ import annotations
@@ -25,8 +28,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import __version__, fdlimits, logs
+from agent import __version__
 from agent.cache_service import CacheService
+from agent.components import (
+    AccessLogComponent,
+    BackendComponent,
+    BaseComponent,
+    CacheComponent,
+    Changes,
+    DescriptorComponent,
+    DriftComponent,
+    HttpComponent,
+    LogComponent,
+    MetricsListenerComponent,
+    ModelComponent,
+    PidFileComponent,
+    PluginComponent,
+    TracingComponent,
+)
 from agent.config import (
     MAX_CONFIG_BYTES,
     Config,
@@ -39,29 +58,17 @@ from agent.config import (
 )
 from agent.errors import AgentError, ConfigError, StartupError
 from agent.http import HttpServer, Route, error_response, json_response
-from agent.plugins import PluginHost
 from agent.mlops.drift_monitor import DriftMonitor
 from agent.mlops.service import MlopsService
-from agent.pidfile import remove_pid_file, write_pid_file
+from agent.plugins import PluginHost
 from agent.security import TokenStore
-from agent.sinks import ResilientSink, SinkSettings
+from agent.sinks import ResilientSink
 from agent.systemd import Notifier
 from agent.telemetry import Metric, Telemetry
 from agent.tracing import Tracing
-from cache_core.backend import Backend, BackendError
+from cache_core.backend import Backend
 
 log = logging.getLogger(__name__)
-
-# Threads that close the sinks a reload turned off (each close may wait for its timeout).
-SINK_CLOSE_WORKERS = 2
-
-REGISTER_HOOKS = (
-    "predis_agent_register_collectors",
-    "predis_agent_register_exporters",
-    "predis_agent_register_health_checks",
-    "predis_agent_register_drift_detectors",
-    "predis_agent_register_origins",
-)
 
 
 @dataclass(frozen=True)
@@ -93,22 +100,15 @@ class ReloadResult:
         }
 
 
-def _check_log_file(section: dict[str, Any]) -> None:
-    """Raise OSError (with the path) when the log file of ``section`` cannot be opened for appending.
+class _Refused(Exception):
+    """A dry-build failed: nothing running was touched. ``reason`` is what to report."""
 
-    Checked while a reload dry-builds: switching logs removes the running handlers first,
-    so a file that cannot be opened must be found before anything is swapped.
-    """
-    path = (section.get("file") or {}).get("path")
-    if not path:
-        return
-    path = os.path.expanduser(path)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise OSError(f"agent.log.file.path {path} cannot be opened for appending ({exc.strerror or exc}); fix the path or its directory's permissions") from None
+    def __init__(self, cause: Exception) -> None:
+        if isinstance(cause, (AgentError, OSError)):
+            self.reason = str(cause)
+        else:
+            self.reason = f"building the new config failed: {cause.__class__.__name__}: {cause}"
+        super().__init__(self.reason)
 
 
 class Agent:
@@ -130,8 +130,6 @@ class Agent:
         self.tracing = Tracing()
         self.notifier = notifier or Notifier()
         self.http = HttpServer(self.telemetry)
-        # exporters.prometheus.listen: the exposition on a port of its own (same auth and TLS).
-        self.metrics_http: HttpServer | None = None
         self.host.error_listeners.append(self._on_plugin_error)
         for (plugin, hook), count in self.host.error_counts().items():
             self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc(count)
@@ -139,16 +137,7 @@ class Agent:
         self.generation = 1
         self.started_at = time.time()
         self.last_reload: ReloadResult | None = None
-        self.backend: Backend | None = None
         self.cache_service = CacheService()
-        self.tokens: TokenStore | None = None
-        self.collectors: list[tuple[str, Any]] = []
-        self.health_checks: list[tuple[str, Any]] = []
-        self.drift_detectors: list[tuple[str, Any]] = []
-        self.origins: list[tuple[str, Any]] = []
-        self.sinks: dict[str, ResilientSink] = {}
-        self._sink_owner: dict[str, str] = {}
-        self.plugin_routes: list[Route] = []
         self.readiness: dict[str, Any] = {"ready": False, "components": {}}
         # Sections plugins add to /status "components" (e.g. "gpu": why GPU metrics are off);
         # informational only, never part of readiness. Built-in component names take precedence.
@@ -158,18 +147,13 @@ class Agent:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="collect")
-        # Sinks a reload turned off flush and stop here, off the event loop: with their
-        # endpoint down a close takes up to agent.shutdown_timeout_seconds.
-        self._close_pool = concurrent.futures.ThreadPoolExecutor(max_workers=SINK_CLOSE_WORKERS, thread_name_prefix="sink-close")
-        self._retired_sinks: list[ResilientSink] = []
-        self._closing: list[concurrent.futures.Future[None]] = []
         self._collect_busy: set[int] = set()
         self._collect_lock = threading.Lock()
         self._watch_digest: str | None = None
         self.collection_runs = 0
         self.drift = DriftMonitor(
             ring_source=lambda: self.cache_service.access_log,
-            detectors=lambda: [d for _, d in self.drift_detectors],
+            detectors=lambda: [d for _, d in self.plugins.drift_detectors],
             on_drift=self._on_drift,
         )
         self.mlops = MlopsService(
@@ -184,6 +168,69 @@ class Agent:
         self._retrain_future: asyncio.Future[Any] | None = None
         self.last_collect_monotonic: float | None = None
         self.next_collect_monotonic: float | None = None
+        # The components, in the order a change applies to them (agent.components).
+        self.backend_component = BackendComponent()
+        self.plugins = PluginComponent(self.host, self, self.telemetry, self.tracing, self._on_sink_event, self._refresh_routes)
+        self.http_component = HttpComponent(self.http)
+        self.metrics_listener = MetricsListenerComponent(self.telemetry, self.http_component)
+        self.drift_component = DriftComponent(self.drift)
+        self.cache_component = CacheComponent(self.cache_service, self.backend_component, self.plugins)
+        self.components: list[BaseComponent] = [
+            LogComponent(),
+            TracingComponent(self.tracing),
+            DescriptorComponent(self.telemetry),
+            self.backend_component,
+            self.plugins,
+            ModelComponent(self.mlops, self._wake_mlops),
+            self.cache_component,
+            AccessLogComponent(self.cache_service),
+            self.http_component,
+            self.metrics_listener,
+            self.drift_component,
+            PidFileComponent(),
+        ]
+        # At stop: the cache and the listeners first, the sinks flushed, the pid file last.
+        self.stop_order: list[BaseComponent] = [
+            self.cache_component,
+            self.http_component,
+            self.metrics_listener,
+            self.plugins,
+            *(c for c in self.components if c.name == "tracing"),
+            *(c for c in self.components if c.name == "pid_file"),
+        ]
+
+    # What the plugins registered and the running backend (read by plugins and /status).
+    @property
+    def backend(self) -> Backend | None:
+        return self.backend_component.current
+
+    @property
+    def tokens(self) -> TokenStore | None:
+        return self.http_component.tokens
+
+    @property
+    def metrics_http(self) -> HttpServer | None:
+        return self.metrics_listener.server
+
+    @property
+    def sinks(self) -> dict[str, ResilientSink]:
+        return self.plugins.sinks
+
+    @property
+    def collectors(self) -> list[tuple[str, Any]]:
+        return self.plugins.collectors
+
+    @property
+    def health_checks(self) -> list[tuple[str, Any]]:
+        return self.plugins.health_checks
+
+    @property
+    def drift_detectors(self) -> list[tuple[str, Any]]:
+        return self.plugins.drift_detectors
+
+    @property
+    def origins(self) -> list[tuple[str, Any]]:
+        return self.plugins.origins
 
     # ------------------------------------------------------------------ config
     def load_config(self, text: str | None = None) -> Config:
@@ -195,34 +242,28 @@ class Agent:
             log.warning("config: %s holds a secret written into the config file; give it as ${env:NAME}, ${file:/path} or ${cred:NAME}", path)
         return config
 
-    def _plugin_enabled(self, config: Config) -> Any:
-        return lambda name: config.plugin_enabled(name)
-
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
-        """Start every component; raises :class:`StartupError` with a clear message."""
+        """Start every component: a change from nothing to the loaded config.
+
+        Raises :class:`StartupError` with a clear message.
+        """
         self._reload_lock = asyncio.Lock()
         self._stop_event = asyncio.Event()
         self._wake = asyncio.Event()
-        cfg = self.config
-        logs.configure(cfg.section("agent.log"))
-        fdlimits.setup(cfg.get("agent.reserved_descriptors"), self.telemetry)
-        self.tracing.configure(cfg.section("agent.tracing"))
-        self.backend = self._make_backend(cfg)
-        self.tokens = TokenStore(cfg.get("agent.auth.token_store"))
-        self.host.apply_config(self._plugin_enabled(cfg))
-        self._register_all(cfg, only=None)
-        self.cache_service.configure_access_log(cfg.section("collectors.access_log"))
-        self.drift.configure(cfg.section("drift"))
-        self.mlops.configure(cfg)
         self._mlops_wake = asyncio.Event()
+        self.drift_component.wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        await self.cache_service.apply(self.cache_service.plan(cfg, self.backend, self.origins))
-        self.http.configure(cfg.section("agent.http"), cfg.section("agent.auth"), self.tokens)
-        self._refresh_routes()
-        await self.http.start(await self.http.prepare_site(cfg.section("agent.http")))
-        await self._apply_metrics_listener(cfg, await self._plan_metrics_listener(cfg))
-        self._write_pid_file(cfg)
+        cfg = self.config
+        try:
+            await self._transition(cfg, Changes((), initial=True), float(cfg.get("agent.reload.timeout_seconds")))
+        except TimeoutError:
+            raise StartupError(
+                "building the config (TLS files, listeners, cache) took more than agent.reload.timeout_seconds; "
+                "check the files it names"
+            ) from None
+        except _Refused as exc:
+            raise StartupError(exc.reason) from None
         self._set_config_metrics(success=True)
         self.host.call("predis_agent_startup", agent=self)
         loop = asyncio.get_running_loop()
@@ -249,22 +290,8 @@ class Agent:
             self.version,
             self.http.address,
             self.cache_service.address or "RESP disabled",
-            self.backend.name,
+            self.backend.name if self.backend else "no backend",
         )
-
-    def _make_backend(self, cfg: Config) -> Backend:
-        try:
-            backend = Backend(cfg.get("cache.backend"))
-        except BackendError as exc:
-            raise StartupError(str(exc)) from None
-        if backend.fallback_reason:
-            log.info("cache backend: numpy (%s)", backend.fallback_reason)
-        return backend
-
-    def _write_pid_file(self, cfg: Config) -> None:
-        path = cfg.get("agent.pid_file")
-        if path:
-            write_pid_file(path)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the agent cancels at stop; an exception it ends with is logged."""
@@ -280,134 +307,65 @@ class Agent:
             exc = task.exception()
             log.error("task %s failed: %s: %s", task.get_name(), exc.__class__.__name__, exc)
 
-    # ------------------------------------------------------------------ plugins' objects
-    def _register_all(self, cfg: Config, only: set[str] | None) -> None:
-        """(Re)build the objects of ``only`` plugins (all when None) from their hooks."""
+    # ------------------------------------------------------------------ one change
+    async def _transition(self, new: Config, changes: Changes, timeout: float) -> list[str]:
+        """Take the components ``changes`` touches from the running config to ``new``.
 
-        def keep(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-            return [(p, o) for p, o in items if only is not None and p not in only and self._active(p)]
-
-        self.collectors = keep(self.collectors) + self.host.collect("predis_agent_register_collectors", only, agent=self, config=cfg)
-        self.health_checks = keep(self.health_checks) + self.host.collect(
-            "predis_agent_register_health_checks", only, agent=self, config=cfg
-        )
-        self.drift_detectors = keep(self.drift_detectors) + self.host.collect(
-            "predis_agent_register_drift_detectors", only, agent=self, config=cfg
-        )
-        self.origins = keep(self.origins) + self.host.collect("predis_agent_register_origins", only, agent=self, config=cfg)
-        exporters = self.host.collect("predis_agent_register_exporters", only, agent=self, config=cfg)
-        self._update_sinks(cfg, exporters, only)
-
-    def _repoint_origin(self, cfg: Config) -> None:
-        """After origin plugins were rebuilt, give the cache the new object of its origin."""
-        try:
-            found = self.cache_service.find_origin(cfg.section("cache"), self.origins)
-        except StartupError as exc:
-            log.error("read-through disabled: %s", exc)
-            found = None
-        self.cache_service.set_origin(found, cfg.get("cache.read_through"))
-
-    def _active(self, plugin: str) -> bool:
-        return self.host.pm.get_plugin(plugin) is not None
-
-    def sink_settings(self, cfg: Config, name: str) -> SinkSettings:
-        """The queue/retry/breaker settings of exporter ``name`` (``agent.sinks`` and its interval)."""
-        interval = cfg.get(f"exporters.{name}.interval", 0.0) or 0.0
-        return SinkSettings.from_config(cfg.section("agent.sinks"), interval=float(interval))
-
-    def _update_sinks(self, cfg: Config, exporters: list[tuple[str, Any]], only: set[str] | None) -> None:
-        """Build, retune or retire sinks. On a reload this runs in a worker thread (a new
-        sink reads its spool): the dict is built aside and swapped in whole, so the loop,
-        serving /status meanwhile, never sees it change under an iteration."""
-        sinks = dict(self.sinks)
-        seen: set[str] = set()
-        for plugin, exporter in exporters:
-            name = str(getattr(exporter, "name", plugin))
-            if name in seen:
-                log.error("plugin %s: exporter name %r is used twice; the second is ignored", plugin, name)
-                continue
-            seen.add(name)
-            settings = self.sink_settings(cfg, name)
-            if name in sinks:
-                sinks[name].replace_exporter(exporter)
-                sinks[name].tune(settings)
-            else:
-                try:
-                    sinks[name] = ResilientSink(
-                        name, exporter, settings, metrics=self.telemetry, on_event=self._on_sink_event, span=self.tracing.span
-                    )
-                except (OSError, ValueError) as exc:
-                    self.host.report_error(plugin, "predis_agent_register_exporters", exc)
-                    continue
-            self._sink_owner[name] = plugin
-        for name in list(sinks):
-            owner = self._sink_owner.get(name, "")
-            affected = only is None or owner in only
-            if name not in seen and (affected or not self._active(owner)):
-                self._retired_sinks.append(sinks.pop(name))
-                self._sink_owner.pop(name, None)
-            elif name not in seen:
-                sinks[name].tune(self.sink_settings(cfg, name))
-        self.sinks = sinks
-
-    def _close_retired_sinks(self, timeout: float) -> None:
-        """Close the sinks :meth:`_update_sinks` took out, each in a thread of its own pool."""
-        retired, self._retired_sinks = self._retired_sinks, []
-        self._closing = [f for f in self._closing if not f.done()]
-        for sink in retired:
-            self._closing.append(self._close_pool.submit(self._close_sink, sink, timeout))
-
-    @staticmethod
-    def _close_sink(sink: ResilientSink, timeout: float) -> None:
-        try:
-            sink.close(timeout)
-        except Exception as exc:
-            log.error("sink %s: closing it failed: %s: %s", sink.name, exc.__class__.__name__, exc)
-
-    async def _settle_sink_closes(self) -> None:
-        """Wait (without blocking the loop) until the sinks being closed are closed.
-
-        A reload that may build a sink again waits for this first, so the old and the new
-        sink of one exporter never share its spool at the same time.
+        Dry-build (``plan`` in a thread under ``timeout``, then ``prepare`` on the loop);
+        any failure there discards every plan and raises, leaving everything running as it
+        was. Then apply each in order; should one raise, the ones applied keep their new
+        settings, the rest are told to ``abandon`` and the exception propagates.
         """
-        pending = [f for f in self._closing if not f.done()]
-        if pending:
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in pending))
-        self._closing = []
+        touched = [c for c in self.components if changes.touches(c.sections)]
+        loop = asyncio.get_running_loop()
+
+        def dry_build() -> dict[str, Any]:
+            plans: dict[str, Any] = {}
+            try:
+                for component in touched:
+                    plans[component.name] = component.plan(new, changes, plans)
+            except BaseException:
+                self._discard(touched, plans)
+                raise
+            return plans
+
+        building = loop.run_in_executor(None, dry_build)
+        try:
+            plans = await asyncio.wait_for(asyncio.shield(building), timeout)
+        except TimeoutError:
+            building.add_done_callback(lambda done: self._discard_late(touched, done))
+            raise
+        except Exception as exc:
+            raise _Refused(exc) from exc
+        try:
+            for component in touched:
+                plans[component.name] = await component.prepare(plans.get(component.name), new, changes)
+        except BaseException as exc:
+            self._discard(touched, plans)
+            if isinstance(exc, Exception):
+                raise _Refused(exc) from exc
+            raise
+        done: list[str] = []
+        for index, component in enumerate(touched):
+            try:
+                done.extend(await component.apply(plans.get(component.name), new, changes))
+            except BaseException:
+                self._discard(touched[index + 1 :], plans)
+                raise
+        return done
 
     @staticmethod
-    def _metrics_section(cfg: Config) -> dict[str, Any] | None:
-        listen = cfg.get("exporters.prometheus.listen")
-        if not listen or not cfg.get("exporters.prometheus.enabled"):
-            return None
-        return {**cfg.section("agent.http"), "listen": listen}
+    def _discard(components: list[BaseComponent], plans: dict[str, Any]) -> None:
+        for component in components:
+            if component.name in plans:
+                component.discard(plans[component.name])
 
-    async def _plan_metrics_listener(self, cfg: Config) -> Any:
-        """Bind the metrics port when it is configured and new (a dry-build: nothing served)."""
-        section = self._metrics_section(cfg)
-        if section is None:
-            return None
-        server = self.metrics_http or HttpServer(self.telemetry)
-        if self.metrics_http is not None and not server.needs_rebind(section):
-            return None
-        return await server.prepare_site(section)
+    def _discard_late(self, components: list[BaseComponent], building: asyncio.Future[Any]) -> None:
+        """Release what a dry-build that finished after its change gave up on holds."""
+        if not building.cancelled() and building.exception() is None:
+            self._discard(components, building.result())
 
-    async def _apply_metrics_listener(self, cfg: Config, plan: Any) -> None:
-        section = self._metrics_section(cfg)
-        if section is None:
-            if self.metrics_http is not None:
-                await self.metrics_http.stop()
-                self.metrics_http = None
-                log.info("metrics listener stopped (exporters.prometheus.listen unset)")
-            return
-        if self.metrics_http is None:
-            self.metrics_http = HttpServer(self.telemetry)
-        self.metrics_http.configure(section, cfg.section("agent.auth"), self.tokens or TokenStore(cfg.get("agent.auth.token_store")))
-        self.metrics_http.set_routes([r for r in self.http.routes.values() if r.plugin == "prometheus"])
-        if plan is not None:
-            await self.metrics_http.start(plan)
-            log.info("metrics also served on %s", self.metrics_http.address)
-
+    # ------------------------------------------------------------------ routes and events
     def _refresh_routes(self) -> None:
         routes = [
             Route("GET", "/livez", self._livez),
@@ -421,8 +379,7 @@ class Agent:
             else:
                 self.host.report_error(plugin, "predis_agent_register_routes", TypeError("expected agent.http.Route"))
         self.http.set_routes(routes)
-        if self.metrics_http is not None:
-            self.metrics_http.set_routes([r for r in self.http.routes.values() if r.plugin == "prometheus"])
+        self.metrics_listener.set_routes(self.http.routes.values())
 
     def _on_plugin_error(self, plugin: str, hook: str) -> None:
         self.telemetry["predis_agent_plugin_errors_total"].labels(plugin=plugin, hook=hook).inc()
@@ -510,100 +467,45 @@ class Agent:
         except (MemoryError, RecursionError) as exc:
             return self._reload_failed(trigger, [f"reading the config failed: {exc.__class__.__name__}; is the file what you meant?"])
         changed = sorted(changed_paths(old.data, new.data))
-        rebind = self.http.needs_rebind(new.section("agent.http"))
-        if not changed and not rebind and not self.cache_service.tls_renewed(new.section("cache.resp")):
+        for component in self.components:
+            if not section_changed(changed, component.sections or ()):
+                changed.extend(component.renewed(new))
+        if not changed:
             result = ReloadResult(True, trigger, time.time(), self.generation, [], [])
             self._finish_reload(result, success=True)
             log.info("reload (%s): no change; generation stays %d", trigger, self.generation)
             return result
-        # Dry-build everything that can fail, off to the side, in a thread under the same
-        # deadline: it reads TLS files, may start a backend and allocate a rebuilt cache.
-        def dry_build() -> tuple[Backend, Any]:
-            backend = self._make_backend(new) if section_changed(changed, ["cache.backend"]) else self.backend
-            assert backend is not None
-            plugins_changed = any(p.startswith("plugins.") for p in changed)
-            if section_changed(changed, ["agent.log.file"]):
-                _check_log_file(new.section("agent.log"))
-            return backend, self.cache_service.plan(new, backend, None if plugins_changed else self.origins)
-
-        building = loop.run_in_executor(None, dry_build)
+        # Everything that can fail is built off to the side first (agent.components); should
+        # applying still raise, the previous config and generation are put back.
+        changes = Changes(tuple(changed))
+        old_generation = self.generation
+        self.config = new
+        self.generation += 1
         try:
-            backend, cache_plan = await asyncio.wait_for(asyncio.shield(building), timeout)
+            restarted = await self._transition(new, changes, timeout)
         except TimeoutError:
-            building.add_done_callback(self._discard_late_plan)
+            self.config, self.generation = old, old_generation
             return self._reload_failed(
                 trigger,
                 [f"building the new config (TLS files, listeners, cache) took more than agent.reload.timeout_seconds "
                  f"({timeout}s); check the files it names and reload again"],
             )
-        except (StartupError, AgentError, OSError) as exc:
-            return self._reload_failed(trigger, [str(exc)])
+        except _Refused as exc:
+            self.config, self.generation = old, old_generation
+            return self._reload_failed(trigger, [exc.reason])
         except Exception as exc:
-            return self._reload_failed(trigger, [f"building the new config failed: {exc.__class__.__name__}: {exc}"])
-        try:
-            site = await self.http.prepare_site(new.section("agent.http")) if rebind else None
-            metrics_site = await self._plan_metrics_listener(new)
-            if section_changed(changed, ["plugins", "exporters", "agent.sinks"]):
-                # Sinks a previous reload turned off finish closing before any is built again.
-                await self._settle_sink_closes()
-        except Exception as exc:
-            self.cache_service.discard(cache_plan)
-            reason = str(exc) if isinstance(exc, (StartupError, AgentError, OSError)) else f"{exc.__class__.__name__}: {exc}"
-            return self._reload_failed(trigger, [reason])
-        if rebind and not section_changed(changed, ["agent.http"]):
-            changed.append("agent.http.tls (certificate files renewed)")
-        if cache_plan.sock is not None and not section_changed(changed, ["cache.resp"]):
-            changed.append("cache.resp.tls (certificate files renewed)")
-        # Swap. Everything that can fail was built above; should applying still raise, the
-        # previous config, generation and backend are put back and the reload is rejected.
-        old_generation, old_backend = self.generation, self.backend
-        self.config = new
-        self.generation += 1
-        self.backend = backend
-        try:
-            if section_changed(changed, ["agent.log"]):
-                logs.configure(new.section("agent.log"))
-            if section_changed(changed, ["agent.tracing"]):
-                self.tracing.configure(new.section("agent.tracing"))
-            if section_changed(changed, ["agent.auth.token_store"]):
-                self.tokens = TokenStore(new.get("agent.auth.token_store"))
-            fdlimits.set_reserved(new.get("agent.reserved_descriptors"))
-            self.http.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens or TokenStore(new.get("agent.auth.token_store")))
-            if site is not None:
-                await self.http.start(site)
-            await self._apply_metrics_listener(new, metrics_site)
-            if section_changed(changed, ["mlops", "cache.prefetch", "collectors.access_log"]):
-                self.mlops.configure(new)
-                self._wake_mlops()
-            for what in await self.cache_service.apply(cache_plan):
-                log.info("reload: %s", what)
-            if section_changed(changed, ["collectors.access_log"]):
-                self.cache_service.configure_access_log(new.section("collectors.access_log"))
-            if section_changed(changed, ["drift"]):
-                self.drift.configure(new.section("drift"))
-            if section_changed(changed, ["agent.pid_file"]):
-                self._write_pid_file(new)
-            changed_plugins = {p.split(".")[1] for p in changed if p.startswith(("plugins.", "exporters."))}
-            if changed_plugins or section_changed(changed, ["agent.sinks"]):
-                self.host.apply_config(self._plugin_enabled(new))
-                # Off the loop: plugins build their objects (SDK clients) and new sinks read
-                # their spools from disk.
-                await loop.run_in_executor(None, self._register_all, new, changed_plugins)
-                self._close_retired_sinks(float(new.get("agent.shutdown_timeout_seconds")))
-                self._refresh_routes()
-            if cache_plan.origin_deferred:
-                self._repoint_origin(new)
-        except Exception as exc:
-            self.config, self.generation, self.backend = old, old_generation, old_backend
-            if section_changed(changed, ["agent.log"]):
-                logs.configure(old.section("agent.log"))
-            self._close_retired_sinks(float(old.get("agent.shutdown_timeout_seconds")))
+            self.config, self.generation = old, old_generation
+            for component in self.components:
+                if changes.touches(component.sections):
+                    component.abandon(old, changes)
             log.exception("reload (%s): applying the new config failed", trigger)
             return self._reload_failed(
                 trigger,
                 [f"applying the new config failed: {exc.__class__.__name__}: {exc}; generation {old_generation} stays "
                  "in force, but components applied before the failure run with their new settings until the next reload"],
             )
+        for what in restarted:
+            log.info("reload: %s", what)
         if self._wake is not None:
             self._wake.set()
         result = ReloadResult(True, trigger, time.time(), self.generation, changed, [])
@@ -611,11 +513,6 @@ class Agent:
         log.info("reload (%s) applied: generation %d; changed: %s", trigger, self.generation, ", ".join(changed))
         self.emit(Event("config_reloaded", {"generation": self.generation, "changed": changed, "trigger": trigger}))
         return result
-
-    def _discard_late_plan(self, building: asyncio.Future[Any]) -> None:
-        """Release what a dry-build that finished after its reload gave up on holds."""
-        if not building.cancelled() and building.exception() is None:
-            self.cache_service.discard(building.result()[1])
 
     def _reload_failed(self, trigger: str, errors: list[str]) -> ReloadResult:
         result = ReloadResult(False, trigger, time.time(), self.generation, [], errors)
@@ -654,15 +551,30 @@ class Agent:
 
     # ------------------------------------------------------------------ drift
     async def _drift_loop(self) -> None:
-        """Check the live access stream every ``drift.check_interval_seconds`` (off the loop)."""
+        """Check the live access stream every ``drift.check_interval_seconds`` (off the loop).
+
+        A reload of the ``drift`` section wakes the wait, so a new interval counts from then
+        rather than after the old one ran out.
+        """
+        wake = self.drift_component.wake
+        assert wake is not None
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drift.interval
         while True:
-            await asyncio.sleep(self.drift.interval)
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                pass
+            else:
+                deadline = loop.time() + self.drift.interval
+                continue
             try:
                 with self.tracing.span("drift.check"):
                     await loop.run_in_executor(None, self.drift.step)
             except Exception as exc:
                 log.error("drift check failed: %s: %s", exc.__class__.__name__, exc)
+            deadline = loop.time() + self.drift.interval
 
     # ------------------------------------------------------------------ model lifecycle
     async def _mlops_loop(self) -> None:
@@ -754,26 +666,12 @@ class Agent:
 
     # ------------------------------------------------------------------ health
     async def check_ready(self) -> dict[str, Any]:
-        timeout = float(self.config.get("agent.readiness.timeout_seconds"))
+        """Every component's readiness checks, each under ``agent.readiness.timeout_seconds``."""
+        config = self.config
+        timeout = float(config.get("agent.readiness.timeout_seconds"))
         loop = asyncio.get_running_loop()
         components: dict[str, Any] = {}
-        backend = self.backend
-        checks: list[tuple[str, Any]] = []
-        if backend is not None:
-            slots = int(self.config.get("cache.self_test_slots"))
-            checks.append(("cache", lambda: self.cache_service.self_test(slots)))
-        wanted_origin = self.config.get("cache.origin")
-        if wanted_origin is not None:
-            found = self.cache_service.origin_name == wanted_origin
-            components["origin"] = {
-                "ok": found,
-                "detail": f"read-through from origin {wanted_origin!r}"
-                if found
-                else f"cache.origin {wanted_origin!r} is not registered by any enabled plugin; read-through is off",
-            }
-        for plugin, check in self.health_checks:
-            name = f"{plugin}.{getattr(check, 'name', 'check')}"
-            checks.append((name, check.check))
+        checks = [check for component in self.components for check in component.readiness(config)]
         for name, func in checks:
             try:
                 ok, detail = await asyncio.wait_for(loop.run_in_executor(None, func), timeout=timeout)
@@ -782,11 +680,6 @@ class Agent:
             except Exception as exc:
                 ok, detail = False, f"check raised {exc.__class__.__name__}: {exc}"
             components[name] = {"ok": bool(ok), "detail": str(detail)}
-        prefetch = self.mlops.readiness()
-        if prefetch is not None:
-            components["prefetch"] = {"ok": bool(prefetch[0]), "detail": str(prefetch[1])}
-        if backend is None:
-            components["cache"] = {"ok": False, "detail": "cache backend not started"}
         ready = all(c["ok"] for c in components.values())
         self.readiness = {"ready": ready, "components": components, "checked_at": time.time()}
         self.telemetry["predis_agent_ready"].set(1 if ready else 0)
@@ -807,7 +700,6 @@ class Agent:
         return json_response(result.public(), status=200 if result.ok else 422)
 
     def status(self) -> dict[str, Any]:
-        backend = self.backend
         return {
             "version": self.version,
             "pid": os.getpid(),
@@ -824,23 +716,16 @@ class Agent:
                     "tls": self.http.tls,
                     "metrics_address": self.metrics_http.address if self.metrics_http is not None else None,
                 },
-                "cache": {
-                    "backend": backend.name if backend else None,
-                    "requested": backend.requested if backend else None,
-                    "fallback_reason": backend.fallback_reason if backend else None,
-                    **self.cache_service.status(),
-                },
+                "cache": self.cache_component.status(),
                 "collection": {
                     "runs": self.collection_runs,
                     "interval_seconds": self.config.get("agent.collect.interval_seconds"),
                     "collectors": [f"{p}.{getattr(c, 'name', '?')}" for p, c in self.collectors],
                 },
-                "tracing": {"otlp_endpoint": self.tracing.endpoint},
-                "drift": self.drift.status(),
-                "mlops": self.mlops.status(),
+                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops")},
                 "readiness": self.readiness,
             },
-            "sinks": {name: sink.status() for name, sink in self.sinks.items()},
+            "sinks": self.plugins.status(),
         }
 
     async def _status(self, request: Any) -> Any:
@@ -862,22 +747,10 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         self.host.call("predis_agent_shutdown", agent=self)
-        await self.cache_service.stop()
-        await self.http.stop()
-        if self.metrics_http is not None:
-            await self.metrics_http.stop()
-        timeout = float(self.config.get("agent.shutdown_timeout_seconds"))
-        loop = asyncio.get_running_loop()
-        for sink in list(self.sinks.values()):
-            await loop.run_in_executor(None, sink.close, timeout)
-        await self._settle_sink_closes()
-        self._close_pool.shutdown(wait=False)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self.tracing.flush()
-        self.tracing.shutdown()
-        pid_file = self.config.get("agent.pid_file")
-        if pid_file:
-            remove_pid_file(pid_file)
+        for component in self.stop_order:
+            if component is self.plugins:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            await component.stop(self.config)
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval or 1.0

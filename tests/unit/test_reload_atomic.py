@@ -121,17 +121,17 @@ class BlockingSink:
 def test_a_retired_sink_is_closed_off_the_loop_and_waited_for_before_sinks_are_rebuilt(tmp_path: Path) -> None:
     async def scenario(agent: Agent, config: Path) -> None:
         sink = BlockingSink()
-        agent._retired_sinks.append(sink)  # type: ignore[arg-type]
-        agent._close_retired_sinks(600.0)
+        agent.plugins.retired_sinks.append(sink)  # type: ignore[arg-type]
+        agent.plugins.close_retired_sinks(600.0)
         loop = asyncio.get_running_loop()
         # The close runs in its own thread: the loop goes on (it could not, were close() on it).
         assert await loop.run_in_executor(None, sink.closing.wait, 30.0)
         assert not sink.closed.is_set()
-        settle = asyncio.ensure_future(agent._settle_sink_closes())
+        settle = asyncio.ensure_future(agent.plugins.settle_sink_closes())
         await asyncio.sleep(0)
         assert not settle.done()
         sink.release.set()
         await asyncio.wait_for(settle, 30.0)
-        assert sink.closed.is_set() and agent._closing == []
+        assert sink.closed.is_set() and agent.plugins.closing == []
 
     run(tmp_path, scenario)
