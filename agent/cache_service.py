@@ -196,6 +196,7 @@ class CacheService:
         if plan.cache is not None:
             if self.cache is not None:
                 log.warning("cache rebuilt empty: its sizing, policy or backend changed (%d keys dropped)", self.cache.dbsize())
+                plan.cache.carry_counters(self.cache)
                 done.append("cache rebuilt")
             self.cache = plan.cache
             self._attach_access_log()

@@ -154,6 +154,13 @@ class CacheStats:
     max_keys: int = 0
 
 
+# The CacheStats fields that only grow (the rest describe the cache as it is now).
+COUNTER_FIELDS = (
+    "hits", "misses", "sets", "deletes", "evictions", "expirations", "origin_loads", "origin_errors",
+    "prefetch_inserted", "prefetch_used", "prefetch_wasted",
+)  # fmt: skip
+
+
 class Cache:
     """A bounded key-value cache with TTL and eviction on an array backend."""
 
@@ -1421,6 +1428,15 @@ class Cache:
             # of the key names.
             s.host_bytes = self._fresh * sum(a.itemsize for a in self._entry_arrays()) + self.key_store.allocated_bytes
             return s
+
+    def carry_counters(self, previous: Cache) -> None:
+        """Start this cache's counters where ``previous``'s stand (a rebuild replaces a
+        cache): hits, misses and the rest stay monotonic for whoever scrapes them."""
+        with previous._lock:
+            carried = {name: getattr(previous.stats, name) for name in COUNTER_FIELDS}
+        with self._lock:
+            for name, value in carried.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
 
     def self_test(self) -> tuple[bool, str]:
         """A real round trip through the device table (readiness)."""

@@ -166,3 +166,24 @@ def test_the_access_log_is_attached_kept_across_a_rebuild_and_checked() -> None:
     count, after, hook = asyncio.run(scenario())
     assert count == 2 and after is None
     assert hook is null_access_hook
+
+
+def test_a_rebuilt_cache_carries_its_counters_on() -> None:
+    async def scenario() -> tuple[Any, Any, int]:
+        service = CacheService()
+        backend = Backend("numpy")
+        await service.apply(service.plan(config("  max_keys: 1000\n"), backend, []))
+        assert service.cache is not None
+        service.cache.mset([(b"a", b"1")])
+        service.cache.mget([b"a", b"a", b"nope"])
+        before = service.cache.snapshot()
+        await service.apply(service.plan(config("  max_keys: 2000\n"), backend, []))
+        after = service.cache.snapshot()
+        keys = service.cache.dbsize()
+        await service.stop()
+        return before, after, keys
+
+    before, after, keys = asyncio.run(scenario())
+    assert keys == 0  # rebuilt empty
+    assert (after.hits, after.misses, after.sets) == (before.hits, before.misses, before.sets) == (2, 1, 1)
+    assert after.max_keys == 2000 and after.keys == 0
