@@ -25,7 +25,8 @@ import requests
 import yaml
 
 from tests import peers
-from tests.agentproc import AgentProcess, cli, merge, wait_for
+from tests.agentproc import AgentProcess, cli, merge
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 from tests.resp_helpers import encode_command, start_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
 from tests.peers import HAVE_MOTO_SERVER, moto_server
+from tests.polling import wait_for
 from tests.resp_helpers import RedisServer
 
 pytestmark = pytest.mark.integration

@@ -32,19 +32,9 @@ from agent.sinks import (
     TransientExportError,
 )
 from agent.telemetry import Telemetry
+from tests.polling import wait_for
 
 WAIT = 10.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(0.002)
 
 
 class ScriptedExporter:
