@@ -408,6 +408,7 @@ def test_replay_rejects_unknown_modes() -> None:
         replay([b"a"], 1, prefetch="magic")
 
 
+@pytest.mark.integration  # runs python -m agent
 def test_replay_cli_prints_the_documented_json(tmp_path: Path) -> None:
     trace = tmp_path / "t.txt"
     trace.write_text("\n".join(f"s:{i}" for i in range(300)) + "\n")
