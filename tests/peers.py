@@ -40,7 +40,7 @@ from typing import Any, Self
 
 import requests
 
-from tests.agentproc import wait_for
+from tests.polling import wait_for
 
 LOOPBACK = "127.0.0.1"
 VICTORIA_METRICS = shutil.which("victoria-metrics")

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.agentproc import AgentProcess, merge, wait_for
+from tests.agentproc import AgentProcess, merge
+from tests.polling import wait_for
 
 # Small enough to start quickly on 2 cores, big enough for redis-benchmark -r 1000.
 BASE_CACHE: dict[str, Any] = {"max_keys": 65536, "max_memory_bytes": 64 * 1024 * 1024}

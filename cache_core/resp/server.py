@@ -742,7 +742,7 @@ class Connection(asyncio.Protocol):
                 if not self.db and self._overwritten(run):
                     out.append(OK_REPLY * len(run))
                 else:
-                    out.extend(self._batch(name, run))  # a failing write falls back to _execute, command by command
+                    out.extend(self._batch(run))  # a failing write falls back to _execute, command by command
                 pending += 5 * len(run)
                 continue
             reply, close = self._execute(backlog.popleft())
@@ -1075,21 +1075,18 @@ class Connection(asyncio.Protocol):
         self.server.stats.total_commands += len(run)
         return True
 
-    def _batch(self, name: bytes, commands: list[list[bytes]]) -> list[bytes]:
+    def _batch(self, commands: list[list[bytes]]) -> list[bytes]:
+        """A run of plain SETs in one write on the cache (GET runs are read by _served,
+        _reads or, inside EXEC, _run_queued)."""
         started = time.perf_counter_ns()
-        label = name.decode().lower()
         try:
-            if name == b"GET":
-                values = self.cache.mget([c[1] for c in commands])
-                replies = self._get_replies(values)
-            else:
-                self.cache.mset([(c[1], c[2]) for c in commands])
-                replies = [OK_REPLY] * len(commands)
+            self.cache.mset([(c[1], c[2]) for c in commands])
         except Exception:
-            # One bad key (or a failing origin) must fail only its own command: one by one.
+            # One bad key or value must fail only its own command: one by one.
             return [self._execute(c)[0] for c in commands]
+        replies = [OK_REPLY] * len(commands)
         usec = (time.perf_counter_ns() - started) // 1000
-        self.server.record(label, usec // len(commands), False, len(commands))
+        self.server.record("set", usec // len(commands), False, len(commands))
         self.server.ops.executed_run(self, commands, usec // len(commands))
         self.server.stats.total_commands += len(commands)
         return replies
@@ -1464,7 +1461,7 @@ def _run_queued(conn: Connection, queued: list[list[bytes]]) -> Iterator[bytes]:
         if j - i > 1:
             run = queued[i:j]
             if name == b"SET":
-                yield from conn._batch(name, run)
+                yield from conn._batch(run)
                 i = j
                 continue
             cache, keys = conn.cache, [c[1] for c in run]

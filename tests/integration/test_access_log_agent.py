@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from agent.mlops.dataset import list_segments
-from tests.agentproc import AgentProcess, cli, wait_for
+from tests.agentproc import AgentProcess, cli
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

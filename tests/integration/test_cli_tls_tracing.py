@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.agentproc import AgentProcess, cli, merge, wait_for
+from tests.agentproc import AgentProcess, cli, merge
 from tests.integration.test_core_contract import make_distribution
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,8 @@ import pynvml
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

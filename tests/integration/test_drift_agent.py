@@ -19,8 +19,9 @@ import numpy
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
 from tests.peers import NewRelicReceiver, self_signed_cert
+from tests.polling import wait_for
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.agentproc import AgentProcess, merge, wait_for
+from tests.agentproc import AgentProcess, merge
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

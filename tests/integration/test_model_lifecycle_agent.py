@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, cli, wait_for
+from tests.agentproc import AgentProcess, cli
 from tests.peers import NewRelicReceiver, self_signed_cert
+from tests.polling import wait_for
 
 pytestmark = [
     pytest.mark.integration,

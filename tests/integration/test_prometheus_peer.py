@@ -24,7 +24,8 @@ import redis
 import requests
 import yaml
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,8 @@ import pytest
 import requests
 
 from tests import peers
-from tests.agentproc import AgentProcess, merge, wait_for
+from tests.agentproc import AgentProcess, merge
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

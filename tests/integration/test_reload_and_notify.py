@@ -16,7 +16,8 @@ import pytest
 import redis
 import requests
 
-from tests.agentproc import AgentProcess, merge, wait_for
+from tests.agentproc import AgentProcess, merge
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 from tests.resp_helpers import BASE_CACHE, connect, encode_command, read_exactly, start_agent
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.agentproc import AgentProcess, merge, wait_for
+from tests.agentproc import AgentProcess, merge
 from tests.integration.test_cli_tls_tracing import _handshake, make_cert
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.integration
 

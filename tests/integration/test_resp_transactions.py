@@ -11,14 +11,13 @@ so what another client does between WATCH and EXEC happens at a known point.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from tests.agentproc import wait_for
+from tests.polling import wait_for
 from tests.resp_helpers import agent_and_redis, encode_command, start_agent
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.agentproc import AgentProcess, wait_for
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 from tests.resp_helpers import connect, encode_command, read_exactly, read_until_closed, start_agent
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]

@@ -28,7 +28,7 @@ from agent.mlops.dataset import read_segments
 from cache_core.access_log import AccessLog
 from cache_core.cache import OP_GET, RES_HIT
 from plugins.collectors.access_log import AccessLogExporter
-from tests.agentproc import wait_for
+from tests.polling import wait_for
 
 KEY = bytes(range(32))
 WAIT = 20.0
@@ -105,7 +105,7 @@ CHILD = textwrap.dedent(
     from cache_core.access_log import AccessLog
     from cache_core.cache import OP_GET, RES_HIT
     from plugins.collectors.access_log import AccessLogExporter
-    from tests.agentproc import wait_for
+    from tests.polling import wait_for
 
     export, size, batches, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     section = {

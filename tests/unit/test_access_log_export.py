@@ -42,7 +42,7 @@ from agent.telemetry import ACCESS_LOG_DROP_REASONS, ACCESS_LOG_METRICS
 from cache_core.access_log import AccessLog
 from cache_core.cache import OP_GET, OP_SET, RES_HIT, RES_STORED
 from plugins.collectors.access_log import AccessLogCollector, AccessLogExporter
-from tests.agentproc import wait_for
+from tests.polling import wait_for
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))

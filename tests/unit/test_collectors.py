@@ -17,7 +17,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,11 +39,11 @@ from plugins.collectors import process as process_plugin
 from plugins.collectors.cache import CacheCollector
 from plugins.collectors.gpu import GpuCollector, NvmlWorker
 from plugins.collectors.process import GcPauseTracker, LoopLagProbe, ProcessCollector
+from tests.polling import wait_for, wait_for_async
 
 NAME_RE = re.compile(r"^predis_[a-z][a-z0-9_]*[a-z0-9]$")
 LABEL_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 DEADLINE_SECONDS = 10.0
-POLL_SECONDS = 0.01
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -81,16 +81,6 @@ def value(batch: list[Metric], metric: str, /, **labels: str) -> float | None:
 
 def names(batch: list[Metric]) -> set[str]:
     return {m.name for m in batch}
-
-
-def poll(predicate: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(POLL_SECONDS)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ----------------------------------------------------------------------------- registry
@@ -191,13 +181,6 @@ async def _connect(server: RespServer) -> Client:
     return Client(*await asyncio.open_connection(*server.address))
 
 
-async def _until(predicate: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(POLL_SECONDS)
-
-
 def _cache_agent(server: RespServer, cache: Cache, enabled: bool = True) -> StubAgent:
     return StubAgent({"collectors.cache": {"enabled": enabled}}, cache=cache, server=server)
 
@@ -277,12 +260,12 @@ def test_connections_rejections_and_protocol_errors_are_counted() -> None:
             assert (await _reply(second.reader)).startswith(b"-ERR max number of clients")
             await second.close()
             await first.close()
-            await _until(lambda: not server.clients)
+            await wait_for_async(lambda: not server.clients, timeout=DEADLINE_SECONDS)
             third = await _connect(server)
             third.writer.write(b"*abc\r\n")
             assert (await _reply(third.reader)).startswith(b"-ERR Protocol error")
             await third.close()
-            await _until(lambda: not server.clients)
+            await wait_for_async(lambda: not server.clients, timeout=DEADLINE_SECONDS)
             return collector.collect(), []
         finally:
             await server.stop()
@@ -411,15 +394,16 @@ def test_event_loop_lag_reports_a_blocked_loop_while_and_after_it_is_blocked() -
     runner.start()
     try:
         loop.call_soon_threadsafe(probe.start, loop)
-        poll(lambda: probe.read() is not None, "the first probe")
+        wait_for(lambda: probe.read() is not None, timeout=DEADLINE_SECONDS, what="the first probe")
         loop.call_soon_threadsafe(release.wait)  # the loop is now blocked until released
         # While blocked, the overdue probe already shows the lag.
-        lag = poll(lambda: (r := probe.read()) is not None and r[0] >= blocked_for and r, "an overdue probe")
+        lag = wait_for(lambda: (r := probe.read()) is not None and r[0] >= blocked_for and r, timeout=DEADLINE_SECONDS, what="an overdue probe")
         assert lag[1] >= lag[0]
         release.set()
-        batch = poll(
+        batch = wait_for(
             lambda: (b := collector.collect()) and (value(b, "predis_process_event_loop_lag_seconds") or 1) < blocked_for and b,
-            "the lag to fall after the loop is free",
+            timeout=DEADLINE_SECONDS,
+            what="the lag to fall after the loop is free",
         )
         assert value(batch, "predis_process_event_loop_lag_max_seconds") is not None
     finally:
@@ -436,7 +420,7 @@ def test_process_plugin_hooks_probe_the_agents_loop_and_stop_on_shutdown() -> No
     async def scenario() -> list[Metric]:
         [collector] = process_plugin.predis_agent_register_collectors(agent=agent)
         process_plugin.predis_agent_startup(agent=agent)
-        await _until(lambda: collector.probe.read() is not None)
+        await wait_for_async(lambda: collector.probe.read() is not None, timeout=DEADLINE_SECONDS)
         batch = collector.collect()
         process_plugin.predis_agent_shutdown(agent=agent)
         assert not collector.probe.running
@@ -758,9 +742,9 @@ def test_a_wedged_nvml_call_times_out_and_no_other_call_starts_while_it_is_stuck
     agent = _gpu_agent(timeout=0.1)
     collector = GpuCollector(agent, nvml=fake)
     try:
-        started = time.monotonic()
         batch = collector.collect()
-        assert time.monotonic() - started < DEADLINE_SECONDS / 2
+        # collect() returned while the call is still blocked in the driver: it did not wait for it.
+        assert fake.entered.is_set() and not fake.release.is_set() and collector.worker.stuck
         assert value(batch, "predis_gpu_up") == 0
         assert value(batch, "predis_gpu_nvml_timeouts_total") == 1
         reason = agent.component_status["gpu"]["reason"]
@@ -771,7 +755,7 @@ def test_a_wedged_nvml_call_times_out_and_no_other_call_starts_while_it_is_stuck
         assert value(again, "predis_gpu_nvml_timeouts_total") == 1
         assert "has not returned" in agent.component_status["gpu"]["reason"]
         fake.release.set()
-        recovered = poll(lambda: value(b := collector.collect(), "predis_gpu_up") == 1 and b, "NVML to answer again")
+        recovered = wait_for(lambda: value(b := collector.collect(), "predis_gpu_up") == 1 and b, timeout=DEADLINE_SECONDS, what="NVML to answer again")
         assert value(recovered, "predis_gpu_devices") == 2
         assert agent.component_status["gpu"]["reason"] is None
     finally:
@@ -792,7 +776,7 @@ def test_worker_passes_results_and_errors_through_and_refuses_work_while_stuck()
         with pytest.raises(gpu_plugin.NvmlStuck, match="release|wait"):
             worker.call(1.0, int)
         release.set()
-        poll(lambda: not worker.stuck, "the stuck call to return")
+        wait_for(lambda: not worker.stuck, timeout=DEADLINE_SECONDS, what="the stuck call to return")
         assert worker.call(1.0, int, "7") == 7
     finally:
         release.set()

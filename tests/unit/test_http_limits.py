@@ -18,7 +18,7 @@ import logging
 import os
 import resource
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,11 @@ from agent.http import protocol_log
 from agent.logs import RateLimitedLog, RateLimitFilter
 from agent.security import TokenStore
 from agent.telemetry import Telemetry
+from tests.polling import wait_for_async
 from tests.unit.test_http_unit import write_self_signed
 
 # How long a test waits for something that should happen at once (never asserted on).
-PATIENCE = 10.0
+PATIENCE = 30.0
 
 
 def _sample(telemetry: Telemetry, name: str, **labels: str) -> float:
@@ -81,18 +82,6 @@ async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[HttpS
         yield server, telemetry, port
     finally:
         await server.stop()
-
-
-async def until(predicate: Callable[[], Any], what: str) -> Any:
-    """Poll ``predicate`` on the running loop until it is truthy (PATIENCE at most)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + PATIENCE
-    while loop.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def read_all(reader: asyncio.StreamReader) -> bytes:
@@ -320,18 +309,18 @@ def test_connections_past_the_cap_get_503_and_are_closed(tmp_path: Path) -> None
     async def main() -> None:
         async with serving(tmp_path, max_connections=3) as (server, telemetry, port):
             idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-            await until(lambda: server.open_connections == 3, "three open connections")
+            await wait_for_async(lambda: server.open_connections == 3, timeout=PATIENCE, what="three open connections")
             assert _sample(telemetry, "predis_agent_http_connections") == 3
             refused = await request(port, get("/livez"))
             assert status_of(refused) == 503 and b"too many connections" in refused
             assert _sample(telemetry, "predis_agent_http_connections_refused_total", reason="max_connections") == 1
             # A slot freed is a slot to use.
             idle.pop()[1].close()
-            await until(lambda: server.open_connections == 2, "a closed connection to be released")
+            await wait_for_async(lambda: server.open_connections == 2, timeout=PATIENCE, what="a closed connection to be released")
             assert status_of(await request(port, get("/livez"))) == 200
             for _reader, writer in idle:
                 writer.close()
-            await until(lambda: server.open_connections == 0, "every connection released")
+            await wait_for_async(lambda: server.open_connections == 0, timeout=PATIENCE, what="every connection released")
             assert _sample(telemetry, "predis_agent_http_connections") == 0
 
     run(main())
@@ -343,9 +332,9 @@ def test_a_new_cap_applies_to_the_next_connection(tmp_path: Path) -> None:
     async def main() -> None:
         async with serving(tmp_path, max_connections=5) as (server, telemetry, port):
             holder = await asyncio.open_connection("127.0.0.1", port)
-            await until(lambda: server.open_connections == 1, "one open connection")
+            await wait_for_async(lambda: server.open_connections == 1, timeout=PATIENCE, what="one open connection")
             assert status_of(await request(port, get("/livez"))) == 200
-            await until(lambda: server.open_connections == 1, "the served connection released")
+            await wait_for_async(lambda: server.open_connections == 1, timeout=PATIENCE, what="the served connection released")
             server.configure(_section(max_connections=1), {"anonymous_routes": ["/livez"]}, TokenStore(tmp_path / "t"))
             assert status_of(await request(port, get("/livez"))) == 503
             assert server.open_connections == 1  # the connection already open is kept
@@ -389,7 +378,7 @@ def test_refusals_are_logged_once_per_interval(tmp_path: Path, caplog: pytest.Lo
         async with serving(tmp_path, max_connections=1) as (server, telemetry, port):
             server._refused_log.interval = 3600
             holder = await asyncio.open_connection("127.0.0.1", port)
-            await until(lambda: server.open_connections == 1, "one open connection")
+            await wait_for_async(lambda: server.open_connections == 1, timeout=PATIENCE, what="one open connection")
             for _ in range(20):
                 assert status_of(await request(port, get("/livez"))) == 503
             assert _sample(telemetry, "predis_agent_http_connections_refused_total", reason="max_connections") == 20
@@ -411,7 +400,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(tmp_
             assert await read_all(reader) == b""
             writer.close()
             assert _sample(telemetry, "predis_agent_http_timeouts_total", phase="idle") == 1
-            await until(lambda: server.open_connections == 0, "the connection released")
+            await wait_for_async(lambda: server.open_connections == 0, timeout=PATIENCE, what="the connection released")
 
     run(main())
 
@@ -436,9 +425,10 @@ def test_trickled_headers_do_not_extend_the_header_deadline(tmp_path: Path) -> N
                     pass
             assert reader.at_eof() or writer.is_closing(), "the server kept a trickling client"
             writer.close()
-            await until(
+            await wait_for_async(
                 lambda: _sample(telemetry, "predis_agent_http_timeouts_total", phase="header") == 1,
-                "the header timeout to be counted",
+                timeout=PATIENCE,
+                what="the header timeout to be counted",
             )
 
     run(main())
@@ -469,7 +459,7 @@ def test_a_stalled_body_gets_408_and_the_connection_is_closed(tmp_path: Path) ->
             response = await request(port, head + b"x" * 10)
             assert status_of(response) == 408 and b"body_timeout_seconds" in response
             assert _sample(telemetry, "predis_agent_http_timeouts_total", phase="body") == 1
-            await until(lambda: server.open_connections == 0, "the connection released")
+            await wait_for_async(lambda: server.open_connections == 0, timeout=PATIENCE, what="the connection released")
 
     run(main())
 
@@ -532,7 +522,7 @@ def test_an_unbounded_chunked_body_is_cut_off(tmp_path: Path) -> None:
                 response = b""
             writer.close()
             assert response == b"" or status_of(response) == 413
-            await until(lambda: server.open_connections == 0, "the streaming client to be disconnected")
+            await wait_for_async(lambda: server.open_connections == 0, timeout=PATIENCE, what="the streaming client to be disconnected")
 
     run(main())
 
@@ -579,11 +569,12 @@ def test_https_is_served_and_a_client_that_never_handshakes_is_closed(tmp_path: 
             silent = await asyncio.open_connection("127.0.0.1", port)
             assert await read_all(silent[0]) == b""
             silent[1].close()
-            await until(
+            await wait_for_async(
                 lambda: _sample(telemetry, "predis_agent_http_timeouts_total", phase="handshake") == 1,
-                "the handshake timeout to be counted",
+                timeout=PATIENCE,
+                what="the handshake timeout to be counted",
             )
-            await until(lambda: server.open_connections == 0, "every connection released")
+            await wait_for_async(lambda: server.open_connections == 0, timeout=PATIENCE, what="every connection released")
 
     run(main())
 
@@ -602,7 +593,7 @@ def test_stop_closes_idle_connections_and_handshakes_in_progress(tmp_path: Path)
         port = server_port(server)
         handshaking = await asyncio.open_connection("127.0.0.1", port)
         served = await asyncio.open_connection("127.0.0.1", port, ssl=_client_tls())
-        await until(lambda: server.open_connections == 2, "two open connections")
+        await wait_for_async(lambda: server.open_connections == 2, timeout=PATIENCE, what="two open connections")
         await server.stop()
         assert await read_all(handshaking[0]) == b""
         assert await read_all(served[0]) == b""

@@ -17,7 +17,8 @@ from cache_core.model_host import ModelError, ModelProcess
 from cache_core.models import Vocabulary, make_model
 from cache_core.prefetch import Prefetcher, PrefetchSettings
 from cache_core.replay import MemoryOrigin
-from tests.agentproc import pid_running, wait_for
+from tests.agentproc import pid_running
+from tests.polling import wait_for
 
 
 class RecordingOrigin(MemoryOrigin):

@@ -28,7 +28,7 @@ from plugins.origins.guard import (
     Outcome,
     guard_schema_properties,
 )
-from tests.agentproc import wait_for
+from tests.polling import wait_for
 
 RESET_SECONDS = 0.2
 DEADLINE_SECONDS = 10.0

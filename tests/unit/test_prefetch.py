@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,7 @@ from cache_core.models import (
 )
 from cache_core.prefetch import Prefetcher, PrefetchSettings
 from cache_core.replay import MemoryOrigin, replay
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
+from tests.polling import wait_for
 
 
 def ids(vocab: Vocabulary, *keys: str) -> numpy.ndarray:
@@ -417,6 +409,7 @@ def test_replay_rejects_unknown_modes() -> None:
         replay([b"a"], 1, prefetch="magic")
 
 
+@pytest.mark.integration  # runs python -m agent
 def test_replay_cli_prints_the_documented_json(tmp_path: Path) -> None:
     trace = tmp_path / "t.txt"
     trace.write_text("\n".join(f"s:{i}" for i in range(300)) + "\n")
@@ -568,10 +561,10 @@ def test_a_queue_half_full_ends_the_rest_so_no_batch_is_dropped() -> None:
     try:
         prefetcher.observe([b"first"])
         # The worker took the first batch and is resting for a minute...
-        assert wait_until(lambda: prefetcher.stats.rest_seconds > 0)
+        wait_for(lambda: prefetcher.stats.rest_seconds > 0)
         for i in range(4):  # ...until the fourth queued batch fills half the queue.
             prefetcher.observe([b"k%d" % i])
-        assert wait_until(lambda: prefetcher.stats.observed == 5, timeout=20)
+        wait_for(lambda: prefetcher.stats.observed == 5, timeout=20)
     finally:
         prefetcher.close()
     assert prefetcher.stats.dropped_batches == 0
@@ -607,10 +600,10 @@ def test_reads_that_queue_up_during_a_rest_are_gathered_into_one_batch() -> None
         prefetcher.observe([chain[1]], [False])
         prefetcher.observe([chain[2]], [False])
         rests.gate.set()  # the rest ends with 2 reads queued: fewer than 6, so it gathers
-        assert wait_until(lambda: prefetcher.gathering)
+        wait_for(lambda: prefetcher.gathering)
         for key in chain[3:]:
             prefetcher.observe([key], [False])
-        assert wait_until(lambda: prefetcher.stats.observed == 7)
+        wait_for(lambda: prefetcher.stats.observed == 7)
     finally:
         prefetcher.close()
     st = prefetcher.stats
@@ -628,7 +621,7 @@ def test_a_worker_that_finds_nothing_queued_after_its_rest_does_not_gather() -> 
     try:
         for i in range(3):
             prefetcher.observe([b"slow%d" % i])
-            assert wait_until(lambda i=i: prefetcher.stats.observed == i + 1)
+            wait_for(lambda i=i: prefetcher.stats.observed == i + 1)
     finally:
         prefetcher.close()
     assert prefetcher.stats.steps == 3 and prefetcher.stats.gather_seconds == 0.0
@@ -636,10 +629,11 @@ def test_a_worker_that_finds_nothing_queued_after_its_rest_does_not_gather() -> 
 
 @pytest.mark.parametrize("ender", ["hint", "half_full", "close"])
 def test_a_gather_ends_on_a_hint_a_half_full_queue_or_close(ender: str) -> None:
-    """Nothing waits the whole max_pause_seconds (a minute here) when it must not: a client
-    waits on its hint, a half-full queue would start dropping reads, close() must return."""
+    """Nothing waits the whole max_pause_seconds (an hour here, far beyond any wait of the
+    test) when it must not: a client waits on its hint, a half-full queue would start
+    dropping reads, close() must return."""
     cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
-    settings = PrefetchSettings(max_cpu_share=0.5, max_pause_seconds=60.0, min_batch_keys=1000, queue_max_batches=8)
+    settings = PrefetchSettings(max_cpu_share=0.5, max_pause_seconds=3600.0, min_batch_keys=1000, queue_max_batches=8)
     rests = _Rests()
     prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, rest=rests)
     try:
@@ -647,19 +641,19 @@ def test_a_gather_ends_on_a_hint_a_half_full_queue_or_close(ender: str) -> None:
         assert rests.entered.wait(timeout=10)
         prefetcher.observe([b"queued"])
         rests.gate.set()
-        assert wait_until(lambda: prefetcher.gathering)
+        wait_for(lambda: prefetcher.gathering)
         assert prefetcher.status()["queued_keys"] == 1
         if ender == "hint":
             prefetcher.hint([b"soon"])
-            assert wait_until(lambda: prefetcher.queued_keys() == 0 and prefetcher.stats.observed == 2)
+            wait_for(lambda: prefetcher.queued_keys() == 0 and prefetcher.stats.observed == 2)
         elif ender == "half_full":
             for i in range(3):  # 4 batches queued: half of 8
                 prefetcher.observe([b"k%d" % i])
-            assert wait_until(lambda: prefetcher.stats.observed == 5)
+            wait_for(lambda: prefetcher.stats.observed == 5)
         else:
-            started = time.monotonic()
-            prefetcher.close()
-            assert time.monotonic() - started < 30
+            closer = threading.Thread(target=prefetcher.close)
+            closer.start()
+            wait_for(lambda: not closer.is_alive(), timeout=60, what="close() to end the gather")
     finally:
         prefetcher.close()
     assert prefetcher.stats.dropped_batches == 0
@@ -716,12 +710,12 @@ def test_under_load_a_step_over_budget_waits_for_the_reads_that_pay_for_it() -> 
         assert prefetcher.gather_target() == 9  # (1 ms - 100 us) / 100 us
         prefetcher.observe([chain[1]], [False])
         rests.gate.set()
-        assert wait_until(lambda: prefetcher.gathering)
+        wait_for(lambda: prefetcher.gathering)
         for key in chain[2:9]:
             prefetcher.observe([key], [False])
         assert prefetcher.gathering and prefetcher.stats.steps == 1  # 8 of 9 queued: still waiting
         prefetcher.observe([chain[9]], [False])
-        assert wait_until(lambda: prefetcher.stats.observed == 10)
+        wait_for(lambda: prefetcher.stats.observed == 10)
         assert prefetcher.stats.steps == 2
     finally:
         prefetcher.close()
@@ -733,7 +727,7 @@ def test_a_budget_wait_that_runs_out_of_time_steps_and_forgives_the_debt() -> No
     try:
         prefetcher.observe([b"b1"], [False])
         rests.gate.set()
-        assert wait_until(lambda: prefetcher.stats.observed == 2)
+        wait_for(lambda: prefetcher.stats.observed == 2)
         assert prefetcher.stats.steps == 2 and prefetcher.stats.gather_seconds > 0
         # The second step (2 reads' worth of keys, 1 ms again) was booked after the forgiven
         # first: what is owed now is that step's alone, or nothing if the worker caught up.
@@ -750,7 +744,7 @@ def test_the_floor_share_pays_a_debt_in_time_without_reads() -> None:
         prefetcher.observe([b"b1"], [False])
         assert prefetcher.gather_target() > 2  # reads alone would need ~1,000
         rests.gate.set()
-        assert wait_until(lambda: prefetcher.stats.observed == 2)
+        wait_for(lambda: prefetcher.stats.observed == 2)
         assert prefetcher.stats.steps == 2 and prefetcher.stats.gather_seconds > 0
     finally:
         prefetcher.close()
@@ -759,7 +753,7 @@ def test_the_floor_share_pays_a_debt_in_time_without_reads() -> None:
 def second_step_on(prefetcher: Prefetcher, key: bytes) -> None:
     """Reading ``key`` ends the gather: the worker's second step learns the four reads."""
     prefetcher.observe([key], [False])
-    assert wait_until(lambda: prefetcher.stats.observed == 4)
+    wait_for(lambda: prefetcher.stats.observed == 4)
     assert prefetcher.stats.steps == 2
 
 
@@ -771,7 +765,7 @@ def test_once_the_floor_share_paid_the_debt_min_batch_keys_is_still_waited_for()
         rests.gate.set()
         prefetcher.observe([b"b2"], [False])
         # The budget's wait (~0.5 s at a 0.2 % floor) ended on time; the worker still gathers.
-        assert wait_until(lambda: prefetcher.stats.gather_seconds > 0 and prefetcher.gathering)
+        wait_for(lambda: prefetcher.stats.gather_seconds > 0 and prefetcher.gathering)
         assert prefetcher.stats.steps == 1
         second_step_on(prefetcher, b"b3")
     finally:
@@ -784,10 +778,10 @@ def test_a_worker_that_catches_up_owes_nothing_and_steps_on_every_read() -> None
     prefetcher, _model, _vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-6, model_cpu_floor_share=0.0, max_pause_seconds=60.0)
     try:
         rests.gate.set()  # nothing queued when the rest ends
-        assert wait_until(lambda: prefetcher._debt == 0.0)
+        wait_for(lambda: prefetcher._debt == 0.0)
         for i in range(1, 4):
             prefetcher.observe([b"b%d" % i], [False])
-            assert wait_until(lambda i=i: prefetcher.stats.observed == i + 1)
+            wait_for(lambda i=i: prefetcher.stats.observed == i + 1)
     finally:
         prefetcher.close()
     assert prefetcher.stats.steps == 4 and prefetcher.stats.gather_seconds == 0.0
@@ -878,7 +872,7 @@ def test_a_worker_that_backs_off_waits_for_reads_to_pay_even_when_caught_up() ->
         assert rests.entered.wait(timeout=10)
         assert prefetcher.gather_target() == 3  # 1 ms less 0.25 ms earned, at 0.25 ms a read
         rests.gate.set()  # nothing queued when the rest ends: it waits all the same
-        assert wait_until(lambda: prefetcher.gathering)
+        wait_for(lambda: prefetcher.gathering)
         assert prefetcher.wait_idle(timeout=10)  # waiting for reads is idle
         for i in (1, 2):
             prefetcher.observe([b"b%d" % i], [False])

@@ -51,6 +51,7 @@ from agent.mlops.training import (
     train_from_trace,
 )
 from cache_core.models import Vocabulary, make_model
+from tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TENANT = "acme"
@@ -155,13 +156,13 @@ def test_register_refuses_bad_input(registry: ModelRegistry, tmp_path: Path, fil
 
 
 _WRITER = """
-import sys, time
+import sys
 from pathlib import Path
 from agent.mlops.registry import ModelRegistry
+from tests.polling import wait_for
 root, files, start, mode, arg = sys.argv[1:6]
 Path(f"{start}.ready-{arg}").touch()
-while not Path(start).exists():
-    time.sleep(0.001)
+wait_for(Path(start).exists, timeout=60, interval=0.001, what="the start line")
 registry = ModelRegistry(root)
 if mode == "register":
     print(registry.register("acme", files, {"kind": "stride", "metrics": {}}))
@@ -180,9 +181,7 @@ def _race(tmp_path: Path, registry: ModelRegistry, files: Path, mode: str) -> li
         )
         for i in range(WRITERS)
     ]
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob(f"{start.name}.ready-*"))) < WRITERS and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: len(list(tmp_path.glob(f"{start.name}.ready-*"))) == WRITERS, timeout=60, what="every writer at the start line")
     start.touch()  # every writer is at the line: they race for the lock from here
     outputs = []
     for proc in procs:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import agent.sinks
 from agent.runtime import Event
 from agent.sinks import (
     DeltaTracker,
@@ -32,19 +33,9 @@ from agent.sinks import (
     TransientExportError,
 )
 from agent.telemetry import Telemetry
+from tests.polling import wait_for
 
 WAIT = 10.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(0.002)
 
 
 class ScriptedExporter:
@@ -214,12 +205,27 @@ def test_a_payload_older_than_the_give_up_age_is_dropped_as_expired(make: Any, t
     assert value(telemetry, "predis_agent_sink_points_failed_total", error="transient") >= 3
 
 
-def test_outage_budget_and_oldest_age_are_reported(make: Any, telemetry: Telemetry) -> None:
+class SteppedWallClock:
+    """agent.sinks' ``time`` module with a wall clock the test sets (monotonic stays real)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_outage_budget_and_oldest_age_are_reported(make: Any, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SteppedWallClock(1_000_000.0)
+    monkeypatch.setattr(agent.sinks, "time", clock)
     sink, exp = make(ScriptedExporter(per_payload=10), max_points=100, max_age_seconds=600)
     exp.gate.clear()
     for i in range(4):
         sink.submit(list(range(10)))
-        time.sleep(0.01)  # submissions spaced in time give the sink a rate; nothing waits on this
+        clock.now += 1.0  # submissions a second apart give the sink a rate, whatever the machine's speed
     status = sink.status()
     assert status["queued_points"] == 40
     # 60 points of room at a positive rate: the budget is finite and below the age bound.
@@ -266,7 +272,9 @@ def test_backoff_is_full_jitter_under_a_doubling_ceiling(make: Any) -> None:
 
 def test_breaker_opens_probes_half_open_and_closes(make: Any, telemetry: Telemetry) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
-    sink, exp = make(events=events, breaker_fail_max=3, breaker_reset_timeout_seconds=0.3)
+    # The breaker stays open for the reset timeout only: long enough that a loaded machine
+    # cannot let the probe close it before the test has looked.
+    sink, exp = make(events=events, breaker_fail_max=3, breaker_reset_timeout_seconds=3.0)
     exp.plan = [TransientExportError("500")] * 3
     sink.submit([1])
     wait_for(lambda: sink.breaker.current_state == "open")

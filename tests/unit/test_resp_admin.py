@@ -8,10 +8,9 @@ The same commands compared with a real redis-server: tests/integration/test_resp
 
 from __future__ import annotations
 
-import asyncio
-
 from cache_core.resp.admin import ERRORSTATS_MAX_CODES, OpsState, slowlog_argv
 from cache_core.resp.server import RespLimits, RespServer
+from tests.polling import wait_for_async
 from tests.resp_helpers import encode_command
 from tests.unit.test_resp_limits import closed_by_server, connect, read_replies, run
 
@@ -78,7 +77,7 @@ def test_client_list_shows_other_connections_as_redis() -> None:
         other.write(encode_command("MULTI") + encode_command("SET", "k", "v") + encode_command("GET", "k"))
         assert await read_replies(other_reader, 3) == ["+OK", "+QUEUED", "+QUEUED"]
         fresh_reader, fresh = await connect(server)
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: len(server.clients) == 3, what="the server to take the third connection")
         watcher.write(encode_command("CLIENT", "LIST"))
         (listed,) = await read_replies(watcher_reader, 1)
         lines = [dict(f.split("=", 1) for f in line.split(" ")) for line in listed.decode().splitlines()]

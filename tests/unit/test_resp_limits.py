@@ -19,10 +19,13 @@ import pytest
 
 from cache_core.cache import Cache
 from cache_core.resp.server import RespLimits, RespServer
+from tests.polling import wait_for_async
 from tests.resp_helpers import encode_command
 from tests.unit.test_resp_server import _listener
 
 PASSWORD = "limits-test-password"
+# How long a test waits for something the server should do (never asserted on).
+PATIENCE = 20.0
 
 
 def run(scenario: Callable[[RespServer], Awaitable[Any]], *, limits: RespLimits | None = None, password: str | None = None, max_keys: int = 4096, memory: int = 64 << 20) -> Any:
@@ -77,14 +80,6 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
     return data
 
 
-async def poll(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def non_reading_socket(server: RespServer) -> socket.socket:
     """A connected socket with a tiny receive buffer, for a client that reads nothing."""
     sock = socket.socket()
@@ -115,7 +110,7 @@ def test_a_pipeline_of_large_replies_stops_at_the_output_limits() -> None:
             return server.stats.limit_disconnections.get("output_buffer", 0) == 1
 
         await loop.sock_sendall(sock, encode_command("GET", "big") * 500)
-        await poll(watch, "the non-reading client to be closed")
+        await wait_for_async(watch, timeout=PATIENCE, what="the non-reading client to be closed")
         sock.close()
         assert peak[0] <= limits.output_buffer_bytes
         # Every other client goes on.
@@ -134,13 +129,13 @@ def test_a_reply_past_the_hard_limit_closes_the_client_at_once() -> None:
         server.cache.mset([(b"huge", b"h" * (1 << 20))])
         sock = await non_reading_socket(server)
         loop = asyncio.get_running_loop()
-        await poll(lambda: server.clients, "the connection to be accepted")
+        await wait_for_async(lambda: server.clients, timeout=PATIENCE, what="the connection to be accepted")
         # The kernel would otherwise take the whole reply in: the agent's side holds it.
         for conn in server.clients.values():
             assert conn.transport is not None
             conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         await loop.sock_sendall(sock, encode_command("GET", "huge"))
-        await poll(lambda: server.stats.limit_disconnections.get("output_buffer", 0) == 1, "the hard limit to close the client")
+        await wait_for_async(lambda: server.stats.limit_disconnections.get("output_buffer", 0) == 1, timeout=PATIENCE, what="the hard limit to close the client")
         sock.close()
 
     run(scenario, limits=limits)
@@ -154,7 +149,7 @@ def test_a_client_over_the_soft_limit_for_its_time_is_closed() -> None:
         sock = await non_reading_socket(server)
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(sock, encode_command("GET", "v") * 40)  # 10 MiB: over soft, under hard
-        await poll(lambda: server.stats.limit_disconnections.get("output_buffer", 0) == 1, "the soft limit to close the client")
+        await wait_for_async(lambda: server.stats.limit_disconnections.get("output_buffer", 0) == 1, timeout=PATIENCE, what="the soft limit to close the client")
         sock.close()
 
     run(scenario, limits=limits)
@@ -328,7 +323,7 @@ def test_other_clients_are_served_while_a_large_mset_runs() -> None:
         pairs = [b"m:%d" % i for i in range(200_000) for _ in range(2)]
         writer.write(encode_command("MSET", *pairs))
         await writer.drain()
-        await poll(lambda: server.tasks, "the MSET to start in slices")
+        await wait_for_async(lambda: server.tasks, timeout=PATIENCE, what="the MSET to start in slices")
         ping_reader, ping_writer = await connect(server)
         ping_writer.write(encode_command("PING"))
         assert await read_replies(ping_reader, 1) == ["+PONG"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.plugins import PluginHost
 from agent.runtime import Agent
+from tests.polling import wait_for_async
 
 INTERVAL = 0.2
 DEADLINE = 10.0
@@ -53,14 +53,6 @@ def make_agent(config_path: str | None, tmp_path: Path, interval: float = INTERV
     return Agent(config_path, overrides(tmp_path, interval), host=PluginHost(load_entrypoints=False, builtins=()))
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.005)
-
-
 def on_grid(start: float, later: float | None, interval: float) -> int:
     """How many whole intervals lie between two collection times (asserting it is whole)."""
     assert later is not None
@@ -75,7 +67,7 @@ def test_reload_without_changes_keeps_generation_and_phase(tmp_path: Path) -> No
         await agent.start()
         try:
             assert agent.http.address is not None and agent.http.address.startswith("http://127.0.0.1:")
-            await wait_until(lambda: agent.collection_runs >= 2)
+            await wait_for_async(lambda: agent.collection_runs >= 2)
             anchor = agent.last_collect_monotonic
             assert anchor is not None
             generation = agent.generation
@@ -87,7 +79,7 @@ def test_reload_without_changes_keeps_generation_and_phase(tmp_path: Path) -> No
             assert agent.last_reload is result
             assert agent.last_collect_monotonic is not None and agent.last_collect_monotonic <= anchor + INTERVAL + 1e-9
             runs = agent.collection_runs
-            await wait_until(lambda: agent.collection_runs >= runs + 2)
+            await wait_for_async(lambda: agent.collection_runs >= runs + 2)
             assert on_grid(anchor, agent.last_collect_monotonic, INTERVAL) >= 2
             assert agent.telemetry.registry.get_sample_value("predis_agent_config_generation") == 1
             assert agent.telemetry.registry.get_sample_value("predis_agent_config_last_reload_success") == 1
@@ -106,7 +98,7 @@ def test_applied_reload_keeps_the_phase(tmp_path: Path) -> None:
         agent = make_agent(str(config), tmp_path)
         await agent.start()
         try:
-            await wait_until(lambda: agent.collection_runs >= 2)
+            await wait_for_async(lambda: agent.collection_runs >= 2)
             anchor = agent.last_collect_monotonic
             assert anchor is not None
             config.write_text("agent:\n  collect:\n    timeout_seconds: 3\n")
@@ -115,7 +107,7 @@ def test_applied_reload_keeps_the_phase(tmp_path: Path) -> None:
             assert result.changed == ["agent.collect.timeout_seconds"]
             assert result.generation == agent.generation == 2
             runs = agent.collection_runs
-            await wait_until(lambda: agent.collection_runs >= runs + 2)
+            await wait_for_async(lambda: agent.collection_runs >= runs + 2)
             assert on_grid(anchor, agent.last_collect_monotonic, INTERVAL) >= 2
         finally:
             await agent.stop()
@@ -132,9 +124,9 @@ def test_interval_change_takes_effect_from_the_last_collection(tmp_path: Path, o
         agent = make_agent_from_file(config, tmp_path)
         await agent.start()
         try:
-            await wait_until(lambda: agent.collection_runs >= 1)
+            await wait_for_async(lambda: agent.collection_runs >= 1)
             # Wait until the schedule sleeps towards its next round, planned with the old interval.
-            await wait_until(
+            await wait_for_async(
                 lambda: agent.last_collect_monotonic is not None
                 and agent.next_collect_monotonic == pytest.approx(agent.last_collect_monotonic + old_interval, abs=1e-9)
             )
@@ -147,8 +139,8 @@ def test_interval_change_takes_effect_from_the_last_collection(tmp_path: Path, o
             assert agent.last_collect_monotonic == anchor
             # Woken by the reload, the schedule re-plans from the last round with the new interval
             # (a shorter interval must not wait for the old, later due time).
-            await wait_until(lambda: agent.next_collect_monotonic == pytest.approx(anchor + new_interval, abs=1e-9))
-            await wait_until(lambda: agent.last_collect_monotonic != anchor)
+            await wait_for_async(lambda: agent.next_collect_monotonic == pytest.approx(anchor + new_interval, abs=1e-9))
+            await wait_for_async(lambda: agent.last_collect_monotonic != anchor)
             assert agent.last_collect_monotonic == pytest.approx(anchor + new_interval, abs=1e-9)
         finally:
             await agent.stop()

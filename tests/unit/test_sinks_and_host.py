@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +16,6 @@ from agent.config import load_config
 from agent.errors import AuthError, SecurityError
 from agent.plugins import PluginHost
 from agent.security import TokenStore, confine, validate_tenant_id
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError("condition not met in time")
 
 
 # ----------------------------------------------------------------------------- plugin host

@@ -15,9 +15,8 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,20 +27,10 @@ from agent.pidfile import remove_pid_file, write_pid_file
 from agent.sinks import Payload, ResilientSink, SinkSettings, TransientExportError
 from agent.telemetry import Metric, Telemetry
 from plugins.exporters.datadog import DatadogExporter
+from tests.polling import wait_for
 
 WAIT = 10.0
 MIB = 1 << 20
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(0.002)
 
 
 def settings(**kw: Any) -> SinkSettings:
