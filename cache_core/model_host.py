@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """The prefetch models' work per step, in the worker thread or in a process of their own.
 
-:func:`propose` is one step of a model: encode the read keys, learn them, predict after
-the last ones. The prefetcher runs it in its worker thread, or (``model_process``, opt-in)
-hands it to :class:`ModelProcess`: a child interpreter that holds the serving model and a
-canary's challenger and runs their steps.
+:func:`~cache_core.models.steps.propose` is one step of a model: encode the read keys,
+learn them, predict after the last ones. The prefetcher runs it in its worker thread, or
+(``model_process``, opt-in) hands it to :class:`ModelProcess`: a child interpreter that
+holds the serving model and a canary's challenger and runs their steps.
 
 Why a process: an interpreter runs one thread at a time, and NumPy lets go of that lock
 in every array operation over more than a few hundred elements. In a worker thread each
@@ -39,47 +39,14 @@ from typing import Any
 
 import numpy
 
-from cache_core.models import make_model, model_array_module, place_model
+from cache_core.models import place_model
 from cache_core.models.base import Vocabulary
+from cache_core.models.steps import describe, propose, restart_if_full, test_inference
 
 log = logging.getLogger(__name__)
 
 SERVING = "serving"
 CHALLENGER = "challenger"
-
-
-def propose(model: Any, vocab: Vocabulary, keys: list[bytes], depth: int, predict_last: int) -> list[tuple[bytes, float]]:
-    """Encode and learn ``keys`` with ``model``; its candidates (as keys) after the last ones."""
-    ids = vocab.encode_many(keys)
-    model.observe(ids)
-    tail = ids[-predict_last:]
-    one = getattr(model, "predict_one", None)
-    if tail.shape[0] == 1 and callable(one):
-        proposals = one(int(tail[0]), depth)
-    else:
-        cand, conf = model.predict(tail, depth)
-        ok = cand >= 0
-        proposals = list(zip(cand[ok].tolist(), conf[ok].tolist()))
-    decode, known = vocab.decode, len(vocab)
-    return [(decode(c), score) for c, score in proposals if 0 <= c < known]
-
-
-def restart_if_full(model: Any, vocab: Vocabulary, learn_online: bool, xp: Any) -> tuple[Any, bool]:
-    """A full vocabulary starts over, and with it the model (its IDs would name other keys).
-    Returns the model to go on with and whether it is a fresh one."""
-    if len(vocab) < vocab.capacity or not learn_online:
-        return model, False
-    vocab.clear()
-    return make_model(getattr(model, "name", ""), vocab, xp=xp), True
-
-
-def describe(model: Any, vocab: Vocabulary) -> dict[str, Any]:
-    """What the prefetcher's status reports of a model it may not hold itself."""
-    return {
-        "vocabulary": len(vocab),
-        "model_bytes": int(getattr(model, "nbytes", 0)),
-        "backend": model_array_module(model).__name__.rsplit(".", 1)[-1],
-    }
 
 
 class ModelHostError(RuntimeError):
@@ -253,8 +220,6 @@ class _Slots:
             self.models.pop(message[1], None)
             return None
         if op == "promote":
-            from cache_core.prefetch import test_inference
-
             if CHALLENGER in self.models:
                 self.models[SERVING] = self.models.pop(CHALLENGER)
             model, vocab, _learn = self.models[SERVING]
