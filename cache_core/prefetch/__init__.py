@@ -14,7 +14,7 @@ Flow per observed batch of accessed keys:
 One module per concern, each explaining its part:
 
 * :mod:`~cache_core.prefetch.prefetcher`: :class:`Prefetcher`, the steps and the worker
-  loop that ties the others together;
+  loop that ties the others together, and :meth:`Prefetcher.retune`;
 * :mod:`~cache_core.prefetch.work_queue`: the bounded queue the request path hands read
   batches and hints to, and the joining of batches queued behind each other;
 * :mod:`~cache_core.prefetch.pacing`: the worker's share of a core (rests) and its

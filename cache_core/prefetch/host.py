@@ -107,6 +107,13 @@ class ModelHost:
         log.error("prefetch: the model process failed (%s); the models run in the prefetch worker thread from now on", exc)
         process.close()
 
+    def retune(self, settings: PrefetchSettings) -> None:
+        """Let the process's steps use ``settings``' depth, window and timeout."""
+        if self.process is not None:
+            self.process.depth = settings.depth
+            self.process.predict_last = settings.predict_last
+            self.process.timeout = settings.model_process_timeout_seconds
+
     def close(self) -> None:
         if self.process is not None:
             self.process.close()

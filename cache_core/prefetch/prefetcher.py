@@ -69,6 +69,7 @@ class Prefetcher:
         self.host = ModelHost(place_model(model, xp), vocab, version, xp=xp, learn_online=bool(learn_online), process=process, stats=self.stats)
         self.canary = CanarySeam(self.host, self.stats)
         self._threshold = Threshold(s)
+        self._clock = clock
         self._keys_bucket = Bucket(s.max_keys_per_second, clock)
         self._bytes_bucket = Bucket(s.max_bytes_per_second, clock)
         self.queue = WorkQueue(s, self.stats)
@@ -240,7 +241,51 @@ class Prefetcher:
         with self._lock:
             self.host.close()
 
-    # -- changing models ----------------------------------------------------------------
+    # -- changing settings and models ----------------------------------------------------
+    def retune(
+        self,
+        settings: PrefetchSettings,
+        *,
+        model: str | None = None,
+        vocabulary_size: int | None = None,
+        learn_online: bool | None = None,
+    ) -> bool:
+        """Go on under ``settings`` without losing what the models learned; False (and
+        nothing changed) when they need a new prefetcher instead.
+
+        A new prefetcher is needed when ``model_process`` changes in a prefetcher that
+        runs a worker (the models run in the process or in the worker thread from the
+        start), and when the model kind ``model``, the ``vocabulary_size`` or
+        ``learn_online`` are given and differ from what serves. Everything else applies
+        from the worker's next step: pacing, gathering and back-off, the threshold (a new
+        ``threshold`` or a change of ``adaptive`` starts over from the configured one;
+        otherwise the adapted one is kept within the new bounds), ``depth`` and
+        ``predict_last``, the bandwidth budget (a changed rate starts a full bucket), the
+        queue bound (batches beyond a lower one are dropped and counted), the batch and
+        hint limit and the model process's timeout. A step in progress ends under the
+        settings it began with.
+        """
+        with self._lock:
+            host = self.host
+            if not self.sync and settings.model_process != self.settings.model_process:
+                return False
+            if model is not None and model != getattr(host.model, "name", None):
+                return False
+            if vocabulary_size is not None and vocabulary_size != host.vocab.capacity:
+                return False
+            if learn_online is not None and bool(learn_online) != host.learn_online:
+                return False
+            old, self.settings = self.settings, settings
+            self._threshold.retune(settings)
+            self.queue.settings = self.foresight.settings = self.pacer.settings = settings
+            if settings.max_keys_per_second != old.max_keys_per_second:
+                self._keys_bucket = Bucket(settings.max_keys_per_second, self._clock)
+            if settings.max_bytes_per_second != old.max_bytes_per_second:
+                self._bytes_bucket = Bucket(settings.max_bytes_per_second, self._clock)
+            host.retune(settings)
+            self.queue.trim()
+        return True
+
     def start_rollout(self, rollout: Canary, model: Any, vocab: Vocabulary, version: int | None) -> None:
         """Let ``model`` (the challenger) decide for the keys of ``rollout``'s challenger arm."""
         place_model(model, self.xp)

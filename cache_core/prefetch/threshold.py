@@ -34,3 +34,14 @@ class Threshold:
         else:
             self.value = max(s.min_threshold, self.value / s.threshold_step)
         self._base = (inserted, used)
+
+    def retune(self, settings: PrefetchSettings) -> None:
+        """Go on under ``settings``: a new ``threshold``, or adaptation turned on or off,
+        starts from the configured threshold; otherwise the adapted one is kept, within the
+        new ``[min_threshold, max_threshold]`` while it adapts. The precision counted since
+        the last move is kept."""
+        old, self.settings = self.settings, settings
+        if settings.threshold != old.threshold or settings.adaptive != old.adaptive:
+            self.value = settings.threshold
+        elif settings.adaptive:
+            self.value = min(settings.max_threshold, max(settings.min_threshold, self.value))

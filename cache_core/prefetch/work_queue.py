@@ -88,6 +88,11 @@ class WorkQueue:
         if gone_kind == "hint":
             self.hints_in -= 1
 
+    def trim(self) -> None:
+        """Drop the oldest batches beyond ``queue_max_batches`` (after the bound was lowered)."""
+        while len(self.batches) > self.settings.queue_max_batches:
+            self.drop_oldest()
+
     # -- the worker ---------------------------------------------------------------------
     def take(self) -> Batch | None:
         """The oldest batch, or None when the queue is empty."""

@@ -23,7 +23,7 @@ from cache_core.models import (
     Vocabulary,
     make_model,
 )
-from cache_core.prefetch import Prefetcher, PrefetchSettings
+from cache_core.prefetch import Canary, Prefetcher, PrefetchSettings
 from cache_core.replay import MemoryOrigin, replay
 
 
@@ -923,3 +923,11 @@ def test_a_model_that_foresees_nothing_backs_off_and_one_that_foresees_comes_bac
         assert prefetcher.status()["backoff"]["foreseen"] > 0
     finally:
         prefetcher.close()
+
+
+def test_the_mlops_rollout_offers_what_the_canary_seam_asks() -> None:
+    from agent.mlops.rollout import Rollout, RolloutSettings
+
+    rollout: Canary = Rollout("t", 1, 2, RolloutSettings())
+    assert isinstance(rollout, Canary)
+    assert not isinstance(object(), Canary)
