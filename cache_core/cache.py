@@ -32,6 +32,7 @@ import numpy
 
 from cache_core import _native
 from cache_core.backend import to_host
+from cache_core.errors import CacheCoreError
 from cache_core.eviction import ClockPolicy, make_policy
 from cache_core.keys import Fingerprinter
 from cache_core.store import ValueStore, ValueTooLargeError
@@ -69,7 +70,7 @@ OP_GET, OP_SET, OP_DEL, OP_EXPIRE, OP_PREFETCH = 1, 2, 3, 4, 5
 RES_HIT, RES_MISS, RES_PREFETCH_HIT, RES_EVICTED, RES_STORED, RES_DELETED, RES_EXPIRED = 0, 1, 2, 3, 4, 5, 6
 
 
-class CacheError(Exception):
+class CacheError(CacheCoreError):
     """Base class of errors the cache reports to its callers."""
 
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy
 
+from cache_core.errors import CacheCoreError
 from cache_core.models import place_model
 from cache_core.models.base import Vocabulary
 from cache_core.models.steps import describe, propose, restart_if_full, test_inference
@@ -49,11 +50,11 @@ SERVING = "serving"
 CHALLENGER = "challenger"
 
 
-class ModelHostError(RuntimeError):
+class ModelHostError(CacheCoreError, RuntimeError):
     """The model process is gone, or did not answer in time."""
 
 
-class ModelError(RuntimeError):
+class ModelError(CacheCoreError, RuntimeError):
     """A model raised in the model process (the process itself is fine)."""
 
 

@@ -58,6 +58,7 @@ from typing import Any
 import numpy
 
 from cache_core import _native
+from cache_core.errors import CacheCoreError
 
 EMPTY = 0
 FULL = 1
@@ -82,7 +83,7 @@ _STORAGE = ("_capacity", "_mask", "_keys", "state", "handle", "_claim", "_ticket
 _BOTH_EQUAL = 0x0101  # two adjacent True bytes read as one uint16, in either byte order
 
 
-class TableError(Exception):
+class TableError(CacheCoreError):
     """Base class of hash-table errors."""
 
 
