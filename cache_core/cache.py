@@ -221,7 +221,7 @@ class Cache:
         self.store = ValueStore(xp, max_value_bytes=max_value_bytes, growth_factor=slab_growth_factor)
         # Key names live in slabs of their own on the host (KEYS, SCAN, RANDOMKEY, RENAME
         # name keys back from entries): a 16-byte key costs a 16-byte chunk and its entry's
-        # handle and length, where a bytes object in a list cost about 64 bytes.
+        # handle and length, less than a bytes object in a list (bench/RESULTS.md).
         self.key_store = ValueStore(numpy, max_value_bytes=max(max_key_bytes, 16), growth_factor=slab_growth_factor)
         self.policy = make_policy(eviction, self.max_keys)
         # Batches up to this many keys take the scalar host path (same results).
@@ -318,7 +318,7 @@ class Cache:
         while int(capacity * table.max_load_factor) < need and capacity < self._table_capacity:
             capacity *= 2
         table.rehash(min(capacity, self._table_capacity))
-        _native.trim_heap()  # the replaced arrays would otherwise stay resident (about 30 B/key at 1M keys)
+        _native.trim_heap()  # the replaced arrays would otherwise stay resident (bench/RESULTS.md)
 
     # ------------------------------------------------------------------ helpers
     def now_ms(self) -> int:

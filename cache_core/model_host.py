@@ -9,13 +9,12 @@ holds the serving model and a canary's challenger and runs their steps.
 Why a process: an interpreter runs one thread at a time, and NumPy lets go of that lock
 in every array operation over more than a few hundred elements. In a worker thread each
 such operation hands the interpreter to the busy request path and waits to get it back:
-on a 2-vCPU machine under pipelined GETs a 4,096-key step of the ``model`` cost 2.5-3x
-its CPU time alone (bench/RESULTS.md), and the server lost the time the worker held the
-lock. In a child both run at once on their own interpreters; the worker thread only ships
-the keys (one pickled list per step) and waits on the socket with the lock released.
-The price is latency per step: two hops between processes, about 0.1 ms on a 2-vCPU
-machine against 20 us for a one-key step in the thread, which a fast sequential client
-outruns (docs/prefetching.md), hence opt-in.
+under pipelined GETs a large step then costs a multiple of its CPU time alone
+(bench/RESULTS.md), and the server loses the time the worker holds the lock. In a child
+both run at once on their own interpreters; the worker thread only ships the keys (one
+pickled list per step) and waits on the socket with the lock released. The price is
+latency per step: two hops between processes, longer than a one-key step in the thread
+takes, which a fast sequential client outruns (docs/prefetching.md), hence opt-in.
 
 The child talks over a private socket pair (:class:`multiprocessing.connection.Connection`
 framing; only the parent holds the other end, so unpickling its messages trusts no one

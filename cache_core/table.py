@@ -690,7 +690,7 @@ class HashTable:
         access per key instead of two) and compares both halves in one pass; only the
         keys still pending are carried into the next round. Gathers use ``mode="clip"``,
         which skips NumPy's bounds-error bookkeeping (every index here is masked into
-        range) and measured 20-25% faster for random gathers.
+        range), which makes random gathers faster (bench/RESULTS.md).
         """
         n = q.shape[0]
         if n == 0:
