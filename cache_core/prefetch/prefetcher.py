@@ -36,6 +36,9 @@ log = logging.getLogger("cache_core.prefetch")
 
 
 class Prefetcher:
+    """Learns from the reads of ``cache`` and loads from ``origin`` what ``model`` (over
+    ``vocab``) expects next: in a worker thread, or inline with ``sync`` (replay)."""
+
     def __init__(
         self,
         cache: Any,
@@ -263,7 +266,9 @@ class Prefetcher:
         ``predict_last``, the bandwidth budget (a changed rate starts a full bucket), the
         queue bound (batches beyond a lower one are dropped and counted), the batch and
         hint limit and the model process's timeout. A step in progress ends under the
-        settings it began with.
+        settings it began with. Safe against the worker thread (it takes the lock a step
+        holds); call it from the thread that observes (the agent's event loop), which
+        counts the batches queued and dropped.
         """
         with self._lock:
             host = self.host
