@@ -7,7 +7,7 @@ are rows of the NumPy structured type :data:`EVENT_DTYPE`; the ring keeps them c
 column (one array per field, capacity a power of two, so a position is
 ``sequence & mask``) and :meth:`AccessLog.read` returns structured rows. A batch is written
 with one or two slice assignments per column (two when it wraps), so the cost per event is
-a few nanoseconds of memory traffic, not Python work.
+memory traffic, not Python work.
 
 Concurrency: producers (the RESP loop, the executor, prefetch loads) and consumers (the
 production data collector, drift features) may run in different threads. One short lock
@@ -54,8 +54,8 @@ SAMPLE_BITS = 32
 _SAMPLE_MIX = numpy.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads any fingerprint bit pattern
 MAX_SIZE = numpy.iinfo(numpy.uint32).max
 # Batches up to this many events are written row by row by the compiled writer (see
-# AccessLog._append_scalar): about 30 ns per event there, against some ten NumPy calls
-# (about 5 us) for a vectorised batch of any size.
+# AccessLog._append_scalar): below it, a row at a time costs less than the ten or so NumPy
+# calls a vectorised batch of any size takes (bench/RESULTS.md).
 SCALAR_APPEND_MAX = 32
 
 
@@ -85,9 +85,9 @@ class AccessLog:
         self.sample_rate = float(sample_rate)
         self._threshold = numpy.uint64(min(int(self.sample_rate * (1 << SAMPLE_BITS)), 1 << SAMPLE_BITS))
         self._clock_ns = clock_ns
-        # One array per EVENT_DTYPE field: a batch is then six contiguous copies (about
-        # 6 ns per event, measured in bench/bench_access_log.py) where writing the fields of
-        # a structured array, strided, cost about 50. Readers get structured rows.
+        # One array per EVENT_DTYPE field: a batch is then six contiguous copies, cheaper
+        # than writing the fields of a structured array, strided (bench/bench_access_log.py,
+        # bench/RESULTS.md). Readers get structured rows.
         self._columns = {name: numpy.zeros(capacity, dtype=EVENT_DTYPE.fields[name][0]) for name in EVENT_DTYPE.names}
         # The compiled ring state (cache_core/native/ring.c): the columns' buffers, the head,
         # the count of events offered and the lock that covers writes and reads.

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy
 
+from cache_core.errors import CacheCoreError
+
 BACKENDS = ("auto", "cupy", "numpy")
 
 
@@ -27,7 +29,7 @@ def to_host(array: Any) -> numpy.ndarray:
     return numpy.asarray(array)
 
 
-class BackendError(RuntimeError):
+class BackendError(CacheCoreError, RuntimeError):
     """The requested array backend cannot be used on this host."""
 
 

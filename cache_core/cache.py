@@ -32,6 +32,7 @@ import numpy
 
 from cache_core import _native
 from cache_core.backend import to_host
+from cache_core.errors import CacheCoreError
 from cache_core.eviction import ClockPolicy, make_policy
 from cache_core.keys import Fingerprinter
 from cache_core.store import ValueStore, ValueTooLargeError
@@ -69,7 +70,7 @@ OP_GET, OP_SET, OP_DEL, OP_EXPIRE, OP_PREFETCH = 1, 2, 3, 4, 5
 RES_HIT, RES_MISS, RES_PREFETCH_HIT, RES_EVICTED, RES_STORED, RES_DELETED, RES_EXPIRED = 0, 1, 2, 3, 4, 5, 6
 
 
-class CacheError(Exception):
+class CacheError(CacheCoreError):
     """Base class of errors the cache reports to its callers."""
 
 
@@ -227,7 +228,7 @@ class Cache:
         self.store = ValueStore(xp, max_value_bytes=max_value_bytes, growth_factor=slab_growth_factor)
         # Key names live in slabs of their own on the host (KEYS, SCAN, RANDOMKEY, RENAME
         # name keys back from entries): a 16-byte key costs a 16-byte chunk and its entry's
-        # handle and length, where a bytes object in a list cost about 64 bytes.
+        # handle and length, less than a bytes object in a list (bench/RESULTS.md).
         self.key_store = ValueStore(numpy, max_value_bytes=max(max_key_bytes, 16), growth_factor=slab_growth_factor)
         self.policy = make_policy(eviction, self.max_keys)
         # Batches up to this many keys take the scalar host path (same results).
@@ -324,7 +325,7 @@ class Cache:
         while int(capacity * table.max_load_factor) < need and capacity < self._table_capacity:
             capacity *= 2
         table.rehash(min(capacity, self._table_capacity))
-        _native.trim_heap()  # the replaced arrays would otherwise stay resident (about 30 B/key at 1M keys)
+        _native.trim_heap()  # the replaced arrays would otherwise stay resident (bench/RESULTS.md)
 
     # ------------------------------------------------------------------ helpers
     def now_ms(self) -> int:

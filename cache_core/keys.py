@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy
 
 from cache_core._native import Blake2b
+from cache_core.errors import CacheCoreError
 
 SECRET_BYTES = 16
 DIGEST_BYTES = 16
@@ -46,7 +47,7 @@ _PROCESS_SECRET = os.urandom(SECRET_BYTES)
 DB_PERSON_PREFIX = b"predis-db"
 
 
-class KeyLengthError(ValueError):
+class KeyLengthError(CacheCoreError, ValueError):
     """A key is empty or longer than the configured maximum."""
 
 

@@ -1,21 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
 """The prefetch models' work per step, in the worker thread or in a process of their own.
 
-:func:`propose` is one step of a model: encode the read keys, learn them, predict after
-the last ones. The prefetcher runs it in its worker thread, or (``model_process``, opt-in)
-hands it to :class:`ModelProcess`: a child interpreter that holds the serving model and a
-canary's challenger and runs their steps.
+:func:`~cache_core.models.steps.propose` is one step of a model: encode the read keys,
+learn them, predict after the last ones. The prefetcher runs it in its worker thread, or
+(``model_process``, opt-in) hands it to :class:`ModelProcess`: a child interpreter that
+holds the serving model and a canary's challenger and runs their steps.
 
 Why a process: an interpreter runs one thread at a time, and NumPy lets go of that lock
 in every array operation over more than a few hundred elements. In a worker thread each
 such operation hands the interpreter to the busy request path and waits to get it back:
-on a 2-vCPU machine under pipelined GETs a 4,096-key step of the ``model`` cost 2.5-3x
-its CPU time alone (bench/RESULTS.md), and the server lost the time the worker held the
-lock. In a child both run at once on their own interpreters; the worker thread only ships
-the keys (one pickled list per step) and waits on the socket with the lock released.
-The price is latency per step: two hops between processes, about 0.1 ms on a 2-vCPU
-machine against 20 us for a one-key step in the thread, which a fast sequential client
-outruns (docs/prefetching.md), hence opt-in.
+under pipelined GETs a large step then costs a multiple of its CPU time alone
+(bench/RESULTS.md), and the server loses the time the worker holds the lock. In a child
+both run at once on their own interpreters; the worker thread only ships the keys (one
+pickled list per step) and waits on the socket with the lock released. The price is
+latency per step: two hops between processes, longer than a one-key step in the thread
+takes, which a fast sequential client outruns (docs/prefetching.md), hence opt-in.
 
 The child talks over a private socket pair (:class:`multiprocessing.connection.Connection`
 framing; only the parent holds the other end, so unpickling its messages trusts no one
@@ -39,8 +38,10 @@ from typing import Any
 
 import numpy
 
-from cache_core.models import make_model, model_array_module, place_model
+from cache_core.errors import CacheCoreError
+from cache_core.models import place_model
 from cache_core.models.base import Vocabulary
+from cache_core.models.steps import describe, propose, restart_if_full, test_inference
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +49,11 @@ SERVING = "serving"
 CHALLENGER = "challenger"
 
 
-def propose(model: Any, vocab: Vocabulary, keys: list[bytes], depth: int, predict_last: int) -> list[tuple[bytes, float]]:
-    """Encode and learn ``keys`` with ``model``; its candidates (as keys) after the last ones."""
-    ids = vocab.encode_many(keys)
-    model.observe(ids)
-    tail = ids[-predict_last:]
-    one = getattr(model, "predict_one", None)
-    if tail.shape[0] == 1 and callable(one):
-        proposals = one(int(tail[0]), depth)
-    else:
-        cand, conf = model.predict(tail, depth)
-        ok = cand >= 0
-        proposals = list(zip(cand[ok].tolist(), conf[ok].tolist()))
-    decode, known = vocab.decode, len(vocab)
-    return [(decode(c), score) for c, score in proposals if 0 <= c < known]
-
-
-def restart_if_full(model: Any, vocab: Vocabulary, learn_online: bool, xp: Any) -> tuple[Any, bool]:
-    """A full vocabulary starts over, and with it the model (its IDs would name other keys).
-    Returns the model to go on with and whether it is a fresh one."""
-    if len(vocab) < vocab.capacity or not learn_online:
-        return model, False
-    vocab.clear()
-    return make_model(getattr(model, "name", ""), vocab, xp=xp), True
-
-
-def describe(model: Any, vocab: Vocabulary) -> dict[str, Any]:
-    """What the prefetcher's status reports of a model it may not hold itself."""
-    return {
-        "vocabulary": len(vocab),
-        "model_bytes": int(getattr(model, "nbytes", 0)),
-        "backend": model_array_module(model).__name__.rsplit(".", 1)[-1],
-    }
-
-
-class ModelHostError(RuntimeError):
+class ModelHostError(CacheCoreError, RuntimeError):
     """The model process is gone, or did not answer in time."""
 
 
-class ModelError(RuntimeError):
+class ModelError(CacheCoreError, RuntimeError):
     """A model raised in the model process (the process itself is fine)."""
 
 
@@ -253,8 +220,6 @@ class _Slots:
             self.models.pop(message[1], None)
             return None
         if op == "promote":
-            from cache_core.prefetch import test_inference
-
             if CHALLENGER in self.models:
                 self.models[SERVING] = self.models.pop(CHALLENGER)
             model, vocab, _learn = self.models[SERVING]

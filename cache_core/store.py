@@ -26,6 +26,7 @@ from typing import Any
 import numpy
 
 from cache_core import _native
+from cache_core.errors import CacheCoreError
 
 MIN_CHUNK_BYTES = 16
 # Batches of at least this many values are stored by put_many's bulk path.
@@ -37,7 +38,7 @@ _CHUNK_MASK = (1 << _CHUNK_BITS) - 1
 _PAGE_MASK = (1 << _PAGE_BITS) - 1
 
 
-class ValueTooLargeError(ValueError):
+class ValueTooLargeError(CacheCoreError, ValueError):
     """A value is longer than ``max_value_bytes``."""
 
 

@@ -58,6 +58,7 @@ from typing import Any
 import numpy
 
 from cache_core import _native
+from cache_core.errors import CacheCoreError
 
 EMPTY = 0
 FULL = 1
@@ -82,7 +83,7 @@ _STORAGE = ("_capacity", "_mask", "_keys", "state", "handle", "_claim", "_ticket
 _BOTH_EQUAL = 0x0101  # two adjacent True bytes read as one uint16, in either byte order
 
 
-class TableError(Exception):
+class TableError(CacheCoreError):
     """Base class of hash-table errors."""
 
 
@@ -689,7 +690,7 @@ class HashTable:
         access per key instead of two) and compares both halves in one pass; only the
         keys still pending are carried into the next round. Gathers use ``mode="clip"``,
         which skips NumPy's bounds-error bookkeeping (every index here is masked into
-        range) and measured 20-25% faster for random gathers.
+        range), which makes random gathers faster (bench/RESULTS.md).
         """
         n = q.shape[0]
         if n == 0:

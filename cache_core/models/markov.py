@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Counting Markov successor model: for each key, its most frequent next keys (top-k).
 
-The baseline any learned prefetcher must beat (on a real block trace it lifts an LRU
-cache from 16 % to 38 % hits at 1 % cache size, ../shared reference §5.2). State is two
+The baseline any learned prefetcher must beat (what it adds to an LRU cache's hits on a
+real block trace: bench/RESULTS.md, "Figures moved out of docstrings"). State is two
 arrays indexed by the context ID: ``succ[ctx, slot]`` (a successor key ID) and
 ``count[ctx, slot]``, :data:`DEFAULT_SLOTS` slots per context kept by the space-saving
 rule (a new successor replaces the least counted one and inherits its count plus one, so

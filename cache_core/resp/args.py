@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import re
 
+from cache_core.errors import CacheCoreError
+
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 NOT_AN_INTEGER = "ERR value is not an integer or out of range"
 SYNTAX_ERROR = "ERR syntax error"
 
 
-class CommandError(Exception):
+class CommandError(CacheCoreError):
     """A command failed; ``message`` is sent as a RESP error (prefix included)."""
 
     def __init__(self, message: str) -> None:

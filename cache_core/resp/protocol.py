@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from cache_core import _native
+from cache_core.errors import CacheCoreError
 
 CRLF = b"\r\n"
 # The longest header line ("*<count>" or "$<length>") we read before the CRLF arrives.
@@ -34,7 +35,7 @@ MULTIBULK_ERROR = "Protocol error: invalid multibulk length"
 BULK_ERROR = "Protocol error: invalid bulk length"
 
 
-class ProtocolError(Exception):
+class ProtocolError(CacheCoreError):
     """The client broke the protocol; the connection is answered once and closed."""
 
 

@@ -145,9 +145,9 @@ def test_a_canary_challenger_runs_in_the_model_process_too() -> None:
             pf.observe([key])
         assert pf.wait_idle(20)
         # The challenger learned in the process (its vocabulary there grew; here it did not).
-        assert pf._described["challenger"]["vocabulary"] == 20 and len(vocab) == 0
+        assert pf.host.described["challenger"]["vocabulary"] == 20 and len(vocab) == 0
         assert pf.status()["model_process"]["state"] == "running"
         pf.stop_rollout()
-        assert "challenger" not in pf._described
+        assert "challenger" not in pf.host.described
     finally:
         pf.close()

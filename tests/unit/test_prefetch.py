@@ -24,7 +24,7 @@ from cache_core.models import (
     Vocabulary,
     make_model,
 )
-from cache_core.prefetch import Prefetcher, PrefetchSettings
+from cache_core.prefetch import Canary, Prefetcher, PrefetchSettings
 from cache_core.replay import MemoryOrigin, replay
 from tests.polling import wait_for
 
@@ -666,15 +666,15 @@ def test_the_model_time_a_step_spends_beyond_its_reads_budget_is_owed_in_reads()
     settings = PrefetchSettings(max_model_seconds_per_read=2e-6, model_cpu_floor_share=0.0, max_batch_keys=100)
     prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
     assert prefetcher.gather_target() == 1
-    prefetcher._charge(10e-6, 1)  # 8 us over a read's 2 us: four reads owed
+    prefetcher.pacer.charge(10e-6, 1)  # 8 us over a read's 2 us: four reads owed
     assert prefetcher.gather_target() == 4
-    prefetcher._charge(1e-6, 10)  # well within budget: the debt is paid, none carried over
-    assert prefetcher._debt == 0.0 and prefetcher.gather_target() == 1
-    prefetcher._charge(1.0, 1)  # never more than one step's worth of keys
+    prefetcher.pacer.charge(1e-6, 10)  # well within budget: the debt is paid, none carried over
+    assert prefetcher.pacer.debt == 0.0 and prefetcher.gather_target() == 1
+    prefetcher.pacer.charge(1.0, 1)  # never more than one step's worth of keys
     assert prefetcher.gather_target() == 100
     unbudgeted = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), PrefetchSettings(max_model_seconds_per_read=0.0, min_batch_keys=3), sync=True)
-    unbudgeted._charge(1.0, 1)
-    assert unbudgeted._debt == 0.0 and unbudgeted.gather_target() == 3
+    unbudgeted.pacer.charge(1.0, 1)
+    assert unbudgeted.pacer.debt == 0.0 and unbudgeted.gather_target() == 3
 
 
 class _CostlySteps(Prefetcher):
@@ -731,7 +731,7 @@ def test_a_budget_wait_that_runs_out_of_time_steps_and_forgives_the_debt() -> No
         assert prefetcher.stats.steps == 2 and prefetcher.stats.gather_seconds > 0
         # The second step (2 reads' worth of keys, 1 ms again) was booked after the forgiven
         # first: what is owed now is that step's alone, or nothing if the worker caught up.
-        assert prefetcher._debt in (0.0, pytest.approx(1e-3 - 1e-4))
+        assert prefetcher.pacer.debt in (0.0, pytest.approx(1e-3 - 1e-4))
     finally:
         prefetcher.close()
 
@@ -778,7 +778,7 @@ def test_a_worker_that_catches_up_owes_nothing_and_steps_on_every_read() -> None
     prefetcher, _model, _vocab, rests = costly_prefetcher(max_model_seconds_per_read=1e-6, model_cpu_floor_share=0.0, max_pause_seconds=60.0)
     try:
         rests.gate.set()  # nothing queued when the rest ends
-        wait_for(lambda: prefetcher._debt == 0.0)
+        wait_for(lambda: prefetcher.pacer.debt == 0.0)
         for i in range(1, 4):
             prefetcher.observe([b"b%d" % i], [False])
             wait_for(lambda i=i: prefetcher.stats.observed == i + 1)
@@ -806,38 +806,38 @@ def test_foresight_counts_the_chosen_keys_read_within_the_horizon_only() -> None
     cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
     settings = PrefetchSettings(backoff_horizon_reads=4)
     prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
-    prefetcher._score_reads([b"r0", b"r1"])  # two reads seen: what is named now counts up to read 6
-    prefetcher._name([b"a", b"b", b"c"])
-    prefetcher._name([b"a"])  # named again: renewed, not named twice
+    prefetcher.foresight.score_reads([b"r0", b"r1"])  # two reads seen: what is named now counts up to read 6
+    prefetcher.foresight.name([b"a", b"b", b"c"])
+    prefetcher.foresight.name([b"a"])  # named again: renewed, not named twice
     assert prefetcher.stats.foresight_named == 3
-    prefetcher._score_reads([b"x", b"a", b"y", b"a"])  # reads 2-5: "a" once (the repeat is no second foresight)
+    prefetcher.foresight.score_reads([b"x", b"a", b"y", b"a"])  # reads 2-5: "a" once (the repeat is no second foresight)
     assert prefetcher.stats.foresight_read == 1
-    prefetcher._score_reads([b"b", b"c"])  # reads 6 and 7: past the horizon
+    prefetcher.foresight.score_reads([b"b", b"c"])  # reads 6 and 7: past the horizon
     assert prefetcher.stats.foresight_read == 1
-    assert not prefetcher._foresight  # the expired names are forgotten
-    assert prefetcher._window == [8, 3, 1]
+    assert not prefetcher.foresight.pending  # the expired names are forgotten
+    assert prefetcher.foresight.window == [8, 3, 1]
 
 
 def test_the_window_judges_accuracy_and_backs_off_below_the_bound() -> None:
     cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20)
     settings = PrefetchSettings(backoff_below_accuracy=0.25, adapt_every=4, backoff_window_reads=100)
     prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
-    prefetcher._window = [10, 3, 0]
-    prefetcher._judge()  # 3 named, 10 reads: the window is not over yet
+    prefetcher.foresight.window = [10, 3, 0]
+    prefetcher.foresight.judge("markov")  # 3 named, 10 reads: the window is not over yet
     assert prefetcher.accuracy is None and not prefetcher.backed_off
-    prefetcher._window = [12, 4, 0]
-    prefetcher._judge()
+    prefetcher.foresight.window = [12, 4, 0]
+    prefetcher.foresight.judge("markov")
     assert prefetcher.accuracy == 0.0 and prefetcher.backed_off and prefetcher.stats.backoffs == 1
-    assert prefetcher._window == [0, 0, 0]
-    prefetcher._window = [100, 0, 0]  # a full window of reads with nothing named: still 0
-    prefetcher._judge()
+    assert prefetcher.foresight.window == [0, 0, 0]
+    prefetcher.foresight.window = [100, 0, 0]  # a full window of reads with nothing named: still 0
+    prefetcher.foresight.judge("markov")
     assert prefetcher.backed_off and prefetcher.stats.backoffs == 1
-    prefetcher._window = [20, 4, 1]  # 25 %: not below the bound
-    prefetcher._judge()
+    prefetcher.foresight.window = [20, 4, 1]  # 25 %: not below the bound
+    prefetcher.foresight.judge("markov")
     assert prefetcher.accuracy == 0.25 and not prefetcher.backed_off
     never = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), PrefetchSettings(backoff_below_accuracy=0.0, adapt_every=1), sync=True)
-    never._window = [10, 5, 0]
-    never._judge()
+    never.foresight.window = [10, 5, 0]
+    never.foresight.judge("markov")
     assert never.accuracy == 0.0 and not never.backed_off
 
 
@@ -846,14 +846,14 @@ def test_backing_off_gathers_by_its_own_budget_without_a_floor() -> None:
     settings = PrefetchSettings(max_model_seconds_per_read=0.0, model_cpu_floor_share=0.05, max_pause_seconds=0.05, backoff_model_seconds_per_read=1e-6, backoff_max_pause_seconds=0.5, max_batch_keys=10_000)
     prefetcher = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), settings, sync=True)
     assert prefetcher.pacing() == (0.0, 0.05, 0.05)
-    prefetcher._charge(1e-3, 1)
+    prefetcher.pacer.charge(1e-3, 1)
     assert prefetcher.gather_target() == 1  # no budget: nothing owed
-    prefetcher.backed_off = True
+    prefetcher.foresight.backed_off = True
     assert prefetcher.pacing() == (1e-6, 0.0, 0.5)
-    prefetcher._charge(1e-3, 1)
+    prefetcher.pacer.charge(1e-3, 1)
     assert prefetcher.gather_target() == 999  # 1 ms less one read's 1 us, at 1 us a read
     budgeted = Prefetcher(cache, MemoryOrigin(), MarkovModel(64), Vocabulary(64), PrefetchSettings(max_model_seconds_per_read=5e-7, max_pause_seconds=2.0), sync=True)
-    budgeted.backed_off = True
+    budgeted.foresight.backed_off = True
     assert budgeted.pacing() == (5e-7, 0.0, 2.0)  # the lower budget and the longer wait win
 
 
@@ -866,7 +866,7 @@ def test_a_worker_that_backs_off_waits_for_reads_to_pay_even_when_caught_up() ->
     rests = _Rests()
     chosen = PrefetchSettings(depth=1, predict_last=1, threshold=0.0, adaptive=False, max_cpu_share=0.5, backoff_model_seconds_per_read=2.5e-4, backoff_max_pause_seconds=60.0)
     prefetcher = _CostlySteps(cache, MemoryOrigin(), model, vocab, chosen, rest=rests)
-    prefetcher.backed_off = True
+    prefetcher.foresight.backed_off = True
     try:
         prefetcher.observe([b"b0"], [False])
         assert rests.entered.wait(timeout=10)
@@ -917,3 +917,11 @@ def test_a_model_that_foresees_nothing_backs_off_and_one_that_foresees_comes_bac
         assert prefetcher.status()["backoff"]["foreseen"] > 0
     finally:
         prefetcher.close()
+
+
+def test_the_mlops_rollout_offers_what_the_canary_seam_asks() -> None:
+    from agent.mlops.rollout import Rollout, RolloutSettings
+
+    rollout: Canary = Rollout("t", 1, 2, RolloutSettings())
+    assert isinstance(rollout, Canary)
+    assert not isinstance(object(), Canary)
