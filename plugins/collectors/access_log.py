@@ -58,30 +58,30 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from agent import hookimpl
-from agent.config import Secret
-from agent.errors import SecurityError
-from agent.mlops.dataset import (
+from agent.api import (
+    ACCESS_LOG_DROP_REASONS,
+    ACCESS_LOG_METRICS,
+    DIR_MODE_SECRET,
     STREAM_ID_BYTES,
     TEMP_NAME_RE,
+    AccessLog,
     KeyFormatError,
+    Metric,
+    MetricSpec,
+    Secret,
+    SecurityError,
+    atomic_write,
+    confine,
     encode_segment,
+    free_space,
+    hookimpl,
     key_id,
     list_segments,
     parse_key,
     parse_segment_name,
     segment_name,
 )
-from agent.security import DIR_MODE_SECRET, atomic_write, confine
-from agent.sinks import free_space
-from agent.sinks import remove_temp_files as remove_temp_matching
-from agent.telemetry import (
-    ACCESS_LOG_DROP_REASONS,
-    ACCESS_LOG_METRICS,
-    Metric,
-    MetricSpec,
-)
-from cache_core.access_log import AccessLog
+from agent.api import remove_temp_files as remove_temp_matching
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent import hookimpl
-from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
-from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS
+from agent.api import COLLECTED_METRICS, COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS, Metric, MetricSpec, hookimpl, sample
 
 PLUGIN_NAME = "cache_metrics"
 CONFIG_SECTION = "collectors.cache"

@@ -39,9 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import hookimpl
-from agent.runtime import Event
-from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
+from agent.api import COLLECTED_METRICS, Metric, MetricSpec, hookimpl, sample
 
 log = logging.getLogger(__name__)
 
@@ -489,6 +487,8 @@ class GpuCollector:
         log.warning("GPU %s (%s) reported XID %d", gpu or "?", uuid or "unknown UUID", xid)
         emit = getattr(self.agent, "emit", None)
         if emit is not None:
+            from agent.api import Event  # here, not at import: it loads the agent's runtime
+
             emit(Event(XID_EVENT_KIND, {"gpu": gpu, "uuid": uuid, "xid": xid}))
 
     # -- state ----------------------------------------------------------------------------

@@ -29,8 +29,7 @@ import time
 import weakref
 from typing import Any
 
-from agent import hookimpl
-from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
+from agent.api import COLLECTED_METRICS, Metric, MetricSpec, hookimpl, sample
 
 PLUGIN_NAME = "process_metrics"
 CONFIG_SECTION = "collectors.process"
