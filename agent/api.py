@@ -26,10 +26,11 @@ Metrics
     ``Metric``: one sample a collector returns. ``MetricSpec``: a metric declared once
     (name, type, help, labels, unit, buckets, series cap). ``sample(spec, value, labels)``:
     a Metric built from its spec (label keys checked). ``DEFAULT_MAX_SERIES``: the series
-    cap of a family no spec declares. ``SPECS_BY_NAME``: every spec the agent and the
-    built-in plugins declare, by name (exporters read units and types from it).
-    ``COLLECTED_METRICS``, ``ACCESS_LOG_METRICS``, ``ACCESS_LOG_DROP_REASONS``: the
-    built-in collectors' specs.
+    cap of a family no spec declares. ``declare_metrics(__name__, specs)``: declares the
+    metrics a plugin module produces, once, at import (their series caps, units and types
+    then apply, and ``predis-agent metrics docs`` lists a built-in plugin's under its
+    file); returns the specs. ``SPECS_BY_NAME``: every spec declared in the process, the
+    agent's and the plugins', by name (exporters read units and types from it).
 
 Export (push exporters' payloads and typed errors)
     ``Payload``: one request body and its point count. ``DeltaTracker``: turns cumulative
@@ -118,16 +119,7 @@ if TYPE_CHECKING:
         http_error,
         remove_temp_files,
     )
-    from agent.telemetry import (
-        ACCESS_LOG_DROP_REASONS,
-        ACCESS_LOG_METRICS,
-        COLLECTED_METRICS,
-        DEFAULT_MAX_SERIES,
-        SPECS_BY_NAME,
-        Metric,
-        MetricSpec,
-        sample,
-    )
+    from agent.telemetry import DEFAULT_MAX_SERIES, SPECS_BY_NAME, Metric, MetricSpec, declare_metrics, sample
     from cache_core.access_log import AccessLog
     from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS
 
@@ -139,9 +131,7 @@ _SOURCES: dict[str, str] = {
     "sample": "agent.telemetry",
     "DEFAULT_MAX_SERIES": "agent.telemetry",
     "SPECS_BY_NAME": "agent.telemetry",
-    "COLLECTED_METRICS": "agent.telemetry",
-    "ACCESS_LOG_METRICS": "agent.telemetry",
-    "ACCESS_LOG_DROP_REASONS": "agent.telemetry",
+    "declare_metrics": "agent.telemetry",
     # export
     "Payload": "agent.sinks",
     "DeltaTracker": "agent.sinks",
@@ -267,9 +257,6 @@ class HealthCheck(Protocol):
 
 
 __all__ = [
-    "ACCESS_LOG_DROP_REASONS",
-    "ACCESS_LOG_METRICS",
-    "COLLECTED_METRICS",
     "COMMANDS",
     "DEFAULT_MAX_SERIES",
     "DIR_MODE_SECRET",
@@ -306,6 +293,7 @@ __all__ = [
     "atomic_write",
     "combine",
     "confine",
+    "declare_metrics",
     "effective_sizes",
     "encode_segment",
     "free_space",
