@@ -43,7 +43,8 @@ Export (push exporters' payloads and typed errors)
 Agent objects
     ``Event``: what ``predis_agent_event`` receives and ``agent.emit`` sends.
     ``Route``: an HTTP route ``predis_agent_register_routes`` returns;
-    ``json_response(body, status)`` answers one. ``Secret``: a secret config value
+    ``json_response(body, status)`` and ``error_response(status, message)`` answer in the
+    shapes of the agent's own routes. ``Secret``: a secret config value
     (``reveal()``, ``reveal_bytes()``).
 
 Files and security
@@ -69,7 +70,7 @@ Access log and its dataset format
 
 RESP server constants
     ``COMMANDS``: the command table's names. ``LATENCY_BUCKETS_USEC``: the server's latency
-    histogram bounds. ``LIMIT_REASONS``: why the server refuses a connection or request.
+    histogram bounds. ``LIMIT_REASONS``: why the server closed a client for a limit.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ from agent import hookimpl, hookspec
 if TYPE_CHECKING:
     from agent.config import Secret
     from agent.errors import SecurityError
-    from agent.http import Route, json_response
+    from agent.http import Route, error_response, json_response
     from agent.mlops.dataset import (
         STREAM_ID_BYTES,
         TEMP_NAME_RE,
@@ -145,6 +146,7 @@ _SOURCES: dict[str, str] = {
     "Event": "agent.runtime",
     "Route": "agent.http",
     "json_response": "agent.http",
+    "error_response": "agent.http",
     "Secret": "agent.config",
     # files and security
     "SecurityError": "agent.errors",
@@ -296,6 +298,7 @@ __all__ = [
     "declare_metrics",
     "effective_sizes",
     "encode_segment",
+    "error_response",
     "free_space",
     "hookimpl",
     "hookspec",

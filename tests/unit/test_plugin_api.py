@@ -4,7 +4,7 @@
 * Every module under plugins/ imports from the project only ``agent.api`` (and the
   ``plugins`` package itself): checked on the source, so a new import is named by file
   and line.
-* Every name in ``agent.api.__all__`` resolves.
+* Every name in ``agent.api.__all__`` resolves, and docs/plugins.md documents it.
 * The objects the built-in plugins register satisfy the Protocol of their hook.
 * Importing and loading every built-in plugin, as ``config validate`` does, imports none
   of the heavy third-party packages (they are imported where they are used).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from agent.plugins import DEFAULT_PLUGINS, PluginHost
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS_DIR = ROOT / "plugins"
+PLUGINS_DOC = ROOT / "docs" / "plugins.md"
 
 # Imported only inside the functions that use them: none may be loaded by importing plugins.
 HEAVY_MODULES = ("boto3", "botocore", "scipy", "pyarrow", "datadog", "newrelic_telemetry_sdk", "pynvml", "cupy")
@@ -88,10 +90,22 @@ def test_the_import_check_names_what_it_refuses(tmp_path: Path, monkeypatch: pyt
     assert all(line.startswith("plugin.py:") for line in forbidden_imports(path))
 
 
-def test_every_exported_name_resolves() -> None:
+def test_the_documented_example_plugin_imports_only_agent_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", PLUGINS_DOC.read_text(encoding="utf-8"), flags=re.S) if "@hookimpl" in b]
+    assert len(blocks) >= 2
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example_{i}.py"
+        path.write_text(block, encoding="utf-8")
+        assert not forbidden_imports(path), block
+
+
+def test_every_exported_name_resolves_and_is_documented() -> None:
     assert len(api.__all__) == len(set(api.__all__))
+    doc = PLUGINS_DOC.read_text(encoding="utf-8")
     for name in api.__all__:
         assert getattr(api, name) is not None, name
+        assert f"`{name}`" in doc, f"docs/plugins.md does not document agent.api.{name}"
     with pytest.raises(AttributeError, match="no attribute 'not_exported'"):
         api.not_exported  # noqa: B018
     assert set(api.__all__) <= set(dir(api))
