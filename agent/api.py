@@ -120,7 +120,14 @@ if TYPE_CHECKING:
         http_error,
         remove_temp_files,
     )
-    from agent.telemetry import DEFAULT_MAX_SERIES, SPECS_BY_NAME, Metric, MetricSpec, declare_metrics, sample
+    from agent.telemetry import (
+        DEFAULT_MAX_SERIES,
+        SPECS_BY_NAME,
+        Metric,
+        MetricSpec,
+        declare_metrics,
+        sample,
+    )
     from cache_core.access_log import AccessLog
     from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS
 

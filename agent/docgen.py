@@ -494,7 +494,12 @@ def metric_registry() -> tuple[MetricSpec, ...]:
     the agent's self-metrics, each built-in plugin's (imported here, in DEFAULT_PLUGINS order),
     then the drift checks' and the MLOps services'."""
     from agent.plugins import DEFAULT_PLUGINS
-    from agent.telemetry import DRIFT_METRICS, MLOPS_METRICS, SELF_METRICS, declared_metrics
+    from agent.telemetry import (
+        DRIFT_METRICS,
+        MLOPS_METRICS,
+        SELF_METRICS,
+        declared_metrics,
+    )
 
     plugin_specs: list[MetricSpec] = []
     for _, module in DEFAULT_PLUGINS:

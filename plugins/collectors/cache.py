@@ -23,7 +23,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.api import COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS, Metric, MetricSpec, declare_metrics, hookimpl, sample
+from agent.api import (
+    COMMANDS,
+    LATENCY_BUCKETS_USEC,
+    LIMIT_REASONS,
+    Metric,
+    MetricSpec,
+    declare_metrics,
+    hookimpl,
+    sample,
+)
 
 PLUGIN_NAME = "cache_metrics"
 CONFIG_SECTION = "collectors.cache"

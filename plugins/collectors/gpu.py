@@ -536,7 +536,8 @@ class GpuCollector:
         log.warning("GPU %s (%s) reported XID %d", gpu or "?", uuid or "unknown UUID", xid)
         emit = getattr(self.agent, "emit", None)
         if emit is not None:
-            from agent.api import Event  # here, not at import: it loads the agent's runtime
+            # Imported here, not at import: it loads the agent's runtime.
+            from agent.api import Event
 
             emit(Event(XID_EVENT_KIND, {"gpu": gpu, "uuid": uuid, "xid": xid}))
 

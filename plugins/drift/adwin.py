@@ -26,7 +26,15 @@ from typing import Any
 
 import numpy
 
-from agent.api import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, WindowFeatures, combine, hookimpl
+from agent.api import (
+    STATUS_INSUFFICIENT,
+    DetectorResult,
+    DriftResult,
+    DriftSettings,
+    WindowFeatures,
+    combine,
+    hookimpl,
+)
 
 NAME = "adwin"
 FEATURE = "hit_stream"

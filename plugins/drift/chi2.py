@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy
 
-from agent.api import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, WindowFeatures, combine, hookimpl
+from agent.api import (
+    STATUS_INSUFFICIENT,
+    DetectorResult,
+    DriftResult,
+    DriftSettings,
+    WindowFeatures,
+    combine,
+    hookimpl,
+)
 
 NAME = "chi2"
 

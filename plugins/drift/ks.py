@@ -25,7 +25,16 @@ from typing import Any
 
 import numpy
 
-from agent.api import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, WindowFeatures, combine, effective_sizes, hookimpl
+from agent.api import (
+    STATUS_INSUFFICIENT,
+    DetectorResult,
+    DriftResult,
+    DriftSettings,
+    WindowFeatures,
+    combine,
+    effective_sizes,
+    hookimpl,
+)
 
 NAME = "ks"
 # scipy's exact distribution is used up to this many values per side ("auto" does the same).

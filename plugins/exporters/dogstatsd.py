@@ -132,7 +132,9 @@ class DogStatsdExporter:
 
     def client(self) -> DogStatsd:
         if self._client is None:
-            from datadog.dogstatsd.base import DogStatsd  # here, not at import: loading the plugin stays cheap
+            from datadog.dogstatsd.base import (
+                DogStatsd,  # here, not at import: loading the plugin stays cheap
+            )
 
             self._client = DogStatsd(
                 host=None if self.socket_path else self.statsd_host,

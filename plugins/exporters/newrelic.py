@@ -190,7 +190,10 @@ class NewRelicExporter:
         if not self._key:
             raise ExportAuthError("exporters.newrelic.api_key is not set")
         if self._metric_client is None or self._event_client is None:
-            from newrelic_telemetry_sdk import EventClient, MetricClient  # here, not at import: loading the plugin stays cheap
+            from newrelic_telemetry_sdk import (  # here, not at import: loading the plugin stays cheap
+                EventClient,
+                MetricClient,
+            )
 
             self._metric_client = MetricClient(self._key, host=self.host, port=self.port, **self._pool_kwargs())
             self._event_client = EventClient(self._key, host=self.event_host, port=self.port, **self._pool_kwargs())

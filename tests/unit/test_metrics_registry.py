@@ -18,7 +18,13 @@ import agent.telemetry as telemetry_module
 from agent.cli import cli
 from agent.docgen import METRICS_GENERATOR_COMMAND, metric_registry, render_metrics_doc
 from agent.plugins import DEFAULT_PLUGINS
-from agent.telemetry import SPECS_BY_NAME, MetricSpec, declare_metrics, declared_metrics, emitter_of
+from agent.telemetry import (
+    SPECS_BY_NAME,
+    MetricSpec,
+    declare_metrics,
+    declared_metrics,
+    emitter_of,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 REGENERATE = f"run `{METRICS_GENERATOR_COMMAND}`"

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-import agent.api as api
+from agent import api
 from agent.config import load_config
 from agent.plugins import DEFAULT_PLUGINS, PluginHost
 
@@ -91,7 +91,7 @@ def test_the_import_check_names_what_it_refuses(tmp_path: Path, monkeypatch: pyt
 
 
 def test_the_documented_example_plugin_imports_only_agent_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", PLUGINS_DOC.read_text(encoding="utf-8"), flags=re.S) if "@hookimpl" in b]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", PLUGINS_DOC.read_text(encoding="utf-8"), flags=re.DOTALL) if "@hookimpl" in b]
     assert len(blocks) >= 2
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     for i, block in enumerate(blocks):
