@@ -174,18 +174,19 @@ def test_an_object_missing_a_method_is_not_a_collector() -> None:
     assert not isinstance(SimpleNamespace(name="x", send=print), api.Exporter)
 
 
+# What `config validate` does with the plugins: import them, merge their schema fragments,
+# validate a config and register the enabled ones.
 LOAD_ALL = """
 import json, sys
-from agent.plugins import DEFAULT_PLUGINS, PluginHost
-import importlib
-for _, module in DEFAULT_PLUGINS:
-    importlib.import_module(module)
+from agent.config import load_config
+from agent.plugins import PluginHost
 host = PluginHost(load_entrypoints=False)
 fragments, opaque = host.schema_fragments()
+host.apply_config(load_config(None, plugin_fragments=fragments, opaque_plugins=opaque).plugin_enabled)
 print(json.dumps({
     "states": {name: info.state for name, info in host.plugins.items()},
     "opaque": opaque,
-    "loaded": sorted(name for name in sys.modules if name.split(".")[0] in sys.argv[1:]),
+    "loaded": sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1:])),
 }))
 """
 
