@@ -13,7 +13,9 @@ Conventions for implementers:
   sockets in the returned objects' ``start()``, not in the hook.
 * ``config`` is always the plugin's own section, ``plugins.<name>`` in the YAML file,
   already validated against the schema the plugin returned and filled with defaults.
-  Secret values in it are ``agent.config.Secret`` objects: call ``.reveal()``.
+  Secret values in it are ``agent.api.Secret`` objects: call ``.reveal()``.
+* Plugins import from the project only ``agent.api`` (``hookimpl``, the Protocols of the
+  returned objects below, metrics, export errors ...); see its docstring and docs/plugins.md.
 
 This module imports nothing from the project on purpose: it is the ground floor.
 """
@@ -51,7 +53,7 @@ def predis_agent_config_schema() -> dict[str, Any] | None:
 
 @hookspec
 def predis_agent_register_collectors(agent: Any, config: dict[str, Any]) -> list[Any] | None:
-    """Return collectors: objects with ``name`` and ``collect() -> Iterable[Metric]``.
+    """Return collectors (``agent.api.Collector``): ``name`` and ``collect() -> Iterable[Metric]``.
 
     ``collect`` is called once per collection interval from the scheduler thread,
     under a timeout; an exception costs that collector's batch only.
@@ -61,8 +63,9 @@ def predis_agent_register_collectors(agent: Any, config: dict[str, Any]) -> list
 @hookspec
 def predis_agent_register_exporters(agent: Any, config: dict[str, Any]) -> list[Any] | None:
     """Return push exporters: objects with ``name`` and ``send(batch)``, or the full
-    contract ``encode(batch) -> list[Payload]`` and ``send(payload, timeout)`` raising the
-    typed errors of ``agent.sinks`` (transient / too large / invalid / auth).
+    contract ``agent.api.Exporter``, ``encode(batch) -> list[Payload]`` and
+    ``send(payload, timeout)`` raising the typed errors of ``agent.api`` (transient / too
+    large / invalid / auth).
 
     Each exporter is driven by its own ``agent.sinks.ResilientSink`` (bounded queue, worker
     thread, retry, circuit breaker, spool). The sink outlives reloads: when the plugin's
@@ -72,17 +75,18 @@ def predis_agent_register_exporters(agent: Any, config: dict[str, Any]) -> list[
 
 @hookspec
 def predis_agent_register_drift_detectors(agent: Any, config: dict[str, Any]) -> list[Any] | None:
-    """Return drift detectors: objects with ``name`` and ``check(reference, current)``."""
+    """Return drift detectors (``agent.api.DriftDetector``): ``name`` and
+    ``check(reference, current, settings) -> DriftResult``."""
 
 
 @hookspec
 def predis_agent_register_origins(agent: Any, config: dict[str, Any]) -> list[Any] | None:
-    """Return cache origins: objects with ``name`` and ``load_many(keys) -> values``."""
+    """Return cache origins (``agent.api.Origin``): ``name`` and ``load_many(keys) -> values``."""
 
 
 @hookspec
 def predis_agent_register_health_checks(agent: Any, config: dict[str, Any]) -> list[Any] | None:
-    """Return readiness checks: objects with ``name`` and ``check() -> (ok, reason)``.
+    """Return readiness checks (``agent.api.HealthCheck``): ``name`` and ``check() -> (ok, reason)``.
 
     ``/readyz`` answers 200 only when every check returns ``ok``. Checks run in a worker
     thread under ``agent.readiness.timeout_seconds``; a check that hangs counts as failed.
@@ -91,7 +95,7 @@ def predis_agent_register_health_checks(agent: Any, config: dict[str, Any]) -> l
 
 @hookspec
 def predis_agent_register_routes(agent: Any) -> list[Any] | None:
-    """Return HTTP routes as ``agent.http.Route(method, path, handler)``.
+    """Return HTTP routes as ``agent.api.Route(method, path, handler)``.
 
     ``handler`` is an ``async def handler(request) -> aiohttp.web.StreamResponse``.
     Bearer-token authentication applies to every route unless its path is listed in
@@ -111,7 +115,7 @@ def predis_agent_register_commands(cli: Any) -> None:
 
 @hookspec
 def predis_agent_event(agent: Any, event: Any) -> None:
-    """Receive an ``agent.runtime.Event`` (config reloaded, breaker opened, drift ...).
+    """Receive an ``agent.api.Event`` (config reloaded, breaker opened, drift ...).
 
     Called from the thread that raised the event; return quickly.
     """

@@ -4,13 +4,16 @@
 Each self-metric is declared once in ``SELF_METRICS`` (name, type, help, labels) and
 materialised as a prometheus_client object in the agent's own ``CollectorRegistry``
 (never the global default one, so tests and embedded agents stay independent).
-Collectors hand the host plain :class:`Metric` samples; exporters turn them into
-their vendor's shape.
+Plugins declare the metrics they produce with :func:`declare_metrics` (through
+``agent.api``), which adds them to ``SPECS_BY_NAME``, the process-wide registry the
+cardinality guard and the exporters read. Collectors hand the host plain :class:`Metric`
+samples; exporters turn them into their vendor's shape.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -144,172 +147,6 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
         "Collected samples not exported because their family already had its cap of label sets this round, by family.",
         ("family",),
     ),
-)
-
-# Labels of every per-GPU sample: NVML index, MIG instance index ("" for the whole GPU), UUID.
-GPU_LABELS = ("gpu", "mig", "uuid")
-
-# Samples the built-in collectors (plugins/collectors/) produce each round, declared once
-# here; the collectors build them with :func:`sample`.
-COLLECTED_METRICS: tuple[MetricSpec, ...] = (
-    # cache (plugins/collectors/cache.py)
-    MetricSpec("predis_cache_hits_total", "counter", "Key lookups that found a live value."),
-    MetricSpec("predis_cache_misses_total", "counter", "Key lookups that found no live value (before any read-through)."),
-    MetricSpec("predis_cache_sets_total", "counter", "Values stored by clients."),
-    MetricSpec("predis_cache_deletes_total", "counter", "Keys deleted by clients."),
-    MetricSpec("predis_cache_evictions_total", "counter", "Keys evicted to make room (policy cache.eviction)."),
-    MetricSpec("predis_cache_expirations_total", "counter", "Keys removed because their TTL passed."),
-    MetricSpec("predis_cache_origin_loads_total", "counter", "Values read through from the origin on a miss."),
-    MetricSpec("predis_cache_origin_errors_total", "counter", "Origin loads that failed."),
-    MetricSpec("predis_cache_prefetch_inserted_total", "counter", "Keys the prefetcher loaded from the origin and inserted (prefetches are not requests)."),
-    MetricSpec("predis_cache_prefetch_used_total", "counter", "Prefetched entries a demand read hit before they left the cache."),
-    MetricSpec("predis_cache_prefetch_wasted_total", "counter", "Prefetched entries evicted, expired, deleted or overwritten before any read."),
-    MetricSpec("predis_cache_prefetch_skipped_total", "counter", "Prefetch candidates not loaded, by reason (threshold, cached, bandwidth).", ("reason",)),
-    MetricSpec("predis_cache_prefetch_threshold", "gauge", "Confidence a candidate needs to be prefetched (adaptive: follows the measured precision)."),
-    MetricSpec("predis_cache_prefetch_dropped_batches_total", "counter", "Access batches the prefetcher's queue dropped because its worker fell behind."),
-    MetricSpec("predis_cache_prefetch_observed_total", "counter", "Read keys the prefetch model learned from and predicted after."),
-    MetricSpec("predis_cache_prefetch_steps_total", "counter", "Prefetch worker steps (one model call each); observed / steps is the mean batch the model sees."),
-    MetricSpec("predis_cache_prefetch_inference_seconds_total", "counter", "CPU time the serving model spent encoding, learning and predicting (in the model process, and shipping its work there and back); divided by observed, the inference cost per access.", unit="seconds"),
-    MetricSpec("predis_cache_prefetch_model_process_up", "gauge", "1 while the prefetch models run in their own process (cache.prefetch.model_process); 0 when they run in the prefetch worker thread, by configuration or because the process failed twice in a row."),
-    MetricSpec("predis_cache_prefetch_model_process_restarts_total", "counter", "Model processes replaced because one died or did not answer in time (the replacement starts from the models as last loaded)."),
-    MetricSpec("predis_cache_prefetch_foresight_named_total", "counter", "Keys the prefetch worker chose to load that were not cached (what its foresight is judged on; cache.prefetch.backoff_below_accuracy)."),
-    MetricSpec("predis_cache_prefetch_foresight_read_total", "counter", "Of those, keys read within cache.prefetch.backoff_horizon_reads reads after, whether or not the prefetch came in time; divided by named, the model's foresight."),
-    MetricSpec("predis_cache_prefetch_backed_off", "gauge", "1 while the prefetch worker backs off (its model foresaw less than cache.prefetch.backoff_below_accuracy of what it named over the last window: it gathers reads by cache.prefetch.backoff_model_seconds_per_read), 0 otherwise."),
-    MetricSpec("predis_cache_prefetch_backoffs_total", "counter", "Times the prefetch worker began to back off."),
-    MetricSpec("predis_cache_keys", "gauge", "Live keys in the cache."),
-    MetricSpec("predis_cache_max_keys", "gauge", "Key capacity (cache.max_keys)."),
-    MetricSpec(
-        "predis_cache_memory_bytes",
-        "gauge",
-        "Memory the cache holds, by tier: device (hash table and value slabs) and host (per-entry metadata).",
-        ("tier",),
-        unit="bytes",
-    ),
-    MetricSpec("predis_cache_value_bytes", "gauge", "Bytes of the stored values themselves.", unit="bytes"),
-    MetricSpec("predis_cache_charged_bytes", "gauge", "Bytes charged against cache.max_memory_bytes (value chunks).", unit="bytes"),
-    MetricSpec("predis_cache_max_memory_bytes", "gauge", "Memory limit for values (cache.max_memory_bytes).", unit="bytes"),
-    MetricSpec(
-        "predis_cache_commands_total", "counter", "Redis-protocol commands executed, by command (unknown names: other).", ("command",)
-    ),
-    MetricSpec("predis_cache_command_errors_total", "counter", "Commands that answered an error, by command.", ("command",)),
-    MetricSpec(
-        "predis_cache_command_duration_seconds",
-        "histogram",
-        "Execution time of one command, by command; buckets are the RESP server's fixed bounds (10 µs to 10 s).",
-        ("command",),
-        unit="seconds",
-    ),
-    MetricSpec("predis_cache_connected_clients", "gauge", "Open Redis-protocol client connections."),
-    MetricSpec("predis_cache_connections_total", "counter", "Client connections accepted, including those then rejected."),
-    MetricSpec("predis_cache_rejected_connections_total", "counter", "Connections refused because cache.resp.max_clients was reached."),
-    MetricSpec("predis_cache_protocol_errors_total", "counter", "Connections closed for a Redis-protocol violation."),
-    MetricSpec(
-        "predis_cache_client_limit_disconnections_total",
-        "counter",
-        "Redis-protocol clients closed for a limit, by reason: output_buffer (cache.resp.output_buffer_bytes or the soft limit), "
-        "query_buffer (cache.resp.query_buffer_bytes), client_memory (cache.resp.max_client_memory_bytes).",
-        ("reason",),
-    ),
-    MetricSpec("predis_cache_client_buffer_bytes", "gauge", "Memory all Redis-protocol clients' buffers hold together (input, output, sliced commands).", unit="bytes"),
-    MetricSpec("predis_cache_auth_failures_total", "counter", "Failed AUTH (or HELLO AUTH) attempts on the Redis-protocol server."),
-    MetricSpec(
-        "predis_cache_auth_throttled_total", "counter", "AUTH attempts refused unchecked because their source's failure budget was spent."
-    ),
-    # process (plugins/collectors/process.py)
-    MetricSpec(
-        "predis_process_cpu_seconds_total", "counter", "CPU time the agent process used, by mode (user, system).", ("mode",), unit="seconds"
-    ),
-    MetricSpec("predis_process_resident_memory_bytes", "gauge", "Resident set size of the agent process.", unit="bytes"),
-    MetricSpec("predis_process_open_fds", "gauge", "Open file descriptors of the agent process."),
-    MetricSpec("predis_process_max_fds", "gauge", "Soft limit on open file descriptors (RLIMIT_NOFILE)."),
-    MetricSpec("predis_process_threads", "gauge", "Operating-system threads of the agent process."),
-    MetricSpec("predis_process_event_loop_lag_seconds", "gauge", "How late the latest event-loop probe ran.", unit="seconds"),
-    MetricSpec(
-        "predis_process_event_loop_lag_max_seconds",
-        "gauge",
-        "Largest event-loop probe lag since the previous collection round.",
-        unit="seconds",
-    ),
-    MetricSpec("predis_process_gc_collections_total", "counter", "Python garbage collections, by generation.", ("generation",)),
-    MetricSpec(
-        "predis_process_gc_pause_seconds_total",
-        "counter",
-        "Time spent in Python garbage collection, by generation.",
-        ("generation",),
-        unit="seconds",
-    ),
-    # gpu (plugins/collectors/gpu.py)
-    MetricSpec("predis_gpu_up", "gauge", "1 when NVML answered this round for at least one GPU; 0 otherwise (reason in /status)."),
-    MetricSpec("predis_gpu_devices", "gauge", "GPUs NVML reports."),
-    MetricSpec("predis_gpu_info", "gauge", "Always 1; labels carry each GPU's and MIG instance's identity.", GPU_LABELS + ("name",)),
-    MetricSpec(
-        "predis_gpu_utilization_ratio", "gauge", "Fraction of the last sample period a kernel ran on the GPU.", GPU_LABELS, unit="ratio"
-    ),
-    MetricSpec(
-        "predis_gpu_memory_utilization_ratio",
-        "gauge",
-        "Fraction of the last sample period device memory was read or written.",
-        GPU_LABELS,
-        unit="ratio",
-    ),
-    MetricSpec("predis_gpu_memory_used_bytes", "gauge", "Device memory in use.", GPU_LABELS, unit="bytes"),
-    MetricSpec("predis_gpu_memory_total_bytes", "gauge", "Device memory installed.", GPU_LABELS, unit="bytes"),
-    MetricSpec("predis_gpu_temperature_celsius", "gauge", "GPU core temperature.", GPU_LABELS, unit="celsius"),
-    MetricSpec("predis_gpu_power_draw_watts", "gauge", "Power the board draws.", GPU_LABELS, unit="watts"),
-    MetricSpec("predis_gpu_power_limit_watts", "gauge", "Power limit the driver enforces.", GPU_LABELS, unit="watts"),
-    MetricSpec("predis_gpu_sm_clock_hertz", "gauge", "Current SM clock.", GPU_LABELS, unit="hertz"),
-    MetricSpec("predis_gpu_memory_clock_hertz", "gauge", "Current memory clock.", GPU_LABELS, unit="hertz"),
-    MetricSpec(
-        "predis_gpu_pcie_rx_bytes_per_second", "gauge", "PCIe receive throughput (NVML's 20 ms sample).", GPU_LABELS, unit="bytes_per_second"
-    ),
-    MetricSpec(
-        "predis_gpu_pcie_tx_bytes_per_second", "gauge", "PCIe transmit throughput (NVML's 20 ms sample).", GPU_LABELS, unit="bytes_per_second"
-    ),
-    MetricSpec(
-        "predis_gpu_ecc_errors_total",
-        "counter",
-        "ECC memory errors since the driver loaded, by type (corrected, uncorrected).",
-        GPU_LABELS + ("type",),
-    ),
-    MetricSpec(
-        "predis_gpu_throttle_active",
-        "gauge",
-        "1 while a clock throttle reason is active, by reason; reasons the GPU does not report are absent.",
-        GPU_LABELS + ("reason",),
-    ),
-    MetricSpec("predis_gpu_xid_events_total", "counter", "XID critical-error events NVML delivered since the agent started.", GPU_LABELS),
-    MetricSpec("predis_gpu_nvml_timeouts_total", "counter", "NVML calls that did not return within collectors.gpu.nvml_timeout_seconds."),
-)
-
-# Samples of the production data collector (plugins/collectors/access_log.py). Every event
-# logged is exported, still waiting in the ring (pending) or counted in dropped{reason}.
-ACCESS_LOG_DROP_REASONS = ("overwritten", "low_disk", "write_failed", "export_refused", "not_exported", "ring_replaced")
-ACCESS_LOG_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("predis_access_log_events_total", "counter", "Access events logged into the ring (after sampling)."),
-    MetricSpec("predis_access_log_events_sampled_out_total", "counter", "Access events not logged because their key is not sampled."),
-    MetricSpec("predis_access_log_events_exported_total", "counter", "Logged events written to segment files."),
-    MetricSpec(
-        "predis_access_log_events_dropped_total",
-        "counter",
-        "Logged events overwritten in the ring before export, by what held export back: "
-        + ", ".join(ACCESS_LOG_DROP_REASONS)
-        + ".",
-        ("reason",),
-    ),
-    MetricSpec("predis_access_log_events_pending", "gauge", "Logged events neither exported nor counted as dropped yet."),
-    MetricSpec("predis_access_log_export_lag_seconds", "gauge", "Age of the oldest event waiting for export (0 when none waits).", unit="seconds"),
-    MetricSpec(
-        "predis_access_log_export_duration_seconds",
-        "histogram",
-        "Time to encode, encrypt and durably write one segment.",
-        unit="seconds",
-        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
-    ),
-    MetricSpec("predis_access_log_written_bytes_total", "counter", "Bytes of segment files written.", unit="bytes"),
-    MetricSpec("predis_access_log_segments_written_total", "counter", "Segment files written."),
-    MetricSpec("predis_access_log_segments_deleted_total", "counter", "Segment files deleted by retention, by reason (bytes, age).", ("reason",)),
-    MetricSpec("predis_access_log_write_errors_total", "counter", "Segment writes that failed (retried with backoff)."),
-    MetricSpec("predis_access_log_export_paused", "gauge", "1 while export is held back (low disk, write errors, refused config); reason in /status."),
 )
 
 
@@ -544,22 +381,64 @@ class Telemetry:
         return body, content_type
 
 
-# Every metric the agent and its built-in plugins define. docs/metrics.md is generated
-# from this; a test checks that no module-level spec tuple is left out.
-METRIC_REGISTRY: tuple[MetricSpec, ...] = SELF_METRICS + COLLECTED_METRICS + ACCESS_LOG_METRICS + DRIFT_METRICS + MLOPS_METRICS
-SPECS_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRIC_REGISTRY}
+# The metrics the agent itself defines; plugins declare theirs with :func:`declare_metrics`.
+CORE_METRICS: tuple[MetricSpec, ...] = SELF_METRICS + DRIFT_METRICS + MLOPS_METRICS
 
-# Which code emits a metric, by name prefix; the first matching prefix wins.
+# Every metric declared in this process, by name: the agent's own, then each plugin's from
+# the moment its module declares them. The cardinality guard reads the series caps from it
+# and the push exporters the units and types.
+SPECS_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CORE_METRICS}
+_DECLARED: dict[str, tuple[MetricSpec, ...]] = {}  # declaring module -> its specs
+_DECLARED_BY: dict[str, str] = {}  # metric name -> declaring module
+_DECLARE_LOCK = threading.Lock()
+METRIC_KINDS = ("gauge", "counter", "histogram", "summary")
+
+
+def declare_metrics(module: str, specs: Iterable[MetricSpec]) -> tuple[MetricSpec, ...]:
+    """Declare the metrics the plugin module ``module`` (its ``__name__``) produces; returns them.
+
+    A plugin calls this once, at import, and builds its samples from the returned specs with
+    :func:`sample`. A module imported again replaces its own declaration. Raises ValueError
+    for an invalid name or type, a name given twice, a name of the agent's own metrics or a
+    name another module declared.
+    """
+    declared = tuple(specs)
+    names = [spec.name for spec in declared]
+    for spec in declared:
+        if not re.fullmatch(METRIC_NAME_RE, spec.name):
+            raise ValueError(f"{module}: metric name {spec.name!r} does not match {METRIC_NAME_RE}")
+        if spec.kind not in METRIC_KINDS:
+            raise ValueError(f"{module}: metric {spec.name} has type {spec.kind!r}, expected one of {', '.join(METRIC_KINDS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{module}: metrics declared twice: {sorted({n for n in names if names.count(n) > 1})}")
+    with _DECLARE_LOCK:
+        for name in names:
+            owner = _DECLARED_BY.get(name)
+            if owner is None and name in SPECS_BY_NAME:
+                raise ValueError(f"{module}: metric {name} is one of the agent's own")
+            if owner is not None and owner != module:
+                raise ValueError(f"{module}: metric {name} is already declared by {owner}")
+        for spec in _DECLARED.pop(module, ()):
+            del SPECS_BY_NAME[spec.name], _DECLARED_BY[spec.name]
+        for spec in declared:
+            SPECS_BY_NAME[spec.name] = spec
+            _DECLARED_BY[spec.name] = module
+        _DECLARED[module] = declared
+    return declared
+
+
+def declared_metrics(module: str) -> tuple[MetricSpec, ...]:
+    """The specs ``module`` declared (empty when it declared none or is not imported)."""
+    return _DECLARED.get(module, ())
+
+
+# Which code emits an agent metric, by name prefix; the first matching prefix wins.
 EMITTERS: tuple[tuple[str, str], ...] = (
     ("predis_agent_sink_", "agent/sinks.py"),
     ("predis_agent_http_", "agent/http.py"),
     ("predis_agent_accept_", "agent/fdlimits.py"),
     ("predis_agent_metric_", "agent/telemetry.py"),
     ("predis_agent_", "agent/runtime.py"),
-    ("predis_cache_", "plugins/collectors/cache.py"),
-    ("predis_process_", "plugins/collectors/process.py"),
-    ("predis_gpu_", "plugins/collectors/gpu.py"),
-    ("predis_access_log_", "plugins/collectors/access_log.py"),
     ("predis_drift_", "agent/mlops/drift_policy.py"),
     ("predis_mlops_retrain_", "agent/mlops/retrain.py"),
     ("predis_mlops_candidate_", "agent/mlops/retrain.py"),
@@ -570,11 +449,15 @@ EMITTERS: tuple[tuple[str, str], ...] = (
 
 
 def emitter_of(spec: MetricSpec) -> str:
-    """The module that emits ``spec``; raises for a name no prefix claims."""
+    """The file that emits ``spec``: its declaring module's for a plugin metric, else the
+    one EMITTERS names; raises for a name neither claims."""
+    owner = _DECLARED_BY.get(spec.name)
+    if owner is not None:
+        return owner.replace(".", "/") + ".py"
     for prefix, module in EMITTERS:
         if spec.name.startswith(prefix):
             return module
-    raise LookupError(f"{spec.name}: no emitter in EMITTERS claims it")
+    raise LookupError(f"{spec.name}: no plugin declared it and no emitter in EMITTERS claims it")
 
 
 class CardinalityGuard:

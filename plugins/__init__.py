@@ -1,2 +1,2 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Built-in Predis Agent plugins. Each uses only the agent's public API."""
+"""Built-in Predis Agent plugins. Each imports from the agent only its plugin API, ``agent.api``."""

@@ -58,30 +58,29 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from agent import hookimpl
-from agent.config import Secret
-from agent.errors import SecurityError
-from agent.mlops.dataset import (
+from agent.api import (
+    DIR_MODE_SECRET,
     STREAM_ID_BYTES,
     TEMP_NAME_RE,
+    AccessLog,
     KeyFormatError,
+    Metric,
+    MetricSpec,
+    Secret,
+    SecurityError,
+    atomic_write,
+    confine,
+    declare_metrics,
     encode_segment,
+    free_space,
+    hookimpl,
     key_id,
     list_segments,
     parse_key,
     parse_segment_name,
     segment_name,
 )
-from agent.security import DIR_MODE_SECRET, atomic_write, confine
-from agent.sinks import free_space
-from agent.sinks import remove_temp_files as remove_temp_matching
-from agent.telemetry import (
-    ACCESS_LOG_DROP_REASONS,
-    ACCESS_LOG_METRICS,
-    Metric,
-    MetricSpec,
-)
-from cache_core.access_log import AccessLog
+from agent.api import remove_temp_files as remove_temp_matching
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,41 @@ HELD_BACK = {STATE_PAUSED: "low_disk", STATE_RETRYING: "write_failed", STATE_REF
 DROP_OVERWRITTEN, DROP_NOT_EXPORTED, DROP_RING_REPLACED = "overwritten", "not_exported", "ring_replaced"
 DELETE_REASONS = ("bytes", "age")
 
-SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in ACCESS_LOG_METRICS}
+# Why logged events were dropped: every event logged is exported, still waiting in the ring
+# (pending) or counted in predis_access_log_events_dropped_total{reason}.
+DROP_REASONS = ("overwritten", "low_disk", "write_failed", "export_refused", "not_exported", "ring_replaced")
+# Every sample this collector produces, declared once; built from SPECS.
+METRICS: tuple[MetricSpec, ...] = declare_metrics(
+    __name__,
+    (
+        MetricSpec("predis_access_log_events_total", "counter", "Access events logged into the ring (after sampling)."),
+        MetricSpec("predis_access_log_events_sampled_out_total", "counter", "Access events not logged because their key is not sampled."),
+        MetricSpec("predis_access_log_events_exported_total", "counter", "Logged events written to segment files."),
+        MetricSpec(
+            "predis_access_log_events_dropped_total",
+            "counter",
+            "Logged events overwritten in the ring before export, by what held export back: "
+            + ", ".join(DROP_REASONS)
+            + ".",
+            ("reason",),
+        ),
+        MetricSpec("predis_access_log_events_pending", "gauge", "Logged events neither exported nor counted as dropped yet."),
+        MetricSpec("predis_access_log_export_lag_seconds", "gauge", "Age of the oldest event waiting for export (0 when none waits).", unit="seconds"),
+        MetricSpec(
+            "predis_access_log_export_duration_seconds",
+            "histogram",
+            "Time to encode, encrypt and durably write one segment.",
+            unit="seconds",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
+        ),
+        MetricSpec("predis_access_log_written_bytes_total", "counter", "Bytes of segment files written.", unit="bytes"),
+        MetricSpec("predis_access_log_segments_written_total", "counter", "Segment files written."),
+        MetricSpec("predis_access_log_segments_deleted_total", "counter", "Segment files deleted by retention, by reason (bytes, age).", ("reason",)),
+        MetricSpec("predis_access_log_write_errors_total", "counter", "Segment writes that failed (retried with backoff)."),
+        MetricSpec("predis_access_log_export_paused", "gauge", "1 while export is held back (low disk, write errors, refused config); reason in /status."),
+    ),
+)
+SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
 
 Statvfs = Callable[[str], Any]
 Writer = Callable[[Path, bytes], None]
@@ -224,7 +257,7 @@ class AccessLogExporter:
         self._retired_logged = 0
         self._retired_sampled_out = 0
         self.exported = 0
-        self.dropped: dict[str, int] = {reason: 0 for reason in ACCESS_LOG_DROP_REASONS}
+        self.dropped: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
         self.bytes_written = 0
         self.segments_written = 0
         self.segments_deleted: dict[str, int] = {reason: 0 for reason in DELETE_REASONS}

@@ -23,9 +23,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent import hookimpl
-from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
-from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS
+from agent.api import (
+    COMMANDS,
+    LATENCY_BUCKETS_USEC,
+    LIMIT_REASONS,
+    Metric,
+    MetricSpec,
+    declare_metrics,
+    hookimpl,
+    sample,
+)
 
 PLUGIN_NAME = "cache_metrics"
 CONFIG_SECTION = "collectors.cache"
@@ -33,7 +40,75 @@ OTHER_COMMAND = "other"
 USEC_PER_SECOND = 1_000_000
 BUCKET_BOUNDS_SECONDS: tuple[float, ...] = tuple(bound / USEC_PER_SECOND for bound in LATENCY_BUCKETS_USEC)
 
-SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in COLLECTED_METRICS if spec.name.startswith("predis_cache_")}
+# Every sample this collector produces, declared once; built with :func:`sample`.
+METRICS: tuple[MetricSpec, ...] = declare_metrics(
+    __name__,
+    (
+        MetricSpec("predis_cache_hits_total", "counter", "Key lookups that found a live value."),
+        MetricSpec("predis_cache_misses_total", "counter", "Key lookups that found no live value (before any read-through)."),
+        MetricSpec("predis_cache_sets_total", "counter", "Values stored by clients."),
+        MetricSpec("predis_cache_deletes_total", "counter", "Keys deleted by clients."),
+        MetricSpec("predis_cache_evictions_total", "counter", "Keys evicted to make room (policy cache.eviction)."),
+        MetricSpec("predis_cache_expirations_total", "counter", "Keys removed because their TTL passed."),
+        MetricSpec("predis_cache_origin_loads_total", "counter", "Values read through from the origin on a miss."),
+        MetricSpec("predis_cache_origin_errors_total", "counter", "Origin loads that failed."),
+        MetricSpec("predis_cache_prefetch_inserted_total", "counter", "Keys the prefetcher loaded from the origin and inserted (prefetches are not requests)."),
+        MetricSpec("predis_cache_prefetch_used_total", "counter", "Prefetched entries a demand read hit before they left the cache."),
+        MetricSpec("predis_cache_prefetch_wasted_total", "counter", "Prefetched entries evicted, expired, deleted or overwritten before any read."),
+        MetricSpec("predis_cache_prefetch_skipped_total", "counter", "Prefetch candidates not loaded, by reason (threshold, cached, bandwidth).", ("reason",)),
+        MetricSpec("predis_cache_prefetch_threshold", "gauge", "Confidence a candidate needs to be prefetched (adaptive: follows the measured precision)."),
+        MetricSpec("predis_cache_prefetch_dropped_batches_total", "counter", "Access batches the prefetcher's queue dropped because its worker fell behind."),
+        MetricSpec("predis_cache_prefetch_observed_total", "counter", "Read keys the prefetch model learned from and predicted after."),
+        MetricSpec("predis_cache_prefetch_steps_total", "counter", "Prefetch worker steps (one model call each); observed / steps is the mean batch the model sees."),
+        MetricSpec("predis_cache_prefetch_inference_seconds_total", "counter", "CPU time the serving model spent encoding, learning and predicting (in the model process, and shipping its work there and back); divided by observed, the inference cost per access.", unit="seconds"),
+        MetricSpec("predis_cache_prefetch_model_process_up", "gauge", "1 while the prefetch models run in their own process (cache.prefetch.model_process); 0 when they run in the prefetch worker thread, by configuration or because the process failed twice in a row."),
+        MetricSpec("predis_cache_prefetch_model_process_restarts_total", "counter", "Model processes replaced because one died or did not answer in time (the replacement starts from the models as last loaded)."),
+        MetricSpec("predis_cache_prefetch_foresight_named_total", "counter", "Keys the prefetch worker chose to load that were not cached (what its foresight is judged on; cache.prefetch.backoff_below_accuracy)."),
+        MetricSpec("predis_cache_prefetch_foresight_read_total", "counter", "Of those, keys read within cache.prefetch.backoff_horizon_reads reads after, whether or not the prefetch came in time; divided by named, the model's foresight."),
+        MetricSpec("predis_cache_prefetch_backed_off", "gauge", "1 while the prefetch worker backs off (its model foresaw less than cache.prefetch.backoff_below_accuracy of what it named over the last window: it gathers reads by cache.prefetch.backoff_model_seconds_per_read), 0 otherwise."),
+        MetricSpec("predis_cache_prefetch_backoffs_total", "counter", "Times the prefetch worker began to back off."),
+        MetricSpec("predis_cache_keys", "gauge", "Live keys in the cache."),
+        MetricSpec("predis_cache_max_keys", "gauge", "Key capacity (cache.max_keys)."),
+        MetricSpec(
+            "predis_cache_memory_bytes",
+            "gauge",
+            "Memory the cache holds, by tier: device (hash table and value slabs) and host (per-entry metadata).",
+            ("tier",),
+            unit="bytes",
+        ),
+        MetricSpec("predis_cache_value_bytes", "gauge", "Bytes of the stored values themselves.", unit="bytes"),
+        MetricSpec("predis_cache_charged_bytes", "gauge", "Bytes charged against cache.max_memory_bytes (value chunks).", unit="bytes"),
+        MetricSpec("predis_cache_max_memory_bytes", "gauge", "Memory limit for values (cache.max_memory_bytes).", unit="bytes"),
+        MetricSpec(
+            "predis_cache_commands_total", "counter", "Redis-protocol commands executed, by command (unknown names: other).", ("command",)
+        ),
+        MetricSpec("predis_cache_command_errors_total", "counter", "Commands that answered an error, by command.", ("command",)),
+        MetricSpec(
+            "predis_cache_command_duration_seconds",
+            "histogram",
+            "Execution time of one command, by command; buckets are the RESP server's fixed bounds (10 µs to 10 s).",
+            ("command",),
+            unit="seconds",
+        ),
+        MetricSpec("predis_cache_connected_clients", "gauge", "Open Redis-protocol client connections."),
+        MetricSpec("predis_cache_connections_total", "counter", "Client connections accepted, including those then rejected."),
+        MetricSpec("predis_cache_rejected_connections_total", "counter", "Connections refused because cache.resp.max_clients was reached."),
+        MetricSpec("predis_cache_protocol_errors_total", "counter", "Connections closed for a Redis-protocol violation."),
+        MetricSpec(
+            "predis_cache_client_limit_disconnections_total",
+            "counter",
+            "Redis-protocol clients closed for a limit, by reason: output_buffer (cache.resp.output_buffer_bytes or the soft limit), "
+            "query_buffer (cache.resp.query_buffer_bytes), client_memory (cache.resp.max_client_memory_bytes).",
+            ("reason",),
+        ),
+        MetricSpec("predis_cache_client_buffer_bytes", "gauge", "Memory all Redis-protocol clients' buffers hold together (input, output, sliced commands).", unit="bytes"),
+        MetricSpec("predis_cache_auth_failures_total", "counter", "Failed AUTH (or HELLO AUTH) attempts on the Redis-protocol server."),
+        MetricSpec(
+            "predis_cache_auth_throttled_total", "counter", "AUTH attempts refused unchecked because their source's failure budget was spent."
+        ),
+    ),
+)
+SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
 
 # CacheStats field -> counter it feeds.
 STAT_COUNTERS: tuple[tuple[str, str], ...] = (

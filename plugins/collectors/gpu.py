@@ -39,9 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import hookimpl
-from agent.runtime import Event
-from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
+from agent.api import Metric, MetricSpec, declare_metrics, hookimpl, sample
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,56 @@ CURRENT_REASONS_FUNCS = ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGe
 SUPPORTED_REASONS_FUNCS = ("nvmlDeviceGetSupportedClocksEventReasons", "nvmlDeviceGetSupportedClocksThrottleReasons")
 EVENT_WAIT_FUNCS = ("nvmlEventSetWait_v2", "nvmlEventSetWait")
 
-SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in COLLECTED_METRICS if spec.name.startswith("predis_gpu_")}
+# Labels of every per-GPU sample: NVML index, MIG instance index ("" for the whole GPU), UUID.
+GPU_LABELS = ("gpu", "mig", "uuid")
+
+# Every sample this collector produces, declared once; built with :func:`sample`.
+METRICS: tuple[MetricSpec, ...] = declare_metrics(
+    __name__,
+    (
+        MetricSpec("predis_gpu_up", "gauge", "1 when NVML answered this round for at least one GPU; 0 otherwise (reason in /status)."),
+        MetricSpec("predis_gpu_devices", "gauge", "GPUs NVML reports."),
+        MetricSpec("predis_gpu_info", "gauge", "Always 1; labels carry each GPU's and MIG instance's identity.", GPU_LABELS + ("name",)),
+        MetricSpec(
+            "predis_gpu_utilization_ratio", "gauge", "Fraction of the last sample period a kernel ran on the GPU.", GPU_LABELS, unit="ratio"
+        ),
+        MetricSpec(
+            "predis_gpu_memory_utilization_ratio",
+            "gauge",
+            "Fraction of the last sample period device memory was read or written.",
+            GPU_LABELS,
+            unit="ratio",
+        ),
+        MetricSpec("predis_gpu_memory_used_bytes", "gauge", "Device memory in use.", GPU_LABELS, unit="bytes"),
+        MetricSpec("predis_gpu_memory_total_bytes", "gauge", "Device memory installed.", GPU_LABELS, unit="bytes"),
+        MetricSpec("predis_gpu_temperature_celsius", "gauge", "GPU core temperature.", GPU_LABELS, unit="celsius"),
+        MetricSpec("predis_gpu_power_draw_watts", "gauge", "Power the board draws.", GPU_LABELS, unit="watts"),
+        MetricSpec("predis_gpu_power_limit_watts", "gauge", "Power limit the driver enforces.", GPU_LABELS, unit="watts"),
+        MetricSpec("predis_gpu_sm_clock_hertz", "gauge", "Current SM clock.", GPU_LABELS, unit="hertz"),
+        MetricSpec("predis_gpu_memory_clock_hertz", "gauge", "Current memory clock.", GPU_LABELS, unit="hertz"),
+        MetricSpec(
+            "predis_gpu_pcie_rx_bytes_per_second", "gauge", "PCIe receive throughput (NVML's 20 ms sample).", GPU_LABELS, unit="bytes_per_second"
+        ),
+        MetricSpec(
+            "predis_gpu_pcie_tx_bytes_per_second", "gauge", "PCIe transmit throughput (NVML's 20 ms sample).", GPU_LABELS, unit="bytes_per_second"
+        ),
+        MetricSpec(
+            "predis_gpu_ecc_errors_total",
+            "counter",
+            "ECC memory errors since the driver loaded, by type (corrected, uncorrected).",
+            GPU_LABELS + ("type",),
+        ),
+        MetricSpec(
+            "predis_gpu_throttle_active",
+            "gauge",
+            "1 while a clock throttle reason is active, by reason; reasons the GPU does not report are absent.",
+            GPU_LABELS + ("reason",),
+        ),
+        MetricSpec("predis_gpu_xid_events_total", "counter", "XID critical-error events NVML delivered since the agent started.", GPU_LABELS),
+        MetricSpec("predis_gpu_nvml_timeouts_total", "counter", "NVML calls that did not return within collectors.gpu.nvml_timeout_seconds."),
+    ),
+)
+SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
 
 
 # ------------------------------------------------------------------------------- worker
@@ -489,6 +536,9 @@ class GpuCollector:
         log.warning("GPU %s (%s) reported XID %d", gpu or "?", uuid or "unknown UUID", xid)
         emit = getattr(self.agent, "emit", None)
         if emit is not None:
+            # Imported here, not at import: it loads the agent's runtime.
+            from agent.api import Event
+
             emit(Event(XID_EVENT_KIND, {"gpu": gpu, "uuid": uuid, "xid": xid}))
 
     # -- state ----------------------------------------------------------------------------

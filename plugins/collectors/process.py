@@ -29,8 +29,7 @@ import time
 import weakref
 from typing import Any
 
-from agent import hookimpl
-from agent.telemetry import COLLECTED_METRICS, Metric, MetricSpec, sample
+from agent.api import Metric, MetricSpec, declare_metrics, hookimpl, sample
 
 PLUGIN_NAME = "process_metrics"
 CONFIG_SECTION = "collectors.process"
@@ -39,7 +38,35 @@ PROC_SELF = "/proc/self"
 STATM_RSS_FIELD = 1  # /proc/self/statm: size resident shared text lib data dt (pages)
 THREADS_PREFIX = "Threads:"
 
-SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in COLLECTED_METRICS if spec.name.startswith("predis_process_")}
+# Every sample this collector produces, declared once; built with :func:`sample`.
+METRICS: tuple[MetricSpec, ...] = declare_metrics(
+    __name__,
+    (
+        MetricSpec(
+            "predis_process_cpu_seconds_total", "counter", "CPU time the agent process used, by mode (user, system).", ("mode",), unit="seconds"
+        ),
+        MetricSpec("predis_process_resident_memory_bytes", "gauge", "Resident set size of the agent process.", unit="bytes"),
+        MetricSpec("predis_process_open_fds", "gauge", "Open file descriptors of the agent process."),
+        MetricSpec("predis_process_max_fds", "gauge", "Soft limit on open file descriptors (RLIMIT_NOFILE)."),
+        MetricSpec("predis_process_threads", "gauge", "Operating-system threads of the agent process."),
+        MetricSpec("predis_process_event_loop_lag_seconds", "gauge", "How late the latest event-loop probe ran.", unit="seconds"),
+        MetricSpec(
+            "predis_process_event_loop_lag_max_seconds",
+            "gauge",
+            "Largest event-loop probe lag since the previous collection round.",
+            unit="seconds",
+        ),
+        MetricSpec("predis_process_gc_collections_total", "counter", "Python garbage collections, by generation.", ("generation",)),
+        MetricSpec(
+            "predis_process_gc_pause_seconds_total",
+            "counter",
+            "Time spent in Python garbage collection, by generation.",
+            ("generation",),
+            unit="seconds",
+        ),
+    ),
+)
+SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
 
 
 class LoopLagProbe:

@@ -15,9 +15,15 @@ from typing import Any
 
 import numpy
 
-from agent import hookimpl
-from agent.mlops.drift import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, combine
-from agent.mlops.features import WindowFeatures
+from agent.api import (
+    STATUS_INSUFFICIENT,
+    DetectorResult,
+    DriftResult,
+    DriftSettings,
+    WindowFeatures,
+    combine,
+    hookimpl,
+)
 
 NAME = "chi2"
 

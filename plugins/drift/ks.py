@@ -25,9 +25,16 @@ from typing import Any
 
 import numpy
 
-from agent import hookimpl
-from agent.mlops.drift import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, combine, effective_sizes
-from agent.mlops.features import WindowFeatures
+from agent.api import (
+    STATUS_INSUFFICIENT,
+    DetectorResult,
+    DriftResult,
+    DriftSettings,
+    WindowFeatures,
+    combine,
+    effective_sizes,
+    hookimpl,
+)
 
 NAME = "ks"
 # scipy's exact distribution is used up to this many values per side ("auto" does the same).

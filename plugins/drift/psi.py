@@ -17,9 +17,17 @@ from typing import Any
 
 import numpy
 
-from agent import hookimpl
-from agent.mlops.drift import STATUS_INSUFFICIENT, DetectorResult, DriftResult, DriftSettings, combine, effective_sizes, quantile_bin_counts
-from agent.mlops.features import WindowFeatures
+from agent.api import (
+    STATUS_INSUFFICIENT,
+    DetectorResult,
+    DriftResult,
+    DriftSettings,
+    WindowFeatures,
+    combine,
+    effective_sizes,
+    hookimpl,
+    quantile_bin_counts,
+)
 
 NAME = "psi"
 

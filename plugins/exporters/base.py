@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.sinks import DeltaTracker, Payload
-from agent.telemetry import SPECS_BY_NAME, Metric
+from agent.api import SPECS_BY_NAME, DeltaTracker, Metric, Payload
 
 log = logging.getLogger(__name__)
 

@@ -27,20 +27,16 @@ import datetime
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import boto3
-import botocore.config
-import botocore.exceptions
-
-from agent import hookimpl
-from agent.sinks import (
+from agent.api import (
     DeltaTracker,
     ExportAuthError,
     InvalidPayloadError,
     Payload,
     PayloadTooLargeError,
     TransientExportError,
+    hookimpl,
 )
 from plugins.exporters.base import (
     EncodeReport,
@@ -51,6 +47,10 @@ from plugins.exporters.base import (
     json_size,
     to_points,
 )
+
+if TYPE_CHECKING:
+    import botocore.config
+    import botocore.exceptions
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,8 @@ class CloudWatchExporter:
 
     # -- sending ------------------------------------------------------------------
     def _session(self) -> Any:
+        import boto3  # here, not at import: loading the plugin stays cheap
+
         session = boto3.Session(profile_name=self.profile, region_name=self.region)
         if not self.role_arn:
             return session
@@ -213,11 +215,15 @@ class CloudWatchExporter:
         )
 
     def _config(self) -> botocore.config.Config:
+        import botocore.config
+
         # One attempt per call: the sink retries, with its backoff and breaker.
         return botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=self.timeout, read_timeout=self.timeout)
 
     def client(self) -> Any:
         if self._client is None:
+            import botocore.exceptions
+
             try:
                 self._client = self._session().client("cloudwatch", endpoint_url=self.endpoint_url, config=self._config())
             except botocore.exceptions.ClientError as exc:
@@ -233,6 +239,8 @@ class CloudWatchExporter:
         if timeout != self.timeout:
             self.timeout = timeout
             self._client = None
+        import botocore.exceptions
+
         client = self.client()
         if not self._alarms_done:
             self._put_alarms(client)
@@ -248,6 +256,8 @@ class CloudWatchExporter:
             raise TransientExportError(f"cloudwatch: {exc.__class__.__name__}: {exc}") from None
 
     def _put_alarms(self, client: Any) -> None:
+        import botocore.exceptions
+
         for alarm in self.alarms:
             try:
                 client.put_metric_alarm(

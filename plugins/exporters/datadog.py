@@ -29,14 +29,12 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-import requests
-
-from agent import hookimpl
-from agent.sinks import (
+from agent.api import (
     DeltaTracker,
     ExportAuthError,
     Payload,
     TransientExportError,
+    hookimpl,
     http_error,
 )
 from plugins.exporters.base import (
@@ -98,6 +96,8 @@ class DatadogExporter:
         self.deltas = DeltaTracker()
         self._label_memo = LabelMemo(self._tags)
         self.last_report = EncodeReport()
+        import requests  # here, not at import: loading the plugin stays cheap
+
         self._session = requests.Session()
 
     # -- encoding -----------------------------------------------------------------
@@ -204,6 +204,8 @@ class DatadogExporter:
         if self.compress:
             data = zlib.compress(data)
             headers["Content-Encoding"] = "deflate"
+        import requests
+
         try:
             response = self._session.post(self.api_host + path, data=data, headers=headers, timeout=timeout)
         except requests.RequestException as exc:
@@ -214,6 +216,8 @@ class DatadogExporter:
 
     def abort(self) -> None:
         """Close the connections of a stuck send (the sink's attempt deadline passed)."""
+        import requests
+
         stuck, self._session = self._session, requests.Session()
         stuck.close()
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datadog.dogstatsd.base import DogStatsd
-
-from agent.sinks import DeltaTracker, Payload, TransientExportError
+from agent.api import DeltaTracker, Payload, TransientExportError
 from plugins.exporters.base import (
     EncodeReport,
     LabelMemo,
@@ -36,6 +34,9 @@ from plugins.exporters.base import (
     json_size,
     to_points,
 )
+
+if TYPE_CHECKING:
+    from datadog.dogstatsd.base import DogStatsd
 
 # datadog-go's OptimalUDPPayloadSize; the Agent's default dogstatsd_buffer_size for UDS.
 MAX_UDP_DATAGRAM_BYTES = 1432
@@ -131,6 +132,10 @@ class DogStatsdExporter:
 
     def client(self) -> DogStatsd:
         if self._client is None:
+            from datadog.dogstatsd.base import (
+                DogStatsd,  # here, not at import: loading the plugin stays cheap
+            )
+
             self._client = DogStatsd(
                 host=None if self.socket_path else self.statsd_host,
                 port=None if self.socket_path else self.statsd_port,
@@ -155,6 +160,8 @@ class DogStatsdExporter:
                 else:
                     client.count(name, value, tags=tags)
         elif payload.kind == "check":
+            from datadog.dogstatsd.base import DogStatsd
+
             ok = body["check"]["ready"]
             client.service_check("predis.agent.ready", DogStatsd.OK if ok else DogStatsd.CRITICAL, hostname=self.host, message="ready" if ok else "not ready")
         else:

@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import urllib3
-from newrelic_telemetry_sdk import EventClient, MetricClient
-
-from agent import hookimpl
-from agent.sinks import (
+from agent.api import (
     DeltaTracker,
     ExportAuthError,
     Payload,
     TransientExportError,
+    hookimpl,
     http_error,
 )
 from plugins.exporters.base import (
@@ -46,6 +43,9 @@ from plugins.exporters.base import (
     secret_value,
     to_points,
 )
+
+if TYPE_CHECKING:
+    from newrelic_telemetry_sdk import EventClient, MetricClient
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,11 @@ class NewRelicExporter:
         if not self._key:
             raise ExportAuthError("exporters.newrelic.api_key is not set")
         if self._metric_client is None or self._event_client is None:
+            from newrelic_telemetry_sdk import (  # here, not at import: loading the plugin stays cheap
+                EventClient,
+                MetricClient,
+            )
+
             self._metric_client = MetricClient(self._key, host=self.host, port=self.port, **self._pool_kwargs())
             self._event_client = EventClient(self._key, host=self.event_host, port=self.port, **self._pool_kwargs())
         return self._metric_client, self._event_client
@@ -201,6 +206,8 @@ class NewRelicExporter:
         self.close()
 
     def send(self, payload: Payload, timeout: float) -> None:
+        import urllib3
+
         metrics, events = self._clients()
         try:
             if payload.kind == "event":

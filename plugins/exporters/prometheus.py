@@ -15,16 +15,22 @@ run by the agent's runtime with the same TLS and token auth).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from agent.api import hookimpl
 
-from agent import hookimpl
-from agent.http import Route
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from agent.api import Route
 
 
 @hookimpl
 def predis_agent_register_routes(agent: Any) -> list[Route]:
+    from aiohttp import web  # here, not at import: loading the plugin stays cheap
+
+    from agent.api import Route
+
     section = agent.config.section("exporters.prometheus")
     if not section.get("enabled", True):
         return []

@@ -44,9 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import SecurityError
-from agent.security import confine
+from agent.api import SecurityError, confine, hookimpl
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from agent import hookimpl
+from agent.api import hookimpl
 from plugins.origins.guard import (
     GuardSettings,
     OriginGuard,

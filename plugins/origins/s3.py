@@ -29,7 +29,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from agent import hookimpl
+from agent.api import hookimpl
 from plugins.origins.guard import (
     GuardSettings,
     OriginGuard,

@@ -38,9 +38,10 @@ from agent.mlops.dataset import (
 )
 from agent.plugins import DEFAULT_PLUGINS, PluginHost
 from agent.security import atomic_write
-from agent.telemetry import ACCESS_LOG_DROP_REASONS, ACCESS_LOG_METRICS
 from cache_core.access_log import AccessLog
 from cache_core.cache import OP_GET, OP_SET, RES_HIT, RES_STORED
+from plugins.collectors.access_log import DROP_REASONS as ACCESS_LOG_DROP_REASONS
+from plugins.collectors.access_log import METRICS as ACCESS_LOG_METRICS
 from plugins.collectors.access_log import AccessLogCollector, AccessLogExporter
 from tests.polling import wait_for
 

@@ -30,7 +30,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from agent.plugins import DEFAULT_PLUGINS, PluginHost
-from agent.telemetry import COLLECTED_METRICS, SELF_METRICS, Metric, MetricSpec, Telemetry, sample
+from agent.telemetry import SELF_METRICS, Metric, MetricSpec, Telemetry, sample
 from cache_core.cache import Cache
 from cache_core.resp.server import LATENCY_BUCKETS_USEC, RespLimits, RespServer
 from plugins.collectors import cache as cache_plugin
@@ -42,6 +42,8 @@ from plugins.collectors.process import GcPauseTracker, LoopLagProbe, ProcessColl
 from tests.polling import wait_for, wait_for_async
 
 NAME_RE = re.compile(r"^predis_[a-z][a-z0-9_]*[a-z0-9]$")
+# What the cache, process and GPU collectors declare.
+COLLECTED_METRICS = cache_plugin.METRICS + process_plugin.METRICS + gpu_plugin.METRICS
 LABEL_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 DEADLINE_SECONDS = 10.0
 

@@ -32,7 +32,8 @@ from agent.sinks import (
     http_error,
     parse_retry_after,
 )
-from agent.telemetry import METRIC_REGISTRY, Metric
+from agent.docgen import metric_registry
+from agent.telemetry import Metric
 from plugins.exporters import cloudwatch, datadog, newrelic
 from plugins.exporters.base import (
     EncodeReport,
@@ -47,6 +48,8 @@ from plugins.exporters.newrelic import NewRelicExporter
 
 T0 = 1_700_000_000.0
 STEP = 10.0
+# Every metric the agent and the built-in plugins declare (imports them: their units apply).
+METRIC_REGISTRY = metric_registry()
 
 
 # ----------------------------------------------------------------------------- helpers
