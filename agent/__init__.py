@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Predis Agent: the host process that runs the Predis cache in production.
 
-Public surface for plugin authors: ``hookimpl`` (decorate hook implementations),
-``hookspec`` (for plugins that add their own hooks) and ``__version__``.
+Plugin authors import from :mod:`agent.api` only (``hookimpl``, metric specs, payloads,
+export errors, events, routes, secrets, drift results and the Protocols a plugin's
+objects satisfy; docs/plugins.md is its reference). This package defines the pluggy
+markers ``hookimpl`` and ``hookspec`` that it re-exports.
 """
 
 from __future__ import annotations

@@ -247,8 +247,10 @@ class CacheService:
     def sync_prefetcher(self) -> None:
         """Start, keep, rebuild or stop the prefetcher for ``cache.prefetch`` and the origin.
 
-        It is rebuilt (its model starts over) when its settings, the cache or the origin
-        object changed; kept otherwise, so an unrelated reload loses nothing it learned.
+        A change of pacing, thresholds, depth or budget retunes the running prefetcher
+        in place; it is rebuilt (its model starts over) only when the cache, the origin
+        object, the model kind, the vocabulary size, ``learn_online`` or where the model
+        runs changed. An unrelated reload loses nothing it learned.
         """
         cache = self.cache
         section = dict(self.section.get("prefetch", {}))
@@ -258,6 +260,13 @@ class CacheService:
         if key == self._prefetch_key:
             return
         old = self.prefetcher
+        if wanted and old is not None and self._prefetch_key is not None and key is not None and key[:2] == self._prefetch_key[:2]:
+            settings = PrefetchSettings(**{k: section[k] for k in PrefetchSettings.__dataclass_fields__ if k in section})
+            learn = bool(section.get("learn_online", True)) or old.version is None
+            if old.retune(settings, model=section["model"], vocabulary_size=int(section["vocabulary_size"]), learn_online=learn):
+                self._prefetch_key = key
+                log.info("prefetching retuned in place (the model keeps what it learned)")
+                return
         if old is not None:
             old.close()
             if cache is not None and cache.prefetch_observer == old.observe:

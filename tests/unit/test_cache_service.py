@@ -187,3 +187,29 @@ def test_a_rebuilt_cache_carries_its_counters_on() -> None:
     assert keys == 0  # rebuilt empty
     assert (after.hits, after.misses, after.sets) == (before.hits, before.misses, before.sets) == (2, 1, 1)
     assert after.max_keys == 2000 and after.keys == 0
+
+
+def test_a_prefetch_pacing_or_threshold_change_keeps_the_prefetcher_and_a_model_change_rebuilds_it() -> None:
+    origin = StubOrigin({b"k%d" % i: b"v" for i in range(64)})
+
+    def prefetching(extra: str) -> Config:
+        return config("  origin: stub\n  read_through: true\n  prefetch: {enabled: true, vocabulary_size: 4096%s}\n" % extra)
+
+    async def scenario() -> tuple[Any, ...]:
+        service = CacheService()
+        backend = Backend("numpy")
+        await service.apply(service.plan(prefetching(""), backend, [("p", origin)]))
+        first = service.prefetcher
+        assert first is not None
+        await service.apply(service.plan(prefetching(", threshold: 0.4, max_cpu_share: 0.3, depth: 3"), backend, [("p", origin)]))
+        retuned = service.prefetcher
+        settings = retuned.settings if retuned is not None else None
+        await service.apply(service.plan(prefetching(", threshold: 0.4, max_cpu_share: 0.3, depth: 3, model: markov"), backend, [("p", origin)]))
+        rebuilt = service.prefetcher
+        await service.stop()
+        return first, retuned, settings, rebuilt
+
+    first, retuned, settings, rebuilt = asyncio.run(scenario())
+    assert retuned is first
+    assert settings is not None and (settings.threshold, settings.max_cpu_share, settings.depth) == (0.4, 0.3, 3)
+    assert rebuilt is not first and rebuilt is not None

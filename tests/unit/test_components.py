@@ -18,7 +18,7 @@ import pytest
 from agent.components import BaseComponent, Changes
 from agent.config import Config
 from agent.runtime import Agent
-from tests.agentproc import wait_for
+from tests.polling import wait_for
 
 BASE = "agent:\n  http: {listen: '127.0.0.1:0'}\ncache:\n  resp: {listen: '127.0.0.1:0'}\n"
 
