@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config import Config, Secret
+from agent.config import Config, Secret, settings_of
 from agent.config_rules import enforce
 from agent.errors import StartupError
 from agent.http import is_loopback, make_ssl_context, open_listener, parse_listen, tls_files_stamp
@@ -49,29 +49,6 @@ REBUILD_KEYS = (
     "max_load_factor",
     "databases",
 )
-LIMIT_KEYS = (
-    "max_clients",
-    "max_bulk_bytes",
-    "max_multibulk_length",
-    "max_inline_bytes",
-    "idle_timeout_seconds",
-    "output_buffer_bytes",
-    "output_buffer_soft_bytes",
-    "output_buffer_soft_seconds",
-    "query_buffer_bytes",
-    "preauth_max_bulk_bytes",
-    "preauth_max_multibulk_length",
-    "max_client_memory_bytes",
-    "command_slice_keys",
-    "auth_failure_delay_seconds",
-    "auth_failure_burst",
-    "auth_failures_per_second",
-    "origin_workers",
-    "slowlog_log_slower_than_usec",
-    "slowlog_max_len",
-)
-
-
 @dataclass
 class CachePlan:
     """A dry-built cache component: nothing in it is serving yet."""
@@ -89,7 +66,7 @@ class CachePlan:
 
 
 def _limits(resp: dict[str, Any], reserved_descriptors: int) -> RespLimits:
-    return RespLimits(reserved_descriptors=reserved_descriptors, **{key: resp[key] for key in LIMIT_KEYS})
+    return settings_of(RespLimits, resp, reserved_descriptors=reserved_descriptors)
 
 
 def _password(resp: dict[str, Any]) -> str | None:
@@ -261,7 +238,7 @@ class CacheService:
             return
         old = self.prefetcher
         if wanted and old is not None and self._prefetch_key is not None and key is not None and key[:2] == self._prefetch_key[:2]:
-            settings = PrefetchSettings(**{k: section[k] for k in PrefetchSettings.__dataclass_fields__ if k in section})
+            settings = settings_of(PrefetchSettings, section)
             learn = bool(section.get("learn_online", True)) or old.version is None
             if old.retune(settings, model=section["model"], vocabulary_size=int(section["vocabulary_size"]), learn_online=learn):
                 self._prefetch_key = key
@@ -275,7 +252,7 @@ class CacheService:
         self._prefetch_key = key
         if wanted:
             assert cache is not None
-            settings = PrefetchSettings(**{k: section[k] for k in PrefetchSettings.__dataclass_fields__ if k in section})
+            settings = settings_of(PrefetchSettings, section)
             served = self.model_source() if self.model_source is not None else None
             version: int | None = None
             if served is not None:

@@ -24,7 +24,7 @@ import click
 import yaml
 
 from agent import __version__
-from agent.config import Config, load_config, load_yaml, read_config_text, resolve_config_path
+from agent.config import Config, load_config, load_yaml, read_config_text, resolve_config_path, settings_of
 from agent.errors import ConfigError, SecurityError, StartupError
 from agent.http import parse_listen
 from agent.plugins import PluginHost
@@ -537,7 +537,7 @@ def drift_check(reference: str, current: str, key_files: tuple[str, ...], config
         cur_trace = read_trace(current, keys)
     except TraceError as exc:
         _fail(str(exc), 2)
-    result = run_check(detectors, ref_trace.features(), cur_trace.features(), DriftSettings.from_config(cfg.section("drift")))
+    result = run_check(detectors, ref_trace.features(), cur_trace.features(), settings_of(DriftSettings, cfg.section("drift")))
     if as_json:
         click.echo(json.dumps(result.public()))
         return

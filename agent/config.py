@@ -32,8 +32,8 @@ import re
 import stat
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
@@ -703,6 +703,42 @@ def _line_for(path: Path_, lines: Mapping[Path_, int]) -> int | None:
             return lines[path]
         path = path[:-1]
     return None
+
+
+# ---------------------------------------------------------------------------
+# Sections as typed settings
+# ---------------------------------------------------------------------------
+
+SettingsT = TypeVar("SettingsT")
+
+# Dataclass field metadata naming the config key a field is read from, when it differs.
+CONFIG_KEY = "config_key"
+
+
+def settings_of(cls: type[SettingsT], section: Mapping[str, Any], **given: Any) -> SettingsT:
+    """The settings dataclass ``cls`` from a validated config ``section``: the one way a
+    section becomes a typed object.
+
+    Every init field is read from the section (at the key its ``config_key`` metadata
+    names, else its own name) unless it is ``given``. Defaults live in the schema alone:
+    a field the section does not hold is a programming error (KeyError naming it), never
+    a silent dataclass default.
+    """
+    values: dict[str, Any] = {}
+    for spec in fields(cls):  # type: ignore[arg-type]
+        if not spec.init:
+            continue
+        if spec.name in given:
+            values[spec.name] = given[spec.name]
+            continue
+        key = spec.metadata.get(CONFIG_KEY, spec.name)
+        if key not in section:
+            raise KeyError(f"{cls.__name__}.{spec.name}: the config section has no key {key!r} (the schema must give it a default)")
+        values[spec.name] = section[key]
+    unknown = set(given) - set(values)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    return cls(**values)
 
 
 # ---------------------------------------------------------------------------

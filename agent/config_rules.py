@@ -158,12 +158,13 @@ def _ring_capacity(data: Mapping[str, Any]) -> Iterator[Finding]:
 
 
 def _rollout_steps(data: Mapping[str, Any]) -> Iterator[Finding]:
+    from agent.config import settings_of
     from agent.mlops.rollout import RolloutError, RolloutSettings
 
     rollout = _at(data, "mlops.rollout")
     if isinstance(rollout, Mapping):
         try:
-            RolloutSettings.from_config(dict(rollout))
+            settings_of(RolloutSettings, rollout).check()
         except RolloutError as exc:
             yield "mlops.rollout", str(exc)
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from agent.mlops.features import WindowFeatures
@@ -64,13 +64,6 @@ class DriftSettings:
     adwin_clock: int = 32
     adwin_min_window: int = 5
     retrain_min_hit_ratio_drop: float = 0.01
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> DriftSettings:
-        """Settings from a validated ``drift`` section; unknown keys are ignored here
-        (the schema rejects them at load time)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (section or {}).items() if k in known})
 
 
 @dataclass

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.config import settings_of
 from agent.mlops.drift import DriftResult, DriftSettings
 from agent.mlops.drift_policy import DriftPolicy, Performance, performance_of
 from agent.mlops.features import WindowFeatures, features_from_events
@@ -60,7 +61,7 @@ class DriftMonitor:
         with self._lock:
             self.enabled = bool(section.get("enabled", True))
             self.window_events = int(section["window_events"])
-        self.policy.update_settings(DriftSettings.from_config(section))
+        self.policy.update_settings(settings_of(DriftSettings, section))
 
     @property
     def interval(self) -> float:

@@ -68,10 +68,6 @@ class RetrainSettings:
     min_requests: int = 10_000
     settle_requests: int = 0
 
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> RetrainSettings:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
-
 
 @dataclass
 class Dataset:

@@ -74,14 +74,9 @@ class RolloutSettings:
     max_inference_seconds_per_access: float = 0.001
     max_prefetches_per_request: float = 4.0
 
-    @classmethod
-    def from_config(cls, section: dict[str, Any]) -> RolloutSettings:
-        values = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        if "steps" in values:
-            values["steps"] = tuple(float(s) for s in values["steps"])
-        settings = cls(**values)
-        settings.check()
-        return settings
+    def __post_init__(self) -> None:
+        # The config gives a list; the settings are hashable and compare as given.
+        object.__setattr__(self, "steps", tuple(float(s) for s in self.steps))
 
     def check(self) -> None:
         steps = self.steps

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy
 
-from agent.config import Config, Secret
+from agent.config import Config, Secret, settings_of
 from agent.errors import AgentError
 from agent.mlops.dataset import parse_key
 from agent.mlops.drift import DriftResult
@@ -94,8 +94,9 @@ class MlopsService:
             self.serve_champion = bool(section["serve_champion"])
             self.learn_online = bool(prefetch.get("learn_online", True))
             self.depth = int(prefetch.get("depth", 1))
-            self.rollout_settings = RolloutSettings.from_config(section["rollout"])
-        self.pipeline.configure(RetrainSettings.from_config(section["retrain"]), self.registry, self.tenant, section, self.learn_online)
+            self.rollout_settings = settings_of(RolloutSettings, section["rollout"])
+            self.rollout_settings.check()
+        self.pipeline.configure(settings_of(RetrainSettings, section["retrain"]), self.registry, self.tenant, section, self.learn_online)
 
     @property
     def interval(self) -> float:

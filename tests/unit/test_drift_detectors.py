@@ -21,7 +21,7 @@ from scipy import stats
 from scipy.spatial import distance
 
 from agent.cli import cli
-from agent.config import load_config
+from agent.config import load_config, settings_of
 from agent.mlops import dataset
 from agent.mlops.drift import (
     PUBLIC_ENTRY_KEYS,
@@ -318,7 +318,7 @@ def test_settings_defaults_match_the_schema_and_reload_validates() -> None:
     for name, sub in section.items():
         if name not in monitor_keys:
             assert getattr(defaults, name) == sub["default"], name
-    assert DriftSettings.from_config(load_config(None, text="drift: {ks_alpha: 0.01}").section("drift")).ks_alpha == 0.01
+    assert settings_of(DriftSettings, load_config(None, text="drift: {ks_alpha: 0.01}").section("drift")).ks_alpha == 0.01
     from agent.errors import ConfigError
 
     with pytest.raises(ConfigError):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy
 import pytest
 
+from agent.config import load_config
 from agent.mlops.drift import STATUS_DRIFT, STATUS_INSUFFICIENT, STATUS_NO_DRIFT, DriftResult
 from agent.mlops.drift_monitor import DriftMonitor
 from cache_core.access_log import AccessLog
@@ -22,7 +23,8 @@ from plugins.drift.psi import PSIDetector
 DETECTORS = [KSDetector(), PSIDetector(), DistanceDetector(), Chi2Detector(), AdwinDetector(), BatchMeansDetector()]
 KEYS = 5000
 FP_MIX = numpy.uint64(0x9E3779B97F4A7C15)
-SECTION = {"enabled": True, "window_events": 20_000, "check_interval_seconds": 1, "min_samples": 100}
+# The schema's drift section (its defaults) with a faster, smaller window.
+SECTION = {**load_config(None).section("drift"), "enabled": True, "window_events": 20_000, "check_interval_seconds": 1, "min_samples": 100}
 
 
 def zipf_keys(rng: numpy.random.Generator, n: int, s: float = 1.0, offset: int = 0) -> numpy.ndarray:

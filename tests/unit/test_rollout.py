@@ -134,7 +134,7 @@ def test_no_decision_after_finish() -> None:
 )
 def test_bad_steps_are_refused(steps: tuple[float, ...]) -> None:
     with pytest.raises(RolloutError):
-        RolloutSettings.from_config({"steps": list(steps)})
+        RolloutSettings(steps=tuple(steps)).check()
 
 
 def test_block_budget_must_cover_min_blocks() -> None:
