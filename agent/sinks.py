@@ -53,8 +53,6 @@ import logging
 import math
 import os
 import random
-import re
-import stat
 import threading
 import time
 from collections import deque
@@ -67,14 +65,17 @@ from typing import Any
 import pybreaker
 import tenacity
 
+from agent.security import private_dir
+from cache_core.files import atomic_write, remove_temp_files, temp_name_re
+
 log = logging.getLogger(__name__)
 
 Statvfs = Callable[[str], Any]
 
 # How much of a vendor's error answer is kept in logs, /status and dead-letter files.
 ANSWER_LIMIT = 4096
-# The temp files write_private leaves when a crash interrupts it: ".<name>.<pid>.tmp".
-SPOOL_TEMP_RE = re.compile(r"\.[0-9]{20}\.json\.[0-9]+\.tmp")
+# The temp files a spool write leaves when a crash interrupts it (cache_core.files).
+SPOOL_TEMP_RE = temp_name_re(r"[0-9]{20}\.json")
 # At most one "spool paused" log line per this many seconds (the state is in /status and
 # predis_agent_sink_spool_paused all the time).
 SPOOL_PAUSED_LOG_SECONDS = 60.0
@@ -310,53 +311,6 @@ class DeltaTracker:
 
 
 # ----------------------------------------------------------------------------- files
-def private_dir(raw: str, what: str) -> Path:
-    """An absolute directory for the agent's own files, created 0700; clear errors otherwise."""
-    path = Path(os.path.expanduser(str(raw)))
-    if not path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{what} {raw!r} must be an absolute path without '..' components")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.is_dir():
-        raise ValueError(f"{what} {raw!r} is not a directory")
-    os.chmod(path, 0o700)
-    return path
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def remove_temp_files(directory: Path, pattern: re.Pattern[str]) -> int:
-    """Delete the regular files (never a link) in ``directory`` whose names match
-    ``pattern``: the temp files of writes a crash interrupted. Return how many."""
-    removed = 0
-    for name in os.listdir(directory):
-        if not pattern.fullmatch(name):
-            continue
-        path = directory / name
-        try:
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                os.unlink(path)
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
-
-
 def free_space(statvfs: Statvfs, directory: Path) -> tuple[int, float]:
     """(bytes available to the agent, percent of the filesystem they are)."""
     st = statvfs(str(directory))
@@ -376,7 +330,7 @@ class Spool:
     def remove_temp_files(self) -> int:
         """Delete the temp files of spool writes a crash interrupted; return how many.
 
-        Only names :func:`write_private` gives its temp files are touched, and only
+        Only names :func:`cache_core.files.atomic_write` gives its temp files are touched, and only
         regular files (never a link); they are never read: the rename that would have
         made one a spool file did not happen, so its payload was not acknowledged as spooled.
         """
@@ -390,7 +344,7 @@ class Spool:
         name = f"{next(self._seq):020d}.json"
         head = {"kind": payload.kind, "points": payload.points, "nbytes": payload.nbytes, "created": payload.created}
         record = json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"body":' + payload.json_bytes() + b"}"
-        write_private(self.root / name, record)
+        atomic_write(self.root / name, record)
         payload.spool_file = name
 
     def remove(self, payload: Payload) -> None:
@@ -979,7 +933,7 @@ class ResilientSink:
                 "answer": exc.answer,
                 "body": payload.body if payload.spoolable else repr(payload.body)[:ANSWER_LIMIT],
             }
-            write_private(path, json.dumps(record, indent=1).encode())
+            atomic_write(path, json.dumps(record, indent=1).encode())
         except (OSError, ValueError) as err:
             log.error("sink %s: cannot write a dead letter: %s", self.name, err)
             return None
