@@ -26,7 +26,7 @@ import yaml
 from agent import __version__
 from agent.config import Config, load_config, load_yaml, read_config_text, resolve_config_path
 from agent.errors import ConfigError, SecurityError, StartupError
-from agent.http import parse_listen
+from agent.net import parse_listen
 from agent.plugins import PluginHost
 from agent.security import TokenStore
 
