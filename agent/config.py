@@ -38,7 +38,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from agent.errors import ConfigError, ConfigProblem
+from agent.errors import AgentError, ConfigError, ConfigProblem
 from config_schema import load_schema
 
 DEFAULT_CONFIG_PATH = "/etc/predis/agent.yaml"
@@ -177,7 +177,7 @@ def dotted(path: Iterable[Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
-class ConfigYamlError(yaml.MarkedYAMLError):
+class ConfigYamlError(AgentError, yaml.MarkedYAMLError):
     """A YAML document the config loader refuses to read (a bound passed, a tag, a recursive alias)."""
 
     def __init__(self, problem: str, mark: Any) -> None:
@@ -427,7 +427,7 @@ def _resolve_ref_bytes(kind: str, arg: str, path: str) -> tuple[str | None, byte
         return base64.b64encode(raw).decode("ascii"), raw, None
 
 
-class FileReadRefused(OSError):
+class FileReadRefused(AgentError, OSError):
     """A file that is not read: not a regular file, or larger than its cap. The message says which."""
 
 

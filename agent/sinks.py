@@ -40,6 +40,16 @@ What happens to a payload:
 
 Exporters that only implement ``send(batch)`` still work: their whole batch is one payload
 that is never split and never spooled (its body is not JSON).
+
+The export layer's exceptions (the agent layer's are in :mod:`agent.errors`); an exporter
+raises the one that says what the sink should do::
+
+    ExportError                  base; ``kind`` names the sink's reaction
+    ├── TransientExportError     network trouble, 5xx, 408, 429: retried with backoff
+    ├── PayloadTooLargeError     413 or a vendor limit: split in half, the halves queued
+    ├── InvalidPayloadError      400: dead-lettered, never retried
+    ├── ExportAuthError          401/403: secret re-read, breaker opened, payload kept
+    └── _Stopped                 internal: the sink is stopping, the payload stays queued
 """
 
 from __future__ import annotations
@@ -404,8 +414,13 @@ def _wrap(exporter: Any) -> Any:
     return exporter if callable(getattr(exporter, "encode", None)) else _Plain(exporter)
 
 
-class _Stopped(Exception):
+class _Stopped(ExportError):
     """The sink is stopping; the payload stays queued (and spooled)."""
+
+    kind = "stopped"
+
+    def __init__(self) -> None:
+        super().__init__("the sink is stopping")
 
 
 class ResilientSink:

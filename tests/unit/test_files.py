@@ -105,7 +105,7 @@ def test_the_file_and_then_its_directory_are_fsynced(tmp_path: Path, monkeypatch
 def test_concurrent_writers_leave_one_complete_file(tmp_path: Path) -> None:
     target = tmp_path / "shared"
     payloads = [bytes([n]) * PAYLOAD_BYTES for n in range(WRITERS)]
-    errors: list[BaseException] = []
+    errors: list[OSError] = []
     start = threading.Barrier(WRITERS)
 
     def writer(n: int) -> None:
@@ -113,7 +113,7 @@ def test_concurrent_writers_leave_one_complete_file(tmp_path: Path) -> None:
             start.wait()
             for _ in range(WRITES_EACH):
                 atomic_write(target, payloads[n])
-        except BaseException as exc:  # reported by the assertion below
+        except OSError as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
