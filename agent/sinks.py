@@ -70,13 +70,14 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pybreaker
-import tenacity
+from typing import TYPE_CHECKING, Any
 
 from agent.security import private_dir
 from cache_core.files import atomic_write, remove_temp_files, temp_name_re
+
+if TYPE_CHECKING:
+    import pybreaker
+    import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -462,17 +463,7 @@ class ResilientSink:
         self._metrics = metrics
         self._span = span or (lambda name, **attrs: nullcontext())
         self._on_event = on_event
-        self.breaker = pybreaker.CircuitBreaker(
-            fail_max=settings.breaker_fail_max,
-            reset_timeout=settings.breaker_reset_timeout_seconds,
-            listeners=[_BreakerListener(self)],
-            name=name,
-            # The send that trips the breaker raises the exporter's own error, so it is
-            # classified and counted like every other failed attempt.
-            throw_new_error_on_trip=False,
-            # A payload the vendor rejects says nothing about the vendor's health.
-            exclude=[PayloadTooLargeError, InvalidPayloadError],
-        )
+        self.breaker = _make_breaker(self)
         # Sends run here, so the worker can give up on one at the attempt deadline; two
         # threads, so a send that ignores the abort does not hold up the next attempt.
         self._senders = concurrent.futures.ThreadPoolExecutor(max_workers=SENDER_THREADS, thread_name_prefix=f"sink-{name}-send")
@@ -761,6 +752,8 @@ class ResilientSink:
                     self._cond.notify_all()
 
     def _deliver(self, payload: Payload) -> None:
+        import tenacity
+
         s = self.settings
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: not isinstance(e, (PayloadTooLargeError, InvalidPayloadError, _Stopped))),
@@ -798,6 +791,8 @@ class ResilientSink:
             self._m("predis_agent_sink_last_success_timestamp_seconds").set(self.last_success)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
+        import pybreaker
+
         s = self.settings
         # Full jitter: uniform in [0, min(max, initial * 2^(n-1))].
         ceiling = min(s.retry_max_seconds, s.retry_initial_seconds * 2 ** max(0, state.attempt_number - 1))
@@ -845,6 +840,8 @@ class ResilientSink:
             raise TransientExportError(f"send attempt exceeded agent.sinks.attempt_timeout_seconds ({timeout:g}s)") from None
 
     def _attempt(self, payload: Payload) -> None:
+        import pybreaker
+
         with self._cond:
             exporter = self._exporter
         started = time.monotonic()
@@ -1012,16 +1009,32 @@ class ResilientSink:
             }
 
 
-class _BreakerListener(pybreaker.CircuitBreakerListener):
-    def __init__(self, sink: ResilientSink) -> None:
-        self.sink = sink
+def _make_breaker(sink: ResilientSink) -> pybreaker.CircuitBreaker:
+    """The sink's circuit breaker. pybreaker is imported here, when a sink is built, not
+    with this module: it imports redis (and OpenTelemetry), a quarter of a second that
+    loading the exporter plugins (``predis-agent config validate``) need not pay."""
+    import pybreaker
 
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
-        old = getattr(old_state, "name", str(old_state))
-        new = getattr(new_state, "name", str(new_state))
-        self.sink._set_breaker_gauge(str(new))
-        log.warning("sink %s: circuit breaker %s -> %s", self.sink.name, old, new)
-        self.sink._event("breaker_state_changed", {"old": str(old), "new": str(new)})
+    class Listener(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+            old = getattr(old_state, "name", str(old_state))
+            new = getattr(new_state, "name", str(new_state))
+            sink._set_breaker_gauge(str(new))
+            log.warning("sink %s: circuit breaker %s -> %s", sink.name, old, new)
+            sink._event("breaker_state_changed", {"old": str(old), "new": str(new)})
+
+    settings = sink.settings
+    return pybreaker.CircuitBreaker(
+        fail_max=settings.breaker_fail_max,
+        reset_timeout=settings.breaker_reset_timeout_seconds,
+        listeners=[Listener()],
+        name=sink.name,
+        # The send that trips the breaker raises the exporter's own error, so it is
+        # classified and counted like every other failed attempt.
+        throw_new_error_on_trip=False,
+        # A payload the vendor rejects says nothing about the vendor's health.
+        exclude=[PayloadTooLargeError, InvalidPayloadError],
+    )
 
 
 def _jsonable(body: Any) -> bool:
