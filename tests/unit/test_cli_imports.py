@@ -40,10 +40,26 @@ print(json.dumps({"code": code, "stdout": out.getvalue(), "modules": sorted(sys.
 """
 
 
-def run_cli(*args: str, block_builtins: bool = False) -> tuple[int, str, set[str]]:
+# An installed plugin that adds a command.
+HELLO_PLUGIN = """
+import click
+from agent import hookimpl
+
+@hookimpl
+def predis_agent_register_commands(cli):
+    @cli.command("hello")
+    def hello():
+        \"\"\"Say hello from an installed plugin.\"\"\"
+        click.echo("hello from the plugin")
+"""
+
+
+def run_cli(*args: str, block_builtins: bool = False, site: Path | None = None) -> tuple[int, str, set[str]]:
     env = dict(os.environ)
     if block_builtins:
         env[DISABLE_ENV_VAR] = ",".join(name for name, _ in DEFAULT_PLUGINS)
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
     done = subprocess.run([sys.executable, "-c", RUN_MAIN, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(done.stdout.splitlines()[-1])
     return int(result["code"]), result["stdout"], set(result["modules"])
@@ -71,6 +87,20 @@ def test_config_validate_loads_the_config_but_not_the_runtime() -> None:
     assert code == 0 and out.strip().endswith(": valid")
     assert imported(modules, CONFIG_ONLY) == sorted(CONFIG_ONLY)  # it did validate
     assert imported(modules, HEAVY) == []
+
+
+def test_an_installed_plugins_command_is_listed_and_runs(tmp_path: Path) -> None:
+    (tmp_path / "hello_plugin.py").write_text(HELLO_PLUGIN)
+    info = tmp_path / "predis_hello-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: predis-hello\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[predis_agent]\nhello = hello_plugin\n")
+    code, out, _ = run_cli("--help", site=tmp_path)
+    assert code == 0 and "Say hello from an installed plugin." in out
+    code, out, _ = run_cli("hello", site=tmp_path)
+    assert code == 0 and out == "hello from the plugin\n"
+    code, _, _ = run_cli("hello")
+    assert code == 2  # without the plugin installed there is no such command
 
 
 def test_no_builtin_plugin_adds_commands() -> None:
