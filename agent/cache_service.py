@@ -29,7 +29,7 @@ from typing import Any
 from agent.config import Config, Secret, settings_of
 from agent.config_rules import enforce
 from agent.errors import StartupError
-from agent.http import is_loopback, make_ssl_context, open_listener, parse_listen, tls_files_stamp
+from agent.net import is_loopback, make_ssl_context, open_listener, parse_listen, tls_files_stamp
 from cache_core.access_log import AccessLog
 from cache_core.backend import Backend
 from cache_core.cache import Cache, null_access_hook

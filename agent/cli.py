@@ -3,32 +3,30 @@
 
 Exit codes: 0 success, 1 runtime failure (cannot start, agent unreachable), 2 invalid
 input (bad config, bad arguments).
+
+Each command imports what it needs when it runs: ``--help`` and ``version`` load no plugin
+and no config, ``config validate`` loads the plugins (for their config schemas) and the
+config, never the runtime, the HTTP server or the cache. Plugins are loaded to find
+commands only when some are installed through entry points: the built-in plugins add none.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import os
-import signal
-import ssl
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
 from agent import __version__
-from agent.config import Config, load_config, load_yaml, read_config_text, resolve_config_path, settings_of
 from agent.errors import ConfigError, SecurityError, StartupError
-from agent.http import parse_listen
-from agent.plugins import PluginHost
-from agent.security import TokenStore
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.plugins import PluginHost
+    from agent.security import TokenStore
 
 TOKEN_ENV_VAR = "PREDIS_AGENT_TOKEN"
 CLIENT_TIMEOUT_SECONDS = 10.0
@@ -55,6 +53,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _load(config_path: str | None, overrides: tuple[str, ...], host: PluginHost | None = None) -> tuple[Config, PluginHost]:
+    from agent.config import load_config, resolve_config_path
+    from agent.plugins import PluginHost
+
     host = host or PluginHost()
     path, explicit = resolve_config_path(config_path)
     fragments, opaque = host.schema_fragments()
@@ -74,6 +75,16 @@ def _load_for_client(config_path: str | None) -> Config:
     to the file's ``agent.http`` and ``agent.auth`` sections alone, so that ``status``
     and ``reload`` still work while an operator fixes the file.
     """
+    import yaml
+
+    from agent.config import (
+        load_config,
+        load_yaml,
+        read_config_text,
+        resolve_config_path,
+    )
+    from agent.plugins import PluginHost
+
     path, _ = resolve_config_path(config_path)
     host = PluginHost(load_entrypoints=False)
     fragments, opaque = host.schema_fragments()
@@ -100,7 +111,13 @@ class AgentGroup(click.Group):
         if getattr(self, "_plugins_added", False):
             return
         self._plugins_added = True
+        from agent.plugins import PluginHost, plugin_entry_points
+
         try:
+            if not plugin_entry_points():
+                return  # the built-in plugins add no commands: only installed plugins can
+            from agent.config import load_config, resolve_config_path
+
             host = PluginHost()
             path, _ = resolve_config_path(None)
             enabled = lambda name: True  # noqa: E731 - without a valid config every loaded plugin may add commands
@@ -146,7 +163,10 @@ def version() -> None:
 @set_option
 def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Run the agent in the foreground (systemd: Type=notify)."""
+    import asyncio
+
     from agent import logs
+    from agent.config import resolve_config_path
     from agent.runtime import Agent
 
     logs.hold_early_records()
@@ -206,6 +226,8 @@ def _warn_literal_secrets(cfg: Any) -> None:
 @set_option
 def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Print the effective config (defaults filled in, secrets redacted)."""
+    import yaml
+
     cfg, _ = _load(config_path, overrides)
     _warn_literal_secrets(cfg)
     click.echo(yaml.safe_dump(cfg.redacted(), sort_keys=False, default_flow_style=False), nl=False)
@@ -215,6 +237,7 @@ def config_show(config_path: str | None, overrides: tuple[str, ...]) -> None:
 def config_schema_cmd() -> None:
     """Print the JSON Schema, including every installed plugin's section."""
     from agent.config import build_schema
+    from agent.plugins import PluginHost
 
     host = PluginHost()
     fragments, opaque = host.schema_fragments()
@@ -231,6 +254,7 @@ def config_docs(installed: bool) -> None:
     """Print the configuration reference as Markdown (the source of docs/configuration.md)."""
     from agent.config import build_schema
     from agent.docgen import render_configuration_doc
+    from agent.plugins import PluginHost
 
     host = PluginHost(load_entrypoints=installed)
     fragments, opaque = host.schema_fragments()
@@ -281,6 +305,7 @@ def exporters_dry_run(config_path: str | None, overrides: tuple[str, ...], only:
     """Build the payloads each enabled push exporter would send for one collection and run
     them through the vendor limit checks; prints counts, sizes and what would be split,
     trimmed or rejected. Sends nothing."""
+    from agent.config import resolve_config_path
     from agent.dryrun import dry_run, render_text, to_json
 
     path, _ = resolve_config_path(config_path)
@@ -306,6 +331,9 @@ def plugins() -> None:
 @config_option
 def plugins_list(as_json: bool, config_path: str | None) -> None:
     """List built-in and installed plugins and their state."""
+    from agent.config import load_config, resolve_config_path
+    from agent.plugins import PluginHost
+
     host = PluginHost()
     path, _ = resolve_config_path(config_path)
     fragments, opaque = host.schema_fragments()
@@ -327,6 +355,8 @@ def plugins_list(as_json: bool, config_path: str | None) -> None:
 @click.argument("name")
 def plugins_install(name: str) -> None:
     """pip-install plugin NAME (a requirement or a local wheel/dir) into the agent's environment."""
+    import subprocess
+
     from packaging.requirements import InvalidRequirement, Requirement
 
     if name.startswith("-"):
@@ -351,6 +381,8 @@ DATA_TABLE_COLUMNS = ("time", "seq", "op", "result", "tenant", "size", "fp")
 
 def _printable_key(encoded: str | None) -> str | None:
     """A raw key for the table: as text when it is printable ASCII, else as ``base64:...``."""
+    import base64
+
     if encoded is None:
         return None
     raw = base64.b64decode(encoded)
@@ -519,6 +551,7 @@ def drift_check(reference: str, current: str, key_files: tuple[str, ...], config
     Exit 0 whatever the verdict (drift, no_drift, insufficient_data); 2 when a trace or a
     key file cannot be read.
     """
+    from agent.config import settings_of
     from agent.mlops.dataset import KeyFormatError, load_key_file
     from agent.mlops.drift import DriftSettings, run_check
     from agent.mlops.traces import TraceError, read_trace
@@ -567,6 +600,12 @@ def _client_token(token_file: str | None) -> str:
 
 
 def _request(cfg: Config, method: str, path: str, token: str) -> tuple[int, Any]:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from agent.net import parse_listen
+
     host, port = parse_listen(cfg.get("agent.http.listen"))
     if port == 0:
         _fail("agent.http.listen uses port 0; the CLI cannot find the agent. Set a fixed port.", 2)
@@ -655,6 +694,8 @@ def status(config_path: str | None, as_json: bool, token_file: str | None) -> No
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
 def reload(config_path: str | None, token_file: str | None) -> None:
     """Ask the running agent to reload its config (via the API, or SIGHUP via agent.pid_file)."""
+    import signal
+
     cfg = _load_for_client(config_path)
     token = None
     if token_file or os.environ.get(TOKEN_ENV_VAR):
@@ -691,6 +732,8 @@ def token() -> None:
 
 
 def _store(config_path: str | None) -> TokenStore:
+    from agent.security import TokenStore
+
     cfg, _ = _load(config_path, ())
     return TokenStore(cfg.get("agent.auth.token_store"))
 
@@ -759,6 +802,15 @@ def _mlops_config(config_path: str | None) -> Config:
     not keep an operator from rolling a model back, and importing every plugin (SciPy
     for the drift detectors) is most of a CLI call's start-up time.
     """
+    import yaml
+
+    from agent.config import (
+        load_config,
+        load_yaml,
+        read_config_text,
+        resolve_config_path,
+    )
+
     path, _ = resolve_config_path(config_path)
     try:
         text = read_config_text(path) if path else ""
@@ -845,6 +897,8 @@ def model_list(tenant: str, registry_dir: str | None, config_path: str | None, a
 def model_show(tenant: str, version: str, registry_dir: str | None, config_path: str | None, as_json: bool) -> None:
     """Print a version's metadata after checking every artefact's checksum (exit 2 when one fails)."""
     tenant = _tenant_arg(tenant)
+    import yaml
+
     meta = _registry_call(_registry(config_path, registry_dir).show, tenant, version)
     if as_json:
         click.echo(json.dumps(meta, indent=2, sort_keys=True))

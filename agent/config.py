@@ -39,7 +39,7 @@ import jsonschema
 import yaml
 
 from agent.config_rules import check_rules
-from agent.errors import ConfigError, ConfigProblem
+from agent.errors import AgentError, ConfigError, ConfigProblem
 from config_schema import load_schema
 
 DEFAULT_CONFIG_PATH = "/etc/predis/agent.yaml"
@@ -178,7 +178,7 @@ def dotted(path: Iterable[Any]) -> str:
 # ---------------------------------------------------------------------------
 
 
-class ConfigYamlError(yaml.MarkedYAMLError):
+class ConfigYamlError(AgentError, yaml.MarkedYAMLError):
     """A YAML document the config loader refuses to read (a bound passed, a tag, a recursive alias)."""
 
     def __init__(self, problem: str, mark: Any) -> None:
@@ -428,7 +428,7 @@ def _resolve_ref_bytes(kind: str, arg: str, path: str) -> tuple[str | None, byte
         return base64.b64encode(raw).decode("ascii"), raw, None
 
 
-class FileReadRefused(OSError):
+class FileReadRefused(AgentError, OSError):
     """A file that is not read: not a regular file, or larger than its cap. The message says which."""
 
 

@@ -17,12 +17,12 @@ Every rule is listed in :data:`RULES` (docs/configuration.md renders the table).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import ConfigProblem, StartupError
+from agent.net import is_loopback, split_listen
 
 Finding = tuple[str, str]  # (dotted key path, problem)
 
@@ -43,32 +43,6 @@ def _at(data: Mapping[str, Any], dotted: str) -> Any:
             return None
         value = value.get(part)
     return value
-
-
-def split_listen(value: str) -> tuple[str, int] | str:
-    """``host:port`` (``[v6]:port``) split into its parts, or why it cannot be."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        return f"listen address {value!r}: expected host:port"
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        return f"listen address {value!r}: port {port_text!r} is not a number"
-    if not 0 <= port <= 65535:
-        return f"listen address {value!r}: port must be 0..65535"
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (a name is not resolved)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _reveal(value: Any) -> str:

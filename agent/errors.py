@@ -1,14 +1,31 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The agent's exception tree.
+"""The agent's exception tree: every exception the agent layer defines derives from
+:class:`AgentError` (and keeps its standard base, so ``except ValueError`` and the like
+still catch it). The export layer has a tree of its own under
+:class:`agent.sinks.ExportError` (drawn in :mod:`agent.sinks`).
 
 ::
 
     AgentError
-    ├── ConfigError(ValueError)          invalid config; carries every problem found
-    ├── PluginLoadError(ImportError)     a plugin could not be imported or registered
-    ├── AuthError                        missing, malformed or unknown bearer token
-    ├── SecurityError(ValueError)        a path escaped its root, a bad tenant ID
-    └── StartupError                     a component could not start (port in use, no GPU)
+    ├── ConfigError(ValueError)               invalid config; carries every problem found
+    ├── PluginLoadError(ImportError)          a plugin could not be imported or registered
+    ├── AuthError                             missing, malformed or unknown bearer token
+    ├── SecurityError(ValueError)             a path escaped its root, a bad tenant ID
+    ├── StartupError                          a component could not start (port in use, no GPU)
+    ├── ConfigYamlError(MarkedYAMLError)      agent.config: YAML refused (a bound, a tag, an alias loop)
+    ├── FileReadRefused(OSError)              agent.config: not a regular file, or over its size cap
+    ├── KeyFormatError(ValueError)            agent.mlops.dataset: key material that is not an AES-256 key
+    ├── SegmentError                          agent.mlops.dataset: a segment failed verification
+    │   ├── SegmentFormatError                    not a segment format this reader knows
+    │   │   └── SegmentTruncatedError             shorter (or longer) than its header says
+    │   ├── SegmentTamperedError                  authentication failed, or a renamed file
+    │   └── UnknownKeyError                       no key given has the segment's key id
+    ├── TraceError                            agent.mlops.traces: a trace that cannot be read
+    ├── TrainingError(ValueError)             agent.mlops.training: a training request that cannot run
+    │   ├── TrainingTimeout                       past its time budget, nothing registered
+    │   └── NoData                                agent.mlops.retrain: nothing usable to train on
+    ├── RegistryError                         agent.mlops.registry: unknown version, corrupt artefact, bad archive
+    └── RolloutError(ValueError)              agent.mlops.rollout: rollout settings that cannot work
 
 Messages say what was expected, what was found and what to do; they never contain a
 secret value.

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-import jsonschema
 import pluggy
 
 from agent import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
@@ -92,6 +91,8 @@ def fragment_problem(fragment: dict[str, Any] | None) -> str | None:
     """
     if fragment is None:
         return None
+    import jsonschema  # the config loader needs it anyway; --help does not
+
     fix = "fix the plugin's predis_agent_config_schema; until then its config section is accepted unchecked"
     try:
         jsonschema.Draft202012Validator.check_schema(fragment)
@@ -101,6 +102,11 @@ def fragment_problem(fragment: dict[str, Any] | None) -> str | None:
     except Exception as exc:  # check_schema itself can fail on very odd input
         return f"{exc.__class__.__name__}: expected a valid JSON Schema (Draft 2020-12) fragment, checking it failed ({exc}); {fix}"
     return None
+
+
+def plugin_entry_points() -> list[metadata.EntryPoint]:
+    """The entry points of the installed plugins (group ``predis_agent``), by name."""
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
 
 
 def _blocked_from_env() -> set[str]:
@@ -128,11 +134,11 @@ class PluginHost:
     # -- loading -------------------------------------------------------------
     def _load_entrypoints(self) -> None:
         try:
-            eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+            eps = plugin_entry_points()
         except Exception as exc:  # a broken dist-info must not stop the agent
             log.error("cannot list entry points of group %s: %s", ENTRY_POINT_GROUP, exc)
             return
-        for ep in sorted(eps, key=lambda e: e.name):
+        for ep in eps:
             dist = getattr(ep, "dist", None)
             dist_name = getattr(dist, "name", None) or "unknown"
             version = getattr(dist, "version", None)

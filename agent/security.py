@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tokens, file modes, path confinement and tenant-ID validation.
+"""Tokens, file modes, private directories, path confinement and tenant-ID validation.
+
+Files are written with :func:`atomic_write` (:mod:`cache_core.files`, imported here for
+the agent and its plugins).
 
 API tokens are 256-bit random values shown once. The token store keeps only their
 SHA-256 digests: a token has full entropy, so a fast hash is as strong as a slow KDF
@@ -18,7 +21,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AuthError, SecurityError
+from cache_core.files import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,37 +38,21 @@ TOKEN_ID_BYTES = 4
 TOKEN_RE = re.compile(r"^pda_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{2,49}$")
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")  # hash_token's output: SHA-256 as lowercase hex
-FILE_MODE_SECRET = 0o600
-DIR_MODE_SECRET = 0o700
+FILE_MODE_SECRET = PRIVATE_FILE_MODE
+DIR_MODE_SECRET = PRIVATE_DIR_MODE
 STORE_VERSION = 1
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = FILE_MODE_SECRET, dir_mode: int = DIR_MODE_SECRET) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename) with ``mode``.
-
-    The parent directory is created with ``dir_mode`` (0700) when it does not exist.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=dir_mode)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def private_dir(raw: str, what: str) -> Path:
+    """An absolute directory for the agent's own files, created 0700; clear errors otherwise."""
+    path = Path(os.path.expanduser(str(raw)))
+    if not path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{what} {raw!r} must be an absolute path without '..' components")
+    path.mkdir(mode=DIR_MODE_SECRET, parents=True, exist_ok=True)
+    if not path.is_dir():
+        raise ValueError(f"{what} {raw!r} is not a directory")
+    os.chmod(path, DIR_MODE_SECRET)
+    return path
 
 
 def confine(root: str | os.PathLike[str], candidate: str | os.PathLike[str]) -> Path:

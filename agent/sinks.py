@@ -40,6 +40,16 @@ What happens to a payload:
 
 Exporters that only implement ``send(batch)`` still work: their whole batch is one payload
 that is never split and never spooled (its body is not JSON).
+
+The export layer's exceptions (the agent layer's are in :mod:`agent.errors`); an exporter
+raises the one that says what the sink should do::
+
+    ExportError                  base; ``kind`` names the sink's reaction
+    ├── TransientExportError     network trouble, 5xx, 408, 429: retried with backoff
+    ├── PayloadTooLargeError     413 or a vendor limit: split in half, the halves queued
+    ├── InvalidPayloadError      400: dead-lettered, never retried
+    ├── ExportAuthError          401/403: secret re-read, breaker opened, payload kept
+    └── _Stopped                 internal: the sink is stopping, the payload stays queued
 """
 
 from __future__ import annotations
@@ -53,8 +63,6 @@ import logging
 import math
 import os
 import random
-import re
-import stat
 import threading
 import time
 from collections import deque
@@ -62,10 +70,14 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pybreaker
-import tenacity
+from agent.security import private_dir
+from cache_core.files import atomic_write, remove_temp_files, temp_name_re
+
+if TYPE_CHECKING:
+    import pybreaker
+    import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +85,8 @@ Statvfs = Callable[[str], Any]
 
 # How much of a vendor's error answer is kept in logs, /status and dead-letter files.
 ANSWER_LIMIT = 4096
-# The temp files write_private leaves when a crash interrupts it: ".<name>.<pid>.tmp".
-SPOOL_TEMP_RE = re.compile(r"\.[0-9]{20}\.json\.[0-9]+\.tmp")
+# The temp files a spool write leaves when a crash interrupts it (cache_core.files).
+SPOOL_TEMP_RE = temp_name_re(r"[0-9]{20}\.json")
 # At most one "spool paused" log line per this many seconds (the state is in /status and
 # predis_agent_sink_spool_paused all the time).
 SPOOL_PAUSED_LOG_SECONDS = 60.0
@@ -310,53 +322,6 @@ class DeltaTracker:
 
 
 # ----------------------------------------------------------------------------- files
-def private_dir(raw: str, what: str) -> Path:
-    """An absolute directory for the agent's own files, created 0700; clear errors otherwise."""
-    path = Path(os.path.expanduser(str(raw)))
-    if not path.is_absolute() or ".." in path.parts:
-        raise ValueError(f"{what} {raw!r} must be an absolute path without '..' components")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.is_dir():
-        raise ValueError(f"{what} {raw!r} is not a directory")
-    os.chmod(path, 0o700)
-    return path
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def remove_temp_files(directory: Path, pattern: re.Pattern[str]) -> int:
-    """Delete the regular files (never a link) in ``directory`` whose names match
-    ``pattern``: the temp files of writes a crash interrupted. Return how many."""
-    removed = 0
-    for name in os.listdir(directory):
-        if not pattern.fullmatch(name):
-            continue
-        path = directory / name
-        try:
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                os.unlink(path)
-                removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
-
-
 def free_space(statvfs: Statvfs, directory: Path) -> tuple[int, float]:
     """(bytes available to the agent, percent of the filesystem they are)."""
     st = statvfs(str(directory))
@@ -376,7 +341,7 @@ class Spool:
     def remove_temp_files(self) -> int:
         """Delete the temp files of spool writes a crash interrupted; return how many.
 
-        Only names :func:`write_private` gives its temp files are touched, and only
+        Only names :func:`cache_core.files.atomic_write` gives its temp files are touched, and only
         regular files (never a link); they are never read: the rename that would have
         made one a spool file did not happen, so its payload was not acknowledged as spooled.
         """
@@ -390,7 +355,7 @@ class Spool:
         name = f"{next(self._seq):020d}.json"
         head = {"kind": payload.kind, "points": payload.points, "nbytes": payload.nbytes, "created": payload.created}
         record = json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"body":' + payload.json_bytes() + b"}"
-        write_private(self.root / name, record)
+        atomic_write(self.root / name, record)
         payload.spool_file = name
 
     def remove(self, payload: Payload) -> None:
@@ -450,8 +415,13 @@ def _wrap(exporter: Any) -> Any:
     return exporter if callable(getattr(exporter, "encode", None)) else _Plain(exporter)
 
 
-class _Stopped(Exception):
+class _Stopped(ExportError):
     """The sink is stopping; the payload stays queued (and spooled)."""
+
+    kind = "stopped"
+
+    def __init__(self) -> None:
+        super().__init__("the sink is stopping")
 
 
 class ResilientSink:
@@ -493,17 +463,7 @@ class ResilientSink:
         self._metrics = metrics
         self._span = span or (lambda name, **attrs: nullcontext())
         self._on_event = on_event
-        self.breaker = pybreaker.CircuitBreaker(
-            fail_max=settings.breaker_fail_max,
-            reset_timeout=settings.breaker_reset_timeout_seconds,
-            listeners=[_BreakerListener(self)],
-            name=name,
-            # The send that trips the breaker raises the exporter's own error, so it is
-            # classified and counted like every other failed attempt.
-            throw_new_error_on_trip=False,
-            # A payload the vendor rejects says nothing about the vendor's health.
-            exclude=[PayloadTooLargeError, InvalidPayloadError],
-        )
+        self.breaker = _make_breaker(self)
         # Sends run here, so the worker can give up on one at the attempt deadline; two
         # threads, so a send that ignores the abort does not hold up the next attempt.
         self._senders = concurrent.futures.ThreadPoolExecutor(max_workers=SENDER_THREADS, thread_name_prefix=f"sink-{name}-send")
@@ -792,6 +752,8 @@ class ResilientSink:
                     self._cond.notify_all()
 
     def _deliver(self, payload: Payload) -> None:
+        import tenacity
+
         s = self.settings
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: not isinstance(e, (PayloadTooLargeError, InvalidPayloadError, _Stopped))),
@@ -829,6 +791,8 @@ class ResilientSink:
             self._m("predis_agent_sink_last_success_timestamp_seconds").set(self.last_success)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
+        import pybreaker
+
         s = self.settings
         # Full jitter: uniform in [0, min(max, initial * 2^(n-1))].
         ceiling = min(s.retry_max_seconds, s.retry_initial_seconds * 2 ** max(0, state.attempt_number - 1))
@@ -876,6 +840,8 @@ class ResilientSink:
             raise TransientExportError(f"send attempt exceeded agent.sinks.attempt_timeout_seconds ({timeout:g}s)") from None
 
     def _attempt(self, payload: Payload) -> None:
+        import pybreaker
+
         with self._cond:
             exporter = self._exporter
         started = time.monotonic()
@@ -979,7 +945,7 @@ class ResilientSink:
                 "answer": exc.answer,
                 "body": payload.body if payload.spoolable else repr(payload.body)[:ANSWER_LIMIT],
             }
-            write_private(path, json.dumps(record, indent=1).encode())
+            atomic_write(path, json.dumps(record, indent=1).encode())
         except (OSError, ValueError) as err:
             log.error("sink %s: cannot write a dead letter: %s", self.name, err)
             return None
@@ -1043,16 +1009,32 @@ class ResilientSink:
             }
 
 
-class _BreakerListener(pybreaker.CircuitBreakerListener):
-    def __init__(self, sink: ResilientSink) -> None:
-        self.sink = sink
+def _make_breaker(sink: ResilientSink) -> pybreaker.CircuitBreaker:
+    """The sink's circuit breaker. pybreaker is imported here, when a sink is built, not
+    with this module: it imports redis (and OpenTelemetry), a quarter of a second that
+    loading the exporter plugins (``predis-agent config validate``) need not pay."""
+    import pybreaker
 
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
-        old = getattr(old_state, "name", str(old_state))
-        new = getattr(new_state, "name", str(new_state))
-        self.sink._set_breaker_gauge(str(new))
-        log.warning("sink %s: circuit breaker %s -> %s", self.sink.name, old, new)
-        self.sink._event("breaker_state_changed", {"old": str(old), "new": str(new)})
+    class Listener(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+            old = getattr(old_state, "name", str(old_state))
+            new = getattr(new_state, "name", str(new_state))
+            sink._set_breaker_gauge(str(new))
+            log.warning("sink %s: circuit breaker %s -> %s", sink.name, old, new)
+            sink._event("breaker_state_changed", {"old": str(old), "new": str(new)})
+
+    settings = sink.settings
+    return pybreaker.CircuitBreaker(
+        fail_max=settings.breaker_fail_max,
+        reset_timeout=settings.breaker_reset_timeout_seconds,
+        listeners=[Listener()],
+        name=sink.name,
+        # The send that trips the breaker raises the exporter's own error, so it is
+        # classified and counted like every other failed attempt.
+        throw_new_error_on_trip=False,
+        # A payload the vendor rejects says nothing about the vendor's health.
+        exclude=[PayloadTooLargeError, InvalidPayloadError],
+    )
 
 
 def _jsonable(body: Any) -> bool:

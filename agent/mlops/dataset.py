@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from agent.errors import AgentError
 from cache_core import cache as cache_ops
 from cache_core.access_log import EVENT_DTYPE
+from cache_core.files import temp_name_re
 
 MAGIC = b"PDAL"
 FORMAT_VERSION = 1
@@ -74,9 +75,9 @@ SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".pdal"
 NAME_DIGITS = 20
 SEGMENT_NAME_RE = re.compile(r"^seg-(\d{20})-(\d{20})\.pdal$")
-# Temp files of an unfinished atomic write (agent.security.atomic_write names them
-# ".<target>.<random>"): never read, removed when the exporter starts.
-TEMP_NAME_RE = re.compile(r"^\.seg-\d{20}-\d{20}\.pdal\.[A-Za-z0-9_]+$")
+# Temp files of an unfinished atomic write of a segment (cache_core.files): never read,
+# removed when the exporter starts.
+TEMP_NAME_RE = temp_name_re(r"seg-\d{20}-\d{20}\.pdal")
 HEX_KEY_CHARS = 2 * KEY_BYTES
 NS_PER_SECOND = 1_000_000_000
 KEY_FORMATS = "32 raw bytes, 64 hex characters or the base64 of 32 bytes"

@@ -51,8 +51,8 @@ from typing import Any
 import numpy
 
 from agent.errors import AgentError, SecurityError
-from agent.security import confine, validate_tenant_id
-from agent.sinks import private_dir, write_private
+from agent.security import confine, private_dir, validate_tenant_id
+from cache_core.files import atomic_file, atomic_write, fsync_dir
 from cache_core.models import MODELS, Vocabulary, make_model
 
 MODEL_FILE = "model.npz"
@@ -114,21 +114,13 @@ def keys_digest(keys: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dir(path: Path) -> None:
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     os.chmod(path, DIR_MODE)
 
 
 def _write_json(path: Path, value: Any) -> None:
-    write_private(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -141,12 +133,9 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _copy_private(source: Path, target: Path) -> None:
-    """Copy ``source`` to a new file ``target`` (0600, fsync'd); links are refused."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+    """Copy ``source`` to ``target`` (atomically, 0600, fsync'd); a link at ``target`` is refused."""
+    with open(source, "rb") as src, atomic_file(target, FILE_MODE, DIR_MODE) as out:
         shutil.copyfileobj(src, out, HASH_CHUNK_BYTES)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 # ----------------------------------------------------------------------------- vocabulary files
@@ -160,8 +149,7 @@ def save_vocabulary(vocab: Vocabulary, path: str | os.PathLike[str]) -> None:
     offsets = numpy.zeros(len(vocab.keys) + 1, dtype=numpy.int64)
     if vocab.keys:
         offsets[1:] = numpy.cumsum([len(k) for k in vocab.keys])
-    target = Path(path)
-    with open(target, "wb") as handle:
+    with atomic_file(path, FILE_MODE, DIR_MODE) as handle:
         numpy.savez(
             handle,
             blob=numpy.frombuffer(blob, dtype=numpy.uint8),
@@ -169,8 +157,6 @@ def save_vocabulary(vocab: Vocabulary, path: str | os.PathLike[str]) -> None:
             capacity=numpy.int64(vocab.capacity),
             full_misses=numpy.int64(vocab.full_misses),
         )
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
@@ -420,9 +406,9 @@ class ModelRegistry:
                     "artefacts": checksums,
                 }
                 _write_json(staging / META_FILE, record)
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 os.rename(staging, tenant_dir / f"v{version}")
-                _fsync_dir(tenant_dir)
+                fsync_dir(tenant_dir)
                 if aliases["champion"] is None:
                     self._move_alias(tenant_dir, aliases, "champion", version, "first model", actor or _default_actor(), "register")
         except BaseException:
@@ -589,40 +575,29 @@ def backup_create(root: str | os.PathLike[str], out_file: str | os.PathLike[str]
         raise RegistryError(f"backup file {target} must be outside the registry directory {base}")
     registry = ModelRegistry(base)
     files: dict[str, str] = {}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            with tarfile.open(fileobj=handle, mode="w:gz") as archive:
-                members = list(_registry_members(base))
-                snapshots: dict[str, bytes] = {}
-                for tenant in sorted({name.split("/", 1)[0] for name, _ in members}):
-                    with registry._locked(base / tenant):
-                        for small in (ALIASES_FILE, AUDIT_FILE):
-                            path = base / tenant / small
-                            if path.is_file():
-                                snapshots[f"{tenant}/{small}"] = path.read_bytes()
-                for name, path in members:
-                    if name in snapshots:
-                        continue
-                    files[name] = sha256_file(path)
-                    info = archive.gettarinfo(str(path), arcname=name)
-                    info.mode, info.uid, info.gid, info.uname, info.gname = FILE_MODE, 0, 0, "", ""
-                    with open(path, "rb") as src:
-                        archive.addfile(info, src)
-                now = time.time()
-                for name, data in sorted(snapshots.items()):
-                    files[name] = hashlib.sha256(data).hexdigest()
-                    _add_bytes(archive, name, data, now)
-                manifest = {"format": BACKUP_FORMAT, "created_at": _now(), "files": dict(sorted(files.items()))}
-                _add_bytes(archive, MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), now)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(target, FILE_MODE, dir_mode=None) as handle, tarfile.open(fileobj=handle, mode="w:gz") as archive:
+        members = list(_registry_members(base))
+        snapshots: dict[str, bytes] = {}
+        for tenant in sorted({name.split("/", 1)[0] for name, _ in members}):
+            with registry._locked(base / tenant):
+                for small in (ALIASES_FILE, AUDIT_FILE):
+                    path = base / tenant / small
+                    if path.is_file():
+                        snapshots[f"{tenant}/{small}"] = path.read_bytes()
+        for name, path in members:
+            if name in snapshots:
+                continue
+            files[name] = sha256_file(path)
+            info = archive.gettarinfo(str(path), arcname=name)
+            info.mode, info.uid, info.gid, info.uname, info.gname = FILE_MODE, 0, 0, "", ""
+            with open(path, "rb") as src:
+                archive.addfile(info, src)
+        now = time.time()
+        for name, data in sorted(snapshots.items()):
+            files[name] = hashlib.sha256(data).hexdigest()
+            _add_bytes(archive, name, data, now)
+        manifest = {"format": BACKUP_FORMAT, "created_at": _now(), "files": dict(sorted(files.items()))}
+        _add_bytes(archive, MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), now)
     return manifest
 
 
@@ -706,11 +681,8 @@ def _restore_members(archive: tarfile.TarFile, source: Path, base: Path, created
             data = archive.extractfile(member)
             if data is None:
                 raise RegistryError(f"backup member {member.name!r} has no data")
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-            with data, os.fdopen(fd, "wb") as out:
+            with data, atomic_file(target, FILE_MODE, DIR_MODE) as out:
                 shutil.copyfileobj(data, out, HASH_CHUNK_BYTES)
-                out.flush()
-                os.fsync(out.fileno())
         _verify_restored(base, expected)
     except BaseException:
         _empty(base, remove=created)

@@ -45,6 +45,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.errors import AgentError
+
 BUCKETS = 10_000
 # A standard error below this is treated as this (identical blocks still need evidence).
 MIN_STANDARD_ERROR = 1e-6
@@ -56,7 +58,7 @@ DECISIONS = (ADVANCE, PROMOTE, ROLLBACK)
 ARMS = ("champion", "challenger")
 
 
-class RolloutError(ValueError):
+class RolloutError(AgentError, ValueError):
     """Rollout settings that cannot work (checked before a rollout starts)."""
 
 

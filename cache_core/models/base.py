@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy
 
 from cache_core.backend import to_host
+from cache_core.files import atomic_file
 
 # The numeric split of a key: its trailing digits (at most MAX_DIGITS, so the number fits
 # an int64) and what precedes them. ``$`` also matches before a final newline, which the
@@ -248,12 +249,10 @@ def empty_prediction(n: int, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
 
 
 def save_arrays(path: str | Path, **arrays: Any) -> None:
-    """Write the arrays atomically (a temp file renamed over ``path``)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as handle:
+    """Write the arrays atomically and privately (:func:`cache_core.files.atomic_file`, 0600):
+    a model's tables are learned from the keys the cache saw."""
+    with atomic_file(path) as handle:
         numpy.savez(handle, **{k: to_host(v) for k, v in arrays.items()})
-    tmp.replace(target)
 
 
 def load_arrays(path: str | Path) -> dict[str, numpy.ndarray]:

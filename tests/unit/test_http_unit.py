@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""agent.http helpers: listen-address parsing, loopback detection, TLS contexts, listeners."""
+"""agent.net (the listeners' helpers): listen-address parsing, loopback detection, TLS contexts, listeners."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.errors import StartupError
-from agent.http import is_loopback, make_ssl_context, open_listener, parse_listen, tls_files_stamp
+from agent.net import is_loopback, make_ssl_context, open_listener, parse_listen, tls_files_stamp
 
 
 def write_self_signed(directory: Path, name: str = "server") -> tuple[Path, Path]:
