@@ -55,15 +55,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
+from agent import api
 from agent.api import (
     DIR_MODE_SECRET,
-    STREAM_ID_BYTES,
-    TEMP_NAME_RE,
-    AccessLog,
-    KeyFormatError,
     Metric,
     MetricSpec,
     Secret,
@@ -71,16 +68,13 @@ from agent.api import (
     atomic_write,
     confine,
     declare_metrics,
-    encode_segment,
     free_space,
     hookimpl,
-    key_id,
-    list_segments,
-    parse_key,
-    parse_segment_name,
-    segment_name,
 )
 from agent.api import remove_temp_files as remove_temp_matching
+
+if TYPE_CHECKING:
+    from agent.api import AccessLog
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +198,7 @@ def _refuse_links(raw: str, path: Path) -> None:
 
 def remove_temp_files(directory: Path) -> int:
     """Delete leftovers of interrupted segment writes; return how many were removed."""
-    return remove_temp_matching(directory, TEMP_NAME_RE)
+    return remove_temp_matching(directory, api.TEMP_NAME_RE)
 
 
 def _secret_text(value: Any) -> bytes | str | None:
@@ -349,7 +343,7 @@ class AccessLogExporter:
             return
         try:
             directory = self._configure_export(export_dir, section.get("encryption_key"))
-        except (SecurityError, KeyFormatError, OSError) as exc:
+        except (SecurityError, api.KeyFormatError, OSError) as exc:
             text = str(exc) if not isinstance(exc, OSError) else f"export_dir {export_dir!r}: {_error_text(exc)}"
             self._export_raw = self._export_dir = None
             self._set_state(STATE_REFUSED, f"export refused: {text}")
@@ -386,7 +380,7 @@ class AccessLogExporter:
         with self._stats_lock:
             if current is not None:
                 self._old = current
-            self._current = _Stream(ring, 0, secrets.token_bytes(STREAM_ID_BYTES)) if ring is not None else None
+            self._current = _Stream(ring, 0, secrets.token_bytes(api.STREAM_ID_BYTES)) if ring is not None else None
 
     def _streams(self) -> list[_Stream]:
         return [s for s in (self._old, self._current) if s is not None]
@@ -415,11 +409,11 @@ class AccessLogExporter:
     def _configure_export(self, export_dir: Any, key_value: Any) -> Path:
         material = _secret_text(key_value)
         if not material:
-            raise KeyFormatError("collectors.access_log.encryption_key is not set; it is required with export_dir")
+            raise api.KeyFormatError("collectors.access_log.encryption_key is not set; it is required with export_dir")
         try:
-            key = parse_key(material)
-        except KeyFormatError as exc:
-            raise KeyFormatError(f"collectors.access_log.encryption_key is {exc}") from None
+            key = api.parse_key(material)
+        except api.KeyFormatError as exc:
+            raise api.KeyFormatError(f"collectors.access_log.encryption_key is {exc}") from None
         directory = prepare_export_dir(export_dir)
         if export_dir != self._export_raw or self._export_dir is None:
             removed = remove_temp_files(directory)
@@ -431,7 +425,7 @@ class AccessLogExporter:
         self._export_raw = export_dir
         if key != self._key:
             if self._key is not None:
-                log.info("access log: encryption key changed; new segments use key id %s", key_id(key).hex())
+                log.info("access log: encryption key changed; new segments use key id %s", api.key_id(key).hex())
             self._key = key
         return directory
 
@@ -471,8 +465,8 @@ class AccessLogExporter:
             started = self._monotonic()
             first = result.next_sequence - count
             created = self._next_created_ns(directory, first)
-            name = segment_name(created, first)
-            blob = encode_segment(
+            name = api.segment_name(created, first)
+            blob = api.encode_segment(
                 result.events, result.keys, first_seq=first, key=self._key, stream_id=stream.stream_id, created_ns=created
             )
             try:
@@ -498,7 +492,7 @@ class AccessLogExporter:
     def _next_created_ns(self, directory: Path, first: int) -> int:
         """A creation time after the previous segment's, naming no existing file (never overwrite)."""
         created = max(int(self._clock_ns()), self._last_created_ns + 1)
-        while os.path.lexists(directory / segment_name(created, first)):
+        while os.path.lexists(directory / api.segment_name(created, first)):
             created += 1
         return created
 
@@ -540,8 +534,8 @@ class AccessLogExporter:
         max_age_ns = int(float(section.get("retention_max_age_seconds", 0) or 0) * NS_PER_SECOND)
         now = int(self._clock_ns())
         kept: list[tuple[str, int]] = []
-        for name in list_segments(directory):
-            parsed = parse_segment_name(name)
+        for name in api.list_segments(directory):
+            parsed = api.parse_segment_name(name)
             assert parsed is not None
             try:
                 info = os.lstat(directory / name)
@@ -604,7 +598,7 @@ class AccessLogExporter:
             "paused": self.state in HELD_BACK,
             "reason": self.reason,
             "export_dir": str(self._export_dir) if self._export_dir else None,
-            "key_id": key_id(self._key).hex() if self._key is not None and self._export_dir is not None else None,
+            "key_id": api.key_id(self._key).hex() if self._key is not None and self._export_dir is not None else None,
             "events_logged": totals["logged"],
             "events_exported": totals["exported"],
             "events_pending": totals["pending"],

@@ -4,8 +4,8 @@
 Operators and the MLOps loop judge the cache by these numbers, so every sample is read
 from a counter the cache or the server really keeps (``Cache.snapshot()`` and
 ``RespServer.stats``); nothing is estimated and nothing is exported as a placeholder.
-Counters stay cumulative (``_total``) and restart from zero only when the cache is
-rebuilt by a sizing change, which Prometheus' ``rate()`` treats as a reset.
+Counters stay cumulative (``_total``); a cache rebuilt by a sizing change carries on
+from the counters of the one it replaces.
 
 The ``command`` label is bounded: only names of the server's command table appear,
 anything else is folded into ``other``. Latency per command is a histogram over the
@@ -20,25 +20,25 @@ so turning it on or off by a reload takes effect without re-registration.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-from agent.api import (
-    COMMANDS,
-    LATENCY_BUCKETS_USEC,
-    LIMIT_REASONS,
-    Metric,
-    MetricSpec,
-    declare_metrics,
-    hookimpl,
-    sample,
-)
+from agent import api
+from agent.api import Metric, MetricSpec, declare_metrics, hookimpl, sample
 
 PLUGIN_NAME = "cache_metrics"
 CONFIG_SECTION = "collectors.cache"
 OTHER_COMMAND = "other"
 USEC_PER_SECOND = 1_000_000
-BUCKET_BOUNDS_SECONDS: tuple[float, ...] = tuple(bound / USEC_PER_SECOND for bound in LATENCY_BUCKETS_USEC)
+
+
+@functools.cache
+def bucket_bounds_seconds() -> tuple[float, ...]:
+    """The histogram's bounds: the server's (read on first use, so that loading this
+    plugin does not load the RESP server)."""
+    return tuple(bound / USEC_PER_SECOND for bound in api.LATENCY_BUCKETS_USEC)
+
 
 # Every sample this collector produces, declared once; built with :func:`sample`.
 METRICS: tuple[MetricSpec, ...] = declare_metrics(
@@ -137,7 +137,7 @@ MEMORY_TIERS: tuple[tuple[str, str], ...] = (("device_bytes", "device"), ("host_
 
 def command_label(name: str) -> str:
     """The bounded ``command`` label for a command name."""
-    return name if name in COMMANDS else OTHER_COMMAND
+    return name if name in api.COMMANDS else OTHER_COMMAND
 
 
 class CacheCollector:
@@ -200,7 +200,7 @@ class CacheCollector:
             sample(SPECS["predis_cache_auth_throttled_total"], stats.auth_throttled),
         ]
         limit_closed = dict(stats.limit_disconnections)
-        for reason in LIMIT_REASONS:
+        for reason in api.LIMIT_REASONS:
             out.append(sample(SPECS["predis_cache_client_limit_disconnections_total"], limit_closed.get(reason, 0), {"reason": reason}))
         # The event loop mutates these dicts while this runs in a collector thread: take
         # copies first (list() over a dict does not release the GIL).
@@ -237,7 +237,8 @@ class CacheCollector:
         cumulative: list[tuple[float, float]] = []
         running = 0
         # The last slot (slower than every bound) is only in the +Inf bucket, i.e. ``count``.
-        for bound, n in zip(BUCKET_BOUNDS_SECONDS, counts[: len(BUCKET_BOUNDS_SECONDS)], strict=True):
+        bounds = bucket_bounds_seconds()
+        for bound, n in zip(bounds, counts[: len(bounds)], strict=True):
             running += n
             cumulative.append((bound, float(running)))
         return sample(

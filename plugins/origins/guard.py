@@ -38,16 +38,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import enum
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pybreaker
-import tenacity
+if TYPE_CHECKING:
+    import pybreaker
+    import tenacity
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +223,14 @@ class OriginGuard:
         self._logged: set[tuple[Outcome, bytes]] = set()
         self._log_limit_noted = False
         self._error_kinds_logged: set[str] = set()
+        # pybreaker and tenacity load with the first guard, not with the plugin (config
+        # validate loads every plugin and never builds an origin).
+        import pybreaker
+
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=self.settings.breaker_fail_max,
             reset_timeout=self.settings.breaker_reset_timeout_seconds,
-            listeners=[_BreakerListener(self)],
+            listeners=[_listener_class()(self)],
             name=f"origin-{name}",
             throw_new_error_on_trip=False,
         )
@@ -254,6 +260,8 @@ class OriginGuard:
 
     def _feed(self, exc: BaseException | None) -> None:
         """Tell the breaker how one attempt went (the attempt itself ran outside its lock)."""
+        import pybreaker
+
         try:
             if exc is None:
                 self.breaker.call(_succeed)
@@ -273,6 +281,8 @@ class OriginGuard:
         Raises :class:`BreakerOpenError` when the breaker does not allow an attempt, or the
         last attempt's error.
         """
+        import tenacity
+
         s = self.settings
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(1 + s.retry_attempts),
@@ -447,16 +457,23 @@ class OriginGuard:
         log.warning("origin %s: the value of key %r %s; loaded as a miss", self.name, _short(key), what)
 
 
-class _BreakerListener(pybreaker.CircuitBreakerListener):
-    def __init__(self, guard: OriginGuard) -> None:
-        self.guard = guard
+@functools.cache
+def _listener_class() -> type[pybreaker.CircuitBreakerListener]:
+    """The breaker listener class (defined once pybreaker is loaded)."""
+    import pybreaker
 
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
-        old = getattr(old_state, "name", str(old_state))
-        new = getattr(new_state, "name", str(new_state))
-        level = logging.WARNING if new == STATE_OPEN else logging.INFO
-        log.log(level, "origin %s: circuit breaker %s -> %s", self.guard.name, old, new)
-        self.guard._changed()
+    class BreakerListener(pybreaker.CircuitBreakerListener):
+        def __init__(self, guard: OriginGuard) -> None:
+            self.guard = guard
+
+        def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+            old = getattr(old_state, "name", str(old_state))
+            new = getattr(new_state, "name", str(new_state))
+            level = logging.WARNING if new == STATE_OPEN else logging.INFO
+            log.log(level, "origin %s: circuit breaker %s -> %s", self.guard.name, old, new)
+            self.guard._changed()
+
+    return BreakerListener
 
 
 def _succeed() -> None:

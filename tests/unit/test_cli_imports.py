@@ -3,9 +3,9 @@
 
 Behaviour, not timing (bench/bench_cli_start.py times them): each path runs the CLI's
 ``main`` in a fresh interpreter, which then prints the modules it imported.
-``config validate`` is run with the built-in plugins blocked, so what is checked is the
-CLI's and the config loader's own imports; what the plugin modules import when they are
-loaded is checked by tests/unit/test_plugin_api.py.
+``config validate`` is run with the built-in plugins blocked (the CLI's and the config
+loader's own imports) and with all of them loaded, as an operator runs it (the drift
+detectors bring numpy, nothing brings the runtime, the HTTP stack or an SDK).
 """
 
 from __future__ import annotations
@@ -87,6 +87,20 @@ def test_config_validate_loads_the_config_but_not_the_runtime() -> None:
     assert code == 0 and out.strip().endswith(": valid")
     assert imported(modules, CONFIG_ONLY) == sorted(CONFIG_ONLY)  # it did validate
     assert imported(modules, HEAVY) == []
+
+
+# Loading every built-in plugin (for its config section) must not import these.
+NOT_FOR_VALIDATE = (
+    "aiohttp", "opentelemetry", "agent.runtime", "agent.http", "cache_core.resp.server", "scipy", "boto3",
+    "botocore", "pyarrow", "pybreaker", "tenacity", "redis", "cryptography", "datadog", "newrelic_telemetry_sdk",
+)  # fmt: skip
+
+
+def test_config_validate_with_every_plugin_loads_no_runtime_and_no_sdk() -> None:
+    code, out, modules = run_cli("config", "validate", str(EXAMPLE))
+    assert code == 0 and out.strip().endswith(": valid")
+    assert any(name.startswith("plugins.drift.") for name in modules)  # the plugins were loaded
+    assert imported(modules, NOT_FOR_VALIDATE) == []
 
 
 def test_an_installed_plugins_command_is_listed_and_runs(tmp_path: Path) -> None:
