@@ -34,7 +34,7 @@ from cache_core.access_log import AccessLog
 from cache_core.backend import Backend
 from cache_core.cache import Cache, null_access_hook
 from cache_core.models import Vocabulary, make_model, place_model
-from cache_core.prefetch import PrefetchSettings, Prefetcher, test_inference
+from cache_core.prefetch import Prefetcher, PrefetchSettings, test_inference
 from cache_core.resp.server import RespLimits, RespServer
 
 log = logging.getLogger(__name__)

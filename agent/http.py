@@ -475,7 +475,7 @@ class HttpServer:
                 return refused
         try:
             response = await asyncio.wait_for(route.handler(request), timeout=self.request_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("request %s %s timed out after %.1fs", request.method, path, self.request_timeout)
             response = error_response(503, "request timed out")
         except web.HTTPException as exc:

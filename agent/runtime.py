@@ -100,7 +100,7 @@ class ReloadResult:
         }
 
 
-class _Refused(Exception):
+class _Refused(AgentError):
     """A dry-build failed: nothing running was touched. ``reason`` is what to report."""
 
     def __init__(self, cause: Exception) -> None:
@@ -634,7 +634,7 @@ class Agent:
             futures.append((plugin, collector, key, self._pool.submit(self._run_collector, collector, key)))
         batch: list[Metric] = []
         deadline = started + timeout
-        for plugin, collector, _key, future in futures:
+        for plugin, _collector, _key, future in futures:
             try:
                 batch.extend(future.result(timeout=max(0.0, deadline - time.monotonic())))
             except concurrent.futures.TimeoutError:

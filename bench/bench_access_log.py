@@ -39,9 +39,9 @@ import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache_core.access_log import AccessLog  # noqa: E402
-from cache_core.cache import OP_GET, Cache, null_access_hook  # noqa: E402
-from cache_core.resp.server import Connection, RespServer  # noqa: E402
+from cache_core.access_log import AccessLog
+from cache_core.cache import OP_GET, Cache, null_access_hook
+from cache_core.resp.server import Connection, RespServer
 
 REPEATS = 9
 RING_CAPACITY = 1 << 22

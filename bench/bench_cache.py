@@ -91,9 +91,10 @@ import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache_core.cache import Cache  # noqa: E402
-from cache_core.keys import Fingerprinter  # noqa: E402
-from bench_machine import machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+from bench_machine import machine
+
+from cache_core.cache import Cache
+from cache_core.keys import Fingerprinter
 
 TARGET_BATCH = 1_000_000
 TARGETS = {"mget": 25e6, "mset": 8e6}  # keys/s at batch 1M
@@ -469,11 +470,15 @@ def rss_per_key(kind: str, n: int) -> float | None:
     return out["rss_bytes"] / out["keys"]
 
 
+def fingerprint_seconds(fp: Fingerprinter, n: int) -> float:
+    """Median seconds to fingerprint ``n`` keys (the keys are freed on return)."""
+    keys = [b"key:%012d" % i for i in range(n)]
+    return median_seconds(lambda _rep: fp.fingerprints(keys), 3)
+
+
 def bench_memory(n: int, with_redis: bool, trace_cache: bool) -> dict[str, Any]:
     fp = Fingerprinter()
-    keys = [b"key:%012d" % i for i in range(n)]
-    fp_s = median_seconds(lambda _rep: fp.fingerprints(keys), 3)
-    del keys
+    fp_s = fingerprint_seconds(fp, n)
     out = {
         "cache": dict(cache_memory(n, trace_cache), rss_bytes_per_key=rss_per_key("cache", n)),
         "dict": dict(dict_memory(n), rss_bytes_per_key=rss_per_key("dict", n)),

@@ -63,7 +63,7 @@ def run_once(args: list[str], extra_env: dict[str, str]) -> float:
 
 def measure(runs: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-    for name, args, env in CASES:  # warm the file cache once, untimed
+    for _name, args, env in CASES:  # warm the file cache once, untimed
         run_once(args, env)
     for _ in range(runs):
         for name, args, env in CASES:

@@ -43,15 +43,15 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest  # noqa: E402
+from bench_machine import machine
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from agent.sinks import ResilientSink, SinkSettings  # noqa: E402
-from agent.telemetry import Metric, Telemetry  # noqa: E402
-from cache_core.cache import Cache  # noqa: E402
-from bench_machine import machine  # noqa: E402
-from plugins.exporters.cloudwatch import CloudWatchExporter  # noqa: E402
-from plugins.exporters.datadog import DatadogExporter  # noqa: E402
-from plugins.exporters.newrelic import NewRelicExporter  # noqa: E402
+from agent.sinks import ResilientSink, SinkSettings
+from agent.telemetry import Metric, Telemetry
+from cache_core.cache import Cache
+from plugins.exporters.cloudwatch import CloudWatchExporter
+from plugins.exporters.datadog import DatadogExporter
+from plugins.exporters.newrelic import NewRelicExporter
 
 SERIES = 10_000
 
@@ -63,7 +63,7 @@ class _Agent:
 class _Sink(BaseHTTPRequestHandler):
     received = 0
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         self.rfile.read(length)
         _Sink.received += 1

@@ -33,11 +33,12 @@ import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_machine import machine  # noqa: E402
-from cache_core.cache import Cache  # noqa: E402
-from cache_core.models import MarkovModel, MixtureModel, Vocabulary  # noqa: E402
-from cache_core.prefetch import PrefetchSettings  # noqa: E402
-from cache_core.replay import replay  # noqa: E402
+from bench_machine import machine
+
+from cache_core.cache import Cache
+from cache_core.models import MarkovModel, MixtureModel, Vocabulary
+from cache_core.prefetch import PrefetchSettings
+from cache_core.replay import replay
 
 POLICIES = ("clock", "lru", "s3fifo")
 PREFETCH = ("none", "stride", "markov", "model")
@@ -104,7 +105,7 @@ def array_module(backend: str) -> Any:
     """NumPy, or CuPy for ``--backend cupy`` (the GPU measurement; needs a GPU)."""
     if backend == "numpy":
         return numpy
-    import cupy  # noqa: PLC0415 - only on a GPU host
+    import cupy
 
     return cupy
 

@@ -58,6 +58,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
 from bench_machine import machine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -289,10 +290,11 @@ def text_table(rows: list[dict[str, Any]]) -> str:
         f" {'CPU us/req ours':>15} {'redis':>6} {'redis/ours':>10}"
     ]
     for r in rows:
+        ratio_range = f"{r['ratio_min']:.3f}-{r['ratio_max']:.3f}"
         out.append(
             f"{r['test']:<16} {fmt(r['ours_rps']):>10} {fmt(r['ours_min']) + '-' + fmt(r['ours_max']):>16}"
             f" {fmt(r['redis_rps']):>10} {fmt(r['redis_min']) + '-' + fmt(r['redis_max']):>16}"
-            f" {r['ratio']:>10.3f} {'%.3f-%.3f' % (r['ratio_min'], r['ratio_max']):>14}"
+            f" {r['ratio']:>10.3f} {ratio_range:>14}"
             f" {r['ours_cpu_us']:>15.2f} {r['redis_cpu_us']:>6.2f} {r['cpu_ratio']:>10.3f}"
         )
     return "\n".join(out)

@@ -94,7 +94,7 @@ def drain_until_closed(s: socket.socket) -> None:
     try:
         while s.recv(1 << 20):
             pass
-    except (ConnectionResetError, socket.timeout):
+    except (TimeoutError, ConnectionResetError):
         pass
 
 

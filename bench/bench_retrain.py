@@ -32,10 +32,11 @@ import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_machine import machine  # noqa: E402
-from agent.mlops.registry import ModelRegistry  # noqa: E402
-from agent.mlops.training import train_and_register  # noqa: E402
-from cache_core.replay import replay  # noqa: E402
+from bench_machine import machine
+
+from agent.mlops.registry import ModelRegistry
+from agent.mlops.training import train_and_register
+from cache_core.replay import replay
 
 KEYS = 20_000
 TARGET_SECONDS = 2.0

@@ -42,9 +42,10 @@ import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cache_core.keys import Fingerprinter  # noqa: E402
-from cache_core.table import HashTable  # noqa: E402
-from bench_machine import machine  # noqa: E402 (bench/ is on sys.path when run as a script)
+from bench_machine import machine
+
+from cache_core.keys import Fingerprinter
+from cache_core.table import HashTable
 
 TARGET_BATCH = 1_000_000
 TARGETS = {"lookup hit": 25e6, "insert": 8e6}

@@ -5,15 +5,14 @@ and a real redis-server to compare against."""
 from __future__ import annotations
 
 import contextlib
-
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,7 +74,7 @@ def read_until_closed(sock: socket.socket, limit: int = 1 << 20) -> tuple[bytes,
     while len(data) < limit:
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return bytes(data), False
         except (ConnectionResetError, BrokenPipeError):
             return bytes(data), True
@@ -91,7 +90,7 @@ def read_exactly(sock: socket.socket, expected: bytes) -> bytes:
     while len(data) < len(expected):
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             break
         if not chunk:
             break

@@ -68,7 +68,8 @@ def adwin_cut(stream: numpy.ndarray, delta: float, clock: int, min_window: int) 
 class AdwinDetector:
     name = NAME
 
-    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings = DriftSettings()) -> DriftResult:
+    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings | None = None) -> DriftResult:
+        settings = settings or DriftSettings()
         sizes = (int(reference.hits.size), int(current.hits.size))
         if min(sizes) < settings.adwin_min_window:
             return combine([DetectorResult(NAME, FEATURE, None, status=STATUS_INSUFFICIENT, samples=sizes)], settings)

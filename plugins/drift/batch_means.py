@@ -46,7 +46,8 @@ def welch(reference: numpy.ndarray, current: numpy.ndarray) -> tuple[float, floa
 class BatchMeansDetector:
     name = NAME
 
-    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings = DriftSettings()) -> DriftResult:
+    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings | None = None) -> DriftResult:
+        settings = settings or DriftSettings()
         entries: list[DetectorResult] = []
         for feature in sorted(set(reference.blocks) & set(current.blocks)):
             ref, cur = reference.blocks[feature], current.blocks[feature]

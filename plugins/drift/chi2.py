@@ -59,7 +59,8 @@ def chi2_test(ref_counts: numpy.ndarray, cur_counts: numpy.ndarray, min_expected
 class Chi2Detector:
     name = NAME
 
-    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings = DriftSettings()) -> DriftResult:
+    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings | None = None) -> DriftResult:
+        settings = settings or DriftSettings()
         entries: list[DetectorResult] = []
         for feature in sorted(set(reference.categorical) & set(current.categorical)):
             ref_c, cur_c = reference.categorical[feature], current.categorical[feature]

@@ -59,7 +59,8 @@ def js_distance(ref_counts: numpy.ndarray, cur_counts: numpy.ndarray) -> float:
 class DistanceDetector:
     name = "distance"
 
-    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings = DriftSettings()) -> DriftResult:
+    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings | None = None) -> DriftResult:
+        settings = settings or DriftSettings()
         entries: list[DetectorResult] = []
         for feature in sorted(set(reference.numeric) & set(current.numeric)):
             ref, cur = reference.numeric[feature], current.numeric[feature]

@@ -68,7 +68,8 @@ def ks_test(
 class KSDetector:
     name = NAME
 
-    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings = DriftSettings()) -> DriftResult:
+    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings | None = None) -> DriftResult:
+        settings = settings or DriftSettings()
         entries: list[DetectorResult] = []
         for feature in sorted(set(reference.numeric) & set(current.numeric)):
             ref, cur = reference.numeric[feature], current.numeric[feature]

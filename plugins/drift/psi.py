@@ -46,7 +46,8 @@ def psi(ref_counts: numpy.ndarray, cur_counts: numpy.ndarray, epsilon: float) ->
 class PSIDetector:
     name = NAME
 
-    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings = DriftSettings()) -> DriftResult:
+    def check(self, reference: WindowFeatures, current: WindowFeatures, settings: DriftSettings | None = None) -> DriftResult:
+        settings = settings or DriftSettings()
         entries: list[DetectorResult] = []
         for feature in sorted(set(reference.numeric) & set(current.numeric)):
             ref, cur = reference.numeric[feature], current.numeric[feature]

@@ -330,7 +330,7 @@ class OriginGuard:
                 continue
             try:
                 request = prepare(raw)
-            except Exception as exc:  # noqa: BLE001 - a key check that fails refuses the key, never the batch
+            except Exception as exc:
                 log.debug("origin %s: refused key %r (%s)", self.name, _short(raw), exc.__class__.__name__)
                 request = None
             if request is None:
@@ -380,7 +380,7 @@ class OriginGuard:
                 raise RuntimeError(f"expected {len(chunk)} results, got {len(results)}")
         except BreakerOpenError:
             return {raw: (Outcome.SKIPPED, None) for raw in raws}
-        except Exception as exc:  # noqa: BLE001 - any backend failure is a miss, never a failed command
+        except Exception as exc:
             self._backend_error(exc)
             return {raw: (Outcome.ERROR, None) for raw in raws}
         self._backend_ok()

@@ -98,7 +98,7 @@ def closed_by_server(s: socket.socket, timeout: float = 60) -> bool:
             pass
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     return True
 

@@ -8,9 +8,9 @@ import ipaddress
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
-import ssl
 import threading
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,7 +140,7 @@ def test_plugins_install_refuses_options(tmp_path: Path) -> None:
 def make_cert(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -220,7 +220,7 @@ class _OtlpReceiver(BaseHTTPRequestHandler):
     spans: list[tuple[str, str]] = []
     paths: list[str] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
         body = self.rfile.read(int(self.headers["Content-Length"]))

@@ -589,7 +589,7 @@ def test_pipeline_of_1000_mixed_commands_replies_in_order(r: redis.Redis, key: A
             pipe.get(k)
             expected.append(model.get(k))
         elif op == "getrun":  # consecutive GETs are batched by the server
-            for j in range(rng.randint(2, 8)):
+            for _ in range(rng.randint(2, 8)):
                 kk = rng.choice(names)
                 pipe.get(kk)
                 expected.append(model.get(kk))

@@ -15,12 +15,12 @@ from tests.resp_helpers import agent_and_redis
 
 django = pytest.importorskip("django", reason="Django is in the test extras (pip install -e '.[test]')")
 
-from django.conf import settings  # noqa: E402
+from django.conf import settings
 
 if not settings.configured:
     settings.configure(USE_TZ=True)
 
-from django.core.cache.backends.redis import RedisCache  # noqa: E402
+from django.core.cache.backends.redis import RedisCache
 
 pytestmark = pytest.mark.integration
 

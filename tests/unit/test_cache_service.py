@@ -193,7 +193,7 @@ def test_a_prefetch_pacing_or_threshold_change_keeps_the_prefetcher_and_a_model_
     origin = StubOrigin({b"k%d" % i: b"v" for i in range(64)})
 
     def prefetching(extra: str) -> Config:
-        return config("  origin: stub\n  read_through: true\n  prefetch: {enabled: true, vocabulary_size: 4096%s}\n" % extra)
+        return config("  origin: stub\n  read_through: true\n  prefetch: {enabled: true, vocabulary_size: 4096" + extra + "}\n")
 
     async def scenario() -> tuple[Any, ...]:
         service = CacheService()

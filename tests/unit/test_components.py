@@ -109,7 +109,7 @@ def test_a_failed_dry_build_discards_every_plan_and_applies_nothing(tmp_path: Pa
         address = agent.cache_service.address
         # A new RESP port (dry-built: bound) and an API port that is taken (fails to bind).
         path.write_text(
-            "agent:\n  http: {listen: '127.0.0.1:%d'}\ncache:\n  resp: {listen: '127.0.0.1:0', max_clients: 77}\n" % port,
+            f"agent:\n  http: {{listen: '127.0.0.1:{port}'}}\ncache:\n  resp: {{listen: '127.0.0.1:0', max_clients: 77}}\n",
             encoding="utf-8",
         )
         result = await agent.reload("test")

@@ -41,7 +41,8 @@ from agent.mlops.traces import TraceError, fingerprint, read_trace
 from agent.plugins import PluginHost
 from agent.telemetry import DRIFT_METRICS
 from config_schema import load_schema
-from plugins.drift import adwin, batch_means, chi2, distance as dist_mod, ks, psi
+from plugins.drift import adwin, batch_means, chi2, ks, psi
+from plugins.drift import distance as dist_mod
 
 DETECTORS = [ks.KSDetector(), psi.PSIDetector(), dist_mod.DistanceDetector(), chi2.Chi2Detector(), adwin.AdwinDetector(), batch_means.BatchMeansDetector()]
 RNG_SEED = 20

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from agent.docgen import metric_registry
 from agent.runtime import Event
 from agent.sinks import (
     DeltaTracker,
@@ -32,7 +33,6 @@ from agent.sinks import (
     http_error,
     parse_retry_after,
 )
-from agent.docgen import metric_registry
 from agent.telemetry import Metric
 from plugins.exporters import cloudwatch, datadog, newrelic
 from plugins.exporters.base import (

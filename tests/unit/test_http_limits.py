@@ -27,8 +27,7 @@ import pytest
 from aiohttp import web
 
 from agent import fdlimits
-from agent.http import HttpServer, Route
-from agent.http import protocol_log
+from agent.http import HttpServer, Route, protocol_log
 from agent.logs import RateLimitedLog, RateLimitFilter
 from agent.security import TokenStore
 from agent.telemetry import Telemetry
@@ -421,7 +420,7 @@ def test_trickled_headers_do_not_extend_the_header_deadline(tmp_path: Path) -> N
                     break
                 try:
                     await asyncio.wait_for(reader.read(1), 0.02)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             assert reader.at_eof() or writer.is_closing(), "the server kept a trickling client"
             writer.close()

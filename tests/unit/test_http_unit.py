@@ -22,7 +22,7 @@ from agent.net import is_loopback, make_ssl_context, open_listener, parse_listen
 def write_self_signed(directory: Path, name: str = "server") -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

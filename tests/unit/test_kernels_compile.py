@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-
 from typing import Any
 
 import numpy

@@ -24,7 +24,7 @@ from cache_core.backend import to_host
 from cache_core.cache import Cache
 from cache_core.models import ContextMarkov, MarkovModel, Vocabulary, make_model, model_array_module, place_model, successor_tables
 from cache_core.models.markov import SuccessorTable
-from cache_core.prefetch import PrefetchSettings, Prefetcher
+from cache_core.prefetch import Prefetcher, PrefetchSettings
 from cache_core.prefetch import test_inference as run_test_inference
 from cache_core.replay import replay
 from tests import fake_device

@@ -223,7 +223,7 @@ def test_outage_budget_and_oldest_age_are_reported(make: Any, telemetry: Telemet
     monkeypatch.setattr(agent.sinks, "time", clock)
     sink, exp = make(ScriptedExporter(per_payload=10), max_points=100, max_age_seconds=600)
     exp.gate.clear()
-    for i in range(4):
+    for _ in range(4):
         sink.submit(list(range(10)))
         clock.now += 1.0  # submissions a second apart give the sink a rate, whatever the machine's speed
     status = sink.status()

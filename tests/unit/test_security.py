@@ -182,7 +182,7 @@ def test_atomic_write_replaces_content_and_leaves_no_temp_files(tmp_path: Path) 
 def test_atomic_write_replaces_the_inode_not_the_content_in_place(tmp_path: Path) -> None:
     target = tmp_path / "f"
     atomic_write(target, b"old")
-    reader = open(target, "rb")  # noqa: SIM115 - held open on purpose
+    reader = open(target, "rb")
     try:
         atomic_write(target, b"new")
         assert reader.read() == b"old"  # a reader of the old file never sees a half-written new one

@@ -17,7 +17,6 @@ from agent.errors import AuthError, SecurityError
 from agent.plugins import PluginHost
 from agent.security import TokenStore, confine, validate_tenant_id
 
-
 # ----------------------------------------------------------------------------- plugin host
 
 
