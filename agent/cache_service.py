@@ -267,7 +267,9 @@ class CacheService:
                 model = make_model(section["model"], vocab, xp=cache.xp)
                 result = test_inference(model, vocab, settings.depth)
             learn = bool(section.get("learn_online", True)) or version is None
-            self.prefetcher = Prefetcher(cache, origin, model, vocab, settings, learn_online=learn, version=version)
+            self.prefetcher = Prefetcher(
+                cache, origin, model, vocab, settings, learn_online=learn, version=version, counters_from=old.stats if old is not None else None
+            )
             self.prefetcher.test_result = result
             cache.prefetch_observer = self.prefetcher.observe
             what = f"champion v{version} ({getattr(model, 'name', '?')})" if version is not None else f"a fresh {section['model']} model"

@@ -463,12 +463,15 @@ problems itself and exit 2 without contacting the agent.
 | `exporters.<name>.*` | that exporter is rebuilt and swapped into its sink; the queue is kept (`exporters.prometheus.*` re-registers the `/metrics` route) |
 | `agent.reload.*`, `agent.readiness.*`, `agent.shutdown_timeout_seconds`, `cache.self_test_slots` | read where they are used: take effect from the next watch round, readiness check or shutdown |
 | `agent.pid_file` | the PID is written to the new path (the old file is left in place) |
-| `cache.backend`, `cache.max_memory_bytes`, `cache.max_keys`, `cache.max_key_bytes`, `cache.max_value_bytes`, `cache.eviction`, `cache.slab_growth_factor`, `cache.max_load_factor` | a new, **empty** cache is built off to the side (a backend that cannot start, or memory that cannot be allocated, rejects the reload) and swapped in; the keys of the old one are dropped and the log says how many. Open client connections stay open and see the new cache |
+| `cache.backend`, `cache.max_memory_bytes`, `cache.max_keys`, `cache.max_key_bytes`, `cache.max_value_bytes`, `cache.eviction`, `cache.slab_growth_factor`, `cache.max_load_factor` | a new, **empty** cache is built off to the side (a backend that cannot start, or memory that cannot be allocated, rejects the reload) and swapped in; the keys of the old one are dropped and the log says how many, while its counters carry on into the new one (`predis_cache_hits_total` and the rest never go down). Open client connections stay open and see the new cache |
 | `cache.resp.listen`, `cache.resp.tls.*` (or its certificate files renewed in place) | as for the HTTP listener: the new address (or a duplicate of the same socket, with the new TLS context) is bound first, then the old listener stops accepting; connections already open keep being served |
 | `cache.resp.requirepass`, `cache.resp.max_*`, `cache.resp.idle_timeout_seconds`, `cache.resp.output_buffer_bytes` | applied in place: new connections and the next command see them; connections already authenticated stay authenticated |
 | `cache.resp.enabled` | `false` stops the Redis-protocol server and closes its connections; `true` starts it |
 | `cache.read_through`, `cache.origin` | applied in place; an origin that no enabled plugin registers rejects the reload |
 | `cache.ttl_sweep_*` | read by the sweep: the next sweep uses them |
+| `cache.prefetch.*` pacing, thresholds, depth, budget and queue keys | the running prefetcher is retuned in place from its next step; its online model keeps what it learned |
+| `cache.prefetch.model`, `.vocabulary_size`, `.learn_online`, `.model_process`, `.enabled` | a new prefetcher (its model starts over, or the registry's champion is loaded again) |
+| `drift.*` | applied at once; a new `check_interval_seconds` wakes the drift loop, so the next check is one new interval after the reload |
 | `plugins.<name>.*` | that plugin only: its collectors, exporters, health checks, drift detectors and origins are built again from its hooks; `enabled: false` removes them, `enabled: true` adds them. An exporter keeps its queue: only the exporter object inside it is replaced. The HTTP routes of all plugins are collected again. |
 
 Not reloadable: installing or removing a plugin package (entry points are read at start-up),

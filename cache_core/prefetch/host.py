@@ -62,6 +62,7 @@ class ModelHost:
         self.process_error: str | None = None
         self.described: dict[str, dict[str, Any]] = {}
         self.remote_seconds = 0.0  # CPU seconds the models took in the process since last reset
+        self._restarts_counted = 0  # the process's restarts already added to the stats
 
     @property
     def in_process(self) -> bool:
@@ -97,7 +98,8 @@ class ModelHost:
         except ModelHostError as exc:
             self._give_up(process, exc)
         finally:
-            self.stats.model_process_restarts = process.restarts
+            self.stats.model_process_restarts += process.restarts - self._restarts_counted
+            self._restarts_counted = process.restarts
         return None
 
     def _give_up(self, process: ModelProcess, exc: Exception) -> None:

@@ -53,12 +53,17 @@ class Prefetcher:
         version: int | None = None,
         rest: Callable[[float], Any] | None = None,
         xp: Any = None,
+        counters_from: PrefetchStats | None = None,
     ) -> None:
         self.cache = cache
         self.origin = origin
         self.settings = settings or PrefetchSettings()
         self.sync = sync
+        # A prefetcher that replaces another goes on from its counters (they are exported
+        # as monotonic ``_total`` series).
         self.stats = PrefetchStats()
+        if counters_from is not None:
+            self.stats.carry(counters_from)
         s = self.settings
         # Models learn and predict on the cache's array module (CuPy when it runs on the GPU).
         xp = xp if xp is not None else getattr(cache, "xp", numpy)
@@ -71,7 +76,7 @@ class Prefetcher:
         # serves; replay does not, so that it measures the model untouched).
         self.host = ModelHost(place_model(model, xp), vocab, version, xp=xp, learn_online=bool(learn_online), process=process, stats=self.stats)
         self.canary = CanarySeam(self.host, self.stats)
-        self._threshold = Threshold(s)
+        self._threshold = Threshold(s, base=(cache.stats.prefetch_inserted, cache.stats.prefetch_used))
         self._clock = clock
         self._keys_bucket = Bucket(s.max_keys_per_second, clock)
         self._bytes_bucket = Bucket(s.max_bytes_per_second, clock)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class PrefetchSettings:
 
 @dataclass
 class PrefetchStats:
+    """What the prefetcher did: every field only grows."""
+
     observed: int = 0
     steps: int = 0
     candidates: int = 0
@@ -65,3 +67,8 @@ class PrefetchStats:
     foresight_named: int = 0
     foresight_read: int = 0
     backoffs: int = 0
+
+    def carry(self, previous: PrefetchStats) -> None:
+        """Add ``previous``'s counts to these (a replacement goes on from them)."""
+        for spec in fields(self):
+            setattr(self, spec.name, getattr(self, spec.name) + getattr(previous, spec.name))

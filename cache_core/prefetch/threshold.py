@@ -17,10 +17,13 @@ from cache_core.prefetch.settings import PrefetchSettings
 class Threshold:
     """The threshold in force (``value``), adapted from the cache's prefetch counters."""
 
-    def __init__(self, settings: PrefetchSettings) -> None:
+    def __init__(self, settings: PrefetchSettings, base: tuple[int, int] = (0, 0)) -> None:
         self.settings = settings
         self.value = settings.threshold
-        self._base = (0, 0)  # (inserted, used) at the last adaptation
+        # (inserted, used) at the last adaptation; at first, the cache's counters as this
+        # prefetcher found them (a cache outlives its prefetchers and carries its counters
+        # across a rebuild), so only this prefetcher's own prefetches are judged.
+        self._base = base
 
     def adapt(self, inserted: int, used: int) -> None:
         """Move the threshold once ``adapt_every`` prefetches were inserted since the last move."""

@@ -201,6 +201,7 @@ def test_a_prefetch_pacing_or_threshold_change_keeps_the_prefetcher_and_a_model_
         await service.apply(service.plan(prefetching(""), backend, [("p", origin)]))
         first = service.prefetcher
         assert first is not None
+        first.hint([b"k1", b"k2"])
         await service.apply(service.plan(prefetching(", threshold: 0.4, max_cpu_share: 0.3, depth: 3"), backend, [("p", origin)]))
         retuned = service.prefetcher
         settings = retuned.settings if retuned is not None else None
@@ -213,3 +214,4 @@ def test_a_prefetch_pacing_or_threshold_change_keeps_the_prefetcher_and_a_model_
     assert retuned is first
     assert settings is not None and (settings.threshold, settings.max_cpu_share, settings.depth) == (0.4, 0.3, 3)
     assert rebuilt is not first and rebuilt is not None
+    assert rebuilt.stats.hints == 2  # the counters go on from the prefetcher it replaced

@@ -337,6 +337,22 @@ def test_adaptive_threshold_rises_when_predictions_are_not_used() -> None:
     assert pf.threshold > settings.threshold
 
 
+def test_a_new_prefetcher_judges_only_its_own_prefetches() -> None:
+    """A cache outlives its prefetchers (and carries its counters across a rebuild): the
+    prefetches of an earlier one, never read, do not raise a new one's threshold."""
+    c = small_cache(50)
+    c.stats.prefetch_inserted = 10_000  # an earlier prefetcher's, none of them used
+    v = Vocabulary(256)
+    settings = PrefetchSettings(depth=2, threshold=0.1, adaptive=True, adapt_every=32, target_precision=0.3)
+    pf = Prefetcher(c, MemoryOrigin(8), StrideModel(v), v, settings, sync=True)
+    for n in range(3):
+        key = f"s:{n}".encode()
+        c.get(key) or c.set(key, b"demand")
+        pf.observe([key])
+    assert c.stats.prefetch_inserted - 10_000 < settings.adapt_every
+    assert pf.threshold == settings.threshold
+
+
 def test_hints_load_what_the_client_names() -> None:
     c = small_cache(16)
     v = Vocabulary(64)
