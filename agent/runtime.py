@@ -255,8 +255,10 @@ class Agent:
         self.drift_component.wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         cfg = self.config
+        changes = Changes((), initial=True)
         try:
-            await self._transition(cfg, Changes((), initial=True), float(cfg.get("agent.reload.timeout_seconds")))
+            built = await self._build(cfg, changes, float(cfg.get("agent.reload.timeout_seconds")))
+            await self._apply(built, cfg, changes)
         except TimeoutError:
             raise StartupError(
                 "building the config (TLS files, listeners, cache) took more than agent.reload.timeout_seconds; "
@@ -308,13 +310,10 @@ class Agent:
             log.error("task %s failed: %s: %s", task.get_name(), exc.__class__.__name__, exc)
 
     # ------------------------------------------------------------------ one change
-    async def _transition(self, new: Config, changes: Changes, timeout: float) -> list[str]:
-        """Take the components ``changes`` touches from the running config to ``new``.
-
-        Dry-build (``plan`` in a thread under ``timeout``, then ``prepare`` on the loop);
-        any failure there discards every plan and raises, leaving everything running as it
-        was. Then apply each in order; should one raise, the ones applied keep their new
-        settings, the rest are told to ``abandon`` and the exception propagates.
+    async def _build(self, new: Config, changes: Changes, timeout: float) -> tuple[list[BaseComponent], dict[str, Any]]:
+        """Dry-build the components ``changes`` touches for ``new``: ``plan`` in a thread
+        under ``timeout``, then ``prepare`` on the loop. Any failure discards every plan and
+        raises (:class:`_Refused`, or TimeoutError), leaving everything running as it was.
         """
         touched = [c for c in self.components if changes.touches(c.sections)]
         loop = asyncio.get_running_loop()
@@ -345,6 +344,13 @@ class Agent:
             if isinstance(exc, Exception):
                 raise _Refused(exc) from exc
             raise
+        return touched, plans
+
+    async def _apply(self, built: tuple[list[BaseComponent], dict[str, Any]], new: Config, changes: Changes) -> list[str]:
+        """Swap the dry-built components in, in order; return what was restarted. Should one
+        raise, the ones applied keep their new settings and the exception propagates (the
+        caller tells every touched component to ``abandon``)."""
+        touched, plans = built
         done: list[str] = []
         for index, component in enumerate(touched):
             try:
@@ -478,21 +484,21 @@ class Agent:
         # Everything that can fail is built off to the side first (agent.components); should
         # applying still raise, the previous config and generation are put back.
         changes = Changes(tuple(changed))
-        old_generation = self.generation
-        self.config = new
-        self.generation += 1
         try:
-            restarted = await self._transition(new, changes, timeout)
+            built = await self._build(new, changes, timeout)
         except TimeoutError:
-            self.config, self.generation = old, old_generation
             return self._reload_failed(
                 trigger,
                 [f"building the new config (TLS files, listeners, cache) took more than agent.reload.timeout_seconds "
                  f"({timeout}s); check the files it names and reload again"],
             )
         except _Refused as exc:
-            self.config, self.generation = old, old_generation
             return self._reload_failed(trigger, [exc.reason])
+        old_generation = self.generation
+        self.config = new
+        self.generation += 1
+        try:
+            restarted = await self._apply(built, new, changes)
         except Exception as exc:
             self.config, self.generation = old, old_generation
             for component in self.components:

@@ -302,8 +302,9 @@ class RespServer:
                 for conn in list(self.clients.values()):
                     if now - conn.last_active > timeout and not conn._waiting:
                         conn.close()
-            # A pass over every client costs ~2 us each: with many clients, less often
-            # (10,000 clients: once a second).
+            # A pass over every client costs time per client (bench/RESULTS.md, "Figures
+            # moved out of docstrings"): with many clients, less often (10,000 clients:
+            # once a second).
             if now - self._clients_checked >= len(self.clients) * CLIENT_CHECK_SECONDS_PER_CLIENT:
                 self._clients_checked = now
                 self.check_clients(now)
