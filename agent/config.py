@@ -182,7 +182,9 @@ class ConfigYamlError(AgentError, yaml.MarkedYAMLError):
     """A YAML document the config loader refuses to read (a bound passed, a tag, a recursive alias)."""
 
     def __init__(self, problem: str, mark: Any) -> None:
-        super().__init__(problem=problem, problem_mark=mark)
+        # MarkedYAMLError's initialiser, the one super() reaches (AgentError has none), named
+        # outright: PyYAML has no type information, so a checker would look past it.
+        yaml.MarkedYAMLError.__init__(self, problem=problem, problem_mark=mark)
 
 
 class ConfigLoader(yaml.SafeLoader):

@@ -13,6 +13,7 @@ their schema still validates their section, but not registered).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -127,7 +128,7 @@ class PluginHost:
         for name in sorted(self.blocked):
             self.pm.set_blocked(name)
         for name, module in builtins:
-            self._import(name, "builtin", lambda m=module: importlib.import_module(m), module, None)
+            self._import(name, "builtin", functools.partial(importlib.import_module, module), module, None)
         if load_entrypoints:
             self._load_entrypoints()
 

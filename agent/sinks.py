@@ -310,8 +310,8 @@ class DeltaTracker:
         if prev is None or not isinstance(prev[0], tuple) or len(prev[0]) != len(values):
             return None
         last_values, last_when = prev
-        reset = any(values[i] < last_values[i] for i in monotone)  # type: ignore[index]
-        deltas = values if reset else tuple(v - p for v, p in zip(values, last_values))  # type: ignore[arg-type]
+        reset = any(values[i] < last_values[i] for i in monotone)
+        deltas = values if reset else tuple(v - p for v, p in zip(values, last_values))
         return deltas, max(0.0, when - last_when)
 
     def forget_missing(self, seen: Iterable[Any]) -> None:

@@ -32,8 +32,9 @@ prefetch models need; a per-event coin flip would cut reuse distances apart.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy
 
@@ -49,6 +50,8 @@ EVENT_DTYPE = numpy.dtype(
         ("size", "<u4"),  # value bytes (0 for a miss)
     ]
 )
+# Its field names, in order (NumPy types ``names`` as optional: a dtype without fields has none).
+_FIELDS: tuple[str, ...] = EVENT_DTYPE.names or ()
 # Sampling compares the top bits of a mixed fingerprint with rate * 2**SAMPLE_BITS.
 SAMPLE_BITS = 32
 _SAMPLE_MIX = numpy.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads any fingerprint bit pattern
@@ -88,10 +91,10 @@ class AccessLog:
         # One array per EVENT_DTYPE field: a batch is then six contiguous copies, cheaper
         # than writing the fields of a structured array, strided (bench/bench_access_log.py,
         # bench/RESULTS.md). Readers get structured rows.
-        self._columns = {name: numpy.zeros(capacity, dtype=EVENT_DTYPE.fields[name][0]) for name in EVENT_DTYPE.names}
+        self._columns = {name: numpy.zeros(capacity, dtype=EVENT_DTYPE[name]) for name in _FIELDS}
         # The compiled ring state (cache_core/native/ring.c): the columns' buffers, the head,
         # the count of events offered and the lock that covers writes and reads.
-        self._ring = _native.EventColumns(*(self._columns[name] for name in EVENT_DTYPE.names))
+        self._ring = _native.EventColumns(*(self._columns[name] for name in _FIELDS))
         # Raw keys only when asked for: a parallel ring of bytes objects (None where the
         # cache had no key to give, as for evictions, which it knows by fingerprint only).
         self.store_raw_keys = bool(store_raw_keys)
@@ -102,7 +105,7 @@ class AccessLog:
         log = self._ring.log
         one_call = not store_raw_keys and self.sample_rate >= 1.0 and clock_ns is time.time_ns
 
-        def hook(op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, keys: Any = None) -> None:
+        def hook(op: int, fps: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, keys: Sequence[bytes | None] | None = None) -> None:
             if one_call and 0 < len(fps) <= SCALAR_APPEND_MAX:
                 log(op, fps, results, sizes)
             else:
@@ -121,19 +124,19 @@ class AccessLog:
     @property
     def head(self) -> int:
         """Sequence number the next event will get (= events ever logged)."""
-        return self._ring.head
+        return cast(int, self._ring.head)
 
     @property
     def offered(self) -> int:
         """Events reported by the cache, before sampling."""
-        return self._ring.offered
+        return cast(int, self._ring.offered)
 
     def _keep(self, fps: numpy.ndarray) -> numpy.ndarray | None:
         """Mask of fingerprints that are sampled in; None when every key is."""
         if self.sample_rate >= 1.0:
             return None
         mixed = numpy.multiply(fps, _SAMPLE_MIX) >> numpy.uint64(64 - SAMPLE_BITS)
-        return mixed < self._threshold
+        return cast(numpy.ndarray, mixed < self._threshold)
 
     def append(
         self,
@@ -142,7 +145,7 @@ class AccessLog:
         results: numpy.ndarray,
         sizes: numpy.ndarray,
         tenant: int = 0,
-        keys: Any = None,
+        keys: Sequence[bytes | None] | None = None,
     ) -> int:
         """Log one batch; return how many of its events were kept after sampling.
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard, cast
 
 import numpy
 
@@ -105,7 +105,21 @@ class AccessHook(Protocol):
     as aligned arrays. A hook with ``accepts_lists = True`` may get a small batch (a lone
     GET) as lists of ints instead; one with ``wants_keys = True`` also gets ``keys=``."""
 
-    def __call__(self, op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray) -> None: ...
+    def __call__(self, op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, /) -> None: ...
+
+
+class KeyedAccessHook(Protocol):
+    """An :class:`AccessHook` with ``wants_keys = True``: also told the batch's keys, as
+    ``keys=`` (aligned with the fingerprints)."""
+
+    def __call__(
+        self, op: int, fingerprints: numpy.ndarray, results: numpy.ndarray, sizes: numpy.ndarray, /, keys: Sequence[bytes] | None = None
+    ) -> None: ...
+
+
+def _wants_keys(hook: AccessHook) -> TypeGuard[KeyedAccessHook]:
+    """Whether ``hook`` asks for the keys of each batch (``wants_keys = True``)."""
+    return bool(getattr(hook, "wants_keys", False))
 
 
 def _capacity_for(keys: int, max_load_factor: float) -> int:
@@ -355,8 +369,8 @@ class Cache:
     @access_hook.setter
     def access_hook(self, hook: AccessHook) -> None:
         # What the hook accepts is read once here, not on every read it is told about.
-        self._hook_wants_keys = bool(getattr(hook, "wants_keys", False))
-        self._hook_lists = bool(getattr(hook, "accepts_lists", False)) and not self._hook_wants_keys
+        self._keyed_hook: KeyedAccessHook | None = hook if _wants_keys(hook) else None
+        self._hook_lists = bool(getattr(hook, "accepts_lists", False)) and self._keyed_hook is None
         # An access log ring the compiled paths write events into themselves (AccessLog.hook).
         self._hook_ring = getattr(hook, "ring", None)
         self._access_hook = hook
@@ -368,8 +382,9 @@ class Cache:
         hook = self._access_hook
         if hook is null_access_hook:
             return
-        if keys is not None and self._hook_wants_keys:
-            hook(op, lo, results, sizes, keys=keys)
+        keyed = self._keyed_hook
+        if keys is not None and keyed is not None:
+            keyed(op, lo, results, sizes, keys=keys)
         else:
             hook(op, lo, results, sizes)
 
@@ -540,7 +555,7 @@ class Cache:
                 if total[-1] > max_bytes:
                     n = max(1, int(numpy.searchsorted(total, max_bytes, side="right")))
                     keys, hi, lo, eids, hit = keys[:n], hi[:n], lo[:n], eids[:n], hit[:n]
-            out: list[bytes | None] = [None] * len(keys)
+            out = [None] * len(keys)
             typed = self.typed_keys
             for i in numpy.flatnonzero(hit).tolist():
                 eid = int(eids[i])
@@ -566,7 +581,7 @@ class Cache:
             self._read_through(keys, out, db)
         return out, (hit.tolist() if want_hits else [])
 
-    def _read_native(self, keys: Sequence[bytes], max_bytes: int, db: int, want_hits: bool) -> tuple[list[Any], list[bool]] | None:
+    def _read_native(self, keys: Sequence[bytes], max_bytes: int, db: int, want_hits: bool) -> tuple[list[bytes | None], list[bool]] | None:
         """:meth:`_mget`'s cached part in one compiled call (native/reads.c), with the
         same results, counters and events as the Python paths; None when the batch needs
         those (a key of a bad length, an expired entry to remove): nothing was changed."""
@@ -761,7 +776,7 @@ class Cache:
             if len(keys) <= self.small_batch:
                 return [eid >= 0 for eid in self._find_small(self._fps_small(keys, db), self.now_ms())]
             eids, _hi, _lo = self._find_keys(keys, self.now_ms(), db)
-            return (eids >= 0).tolist()
+            return cast(list[bool], (eids >= 0).tolist())
 
     def exists(self, keys: Sequence[bytes], db: int = 0) -> int:
         """How many of ``keys`` exist (a key named twice counts twice, as in Redis)."""
@@ -1125,7 +1140,8 @@ class Cache:
         if eid < 0:
             return None
         if self.typed_keys and self.e_type[eid]:
-            return WRONG_TYPE
+            # The sentinel is declared Any so that it fits wherever a value goes (see WRONG_TYPE).
+            return WRONG_TYPE  # type: ignore[no-any-return]
         return self.store.get(int(self.e_handle[eid]), int(self.e_len[eid]))
 
     def peek_typed(self, key: bytes, db: int = 0) -> tuple[int, bytes] | None:
@@ -1271,7 +1287,7 @@ class Cache:
     def _unexpired(self, eids: numpy.ndarray, now: int) -> numpy.ndarray:
         """Which of these live entries have not reached their expiry."""
         expire = self.e_expire[eids]
-        return (expire == TTL_NONE) | (expire > now)
+        return cast(numpy.ndarray, (expire == TTL_NONE) | (expire > now))
 
     def _live_in(self, db: int) -> numpy.ndarray:
         """The live entries of database ``db``."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from typing import cast
 
 import numpy
 
@@ -98,7 +99,7 @@ class Fingerprinter:
         length = len(key)
         if not 1 <= length <= self.max_key_bytes:
             raise self._length_error(None, length)
-        return (self._template if db == 0 else self._template_for(db)).fingerprint(key)
+        return cast(tuple[int, int], (self._template if db == 0 else self._template_for(db)).fingerprint(key))
 
     def check_lengths(self, keys: Sequence[bytes]) -> None:
         """Raise the :class:`KeyLengthError` :meth:`fingerprints` would raise for ``keys``

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy
 
@@ -232,7 +232,7 @@ class ValueStore:
         view = cls.pages[page][offset : offset + length]
         if hasattr(view, "get"):  # pragma: no cover - needs a GPU
             return bytes(view.get())
-        return view.tobytes()
+        return cast(bytes, view.tobytes())
 
     def get_many(self, handles: Sequence[int], lengths: Sequence[int]) -> list[bytes]:
         return [self.get(int(h), int(n)) for h, n in zip(handles, lengths)]

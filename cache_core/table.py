@@ -53,7 +53,7 @@ import functools
 import os
 import threading
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import numpy
 
@@ -755,7 +755,7 @@ class HashTable:
             return numpy.take(a, i, mode="clip")
 
         def same_key(x16: numpy.ndarray, y16: numpy.ndarray) -> numpy.ndarray:
-            return numpy.equal(x16.view(numpy.uint64), y16.view(numpy.uint64)).view(numpy.uint16) == _BOTH_EQUAL
+            return cast(numpy.ndarray, numpy.equal(x16.view(numpy.uint64), y16.view(numpy.uint64)).view(numpy.uint16) == _BOTH_EQUAL)
 
         m = idx.shape[0]
         q16 = q.view(_V16).reshape(n)

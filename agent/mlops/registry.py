@@ -29,6 +29,7 @@ that are links, devices, absolute paths or contain ``..``.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import getpass
@@ -417,7 +418,7 @@ class ModelRegistry:
         return version
 
     @staticmethod
-    def _artefact_files(artefacts: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    def _artefact_files(artefacts: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> builtins.list[Path]:
         if isinstance(artefacts, (str, os.PathLike)):
             base = Path(artefacts)
             if not base.is_dir():
@@ -459,7 +460,7 @@ class ModelRegistry:
         finally:
             os.close(fd)
 
-    def promote(self, tenant: str, version: int | str, alias: str = "champion", reason: str = "", actor: str | None = None) -> list[dict[str, Any]]:
+    def promote(self, tenant: str, version: int | str, alias: str = "champion", reason: str = "", actor: str | None = None) -> builtins.list[dict[str, Any]]:
         """Point ``alias`` at a verified version; return the audit entries written.
 
         Making the challenger the champion also clears the challenger alias. Nothing is
@@ -501,7 +502,7 @@ class ModelRegistry:
             self._append_audit(tenant_dir, entry)
         return entry
 
-    def champion_history(self, tenant: str) -> list[int]:
+    def champion_history(self, tenant: str) -> builtins.list[int]:
         """The champion stack from the audit log: a promotion pushes, a rollback pops."""
         stack: list[int] = []
         for entry in self.audit(tenant):

@@ -61,7 +61,7 @@ class MlopsService:
         emit: Callable[[str, dict[str, Any]], None],
         prefetcher: Callable[[], Any],
         ring: Callable[[], Any],
-        on_retrained: Callable[[Dataset], None],
+        on_retrained: Callable[[Dataset], object],
     ) -> None:
         self._emit = emit
         self._prefetcher = prefetcher
@@ -114,7 +114,9 @@ class MlopsService:
             self.load_error = f"registry of tenant {self.tenant!r} unreadable: {exc}"
             log.error("%s; serving a fresh model", self.load_error)
             return None
-        loaded = self._load(version) if version is not None else None
+        if version is None:
+            return None
+        loaded = self._load(version)
         return None if loaded is None else (*loaded, version)
 
     def sync(self) -> None:

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 from itertools import repeat
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy
 
@@ -49,7 +49,7 @@ _F32 = struct.Struct("f")
 def float32(x: float) -> float:
     """``x`` rounded to float32, as storing it in a float32 array rounds it: the scalar
     paths answer with the same scores as the array paths."""
-    return _F32.unpack(_F32.pack(x))[0]
+    return cast(float, _F32.unpack(_F32.pack(x))[0])
 
 
 def split_numeric(key: bytes) -> tuple[bytes, bytes] | None:
@@ -193,12 +193,12 @@ class Vocabulary:
         rows = numpy.flatnonzero(cuts < lengths)
         if rows.shape[0] < n:
             prefixes = [prefixes[i] for i in rows.tolist()]
-        pids = list(map(self.prefixes.get, prefixes))
-        if None in pids:
+        pids = list(map(self.prefixes.get, prefixes, repeat(-1, len(prefixes))))
+        if -1 in pids:
             for i, prefix in enumerate(prefixes):
-                if pids[i] is None:
-                    pid = self.prefixes.get(prefix)
-                    pids[i] = self._new_prefix(prefix) if pid is None else pid
+                if pids[i] < 0:
+                    pid = self.prefixes.get(prefix, -1)
+                    pids[i] = self._new_prefix(prefix) if pid < 0 else pid
         # The digits, parsed as one array: digit j of a number of c digits weighs 10^(c-1-j).
         ends = ends[rows]
         count = lengths[rows] - cuts[rows]
@@ -252,7 +252,8 @@ def save_arrays(path: str | Path, **arrays: Any) -> None:
     """Write the arrays atomically and privately (:func:`cache_core.files.atomic_file`, 0600):
     a model's tables are learned from the keys the cache saw."""
     with atomic_file(path) as handle:
-        numpy.savez(handle, **{k: to_host(v) for k, v in arrays.items()})
+        # allow_pickle is NumPy's default, spelled out so that no array is taken for the flag.
+        numpy.savez(handle, allow_pickle=True, **{k: to_host(v) for k, v in arrays.items()})
 
 
 def load_arrays(path: str | Path) -> dict[str, numpy.ndarray]:

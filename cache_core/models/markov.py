@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 from array import array
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy
 
@@ -128,7 +128,7 @@ def _most(xp: Any, counts: numpy.ndarray, k: int) -> list[tuple[numpy.ndarray, n
 def _row_sum(counts: numpy.ndarray) -> numpy.ndarray:
     """``counts.sum(axis=1)``: column by column where NumPy adds a row's elements in order."""
     if counts.shape[1] >= SEQUENTIAL_SUM:
-        return counts.sum(axis=1)
+        return cast(numpy.ndarray, counts.sum(axis=1))
     total = counts[:, 0].copy()
     for j in range(1, counts.shape[1]):
         total += counts[:, j]
@@ -378,7 +378,7 @@ class SuccessorTable:
         kk = min(k, self.slots)
         for (r, _c), row_counts, row_succ, total, denominator in zip(rows, counts.tolist(), successors, totals.tolist(), denominators):
             counted = total > 0
-            ranked = sorted(range(self.slots), key=lambda j, cs=row_counts: -cs[j])
+            ranked = sorted(range(self.slots), key=row_counts.__getitem__, reverse=True)
             for j in range(kk):
                 slot = ranked[j]
                 succ = row_succ[slot]

@@ -26,11 +26,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy
 
 from cache_core.models.base import (
+    PrefetchModel,
     Vocabulary,
     empty_prediction,
     float32,
@@ -89,6 +90,14 @@ def first_occurrences(ids: numpy.ndarray) -> numpy.ndarray:
     return mask
 
 
+class Expert(PrefetchModel, Protocol):
+    """What the mixture asks of an expert: a prefetch model with scalar paths for one key."""
+
+    def observe_one(self, ident: int) -> None: ...
+
+    def predict_one(self, ident: int, k: int) -> list[tuple[int, float]]: ...
+
+
 class _Proposals:
     """One expert's open proposals: which keys it proposed, until which step they count.
 
@@ -103,7 +112,7 @@ class _Proposals:
 
     def __init__(self) -> None:
         self.until = numpy.full(INITIAL_ROOM, NOT_PENDING, dtype=numpy.int64)
-        self.until_view = memoryview(self.until)
+        self.until_view = self.until.data
         self.open = 0
         self.log: deque[tuple[int, Any]] = deque()
 
@@ -112,7 +121,7 @@ class _Proposals:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.until_view = memoryview(self.until)
+        self.until_view = self.until.data
 
     def room_for(self, ident: int) -> None:
         """Grow ``until`` (by doubling) to hold ID ``ident``."""
@@ -121,7 +130,7 @@ class _Proposals:
         grown = numpy.full(max(ident + 1, 2 * self.until.shape[0]), NOT_PENDING, dtype=numpy.int64)
         grown[: self.until.shape[0]] = self.until
         self.until = grown
-        self.until_view = memoryview(grown)
+        self.until_view = grown.data
 
     def expire(self, step: int) -> None:
         """Forget proposals past their horizon, and the oldest beyond :data:`MAX_PENDING`."""
@@ -228,7 +237,7 @@ class MixtureModel:
     ) -> None:
         # The successor experts' tables live on ``xp``; the stride detector (which names keys
         # through the host vocabulary) and the precision bookkeeping stay on the host.
-        self.experts = [StrideModel(vocab), MarkovModel(capacity, slots, xp=xp), ContextMarkov(capacity, slots, xp=xp)]
+        self.experts: list[Expert] = [StrideModel(vocab), MarkovModel(capacity, slots, xp=xp), ContextMarkov(capacity, slots, xp=xp)]
         self.horizon = int(horizon)
         self.decay_every = int(decay_every)
         e = len(self.experts)

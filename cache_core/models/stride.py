@@ -150,9 +150,9 @@ class StrideModel:
         if wanted and len(self.vocab) + wanted <= self.vocab.capacity:
             # Every candidate gets an ID (the vocabulary cannot fill up): name them at once,
             # in the order the loop below would.
-            r, j = numpy.nonzero(named)
-            cand[rows[r], j] = self.vocab.numbered_many(p[r], numbers[r, j], width[r])
-            conf[rows[r], j] = confidence[r]
+            at_row, at_col = numpy.nonzero(named)
+            cand[rows[at_row], at_col] = self.vocab.numbered_many(p[at_row], numbers[at_row, at_col], width[at_row])
+            conf[rows[at_row], at_col] = confidence[at_row]
             return cand, conf
         for r, pid, w, nums, c in zip(rows.tolist(), p.tolist(), width.tolist(), numbers.tolist(), confidence.tolist()):
             for j, number in enumerate(nums):

@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy
 
@@ -571,7 +571,7 @@ class Connection(asyncio.Protocol):
     def memory(self) -> int:
         """What this client holds: its query buffer, a sliced command's arguments and its
         queued replies."""
-        return self.parser.held + self._held + self.output_bytes()
+        return cast(int, self.parser.held) + self._held + self.output_bytes()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -1155,7 +1155,8 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.server.origin_pool(), cache.fill_from_origin, missing, [None] * len(missing))
+        values: list[bytes | None] = [None] * len(missing)
+        future = loop.run_in_executor(self.server.origin_pool(), cache.fill_from_origin, missing, values)
         future.add_done_callback(self._exec_ready)
         return True
 

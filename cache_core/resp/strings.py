@@ -28,7 +28,7 @@ from cache_core.resp.args import INT64_MAX, SYNTAX_ERROR, CommandError, err_args
 from cache_core.resp.keyspace import EMBSTR_MAX_BYTES
 
 if TYPE_CHECKING:
-    from cache_core.cache import Cache
+    from cache_core.cache import Cache, Database
     from cache_core.resp.server import Connection
 
 Handler = Callable[["Connection", list[bytes]], Any]
@@ -58,12 +58,12 @@ _NONZERO_DEC = re.compile(rb"[1-9]")
 _NONZERO_HEX = re.compile(rb"[1-9a-fA-F]")
 
 
-def _string_too_long(cache: Cache) -> CommandError:
+def _string_too_long(cache: Cache | Database) -> CommandError:
     """Redis says "(proto-max-bulk-len)", its limit; the cache's limit is its own."""
     return CommandError(f"ERR string exceeds maximum allowed size (cache.max_value_bytes, {cache.max_value_bytes} bytes)")
 
 
-def _read(cache: Cache, key: bytes) -> bytes | None:
+def _read(cache: Cache | Database, key: bytes) -> bytes | None:
     """A read counted as GET counts it (a hit or a miss, an access for eviction, the
     prefetcher told), from the cache only."""
     values, hits = cache.lookup([key])

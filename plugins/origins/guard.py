@@ -458,7 +458,7 @@ class OriginGuard:
 
 
 @functools.cache
-def _listener_class() -> type[pybreaker.CircuitBreakerListener]:
+def _listener_class() -> Callable[[OriginGuard], pybreaker.CircuitBreakerListener]:
     """The breaker listener class (defined once pybreaker is loaded)."""
     import pybreaker
 
