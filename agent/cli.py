@@ -796,9 +796,10 @@ def _mlops_config(config_path: str | None) -> Config:
 
     The core sections (``mlops`` among them) are validated as usual; plugin sections
     (``plugins.<name>`` and the sub-sections of ``exporters`` and ``collectors`` that plugins
-    declare) are taken as they are: every plugin is opaque here. These commands need no plugin, a plugin's config mistake should
-    not keep an operator from rolling a model back, and importing every plugin (SciPy
-    for the drift detectors) is most of a CLI call's start-up time.
+    declare) are taken as they are: every plugin is opaque here. These commands need no
+    plugin, a plugin's config mistake should not keep an operator from rolling a model back,
+    and importing every plugin (SciPy for the drift detectors) is most of a CLI call's
+    start-up time.
     """
     import yaml
 
