@@ -58,9 +58,9 @@ def _load(config_path: str | None, overrides: tuple[str, ...], host: PluginHost 
 
     host = host or PluginHost()
     path, explicit = resolve_config_path(config_path)
-    fragments, opaque = host.schema_fragments()
+    parts = host.schema_parts()
     try:
-        cfg = load_config(path, overrides=overrides, plugin_fragments=fragments, opaque_plugins=opaque)
+        cfg = load_config(path, overrides=overrides, **parts)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -87,9 +87,9 @@ def _load_for_client(config_path: str | None) -> Config:
 
     path, _ = resolve_config_path(config_path)
     host = PluginHost(load_entrypoints=False)
-    fragments, opaque = host.schema_fragments()
+    parts = host.schema_parts()
     try:
-        return load_config(path, plugin_fragments=fragments, opaque_plugins=opaque)
+        return load_config(path, **parts)
     except ConfigError as exc:
         try:
             raw = load_yaml(read_config_text(path)) if path else {}
@@ -122,8 +122,7 @@ class AgentGroup(click.Group):
             path, _ = resolve_config_path(None)
             enabled = lambda name: True  # noqa: E731 - without a valid config every loaded plugin may add commands
             try:
-                fragments, opaque = host.schema_fragments()
-                enabled = load_config(path, plugin_fragments=fragments, opaque_plugins=opaque).plugin_enabled
+                enabled = load_config(path, **host.schema_parts()).plugin_enabled
             except ConfigError:
                 pass
             host.apply_config(enabled)
@@ -240,8 +239,7 @@ def config_schema_cmd() -> None:
     from agent.plugins import PluginHost
 
     host = PluginHost()
-    fragments, opaque = host.schema_fragments()
-    click.echo(json.dumps(build_schema(fragments, opaque), indent=2))
+    click.echo(json.dumps(build_schema(**host.schema_parts()), indent=2))
 
 
 @config.command("docs")
@@ -257,8 +255,7 @@ def config_docs(installed: bool) -> None:
     from agent.plugins import PluginHost
 
     host = PluginHost(load_entrypoints=installed)
-    fragments, opaque = host.schema_fragments()
-    click.echo(render_configuration_doc(build_schema(fragments, opaque)), nl=False)
+    click.echo(render_configuration_doc(build_schema(**host.schema_parts())), nl=False)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -336,9 +333,9 @@ def plugins_list(as_json: bool, config_path: str | None) -> None:
 
     host = PluginHost()
     path, _ = resolve_config_path(config_path)
-    fragments, opaque = host.schema_fragments()
+    parts = host.schema_parts()
     try:
-        cfg = load_config(path, plugin_fragments=fragments, opaque_plugins=opaque)
+        cfg = load_config(path, **parts)
         host.apply_config(cfg.plugin_enabled)
     except ConfigError as exc:
         click.echo(f"warning: config not applied ({len(exc.problems)} problem(s)); showing load state only", err=True)
@@ -797,10 +794,12 @@ def _tenant_arg(tenant: str) -> str:
 def _mlops_config(config_path: str | None) -> Config:
     """The config for the model and backup commands, without importing any plugin.
 
-    The core sections (``mlops`` among them) are validated as usual; plugin sections are
-    taken as they are. These commands need no plugin, a plugin's config mistake should
-    not keep an operator from rolling a model back, and importing every plugin (SciPy
-    for the drift detectors) is most of a CLI call's start-up time.
+    The core sections (``mlops`` among them) are validated as usual; plugin sections
+    (``plugins.<name>`` and the sub-sections of ``exporters`` and ``collectors`` that plugins
+    declare) are taken as they are: every plugin is opaque here. These commands need no
+    plugin, a plugin's config mistake should not keep an operator from rolling a model back,
+    and importing every plugin (SciPy for the drift detectors) is most of a CLI call's
+    start-up time.
     """
     import yaml
 
@@ -810,6 +809,7 @@ def _mlops_config(config_path: str | None) -> Config:
         read_config_text,
         resolve_config_path,
     )
+    from agent.plugins import DEFAULT_PLUGINS
 
     path, _ = resolve_config_path(config_path)
     try:
@@ -819,8 +819,9 @@ def _mlops_config(config_path: str | None) -> Config:
         except yaml.YAMLError:
             raw = None  # load_config reports the syntax error with its line
         section = raw.get("plugins") if isinstance(raw, dict) else None
-        names = [str(name) for name in section] if isinstance(section, dict) else []
-        return load_config(path, text=text, plugin_fragments={}, opaque_plugins=names)
+        names = {str(name) for name in section} if isinstance(section, dict) else set()
+        names.update(name for name, _ in DEFAULT_PLUGINS)
+        return load_config(path, text=text, plugin_fragments={}, opaque_plugins=sorted(names))
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

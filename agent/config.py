@@ -40,6 +40,7 @@ import yaml
 
 from agent.config_rules import check_rules
 from agent.errors import AgentError, ConfigError, ConfigProblem
+from agent.hookspecs import CONFIG_SECTION_NAMESPACES
 from config_schema import load_schema
 
 DEFAULT_CONFIG_PATH = "/etc/predis/agent.yaml"
@@ -554,25 +555,55 @@ def plugin_section_schema(fragment: Mapping[str, Any] | None) -> dict[str, Any]:
     return section
 
 
+def declared_section_schema(fragment: Mapping[str, Any]) -> dict[str, Any]:
+    """A section a plugin declared (``exporters.<name>``, ``collectors.<name>``), with the
+    defaults the host gives it: an object, no unknown keys, present even when left out."""
+    section: dict[str, Any] = copy.deepcopy(dict(fragment))
+    section.setdefault("type", "object")
+    section.setdefault("additionalProperties", False)
+    section.setdefault("default", {})
+    return section
+
+
 def build_schema(
     plugin_fragments: Mapping[str, Mapping[str, Any] | None] | None = None,
     opaque_plugins: Iterable[str] = (),
+    plugin_sections: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The base schema with one section per known plugin.
+    """The base schema with one section per known plugin and the sections plugins declared.
+
+    ``plugin_sections`` maps ``exporters.<name>``/``collectors.<name>`` to the section's
+    schema (``agent.plugins.PluginHost.config_sections`` checked them); they come before the
+    core's own sub-sections of the same namespace, in the order given.
 
     ``opaque_plugins`` are plugins that are installed but could not be loaded (failed or
-    blocked): their sections are accepted as they are, so a broken plugin never makes an
+    blocked), or whose schema hooks failed: their ``plugins.<name>`` sections are accepted as
+    they are and, since the sections they would declare are unknown, so are sub-sections of
+    ``exporters`` and ``collectors`` that nobody declared. A broken plugin never makes an
     otherwise good config invalid.
     """
     schema = load_schema()
+    opaque = list(opaque_plugins)
     plugins = schema["properties"]["plugins"]
     props: dict[str, Any] = {}
     for name, fragment in (plugin_fragments or {}).items():
         props[name] = plugin_section_schema(fragment)
-    for name in opaque_plugins:
+    for name in opaque:
         props.setdefault(name, {"type": "object", "default": {}})
     plugins["properties"] = props
     plugins["additionalProperties"] = False
+    declared: dict[str, dict[str, Any]] = {namespace: {} for namespace in CONFIG_SECTION_NAMESPACES}
+    for path, fragment in (plugin_sections or {}).items():
+        namespace, _, name = path.partition(".")
+        core = schema["properties"].get(namespace, {}).get("properties", {})
+        if namespace not in declared or not name or "." in name or name in core:
+            raise ValueError(f"plugin section {path!r} is not a free exporters.<name> or collectors.<name> path")
+        declared[namespace][name] = declared_section_schema(fragment)
+    for namespace, sections in declared.items():
+        node = schema["properties"][namespace]
+        node["properties"] = {**sections, **node.get("properties", {})}
+        if opaque:
+            node["additionalProperties"] = {"type": "object"}
     return schema
 
 
@@ -832,11 +863,13 @@ def load_config(
     overrides: Iterable[str] = (),
     plugin_fragments: Mapping[str, Mapping[str, Any] | None] | None = None,
     opaque_plugins: Iterable[str] = (),
+    plugin_sections: Mapping[str, Mapping[str, Any]] | None = None,
     text: str | None = None,
 ) -> Config:
     """Load, resolve and validate a config. Raises :class:`ConfigError` listing every problem.
 
-    ``path`` None means the embedded default (the schema's defaults).
+    ``path`` None means the embedded default (the schema's defaults). The plugins' parts
+    of the schema are :func:`build_schema`'s arguments (``PluginHost.schema_parts()``).
     """
     source = path or "<embedded default>"
     if text is None:
@@ -847,7 +880,7 @@ def load_config(
     problems = apply_overrides(data, overrides)
     data, secret_problems, secret_paths = resolve_secrets(data)
     problems.extend(secret_problems)
-    schema = build_schema(plugin_fragments, opaque_plugins)
+    schema = build_schema(plugin_fragments, opaque_plugins, plugin_sections)
     literal_paths = _wrap_literal_secrets(data, schema, secret_paths)
     fill_defaults(data, schema)
     problems.extend(validate(data, schema, lines, secret_paths))

@@ -29,9 +29,7 @@ def builtin_schema() -> dict[str, Any]:
     from agent.config import build_schema
     from agent.plugins import PluginHost
 
-    host = PluginHost(load_entrypoints=False)
-    fragments, opaque = host.schema_fragments()
-    return build_schema(fragments, opaque)
+    return build_schema(**PluginHost(load_entrypoints=False).schema_parts())
 
 
 # ---------------------------------------------------------------------------
@@ -300,6 +298,10 @@ A few rules worth knowing:
   (`predis-agent plugins list`). A plugin that is installed but failed to load, or is blocked
   by `PREDIS_AGENT_DISABLE_PLUGINS`, keeps its section valid as it is written, so a broken
   plugin never makes an otherwise good file invalid.
+- Plugins declare sections under `exporters` and `collectors` too (the built-in exporters and
+  the cache, process and GPU collectors do). While a plugin has failed to load or is blocked,
+  the sections it would declare are unknown, so `exporters` and `collectors` then accept any
+  sub-section that no loaded plugin declares, as it is written.
 - A plugin section always accepts `enabled` (default `true`); `enabled: false` keeps the plugin
   installed and its section validated, but none of its other hooks is called.
 - In a message about a value that came from a secret reference, the value is shown as `***`.

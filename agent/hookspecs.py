@@ -28,6 +28,9 @@ import pluggy
 
 hookspec = pluggy.HookspecMarker("predis_agent")
 
+# The top-level sections under which ``predis_agent_config_sections`` may declare sub-sections.
+CONFIG_SECTION_NAMESPACES: tuple[str, ...] = ("exporters", "collectors")
+
 # ---------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------
@@ -43,6 +46,30 @@ def predis_agent_config_schema() -> dict[str, Any] | None:
 
     Called from: config loading (start-up, every reload, ``config validate``), in the
     main thread, also for plugins that are disabled in the config.
+    """
+
+
+@hookspec
+def predis_agent_config_sections() -> dict[str, dict[str, Any]] | None:
+    """Return the top-level config sections this plugin owns: ``{path: JSON Schema}``.
+
+    A path is ``exporters.<name>`` or ``collectors.<name>`` (see
+    ``CONFIG_SECTION_NAMESPACES``); its schema (2020-12) describes the whole section:
+    ``properties`` with their ``default``, ranges and ``description``, and the section's own
+    ``description``. The host defaults it to ``type: object``, ``additionalProperties:
+    false`` and ``default: {}`` (so the section's defaults are filled in when the file
+    leaves it out). Plugins read these sections from ``agent.config``
+    (``agent.config.section("exporters.<name>")``); ``config`` arguments stay
+    ``plugins.<name>``.
+
+    A path outside those namespaces, or one the core schema or another plugin already
+    declares, is refused (logged and counted, the plugin's other sections stay). A hook that
+    raises or returns something else than a mapping of such paths to valid schemas is
+    counted and makes the plugin opaque: its sections are unknown, so ``exporters`` and
+    ``collectors`` then accept sub-sections nobody declared, unvalidated.
+
+    Called from: config loading, like ``predis_agent_config_schema`` (also for plugins that
+    are disabled in the config, so that their sections are still validated).
     """
 
 

@@ -17,13 +17,14 @@ import functools
 import importlib
 import logging
 import os
+import re
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, TypedDict
 
 import pluggy
 
@@ -83,7 +84,21 @@ class PluginInfo:
         }
 
 
-def fragment_problem(fragment: dict[str, Any] | None) -> str | None:
+class SchemaParts(TypedDict):
+    """What the plugins add to the config schema: the keyword arguments of
+    ``agent.config.build_schema`` and ``agent.config.load_config``."""
+
+    plugin_fragments: dict[str, Any]
+    plugin_sections: dict[str, dict[str, Any]]
+    opaque_plugins: list[str]
+
+
+# The paths predis_agent_config_sections may declare: exporters.<name>, collectors.<name>.
+SECTION_PATH_RE = re.compile(rf"(?:{'|'.join(hookspecs.CONFIG_SECTION_NAMESPACES)})\.[A-Za-z0-9_-]+")
+SECTION_PATHS = " or ".join(f"{ns}.<name>" for ns in hookspecs.CONFIG_SECTION_NAMESPACES)
+
+
+def fragment_problem(fragment: dict[str, Any] | None, hook: str = "predis_agent_config_schema") -> str | None:
     """Why ``fragment`` is not a usable JSON Schema (Draft 2020-12), or None when it is.
 
     Checked before a fragment reaches the config schema: an invalid one would make
@@ -94,7 +109,7 @@ def fragment_problem(fragment: dict[str, Any] | None) -> str | None:
         return None
     import jsonschema  # the config loader needs it anyway; --help does not
 
-    fix = "fix the plugin's predis_agent_config_schema; until then its config section is accepted unchecked"
+    fix = f"fix the plugin's {hook}; until then its config section is accepted unchecked"
     try:
         jsonschema.Draft202012Validator.check_schema(fragment)
     except jsonschema.SchemaError as exc:
@@ -102,6 +117,26 @@ def fragment_problem(fragment: dict[str, Any] | None) -> str | None:
         return f"SchemaError: expected a valid JSON Schema (Draft 2020-12) fragment, found at {where}: {exc.message}; {fix}"
     except Exception as exc:  # check_schema itself can fail on very odd input
         return f"{exc.__class__.__name__}: expected a valid JSON Schema (Draft 2020-12) fragment, checking it failed ({exc}); {fix}"
+    return None
+
+
+def sections_problem(declared: Any) -> str | None:
+    """Why what ``predis_agent_config_sections`` returned is malformed, or None when it is
+    a mapping of section paths (strings) to valid section schemas (or None)."""
+    if declared is None:
+        return None
+    if not isinstance(declared, dict):
+        return f"TypeError: expected a dict of section path to JSON Schema, got {type(declared).__name__}"
+    for path, fragment in declared.items():
+        if not isinstance(path, str):
+            return f"TypeError: expected section paths as strings, got {type(path).__name__} {path!r}"
+        if not isinstance(fragment, dict):
+            return f"TypeError: section {path!r}: expected a dict (its JSON Schema), got {type(fragment).__name__}"
+        if fragment.get("type", "object") != "object":
+            return f"ValueError: section {path!r}: expected a schema of type object, found type {fragment['type']!r}"
+        problem = fragment_problem(fragment, "predis_agent_config_sections")
+        if problem is not None:
+            return f"section {path!r}: {problem}"
     return None
 
 
@@ -227,6 +262,64 @@ class PluginHost:
                 continue
             fragments[name] = fragment
         return fragments, opaque
+
+    def config_sections(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Every loaded plugin's declared sections (``predis_agent_config_sections``, enabled
+        or not) as path -> schema, and the plugins whose sections are unknown (opaque).
+
+        A path outside ``exporters.``/``collectors.``, or already declared by the core
+        schema or an earlier plugin, is refused: logged and counted, the plugin's other
+        sections are kept.
+        """
+        from config_schema import load_schema
+
+        hook = "predis_agent_config_sections"
+        core = load_schema()["properties"]
+        owners = {f"{ns}.{sub}": "the core schema" for ns in hookspecs.CONFIG_SECTION_NAMESPACES for sub in core[ns].get("properties", {})}
+        sections: dict[str, dict[str, Any]] = {}
+        opaque: list[str] = []
+        for name, info in self.plugins.items():
+            if info.obj is None:
+                opaque.append(name)
+                continue
+            func = getattr(info.obj, hook, None)
+            if func is None:
+                continue
+            try:
+                declared = func()
+            except Exception as exc:
+                self._count(name, hook, f"{exc.__class__.__name__}: {exc}")
+                log.error("plugin %s: %s raised %s: %s", name, hook, exc.__class__.__name__, exc)
+                opaque.append(name)
+                continue
+            problem = sections_problem(declared)
+            if problem is not None:
+                self._count(name, hook, problem)
+                log.error("plugin %s: %s returned %s", name, hook, problem)
+                opaque.append(name)
+                continue
+            for path, fragment in (declared or {}).items():
+                if not SECTION_PATH_RE.fullmatch(path):
+                    refused = f"section {path!r} refused: a plugin declares {SECTION_PATHS} only"
+                elif path in owners:
+                    refused = f"section {path!r} refused: it is already declared by {owners[path]}"
+                else:
+                    sections[path] = fragment
+                    owners[path] = f"plugin {name}"
+                    continue
+                self._count(name, hook, refused)
+                log.error("plugin %s: %s", name, refused)
+        return sections, opaque
+
+    def schema_parts(self) -> SchemaParts:
+        """What the plugins add to the config schema, for ``build_schema(**parts)`` and
+        ``load_config(path, **parts)``: their ``plugins.<name>`` fragments, their declared
+        sections, and the plugins that are opaque for either (not loaded, or a hook that
+        failed)."""
+        fragments, opaque = self.schema_fragments()
+        sections, sections_opaque = self.config_sections()
+        opaque += [name for name in sections_opaque if name not in opaque]
+        return {"plugin_fragments": fragments, "plugin_sections": sections, "opaque_plugins": opaque}
 
     def call(self, hook_name: str, only: set[str] | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every registered implementation of ``hook_name`` in isolation.

@@ -29,6 +29,11 @@ from agent.api import Metric, MetricSpec, declare_metrics, hookimpl, sample
 
 PLUGIN_NAME = "cache_metrics"
 CONFIG_SECTION = "collectors.cache"
+# The collectors.cache section: its schema, declared through predis_agent_config_sections.
+SECTION_SCHEMA: dict[str, Any] = {
+    "description": "Cache metrics (hits, misses, commands, latency, memory, evictions, clients).",
+    "properties": {"enabled": {"type": "boolean", "default": True, "description": "Collect the cache's metrics."}},
+}
 OTHER_COMMAND = "other"
 USEC_PER_SECOND = 1_000_000
 
@@ -248,6 +253,11 @@ class CacheCollector:
             buckets=tuple(cumulative),
             count=float(sum(counts)),
         )
+
+
+@hookimpl
+def predis_agent_config_sections() -> dict[str, dict[str, Any]]:
+    return {CONFIG_SECTION: SECTION_SCHEMA}
 
 
 @hookimpl

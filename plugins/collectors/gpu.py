@@ -45,6 +45,20 @@ log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "gpu_metrics"
 CONFIG_SECTION = "collectors.gpu"
+# The collectors.gpu section: its schema, declared through predis_agent_config_sections.
+SECTION_SCHEMA: dict[str, Any] = {
+    "description": "Per-GPU metrics from NVML (nvidia-ml-py). Without a GPU or driver: predis_gpu_up 0 and the reason in /status.",
+    "properties": {
+        "enabled": {"type": "boolean", "default": True, "description": "Collect GPU metrics through NVML."},
+        "nvml_timeout_seconds": {
+            "type": "number",
+            "minimum": 0.05,
+            "maximum": 30,
+            "default": 2,
+            "description": "Longest one NVML call may take before the GPU collection round is abandoned (a wedged driver cannot stall collection).",
+        },
+    },
+}
 STATUS_COMPONENT = "gpu"
 NVML_MODULE = "pynvml"
 DEFAULT_NVML_TIMEOUT_SECONDS = 2.0
@@ -589,6 +603,11 @@ class GpuCollector:
 
 # One collector per agent, so that a re-registration or shutdown can release NVML.
 _COLLECTORS: weakref.WeakKeyDictionary[Any, GpuCollector] = weakref.WeakKeyDictionary()
+
+
+@hookimpl
+def predis_agent_config_sections() -> dict[str, dict[str, Any]]:
+    return {CONFIG_SECTION: SECTION_SCHEMA}
 
 
 @hookimpl

@@ -33,6 +33,11 @@ from agent.api import Metric, MetricSpec, declare_metrics, hookimpl, sample
 
 PLUGIN_NAME = "process_metrics"
 CONFIG_SECTION = "collectors.process"
+# The collectors.process section: its schema, declared through predis_agent_config_sections.
+SECTION_SCHEMA: dict[str, Any] = {
+    "description": "The agent process: CPU, memory, file descriptors, threads, event-loop lag, GC pauses.",
+    "properties": {"enabled": {"type": "boolean", "default": True, "description": "Collect process metrics."}},
+}
 PROBE_INTERVAL_SECONDS = 0.5
 PROC_SELF = "/proc/self"
 STATM_RSS_FIELD = 1  # /proc/self/statm: size resident shared text lib data dt (pages)
@@ -245,6 +250,11 @@ def probe_for(agent: Any) -> LoopLagProbe:
     if probe is None:
         probe = _PROBES[agent] = LoopLagProbe()
     return probe
+
+
+@hookimpl
+def predis_agent_config_sections() -> dict[str, dict[str, Any]]:
+    return {CONFIG_SECTION: SECTION_SCHEMA}
 
 
 @hookimpl

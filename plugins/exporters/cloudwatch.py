@@ -56,6 +56,82 @@ log = logging.getLogger(__name__)
 
 NAME = "cloudwatch"
 SECTION = "exporters.cloudwatch"
+# The exporters.cloudwatch section: its schema, declared through predis_agent_config_sections.
+SECTION_SCHEMA: dict[str, Any] = {
+    "description": "AWS CloudWatch PutMetricData through boto3, packed as Values/Counts and StatisticValues under the API limits.",
+    "properties": {
+        "enabled": {"type": "boolean", "default": False, "description": "Push to CloudWatch."},
+        "namespace": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": r"^(?!AWS/)[^:\u0000-\u001f\u007f]+$(?!\n)",
+            "default": "Predis",
+            "description": "Metric namespace (must not start with AWS/; no colon or control character).",
+        },
+        "region": {
+            "type": ["string", "null"],
+            "pattern": r"^[a-z0-9-]+$(?!\n)",
+            "default": None,
+            "description": "AWS region; null: the default chain's (AWS_REGION, profile).",
+        },
+        "endpoint_url": {
+            "type": ["string", "null"],
+            "pattern": r"^https?://[^\s]+$(?!\n)",
+            "default": None,
+            "description": "Endpoint override (a VPC endpoint, or a test server).",
+        },
+        "profile": {
+            "type": ["string", "null"],
+            "default": None,
+            "description": "Named profile from the shared AWS config; null: the default credential chain.",
+        },
+        "role_arn": {
+            "type": ["string", "null"],
+            "pattern": r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$(?!\n)",
+            "default": None,
+            "description": "Role to assume through STS before sending; null: use the credentials as they are.",
+        },
+        "storage_resolution": {"type": "integer", "enum": [1, 60], "default": 60, "description": "1 (high resolution) or 60 seconds."},
+        "dimensions": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "maxProperties": 10,
+            "default": {},
+            "description": "Dimensions added to every datum (e.g. Host).",
+        },
+        "alarms": {
+            "type": "array",
+            "default": [],
+            "maxItems": 100,
+            "description": "Alarms to create or update (PutMetricAlarm) at start and on reload.",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["metric", "threshold"],
+                "properties": {
+                    "metric": {"type": "string", "pattern": r"^[a-zA-Z_:][a-zA-Z0-9_:]*$(?!\n)", "description": "Agent metric name."},
+                    "threshold": {"type": "number"},
+                    "comparison": {
+                        "type": "string",
+                        "enum": ["GreaterThanThreshold", "GreaterThanOrEqualToThreshold", "LessThanThreshold", "LessThanOrEqualToThreshold"],
+                        "default": "GreaterThanThreshold",
+                    },
+                    "statistic": {"type": "string", "enum": ["Average", "Sum", "Minimum", "Maximum", "SampleCount"], "default": "Average"},
+                    "period": {"type": "integer", "enum": [10, 30, 60, 300, 900, 3600], "default": 60},
+                    "evaluation_periods": {"type": "integer", "minimum": 1, "maximum": 100, "default": 3},
+                },
+            },
+        },
+        "interval": {
+            "type": "number",
+            "minimum": 1,
+            "maximum": 86400,
+            "default": 10,
+            "description": "Seconds between two pushes (a multiple of agent.collect.interval_seconds is sensible; rounds in between are skipped).",
+        },
+    },
+}
 
 MAX_DATUMS_PER_CALL = 1000
 MAX_REQUEST_BYTES = 1_000_000
@@ -322,6 +398,11 @@ def _classify(exc: botocore.exceptions.ClientError) -> Exception:
     if code in _THROTTLE_CODES or status >= 500 or status == 429:
         return TransientExportError(text, status=status, answer=answer)
     return InvalidPayloadError(text, status=status, answer=answer)
+
+
+@hookimpl
+def predis_agent_config_sections() -> dict[str, dict[str, Any]]:
+    return {SECTION: SECTION_SCHEMA}
 
 
 @hookimpl

@@ -55,6 +55,52 @@ log = logging.getLogger(__name__)
 
 NAME = "datadog"
 SECTION = "exporters.datadog"
+# The exporters.datadog section: its schema, declared through predis_agent_config_sections.
+SECTION_SCHEMA: dict[str, Any] = {
+    "description": "Datadog series (v1 API), events and the readiness service check, through the datadog package's HTTP client.",
+    "properties": {
+        "enabled": {"type": "boolean", "default": False, "description": "Push to Datadog."},
+        "mode": {
+            "type": "string",
+            "enum": ["api", "dogstatsd"],
+            "default": "api",
+            "description": "api: HTTPS series/events/check_run to api_host; dogstatsd: datagrams to a local Datadog Agent (statsd_host/statsd_port or statsd_socket_path).",
+        },
+        "api_host": {
+            "type": "string",
+            "pattern": r"^https?://[^\s]+$(?!\n)",
+            "default": "https://api.datadoghq.com",
+            "description": "API base URL (site): https://api.datadoghq.com, https://api.datadoghq.eu, https://api.us3.datadoghq.com, ... or a compatible receiver.",
+        },
+        "api_key": {
+            "type": ["string", "null"],
+            "writeOnly": True,
+            "default": None,
+            "description": "API key; give it as ${env:NAME}, ${file:/path} or ${cred:NAME}. It is re-read after a 401/403.",
+        },
+        "tags": {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^[A-Za-z][^\s,|#@]*$(?!\n)", "maxLength": 200},
+            "maxItems": 50,
+            "default": [],
+            "description": "Global tags added to every series and event (key:value).",
+        },
+        "host": {"type": ["string", "null"], "default": None, "description": "Host name sent with every series; null: this machine's host name."},
+        "compress": {"type": "boolean", "default": True, "description": "Deflate-compress request bodies."},
+        "events": {"type": "boolean", "default": True, "description": "Send agent events (drift, reload, breaker, rollout) as Datadog events."},
+        "service_check": {"type": "boolean", "default": True, "description": "Send the readiness as the service check predis.agent.ready every push."},
+        "interval": {
+            "type": "number",
+            "minimum": 1,
+            "maximum": 86400,
+            "default": 10,
+            "description": "Seconds between two pushes (a multiple of agent.collect.interval_seconds is sensible; rounds in between are skipped).",
+        },
+        "statsd_host": {"type": "string", "default": "127.0.0.1", "description": "DogStatsD host (mode dogstatsd, UDP)."},
+        "statsd_port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 8125, "description": "DogStatsD UDP port."},
+        "statsd_socket_path": {"type": ["string", "null"], "default": None, "description": "DogStatsD Unix socket; when set it is used instead of UDP."},
+    },
+}
 
 SERIES_PATH = "/api/v1/series"
 CHECK_RUN_PATH = "/api/v1/check_run"
@@ -226,6 +272,11 @@ class DatadogExporter:
 
 
 _ERROR_EVENTS = {"sink_auth_failed", "sink_payload_rejected", "config_reload_failed", "model_rolled_back"}
+
+
+@hookimpl
+def predis_agent_config_sections() -> dict[str, dict[str, Any]]:
+    return {SECTION: SECTION_SCHEMA}
 
 
 @hookimpl

@@ -51,6 +51,44 @@ log = logging.getLogger(__name__)
 
 NAME = "newrelic"
 SECTION = "exporters.newrelic"
+# The exporters.newrelic section: its schema, declared through predis_agent_config_sections.
+SECTION_SCHEMA: dict[str, Any] = {
+    "description": "New Relic Metric API (gauges, counts with interval.ms, summaries) and agent events as custom events, through newrelic-telemetry-sdk.",
+    "properties": {
+        "enabled": {"type": "boolean", "default": False, "description": "Push to New Relic."},
+        "region": {
+            "type": "string",
+            "enum": ["us", "eu"],
+            "default": "us",
+            "description": "Selects the default hosts (metric-api.newrelic.com or metric-api.eu.newrelic.com).",
+        },
+        "host": {"type": ["string", "null"], "default": None, "description": "Metric API host; null: the region's host."},
+        "event_host": {"type": ["string", "null"], "default": None, "description": "Event API host; null: the region's host (insights-collector)."},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 443, "description": "HTTPS port of both hosts."},
+        "api_key": {
+            "type": ["string", "null"],
+            "writeOnly": True,
+            "default": None,
+            "description": "License (ingest) key; give it as ${env:NAME}, ${file:/path} or ${cred:NAME}.",
+        },
+        "ca_file": {"type": ["string", "null"], "default": None, "description": "CA bundle to verify the hosts with; null: the system's."},
+        "attributes": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "maxLength": 4096},
+            "maxProperties": 50,
+            "default": {},
+            "description": "Common attributes of every metric.",
+        },
+        "events": {"type": "boolean", "default": True, "description": "Send agent events as custom events (PredisAgentEvent)."},
+        "interval": {
+            "type": "number",
+            "minimum": 1,
+            "maximum": 86400,
+            "default": 10,
+            "description": "Seconds between two pushes (a multiple of agent.collect.interval_seconds is sensible; rounds in between are skipped).",
+        },
+    },
+}
 
 HOSTS = {
     "us": ("metric-api.newrelic.com", "insights-collector.newrelic.com"),
@@ -232,6 +270,11 @@ class NewRelicExporter:
             if client is not None:
                 client.close()
         self._metric_client = self._event_client = None
+
+
+@hookimpl
+def predis_agent_config_sections() -> dict[str, dict[str, Any]]:
+    return {SECTION: SECTION_SCHEMA}
 
 
 @hookimpl

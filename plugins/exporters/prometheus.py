@@ -25,13 +25,35 @@ if TYPE_CHECKING:
     from agent.api import Route
 
 
+SECTION = "exporters.prometheus"
+# The exporters.prometheus section: its schema, declared through predis_agent_config_sections.
+SECTION_SCHEMA: dict[str, Any] = {
+    "description": "Pull endpoint on the agent's HTTP server (authenticated unless the path is in agent.auth.anonymous_routes).",
+    "properties": {
+        "enabled": {"type": "boolean", "default": True, "description": "Serve the exposition."},
+        "path": {"type": "string", "pattern": r"^/[A-Za-z0-9_./-]*$(?!\n)", "default": "/metrics", "description": "Route of the exposition."},
+        "listen": {
+            "type": ["string", "null"],
+            "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$(?!\n)",
+            "default": None,
+            "description": "Also serve the exposition on this host:port (only the exposition route, with agent.http's TLS and the same token auth unless the path is in agent.auth.anonymous_routes). null: only on the agent's HTTP API.",
+        },
+    },
+}
+
+
+@hookimpl
+def predis_agent_config_sections() -> dict[str, dict[str, Any]]:
+    return {SECTION: SECTION_SCHEMA}
+
+
 @hookimpl
 def predis_agent_register_routes(agent: Any) -> list[Route]:
     from aiohttp import web  # here, not at import: loading the plugin stays cheap
 
     from agent.api import Route
 
-    section = agent.config.section("exporters.prometheus")
+    section = agent.config.section(SECTION)
     if not section.get("enabled", True):
         return []
     telemetry = agent.telemetry

@@ -25,6 +25,7 @@ from agent.config import (
     section_changed,
 )
 from agent.errors import ConfigError, ConfigProblem
+from agent.plugins import PluginHost
 from config_schema import load_schema
 
 LISTEN_PATTERN = "^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
@@ -647,7 +648,8 @@ def test_a_secret_written_literally_is_kept_but_never_printed(tmp_path: Path) ->
     literal = "literalkey-0123456789abcdef-ffee"
     path = tmp_path / "agent.yaml"
     path.write_text(f"exporters:\n  datadog:\n    enabled: true\n    api_key: {literal}\n")
-    cfg = load_config(str(path))
+    builtins = PluginHost(load_entrypoints=False).schema_parts()  # exporters.datadog is the datadog plugin's section
+    cfg = load_config(str(path), **builtins)
     value = cfg.get("exporters.datadog.api_key")
     assert isinstance(value, Secret) and value.reveal() == literal and value.reread() is value
     assert cfg.literal_secrets == ["exporters.datadog.api_key"]
@@ -661,4 +663,4 @@ def test_a_secret_written_literally_is_kept_but_never_printed(tmp_path: Path) ->
     # A reference is no literal; neither is a key that is not writeOnly.
     (tmp_path / "key").write_text(literal)
     path.write_text(f"exporters:\n  datadog:\n    enabled: true\n    api_key: '${{file:{tmp_path / 'key'}}}'\n")
-    assert load_config(str(path)).literal_secrets == []
+    assert load_config(str(path), **builtins).literal_secrets == []

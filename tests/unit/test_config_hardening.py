@@ -26,6 +26,7 @@ from agent.config import (
     read_config_text,
 )
 from agent.errors import ConfigError, StartupError
+from agent.plugins import PluginHost
 from cache_core.backend import Backend
 
 
@@ -70,11 +71,12 @@ def test_a_directory_secret_is_refused(tmp_path: Path) -> None:
 def test_a_secret_file_over_the_cap_is_refused_and_one_at_the_cap_is_read(tmp_path: Path) -> None:
     big = tmp_path / "big"
     big.write_bytes(b"k" * (MAX_SECRET_FILE_BYTES + 1))
-    error = rejected(f"exporters:\n  datadog:\n    api_key: '${{file:{big}}}'\n")
+    builtins = PluginHost(load_entrypoints=False).schema_parts()  # exporters.datadog is the datadog plugin's section
+    error = rejected(f"exporters:\n  datadog:\n    api_key: '${{file:{big}}}'\n", **builtins)
     assert f"larger than the {MAX_SECRET_FILE_BYTES} bytes accepted" in messages(error)
     exact = tmp_path / "exact"
     exact.write_bytes(b"k" * MAX_SECRET_FILE_BYTES)
-    cfg = load_config(None, text=f"exporters:\n  datadog:\n    api_key: '${{file:{exact}}}'\n")
+    cfg = load_config(None, text=f"exporters:\n  datadog:\n    api_key: '${{file:{exact}}}'\n", **builtins)
     key = cfg.get("exporters.datadog.api_key")
     assert isinstance(key, Secret) and len(key.reveal()) == MAX_SECRET_FILE_BYTES
 
@@ -90,7 +92,7 @@ def test_a_symlink_to_a_regular_file_is_still_read(tmp_path: Path) -> None:
     target.write_text("abcd1234\n")
     link = tmp_path / "link"
     link.symlink_to(target)
-    cfg = load_config(None, text=f"exporters:\n  datadog:\n    api_key: '${{file:{link}}}'\n")
+    cfg = load_config(None, text=f"exporters:\n  datadog:\n    api_key: '${{file:{link}}}'\n", **PluginHost(load_entrypoints=False).schema_parts())
     assert cfg.get("exporters.datadog.api_key").reveal() == "abcd1234"
 
 

@@ -132,8 +132,8 @@ class StubAgent:
 def test_builtin_plugins_objects_satisfy_their_protocols(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLUGIN_API_TEST_KEY", "not-a-real-key")
     host = PluginHost(load_entrypoints=False)
-    fragments, opaque = host.schema_fragments()
-    assert not opaque
+    parts = host.schema_parts()
+    assert not parts["opaque_plugins"]
     overrides = [
         "exporters.datadog.enabled=true",
         "exporters.datadog.api_key=${env:PLUGIN_API_TEST_KEY}",
@@ -145,7 +145,7 @@ def test_builtin_plugins_objects_satisfy_their_protocols(tmp_path: Path, monkeyp
         "plugins.s3.bucket=bucket",
         "plugins.redis_origin.url=redis://127.0.0.1:1/0",
     ]
-    cfg = load_config(None, overrides=overrides, plugin_fragments=fragments)
+    cfg = load_config(None, overrides=overrides, **parts)
     host.apply_config(cfg.plugin_enabled)
     agent = StubAgent(cfg)
     registered: dict[str, set[str]] = {}
@@ -174,18 +174,18 @@ def test_an_object_missing_a_method_is_not_a_collector() -> None:
     assert not isinstance(SimpleNamespace(name="x", send=print), api.Exporter)
 
 
-# What `config validate` does with the plugins: import them, merge their schema fragments,
+# What `config validate` does with the plugins: import them, merge their schema fragments and sections,
 # validate a config and register the enabled ones.
 LOAD_ALL = """
 import json, sys
 from agent.config import load_config
 from agent.plugins import PluginHost
 host = PluginHost(load_entrypoints=False)
-fragments, opaque = host.schema_fragments()
-host.apply_config(load_config(None, plugin_fragments=fragments, opaque_plugins=opaque).plugin_enabled)
+parts = host.schema_parts()
+host.apply_config(load_config(None, **parts).plugin_enabled)
 print(json.dumps({
     "states": {name: info.state for name, info in host.plugins.items()},
-    "opaque": opaque,
+    "opaque": parts["opaque_plugins"],
     "loaded": sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1:])),
 }))
 """

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent import hookimpl
-from agent.config import load_config
+from agent.config import build_schema, load_config
 from agent.errors import ConfigError
 from agent.plugins import DISABLE_ENV_VAR, PluginHost
 
@@ -29,6 +30,11 @@ TYPO = ("typo", P + "typo_hook_plugin")
 IMPORT_ERROR = ("import_error", P + "import_error_plugin")
 MISSING = ("missing", P + "no_such_module_anywhere")
 INVALID_SCHEMA = ("invalid_schema", P + "invalid_schema_plugin")
+SECTIONS = ("sections", P + "sections_plugin")
+CLAIM = ("claim", P + "sections_claim_plugin")
+SECTIONS_RAISING = ("sections_raising", P + "sections_raising_plugin")
+SECTIONS_INVALID = ("sections_invalid", P + "sections_invalid_plugin")
+SECTIONS_HOOK = "predis_agent_config_sections"
 
 COLLECTORS = "predis_agent_register_collectors"
 
@@ -308,3 +314,124 @@ def test_a_plugin_with_an_invalid_schema_fragment_is_treated_as_opaque() -> None
     shown = {p["name"]: p for p in host.public()}["invalid_schema"]
     assert "SchemaError" in (shown["last_hook_error"] or "")
     assert "$.properties.level.type" in (shown["last_hook_error"] or "")
+
+
+# ----------------------------------------------------------------------------- declared sections
+
+
+def problems_of(text: str, host: PluginHost) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, text=text, **host.schema_parts())
+    return [f"{p.path}: {p.message}" for p in info.value.problems]
+
+
+def test_a_declared_section_is_validated_and_filled_with_its_defaults() -> None:
+    host = make_host(SECTIONS)
+    host.apply_config(lambda name: False)  # a disabled plugin's sections are still declared
+    parts = host.schema_parts()
+    assert sorted(parts["plugin_sections"]) == ["collectors.probe", "exporters.vendor"] and parts["opaque_plugins"] == []
+    cfg = load_config(None, text="", **parts)
+    assert cfg.section("exporters.vendor") == {"enabled": False, "interval": 10}
+    assert cfg.section("collectors.probe") == {"targets": []}
+    assert load_config(None, text="exporters:\n  vendor: {enabled: true}\n", **parts).section("exporters.vendor") == {"enabled": True, "interval": 10}
+    assert problems_of("exporters:\n  vendor:\n    intreval: 5\n    interval: 99\n", host) == [
+        "exporters.vendor.intreval: unknown key (allowed here: enabled, interval)",
+        "exporters.vendor.interval: must be at most 60, found 99",
+    ]
+    # A sub-section nobody declared is an unknown key that lists the declared and the core ones.
+    assert problems_of("exporters:\n  nosuch: {}\ncollectors:\n  nosuch: {}\n", host) == [
+        "exporters.nosuch: unknown key (allowed here: vendor)",
+        "collectors.nosuch: unknown key (allowed here: access_log, probe)",
+    ]
+    schema = build_schema(**parts)
+    assert list(schema["properties"]["collectors"]["properties"]) == ["probe", "access_log"]  # declared ones first
+    assert schema["properties"]["exporters"]["properties"]["vendor"]["description"] == "The vendor exporter."
+
+
+def test_a_section_outside_the_namespaces_or_already_declared_is_refused_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    host = make_host(SECTIONS, CLAIM)
+    with caplog.at_level(logging.ERROR, logger="agent.plugins"):
+        sections, opaque = host.config_sections()
+    assert sorted(sections) == ["collectors.extra", "collectors.probe", "exporters.vendor"]
+    assert "interval" in sections["exporters.vendor"]["properties"]  # the first claim holds
+    assert opaque == []  # the refusals cost those sections only
+    assert host.error_counts() == {("claim", SECTIONS_HOOK): 3}
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == [
+        "plugin claim: section 'agent.vendor' refused: a plugin declares exporters.<name> or collectors.<name> only",
+        "plugin claim: section 'collectors.access_log' refused: it is already declared by the core schema",
+        "plugin claim: section 'exporters.vendor' refused: it is already declared by plugin sections",
+    ]
+    assert host.plugins["claim"].last_error is not None and host.plugins["claim"].last_error.endswith(logged[-1].removeprefix("plugin claim: "))
+    cfg = load_config(None, text="collectors:\n  extra: {level: 2}\n", **host.schema_parts())
+    assert cfg.section("collectors.extra") == {"level": 2} and cfg.section("exporters.vendor") == {"enabled": False, "interval": 10}
+    refused = problems_of("agent:\n  vendor: {}\ncollectors:\n  access_log: {level: 1}\n", host)
+    assert [p.split(" (allowed here")[0] for p in refused] == ["agent.vendor: unknown key", "collectors.access_log.level: unknown key"]
+
+
+def test_build_schema_refuses_a_section_it_cannot_place() -> None:
+    for path in ("agent.vendor", "exporters", "collectors.access_log", "exporters.a.b"):
+        with pytest.raises(ValueError, match="is not a free exporters.<name> or collectors.<name> path"):
+            build_schema(plugin_sections={path: {}})
+
+
+# Each way a plugin becomes opaque: the plugin next to SECTIONS, and whether it is blocked.
+OPAQUE_CASES = {
+    "failed to load": (IMPORT_ERROR, False),
+    "blocked": (GOOD, True),
+    "sections hook raises": (SECTIONS_RAISING, False),
+    "invalid section schema": (SECTIONS_INVALID, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPAQUE_CASES))
+def test_with_an_opaque_plugin_undeclared_sub_sections_are_accepted_as_written(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin, blocked = OPAQUE_CASES[case]
+    if blocked:
+        monkeypatch.setenv(DISABLE_ENV_VAR, plugin[0])
+    host = make_host(SECTIONS, plugin)
+    parts = host.schema_parts()
+    assert len(parts["opaque_plugins"]) == 1
+    text = "exporters:\n  gone: {anything: [1, {a: b}]}\ncollectors:\n  gone: {}\n"
+    cfg = load_config(None, text=text, **parts)
+    assert cfg.section("exporters.gone") == {"anything": [1, {"a": "b"}]} and cfg.section("collectors.gone") == {}
+    assert cfg.section("exporters.vendor") == {"enabled": False, "interval": 10}  # declared ones are still checked
+    assert problems_of("exporters:\n  vendor: {interval: 0}\n  gone: 3\n", host) == [
+        "exporters.vendor.interval: must be at least 1, found 0",
+        "exporters.gone: expected object, found integer",
+    ]
+
+
+def test_a_failing_sections_hook_is_counted_and_takes_none_of_the_plugins_sections() -> None:
+    host = make_host(SECTIONS_RAISING, SECTIONS_INVALID)
+    sections, opaque = host.config_sections()
+    assert sections == {} and opaque == ["sections_raising", "sections_invalid"]
+    assert host.error_counts() == {("sections_raising", SECTIONS_HOOK): 1, ("sections_invalid", SECTIONS_HOOK): 1}
+    assert (host.plugins["sections_raising"].last_error or "").endswith(f"{SECTIONS_HOOK}: RuntimeError: sections exploded")
+    error = host.plugins["sections_invalid"].last_error or ""
+    assert "section 'exporters.broken': SchemaError" in error and "$.properties.level.type" in error
+
+
+def test_a_blocked_builtin_exporter_keeps_its_section_valid_for_config_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+
+    path = tmp_path / "agent.yaml"
+    path.write_text("exporters:\n  datadog:\n    enabled: true\n    not_a_key: 1\n")
+    result = CliRunner().invoke(cli, ["config", "validate", str(path)])
+    assert result.exit_code == 2 and "exporters.datadog.not_a_key: unknown key (allowed here: api_host, api_key," in result.output
+    monkeypatch.setenv(DISABLE_ENV_VAR, "datadog")
+    result = CliRunner().invoke(cli, ["config", "validate", str(path)])
+    assert result.exit_code == 0 and result.output.strip().endswith(": valid"), result.output
+
+
+def test_the_model_commands_take_plugin_sections_as_written(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import cli
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"mlops:\n  registry_dir: {tmp_path / 'registry'}\nexporters:\n  datadog: {{not_a_key: 1}}\n")
+    result = CliRunner().invoke(cli, ["model", "list", "--tenant", "acme", "--config", str(path)])
+    assert result.exit_code == 0 and result.output == "tenant acme has no models\n", result.output
