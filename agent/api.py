@@ -45,7 +45,9 @@ Agent objects
     ``Route``: an HTTP route ``predis_agent_register_routes`` returns;
     ``json_response(body, status)`` and ``error_response(status, message)`` answer in the
     shapes of the agent's own routes. ``Secret``: a secret config value
-    (``reveal()``, ``reveal_bytes()``).
+    (``reveal()``, ``reveal_bytes()``). ``Rule(name, summary, check)``: a rule across config
+    keys that ``predis_agent_config_rules`` returns; ``check(data)`` yields
+    ``(dotted.key.path, problem)`` for each violation in the validated config.
 
 Files and security
     ``SecurityError``: a path or permission the agent refuses. ``confine(root, candidate)``:
@@ -83,6 +85,7 @@ from agent import hookimpl, hookspec
 
 if TYPE_CHECKING:
     from agent.config import Secret
+    from agent.config_rules import Rule
     from agent.errors import SecurityError
     from agent.http import Route, error_response, json_response
     from agent.mlops.dataset import (
@@ -155,6 +158,7 @@ _SOURCES: dict[str, str] = {
     "json_response": "agent.http",
     "error_response": "agent.http",
     "Secret": "agent.config",
+    "Rule": "agent.config_rules",
     # files and security
     "SecurityError": "agent.errors",
     "confine": "agent.security",
@@ -295,6 +299,7 @@ __all__ = [
     "Payload",
     "PayloadTooLargeError",
     "Route",
+    "Rule",
     "Secret",
     "SecurityError",
     "TransientExportError",

@@ -58,7 +58,7 @@ def _load(config_path: str | None, overrides: tuple[str, ...], host: PluginHost 
 
     host = host or PluginHost()
     path, explicit = resolve_config_path(config_path)
-    parts = host.schema_parts()
+    parts = host.config_parts()
     try:
         cfg = load_config(path, overrides=overrides, **parts)
     except ConfigError as exc:
@@ -122,7 +122,7 @@ class AgentGroup(click.Group):
             path, _ = resolve_config_path(None)
             enabled = lambda name: True  # noqa: E731 - without a valid config every loaded plugin may add commands
             try:
-                enabled = load_config(path, **host.schema_parts()).plugin_enabled
+                enabled = load_config(path, **host.config_parts()).plugin_enabled
             except ConfigError:
                 pass
             host.apply_config(enabled)
@@ -333,7 +333,7 @@ def plugins_list(as_json: bool, config_path: str | None) -> None:
 
     host = PluginHost()
     path, _ = resolve_config_path(config_path)
-    parts = host.schema_parts()
+    parts = host.config_parts()
     try:
         cfg = load_config(path, **parts)
         host.apply_config(cfg.plugin_enabled)

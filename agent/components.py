@@ -514,7 +514,7 @@ class PluginComponent(BaseComponent):
         return plan
 
     async def apply(self, plan: Any, new: Config, changes: Changes) -> list[str]:
-        only = None if changes.initial else {p.split(".")[1] for p in changes.paths if p.startswith(("plugins.", "exporters."))}
+        only = None if changes.initial else self.changed_plugins(changes)
         self.host.apply_config(new.plugin_enabled)
         # Off the loop: plugins build their objects (SDK clients) and new sinks read their
         # spools from disk.
@@ -522,6 +522,22 @@ class PluginComponent(BaseComponent):
         self.close_retired_sinks(float(new.get("agent.shutdown_timeout_seconds")))
         self.refresh_routes()
         return []
+
+    def changed_plugins(self, changes: Changes) -> set[str]:
+        """The plugins whose objects a change rebuilds: ``plugins.<name>``, and the owner of
+        a changed ``exporters.<section>`` (the plugin that declared it; by default the
+        plugin of that name). Collectors read their sections every round instead."""
+        names: set[str] = set()
+        for path in changes.paths:
+            parts = path.split(".")
+            if len(parts) < 2:
+                continue
+            if parts[0] == "plugins":
+                names.add(parts[1])
+            elif parts[0] == "exporters":
+                section = f"exporters.{parts[1]}"
+                names.add(self.host.section_owners.get(section, parts[1]))
+        return names
 
     def abandon(self, old: Config, changes: Changes) -> None:
         self.close_retired_sinks(float(old.get("agent.shutdown_timeout_seconds")))

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import jsonschema
 import yaml
 
-from agent.config_rules import check_rules
+from agent.config_rules import RULES, Rule, check_rules
 from agent.errors import AgentError, ConfigError, ConfigProblem
 from agent.hookspecs import CONFIG_SECTION_NAMESPACES
 from config_schema import load_schema
@@ -864,6 +864,7 @@ def load_config(
     plugin_fragments: Mapping[str, Mapping[str, Any] | None] | None = None,
     opaque_plugins: Iterable[str] = (),
     plugin_sections: Mapping[str, Mapping[str, Any]] | None = None,
+    plugin_rules: Iterable[Rule] = (),
     text: str | None = None,
 ) -> Config:
     """Load, resolve and validate a config. Raises :class:`ConfigError` listing every problem.
@@ -886,7 +887,7 @@ def load_config(
     problems.extend(validate(data, schema, lines, secret_paths))
     if not problems:
         problems.extend(
-            ConfigProblem(p.path, p.message, _line_for(tuple(p.path.split(".")), lines)) for p in check_rules(data)
+            ConfigProblem(p.path, p.message, _line_for(tuple(p.path.split(".")), lines)) for p in check_rules(data, RULES + tuple(plugin_rules))
         )
     if problems:
         raise ConfigError(problems, source)

@@ -220,8 +220,12 @@ def render_configuration_doc(schema: Mapping[str, Any]) -> str:
 
 
 def render_config_rules() -> str:
-    """The cross-field rules of :mod:`agent.config_rules`, as a table."""
+    """The rules across keys, as a table: the core's (:mod:`agent.config_rules`), then the
+    built-in plugins' (``predis_agent_config_rules``)."""
     from agent.config_rules import RULES
+    from agent.plugins import PluginHost
+
+    rules = (*RULES, *PluginHost(load_entrypoints=False).config_rules())
 
     lines = [
         "## Rules across keys",
@@ -234,7 +238,7 @@ def render_config_rules() -> str:
         "",
         "| rule | what it requires |",
         "|---|---|",
-        *(f"| `{rule.name}` | {rule.summary} |" for rule in RULES),
+        *(f"| `{rule.name}` | {rule.summary} |" for rule in rules),
         "",
         "",
     ]

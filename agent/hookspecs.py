@@ -73,6 +73,22 @@ def predis_agent_config_sections() -> dict[str, dict[str, Any]] | None:
     """
 
 
+@hookspec
+def predis_agent_config_rules() -> list[Any] | None:
+    """Return rules across config keys that this plugin's sections need (``agent.api.Rule``).
+
+    A rule is a name, a one-line summary and ``check(data)``, which gets the whole
+    validated config (defaults filled in, secret references resolved) and yields
+    ``(dotted.key.path, problem)`` for each violation. They run after the schema and the
+    core's rules, in ``config validate``, at start and on every reload alike, so that
+    ``config validate`` refuses what the plugin would refuse at start. Each problem names
+    its rule (``[rule <plugin>.<name>]``). A check that raises is counted and logged and
+    finds nothing; it never makes a config invalid by accident.
+
+    Called from: config loading, like ``predis_agent_config_schema``.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Registration: return objects, do no I/O
 # ---------------------------------------------------------------------------

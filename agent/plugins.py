@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, TypedDict
@@ -29,6 +29,7 @@ from typing import Any, TypedDict
 import pluggy
 
 from agent import ENTRY_POINT_GROUP, PROJECT_NAME, hookspecs
+from agent.config_rules import Finding, Rule
 from agent.errors import PluginLoadError
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,13 @@ class SchemaParts(TypedDict):
     plugin_fragments: dict[str, Any]
     plugin_sections: dict[str, dict[str, Any]]
     opaque_plugins: list[str]
+
+
+class ConfigParts(SchemaParts):
+    """What the plugins add to loading a config: the schema parts and their rules across
+    keys (the keyword arguments of ``agent.config.load_config``)."""
+
+    plugin_rules: list[Rule]
 
 
 # The paths predis_agent_config_sections may declare: exporters.<name>, collectors.<name>.
@@ -160,6 +168,9 @@ class PluginHost:
         self.blocked = _blocked_from_env()
         self._lock = threading.Lock()
         self.error_listeners: list[Callable[[str, str], None]] = []
+        # Which plugin declared each section it owns (``exporters.<name>``, ...), as the
+        # last config_sections() found it.
+        self.section_owners: dict[str, str] = {}
         for name in sorted(self.blocked):
             self.pm.set_blocked(name)
         for name, module in builtins:
@@ -278,6 +289,7 @@ class PluginHost:
         owners = {f"{ns}.{sub}": "the core schema" for ns in hookspecs.CONFIG_SECTION_NAMESPACES for sub in core[ns].get("properties", {})}
         sections: dict[str, dict[str, Any]] = {}
         opaque: list[str] = []
+        self.section_owners = {}
         for name, info in self.plugins.items():
             if info.obj is None:
                 opaque.append(name)
@@ -306,6 +318,7 @@ class PluginHost:
                 else:
                     sections[path] = fragment
                     owners[path] = f"plugin {name}"
+                    self.section_owners[path] = name
                     continue
                 self._count(name, hook, refused)
                 log.error("plugin %s: %s", name, refused)
@@ -320,6 +333,49 @@ class PluginHost:
         sections, sections_opaque = self.config_sections()
         opaque += [name for name in sections_opaque if name not in opaque]
         return {"plugin_fragments": fragments, "plugin_sections": sections, "opaque_plugins": opaque}
+
+    def config_rules(self) -> list[Rule]:
+        """Every loaded plugin's rules across config keys (``predis_agent_config_rules``,
+        enabled or not, like the schema: a rule looks at its plugin's ``enabled`` itself),
+        named ``<plugin>.<rule>``. A hook that raises, and anything but a Rule, is counted
+        and left out; a check that raises when it runs is counted and finds nothing."""
+        hook = "predis_agent_config_rules"
+        rules: list[Rule] = []
+        for name, info in self.plugins.items():
+            func = getattr(info.obj, hook, None) if info.obj is not None else None
+            if func is None:
+                continue
+            try:
+                returned = list(func() or ())
+            except Exception as exc:
+                self._count(name, hook, f"{exc.__class__.__name__}: {exc}")
+                log.error("plugin %s: %s raised %s: %s", name, hook, exc.__class__.__name__, exc)
+                continue
+            for rule in returned:
+                if not isinstance(rule, Rule):
+                    problem = f"expected agent.api.Rule, got {type(rule).__name__}"
+                    self._count(name, hook, problem)
+                    log.error("plugin %s: %s returned %s", name, hook, problem)
+                    continue
+                rules.append(Rule(f"{name}.{rule.name}", rule.summary, self._isolated_check(name, rule)))
+        return rules
+
+    def _isolated_check(self, plugin: str, rule: Rule) -> Callable[[Mapping[str, Any]], Iterator[Finding]]:
+        def check(data: Mapping[str, Any]) -> Iterator[Finding]:
+            try:
+                found = list(rule.check(data))
+            except Exception as exc:
+                message = f"rule {rule.name} raised {exc.__class__.__name__}: {exc}"
+                self._count(plugin, "predis_agent_config_rules", message)
+                log.error("plugin %s: %s", plugin, message)
+                found = []
+            return iter(found)
+
+        return check
+
+    def config_parts(self) -> ConfigParts:
+        """``load_config(path, **host.config_parts())``: the schema parts and the rules."""
+        return {**self.schema_parts(), "plugin_rules": self.config_rules()}
 
     def call(self, hook_name: str, only: set[str] | None = None, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every registered implementation of ``hook_name`` in isolation.

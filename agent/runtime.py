@@ -234,7 +234,7 @@ class Agent:
 
     # ------------------------------------------------------------------ config
     def load_config(self, text: str | None = None) -> Config:
-        config = load_config(self.config_path, overrides=self.overrides, text=text, **self.host.schema_parts())
+        config = load_config(self.config_path, overrides=self.overrides, text=text, **self.host.config_parts())
         for path in config.literal_secrets:  # the path only, never the value
             log.warning("config: %s holds a secret written into the config file; give it as ${env:NAME}, ${file:/path} or ${cred:NAME}", path)
         return config

@@ -44,7 +44,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.api import SecurityError, confine, hookimpl
+from agent.api import Rule, SecurityError, confine, hookimpl
+from plugins.origins.rules import origin_needs
 
 log = logging.getLogger(__name__)
 
@@ -371,3 +372,8 @@ def predis_agent_register_origins(config: dict[str, Any]) -> list[FilesOrigin]:
             follow_symlinks=bool(config.get("follow_symlinks", DEFAULT_FOLLOW_SYMLINKS)),
         )
     ]
+
+
+@hookimpl
+def predis_agent_config_rules() -> list[Rule]:
+    return [origin_needs(PLUGIN_NAME, PLUGIN_NAME, "root", "the directory the origin reads files from")]

@@ -26,13 +26,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from agent.api import hookimpl
+from agent.api import Rule, hookimpl
 from plugins.origins.guard import (
     GuardSettings,
     OriginGuard,
     Outcome,
     guard_schema_properties,
 )
+from plugins.origins.rules import origin_needs
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +267,8 @@ def predis_agent_register_origins(agent: Any, config: dict[str, Any]) -> list[Re
             agent=agent,
         )
     ]
+
+
+@hookimpl
+def predis_agent_config_rules() -> list[Rule]:
+    return [origin_needs(ORIGIN_NAME, PLUGIN_NAME, "url", "the URL of the Redis server the origin reads from")]

@@ -29,13 +29,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from agent.api import hookimpl
+from agent.api import Rule, hookimpl
 from plugins.origins.guard import (
     GuardSettings,
     OriginGuard,
     Outcome,
     guard_schema_properties,
 )
+from plugins.origins.rules import origin_needs
 
 log = logging.getLogger(__name__)
 
@@ -342,3 +343,8 @@ def predis_agent_register_origins(agent: Any, config: dict[str, Any]) -> list[S3
             agent=agent,
         )
     ]
+
+
+@hookimpl
+def predis_agent_config_rules() -> list[Rule]:
+    return [origin_needs(ORIGIN_NAME, PLUGIN_NAME, "bucket", "the bucket the origin reads objects from")]

@@ -164,3 +164,16 @@ def test_a_new_drift_interval_wakes_the_drift_loop(tmp_path: Path) -> None:
         return agent.drift.checks
 
     assert run_agent(path, body) >= 2
+
+
+def test_a_changed_exporter_section_rebuilds_the_plugin_that_declared_it() -> None:
+    from agent.components import PluginComponent
+    from agent.plugins import PluginHost
+    from agent.telemetry import Telemetry
+    from agent.tracing import Tracing
+
+    host = PluginHost(load_entrypoints=False, builtins=())
+    host.section_owners = {"exporters.vendorx": "vendorx_plugin"}
+    component = PluginComponent(host, None, Telemetry("test"), Tracing(), lambda kind, data: None, lambda: None)
+    changes = Changes(("exporters.vendorx.endpoint", "exporters.datadog.site", "plugins.files.root", "agent.sinks.queue_max_points"))
+    assert component.changed_plugins(changes) == {"vendorx_plugin", "datadog", "files"}

@@ -34,8 +34,16 @@ BROKEN: dict[str, tuple[str, str]] = {
     "origin-plugin-enabled": ("cache:\n  origin: files\nplugins:\n  files: {enabled: false}\n", "cache.origin"),
     "prefetch-needs-origin": ("cache:\n  prefetch: {enabled: true}\n", "cache.prefetch.enabled"),
     "prefetch-thresholds-ordered": (
-        "cache:\n  origin: files\n  prefetch: {enabled: true, min_threshold: 0.9, max_threshold: 0.2}\n",
+        "cache:\n  origin: files\n  prefetch: {enabled: true, min_threshold: 0.9, max_threshold: 0.2}\nplugins:\n  files: {root: /srv}\n",
         "cache.prefetch.min_threshold",
+    ),
+    # The built-in origins' rules (predis_agent_config_rules): the plugin registers no origin without them.
+    "files.origin-needs-root": ("cache:\n  origin: files\n", "plugins.files.root"),
+    "s3.origin-needs-bucket": ("cache:\n  origin: s3\n", "plugins.s3.bucket"),
+    "redis_origin.origin-needs-url": ("cache:\n  origin: redis\n", "plugins.redis_origin.url"),
+    "redis_origin.origin-needs-url (disabled)": (
+        "cache:\n  origin: redis\nplugins:\n  redis_origin: {enabled: false, url: 'redis://127.0.0.1:6379'}\n",
+        "cache.origin",
     ),
     "ring-capacity-power-of-two": ("collectors:\n  access_log: {ring_capacity: 3000}\n", "collectors.access_log.ring_capacity"),
     "rollout-steps": ("mlops:\n  rollout: {steps: [0.5, 0.25, 1.0]}\n", "mlops.rollout"),
@@ -52,13 +60,19 @@ def _empty_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREDIS_UT_EMPTY", "")
 
 
+def rule_of(case: str) -> str:
+    return case.split(" (")[0]
+
+
 def test_every_rule_has_a_breaking_config_here() -> None:
-    assert sorted(BROKEN) == sorted(rule.name for rule in RULES)
+    plugin_rules = PluginHost(load_entrypoints=False).config_rules()
+    assert sorted({rule_of(case) for case in BROKEN}) == sorted(rule.name for rule in (*RULES, *plugin_rules))
 
 
-@pytest.mark.parametrize("name", sorted(BROKEN))
-def test_validate_and_run_refuse_the_same_config_naming_the_rule(name: str, tmp_path: Path) -> None:
-    text, path = BROKEN[name]
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_validate_and_run_refuse_the_same_config_naming_the_rule(case: str, tmp_path: Path) -> None:
+    text, path = BROKEN[case]
+    name = rule_of(case)
     file = tmp_path / "agent.yaml"
     file.write_text(text, encoding="utf-8")
     result = CliRunner().invoke(cli, ["config", "validate", str(file)])
@@ -109,3 +123,17 @@ def test_a_reload_that_breaks_a_rule_is_rejected_and_the_running_config_kept(tmp
     ok, errors, generation = asyncio.run(scenario())
     assert not ok and generation == 1
     assert any("[rule prefetch-needs-origin]" in e and e.startswith("cache.prefetch.enabled") for e in errors)
+
+
+def test_a_plugins_rules_are_named_after_it_and_a_broken_one_is_isolated(tmp_path: Path) -> None:
+    host = PluginHost(load_entrypoints=False, builtins=[("ruled", "tests.plugins.rules_plugin")])
+    parts = host.config_parts()
+    assert [rule.name for rule in parts["plugin_rules"]] == ["ruled.no-debug", "ruled.explodes"]
+    assert host.plugins["ruled"].errors == {"predis_agent_config_rules": 1}  # the non-Rule
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, text="agent:\n  log: {level: debug}\n", **parts)
+    assert [str(p) for p in refused.value.problems] == [
+        "agent.log.level: is debug, which this plugin refuses [rule ruled.no-debug] (line 2)"
+    ]
+    assert host.plugins["ruled"].errors == {"predis_agent_config_rules": 2}  # and the check that raised
+    load_config(None, text="agent:\n  log: {level: info}\n", **parts)
