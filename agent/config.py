@@ -387,12 +387,6 @@ def _credentials_dir() -> str | None:
     return os.environ.get("CREDENTIALS_DIRECTORY")
 
 
-def _resolve_ref(kind: str, arg: str, path: str) -> tuple[str | None, str | None]:
-    """Return (value, error). Errors never contain the value."""
-    value, _raw, error = _resolve_ref_bytes(kind, arg, path)
-    return value, error
-
-
 def _resolve_ref_bytes(kind: str, arg: str, path: str) -> tuple[str | None, bytes | None, str | None]:
     """Return (text, the file's bytes or None, error). Errors never contain the value. A
     file that is not UTF-8 (a key of raw bytes) has its base64 as its text."""

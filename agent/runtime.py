@@ -33,9 +33,9 @@ from agent.cache_service import CacheService
 from agent.components import (
     AccessLogComponent,
     BackendComponent,
-    BaseComponent,
     CacheComponent,
     Changes,
+    Component,
     DescriptorComponent,
     DriftComponent,
     HttpComponent,
@@ -175,7 +175,7 @@ class Agent:
         self.metrics_listener = MetricsListenerComponent(self.telemetry, self.http_component)
         self.drift_component = DriftComponent(self.drift)
         self.cache_component = CacheComponent(self.cache_service, self.backend_component, self.plugins)
-        self.components: list[BaseComponent] = [
+        self.components: list[Component] = [
             LogComponent(),
             TracingComponent(self.tracing),
             DescriptorComponent(self.telemetry),
@@ -190,7 +190,7 @@ class Agent:
             PidFileComponent(),
         ]
         # At stop: the cache and the listeners first, the sinks flushed, the pid file last.
-        self.stop_order: list[BaseComponent] = [
+        self.stop_order: list[Component] = [
             self.cache_component,
             self.http_component,
             self.metrics_listener,
@@ -307,7 +307,7 @@ class Agent:
             log.error("task %s failed: %s: %s", task.get_name(), exc.__class__.__name__, exc)
 
     # ------------------------------------------------------------------ one change
-    async def _build(self, new: Config, changes: Changes, timeout: float) -> tuple[list[BaseComponent], dict[str, Any]]:
+    async def _build(self, new: Config, changes: Changes, timeout: float) -> tuple[list[Component], dict[str, Any]]:
         """Dry-build the components ``changes`` touches for ``new``: ``plan`` in a thread
         under ``timeout``, then ``prepare`` on the loop. Any failure discards every plan and
         raises (:class:`_Refused`, or TimeoutError), leaving everything running as it was.
@@ -343,7 +343,7 @@ class Agent:
             raise
         return touched, plans
 
-    async def _apply(self, built: tuple[list[BaseComponent], dict[str, Any]], new: Config, changes: Changes) -> list[str]:
+    async def _apply(self, built: tuple[list[Component], dict[str, Any]], new: Config, changes: Changes) -> list[str]:
         """Swap the dry-built components in, in order; return what was restarted. Should one
         raise, the ones applied keep their new settings and the exception propagates (the
         caller tells every touched component to ``abandon``)."""
@@ -358,12 +358,12 @@ class Agent:
         return done
 
     @staticmethod
-    def _discard(components: list[BaseComponent], plans: dict[str, Any]) -> None:
+    def _discard(components: list[Component], plans: dict[str, Any]) -> None:
         for component in components:
             if component.name in plans:
                 component.discard(plans[component.name])
 
-    def _discard_late(self, components: list[BaseComponent], building: asyncio.Future[Any]) -> None:
+    def _discard_late(self, components: list[Component], building: asyncio.Future[Any]) -> None:
         """Release what a dry-build that finished after its change gave up on holds."""
         if not building.cancelled() and building.exception() is None:
             self._discard(components, building.result())

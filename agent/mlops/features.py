@@ -22,8 +22,7 @@ Everything is NumPy over whole arrays, never a Python loop per access:
   subset of accesses would cut reuse chains apart).
 * **Inter-reference gap**: ``i - p`` in accesses (no distinct-key correction).
 * **Sequentiality**: fingerprints carry no order, so a stride cannot be seen; the feature
-  on fingerprints is the share of *immediate repeats* (``fp[i] == fp[i - 1]``). The stride
-  share over numeric raw keys is :func:`stride_share`, used when raw keys exist.
+  on fingerprints is the share of *immediate repeats* (``fp[i] == fp[i - 1]``).
 
 Empty or tiny windows never raise and never give NaN: scalars fall back to 0.0 (defined
 in each function) and distributions are simply empty arrays.
@@ -31,7 +30,6 @@ in each function) and distributions are simply empty arrays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy
@@ -203,39 +201,12 @@ def hot_set(fp: object, size: int = HOT_SET_SIZE) -> numpy.ndarray:
     return uniq[order[:size]]
 
 
-def hot_set_overlap(current: numpy.ndarray, reference: numpy.ndarray) -> float:
-    """Share of the reference hot set still hot now (1.0 when the reference set is empty)."""
-    ref = _u64(reference)
-    if ref.shape[0] == 0:
-        return 1.0
-    return float(numpy.isin(ref, _u64(current)).sum() / ref.shape[0])
-
-
 def immediate_repeat_share(fp: object) -> float:
     """Share of accesses to the same key as the access just before (0 below two accesses)."""
     keys = _u64(fp)
     if keys.shape[0] < 2:
         return 0.0
     return float(numpy.count_nonzero(keys[1:] == keys[:-1]) / (keys.shape[0] - 1))
-
-
-def stride_share(raw_keys: Sequence[bytes | str]) -> float:
-    """Share of accesses whose numeric key is the previous numeric key + the same stride.
-
-    For raw keys ending in digits (``user:1041``); keys without a numeric suffix break a
-    run. 0 with fewer than three numeric keys.
-    """
-    numbers: list[float] = []
-    for key in raw_keys:
-        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-        digits = len(text) - len(text.rstrip("0123456789"))
-        numbers.append(float(text[-digits:]) if digits else numpy.nan)
-    arr = numpy.asarray(numbers, dtype=numpy.float64)
-    if arr.shape[0] < 3:
-        return 0.0
-    step = numpy.diff(arr)
-    same = (step[1:] == step[:-1]) & (step[1:] != 0) & numpy.isfinite(step[1:]) & numpy.isfinite(step[:-1])
-    return float(numpy.count_nonzero(same) / (arr.shape[0] - 2))
 
 
 @dataclass
