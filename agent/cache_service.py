@@ -49,6 +49,8 @@ REBUILD_KEYS = (
     "max_load_factor",
     "databases",
 )
+
+
 @dataclass
 class CachePlan:
     """A dry-built cache component: nothing in it is serving yet."""

@@ -182,6 +182,7 @@ MLOPS_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("predis_mlops_rollout_decisions_total", "counter", "Canary decisions, by decision: advance, promote, rollback.", ("decision",)),
 )
 
+
 @dataclass(frozen=True)
 class Metric:
     """One sample produced by a collector.

@@ -137,6 +137,7 @@ def null_access_hook(op: int, fingerprints: numpy.ndarray, results: numpy.ndarra
 # What the compiled one-request path (Entries.lone) compares a cache's hook and policy with.
 _native.serving_setup(null_access_hook, ClockPolicy, time.monotonic)
 
+
 class Origin(Protocol):
     """A backing store the cache reads through on a miss."""
 

@@ -115,6 +115,7 @@ class _Arrow:
 def _arrow() -> _Arrow:
     return _Arrow()
 
+
 OP_NAMES = {
     cache_ops.OP_GET: "get",
     cache_ops.OP_SET: "set",

@@ -881,6 +881,7 @@ def _keyspace(server: RespServer) -> list[tuple[str, Any]]:
     """INFO keyspace: one line per database that holds keys."""
     return [(f"db{db}", f"keys={count},expires={expires},avg_ttl=0") for db, count, expires in server.cache.keyspace()]
 
+
 COMMANDS: dict[str, tuple[Handler, int]] = {
     "info": (c_info, -1),
     "config": (c_config, -2),

@@ -1227,6 +1227,8 @@ def _last_command(args: list[bytes]) -> tuple[bytes, bytes]:
     """What CLIENT LIST shows of a command: its name and the start of its first argument
     (a subcommand, for CLIENT LIST and the like)."""
     return args[0], args[1][:LAST_ARGUMENT_BYTES] if len(args) > 1 else b""
+
+
 # _in_multi's answer for an EXEC that first reads misses through from the origin.
 EXEC_WAITS = object()
 QUEUED_REPLY = b"+QUEUED\r\n"

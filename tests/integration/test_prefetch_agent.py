@@ -104,7 +104,6 @@ def test_a_scan_is_prefetched_and_hints_load_named_keys(agent: AgentProcess) -> 
     client.close()
 
 
-
 def test_reads_the_model_cannot_foresee_make_the_worker_back_off(agent: AgentProcess) -> None:
     """Keys with no order to them: the stride model names nothing a read then asks for, and
     after a window of reads (backoff_window_reads, 4,096) the worker backs off; /status

@@ -145,7 +145,6 @@ def run_both(pair: tuple[redis.Redis, redis.Redis], commands: list[Command]) -> 
     return diffs
 
 
-
 NOW = int(time.time())
 CASES: list[Any] = [
     pytest.param([["PING"], ["PING", "hi"], ["PING", ""], ["PING", "a", "b"]], id="ping"),

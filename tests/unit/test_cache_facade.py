@@ -312,7 +312,6 @@ def test_small_and_batched_paths_agree(policy: str) -> None:
     assert (a.keys, a.hits, a.misses, a.evictions, a.value_bytes) == (b.keys, b.hits, b.misses, b.evictions, b.value_bytes)
 
 
-
 def test_a_write_of_more_distinct_keys_than_the_cache_holds_keeps_the_last_ones() -> None:
     """As that many SETs in a row would: no error, the cache full with keys of the batch
     (the last ones written among them; which earlier ones stay is the eviction policy's

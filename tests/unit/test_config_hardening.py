@@ -241,7 +241,6 @@ def test_an_empty_password_never_opens_a_non_loopback_listener() -> None:
         CacheService().plan(Config(data=data), Backend("numpy"), [])
 
 
-
 def test_the_documented_limits_are_the_constants() -> None:
     root = Path(__file__).resolve().parents[2]
     security = (root / "docs" / "security.md").read_text(encoding="utf-8")

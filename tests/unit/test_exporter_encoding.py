@@ -838,7 +838,6 @@ def test_cloudwatch_storage_resolution_must_be_1_or_60() -> None:
         cw_exporter(storage_resolution=30)
 
 
-
 def test_histogram_reset_restarts_every_component_together() -> None:
     """A count that fell is a restart: count, sum and every bucket are 'since the reset'."""
     exporter = nr_exporter()
