@@ -30,6 +30,7 @@ Components and the sections they follow (``None``: every change)::
     HttpComponent             agent.http, agent.auth
     MetricsListenerComponent  None   (exporters.prometheus.listen, on the API's settings)
     DriftComponent            drift
+    HistoryComponent          console   (the on-disk history of the agent's measurements)
     PidFileComponent          agent.pid_file
 
 What applies in place does (a prefetcher is retuned when only its pacing or thresholds
@@ -45,12 +46,14 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent import fdlimits, logs
 from agent.cache_service import CachePlan, CacheService
 from agent.config import Config, section_changed
 from agent.errors import StartupError
+from agent.history import History, HistoryError
 from agent.http import HttpServer, Route
 from agent.mlops.drift_monitor import DriftMonitor
 from agent.mlops.service import MlopsService
@@ -370,6 +373,75 @@ class DriftComponent(BaseComponent):
 
     def status(self) -> dict[str, Any]:
         return self.monitor.status()
+
+
+class HistoryComponent(BaseComponent):
+    """The history of the agent's measurements (:mod:`agent.history`): opened off to the side
+    when ``console.history_path`` changes, retuned in place when only its bounds do."""
+
+    name = "history"
+    sections = ("console",)
+
+    def __init__(self) -> None:
+        self.history: History | None = None
+        self.last_error: str | None = None
+        self.failed_rounds = 0
+
+    def plan(self, new: Config, changes: Changes, plans: dict[str, Any]) -> History | None:
+        section = new.section("console")
+        path = section.get("history_path")
+        if not path or (self.history is not None and self.history.path == Path(path).expanduser()):
+            return None
+        return History(path, section["retention_seconds"], section["history_max_bytes"])
+
+    async def apply(self, plan: History | None, new: Config, changes: Changes) -> list[str]:
+        section = new.section("console")
+        if plan is not None or not section.get("history_path"):
+            old, self.history = self.history, plan
+            if old is not None:
+                old.close()
+            if plan is not None:
+                return [f"history kept in {plan.path}"]
+        elif self.history is not None:
+            self.history.retune(section["retention_seconds"], section["history_max_bytes"])
+        return []
+
+    def discard(self, plan: History | None) -> None:
+        if plan is not None:
+            plan.close()
+
+    def record(self, ts: float, samples: list[Any]) -> None:
+        """Store one collection round; a disk that refuses is reported, never raised."""
+        history = self.history
+        if history is None:
+            return
+        try:
+            history.record(ts, samples)
+        except HistoryError as exc:
+            self.failed_rounds += 1
+            if str(exc) != self.last_error:
+                log.error("history: %s; the rounds are counted as failed until it can write again", exc)
+            self.last_error = str(exc)
+        else:
+            self.last_error = None
+
+    def status(self) -> dict[str, Any]:
+        history = self.history
+        if history is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "path": str(history.path),
+            "span": history.span(),
+            "dropped_rounds": history.dropped_rounds,
+            "failed_rounds": self.failed_rounds,
+            "last_error": self.last_error,
+        }
+
+    async def stop(self, config: Config) -> None:
+        if self.history is not None:
+            self.history.close()
+            self.history = None
 
 
 # --------------------------------------------------------------------------- HTTP

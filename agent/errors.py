@@ -25,6 +25,7 @@ still catch it). The export layer has a tree of its own under
     │   ├── TrainingTimeout                       past its time budget, nothing registered
     │   └── NoData                                agent.mlops.retrain: nothing usable to train on
     ├── RegistryError                         agent.mlops.registry: unknown version, corrupt artefact, bad archive
+    ├── HistoryError(OSError)                 agent.history: the history database cannot be opened or written
     └── RolloutError(ValueError)              agent.mlops.rollout: rollout settings that cannot work
 
 Messages say what was expected, what was found and what to do; they never contain a

@@ -38,6 +38,7 @@ from agent.components import (
     Component,
     DescriptorComponent,
     DriftComponent,
+    HistoryComponent,
     HttpComponent,
     LogComponent,
     MetricsListenerComponent,
@@ -174,6 +175,7 @@ class Agent:
         self.http_component = HttpComponent(self.http)
         self.metrics_listener = MetricsListenerComponent(self.telemetry, self.http_component)
         self.drift_component = DriftComponent(self.drift)
+        self.history = HistoryComponent()
         self.cache_component = CacheComponent(self.cache_service, self.backend_component, self.plugins)
         self.components: list[Component] = [
             LogComponent(),
@@ -187,6 +189,7 @@ class Agent:
             self.http_component,
             self.metrics_listener,
             self.drift_component,
+            self.history,
             PidFileComponent(),
         ]
         # At stop: the cache and the listeners first, the sinks flushed, the pid file last.
@@ -195,6 +198,7 @@ class Agent:
             self.http_component,
             self.metrics_listener,
             self.plugins,
+            self.history,
             *(c for c in self.components if c.name == "tracing"),
             *(c for c in self.components if c.name == "pid_file"),
         ]
@@ -648,6 +652,7 @@ class Agent:
         batch.extend(self.mlops.samples())
         batch = self.telemetry.set_batch(batch)
         now = time.time()
+        self.history.record(now, batch)
         interval = float(self.config.get("agent.collect.interval_seconds"))
         due = [sink for sink in list(self.sinks.values()) if sink.due(now, interval)]
         if due:
@@ -725,7 +730,7 @@ class Agent:
                     "interval_seconds": self.config.get("agent.collect.interval_seconds"),
                     "collectors": [f"{p}.{getattr(c, 'name', '?')}" for p, c in self.collectors],
                 },
-                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops")},
+                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops", "history")},
                 "readiness": self.readiness,
             },
             "sinks": self.plugins.status(),
