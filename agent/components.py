@@ -596,6 +596,12 @@ class PluginComponent(BaseComponent):
         self._close_pool = concurrent.futures.ThreadPoolExecutor(max_workers=SINK_CLOSE_WORKERS, thread_name_prefix="sink-close")
         self.retired_sinks: list[ResilientSink] = []
         self.closing: list[concurrent.futures.Future[None]] = []
+        # Plugins installed while the agent runs, imported by a reload and not registered yet.
+        self.arrived: list[str] = []
+
+    def renewed(self, new: Config) -> list[str]:
+        """A plugin installed since the last change is a change of its own section."""
+        return [f"plugins.{name}" for name in self.arrived]
 
     async def prepare(self, plan: Any, new: Config, changes: Changes) -> Any:
         # Sinks a previous change turned off finish closing before any is built again, so
@@ -604,7 +610,8 @@ class PluginComponent(BaseComponent):
         return plan
 
     async def apply(self, plan: Any, new: Config, changes: Changes) -> list[str]:
-        only = None if changes.initial else self.changed_plugins(changes)
+        only = None if changes.initial else self.changed_plugins(changes) | set(self.arrived)
+        self.arrived = []
         self.host.apply_config(new.plugin_enabled)
         # Off the loop: plugins build their objects (SDK clients) and new sinks read their
         # spools from disk.
