@@ -692,16 +692,35 @@ def drift_check(reference: str, current: str, key_files: tuple[str, ...], config
 # ---------------------------------------------------------------------------- talking to a running agent
 
 
-def _client_token(token_file: str | None) -> str:
+def _local_token(cfg: Config) -> str | None:
+    """The running agent's local token (agent.auth.local_token_file), when this user can read it."""
+    path = cfg.get("agent.auth.local_token_file")
+    if not path:
+        return None
+    try:
+        with open(os.path.expanduser(path), encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _client_token(token_file: str | None, cfg: Config | None = None) -> str:
+    """The token ``status`` and ``reload`` send: --token-file, else $PREDIS_AGENT_TOKEN, else
+    the agent's local token file (readable by the agent's user and root)."""
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as handle:
                 return handle.read().strip()
         except OSError as exc:
             _fail(f"cannot read token file {token_file}: {exc.strerror}", 2)
-    token = os.environ.get(TOKEN_ENV_VAR, "").strip()
+    token = os.environ.get(TOKEN_ENV_VAR, "").strip() or (_local_token(cfg) if cfg is not None else None)
     if not token:
-        _fail(f"no API token: pass --token-file or set {TOKEN_ENV_VAR} (create one with `predis-agent token create`)", 2)
+        _fail(
+            f"no API token: pass --token-file, set {TOKEN_ENV_VAR} (create one with `predis-agent token create`), "
+            "or run as the agent's user or root to use its local token (agent.auth.local_token_file)",
+            2,
+        )
+    assert token is not None
     return token
 
 
@@ -749,7 +768,7 @@ def _request(cfg: Config, method: str, path: str, token: str) -> tuple[int, Any]
 def status(config_path: str | None, as_json: bool, token_file: str | None) -> None:
     """Show the running agent's status."""
     cfg = _load_for_client(config_path)
-    code, body = _request(cfg, "GET", "/status", _client_token(token_file))
+    code, body = _request(cfg, "GET", "/status", _client_token(token_file, cfg))
     if code != 200:
         _fail(f"agent answered {code}: {body.get('error') if isinstance(body, dict) else body}")
     if as_json:
@@ -886,6 +905,8 @@ def reload(config_path: str | None, token_file: str | None) -> None:
     token = None
     if token_file or os.environ.get(TOKEN_ENV_VAR):
         token = _client_token(token_file)
+    else:
+        token = _local_token(cfg)
     if token:
         code, body = _request(cfg, "POST", "/reload", token)
         if code == 200:
@@ -927,22 +948,29 @@ def _store(config_path: str | None) -> TokenStore:
 @token.command("create")
 @config_option
 @click.option("--name", default="", help="A label to recognise the token by.")
-def token_create(config_path: str | None, name: str) -> None:
+@click.option(
+    "--scope",
+    type=click.Choice(["metrics", "read", "admin"]),
+    default="admin",
+    show_default=True,
+    help="metrics: /metrics only; read: also /status, /readyz and the console; admin: everything (reload, plugin routes).",
+)
+def token_create(config_path: str | None, name: str, scope: str) -> None:
     """Create a token and print it once on stdout; only its hash is stored."""
     store = _store(config_path)
     try:
-        plaintext, record = store.create(name)
+        plaintext, record = store.create(name, scope)
     except (SecurityError, OSError) as exc:
         _fail(str(exc))
     click.echo(plaintext)
-    click.echo(f"created token {record.id} in {store.path}; it is shown only once", err=True)
+    click.echo(f"created {record.scope} token {record.id} in {store.path}; it is shown only once", err=True)
 
 
 @token.command("list")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
 def token_list(config_path: str | None, as_json: bool) -> None:
-    """List token IDs, labels and creation times (never the tokens)."""
+    """List token IDs, scopes, labels and creation times (never the tokens)."""
     store = _store(config_path)
     rows = [r.public() for r in store.records()]
     if store.load_error:
@@ -952,7 +980,7 @@ def token_list(config_path: str | None, as_json: bool) -> None:
         return
     for row in rows:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
-        click.echo(f"{row['id']}  {created}  {row['name']}")
+        click.echo(f"{row['id']}  {created}  {row['scope']:<7}  {row['name']}")
 
 
 @token.command("revoke")

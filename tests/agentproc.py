@@ -48,7 +48,7 @@ class AgentProcess:
         base: dict[str, Any] = {
             "agent": {
                 "http": {"listen": "127.0.0.1:0"},
-                "auth": {"token_store": str(self.token_store)},
+                "auth": {"token_store": str(self.token_store), "local_token_file": str(tmp / "state" / "local-token")},
                 "reload": {"watch_interval_seconds": 0.2},
                 "collect": {"interval_seconds": 0.2},
             },
