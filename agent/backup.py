@@ -444,6 +444,12 @@ def _open(archive: tarfile.TarFile, source: Path) -> _Opened:
     expected = manifest.get("files")
     if not isinstance(expected, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in expected.values()):
         raise BackupError(f"{source}: {MANIFEST_FILE} has no valid 'files'")
+    references, file_settings = manifest.get("references", {}), manifest.get("file_settings", {})
+    if not (isinstance(references, dict) and isinstance(file_settings, dict)) or not (
+        all(isinstance(k, str) and v in expected and v.startswith(FILES_DIR + "/") for k, v in references.items())
+        and all(k in FILE_SETTINGS and v in expected and v.startswith(FILES_DIR + "/") for k, v in file_settings.items())
+    ):
+        raise BackupError(f"{source}: {MANIFEST_FILE} maps config settings to files it does not hold; refused")
     members: dict[str, tarfile.TarInfo] = {}
     for member in archive.getmembers():
         name = _check_name(member)
@@ -475,7 +481,8 @@ def _extract(opened: _Opened, name: str, target: Path) -> None:
         raise BackupError(f"backup member {name!r} does not match its manifest checksum; refused")
 
 
-def _make_dirs(path: Path) -> None:
+def _make_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents 0700; return those created, outermost first."""
     missing = []
     while not path.exists():
         missing.append(path)
@@ -483,15 +490,15 @@ def _make_dirs(path: Path) -> None:
     for directory in reversed(missing):
         directory.mkdir(mode=DIR_MODE)
         os.chmod(directory, DIR_MODE)
+    return missing[::-1]
 
 
-def _check_target(base: Path) -> bool:
-    """Whether the target must be created; refuse one that is not an empty directory."""
+def _check_target(base: Path) -> None:
+    """Refuse a target that is not an empty (or absent) directory."""
     if base.is_symlink():
         raise BackupError(f"restore target {base} is a symlink; restore only into an empty directory")
     if base.exists() and (not base.is_dir() or any(base.iterdir())):
         raise BackupError(f"restore target {base} is not an empty directory; restore only into an empty one")
-    return not base.exists()
 
 
 def _open_archive(source: Path) -> tarfile.TarFile:
@@ -556,7 +563,8 @@ def restore(archive_path: str | os.PathLike[str], target: str | os.PathLike[str]
     """Restore a :func:`create` archive into ``target`` (empty or absent); return the manifest."""
     base = _absolute(target)
     source = Path(archive_path)
-    created = _check_target(base)
+    _check_target(base)
+    created: list[Path] = []
     with _open_archive(source) as archive:
         try:
             opened = _open(archive, source)
@@ -566,7 +574,7 @@ def restore(archive_path: str | os.PathLike[str], target: str | os.PathLike[str]
                 if hashlib.sha256(data).hexdigest() != opened.expected[CONFIG_MEMBER]["sha256"]:
                     raise BackupError(f"backup member {CONFIG_MEMBER!r} does not match its manifest checksum; refused")
                 config_text = data.decode("utf-8")
-            _make_dirs(base)
+            created = _make_dirs(base)
             os.chmod(base, DIR_MODE)
             with tempfile.TemporaryDirectory(prefix="predis-restore-") as scratch:
                 for name in sorted(opened.expected):
@@ -582,10 +590,10 @@ def restore(archive_path: str | os.PathLike[str], target: str | os.PathLike[str]
                 out.write(restored_config(opened.manifest, config_text, base).encode("utf-8"))
             fsync_dir(base)
         except UNREADABLE as exc:
-            _empty(base, remove=created)
+            _empty(base, created)
             raise BackupError(f"{source}: not a readable tar.gz backup ({exc.__class__.__name__}: {exc})") from None
         except BaseException:
-            _empty(base, remove=created)
+            _empty(base, created)
             raise
     return opened.manifest
 
@@ -613,16 +621,15 @@ def restore_registry(archive_path: str | os.PathLike[str], registry_dir: str | o
             raise BackupError(f"{source}: not a readable tar.gz backup ({exc.__class__.__name__}: {exc})") from None
 
 
-def _empty(base: Path, *, remove: bool) -> None:
-    if not base.exists():
-        return
-    for entry in base.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-    if remove:
+def _empty(base: Path, created: list[Path]) -> None:
+    """Remove what a failed restore wrote under ``base``, and the directories it created."""
+    if base.is_dir() and not base.is_symlink():
+        for entry in base.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+    for directory in reversed(created):
         with contextlib.suppress(OSError):
-            base.rmdir()
-
+            directory.rmdir()

@@ -197,6 +197,14 @@ HOSTILE: dict[str, tuple[Callable[[list[tuple[tarfile.TarInfo, bytes]]], list[tu
     "changed bytes": (_tamper("history.sqlite3"), "does not match its manifest checksum"),
     "changed config": (_tamper("config/agent.yaml"), "does not match its manifest checksum"),
     "newer format": (lambda ms: _with_manifest(ms, lambda m: m.__setitem__("format_version", 99)), "format version 99"),
+    "setting redirected": (
+        lambda ms: _with_manifest(ms, lambda m: m["file_settings"].__setitem__("agent.pid_file", "/etc/passwd")),
+        "maps config settings to files it does not hold",
+    ),
+    "reference redirected": (
+        lambda ms: _with_manifest(ms, lambda m: m["references"].__setitem__("/x", "tokens.json")),
+        "maps config settings to files it does not hold",
+    ),
     "no manifest": (lambda ms: [(i, d) for i, d in ms if i.name != "MANIFEST.json"], "no MANIFEST.json"),
 }
 
@@ -207,12 +215,12 @@ def test_hostile_or_damaged_archives_restore_nothing(state: dict[str, Any], tmp_
     create(state["sources"], good)
     change, message = HOSTILE[case]
     bad = _write(tmp_path / "bad.tar.gz", change(_members(good)))
-    absent, empty = tmp_path / "absent", tmp_path / "empty"
+    absent, empty = tmp_path / "absent" / "deeper", tmp_path / "empty"
     empty.mkdir()
     for target in (absent, empty):
         with pytest.raises(BackupError, match=message.replace("(", r"\(").replace(".", r"\.")):
             restore(bad, target)
-    assert not absent.exists() and list(empty.iterdir()) == []
+    assert not absent.parent.exists() and list(empty.iterdir()) == []
     assert not (tmp_path / "escape").exists()
 
 
