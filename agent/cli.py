@@ -1257,36 +1257,69 @@ def model_train(tenant: str, trace: str, kind: str, promote: bool, actor: str | 
         click.echo(f"not registered: not better than the champion by the margin {report['margin']}")
 
 
-# ---------------------------------------------------------------------------- registry backup
+# ---------------------------------------------------------------------------- backup
+
+
+def _backup_call(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a backup operation: refusals exit 2, I/O failures exit 1."""
+    from agent.backup import BackupError
+
+    try:
+        return _registry_call(call, *args, **kwargs)
+    except BackupError as exc:
+        _fail(str(exc), 2)
 
 
 @cli.group()
 def backup() -> None:
-    """Back up and restore the model registry (versions, aliases, audit logs)."""
+    """Back up and restore the agent's whole state: config, tokens, model registry,
+    exporter spool and dead letters, console history, and the files the config names
+    (key files, TLS). See docs/operations.md."""
 
 
 @backup.command("create")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Archive to write (tar.gz, mode 0600).")
+@click.option("--registry-only", is_flag=True, help="Only the model registry (versions, aliases, audit logs), as earlier versions wrote it.")
 @registry_option
 @model_config_option
-def backup_create_cmd(out_file: str, registry_dir: str | None, config_path: str | None) -> None:
-    """Write the whole registry, with a manifest of checksums, to one tar.gz."""
+def backup_create_cmd(out_file: str, registry_only: bool, registry_dir: str | None, config_path: str | None) -> None:
+    """Write the state, with a manifest of checksums, to one tar.gz; safe while the agent runs."""
+    from agent.backup import StateSources, create
+    from agent.config import read_config_text, resolve_config_path
     from agent.mlops.registry import backup_create
 
-    root = registry_dir if registry_dir else _mlops_config(config_path).get("mlops.registry_dir")
-    manifest = _registry_call(backup_create, root, out_file)
-    click.echo(f"wrote {out_file}: {len(manifest['files'])} files")
+    cfg = _mlops_config(config_path)
+    if registry_only:
+        manifest = _registry_call(backup_create, registry_dir or cfg.get("mlops.registry_dir"), out_file)
+        click.echo(f"wrote {out_file}: {len(manifest['files'])} files")
+        return
+    path, _ = resolve_config_path(config_path)
+    sources = StateSources.from_config(path, read_config_text(path) if path else "", cfg.get, registry_dir)
+    manifest = _backup_call(create, sources, out_file)
+    for note in manifest["skipped"]:
+        click.echo(f"note: not in the backup: {note}", err=True)
+    parts = ", ".join(sorted(manifest["parts"]))
+    click.echo(f"wrote {out_file}: {len(manifest['files'])} files ({parts or 'nothing'})")
 
 
 @backup.command("restore")
 @click.argument("archive", type=click.Path(dir_okay=False))
-@click.option("--registry", "registry_dir", required=True, type=click.Path(file_okay=False), help="Empty (or absent) directory to restore into.")
-def backup_restore_cmd(archive: str, registry_dir: str) -> None:
-    """Restore ARCHIVE into an empty directory; checksums are verified after extraction."""
-    from agent.mlops.registry import backup_restore
+@click.option("--target", "target", default=None, type=click.Path(file_okay=False), help="Empty (or absent) directory to restore the whole state into; its agent.yaml uses the restored files.")
+@click.option("--registry", "registry_dir", default=None, type=click.Path(file_okay=False), help="Restore only the model registry into this empty (or absent) directory (from either kind of backup).")
+def backup_restore_cmd(archive: str, target: str | None, registry_dir: str | None) -> None:
+    """Restore ARCHIVE into an empty directory; every file is checked against the manifest."""
+    from agent.backup import RESTORED_CONFIG, restore, restore_registry
 
-    manifest = _registry_call(backup_restore, archive, registry_dir)
-    click.echo(f"restored {len(manifest['files'])} files into {registry_dir}")
+    if registry_dir is not None and target is None:
+        manifest = _backup_call(restore_registry, archive, registry_dir)
+        click.echo(f"restored {len(manifest['files'])} files into {registry_dir}")
+        return
+    if target is None or registry_dir is not None:
+        _fail("give exactly one of --target DIR (the whole state) and --registry DIR (the model registry only)", 2)
+        return
+    manifest = _backup_call(restore, archive, target)
+    config = os.path.join(os.path.abspath(target), RESTORED_CONFIG)
+    click.echo(f"restored {len(manifest['files'])} files into {target}; start it with: predis-agent run --config {config}")
 
 
 def main() -> None:

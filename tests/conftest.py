@@ -27,7 +27,7 @@ TESTS = Path(__file__).resolve().parent
 # Directories whose every test runs the agent as a process or a real peer.
 INTEGRATION_DIRS = (TESTS / "integration", TESTS / "chaos")
 # Programs that are real peers (or the agent's own console script).
-PEER_PROGRAMS = frozenset({"predis-agent", "redis-server", "victoria-metrics", "prometheus"})
+PEER_PROGRAMS = frozenset({"predis-agent", "redis-server", "victoria-metrics", "prometheus", "nutcracker"})
 
 _running: list[pytest.Item] = []
 
