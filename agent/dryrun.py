@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from agent.errors import AgentError
 from agent.runtime import Agent, Event
 from agent.sinks import Payload
 from agent.telemetry import Metric
@@ -96,7 +97,7 @@ def dry_run(config_path: str | None, overrides: tuple[str, ...], *, only: tuple[
     return result
 
 
-class NotFound(LookupError):
+class NotFound(AgentError, LookupError):
     """No collector or exporter of that name (the message lists what there is)."""
 
 
