@@ -48,6 +48,7 @@ LOGIN_FORM_SECONDS = 3600
 # Where the gate leaves what it found, for the handlers.
 REQUEST_SESSION = "predis.console.session"
 
+OPAQUE_ORIGIN = "null"
 SAME_SITE_FETCH = frozenset({"same-origin", "none"})
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -133,12 +134,16 @@ class ConsoleGate:
 
 
 def cross_site(request: web.Request) -> bool:
-    """Whether the browser says this request comes from another site (or an opaque origin)."""
+    """Whether the browser says this request comes from another site.
+
+    ``Origin: null`` is not taken as an answer: under ``Referrer-Policy: no-referrer`` a
+    browser sends it on the console's own form posts; ``Sec-Fetch-Site`` then tells.
+    """
     fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site is not None and fetch_site not in SAME_SITE_FETCH:
         return True
     origin = request.headers.get("Origin")
-    return origin is not None and origin != f"{request.scheme}://{request.host}"
+    return origin not in (None, OPAQUE_ORIGIN) and origin != f"{request.scheme}://{request.host}"
 
 
 def set_session_cookie(request: web.Request, response: web.StreamResponse, session: Session) -> None:

@@ -102,5 +102,7 @@ def test_cross_site_is_read_from_the_browser_s_headers() -> None:
     assert request(**{"Sec-Fetch-Site": "cross-site"})
     assert request(**{"Sec-Fetch-Site": "same-site"})
     assert request(Origin="https://evil.example")
-    assert request(Origin="null")
+    # What a browser sends on the console's own form posts under Referrer-Policy: no-referrer.
+    assert not request(Origin="null", **{"Sec-Fetch-Site": "same-origin"})
+    assert request(Origin="null", **{"Sec-Fetch-Site": "cross-site"})
     assert request(Origin="https://127.0.0.1:9470")  # another scheme is another origin
