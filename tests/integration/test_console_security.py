@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from agent.console.sessions import LOGIN_FAILURES_ALLOWED
-from tests.agentproc import AgentProcess, cli
+from tests.agentproc import AgentProcess, cli, merge
 from tests.console_client import (
     LOGIN,
     LOGIN_CSRF_COOKIE,
@@ -148,6 +148,34 @@ def test_login_sets_a_strict_cookie_and_logout_ends_the_session(agent: AgentProc
     assert "console login with token" in logs
     for secret in (agent.token, agent.token.rsplit("_", 1)[1], session_id, csrf):
         assert secret not in logs
+
+
+def test_a_token_in_a_url_opens_nothing_and_a_cookie_only_the_console(agent: AgentProcess) -> None:
+    form = requests.get(f"{agent.base_url}{LOGIN}?token={agent.token}", allow_redirects=False, timeout=10)
+    assert form.status_code == 200 and SESSION_COOKIE not in form.cookies
+    assert 'method="post" action="/dashboard/login"' in form.text
+    client = requests.Session()
+    page = client.get(agent.base_url + LOGIN, timeout=10)
+    by_query = client.post(
+        f"{agent.base_url}{LOGIN}?token={agent.token}", data={"csrf": csrf_of(page.text)}, allow_redirects=False, timeout=10
+    )
+    assert by_query.status_code == 401 and SESSION_COOKIE not in by_query.cookies
+    # A session opens the console, not the rest of the API.
+    client, answer = login(agent)
+    assert answer.status_code == 303
+    for path in ("/status", "/metrics", "/readyz"):
+        assert client.get(agent.base_url + path, timeout=10).status_code == 401, path
+    assert client.post(agent.base_url + "/reload", timeout=10).status_code == 401
+
+
+def test_a_reload_retunes_sessions_in_place(agent: AgentProcess) -> None:
+    first, _ = login(agent)
+    second, _ = login(agent)
+    agent.write_config(merge(agent.config, {"console": {"max_sessions": 1}}))
+    assert agent.post("/reload").status_code == 200
+    assert agent.status()["components"]["console"]["sessions"] == 1
+    assert first.get(agent.base_url + "/dashboard/overview", allow_redirects=False, timeout=10).status_code == 303
+    assert second.get(agent.base_url + "/dashboard/overview", allow_redirects=False, timeout=10).status_code == 200
 
 
 def test_cross_site_posts_are_refused(agent: AgentProcess) -> None:
