@@ -85,6 +85,11 @@ def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 
 
+def _see_other(location: str) -> web.Response:
+    """A redirect the handler returns (the dispatcher turns a raised one into JSON)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
 class ConsolePages:
     """The console's handlers for one agent."""
 
@@ -109,7 +114,7 @@ class ConsolePages:
 
     # -- login and logout ----------------------------------------------------------------
     async def root(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPSeeOther(HOME_PATH)
+        return _see_other(HOME_PATH)
 
     def _render_login(self, request: web.Request, message: str = "", status: int = 200) -> web.Response:
         csrf = new_secret(CSRF_TOKEN_BYTES)
@@ -134,7 +139,7 @@ class ConsolePages:
 
     async def login_form(self, request: web.Request) -> web.StreamResponse:
         if self.gate.sessions.get(request.cookies.get(SESSION_COOKIE, "")) is not None:
-            raise web.HTTPSeeOther(HOME_PATH)
+            return _see_other(HOME_PATH)
         return self._render_login(request)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
@@ -157,7 +162,7 @@ class ConsolePages:
             return self._render_login(request, "That token is not valid.", 401)
         session = self.gate.sessions.create(record.id)
         log.info("console login with token %s from %s", record.id, address)
-        response = web.Response(status=303, headers={"Location": HOME_PATH})
+        response = _see_other(HOME_PATH)
         set_session_cookie(request, response, session)
         response.del_cookie(LOGIN_CSRF_COOKIE, path=LOGIN_PATH)
         return response
@@ -167,7 +172,7 @@ class ConsolePages:
         if session is not None:
             self.gate.sessions.delete(session)
             log.info("console logout (token %s)", session.token_id)
-        response = web.Response(status=303, headers={"Location": LOGIN_PATH})
+        response = _see_other(LOGIN_PATH)
         clear_session_cookie(request, response)
         return response
 

@@ -113,6 +113,10 @@ def test_login_sets_a_strict_cookie_and_logout_ends_the_session(agent: AgentProc
     assert len(session_id) >= 43 and agent.token not in session_id
     assert agent.status()["components"]["console"]["sessions"] == 1
 
+    # With a session, the console's root and the login form lead to the overview.
+    for path in ("/dashboard", LOGIN):
+        resp = client.get(agent.base_url + path, allow_redirects=False, timeout=10)
+        assert resp.status_code == 303 and resp.headers["Location"] == "/dashboard/overview", (path, resp.headers)
     csrf = page_csrf(agent, client)
     for page in PAGES:
         resp = client.get(f"{agent.base_url}/dashboard/{page}", allow_redirects=False, timeout=10)
