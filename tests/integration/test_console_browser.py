@@ -202,6 +202,9 @@ def test_the_roi_page_shows_the_report_and_names_missing_costs(browser: Any, bus
     flat = {k for k, v in report.items() if v is None or isinstance(v, (int, float, list)) and not isinstance(v, bool)} - {"missing", "notes"}
     flat |= {f"costs.{k}" for k in report["costs"] if k != "currency"} | {f"control.{k}" for k in report["control"] if k != "enough"}
     assert flat - set(figures) - {"since", "until"} == set(), flat - set(figures)
+    # Too few reads in the never-prefetched control share: the page says so, and only then.
+    notices = page.locator("#notices").inner_text()
+    assert ("Not enough control traffic yet" in notices) == (not report["control"]["enough"]), (notices, report["control"])
     # No console.costs in the config: the missing costs are named, their figures not zero.
     assert report["missing"], report
     assert page.locator("[data-missing]").all_inner_texts() == report["missing"]

@@ -383,7 +383,7 @@
     const control = report.control || {};
     if (report.status !== "no_data" && control.enough === false) {
       notice("", "Not enough control traffic yet",
-        `${control.reads} of the ${control.needed} reads without prefetching needed have been measured, so the hit ratio without prefetching and what prefetching is worth are not shown yet.`);
+        `${compact(control.reads)} of the ${compact(control.needed)} reads without prefetching needed have been measured, so the hit ratio without prefetching and what prefetching is worth are not shown yet.`);
     }
     const currency = report.costs ? report.costs.currency : null;
     for (const [heading, figures] of ROI_FIGURES) {
