@@ -41,6 +41,7 @@ from agent.console.gate import (
 from agent.console.sessions import CSRF_TOKEN_BYTES, new_secret
 from agent.errors import AuthError
 from agent.http import Route
+from agent.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class ConsolePages:
         self.page_template = Template(_resource("templates", "page.html"))
         self.login_template = Template(_resource("templates", "login.html"))
         self.login_css = _resource("static", "console.css")
+        # A client can fail logins as fast as it likes: logged once per agent.log.rate_limit_seconds.
+        self.refusals = RateLimitedLog(log)
         self.static = {name: (_resource("static", *name.split("/")), _content_type(name)) for name in STATIC_FILES}
 
     def routes(self) -> list[Route]:
@@ -146,7 +149,7 @@ class ConsolePages:
         address = request.remote or "unknown"
         if not self.gate.logins.allowed(address):
             self._count_failure()
-            log.warning("console login from %s refused: too many failed logins", address)
+            self.refusals.warning("console login from %s refused: too many failed logins", address)
             return self._render_login(request, "Too many failed logins from this address; try again in a minute.", 429)
         form = await request.post()
         token = form.get(TOKEN_FIELD)
@@ -158,7 +161,7 @@ class ConsolePages:
         except AuthError:
             self._count_failure()
             self.gate.logins.failed(address)
-            log.warning("console login from %s refused: invalid token", address)
+            self.refusals.warning("console login from %s refused: invalid token", address)
             return self._render_login(request, "That token is not valid.", 401)
         session = self.gate.sessions.create(record.id)
         log.info("console login with token %s from %s", record.id, address)
