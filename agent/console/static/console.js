@@ -12,6 +12,7 @@
   const LOGIN_PATH = "/dashboard/login";
   const NO_DATA = "no data yet";
   const LONE_POINT_SPAN = 600;
+  const MIN_Y_AXIS = 56; // room for the date under the first time label
   const PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
   const EVENT_COLOURS = { drift_detected: "#dc2626", rollout_decision: "#2563eb", model_promoted: "#16a34a" };
   const BREAKER_STATES = { 0: "closed", 1: "half-open", 2: "open" };
@@ -106,7 +107,7 @@
     if (cycle > 1) return axis._size;
     const longest = (values || []).reduce((a, v) => (String(v).length > a.length ? String(v) : a), "");
     u.ctx.font = axis.font[0];
-    return Math.ceil(axis.ticks.size + axis.gap + u.ctx.measureText(longest).width / devicePixelRatio) + 4;
+    return Math.max(MIN_Y_AXIS, Math.ceil(axis.ticks.size + axis.gap + u.ctx.measureText(longest).width / devicePixelRatio) + 4);
   }
 
   // Whole steps for the y axis of a discrete series (breaker states, flags).
