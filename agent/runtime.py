@@ -736,6 +736,7 @@ class Agent:
                     "address": self.http.address,
                     "tls": self.http.tls,
                     "metrics_address": self.metrics_http.address if self.metrics_http is not None else None,
+                    "routes": sorted(f"{method} {path}" for method, path in self.http.routes),
                 },
                 "cache": self.cache_component.status(),
                 "collection": {

@@ -15,7 +15,6 @@ SESSION_COOKIE = "predis_session"
 LOGIN_CSRF_COOKIE = "predis_login_csrf"
 PAGES = ("overview", "roi", "prefetching", "models", "exporters")
 CSRF_INPUT = re.compile(r'name="csrf" value="([^"]+)"')
-ROUTES_IN_READY_LINE = re.compile(r"ready: \S+ \(([^)]*)\)")
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
@@ -24,12 +23,10 @@ SECURITY_HEADERS = {
 }
 
 
-def console_paths(agent: AgentProcess) -> list[str]:
-    """Every console path in the agent's route table (as its ready line lists them)."""
-    match = ROUTES_IN_READY_LINE.search((agent.tmp / "stdout.log").read_text())
-    assert match, agent.logs()
-    paths = [p.strip() for p in match.group(1).split(",")]
-    return [p for p in paths if p == "/dashboard" or p.startswith("/dashboard/") or p.startswith("/api/v1/")]
+def console_routes(agent: AgentProcess) -> list[tuple[str, str]]:
+    """Every console route (method, path) in the agent's route table, as /status lists it."""
+    routes = [tuple(r.split(" ", 1)) for r in agent.status()["components"]["http"]["routes"]]
+    return [(m, p) for m, p in routes if p == "/dashboard" or p.startswith("/dashboard/") or p.startswith("/api/v1/")]
 
 
 def is_page(path: str) -> bool:
