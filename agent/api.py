@@ -73,6 +73,11 @@ Access log and its dataset format
 RESP server constants
     ``COMMANDS``: the command table's names. ``LATENCY_BUCKETS_USEC``: the server's latency
     histogram bounds. ``LIMIT_REASONS``: why the server closed a client for a limit.
+
+Origin reads
+    ``ORIGIN_CALLERS``: who reads the origin (``demand``, ``prefetch``; the cache keeps an
+    ``OriginMeter`` for each in ``Cache.origin_meters``). ``ORIGIN_LATENCY_BUCKETS``: the
+    bounds of their call-duration histograms.
 """
 
 from __future__ import annotations
@@ -132,6 +137,7 @@ if TYPE_CHECKING:
         sample,
     )
     from cache_core.access_log import AccessLog
+    from cache_core.metering import ORIGIN_CALLERS, ORIGIN_LATENCY_BUCKETS
     from cache_core.resp.server import COMMANDS, LATENCY_BUCKETS_USEC, LIMIT_REASONS
 
 # Where each re-exported name is defined; imported from there on first use.
@@ -190,6 +196,9 @@ _SOURCES: dict[str, str] = {
     "COMMANDS": "cache_core.resp.server",
     "LATENCY_BUCKETS_USEC": "cache_core.resp.server",
     "LIMIT_REASONS": "cache_core.resp.server",
+    # origin reads
+    "ORIGIN_CALLERS": "cache_core.metering",
+    "ORIGIN_LATENCY_BUCKETS": "cache_core.metering",
 }
 
 
@@ -275,6 +284,8 @@ __all__ = [
     "DIR_MODE_SECRET",
     "LATENCY_BUCKETS_USEC",
     "LIMIT_REASONS",
+    "ORIGIN_CALLERS",
+    "ORIGIN_LATENCY_BUCKETS",
     "SPECS_BY_NAME",
     "STATUS_INSUFFICIENT",
     "STREAM_ID_BYTES",

@@ -65,6 +65,7 @@ class CachePlan:
     origin: tuple[str, Any] | None
     origin_deferred: bool = False  # origin plugins are rebuilt in this reload: point at it after
     reserved_descriptors: int = 64  # agent.reserved_descriptors: not given to Redis clients
+    control_share: float = 0.0  # console.control_share: keys never prefetched
 
 
 def _limits(resp: dict[str, Any], reserved_descriptors: int) -> RespLimits:
@@ -84,6 +85,7 @@ class CacheService:
 
     def __init__(self) -> None:
         self.section: dict[str, Any] = {}
+        self.control_share = 0.0
         self.backend: Backend | None = None
         self.cache: Cache | None = None
         self.server: RespServer | None = None
@@ -151,7 +153,8 @@ class CacheService:
                 else:
                     sock = open_listener(resp["listen"])
         reserved = int(cfg.get("agent.reserved_descriptors"))
-        return CachePlan(section, backend, cache, sock, ctx, stamp, password, origin, origins is None, reserved)
+        share = float(cfg.get("console.control_share"))
+        return CachePlan(section, backend, cache, sock, ctx, stamp, password, origin, origins is None, reserved, share)
 
     @staticmethod
     def find_origin(section: dict[str, Any], origins: list[tuple[str, Any]]) -> tuple[str, Any] | None:
@@ -182,6 +185,7 @@ class CacheService:
         assert self.cache is not None
         self.backend = plan.backend
         self.section = section
+        self.control_share = plan.control_share
         if not plan.origin_deferred:
             self.set_origin(plan.origin, section["read_through"])
         elif self.cache is not None and plan.cache is not None:
@@ -232,7 +236,7 @@ class CacheService:
         runs changed. An unrelated reload loses nothing it learned.
         """
         cache = self.cache
-        section = dict(self.section.get("prefetch", {}))
+        section = {**self.section.get("prefetch", {}), "control_share": self.control_share}
         origin = cache.origin if cache is not None else None
         wanted = bool(section.get("enabled")) and cache is not None and origin is not None
         key = (id(cache), id(origin), tuple(sorted(section.items()))) if wanted else None

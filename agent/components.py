@@ -387,6 +387,7 @@ class HistoryComponent(BaseComponent):
         self.history: History | None = None
         self.last_error: str | None = None
         self.failed_rounds = 0
+        self.failed_events = 0
 
     def plan(self, new: Config, changes: Changes, plans: dict[str, Any]) -> History | None:
         section = new.section("console")
@@ -420,11 +421,25 @@ class HistoryComponent(BaseComponent):
             history.record(ts, samples)
         except HistoryError as exc:
             self.failed_rounds += 1
-            if str(exc) != self.last_error:
-                log.error("history: %s; the rounds are counted as failed until it can write again", exc)
-            self.last_error = str(exc)
+            self._failed(exc)
         else:
             self.last_error = None
+
+    def record_event(self, ts: float, kind: str, detail: dict[str, Any]) -> None:
+        """Keep one event (drift, rollout decision, reload); a refusal is reported, never raised."""
+        history = self.history
+        if history is None:
+            return
+        try:
+            history.record_event(ts, kind, detail)
+        except HistoryError as exc:
+            self.failed_events += 1
+            self._failed(exc)
+
+    def _failed(self, exc: HistoryError) -> None:
+        if str(exc) != self.last_error:
+            log.error("history: %s; the rounds are counted as failed until it can write again", exc)
+        self.last_error = str(exc)
 
     def status(self) -> dict[str, Any]:
         history = self.history
@@ -436,6 +451,7 @@ class HistoryComponent(BaseComponent):
             "span": history.span(),
             "dropped_rounds": history.dropped_rounds,
             "failed_rounds": self.failed_rounds,
+            "failed_events": self.failed_events,
             "last_error": self.last_error,
         }
 

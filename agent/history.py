@@ -17,9 +17,14 @@ crash-safe store that needs no file format of our own).
 * **Survives restarts and reloads**: the same path is opened again; a reload that changes
   only the bounds keeps the open database.
 
-Counters are stored as the cumulative values the cache keeps (monotonic across a cache
-rebuild, see ``Cache.carry_counters``), so a rate or a total over any window is a
-difference of two stored values.
+Counters are stored as the cumulative values the process keeps (monotonic across a cache
+rebuild, see ``Cache.carry_counters``; they start from zero when the process starts). Each
+round records which run of the agent wrote it (``rounds.run``, one per process start), so a
+total over a window is the sum of the increases between consecutive rounds of the same run,
+plus the first round of a run counted from zero (:func:`agent.roi.increase`). A histogram
+is stored as its ``_sum``, ``_count`` and cumulative ``_bucket`` series (labels ``le``), the
+labels in :data:`HISTOGRAM_FOLD` summed away. Events (drift detected, rollout decisions,
+reloads) are kept in their own table with the same bounds.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import stat
 import threading
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +59,23 @@ HISTORY_SERIES = frozenset(
         "predis_cache_command_errors_total", "predis_cache_connected_clients", "predis_cache_keys",
         "predis_cache_memory_bytes", "predis_cache_value_bytes", "predis_cache_max_memory_bytes",
         "predis_gpu_utilization_ratio", "predis_gpu_memory_used_bytes", "predis_gpu_memory_total_bytes",
+        "predis_gpu_devices", "predis_process_resident_memory_bytes", "predis_process_cpu_seconds_total",
+        "predis_cache_origin_reads_total", "predis_cache_origin_read_bytes_total",
+        "predis_cache_control_reads_total", "predis_cache_control_hits_total",
+        "predis_cache_prefetch_observed_total", "predis_cache_prefetch_skipped_control_total",
+        "predis_drift_score", "predis_drift_checks_total", "predis_drift_detected_total",
+        "predis_mlops_retrain_total", "predis_mlops_candidate_hit_ratio", "predis_mlops_champion_hit_ratio",
+        "predis_mlops_baseline_hit_ratio", "predis_mlops_serving_version", "predis_mlops_rollout_share_ratio",
+        "predis_agent_sink_queue_points", "predis_agent_sink_queue_bytes", "predis_agent_sink_outage_budget_seconds",
+        "predis_agent_sink_points_sent_total", "predis_agent_sink_points_failed_total",
+        "predis_agent_sink_points_dropped_total", "predis_agent_sink_breaker_state", "predis_agent_sink_spool_paused",
     }
 )  # fmt: skip
+# Histograms recorded (as _sum, _count and _bucket series), with the labels summed away.
+HISTOGRAM_FOLD: dict[str, tuple[str, ...]] = {
+    "predis_cache_command_duration_seconds": ("command",),
+    "predis_cache_origin_read_duration_seconds": (),
+}
 KINDS = ("counter", "gauge")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -63,8 +85,12 @@ BUDGET_CHECK_ROUNDS = 16
 BUDGET_DELETE_ROUNDS = 64
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS rounds (id INTEGER PRIMARY KEY, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, run TEXT NOT NULL DEFAULT '', first INTEGER NOT NULL DEFAULT 0
+);
 CREATE INDEX IF NOT EXISTS rounds_ts ON rounds (ts);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS samples (
     round INTEGER NOT NULL REFERENCES rounds (id) ON DELETE CASCADE,
     name TEXT NOT NULL,
@@ -76,17 +102,61 @@ CREATE INDEX IF NOT EXISTS samples_round ON samples (round);
 """
 
 
+# This process's run: the rounds of one run share their counters' zero. The first round the
+# process records (in whichever history) counts from zero; a history opened later in the
+# process (console.history_path changed) starts from its first round, as from any other.
+PROCESS_RUN = secrets.token_hex(8)
+_process_recorded = False
+
+
+def _mark_recorded() -> None:
+    global _process_recorded
+    _process_recorded = True
+
+
 class HistoryError(AgentError, OSError):
     """The history database cannot be opened or written (the message names the path)."""
 
 
 @dataclass(frozen=True)
 class Point:
-    """One stored sample: when, its labels, its value."""
+    """One stored sample: when, its labels, its value, which run of the agent wrote it and
+    whether it is that run's first round (its counters then count from zero)."""
 
     ts: float
     labels: dict[str, str]
     value: float
+    run: str = ""
+    first: bool = False
+
+
+def _label_text(labels: dict[str, str]) -> str:
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+def history_rows(samples: Iterable[Any]) -> list[tuple[str, str, float]]:
+    """``(name, labels as JSON, value)`` rows of the recorded series among ``samples``
+    (``agent.telemetry.Metric``): counters and gauges of :data:`HISTORY_SERIES` as they
+    are, the histograms of :data:`HISTOGRAM_FOLD` folded into ``_sum``, ``_count`` and
+    ``_bucket`` rows."""
+    rows: list[tuple[str, str, float]] = []
+    folded: dict[tuple[str, str], float] = defaultdict(float)
+    for m in samples:
+        if m.name in HISTORY_SERIES and m.kind in KINDS:
+            rows.append((m.name, _label_text(dict(m.labels)), float(m.value)))
+        elif m.kind == "histogram" and m.name in HISTOGRAM_FOLD:
+            drop = HISTOGRAM_FOLD[m.name]
+            kept = {k: v for k, v in m.labels.items() if k not in drop}
+            folded[(f"{m.name}_sum", _label_text(kept))] += float(m.value)
+            folded[(f"{m.name}_count", _label_text(kept))] += float(m.count)
+            buckets = list(m.buckets)
+            if not buckets or buckets[-1][0] != float("inf"):
+                buckets.append((float("inf"), float(m.count)))
+            for bound, count in buckets:
+                le = "+Inf" if bound == float("inf") else repr(float(bound))
+                folded[(f"{m.name}_bucket", _label_text({**kept, "le": le}))] += float(count)
+    rows.extend((name, labels, value) for (name, labels), value in folded.items())
+    return rows
 
 
 def _private_dir(path: Path) -> None:
@@ -119,6 +189,7 @@ class History:
         self.retention_seconds = float(retention_seconds)
         self.max_bytes = int(max_bytes)
         self.dropped_rounds = 0
+        self.run = PROCESS_RUN
         self._rounds = 0
         self._lock = threading.Lock()
         _private_dir(self.path)
@@ -133,6 +204,10 @@ class History:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
+            if "run" not in columns:
+                self._db.execute("ALTER TABLE rounds ADD COLUMN run TEXT NOT NULL DEFAULT ''")
+                self._db.execute("ALTER TABLE rounds ADD COLUMN first INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as exc:
             raise HistoryError(f"console.history_path {self.path}: {exc}; move the file away to start a new history") from None
 
@@ -153,27 +228,38 @@ class History:
     # -- writing --------------------------------------------------------------------------
     def record(self, ts: float, samples: Iterable[Any]) -> int:
         """Append one round: the samples (``agent.telemetry.Metric``) of the recorded series.
-        Returns how many were stored. Raises :class:`HistoryError` when the disk refuses."""
-        rows = [
-            (m.name, json.dumps(dict(m.labels), sort_keys=True, separators=(",", ":")), float(m.value))
-            for m in samples
-            if m.name in HISTORY_SERIES and m.kind in KINDS
-        ]
+        Returns how many rows were stored. Raises :class:`HistoryError` when the disk refuses."""
+        rows = history_rows(samples)
         with self._lock:
             try:
                 with self._db:
                     self._db.execute("BEGIN")
-                    round_id = self._db.execute("INSERT INTO rounds (ts) VALUES (?)", (ts,)).lastrowid
+                    round_id = self._db.execute(
+                        "INSERT INTO rounds (ts, run, first) VALUES (?, ?, ?)", (ts, self.run, int(not _process_recorded))
+                    ).lastrowid
                     self._db.executemany(
                         "INSERT INTO samples (round, name, labels, value) VALUES (?, ?, ?, ?)",
                         [(round_id, name, labels, value) for name, labels, value in rows],
                     )
+                _mark_recorded()
                 if self._rounds % BUDGET_CHECK_ROUNDS == 0:
                     self._enforce_bounds(ts)
                 self._rounds += 1
             except sqlite3.Error as exc:
                 raise HistoryError(f"console.history_path {self.path}: {exc}") from None
         return len(rows)
+
+    def record_event(self, ts: float, kind: str, detail: dict[str, Any]) -> None:
+        """Keep one event (drift detected, a rollout decision, a reload). Raises
+        :class:`HistoryError` when the disk refuses."""
+        text = json.dumps(detail, sort_keys=True, default=str)
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.execute("INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)", (ts, kind, text))
+            except sqlite3.Error as exc:
+                raise HistoryError(f"console.history_path {self.path}: {exc}") from None
 
     def size_bytes(self) -> int:
         """The database's size in pages in use (the WAL is checkpointed into it)."""
@@ -185,12 +271,15 @@ class History:
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM rounds WHERE ts < ?", (now - self.retention_seconds,))
+            self._db.execute("DELETE FROM events WHERE ts < ?", (now - self.retention_seconds,))
         while self.size_bytes() > self.max_bytes and self._count("rounds") > 1:
             with self._db:
                 self._db.execute("BEGIN")
                 deleted = self._db.execute(
                     "DELETE FROM rounds WHERE id IN (SELECT id FROM rounds ORDER BY id LIMIT ?)", (BUDGET_DELETE_ROUNDS,)
                 ).rowcount
+                # Events older than the oldest round kept go with the rounds.
+                self._db.execute("DELETE FROM events WHERE ts < (SELECT min(ts) FROM rounds)")
             self.dropped_rounds += max(0, deleted)
         self._db.execute("PRAGMA incremental_vacuum")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -200,11 +289,23 @@ class History:
         """Every stored sample of series ``name`` from ``since`` on, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT rounds.ts, samples.labels, samples.value FROM samples JOIN rounds ON rounds.id = samples.round "
-                "WHERE samples.name = ? AND rounds.ts >= ? ORDER BY rounds.id",
+                "SELECT rounds.ts, samples.labels, samples.value, rounds.run, rounds.first FROM samples "
+                "JOIN rounds ON rounds.id = samples.round WHERE samples.name = ? AND rounds.ts >= ? ORDER BY rounds.id",
                 (name, since),
             ).fetchall()
-        return [Point(float(ts), json.loads(labels), float(value)) for ts, labels, value in rows]
+        return [Point(float(ts), json.loads(labels), float(value), str(run), bool(first)) for ts, labels, value, run, first in rows]
+
+    def rounds(self, since: float = 0.0) -> list[tuple[float, str, bool]]:
+        """``(ts, run, first)`` of every stored round from ``since`` on, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT ts, run, first FROM rounds WHERE ts >= ? ORDER BY id", (since,)).fetchall()
+        return [(float(ts), str(run), bool(first)) for ts, run, first in rows]
+
+    def events(self, since: float = 0.0) -> list[tuple[float, str, dict[str, Any]]]:
+        """``(ts, kind, detail)`` of every kept event from ``since`` on, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT ts, kind, detail FROM events WHERE ts >= ? ORDER BY id", (since,)).fetchall()
+        return [(float(ts), str(kind), json.loads(detail)) for ts, kind, detail in rows]
 
     def span(self) -> tuple[float, float] | None:
         """The first and last round's time, or None while nothing is stored."""

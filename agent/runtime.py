@@ -424,6 +424,12 @@ class Agent:
         self.host.call("predis_agent_event", agent=self, event=event)
         for sink in list(self.sinks.values()):
             sink.submit_events([event])
+        if self.history.history is not None:
+            # Off the caller's thread (often the event loop): a slow disk delays only this.
+            try:
+                self._pool.submit(self.history.record_event, event.time, event.kind, event.data)
+            except RuntimeError:  # the pool is shut down: the agent is stopping
+                self.history.record_event(event.time, event.kind, event.data)
 
     # ------------------------------------------------------------------ reload
     def _file_digest(self) -> str | None:
@@ -665,11 +671,12 @@ class Agent:
         batch.extend(self.mlops.samples())
         batch = self.telemetry.set_batch(batch)
         now = time.time()
-        self.history.record(now, batch)
+        own = self.telemetry.self_samples()
+        self.history.record(now, batch + own)
         interval = float(self.config.get("agent.collect.interval_seconds"))
         due = [sink for sink in list(self.sinks.values()) if sink.due(now, interval)]
         if due:
-            pushed = batch + self.telemetry.self_samples()
+            pushed = batch + own
             for sink in due:
                 sink.submit(pushed)
         self.collection_runs += 1

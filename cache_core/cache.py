@@ -35,6 +35,7 @@ from cache_core.backend import to_host
 from cache_core.errors import CacheCoreError
 from cache_core.eviction import ClockPolicy, make_policy
 from cache_core.keys import Fingerprinter
+from cache_core.metering import ORIGIN_CALLERS, OriginMeter
 from cache_core.store import ValueStore, ValueTooLargeError
 from cache_core.table import HashTable
 
@@ -251,6 +252,8 @@ class Cache:
         self.small_batch = limit if self.table.host_scalar else 0
         self._lock = threading.RLock()
         self.stats = CacheStats(max_memory_bytes=self.max_memory_bytes, max_keys=self.max_keys)
+        # What the origin was asked, by whom (a demand read through, the prefetcher).
+        self.origin_meters = {caller: OriginMeter() for caller in ORIGIN_CALLERS}
         self._alloc_entries()
 
     def _alloc_entries(self) -> None:
@@ -746,12 +749,16 @@ class Cache:
         missing = [i for i, v in enumerate(out) if v is None]
         wanted = list(dict.fromkeys(keys[i] for i in missing))
         assert self.origin is not None
+        meter = self.origin_meters["demand"]
+        started = time.perf_counter()
         try:
             loaded = self.origin.load_many(wanted)
         except Exception:
+            meter.failed(len(wanted), time.perf_counter() - started)
             with self._lock:
                 self.stats.origin_errors += 1
             raise
+        meter.observe(len(wanted), loaded, time.perf_counter() - started)
         found = {k: v for k, v in zip(wanted, loaded) if v is not None and len(v) <= self.max_value_bytes}
         too_large = sum(1 for v in loaded if v is not None and len(v) > self.max_value_bytes)
         if too_large:
@@ -1455,6 +1462,8 @@ class Cache:
         with self._lock:
             for name, value in carried.items():
                 setattr(self.stats, name, getattr(self.stats, name) + value)
+        for caller, meter in self.origin_meters.items():
+            meter.carry(previous.origin_meters[caller])
 
     def self_test(self) -> tuple[bool, str]:
         """A real round trip through the device table (readiness)."""

@@ -18,6 +18,7 @@ import numpy
 
 from cache_core.cache import Cache, CacheStats
 from cache_core.eviction import POLICIES
+from cache_core.metering import ORIGIN_CALLERS, OriginMeter
 from cache_core.models import MODELS, Vocabulary, make_model
 from cache_core.prefetch import Prefetcher, PrefetchSettings
 
@@ -82,8 +83,8 @@ class LruSimulator:
     at a fraction of the cost (tests check it against the real cache, read for read).
 
     It offers what :class:`~cache_core.prefetch.Prefetcher` uses of a cache: ``get``,
-    ``contains_many``, ``mset(prefetched=True)``, ``stats``, ``max_value_bytes`` and
-    ``prefetch_observer``.
+    ``contains_many``, ``mset(prefetched=True)``, ``stats``, ``origin_meters``,
+    ``max_value_bytes`` and ``prefetch_observer``.
     """
 
     def __init__(self, max_keys: int, value_bytes: int = DEFAULT_VALUE_BYTES) -> None:
@@ -94,6 +95,7 @@ class LruSimulator:
         self.value = b"v" * int(value_bytes)
         self.entries: OrderedDict[bytes, bool] = OrderedDict()  # key -> prefetched and not yet read
         self.stats = CacheStats()
+        self.origin_meters = {caller: OriginMeter() for caller in ORIGIN_CALLERS}
         self.prefetch_observer: Callable[[Sequence[bytes], Sequence[bool]], None] | None = None
 
     def _insert(self, key: bytes, prefetched: bool) -> None:

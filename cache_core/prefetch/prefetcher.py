@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy
 
+from cache_core.metering import ControlShare
 from cache_core.model_host import CHALLENGER, SERVING, ModelProcess
 from cache_core.models import place_model
 from cache_core.models.base import Vocabulary
@@ -80,6 +81,7 @@ class Prefetcher:
         self._clock = clock
         self._keys_bucket = Bucket(s.max_keys_per_second, clock)
         self._bytes_bucket = Bucket(s.max_bytes_per_second, clock)
+        self.control = ControlShare(s.control_share)
         self.queue = WorkQueue(s, self.stats)
         self.foresight = Foresight(s, self.stats)
         self.pacer = Pacer(s, self.foresight)
@@ -166,6 +168,7 @@ class Prefetcher:
         """Queue keys a client expects to read; returns how many were accepted."""
         keys = list(dict.fromkeys(keys))[: self.settings.max_batch_keys]
         self.stats.hints += len(keys)
+        keys = self._without_control(keys)
         if self.sync:
             self._load(keys)
         else:
@@ -292,6 +295,8 @@ class Prefetcher:
                 self._keys_bucket = Bucket(settings.max_keys_per_second, self._clock)
             if settings.max_bytes_per_second != old.max_bytes_per_second:
                 self._bytes_bucket = Bucket(settings.max_bytes_per_second, self._clock)
+            if settings.control_share != old.control_share:
+                self.control = ControlShare(settings.control_share)
             host.retune(settings)
             self.queue.trim()
         return True
@@ -314,6 +319,41 @@ class Prefetcher:
             self.canary.stop()
 
     # -- one step -------------------------------------------------------------------
+    def _without_control(self, keys: list[bytes]) -> list[bytes]:
+        """``keys`` less those of the control share (never prefetched; counted)."""
+        if not keys or self.control.limit == 0:
+            return keys
+        kept = [k for k, control in zip(keys, self.control.mask(keys)) if not control]
+        self.stats.skipped_control += len(keys) - len(kept)
+        return kept
+
+    def _count_reads(self, keys: list[bytes], hits: list[bool]) -> tuple[list[bytes], list[bool]]:
+        """Count a served read batch's hits in the control share and in the rest (the
+        treated reads); returns the treated keys and hits (the canary's arms split those).
+        A batch without its hits counts nowhere."""
+        if len(hits) != len(keys) or not keys:
+            return keys, hits
+        st = self.stats
+        if self.control.limit == 0:
+            st.treated_reads += len(keys)
+            st.treated_hits += sum(hits)
+            return keys, hits
+        treated_keys: list[bytes] = []
+        treated_hits: list[bool] = []
+        control_reads = control_hits = 0
+        for key, hit, control in zip(keys, hits, self.control.mask(keys)):
+            if control:
+                control_reads += 1
+                control_hits += hit
+            else:
+                treated_keys.append(key)
+                treated_hits.append(hit)
+        st.control_reads += control_reads
+        st.control_hits += control_hits
+        st.treated_reads += len(treated_keys)
+        st.treated_hits += sum(treated_hits)
+        return treated_keys, treated_hits
+
     def _chosen(self, proposals: list[tuple[bytes, float]]) -> list[bytes]:
         threshold = self._threshold.value
         chosen = [k for k, score in proposals if score >= threshold]
@@ -329,7 +369,8 @@ class Prefetcher:
         hits = (hits or [])[-s.max_batch_keys :]
         host, canary = self.host, self.canary
         with self._lock:
-            canary.record_reads(keys, hits, s.depth)
+            treated_keys, treated_hits = self._count_reads(keys, hits)
+            canary.record_reads(treated_keys, treated_hits, s.depth)
             rollout = canary.rollout
             host.remote_seconds = 0.0
             if not self.sync:
@@ -344,7 +385,7 @@ class Prefetcher:
                 chosen, challenger_seconds = canary.contest(rollout, chosen, keys, lambda: self._chosen(host.propose(CHALLENGER, keys, s)))
                 model_seconds += challenger_seconds
                 canary.settle(s.depth)
-            candidates = list(dict.fromkeys(chosen))
+            candidates = self._without_control(list(dict.fromkeys(chosen)))
         present = self.cache.contains_many(candidates) if candidates and (self.origin is not None or not self.sync) else []
         if not self.sync:
             # Foresight counts what a prefetch would load: the candidates not cached (in a
@@ -374,12 +415,16 @@ class Prefetcher:
         if not fresh:
             return
         self._keys_bucket.take(len(fresh))
+        meter = self.cache.origin_meters["prefetch"]
+        started = time.perf_counter()
         try:
             values = self.origin.load_many(fresh)
         except Exception as exc:
+            meter.failed(len(fresh), time.perf_counter() - started)
             self.stats.origin_errors += 1
             log.warning("prefetch: origin load failed: %s: %s", exc.__class__.__name__, exc)
             return
+        meter.observe(len(fresh), values, time.perf_counter() - started)
         items = []
         for key, value in zip(fresh, values):
             if value is None or len(value) > self.cache.max_value_bytes:

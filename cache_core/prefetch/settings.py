@@ -39,6 +39,9 @@ class PrefetchSettings:
     backoff_window_reads: int = 4096
     backoff_model_seconds_per_read: float = 1e-6
     backoff_max_pause_seconds: float = 0.5
+    # Share of keys never prefetched (the control share the console measures the hit ratio
+    # without prefetching on; the agent sets it from ``console.control_share``).
+    control_share: float = 0.0
 
 
 @dataclass
@@ -67,6 +70,12 @@ class PrefetchStats:
     foresight_named: int = 0
     foresight_read: int = 0
     backoffs: int = 0
+    # Served reads the worker saw with their hits, in the control share and in the rest.
+    control_reads: int = 0
+    control_hits: int = 0
+    treated_reads: int = 0
+    treated_hits: int = 0
+    skipped_control: int = 0
 
     def carry(self, previous: PrefetchStats) -> None:
         """Add ``previous``'s counts to these (a replacement goes on from them)."""

@@ -57,6 +57,29 @@ METRICS: tuple[MetricSpec, ...] = declare_metrics(
         MetricSpec("predis_cache_expirations_total", "counter", "Keys removed because their TTL passed."),
         MetricSpec("predis_cache_origin_loads_total", "counter", "Values read through from the origin on a miss."),
         MetricSpec("predis_cache_origin_errors_total", "counter", "Origin loads that failed."),
+        MetricSpec(
+            "predis_cache_origin_reads_total",
+            "counter",
+            "Keys asked of the origin, by caller: demand (a miss read through) or prefetch (the prefetcher's loads).",
+            ("by",),
+        ),
+        MetricSpec("predis_cache_origin_read_bytes_total", "counter", "Bytes of the values the origin returned, by caller (demand, prefetch).", ("by",), unit="bytes"),
+        MetricSpec(
+            "predis_cache_origin_read_duration_seconds",
+            "histogram",
+            "Duration of one origin call (a batch of keys), by caller (demand, prefetch).",
+            ("by",),
+            unit="seconds",
+            buckets=api.ORIGIN_LATENCY_BUCKETS,
+        ),
+        MetricSpec(
+            "predis_cache_control_reads_total",
+            "counter",
+            "Served reads the prefetcher saw, in the control share of keys (group=control: never prefetched, console.control_share) and in the rest (group=treated).",
+            ("group",),
+        ),
+        MetricSpec("predis_cache_control_hits_total", "counter", "Hits among predis_cache_control_reads_total, by group (control, treated).", ("group",)),
+        MetricSpec("predis_cache_prefetch_skipped_control_total", "counter", "Prefetch candidates and hints dropped because their key is in the control share."),
         MetricSpec("predis_cache_prefetch_inserted_total", "counter", "Keys the prefetcher loaded from the origin and inserted (prefetches are not requests)."),
         MetricSpec("predis_cache_prefetch_used_total", "counter", "Prefetched entries a demand read hit before they left the cache."),
         MetricSpec("predis_cache_prefetch_wasted_total", "counter", "Prefetched entries evicted, expired, deleted or overwritten before any read."),
@@ -164,6 +187,7 @@ class CacheCollector:
         cache = service.cache
         if cache is not None:
             out.extend(self._cache_samples(cache.snapshot()))
+            out.extend(self._origin_samples(cache))
         server = service.server
         if server is not None:
             out.extend(self._server_samples(server))
@@ -184,6 +208,25 @@ class CacheCollector:
             out.append(sample(SPECS["predis_cache_prefetch_foresight_read_total"], st.foresight_read))
             out.append(sample(SPECS["predis_cache_prefetch_backed_off"], 1 if prefetcher.backed_off else 0))
             out.append(sample(SPECS["predis_cache_prefetch_backoffs_total"], st.backoffs))
+            out.append(sample(SPECS["predis_cache_prefetch_skipped_control_total"], st.skipped_control))
+            for group, reads, hits in (("control", st.control_reads, st.control_hits), ("treated", st.treated_reads, st.treated_hits)):
+                out.append(sample(SPECS["predis_cache_control_reads_total"], reads, {"group": group}))
+                out.append(sample(SPECS["predis_cache_control_hits_total"], hits, {"group": group}))
+        return out
+
+    @staticmethod
+    def _origin_samples(cache: Any) -> list[Metric]:
+        """What each caller asked of the origin, while the cache has one."""
+        if cache.origin is None:
+            return []
+        out: list[Metric] = []
+        for by in api.ORIGIN_CALLERS:
+            reads, read_bytes, calls, seconds, buckets = cache.origin_meters[by].snapshot()
+            labels = {"by": by}
+            out.append(sample(SPECS["predis_cache_origin_reads_total"], reads, labels))
+            out.append(sample(SPECS["predis_cache_origin_read_bytes_total"], read_bytes, labels))
+            cumulative = tuple((bound, float(n)) for bound, n in zip(api.ORIGIN_LATENCY_BUCKETS, buckets, strict=True))
+            out.append(sample(SPECS["predis_cache_origin_read_duration_seconds"], seconds, labels, buckets=cumulative, count=float(calls)))
         return out
 
     @staticmethod

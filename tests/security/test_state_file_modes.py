@@ -125,6 +125,7 @@ SAMPLES = {
     "root": "/srv/data",
     "bucket": "my-bucket",
     "prefix": "cache/",
+    "currency": "USD",
 }
 
 

@@ -31,12 +31,17 @@ def test_a_round_is_stored_and_read_back_by_series(tmp_path: Path) -> None:
     history = History(tmp_path / "h" / "history.sqlite3", retention_seconds=3600, max_bytes=1 << 30)
     try:
         assert history.span() is None
-        assert history.record(100.0, metrics(5, 2)) == 4  # the histogram and the unlisted gauge are left out
+        # Four counters and gauges, the histogram as _sum, _count and one +Inf bucket; the
+        # unlisted gauge is left out.
+        assert history.record(100.0, metrics(5, 2)) == 7
         history.record(110.0, metrics(9, 3))
         assert [(p.ts, p.value) for p in history.series("predis_cache_hits_total")] == [(100.0, 5.0), (110.0, 9.0)]
         assert [p.value for p in history.series("predis_cache_misses_total", since=105.0)] == [3.0]
         assert [p.labels for p in history.series("predis_cache_commands_total")] == [{"command": "get"}] * 2
         assert history.series("predis_cache_command_duration_seconds") == []
+        # The histogram's command label is summed away.
+        assert [(p.labels, p.value) for p in history.series("predis_cache_command_duration_seconds_sum")] == [({}, 0.5)] * 2
+        assert [(p.labels, p.value) for p in history.series("predis_cache_command_duration_seconds_bucket")] == [({"le": "+Inf"}, 3.0)] * 2
         assert history.span() == (100.0, 110.0)
     finally:
         history.close()

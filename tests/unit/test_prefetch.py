@@ -594,10 +594,11 @@ def test_prefetch_settings_defaults_are_the_schema_defaults() -> None:
 
     from agent.config import load_config
 
-    section = load_config(None, text="").get("cache.prefetch")
+    config = load_config(None, text="")
+    section = config.get("cache.prefetch")
     unbounded = {"max_keys_per_second", "max_bytes_per_second"}  # offline use: no rate limit
     for field in fields(PrefetchSettings):
-        if field.name == "model_process":
+        if field.name in ("model_process", "control_share"):
             continue
         want = 0.0 if field.name in unbounded else section[field.name]
         assert getattr(PrefetchSettings(), field.name) == want, field.name
@@ -605,6 +606,9 @@ def test_prefetch_settings_defaults_are_the_schema_defaults() -> None:
     # The agent runs its models in a process of their own; code that builds a Prefetcher
     # itself runs them in the calling process unless it asks.
     assert section["model_process"] is True and PrefetchSettings().model_process is False
+    # The agent keeps a control share of keys unprefetched (console.control_share); offline
+    # use prefetches every key unless it asks.
+    assert config.get("console.control_share") > 0 and PrefetchSettings().control_share == 0
 
 
 def test_reads_that_queue_up_during_a_rest_are_gathered_into_one_batch() -> None:
