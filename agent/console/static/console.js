@@ -78,6 +78,7 @@
     if (value === null || value === undefined || typeof value !== "number" || !Number.isFinite(value)) return null;
     switch (unit) {
       case "ratio": return [(value * 100).toFixed(1), "%"];
+      case "points": return [(value > 0 ? "+" : "") + (value * 100).toFixed(1), "points"];
       case "per_second": return [compact(value), "/s"];
       case "seconds": return seconds(value);
       case "seconds_per_second": {
@@ -110,6 +111,11 @@
     return Math.max(MIN_Y_AXIS, Math.ceil(axis.ticks.size + axis.gap + u.ctx.measureText(longest).width / devicePixelRatio) + 4);
   }
 
+  // Tick steps of a bytes axis: 1, 2, 5, 10, ... times a power of 1024, so ticks fall on round KiB, MiB, GiB.
+  const BYTE_STEPS = [0, 1, 2, 3, 4].flatMap((k) => [1, 2, 5, 10, 20, 50, 100, 200, 500].map((m) => m * 1024 ** k));
+
+  const WHOLE_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+
   // Whole steps for the y axis of a discrete series (breaker states, flags).
   const DISCRETE_SPLITS = { state: [0, 1, 2], flag: [0, 1] };
 
@@ -134,7 +140,7 @@
 
   /* A figure tile; `field` and the raw `value` are kept as data attributes for tests. */
   function tile(target, spec) {
-    const shown = format(spec.shownValue === undefined ? spec.value : spec.shownValue, spec.unit, spec.currency);
+    const shown = format(spec.value, spec.unit, spec.currency);
     const value = shown === null
       ? el("div", { class: "value empty" }, spec.empty || NO_DATA)
       : el("div", { class: "value" }, shown[0], shown[1] ? el("span", { class: "unit" }, shown[1]) : null);
@@ -259,6 +265,7 @@
         {
           stroke: "#5f6b7a", grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e1e5ea" }, size: axisSize,
           splits: DISCRETE_SPLITS[unit] ? () => DISCRETE_SPLITS[unit] : undefined,
+          incrs: unit === "bytes" ? BYTE_STEPS : unit === "version" ? WHOLE_STEPS : undefined,
           values: (u, splits) => splits.map((v) => axisValue(v, unit)),
         },
       ],
@@ -348,13 +355,20 @@
       ["prefetch_hits", "Hits on prefetched keys", "count"], ["hit_ratio", "Hit ratio", "ratio"],
       ["hit_ratio_without_prefetch", "Hit ratio without prefetching", "ratio"],
     ]],
+    ["What prefetching added", [
+      ["prefetch_uplift", "Hit ratio added", "points"], ["prefetch_extra_hits", "Extra hits", "count"],
+      ["prefetch_origin_reads", "Origin reads by the prefetcher", "count"],
+      ["origin_reads_avoided_by_prefetch", "Origin reads avoided by prefetching", "count"],
+      ["origin_latency_avoided_by_prefetch_seconds", "Origin latency avoided by prefetching", "seconds"],
+    ]],
     ["Control traffic (never prefetched)", [
       ["control.share", "Control share", "ratio"], ["control.reads", "Control reads", "count"],
-      ["control.hits", "Control hits", "count"], ["control.needed", "Control reads needed", "count"],
+      ["control.hits", "Control hits", "count"], ["control.needed", "Control reads still needed", "count"],
+      ["confidence_level", "Confidence level of the intervals", "ratio"],
     ]],
     ["Origin", [
       ["origin_reads", "Origin reads", "count"], ["origin_reads_avoided", "Origin reads avoided", "count"],
-      ["origin_reads_avoided_by_prefetch", "Avoided by prefetching", "count"], ["origin_bytes_avoided", "Origin bytes avoided", "bytes"],
+      ["origin_reads_avoided_vs_baseline", "Avoided against the baseline", "count"], ["origin_bytes_avoided", "Origin bytes avoided", "bytes"],
       ["origin_latency_seconds_mean", "Origin latency, mean", "seconds"], ["origin_latency_avoided_seconds", "Origin latency avoided", "seconds"],
     ]],
     ["Costs", [
@@ -363,6 +377,8 @@
       ["costs.net_per_day", "Net per day", "money"],
     ]],
   ];
+  // Intervals, shown under the figure they belong to.
+  const ROI_INTERVALS = { hit_ratio_without_prefetch: "hit_ratio_without_prefetch_ci", prefetch_uplift: "prefetch_uplift_ci" };
 
   function field(report, path) {
     return path.split(".").reduce((node, key) => (node === null || node === undefined ? null : node[key]), report);
@@ -375,8 +391,13 @@
       el("a", { class: "button", href: `/api/v1/roi?since=${since}&format=csv`, download: "predis-roi.csv" }, "Export CSV"),
       el("a", { class: "button", href: `/api/v1/roi?since=${since}&format=json`, download: "predis-roi.json" }, "Export JSON"));
     tiles.before(exports);
-    const window_ = el("p", { class: "lede", "data-field": "window_seconds", "data-value": JSON.stringify(report.window_seconds) },
-      `Window: ${new Date(report.since * 1000).toLocaleString()} – ${new Date(report.until * 1000).toLocaleString()} · prefetching ${report.prefetch}`);
+    const until = report.until === undefined || report.until === null ? "now" : new Date(report.until * 1000).toLocaleString();
+    const window_ = el("p", { class: "lede" },
+      el("span", { "data-field": "window_seconds", "data-value": JSON.stringify(report.window_seconds === undefined ? null : report.window_seconds) },
+        `Window: ${new Date(report.since * 1000).toLocaleString()} – ${until}`),
+      el("span", { "data-field": "rounds", "data-value": JSON.stringify(report.rounds === undefined ? null : report.rounds) },
+        typeof report.rounds === "number" ? ` · ${compact(report.rounds)} collection rounds` : ""),
+      report.prefetch ? ` · prefetching ${report.prefetch}` : "");
     tiles.before(window_);
     if (report.status === "no_data") {
       notice("info", "No data yet", "The report needs reads measured in this window; it fills in as the cache serves reads.");
@@ -384,7 +405,7 @@
     const control = report.control || {};
     if (report.status !== "no_data" && control.enough === false) {
       notice("", "Not enough control traffic yet",
-        `${compact(control.reads)} of the ${compact(control.needed)} reads without prefetching needed have been measured, so the hit ratio without prefetching and what prefetching is worth are not shown yet.`);
+        `${compact(control.reads || 0)} ${control.reads === 1 ? "read" : "reads"} of the never-prefetched control share measured, ${compact(control.needed)} more needed before the hit ratio without prefetching and what prefetching added are shown.`);
     }
     const currency = report.costs ? report.costs.currency : null;
     for (const [heading, figures] of ROI_FIGURES) {
@@ -392,16 +413,18 @@
       for (const [path, label, unit] of figures) {
         const value = field(report, path);
         const spec = { field: path, label, unit, value, currency };
-        // Counted reads of an empty window are "no data yet", not 0 (the raw value stays in data-value).
-        if (report.status === "no_data" && (path === "control.reads" || path === "control.hits")) spec.shownValue = null;
-        if (path === "hit_ratio_without_prefetch") {
-          const ci = report.hit_ratio_without_prefetch_ci;
-          spec.hint = ci ? `95% interval ${(ci[0] * 100).toFixed(1)}–${(ci[1] * 100).toFixed(1)}%` : "95% interval: " + NO_DATA;
-          spec.hintField = "hit_ratio_without_prefetch_ci";
+        if (ROI_INTERVALS[path]) {
+          const ci = field(report, ROI_INTERVALS[path]);
+          const level = typeof report.confidence_level === "number" ? `${Math.round(report.confidence_level * 100)}% interval` : "interval";
+          const ends = ci ? ci.map((end) => format(end, unit)) : null;
+          spec.hint = ends ? `${level} ${ends[0][0]} to ${ends[1][0]} ${ends[0][1]}` : `${level}: ${NO_DATA}`;
+          spec.hintField = ROI_INTERVALS[path];
           spec.hintValue = ci;
         }
         if (path === "costs.net_per_day" && typeof value === "number") spec.tone = value >= 0 ? "good" : "bad";
-        if (path.startsWith("costs.") && value === null && report.missing && report.missing.length) spec.empty = "cost not configured";
+        const missing = report.missing || [];
+        if (path.startsWith("costs.") && value === null && missing.length) spec.empty = "cost not configured";
+        if (path === "origin_reads_avoided_vs_baseline" && value === null && missing.includes("console.costs.baseline_hit_ratio")) spec.empty = "baseline not configured";
         tile(group, spec);
       }
       extra.append(el("h2", {}, heading), group);
@@ -489,7 +512,8 @@
         sources: [{ series: "predis_drift_score" }],
       }, timeline, [drift]),
       chart(charts, {
-        key: "predis_mlops_serving_version", title: "Serving version", unit: "count", xRange, stepped: true, wide: true,
+        key: "predis_mlops_serving_version", title: "Serving version", unit: "version", unitLabel: "registry version (0: a fresh model)", xRange, stepped: true, wide: true,
+        yRange: (u, min, max) => [0, Math.max(1, max + 1)],
         sources: [{ series: "predis_mlops_serving_version", legend: "version" }],
       }, timeline, [version]),
     ]);
