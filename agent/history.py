@@ -59,7 +59,7 @@ HISTORY_SERIES = frozenset(
         "predis_cache_command_errors_total", "predis_cache_connected_clients", "predis_cache_keys",
         "predis_cache_memory_bytes", "predis_cache_value_bytes", "predis_cache_max_memory_bytes",
         "predis_gpu_utilization_ratio", "predis_gpu_memory_used_bytes", "predis_gpu_memory_total_bytes",
-        "predis_gpu_devices", "predis_process_resident_memory_bytes", "predis_process_cpu_seconds_total",
+        "predis_gpu_devices", "process_resident_memory_bytes", "process_cpu_seconds_total",
         "predis_cache_origin_reads_total", "predis_cache_origin_read_bytes_total",
         "predis_cache_control_reads_total", "predis_cache_control_hits_total",
         "predis_cache_prefetch_observed_total", "predis_cache_prefetch_skipped_control_total",

@@ -351,7 +351,10 @@ DERIVED: dict[str, Derived] = {
     "prefetch_per_second": Derived("per_second", "prefetched keys inserted, used and wasted per second"),
     "prefetch_model_seconds_per_second": Derived("ratio", "CPU seconds the prefetch model spent per second"),
     "origin_reads_per_second": Derived("per_second", "keys asked of the origin per second, by caller"),
+    "sink_breaker_state": Derived("state", "each exporter's circuit breaker per round: 0 closed, 1 half-open, 2 open"),
 }
+# The value of each breaker state in sink_breaker_state (the order a chart's axis shows them).
+BREAKER_STATE_CODES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def stored_names() -> list[str]:
@@ -453,7 +456,7 @@ def _memory(w: _Window) -> list[dict[str, Any]]:
     for p in w.points("predis_cache_memory_bytes"):
         cache[p.ts] += p.value
     points = [{"ts": ts, "labels": {"of": "cache"}, "value": v} for ts, v in cache.items()]
-    points.extend({"ts": p.ts, "labels": {"of": "process"}, "value": p.value} for p in w.points("predis_process_resident_memory_bytes"))
+    points.extend({"ts": p.ts, "labels": {"of": "process"}, "value": p.value} for p in w.points("process_resident_memory_bytes"))
     return sorted(points, key=lambda p: p["ts"])
 
 
@@ -479,6 +482,12 @@ def _derived(w: _Window, name: str) -> list[dict[str, Any]]:
         return sorted(points, key=lambda p: p["ts"])
     if name == "prefetch_model_seconds_per_second":
         return _rates(w, "predis_cache_prefetch_inference_seconds_total")
+    if name == "sink_breaker_state":
+        return [
+            {"ts": p.ts, "labels": {"sink": p.labels.get("sink", "")}, "value": BREAKER_STATE_CODES[p.labels["state"]]}
+            for p in w.points("predis_agent_sink_breaker_state")
+            if p.value == 1 and p.labels.get("state") in BREAKER_STATE_CODES
+        ]
     assert name == "origin_reads_per_second"
     return _rates(w, "predis_cache_origin_reads_total", ("by",))
 

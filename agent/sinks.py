@@ -91,8 +91,8 @@ SPOOL_TEMP_RE = temp_name_re(r"[0-9]{20}\.json")
 # predis_agent_sink_spool_paused all the time).
 SPOOL_PAUSED_LOG_SECONDS = 60.0
 PERCENT = 100.0
-# Breaker states as exported by predis_agent_sink_breaker_state.
-BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+# Breaker states (pybreaker's names) and the ``state`` label of predis_agent_sink_breaker_state.
+BREAKER_STATES = {"closed": "closed", "half-open": "half_open", "open": "open"}
 # Threads a sink sends from (see ResilientSink._bounded_send).
 SENDER_THREADS = 2
 # Memory of a queued payload besides its packed JSON: the Payload object, the bytes
@@ -719,7 +719,9 @@ class ResilientSink:
 
     def _set_breaker_gauge(self, state: str) -> None:
         if self._metrics is not None:
-            self._m("predis_agent_sink_breaker_state").set(BREAKER_STATES.get(state, 0))
+            current = BREAKER_STATES.get(state, "closed")
+            for label in BREAKER_STATES.values():
+                self._m("predis_agent_sink_breaker_state", state=label).set(1 if label == current else 0)
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         if self._on_event is not None:

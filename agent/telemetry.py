@@ -13,6 +13,7 @@ samples; exporters turn them into their vendor's shape.
 from __future__ import annotations
 
 import math
+import platform
 import re
 import threading
 import time
@@ -62,7 +63,12 @@ class MetricSpec:
 
 
 SELF_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("predis_agent_info", "gauge", "Always 1; labels carry the agent version.", ("version",)),
+    MetricSpec(
+        "predis_agent_build_info",
+        "gauge",
+        "Always 1; labels carry the agent's version, the Python it runs on and the serving core's BLAKE2b lanes.",
+        ("version", "python_version", "native"),
+    ),
     MetricSpec("predis_agent_config_generation", "gauge", "Generation of the active config; +1 on every applied reload."),
     MetricSpec("predis_agent_config_last_reload_success", "gauge", "1 if the last reload attempt was applied, 0 if it was rejected."),
     MetricSpec("predis_agent_config_last_reload_timestamp_seconds", "gauge", "Unix time of the last reload attempt.", unit="seconds"),
@@ -103,7 +109,12 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec("predis_agent_sink_splits_total", "counter", "Payloads split in half after a too-large answer.", ("sink",)),
     MetricSpec("predis_agent_sink_dead_letters_total", "counter", "Rejected payloads written to the dead-letter directory.", ("sink",)),
-    MetricSpec("predis_agent_sink_breaker_state", "gauge", "Circuit breaker of an exporter: 0 closed, 1 half-open, 2 open.", ("sink",)),
+    MetricSpec(
+        "predis_agent_sink_breaker_state",
+        "gauge",
+        "Circuit breaker of an exporter: 1 for the state it is in (closed, half_open, open), 0 for the others.",
+        ("sink", "state"),
+    ),
     MetricSpec("predis_agent_sink_last_success_timestamp_seconds", "gauge", "Unix time of an exporter's last delivered payload.", ("sink",), unit="seconds"),
     MetricSpec(
         "predis_agent_sink_spool_paused",
@@ -314,7 +325,7 @@ class Telemetry:
         self.metrics: dict[str, Any] = {}
         for spec in SELF_METRICS:
             self.metrics[spec.name] = self._make(spec)
-        self.metrics["predis_agent_info"].labels(version=version).set(1)
+        self.metrics["predis_agent_build_info"].labels(version=version, python_version=platform.python_version(), native=_native_lanes()).set(1)
         self.batch_collector = _BatchCollector()
         self.registry.register(self.batch_collector)
         self.guard = CardinalityGuard(SPECS_BY_NAME)
@@ -459,6 +470,13 @@ def emitter_of(spec: MetricSpec) -> str:
         if spec.name.startswith(prefix):
             return module
     raise LookupError(f"{spec.name}: no plugin declared it and no emitter in EMITTERS claims it")
+
+
+def _native_lanes() -> str:
+    """Which BLAKE2b build the compiled serving core picked (``avx512f``, ``avx2``, ...)."""
+    from cache_core import _native
+
+    return str(_native.blake2b_lanes())
 
 
 class CardinalityGuard:

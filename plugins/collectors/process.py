@@ -2,10 +2,13 @@
 """The ``process_metrics`` collector: how the agent process itself is doing.
 
 A cache that answers slowly is often a host process that is starved, leaking or stalled,
-so this reports what lets an operator tell those apart: CPU seconds (``os.times``), the
-resident set (``/proc/self/statm``), open file descriptors (``/proc/self/fd``) against
-their limit, OS threads (``/proc/self/status``), the lag of the asyncio event loop that
-serves RESP and HTTP, and the time Python's garbage collector paused the process.
+so this reports what lets an operator tell those apart. The standard ``process_*`` series
+every dashboard expects (CPU seconds, resident and virtual memory, start time, open file
+descriptors and their limit) come from prometheus_client's own ``ProcessCollector`` (read
+from ``/proc``), under their standard names, so they are pushed to every exporter as well as
+scraped. Our extras keep the ``predis_process_`` prefix: OS threads
+(``/proc/self/status``), the lag of the asyncio event loop that serves RESP and HTTP, and the
+time Python's garbage collector paused the process.
 
 Event-loop lag is measured on the agent's own loop: the plugin's startup hook schedules a
 probe timer (``loop.call_later``) every :data:`PROBE_INTERVAL_SECONDS`; each firing
@@ -23,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import resource
 import threading
 import time
 import weakref
 from typing import Any
+
+from prometheus_client import ProcessCollector as StandardProcessCollector
 
 from agent.api import Metric, MetricSpec, declare_metrics, hookimpl, sample
 
@@ -40,19 +44,19 @@ SECTION_SCHEMA: dict[str, Any] = {
 }
 PROBE_INTERVAL_SECONDS = 0.5
 PROC_SELF = "/proc/self"
-STATM_RSS_FIELD = 1  # /proc/self/statm: size resident shared text lib data dt (pages)
+PROC_ROOT = "/proc"
 THREADS_PREFIX = "Threads:"
 
 # Every sample this collector produces, declared once; built with :func:`sample`.
 METRICS: tuple[MetricSpec, ...] = declare_metrics(
     __name__,
     (
-        MetricSpec(
-            "predis_process_cpu_seconds_total", "counter", "CPU time the agent process used, by mode (user, system).", ("mode",), unit="seconds"
-        ),
-        MetricSpec("predis_process_resident_memory_bytes", "gauge", "Resident set size of the agent process.", unit="bytes"),
-        MetricSpec("predis_process_open_fds", "gauge", "Open file descriptors of the agent process."),
-        MetricSpec("predis_process_max_fds", "gauge", "Soft limit on open file descriptors (RLIMIT_NOFILE)."),
+        MetricSpec("process_cpu_seconds_total", "counter", "Total user and system CPU time the agent process spent.", unit="seconds"),
+        MetricSpec("process_resident_memory_bytes", "gauge", "Resident memory size of the agent process.", unit="bytes"),
+        MetricSpec("process_virtual_memory_bytes", "gauge", "Virtual memory size of the agent process.", unit="bytes"),
+        MetricSpec("process_start_time_seconds", "gauge", "Start time of the agent process since the Unix epoch.", unit="seconds"),
+        MetricSpec("process_open_fds", "gauge", "Open file descriptors of the agent process."),
+        MetricSpec("process_max_fds", "gauge", "Soft limit on open file descriptors (RLIMIT_NOFILE)."),
         MetricSpec("predis_process_threads", "gauge", "Operating-system threads of the agent process."),
         MetricSpec("predis_process_event_loop_lag_seconds", "gauge", "How late the latest event-loop probe ran.", unit="seconds"),
         MetricSpec(
@@ -166,27 +170,6 @@ class GcPauseTracker:
         return [(gen, collections[gen], pauses.get(gen, 0.0)) for gen in sorted(collections)]
 
 
-def _rss_bytes(proc: str) -> int | None:
-    try:
-        with open(os.path.join(proc, "statm"), encoding="ascii") as handle:
-            pages = int(handle.read().split()[STATM_RSS_FIELD])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * resource.getpagesize()
-
-
-def _open_fds(proc: str) -> int | None:
-    try:
-        return len(os.listdir(os.path.join(proc, "fd")))
-    except OSError:
-        return None
-
-
-def _max_fds() -> int | None:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
 def _threads(proc: str) -> int:
     try:
         with open(os.path.join(proc, "status"), encoding="ascii", errors="replace") as handle:
@@ -208,6 +191,9 @@ class ProcessCollector:
         self.probe = probe
         self.gc_tracker = gc_tracker
         self.proc = proc
+        # Not registered anywhere: read each round and turned into samples, so the push
+        # exporters get the standard series too.
+        self.standard = StandardProcessCollector(registry=None, pid=lambda: "self", proc=PROC_ROOT)
 
     def enabled(self) -> bool:
         return bool(self.agent.config.section(CONFIG_SECTION).get("enabled", True))
@@ -215,20 +201,12 @@ class ProcessCollector:
     def collect(self) -> list[Metric]:
         if not self.enabled():
             return []
-        times = os.times()
-        cpu = SPECS["predis_process_cpu_seconds_total"]
-        out = [
-            sample(cpu, times.user, {"mode": "user"}),
-            sample(cpu, times.system, {"mode": "system"}),
-            sample(SPECS["predis_process_threads"], _threads(self.proc)),
-        ]
-        for name, value in (
-            ("predis_process_resident_memory_bytes", _rss_bytes(self.proc)),
-            ("predis_process_open_fds", _open_fds(self.proc)),
-            ("predis_process_max_fds", _max_fds()),
-        ):
-            if value is not None:
-                out.append(sample(SPECS[name], value))
+        out = [sample(SPECS["predis_process_threads"], _threads(self.proc))]
+        for family in self.standard.collect():
+            for s in family.samples:
+                spec = SPECS.get(s.name)
+                if spec is not None:
+                    out.append(sample(spec, s.value))
         lag = self.probe.read()
         if lag is not None:
             out.append(sample(SPECS["predis_process_event_loop_lag_seconds"], lag[0]))

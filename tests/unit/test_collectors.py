@@ -42,6 +42,8 @@ from plugins.collectors.process import GcPauseTracker, LoopLagProbe, ProcessColl
 from tests.polling import wait_for, wait_for_async
 
 NAME_RE = re.compile(r"^predis_[a-z][a-z0-9_]*[a-z0-9]$")
+# The standard process series keep the names every dashboard expects (no predis_ prefix).
+STANDARD_PROCESS_RE = re.compile(r"^process_[a-z][a-z0-9_]*[a-z0-9]$")
 # What the cache, process and GPU collectors declare.
 COLLECTED_METRICS = cache_plugin.METRICS + process_plugin.METRICS + gpu_plugin.METRICS
 LABEL_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -88,7 +90,7 @@ def names(batch: list[Metric]) -> set[str]:
 # ----------------------------------------------------------------------------- registry
 @pytest.mark.parametrize("spec", COLLECTED_METRICS, ids=[s.name for s in COLLECTED_METRICS])
 def test_collected_metric_names_follow_prometheus_conventions(spec: MetricSpec) -> None:
-    assert NAME_RE.fullmatch(spec.name) and "__" not in spec.name
+    assert (NAME_RE.fullmatch(spec.name) or STANDARD_PROCESS_RE.fullmatch(spec.name)) and "__" not in spec.name
     assert spec.kind in ("gauge", "counter", "histogram")
     assert spec.name.endswith("_total") == (spec.kind == "counter"), spec.name
     if spec.unit:
@@ -322,7 +324,7 @@ def _process_collector(tmp_gc: GcPauseTracker | None = None) -> ProcessCollector
 
 
 def _cpu(batch: list[Metric]) -> float:
-    return sum(value(batch, "predis_process_cpu_seconds_total", mode=m) or 0.0 for m in ("user", "system"))
+    return value(batch, "process_cpu_seconds_total") or 0.0
 
 
 def test_cpu_seconds_increase_after_busy_work() -> None:
@@ -339,23 +341,27 @@ def test_cpu_seconds_increase_after_busy_work() -> None:
 
 def test_open_fds_rise_after_opening_files(tmp_path: Path) -> None:
     collector = _process_collector()
-    before = value(collector.collect(), "predis_process_open_fds")
+    before = value(collector.collect(), "process_open_fds")
     assert before is not None and before > 0
     handles = [open(tmp_path / f"f{i}", "w") for i in range(5)]
     try:
-        after = value(collector.collect(), "predis_process_open_fds")
+        after = value(collector.collect(), "process_open_fds")
         assert after is not None and after >= before + 5
     finally:
         for handle in handles:
             handle.close()
-    assert value(collector.collect(), "predis_process_max_fds") == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert value(collector.collect(), "process_max_fds") == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def test_rss_is_plausible_and_threads_count_os_threads() -> None:
     collector = _process_collector()
     batch = collector.collect()
-    rss = value(batch, "predis_process_resident_memory_bytes")
+    rss = value(batch, "process_resident_memory_bytes")
     assert rss is not None and 1 << 20 < rss < 1 << 40
+    virtual = value(batch, "process_virtual_memory_bytes")
+    assert virtual is not None and virtual >= rss
+    started = value(batch, "process_start_time_seconds")
+    assert started is not None and time.time() - 3600 * 24 * 365 < started <= time.time()
     threads = value(batch, "predis_process_threads")
     assert threads is not None and threads >= threading.active_count()
     release = threading.Event()

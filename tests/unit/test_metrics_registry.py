@@ -29,7 +29,7 @@ from agent.telemetry import (
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 REGENERATE = f"run `{METRICS_GENERATOR_COMMAND}`"
 
-NAME_RE = re.compile(r"^predis_[a-z][a-z0-9_]*[a-z0-9]$")
+NAME_RE = re.compile(r"^(predis|process)_[a-z][a-z0-9_]*[a-z0-9]$")  # process_*: the standard process series
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 KINDS = ("gauge", "counter", "histogram", "summary")
 # Base units only (Prometheus naming guide); scaled units are spelled out as suffixes.

@@ -278,7 +278,8 @@ def test_breaker_opens_probes_half_open_and_closes(make: Any, telemetry: Telemet
     exp.plan = [TransientExportError("500")] * 3
     sink.submit([1])
     wait_for(lambda: sink.breaker.current_state == "open")
-    assert value(telemetry, "predis_agent_sink_breaker_state") == 2
+    # One series per state, 1 for the state the breaker is in.
+    assert [value(telemetry, "predis_agent_sink_breaker_state", state=s) for s in ("closed", "half_open", "open")] == [0, 0, 1]
     attempts_when_open = exp.attempts
     assert attempts_when_open == 3  # the open breaker refuses calls instead of hammering the vendor
     assert sink.wait_idle(WAIT)  # after the reset timeout one probe goes through and succeeds
@@ -286,7 +287,7 @@ def test_breaker_opens_probes_half_open_and_closes(make: Any, telemetry: Telemet
     assert sink.breaker.current_state == "closed"
     changes = [(d["old"], d["new"]) for k, d in events if k == "breaker_state_changed"]
     assert changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
-    assert value(telemetry, "predis_agent_sink_breaker_state") == 0
+    assert [value(telemetry, "predis_agent_sink_breaker_state", state=s) for s in ("closed", "half_open", "open")] == [1, 0, 0]
 
 
 def test_a_failed_half_open_probe_reopens_the_breaker(make: Any) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import platform
 import re
 
 import prometheus_client
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from agent.telemetry import SELF_METRICS, Metric, Telemetry
+from cache_core import _native
 
 NAME_RE = re.compile(r"^predis_[a-z][a-z0-9_]*[a-z0-9]$")
 LABEL_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -58,7 +60,9 @@ def test_exposition_has_every_self_metric_and_no_created_series() -> None:
     for spec in SELF_METRICS:
         # Counter families are written with or without _total depending on the client version.
         assert (spec.name, spec.kind) in families or (spec.name.removesuffix("_total"), spec.kind) in families, spec.name
-    assert 'predis_agent_info{version="9.9.9"} 1.0' in text
+    build = re.search(r'^predis_agent_build_info\{(.*)\} 1\.0$', text, flags=re.M)
+    assert build is not None and 'version="9.9.9"' in build.group(1)
+    assert f'python_version="{platform.python_version()}"' in build.group(1) and 'native="' in build.group(1)
     assert "predis_agent_collection_runs_total 1.0" in text
     assert 'predis_agent_plugin_errors_total{hook="h",plugin="p"} 1.0' in text
     assert 'predis_agent_sink_points_sent_total{sink="s"} 2.0' in text
@@ -152,8 +156,9 @@ def test_two_telemetry_instances_are_independent() -> None:
     assert a.registry.get_sample_value("predis_agent_collection_runs_total") == 5
     assert b.registry.get_sample_value("predis_agent_collection_runs_total") == 0
     assert b.registry.get_sample_value("only_in_a") is None
-    assert b.registry.get_sample_value("predis_agent_info", {"version": "b"}) == 1
-    assert b.registry.get_sample_value("predis_agent_info", {"version": "a"}) is None
+    labels = {"python_version": platform.python_version(), "native": _native.blake2b_lanes()}
+    assert b.registry.get_sample_value("predis_agent_build_info", {"version": "b", **labels}) == 1
+    assert b.registry.get_sample_value("predis_agent_build_info", {"version": "a", **labels}) is None
     # Nothing leaks into prometheus_client's process-wide default registry.
     assert prometheus_client.REGISTRY.get_sample_value("predis_agent_collection_runs_total") is None
 
