@@ -36,6 +36,12 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 VIEWPORTS = {"laptop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 BLOCKS = 300
+BURST = 1500  # requests per pipelined burst
+BURST_KEYS = 300
+DRIFT_WINDOW = 500
+DRIFT_MIN_SAMPLES = 100
+# Events the models page puts on its time axis.
+TIMELINE_KINDS = ("drift_detected", "rollout_", "model_")
 # The charts each page must draw with points under the workload below.
 DRAWN = {
     "overview": ("hit_ratio", "ops_per_second", "latency_seconds", "memory_bytes"),
@@ -46,7 +52,7 @@ DRAWN = {
         "predis_cache_prefetch_backed_off",
         "prefetch_model_seconds_per_second",
     ),
-    "models": ("predis_mlops_serving_version", "predis_mlops_rollout_share_ratio"),
+    "models": ("predis_mlops_serving_version", "predis_mlops_rollout_share_ratio", "predis_drift_score"),
     "exporters": ("predis_agent_sink_breaker_state", "predis_agent_sink_queue_points", "predis_agent_sink_outage_budget_seconds"),
 }
 # What each drawn chart reads from /api/v1/series.
@@ -131,6 +137,9 @@ def busy_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProces
         "plugins": {"files": {"root": str(root)}},
         "console": {"history_path": str(tmp / "history" / "history.sqlite3")},
         "exporters": {"datadog": {"enabled": True, "api_host": f"http://127.0.0.1:{free_port()}", "api_key": "${env:DD_KEY}", "interval": 1}},
+        # Drift checks every second on small windows, so that scores and a detection show up.
+        "collectors": {"access_log": {"enabled": True, "ring_capacity": 1 << 17}},
+        "drift": {"check_interval_seconds": 1, "window_events": DRIFT_WINDOW, "min_samples": DRIFT_MIN_SAMPLES},
     }
     agent = AgentProcess(tmp, config, env={"DD_KEY": "console-test-key-not-secret"})
     agent.start()
@@ -144,6 +153,25 @@ def busy_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProces
                 wait_for(lambda n=runs + i // 50 + 1: agent.status()["components"]["collection"]["runs"] > n, what="a collection round")
         for i in range(0, BLOCKS, 3):
             client.get(f"blk{i:04d}")
+        bursts = iter(range(1 << 20))
+
+        def burst_until_drift() -> bool:
+            """One burst of reads and writes on a key set that changes with every burst, then
+            the next drift check; true once the agent has reported a drift."""
+            shift = next(bursts)
+            pipe = client.pipeline(transaction=False)
+            for i in range(BURST):
+                key = f"{'ab'[shift % 2]}:{(i * 7 + shift) % BURST_KEYS}"
+                if i % 10 == 0:
+                    pipe.set(key, b"v" * 64)
+                else:
+                    pipe.get(key)
+            pipe.execute()
+            checks = agent.status()["components"]["drift"]["checks"]
+            wait_for(lambda: agent.status()["components"]["drift"]["checks"] > checks, what="a drift check")
+            return any(e["kind"] == "drift_detected" for e in agent.get("/api/v1/events").json()["events"])
+
+        wait_for(burst_until_drift, timeout=60, what="a drift detected in the history's events")
         client.close()
 
         def all_series_have_points() -> bool:
@@ -179,6 +207,15 @@ def test_every_page_draws_its_charts_under_a_workload(browser: Any, busy_agent: 
         if size == "phone":  # one column: no chart wider than the screen
             widths = page.evaluate("() => Array.from(document.querySelectorAll('.chart')).map(c => c.getBoundingClientRect().right)")
             assert all(right <= VIEWPORTS["phone"]["width"] for right in widths), widths
+    # The drift events are on the models page's time axis and listed under it.
+    events = [e for e in busy_agent.get("/api/v1/events").json()["events"] if e["kind"].startswith(TIMELINE_KINDS)]
+    assert any(e["kind"] == "drift_detected" for e in events), events
+    open_page(page, busy_agent, "models")
+    assert page.locator("table.events tr[data-kind]").count() == len(events)
+    # One time axis for the page's charts, and every event on it.
+    ranges = page.evaluate("() => Object.values(window.predisCharts).map(u => [u.scales.x.min, u.scales.x.max])")
+    assert len(ranges) >= 3 and all(r == ranges[0] for r in ranges), ranges
+    assert all(ranges[0][0] <= e["ts"] <= ranges[0][1] for e in events), (ranges[0], events)
     assert errors == []
     page.context.close()
 

@@ -12,6 +12,7 @@
   const LOGIN_PATH = "/dashboard/login";
   const NO_DATA = "no data yet";
   const LONE_POINT_SPAN = 600;
+  const DETAIL_CHARS = 200; // an event's summary in the models page's table
   const MIN_Y_AXIS = 56; // room for the date under the first time label
   const PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
   const EVENT_COLOURS = { drift_detected: "#dc2626", rollout_decision: "#2563eb", model_promoted: "#16a34a" };
@@ -182,7 +183,9 @@
         if (source.split && source.only && !source.only.includes(point.labels[source.split])) continue;
         const name = legendOf(source, point.labels);
         if (!lines.has(name)) lines.set(name, new Map());
-        lines.get(name).set(point.ts, point.value);
+        const line = lines.get(name);
+        // Several points of one line in one round (a line per detector over its features): the highest.
+        line.set(point.ts, line.has(point.ts) && source.combine === "max" ? Math.max(line.get(point.ts), point.value) : point.value);
       }
     });
     const xs = Array.from(new Set(Array.from(lines.values()).flatMap((line) => Array.from(line.keys())))).sort((a, b) => a - b);
@@ -470,12 +473,24 @@
     ]);
   }
 
+  /* An event's detail in a line: its plain fields (text, numbers, lists of them), not its nested records. */
+  function summary(detail) {
+    const parts = [];
+    for (const [key, value] of Object.entries(detail || {})) {
+      const plain = (v) => v === null || ["string", "number", "boolean"].includes(typeof v);
+      if (plain(value)) parts.push(`${key}: ${value}`);
+      else if (Array.isArray(value) && value.every(plain)) parts.push(`${key}: ${value.join(", ")}`);
+    }
+    const text = parts.join(" · ");
+    return text.length > DETAIL_CHARS ? text.slice(0, DETAIL_CHARS - 1) + "…" : text;
+  }
+
   function eventRows(events) {
     if (!events.length) return el("p", { class: "lede" }, "No drift events or rollout decisions in this window.");
     const rows = events.slice().reverse().map((event) => el("tr", { "data-kind": event.kind },
       el("td", {}, new Date(event.ts * 1000).toLocaleString()),
       el("td", {}, el("span", { style: `color:${EVENT_COLOURS[event.kind] || "#6b7280"}` }, "● "), event.kind.replaceAll("_", " ")),
-      el("td", { class: "detail" }, JSON.stringify(event.detail))));
+      el("td", { class: "detail" }, summary(event.detail))));
     return el("table", { class: "events" }, el("thead", {}, el("tr", {}, el("th", {}, "time"), el("th", {}, "event"), el("th", {}, "detail"))), el("tbody", {}, ...rows));
   }
 
@@ -492,8 +507,9 @@
     tile(tiles, { label: "Rollout share", unit: "ratio", value: latest(share), hint: "decisions the challenger makes" });
     tile(tiles, { label: "Champion hit ratio", unit: "ratio", value: latest(champion) });
     tile(tiles, { label: "Challenger hit ratio", unit: "ratio", value: latest(challenger) });
-    const scores = Array.from(latestBy(drift, "detector").values());
-    tile(tiles, { label: "Drift score (highest)", unit: "count", value: scores.length ? Math.max(...scores) : null });
+    const lastRound = drift.points.length ? drift.points[drift.points.length - 1].ts : null;
+    const scores = drift.points.filter((p) => p.ts === lastRound).map((p) => p.value);
+    tile(tiles, { label: "Drift score (highest)", unit: "count", value: scores.length ? Math.max(...scores) : null, hint: "the latest check, over every detector and feature" });
     const timeline = events.filter((e) => e.kind === "drift_detected" || e.kind.startsWith("rollout") || e.kind.startsWith("model_"));
     // One time axis for every chart of the page and the events, so they line up.
     const times = [version, share, champion, challenger, drift].flatMap((r) => r.points.map((p) => p.ts)).concat(timeline.map((e) => e.ts));
@@ -509,7 +525,8 @@
       }, timeline, [share]),
       chart(charts, {
         key: "predis_drift_score", title: "Drift score", unit: "count", wide: true, xRange,
-        sources: [{ series: "predis_drift_score" }],
+        unitLabel: "highest over the features, per detector",
+        sources: [{ series: "predis_drift_score", split: "detector", combine: "max" }],
       }, timeline, [drift]),
       chart(charts, {
         key: "predis_mlops_serving_version", title: "Serving version", unit: "version", unitLabel: "registry version (0: a fresh model)", xRange, stepped: true, wide: true,
