@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 TOKEN_ENV_VAR = "PREDIS_AGENT_TOKEN"
 CLIENT_TIMEOUT_SECONDS = 10.0
+# `replay` on a non-terminal stderr (a CI log): a progress line at most this often.
+REPLAY_PROGRESS_SECONDS = 10.0
 
 config_option = click.option(
     "--config",
@@ -321,7 +323,7 @@ def exporters_dry_run(config_path: str | None, overrides: tuple[str, ...], only:
 
 @cli.group()
 def plugins() -> None:
-    """List and install plugins."""
+    """List, install, uninstall and run plugins."""
 
 
 @plugins.command("list")
@@ -369,7 +371,85 @@ def plugins_install(name: str) -> None:
     code = subprocess.call(command)
     if code != 0:
         _fail(f"pip exited with {code}", 1)
-    click.echo("installed; restart the agent to load it (entry points are read at start-up, not on reload)")
+    click.echo("installed; restart the agent, or `predis-agent reload`, to load it (a reload imports plugins installed since start)")
+
+
+@plugins.command("uninstall")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def plugins_uninstall(name: str, yes: bool) -> None:
+    """pip-uninstall the distribution that provides plugin NAME (an installed plugin's name
+    as `plugins list` shows it; built-in plugins cannot be uninstalled)."""
+    import subprocess
+
+    from agent.plugins import plugin_entry_points
+
+    found = [ep for ep in plugin_entry_points() if ep.name == name]
+    if not found:
+        from agent.plugins import DEFAULT_PLUGINS
+
+        if name in {builtin for builtin, _module in DEFAULT_PLUGINS}:
+            _fail(f"{name!r} is built into predis-agent; disable it with plugins.{name}.enabled: false instead", 2)
+        installed = ", ".join(ep.name for ep in plugin_entry_points()) or "none"
+        _fail(f"no installed plugin named {name!r} (installed: {installed})", 2)
+    dist = found[0].dist
+    if dist is None:
+        _fail(f"plugin {name!r} has no distribution pip could uninstall", 2)
+    assert dist is not None
+    dist_name = dist.metadata["Name"]
+    if not yes:
+        click.confirm(f"uninstall {dist_name} {dist.version} (provides plugin {name})?", abort=True)
+    command = [sys.executable, "-m", "pip", "uninstall", "--disable-pip-version-check", "-y", dist_name]
+    click.echo(f"running: {' '.join(command)}", err=True)
+    code = subprocess.call(command)
+    if code != 0:
+        _fail(f"pip exited with {code}", 1)
+    click.echo("uninstalled; restart the agent to unload it from a running agent (a loaded plugin stays until then)")
+
+
+def _printable_body(body: Any) -> str:
+    """A payload's body as text: JSON for an object, UTF-8 text, or a note for binary bytes."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            return bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            return f"<{len(body)} bytes of binary data>"
+    if isinstance(body, str):
+        return body
+    return json.dumps(body, indent=2, sort_keys=True, default=str)
+
+
+@plugins.command("run")
+@click.argument("name")
+@click.option("--once", is_flag=True, required=True, help="Run it once and print what it produced (the only mode).")
+@config_option
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_run(name: str, once: bool, config_path: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Run collector or exporter NAME once, as `telegraf --test` does: a collector prints the
+    samples it produced; an exporter prints the payloads it would send, sent nowhere."""
+    from agent.config import resolve_config_path
+    from agent.dryrun import NotFound, render_samples, render_text, run_once, to_json
+
+    path, _ = resolve_config_path(config_path)
+    try:
+        result = run_once(path, overrides, name)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(2)
+    except NotFound as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        click.echo(to_json(result))
+    elif "samples" in result:
+        click.echo(render_samples(result))
+    else:
+        click.echo(render_text(result))
+        for entry in result["exporters"].values():
+            for payload in entry.get("payload_list", []):
+                click.echo(f"--- {payload['kind']} payload, {payload['points']} point(s), {payload['bytes']} bytes")
+                click.echo(_printable_body(payload.get("body")))
 
 
 # ---------------------------------------------------------------------------- data
@@ -477,7 +557,17 @@ def data_read(directory: str, key_files: tuple[str, ...], since: str | None, as_
 @click.option("--value-bytes", "value_bytes", type=click.IntRange(min=1, max=1 << 20), default=64, show_default=True, help="Size of every value the in-memory origin returns.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(dir_okay=False), help="Segment key for a directory trace (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help='Print one object: {"requests", "hits", "hit_ratio", "prefetches", "prefetch_used", "prefetch_precision", "policy", "prefetch"}.')
-def replay_cmd(trace: str, cache_entries: int, policy: str, prefetch: str, value_bytes: int, key_files: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--progress-seconds",
+    "progress_seconds",
+    type=click.FloatRange(min=0),
+    default=REPLAY_PROGRESS_SECONDS,
+    show_default=True,
+    help="When stderr is not a terminal (a CI log), print a progress line at most this often (0: at every step).",
+)
+def replay_cmd(
+    trace: str, cache_entries: int, policy: str, prefetch: str, value_bytes: int, key_files: tuple[str, ...], as_json: bool, progress_seconds: float
+) -> None:
     """Replay TRACE through the real cache code with an in-memory origin.
 
     Every request is a demand read; hits include hits on prefetched entries, and
@@ -514,7 +604,9 @@ def replay_cmd(trace: str, cache_entries: int, policy: str, prefetch: str, value
 
             result = replay(keys, cache_entries, policy=policy, prefetch=prefetch, value_bytes=value_bytes, progress=advance)
     else:
-        result = replay(keys, cache_entries, policy=policy, prefetch=prefetch, value_bytes=value_bytes)
+        result = replay(
+            keys, cache_entries, policy=policy, prefetch=prefetch, value_bytes=value_bytes, progress=_progress_lines(len(keys), progress_seconds)
+        )
     if as_json:
         click.echo(json.dumps({k: result[k] for k in ("requests", "hits", "hit_ratio", "prefetches", "prefetch_used", "prefetch_precision", "policy", "prefetch")}))
         return
@@ -524,6 +616,23 @@ def replay_cmd(trace: str, cache_entries: int, policy: str, prefetch: str, value
         f"{result['prefetches']} prefetches, {result['prefetch_used']} used (precision {precision}); "
         f"policy {policy}, prefetch {prefetch}, {cache_entries} entries"
     )
+
+
+def _progress_lines(total: int, every_seconds: float) -> Any:
+    """A replay progress callback that writes a line to stderr at most every ``every_seconds``."""
+    started = time.monotonic()
+    last = [started]
+
+    def report(done: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < every_seconds and done < total:
+            return
+        last[0] = now
+        rate = done / max(now - started, 1e-9)
+        left = (total - done) / rate if rate > 0 else float("inf")
+        click.echo(f"replaying: {done}/{total} requests ({done / total:.0%}), {rate:,.0f}/s, about {left:.0f}s left", err=True)
+
+    return report
 
 
 @cli.group()
@@ -584,16 +693,35 @@ def drift_check(reference: str, current: str, key_files: tuple[str, ...], config
 # ---------------------------------------------------------------------------- talking to a running agent
 
 
-def _client_token(token_file: str | None) -> str:
+def _local_token(cfg: Config) -> str | None:
+    """The running agent's local token (agent.auth.local_token_file), when this user can read it."""
+    path = cfg.get("agent.auth.local_token_file")
+    if not path:
+        return None
+    try:
+        with open(os.path.expanduser(path), encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _client_token(token_file: str | None, cfg: Config | None = None) -> str:
+    """The token ``status`` and ``reload`` send: --token-file, else $PREDIS_AGENT_TOKEN, else
+    the agent's local token file (readable by the agent's user and root)."""
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as handle:
                 return handle.read().strip()
         except OSError as exc:
             _fail(f"cannot read token file {token_file}: {exc.strerror}", 2)
-    token = os.environ.get(TOKEN_ENV_VAR, "").strip()
+    token = os.environ.get(TOKEN_ENV_VAR, "").strip() or (_local_token(cfg) if cfg is not None else None)
     if not token:
-        _fail(f"no API token: pass --token-file or set {TOKEN_ENV_VAR} (create one with `predis-agent token create`)", 2)
+        _fail(
+            f"no API token: pass --token-file, set {TOKEN_ENV_VAR} (create one with `predis-agent token create`), "
+            "or run as the agent's user or root to use its local token (agent.auth.local_token_file)",
+            2,
+        )
+    assert token is not None
     return token
 
 
@@ -641,7 +769,7 @@ def _request(cfg: Config, method: str, path: str, token: str) -> tuple[int, Any]
 def status(config_path: str | None, as_json: bool, token_file: str | None) -> None:
     """Show the running agent's status."""
     cfg = _load_for_client(config_path)
-    code, body = _request(cfg, "GET", "/status", _client_token(token_file))
+    code, body = _request(cfg, "GET", "/status", _client_token(token_file, cfg))
     if code != 200:
         _fail(f"agent answered {code}: {body.get('error') if isinstance(body, dict) else body}")
     if as_json:
@@ -672,6 +800,8 @@ def status(config_path: str | None, as_json: bool, token_file: str | None) -> No
     click.echo(f"ready: {'yes' if ready.get('ready') else 'NO'}")
     for name, comp in sorted(ready.get("components", {}).items()):
         click.echo(f"  {name:<24} {'ok' if comp['ok'] else 'FAIL'}  {comp['detail']}")
+    for line in _status_prefetch(cache.get("prefetch")) + _status_drift(components.get("drift")) + _status_models(components.get("mlops")):
+        click.echo(line)
     click.echo("plugins:")
     for p in body["plugins"]:
         errs = sum(p["hook_errors"].values())
@@ -687,6 +817,84 @@ def status(config_path: str | None, as_json: bool, token_file: str | None) -> No
         click.echo(line)
 
 
+def _when(ts: float | None, now: float | None = None) -> str:
+    """A Unix time as an ISO time with how far it is from now."""
+    if ts is None:
+        return "never"
+    now = time.time() if now is None else now
+    delta = ts - now
+    rel = f"in {delta:.0f}s" if delta >= 0 else f"{-delta:.0f}s ago"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(ts))} ({rel})"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _status_prefetch(prefetch: dict[str, Any] | None) -> list[str]:
+    if not isinstance(prefetch, dict):
+        return ["prefetch: off"]
+    version = prefetch.get("version")
+    backoff = prefetch.get("backoff") or {}
+    lines = [
+        f"prefetch: model {prefetch.get('model')}" + (f" v{version}" if version is not None else " (fresh, learning online)")
+        + f", threshold {prefetch.get('threshold')}, loaded {prefetch.get('loaded', 0)}, used {prefetch.get('used', 0)}, "
+        f"wasted {prefetch.get('wasted', 0)}, precision {_share(prefetch.get('precision'))}"
+        + (", BACKED OFF" if backoff.get("active") else "")
+    ]
+    return lines
+
+
+def _rollout_line(label: str, rollout: dict[str, Any]) -> str:
+    arms = rollout.get("arms") or {}
+    ratios = ", ".join(
+        f"{name} {_share(arm['hits'] / arm['reads']) if arm.get('reads') else 'n/a'} of {arm.get('reads', 0)} reads"
+        for name, arm in sorted(arms.items())
+        if isinstance(arm, dict)
+    )
+    steps = rollout.get("steps") or []
+    decisions = rollout.get("decisions") or []
+    last = decisions[-1] if decisions else None
+    return (
+        f"{label}: {rollout.get('state')}, champion v{rollout.get('champion_version')} vs challenger "
+        f"v{rollout.get('challenger_version')} at {_share(rollout.get('share'))} of keys "
+        f"(step {int(rollout.get('step', 0)) + 1} of {len(steps)}); {ratios or 'no reads yet'}"
+        + (f"; last decision {last.get('action')}: {last.get('reason')}" if isinstance(last, dict) else "")
+    )
+
+
+def _status_drift(drift: dict[str, Any] | None) -> list[str]:
+    if not isinstance(drift, dict):
+        return []
+    if not drift.get("enabled", True):
+        return ["drift: off (drift.enabled is false)"]
+    last = drift.get("last_result") or {}
+    affected = ", ".join(last.get("affected_features") or []) or "none"
+    return [
+        f"drift: {drift.get('state')}; {drift.get('checks', 0)} checks, last {_when(drift.get('last_check'))}, "
+        f"next {_when(drift.get('next_check'))}; drifted features: {affected}"
+    ]
+
+
+def _status_models(mlops: dict[str, Any] | None) -> list[str]:
+    if not isinstance(mlops, dict):
+        return []
+    decisions = mlops.get("decisions") or {}
+    retrain = mlops.get("retrain") or {}
+    served = mlops.get("serving_version")
+    lines = [
+        f"models: tenant {mlops.get('tenant')}, serving {'v' + str(served) if served is not None else 'no registered model'}; "
+        f"retrain {'on' if retrain.get('enabled') else 'off'} ({retrain.get('phase', 'idle')}); "
+        + ", ".join(f"{k} {v}" for k, v in sorted(decisions.items()))
+    ]
+    for label, rollout in (("rollout", mlops.get("rollout")), ("last rollout", mlops.get("last_rollout"))):
+        if isinstance(rollout, dict):
+            lines.append("  " + _rollout_line(label, rollout))
+    if mlops.get("load_error"):
+        lines.append(f"  registry error: {mlops['load_error']}")
+    return lines
+
+
 @cli.command()
 @config_option
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
@@ -698,6 +906,8 @@ def reload(config_path: str | None, token_file: str | None) -> None:
     token = None
     if token_file or os.environ.get(TOKEN_ENV_VAR):
         token = _client_token(token_file)
+    else:
+        token = _local_token(cfg)
     if token:
         code, body = _request(cfg, "POST", "/reload", token)
         if code == 200:
@@ -739,22 +949,29 @@ def _store(config_path: str | None) -> TokenStore:
 @token.command("create")
 @config_option
 @click.option("--name", default="", help="A label to recognise the token by.")
-def token_create(config_path: str | None, name: str) -> None:
+@click.option(
+    "--scope",
+    type=click.Choice(["metrics", "read", "admin"]),
+    default="admin",
+    show_default=True,
+    help="metrics: /metrics only; read: also /status, /readyz and the console; admin: everything (reload, plugin routes).",
+)
+def token_create(config_path: str | None, name: str, scope: str) -> None:
     """Create a token and print it once on stdout; only its hash is stored."""
     store = _store(config_path)
     try:
-        plaintext, record = store.create(name)
+        plaintext, record = store.create(name, scope)
     except (SecurityError, OSError) as exc:
         _fail(str(exc))
     click.echo(plaintext)
-    click.echo(f"created token {record.id} in {store.path}; it is shown only once", err=True)
+    click.echo(f"created {record.scope} token {record.id} in {store.path}; it is shown only once", err=True)
 
 
 @token.command("list")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
 def token_list(config_path: str | None, as_json: bool) -> None:
-    """List token IDs, labels and creation times (never the tokens)."""
+    """List token IDs, scopes, labels and creation times (never the tokens)."""
     store = _store(config_path)
     rows = [r.public() for r in store.records()]
     if store.load_error:
@@ -764,7 +981,7 @@ def token_list(config_path: str | None, as_json: bool) -> None:
         return
     for row in rows:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
-        click.echo(f"{row['id']}  {created}  {row['name']}")
+        click.echo(f"{row['id']}  {created}  {row['scope']:<7}  {row['name']}")
 
 
 @token.command("revoke")

@@ -60,7 +60,7 @@ from agent.mlops.drift_monitor import DriftMonitor
 from agent.mlops.service import MlopsService
 from agent.pidfile import remove_pid_file, write_pid_file
 from agent.plugins import PluginHost
-from agent.security import TokenStore
+from agent.security import TokenRecord, TokenStore, create_local_token, remove_local_token
 from agent.sinks import ResilientSink, SinkSettings
 from agent.telemetry import Telemetry
 from agent.tracing import Tracing
@@ -465,6 +465,8 @@ class HistoryComponent(BaseComponent):
 @dataclass
 class HttpPlan:
     site: Any  # agent.http.SitePlan, or None: keep the running listener
+    local: tuple[TokenRecord, Path] | None = None  # a new local token, written; None: keep the current one
+    local_changed: bool = False  # agent.auth.local_token_file changed (to null: drop the current one)
 
 
 class HttpComponent(BaseComponent):
@@ -476,31 +478,56 @@ class HttpComponent(BaseComponent):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.tokens: TokenStore | None = None
+        self.local: tuple[TokenRecord, Path] | None = None
 
     def renewed(self, new: Config) -> list[str]:
         if self.server.needs_rebind(new.section("agent.http")):
             return ["agent.http.tls (certificate files renewed)"]
         return []
 
+    def plan(self, new: Config, changes: Changes, plans: dict[str, Any]) -> tuple[TokenRecord, Path] | None:
+        """Write a new local token when ``agent.auth.local_token_file`` is new (start, or a
+        changed path); a path that cannot be written rejects the change."""
+        path = new.get("agent.auth.local_token_file")
+        if path is None or not (changes.initial or changes.touches(["agent.auth.local_token_file"])):
+            return None
+        try:
+            return create_local_token(path)
+        except OSError as exc:
+            raise StartupError(f"agent.auth.local_token_file {path}: cannot write the local token: {exc.strerror or exc}") from None
+
     async def prepare(self, plan: Any, new: Config, changes: Changes) -> HttpPlan:
         section = new.section("agent.http")
         rebind = changes.initial or self.server.needs_rebind(section)
-        return HttpPlan(await self.server.prepare_site(section) if rebind else None)
+        local_changed = changes.initial or changes.touches(["agent.auth.local_token_file"])
+        return HttpPlan(await self.server.prepare_site(section) if rebind else None, plan, local_changed)
 
     async def apply(self, plan: HttpPlan, new: Config, changes: Changes) -> list[str]:
         if self.tokens is None or changes.touches(["agent.auth.token_store"]):
             self.tokens = TokenStore(new.get("agent.auth.token_store"))
+        if plan.local_changed:
+            if self.local is not None:
+                remove_local_token(*self.local)
+            self.local = plan.local
+        self.tokens.local = self.local[0] if self.local is not None else None
         self.server.configure(new.section("agent.http"), new.section("agent.auth"), self.tokens)
         if plan.site is not None:
             await self.server.start(plan.site)
         return []
 
-    def discard(self, plan: HttpPlan) -> None:
-        if plan is not None and plan.site is not None:
-            plan.site.sock.close()
+    def discard(self, plan: Any) -> None:
+        if isinstance(plan, HttpPlan):
+            if plan.site is not None:
+                plan.site.sock.close()
+            plan = plan.local
+        if isinstance(plan, tuple):
+            remove_local_token(*plan)
 
     async def stop(self, config: Config) -> None:
         await self.server.stop()
+        if self.local is not None:
+            remove_local_token(*self.local)
+            self.local = None
 
 
 class MetricsListenerComponent(BaseComponent):
@@ -597,6 +624,12 @@ class PluginComponent(BaseComponent):
         self._close_pool = concurrent.futures.ThreadPoolExecutor(max_workers=SINK_CLOSE_WORKERS, thread_name_prefix="sink-close")
         self.retired_sinks: list[ResilientSink] = []
         self.closing: list[concurrent.futures.Future[None]] = []
+        # Plugins installed while the agent runs, imported by a reload and not registered yet.
+        self.arrived: list[str] = []
+
+    def renewed(self, new: Config) -> list[str]:
+        """A plugin installed since the last change is a change of its own section."""
+        return [f"plugins.{name}" for name in self.arrived]
 
     async def prepare(self, plan: Any, new: Config, changes: Changes) -> Any:
         # Sinks a previous change turned off finish closing before any is built again, so
@@ -605,7 +638,8 @@ class PluginComponent(BaseComponent):
         return plan
 
     async def apply(self, plan: Any, new: Config, changes: Changes) -> list[str]:
-        only = None if changes.initial else self.changed_plugins(changes)
+        only = None if changes.initial else self.changed_plugins(changes) | set(self.arrived)
+        self.arrived = []
         self.host.apply_config(new.plugin_enabled)
         # Off the loop: plugins build their objects (SDK clients) and new sinks read their
         # spools from disk.

@@ -96,6 +96,48 @@ def dry_run(config_path: str | None, overrides: tuple[str, ...], *, only: tuple[
     return result
 
 
+class NotFound(LookupError):
+    """No collector or exporter of that name (the message lists what there is)."""
+
+
+def run_once(config_path: str | None, overrides: tuple[str, ...], name: str) -> dict[str, Any]:
+    """Run one collector (by its plugin's or its own name) once and return its samples, or,
+    for an exporter, what :func:`dry_run` shows of it with the payload bodies: sent nowhere.
+    Raises :class:`NotFound` when nothing has that name."""
+    agent = Agent(config_path, overrides)
+    cfg = agent.config
+    agent.host.apply_config(cfg.plugin_enabled)
+    collectors = agent.host.collect("predis_agent_register_collectors", agent=agent, config=cfg)
+    chosen = [(p, c) for p, c in collectors if name in (p, getattr(c, "name", None))]
+    if chosen:
+        samples: list[dict[str, Any]] = []
+        errors: dict[str, str] = {}
+        for plugin, collector in chosen:
+            try:
+                got = [m for m in collector.collect() if isinstance(m, Metric)]
+            except Exception as exc:
+                errors[f"{plugin}.{getattr(collector, 'name', '?')}"] = f"{exc.__class__.__name__}: {exc}"
+                continue
+            samples.extend({"name": m.name, "kind": m.kind, "labels": dict(m.labels), "value": m.value} for m in got)
+        return {"collector": name, "samples": samples, "errors": errors}
+    exporter_names = sorted((cfg.get("exporters") or {}).keys())
+    if name in exporter_names:
+        return {"exporter": name, **dry_run(config_path, overrides, only=(name,), include_body=True)}
+    known = sorted({p for p, _c in collectors} | {str(getattr(c, "name", p)) for p, c in collectors})
+    raise NotFound(f"no collector or exporter named {name!r}; collectors: {', '.join(known)}; exporters: {', '.join(exporter_names)}")
+
+
+def render_samples(result: dict[str, Any]) -> str:
+    """One line per sample, as in the Prometheus text format."""
+    lines = []
+    for sample in result["samples"]:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample["labels"].items()))
+        lines.append(f"{sample['name']}{{{labels}}} {sample['value']!r}" if labels else f"{sample['name']} {sample['value']!r}")
+    for where, error in result["errors"].items():
+        lines.append(f"collector {where} failed: {error}")
+    return "\n".join(lines)
+
+
 def render_text(result: dict[str, Any]) -> str:
     lines = [f"collected {result['collected_samples']} samples"]
     for where, error in result["collector_errors"].items():

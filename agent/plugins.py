@@ -197,6 +197,26 @@ class PluginHost:
                 continue
             self._import(ep.name, f"entrypoint:{dist_name}", ep.load, ep.value, version)
 
+    def load_new_entrypoints(self) -> list[str]:
+        """Import the installed plugins that appeared since the host was built (a
+        ``plugins install`` while the agent runs); returns their names. Safe by construction:
+        a plugin already loaded is never imported again or unloaded (that takes a restart), and
+        a new one is only imported here; it is registered by :meth:`apply_config` like any
+        other. Blocking (imports): call it off the event loop."""
+        importlib.invalidate_caches()
+        try:
+            eps = plugin_entry_points()
+        except Exception as exc:
+            log.error("cannot list entry points of group %s: %s", ENTRY_POINT_GROUP, exc)
+            return []
+        fresh = [ep for ep in eps if ep.name not in self.plugins]
+        for ep in fresh:
+            dist = getattr(ep, "dist", None)
+            with self._lock:
+                self._import(ep.name, f"entrypoint:{getattr(dist, 'name', None) or 'unknown'}", ep.load, ep.value, getattr(dist, "version", None))
+            log.info("plugin %s: installed since start, loaded (%s)", ep.name, self.plugins[ep.name].state)
+        return [ep.name for ep in fresh]
+
     def _import(self, name: str, source: str, loader: Callable[[], Any], module: str, version: str | None) -> None:
         info = PluginInfo(name=name, source=source, module=module, version=version)
         self.plugins[name] = info

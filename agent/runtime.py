@@ -448,7 +448,12 @@ class Agent:
             return None
 
     def _read_and_load(self) -> Config:
-        """The config on disk, read and validated; blocking: run off the loop. Raises ConfigError."""
+        """The config on disk, read and validated; blocking: run off the loop. Raises ConfigError.
+
+        Plugins installed since start are imported first, so that the config is validated
+        with their sections and the change registers them (:meth:`PluginComponent.renewed`).
+        """
+        self.plugins.arrived.extend(self.host.load_new_entrypoints())
         return self.load_config(read_config_text(self.config_path) if self.config_path else None)
 
     async def reload(self, trigger: str) -> ReloadResult:
@@ -585,7 +590,12 @@ class Agent:
         wake = self.drift_component.wake
         assert wake is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drift.interval
+
+        def schedule() -> float:
+            self.drift.next_check = time.time() + self.drift.interval  # shown by /status and `status`
+            return loop.time() + self.drift.interval
+
+        deadline = schedule()
         while True:
             wake.clear()
             try:
@@ -593,14 +603,14 @@ class Agent:
             except TimeoutError:
                 pass
             else:
-                deadline = loop.time() + self.drift.interval
+                deadline = schedule()
                 continue
             try:
                 with self.tracing.span("drift.check"):
                     await loop.run_in_executor(None, self.drift.step)
             except Exception as exc:
                 log.error("drift check failed: %s: %s", exc.__class__.__name__, exc)
-            deadline = loop.time() + self.drift.interval
+            deadline = schedule()
 
     # ------------------------------------------------------------------ model lifecycle
     async def _mlops_loop(self) -> None:

@@ -9,6 +9,11 @@ SHA-256 digests: a token has full entropy, so a fast hash is as strong as a slow
 here, and it lets every request be checked in microseconds. Presented tokens are
 compared with ``hmac.compare_digest`` against every stored digest, so timing reveals
 neither which entry nor how many bytes matched.
+
+Each token has a **scope** (:data:`SCOPES`, each including the ones before it): ``metrics``
+may scrape ``/metrics`` only; ``read`` may also read ``/status``, ``/readyz`` and the
+console; ``admin`` may do everything (reload, plugin routes). A token stored before scopes
+existed has none recorded and keeps full access (``admin``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,42 @@ DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")  # hash_token's output: SHA-256 as low
 FILE_MODE_SECRET = PRIVATE_FILE_MODE
 DIR_MODE_SECRET = PRIVATE_DIR_MODE
 STORE_VERSION = 1
+# Token scopes, least to most: each includes the ones before it.
+SCOPES = ("metrics", "read", "admin")
+# The scope of a token stored without one (before scopes existed): full access, as it had.
+DEFAULT_SCOPE = "admin"
+
+
+# The id of the agent's local token (agent.auth.local_token_file), never a stored one's (those
+# are 8 hex digits).
+LOCAL_TOKEN_ID = "local"
+
+
+def create_local_token(path: str | os.PathLike[str]) -> tuple[TokenRecord, Path]:
+    """A fresh admin token for the CLI on this host: written to ``path`` (0600, in a 0700
+    directory, atomically; a symlink there is replaced, never followed) and returned as the
+    record the agent accepts it by; it lives as long as the agent process."""
+    target = Path(os.path.expanduser(str(path)))
+    token = f"{TOKEN_PREFIX}{LOCAL_TOKEN_ID}_{secrets.token_urlsafe(TOKEN_BYTES)}"
+    atomic_write(target, (token + "\n").encode("ascii"))
+    return TokenRecord(LOCAL_TOKEN_ID, "local (this host's CLI)", time.time(), hash_token(token), DEFAULT_SCOPE), target
+
+
+def remove_local_token(record: TokenRecord, path: Path) -> None:
+    """Delete the local token file if it still holds ``record``'s token (a newer agent's is kept)."""
+    try:
+        held = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return
+    if hmac.compare_digest(hash_token(held).encode("ascii"), record.digest.encode("ascii")):
+        path.unlink(missing_ok=True)
+
+
+def scope_allows(scope: str, needed: str) -> bool:
+    """Whether a token of ``scope`` may use a route that needs ``needed``."""
+    if scope not in SCOPES or needed not in SCOPES:
+        return False
+    return SCOPES.index(scope) >= SCOPES.index(needed)
 
 
 def private_dir(raw: str, what: str) -> Path:
@@ -86,9 +127,10 @@ class TokenRecord:
     name: str
     created: float
     digest: str
+    scope: str = DEFAULT_SCOPE
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "created": self.created}
+        return {"id": self.id, "name": self.name, "created": self.created, "scope": self.scope}
 
 
 # A token store holds a few hundred bytes per token; a larger file is refused unread (it is
@@ -111,6 +153,8 @@ class TokenStore:
         self._stamp: tuple[int, int, int, int] | None = None
         self._records: list[TokenRecord] = []
         self.load_error: str | None = None
+        # The running agent's local token (agent.auth.local_token_file), accepted besides the file's.
+        self.local: TokenRecord | None = None
 
     # -- reading -----------------------------------------------------------
     def _file_stamp(self) -> tuple[int, int, int, int] | None:
@@ -135,14 +179,23 @@ class TokenStore:
                 raw = json.loads(self.path.read_text(encoding="utf-8"))
                 for item in raw.get("tokens", []):
                     records.append(
-                        TokenRecord(str(item["id"]), str(item.get("name", "")), float(item["created"]), str(item["digest"]))
+                        TokenRecord(
+                            str(item["id"]), str(item.get("name", "")), float(item["created"]), str(item["digest"]), str(item.get("scope", DEFAULT_SCOPE))
+                        )
                     )
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 error = f"token store {self.path} is unreadable ({exc.__class__.__name__}); no token is accepted"
                 records = []
             else:
                 bad = [r.id for r in records if not DIGEST_RE.fullmatch(r.digest)]
-                if bad:
+                unscoped = [r.id for r in records if r.scope not in SCOPES]
+                if unscoped and not bad:
+                    error = (
+                        f"token store {self.path} is corrupt: token(s) {', '.join(repr(i) for i in unscoped)} have a scope "
+                        f"other than {', '.join(SCOPES)}; no token is accepted until the file is restored or those entries are removed"
+                    )
+                    records = []
+                elif bad:
                     error = (
                         f"token store {self.path} is corrupt: expected every digest to be 64 lowercase hex characters "
                         f"(SHA-256), found another value for token(s) {', '.join(repr(i) for i in bad)}; "
@@ -174,7 +227,8 @@ class TokenStore:
             raise AuthError("missing bearer token")
         digest = hash_token(presented).encode("ascii")
         match = None
-        for record in self.records():
+        local = self.local
+        for record in [*self.records(), *([local] if local is not None else [])]:
             # Bytes, not str: compare_digest raises TypeError on non-ASCII str. Digests are
             # validated on load, so encoding cannot fail; "replace" keeps it total anyway.
             if hmac.compare_digest(record.digest.encode("ascii", "replace"), digest):
@@ -191,8 +245,10 @@ class TokenStore:
         }
         atomic_write(self.path, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
 
-    def create(self, name: str = "") -> tuple[str, TokenRecord]:
-        """Create a token; return (plaintext shown once, stored record)."""
+    def create(self, name: str = "", scope: str = DEFAULT_SCOPE) -> tuple[str, TokenRecord]:
+        """Create a token of ``scope``; return (plaintext shown once, stored record)."""
+        if scope not in SCOPES:
+            raise SecurityError(f"unknown token scope {scope!r}; expected one of {', '.join(SCOPES)}")
         with self._lock:
             self._refresh()
             if self.load_error:
@@ -202,7 +258,7 @@ class TokenStore:
             while token_id in existing:
                 token_id = secrets.token_hex(TOKEN_ID_BYTES)
             token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(TOKEN_BYTES)}"
-            record = TokenRecord(token_id, name, time.time(), hash_token(token))
+            record = TokenRecord(token_id, name, time.time(), hash_token(token), scope)
             self._write([*self._records, record])
             self._stamp = None
             return token, record

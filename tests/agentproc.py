@@ -40,14 +40,15 @@ def cli(*args: str, env: dict[str, str] | None = None, check: bool = True, timeo
 class AgentProcess:
     """One agent subprocess with its own config, token store and logs in ``tmp``."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None, python: str = sys.executable) -> None:
         self.tmp = tmp
+        self.python = python
         self.config_path = tmp / "agent.yaml"
         self.token_store = tmp / "state" / "tokens.json"
         base: dict[str, Any] = {
             "agent": {
                 "http": {"listen": "127.0.0.1:0"},
-                "auth": {"token_store": str(self.token_store)},
+                "auth": {"token_store": str(self.token_store), "local_token_file": str(tmp / "state" / "local-token")},
                 "reload": {"watch_interval_seconds": 0.2},
                 "collect": {"interval_seconds": 0.2},
             },
@@ -68,14 +69,20 @@ class AgentProcess:
         os.replace(tmp, self.config_path)
 
     def create_token(self, name: str = "test") -> str:
-        return cli("token", "create", "--config", str(self.config_path), "--name", name, env=self.env).stdout.strip()
+        proc = subprocess.run(
+            [self.python, "-m", "agent", "token", "create", "--config", str(self.config_path), "--name", name],
+            capture_output=True, text=True, env=self.env, timeout=60,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise AssertionError(f"predis-agent token create exited {proc.returncode}: {proc.stderr}")
+        return proc.stdout.strip()
 
     def start(self, wait: bool = True) -> AgentProcess:
         self.token = self.token or self.create_token()
         self.stdout = open(self.tmp / "stdout.log", "wb")
         self.stderr = open(self.tmp / "stderr.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+            [self.python, "-m", "agent", "run", "--config", str(self.config_path)],
             stdout=self.stdout,
             stderr=self.stderr,
             env=self.env,

@@ -52,6 +52,8 @@ class DriftMonitor:
         self.checks = 0
         self.lost_events = 0
         self.last_check: float | None = None
+        # When the agent's drift loop checks next (Unix time; None until it runs).
+        self.next_check: float | None = None
         self.last_window_events = 0
         self.last_features: WindowFeatures | None = None
         self.state = "not checked yet"
@@ -124,6 +126,7 @@ class DriftMonitor:
                 "window_events": self.window_events,
                 "last_window_events": self.last_window_events,
                 "last_check": self.last_check,
+                "next_check": self.next_check,
                 "lost_events": self.lost_events,
                 "reference": None
                 if reference is None

@@ -9,6 +9,7 @@ import json
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -119,12 +120,24 @@ def test_status_and_reload_commands(tmp_path: Path) -> None:
         assert json.loads(still.stdout)["config_generation"] == 2
         assert "problem(s)" in still.stderr
 
+        # Without a token the CLI on the agent's host uses its local token (0600, admin).
+        local = tmp_path / "state" / "local-token"
+        assert stat.S_IMODE(local.stat().st_mode) == 0o600 and stat.S_IMODE(local.parent.stat().st_mode) == 0o700
+        assert local.read_text().strip() not in agent.logs()
+        without = cli("status", "--config", str(agent.config_path), env={**agent.env, "PREDIS_AGENT_TOKEN": ""})
+        assert "ready: yes" in without.stdout
+        agent.write_config(merge(agent.config, {"agent": {"log": {"level": "info"}}}))
+        assert "generation 3" in cli("reload", "--config", str(agent.config_path), env={**agent.env, "PREDIS_AGENT_TOKEN": ""}).stdout
+        kept = local.read_text()
+        local.unlink()
         no_token = cli("status", "--config", str(agent.config_path), env={**agent.env, "PREDIS_AGENT_TOKEN": ""}, check=False)
-        assert no_token.returncode == 2 and "PREDIS_AGENT_TOKEN" in no_token.stderr
+        assert no_token.returncode == 2 and "PREDIS_AGENT_TOKEN" in no_token.stderr and "local token" in no_token.stderr
+        local.write_text(kept)
         wrong = cli("status", "--config", str(agent.config_path), env={**agent.env, "PREDIS_AGENT_TOKEN": "pda_x"}, check=False)
         assert wrong.returncode == 1 and "401" in wrong.stderr
     finally:
         agent.stop()
+    assert not (tmp_path / "state" / "local-token").exists()  # it lived as long as the agent
 
 
 def test_plugins_install_refuses_options(tmp_path: Path) -> None:

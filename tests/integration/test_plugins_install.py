@@ -16,12 +16,24 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODULE = '''
-from agent import hookimpl
+from agent.api import Metric, hookimpl
+
+
+class Greeter:
+    name = "greeter"
+
+    def collect(self):
+        return [Metric("predis_hello_greetings", 1.0, "gauge")]
 
 
 @hookimpl
 def predis_agent_config_schema():
     return {"type": "object", "properties": {"greeting": {"type": "string", "default": "hello"}}}
+
+
+@hookimpl
+def predis_agent_register_collectors(agent):
+    return [Greeter()]
 '''
 
 
@@ -77,7 +89,7 @@ def test_install_a_wheel_then_list_it(tmp_path: Path) -> None:
 
     proc = subprocess.run([python, "-m", "agent", "plugins", "install", str(wheel)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "restart the agent" in proc.stdout
+    assert "restart the agent, or `predis-agent reload`" in proc.stdout
 
     after = subprocess.run([python, "-m", "agent", "plugins", "list", "--json"], capture_output=True, text=True, env=env, timeout=120)
     rows = {row["name"]: row for row in json.loads(after.stdout)}
@@ -87,3 +99,37 @@ def test_install_a_wheel_then_list_it(tmp_path: Path) -> None:
     # The test's own environment is untouched.
     outer = subprocess.run([sys.executable, "-m", "agent", "plugins", "list", "--json"], capture_output=True, text=True, timeout=120)
     assert "hello" not in {row["name"] for row in json.loads(outer.stdout)}
+
+
+def test_a_plugin_installed_while_the_agent_runs_loads_on_reload_runs_once_and_uninstalls(tmp_path: Path) -> None:
+    from tests.agentproc import AgentProcess
+    from tests.polling import wait_for
+
+    venv = tmp_path / "venv"
+    python = inner_venv(venv)
+    wheel = build_wheel(tmp_path)
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_NO_INDEX": "1"}
+    state = tmp_path / "agent"
+    state.mkdir()
+    agent = AgentProcess(state, {"agent": {"reload": {"watch": False}}}, env=env, python=python).start()
+    try:
+        assert "predis_hello_greetings" not in agent.get("/metrics").text
+        proc = subprocess.run([python, "-m", "agent", "plugins", "install", str(wheel)], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # A reload imports the plugin installed since start and registers its collector; the
+        # config did not change.
+        reloaded = agent.post("/reload").json()
+        assert reloaded["ok"] is True and "plugins.hello" in reloaded["changed"], reloaded
+        assert {p["name"]: p["state"] for p in agent.status()["plugins"]}["hello"] == "loaded"
+        wait_for(lambda: "predis_hello_greetings 1.0" in agent.get("/metrics").text, what="the new plugin's collector")
+    finally:
+        agent.stop()
+    once = subprocess.run(
+        [python, "-m", "agent", "plugins", "run", "greeter", "--once", "--config", str(agent.config_path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert once.returncode == 0 and once.stdout.strip() == "predis_hello_greetings 1.0", once.stdout + once.stderr
+    gone = subprocess.run([python, "-m", "agent", "plugins", "uninstall", "hello", "--yes"], capture_output=True, text=True, env=env, timeout=300)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    rows = subprocess.run([python, "-m", "agent", "plugins", "list", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert "hello" not in {row["name"] for row in json.loads(rows.stdout)}

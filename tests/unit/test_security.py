@@ -56,7 +56,35 @@ def test_only_the_hash_is_stored(tmp_path: Path) -> None:
     assert secret_part[:16].encode() not in data
     body = json.loads(data)
     assert body["version"] == 1
-    assert body["tokens"] == [{"id": record.id, "name": "ops", "created": record.created, "digest": hash_token(token)}]
+    assert body["tokens"] == [{"id": record.id, "name": "ops", "created": record.created, "scope": "admin", "digest": hash_token(token)}]
+
+
+def test_scopes_include_the_ones_before_and_old_tokens_keep_full_access(tmp_path: Path) -> None:
+    from agent.security import scope_allows
+
+    assert [scope_allows("metrics", n) for n in ("metrics", "read", "admin")] == [True, False, False]
+    assert [scope_allows("read", n) for n in ("metrics", "read", "admin")] == [True, True, False]
+    assert [scope_allows("admin", n) for n in ("metrics", "read", "admin")] == [True, True, True]
+    assert not scope_allows("root", "metrics") and not scope_allows("admin", "root")
+    path = tmp_path / "tokens.json"
+    store = TokenStore(path)
+    metrics_token, record = store.create("scraper", "metrics")
+    assert store.verify(metrics_token).scope == "metrics" and record.scope == "metrics"
+    with pytest.raises(SecurityError, match="unknown token scope 'root'"):
+        store.create("x", "root")
+    # A store written before scopes existed: its tokens keep full access.
+    old_token = "pda_0123abcd_" + "A" * 43
+    body = {"version": 1, "tokens": [{"id": "0123abcd", "name": "old", "created": 1.0, "digest": hash_token(old_token)}]}
+    path.write_text(json.dumps(body))
+    os.chmod(path, 0o600)
+    assert TokenStore(path).verify(old_token).scope == "admin"
+    # An unknown scope in the file is corruption: nothing is accepted (never a guess).
+    body["tokens"][0]["scope"] = "superuser"
+    path.write_text(json.dumps(body))
+    broken = TokenStore(path)
+    with pytest.raises(AuthError):
+        broken.verify(old_token)
+    assert broken.load_error is not None and "superuser" not in broken.load_error and "scope" in broken.load_error
 
 
 def test_store_file_is_0600_and_new_parent_directory_0700(tmp_path: Path) -> None:
