@@ -29,7 +29,7 @@ from agent.config import Config
 from agent.console.sessions import LoginLimiter, Session, SessionStore, same_secret
 from agent.errors import AuthError
 from agent.http import error_response
-from agent.security import TokenStore
+from agent.security import TokenRecord, TokenStore, scope_allows
 
 CONSOLE_ROOT = "/dashboard"
 LOGIN_PATH = "/dashboard/login"
@@ -44,6 +44,9 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 # How long a login form stays usable (its pre-session CSRF cookie's lifetime).
 LOGIN_FORM_SECONDS = 3600
+
+# The least token scope that opens the console (agent.security.SCOPES): reading, not admin.
+CONSOLE_SCOPE = "read"
 
 # Where the gate leaves what it found, for the handlers.
 REQUEST_SESSION = "predis.console.session"
@@ -88,12 +91,13 @@ class ConsoleGate:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise AuthError("missing bearer token")
-            tokens.verify(token.strip())
+            require_console_scope(tokens.verify(token.strip()))
             return
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
         if session is None:
             raise AuthError("no console session: log in at /dashboard/login")
-        if not any(record.id == session.token_id for record in tokens.records()):
+        record = current_record(tokens, session.token_id)
+        if record is None or not scope_allows(record.scope, CONSOLE_SCOPE):
             self.sessions.delete(session)
             raise AuthError("the token this session was opened with is no longer valid")
         request[REQUEST_SESSION] = session
@@ -131,6 +135,20 @@ class ConsoleGate:
         """Add the console's security headers (an answer already sent is left as it went)."""
         if not response.prepared:
             response.headers.update(SECURITY_HEADERS)
+
+
+def current_record(tokens: TokenStore, token_id: str) -> TokenRecord | None:
+    """The token ``token_id`` as the store holds it now (the agent's local token included),
+    or None once it is revoked."""
+    local = [tokens.local] if tokens.local is not None else []
+    return next((record for record in [*tokens.records(), *local] if record.id == token_id), None)
+
+
+def require_console_scope(record: TokenRecord) -> TokenRecord:
+    """``record`` when its scope opens the console, else :class:`AuthError`."""
+    if not scope_allows(record.scope, CONSOLE_SCOPE):
+        raise AuthError(f"a token of scope {record.scope} does not open the console (it needs {CONSOLE_SCOPE} or more)")
+    return record
 
 
 def cross_site(request: web.Request) -> bool:

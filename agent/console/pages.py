@@ -25,6 +25,7 @@ from aiohttp import web
 
 from agent.console.gate import (
     CONSOLE_ROOT,
+    CONSOLE_SCOPE,
     CSRF_FIELD,
     HOME_PATH,
     LOGIN_CSRF_COOKIE,
@@ -42,6 +43,7 @@ from agent.console.sessions import CSRF_TOKEN_BYTES, new_secret
 from agent.errors import AuthError
 from agent.http import Route
 from agent.logs import RateLimitedLog
+from agent.security import scope_allows
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,12 @@ class ConsolePages:
             self.gate.logins.failed(address)
             self.refusals.warning("console login from %s refused: invalid token", address)
             return self._render_login(request, "That token is not valid.", 401)
+        if not scope_allows(record.scope, CONSOLE_SCOPE):
+            self._count_failure()
+            self.refusals.warning("console login from %s refused: token %s has scope %s", address, record.id, record.scope)
+            return self._render_login(
+                request, f"That token's scope ({record.scope}) does not open the console; it needs {CONSOLE_SCOPE} or admin.", 403
+            )
         session = self.gate.sessions.create(record.id)
         log.info("console login with token %s from %s", record.id, address)
         response = _see_other(HOME_PATH)

@@ -248,6 +248,21 @@ def test_a_revoked_token_ends_its_sessions_at_once(agent: AgentProcess) -> None:
     assert other.get(agent.base_url + "/dashboard/overview", allow_redirects=False, timeout=10).status_code == 200
 
 
+def test_a_metrics_token_does_not_open_the_console(agent: AgentProcess) -> None:
+    metrics_only = cli("token", "create", "--config", str(agent.config_path), "--name", "scraper", "--scope", "metrics", env=agent.env).stdout.strip()
+    reader = cli("token", "create", "--config", str(agent.config_path), "--name", "reader", "--scope", "read", env=agent.env).stdout.strip()
+    client, answer = login(agent, metrics_only)
+    assert answer.status_code == 403 and "scope (metrics)" in answer.text and SESSION_COOKIE not in answer.cookies
+    assert agent.get("/api/v1/roi", token=metrics_only).status_code == 401
+    page = agent.get("/dashboard/overview", token=metrics_only, allow_redirects=False)
+    assert page.status_code == 303 and page.headers["Location"] == LOGIN
+    # A read token opens it, by login and by bearer.
+    client, answer = login(agent, reader)
+    assert answer.status_code == 303
+    assert client.get(agent.base_url + "/dashboard/roi", allow_redirects=False, timeout=10).status_code == 200
+    assert agent.get("/api/v1/roi", token=reader).status_code == 200
+
+
 @pytest.mark.parametrize("lifetime", ["session_ttl_seconds", "session_max_seconds"])
 def test_sessions_expire(tmp_path: Path, lifetime: str) -> None:
     agent = AgentProcess(tmp_path, {"console": {lifetime: 1}})

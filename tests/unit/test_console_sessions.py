@@ -5,9 +5,12 @@ logins limited per address within a sliding window."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from agent.console.gate import ConsoleGate, cross_site, is_page
+from agent.console.gate import ConsoleGate, cross_site, current_record, is_page, require_console_scope
 from agent.console.sessions import (
     LOGIN_FAILURE_WINDOW_SECONDS,
     LOGIN_FAILURES_ALLOWED,
@@ -15,6 +18,8 @@ from agent.console.sessions import (
     LoginLimiter,
     SessionStore,
 )
+from agent.errors import AuthError
+from agent.security import TokenStore, create_local_token
 
 
 class Clock:
@@ -106,3 +111,19 @@ def test_cross_site_is_read_from_the_browser_s_headers() -> None:
     assert not request(Origin="null", **{"Sec-Fetch-Site": "same-origin"})
     assert request(Origin="null", **{"Sec-Fetch-Site": "cross-site"})
     assert request(Origin="https://127.0.0.1:9470")  # another scheme is another origin
+
+
+def test_a_session_s_token_is_looked_up_again_local_token_included(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "tokens.json")
+    _, reader = store.create("reader", "read")
+    _, scraper = store.create("scraper", "metrics")
+    assert current_record(store, reader.id) == reader
+    assert require_console_scope(reader) == reader
+    with pytest.raises(AuthError, match="scope metrics"):
+        require_console_scope(scraper)
+    local, _path = create_local_token(tmp_path / "run" / "local-token")
+    assert current_record(store, local.id) is None
+    store.local = local
+    assert current_record(store, local.id) == local
+    store.revoke(reader.id)
+    assert current_record(store, reader.id) is None
