@@ -330,8 +330,8 @@
   async function overview() {
     if (!historyOn) return historyOff();
     const [hits, ops, latency, memory] = await Promise.all(["hit_ratio", "ops_per_second", "latency_seconds", "memory_bytes"].map(optional));
-    tile(tiles, { label: "Hit ratio, all reads", unit: "ratio", value: latest(hits, (l) => l.of === "all") });
-    tile(tiles, { label: "Hit ratio without prefetching", unit: "ratio", value: latest(hits, (l) => l.of === "control"), hint: "the control share, never prefetched" });
+    tile(tiles, { label: "Hit ratio, all reads", unit: "ratio", value: latest(hits, (l) => l.of === "all"), hint: "the latest round; the ROI page has the window's" });
+    tile(tiles, { label: "Hit ratio without prefetching", unit: "ratio", value: latest(hits, (l) => l.of === "control"), hint: "the latest round of the control share, never prefetched" });
     tile(tiles, { label: "Operations", unit: "per_second", value: latest(ops) });
     tile(tiles, { label: "Latency p99", unit: "seconds", value: latest(latency, (l) => l.quantile === "0.99") });
     tile(tiles, { label: "Cache memory", unit: "bytes", value: latest(memory, (l) => l.of === "cache") });
