@@ -181,7 +181,8 @@ def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
 
     async def main() -> None:
         await agent.start()
-        routes = ", ".join(sorted({p for (_m, p) in agent.http.routes}))
+        # The console's pages and files are one entry, /dashboard (/status lists every route).
+        routes = ", ".join(sorted({p for (_m, p) in agent.http.routes if not p.startswith("/dashboard/")}))
         backend = agent.backend.name if agent.backend else "none"
         text = (
             f"predis-agent {__version__} ready: {agent.http.address} ({routes}); "

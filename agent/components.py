@@ -31,6 +31,7 @@ Components and the sections they follow (``None``: every change)::
     MetricsListenerComponent  None   (exporters.prometheus.listen, on the API's settings)
     DriftComponent            drift
     HistoryComponent          console   (the on-disk history of the agent's measurements)
+    ConsoleComponent          console   (the console's sessions: agent.console.gate)
     PidFileComponent          agent.pid_file
 
 What applies in place does (a prefetcher is retuned when only its pacing or thresholds

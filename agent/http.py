@@ -5,7 +5,10 @@ One aiohttp application with a single catch-all route and our own dispatch table
 plugin routes can change on reload without restarting the server, and so that
 authentication is decided in one place: every path needs a bearer token unless it is
 listed in ``agent.auth.anonymous_routes`` (only ``/livez`` by default). Unknown paths
-are authenticated too, so the route table cannot be probed anonymously.
+are authenticated too, so the route table cannot be probed anonymously. The console's paths
+(``/dashboard``, ``/api/v1/``) are judged by a :class:`ConsoleGate` instead, which also takes
+a session cookie, checks every POST for cross-site requests and CSRF tokens and adds the
+console's security headers.
 
 Listening sockets are opened by us (:mod:`agent.net`, shared with the Redis port), which lets a reload bind a new address before the
 old one is closed, and re-serve the same socket (a duplicate of it) with a new TLS
@@ -23,7 +26,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -54,6 +57,16 @@ REFUSED_RESPONSE = (
     b"\r\n"
     b'{"error": "too many connections"}\r\n'
 )
+
+
+class ConsoleGate(Protocol):
+    """What the server asks of the console (:class:`agent.console.gate.ConsoleGate`)."""
+
+    def covers(self, path: str) -> bool: ...
+    def authenticate(self, request: web.Request, tokens: TokenStore) -> None: ...
+    def refused(self, request: web.Request, exc: AuthError) -> web.Response: ...
+    async def check_post(self, request: web.Request) -> web.Response | None: ...
+    def secure(self, response: web.StreamResponse) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -203,6 +216,7 @@ class HttpServer:
         self.routes: dict[tuple[str, str], Route] = {}
         self.anonymous: frozenset[str] = frozenset({"/livez"})
         self.tokens: TokenStore | None = None
+        self.console: ConsoleGate | None = None
         self.request_timeout = 10.0
         self.max_request_bytes = 1 << 20
         self.max_connections = 256
@@ -426,6 +440,9 @@ class HttpServer:
             return
         if self.tokens is None:
             raise AuthError("no token store configured")
+        if self.console is not None and self.console.covers(request.path):
+            self.console.authenticate(request, self.tokens)
+            return
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -443,11 +460,22 @@ class HttpServer:
                 conn.request_finished()
 
     async def _dispatch_request(self, request: web.Request) -> web.StreamResponse:
+        console = self.console if self.console is not None and self.console.covers(request.path) else None
+        response = await self._answer(request, console)
+        if console is not None:
+            console.secure(response)
+        return response
+
+    async def _answer(self, request: web.Request, console: ConsoleGate | None) -> web.StreamResponse:
         path = request.path
         try:
             self._authenticate(request)
         except AuthError as exc:
             self.metrics["predis_agent_http_auth_failures_total"].inc()
+            if console is not None:
+                refusal = console.refused(request, exc)
+                self._count("unauthenticated", refusal.status)
+                return _unread_body_closes(request, refusal)
             self._count("unauthenticated", 401)
             return _unread_body_closes(
                 request, error_response(401, str(exc), **{"WWW-Authenticate": 'Bearer realm="predis-agent"'})
@@ -473,6 +501,11 @@ class HttpServer:
             refused = await self._read_body(request)
             if refused is not None:
                 return refused
+        if console is not None and request.method == "POST":
+            forbidden = await console.check_post(request)
+            if forbidden is not None:
+                self._count(path, forbidden.status)
+                return forbidden
         try:
             response = await asyncio.wait_for(route.handler(request), timeout=self.request_timeout)
         except TimeoutError:

@@ -58,6 +58,9 @@ from agent.config import (
     section_changed,
 )
 from agent.console import api as console_api
+from agent.console.gate import ConsoleComponent, ConsoleGate
+from agent.console.pages import ConsolePages
+from agent.console.sessions import SessionStore
 from agent.errors import AgentError, ConfigError, StartupError
 from agent.http import HttpServer, Route, error_response, json_response
 from agent.mlops.drift_monitor import DriftMonitor
@@ -174,6 +177,12 @@ class Agent:
         self.backend_component = BackendComponent()
         self.plugins = PluginComponent(self.host, self, self.telemetry, self.tracing, self._on_sink_event, self._refresh_routes)
         self.http_component = HttpComponent(self.http)
+        console = self.config.section("console")
+        self.console = ConsoleGate(
+            SessionStore(console["session_ttl_seconds"], console["session_max_seconds"], console["max_sessions"])
+        )
+        self.http.console = self.console
+        self.console_pages = ConsolePages(self, self.console)
         self.metrics_listener = MetricsListenerComponent(self.telemetry, self.http_component)
         self.drift_component = DriftComponent(self.drift)
         self.history = HistoryComponent()
@@ -191,6 +200,7 @@ class Agent:
             self.metrics_listener,
             self.drift_component,
             self.history,
+            ConsoleComponent(self.console),
             PidFileComponent(),
         ]
         # At stop: the cache and the listeners first, the sinks flushed, the pid file last.
@@ -380,6 +390,7 @@ class Agent:
             Route("GET", "/readyz", self._readyz),
             Route("GET", "/status", self._status),
             Route("POST", "/reload", self._reload_route),
+            *self.console_pages.routes(),
             *console_api.routes(self),
         ]
         for plugin, route in self.host.collect("predis_agent_register_routes", agent=self):
@@ -742,6 +753,7 @@ class Agent:
                     "address": self.http.address,
                     "tls": self.http.tls,
                     "metrics_address": self.metrics_http.address if self.metrics_http is not None else None,
+                    "routes": sorted(f"{method} {path}" for method, path in self.http.routes),
                 },
                 "cache": self.cache_component.status(),
                 "collection": {
@@ -749,7 +761,7 @@ class Agent:
                     "interval_seconds": self.config.get("agent.collect.interval_seconds"),
                     "collectors": [f"{p}.{getattr(c, 'name', '?')}" for p, c in self.collectors],
                 },
-                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops", "history")},
+                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops", "history", "console")},
                 "readiness": self.readiness,
             },
             "sinks": self.plugins.status(),
