@@ -35,7 +35,7 @@ from agent import fdlimits
 from agent.errors import AuthError
 from agent.logs import RateLimitedLog, RateLimitFilter
 from agent.net import is_loopback, make_ssl_context, open_listener, tls_files_stamp
-from agent.security import TokenStore
+from agent.security import TokenRecord, TokenStore, scope_allows
 
 log = logging.getLogger(__name__)
 # aiohttp's own messages about connections (a malformed request is logged with a traceback,
@@ -82,12 +82,15 @@ class SitePlan:
 
 @dataclass(frozen=True)
 class Route:
-    """An HTTP route. ``handler`` is ``async def handler(request) -> Response``."""
+    """An HTTP route. ``handler`` is ``async def handler(request) -> Response``; ``scope`` is
+    the least token scope that may call it (``metrics``, ``read`` or ``admin``: see
+    :mod:`agent.security`). The console's paths are judged by its gate instead."""
 
     method: str
     path: str
     handler: Handler
     plugin: str = "agent"
+    scope: str = "admin"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -435,19 +438,21 @@ class HttpServer:
         self.metrics["predis_agent_http_timeouts_total"].labels(phase=phase).inc()
 
     # -- requests --------------------------------------------------------------------
-    def _authenticate(self, request: web.Request) -> None:
+    def _authenticate(self, request: web.Request) -> TokenRecord | None:
+        """The presented token's record; None for an anonymous route or a console path (its
+        gate decides, scopes included). Raises :class:`AuthError`."""
         if request.path in self.anonymous:
-            return
+            return None
         if self.tokens is None:
             raise AuthError("no token store configured")
         if self.console is not None and self.console.covers(request.path):
             self.console.authenticate(request, self.tokens)
-            return
+            return None
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("missing bearer token")
-        self.tokens.verify(token.strip())
+        return self.tokens.verify(token.strip())
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         conn = self._by_transport.get(request.transport) if request.transport is not None else None
@@ -469,7 +474,7 @@ class HttpServer:
     async def _answer(self, request: web.Request, console: ConsoleGate | None) -> web.StreamResponse:
         path = request.path
         try:
-            self._authenticate(request)
+            record = self._authenticate(request)
         except AuthError as exc:
             self.metrics["predis_agent_http_auth_failures_total"].inc()
             if console is not None:
@@ -494,6 +499,17 @@ class HttpServer:
                 )
             self._count("unknown", 404)
             return _unread_body_closes(request, error_response(404, f"no route {path}"))
+        if record is not None and not scope_allows(record.scope, route.scope):
+            self._count(path, 403)
+            who = f"{record.name!r}" if record.name else f"id {record.id}"
+            return _unread_body_closes(
+                request,
+                error_response(
+                    403,
+                    f"token {who} has scope {record.scope!r}; {request.method} {path} needs scope {route.scope!r} "
+                    f"(create one with `predis-agent token create --scope {route.scope}`)",
+                ),
+            )
         if request.body_exists:
             # Read here, whatever the transfer encoding, under the configured limit and
             # deadline; handlers get the clone, whose read() returns the bytes already read.

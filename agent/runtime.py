@@ -66,7 +66,7 @@ from agent.http import HttpServer, Route, error_response, json_response
 from agent.mlops.drift_monitor import DriftMonitor
 from agent.mlops.service import MlopsService
 from agent.plugins import PluginHost
-from agent.security import TokenStore
+from agent.security import SCOPES, TokenStore
 from agent.sinks import ResilientSink
 from agent.systemd import Notifier
 from agent.telemetry import Metric, Telemetry
@@ -387,15 +387,17 @@ class Agent:
     def _refresh_routes(self) -> None:
         routes = [
             Route("GET", "/livez", self._livez),
-            Route("GET", "/readyz", self._readyz),
-            Route("GET", "/status", self._status),
-            Route("POST", "/reload", self._reload_route),
+            Route("GET", "/readyz", self._readyz, scope="read"),
+            Route("GET", "/status", self._status, scope="read"),
+            Route("POST", "/reload", self._reload_route, scope="admin"),
             *self.console_pages.routes(),
             *console_api.routes(self),
         ]
         for plugin, route in self.host.collect("predis_agent_register_routes", agent=self):
-            if isinstance(route, Route):
-                routes.append(Route(route.method, route.path, route.handler, plugin))
+            if isinstance(route, Route) and route.scope in SCOPES:
+                routes.append(Route(route.method, route.path, route.handler, plugin, route.scope))
+            elif isinstance(route, Route):
+                self.host.report_error(plugin, "predis_agent_register_routes", ValueError(f"route scope {route.scope!r} is not one of {', '.join(SCOPES)}"))
             else:
                 self.host.report_error(plugin, "predis_agent_register_routes", TypeError("expected agent.http.Route"))
         self.http.set_routes(routes)

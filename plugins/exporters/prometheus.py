@@ -64,4 +64,4 @@ def predis_agent_register_routes(agent: Any) -> list[Route]:
         body, content_type = await asyncio.get_running_loop().run_in_executor(None, telemetry.exposition, accept)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    return [Route("GET", path, metrics)]
+    return [Route("GET", path, metrics, scope="metrics")]
