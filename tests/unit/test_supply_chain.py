@@ -1,0 +1,114 @@
+# SPDX-License-Identifier: Apache-2.0
+"""NOTICE and deploy/constraints.txt cover the runtime dependency closure, as installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "deploy" / "supply_chain.py"
+NOTICE = ROOT / "NOTICE"
+CONSTRAINTS = ROOT / "deploy" / "constraints.txt"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("supply_chain", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["supply_chain"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _notice_names(text: str) -> set[str]:
+    # Dependency lines are "  <name>  <licence>" after the paragraph that introduces them.
+    _, _, listing = text.partition("licence metadata:\n")
+    return {canonicalize_name(line.split()[0]) for line in listing.splitlines() if line.startswith("  ") and line.strip()}
+
+
+def _independent_closure() -> set[str]:
+    """The install_requires closure walked here with importlib.metadata alone."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "setup.cfg", encoding="utf-8")
+    todo = [Requirement(line) for line in parser.get("options", "install_requires").split() if line]
+    names: set[str] = set()
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": next(iter(req.extras), "")}):
+            continue
+        name = canonicalize_name(req.name)
+        if name in names:
+            continue
+        names.add(name)
+        for text in metadata.requires(req.name) or []:
+            child = Requirement(text)
+            if child.marker is None or child.marker.evaluate({"extra": ""}):
+                todo.append(child)
+    return names
+
+
+def test_notice_and_constraints_are_current() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "check"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_runtime_dependency_is_named_in_notice() -> None:
+    closure = _independent_closure()
+    # The closure is deeper than setup.cfg's list: aiohttp's own dependencies are in it.
+    assert {"aiohttp", "yarl", "multidict", "scipy", "numpy"} <= closure
+    missing = closure - _notice_names(NOTICE.read_text(encoding="utf-8"))
+    assert not missing, f"runtime dependencies missing from NOTICE: {sorted(missing)}"
+
+
+def test_check_fails_when_a_dependency_is_removed_from_notice(tmp_path: Path) -> None:
+    text = NOTICE.read_text(encoding="utf-8")
+    line = next(line for line in text.splitlines() if line.split()[:1] == ["yarl"])
+    broken = tmp_path / "NOTICE"
+    broken.write_text(text.replace(line + "\n", ""), encoding="utf-8")
+    assert "yarl" not in _notice_names(broken.read_text(encoding="utf-8"))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "check", "--notice", str(broken)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert "is stale" in proc.stderr and str(broken) in proc.stderr
+
+
+def test_notice_names_the_vendored_uplot_and_licences_from_metadata() -> None:
+    text = NOTICE.read_text(encoding="utf-8")
+    assert re.search(r"^  uPlot\s+MIT, in agent/console/static/uplot/$", text, re.M)
+    module = _script()
+    # License-Expression, a one-line License field, or the trove classifiers: never empty.
+    for dist in module.runtime_dists():
+        assert dist.license and "\n" not in dist.license, dist
+    licences = {d.name: d.license for d in module.runtime_dists()}
+    assert licences["aiohttp"].startswith("Apache-2.0")
+    assert licences["pyyaml"] == "MIT"
+
+
+def test_installed_versions_satisfy_the_constraints() -> None:
+    pins: dict[str, str] = {}
+    for line in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    assert set(pins) == _independent_closure()
+    wrong = {name: (pin, metadata.version(name)) for name, pin in pins.items() if metadata.version(name) != pin}
+    assert not wrong, f"installed versions differ from deploy/constraints.txt (pinned, installed): {wrong}"
+
+
+def test_constraints_satisfy_setup_cfg_lower_bounds() -> None:
+    module = _script()
+    pins = {canonicalize_name(line.partition("==")[0]): line.partition("==")[2] for line in CONSTRAINTS.read_text().splitlines() if "==" in line}
+    for req in module.install_requires():
+        assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), (req, pins[canonicalize_name(req.name)])
