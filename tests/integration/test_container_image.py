@@ -60,11 +60,9 @@ def test_image_builds_and_serves_read_only_as_non_root(tmp_path: Path) -> None:
     secrets.chmod(0o755)
     (secrets / "requirepass").chmod(0o644)
     name = f"predis-agent-test-{uuid.uuid4().hex[:12]}"
-    started = _run(
-        engine, "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
-        "-v", f"{secrets}:/run/secrets/predis-agent:ro",
-        "-p", "127.0.0.1::9470", "-p", "127.0.0.1::6390", tag,
-    )  # fmt: skip
+    run_args = ["run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp"]
+    run_args += ["-v", f"{secrets}:/run/secrets/predis-agent:ro", "-p", "127.0.0.1::9470", "-p", "127.0.0.1::6390", tag]
+    started = _run(engine, *run_args)
     try:
         assert started.returncode == 0, started.stderr
 

@@ -112,3 +112,27 @@ def test_constraints_satisfy_setup_cfg_lower_bounds() -> None:
     pins = {canonicalize_name(line.partition("==")[0]): line.partition("==")[2] for line in CONSTRAINTS.read_text().splitlines() if "==" in line}
     for req in module.install_requires():
         assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), (req, pins[canonicalize_name(req.name)])
+
+
+def _pip_dry_run(constraints: Path) -> subprocess.CompletedProcess[str]:
+    # --no-index: every dependency must be satisfied by what is installed, at the pinned
+    # version, so the resolution is pip's own check of the pins, offline.
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
+         "--disable-pip-version-check", "-c", str(constraints), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_pip_resolves_the_package_with_the_constraints() -> None:
+    proc = _pip_dry_run(CONSTRAINTS)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Would install predis-agent-" in proc.stdout
+
+
+def test_pip_refuses_a_pin_below_setup_cfg(tmp_path: Path) -> None:
+    bad = tmp_path / "constraints.txt"
+    bad.write_text(re.sub(r"^numpy==.*$", "numpy==1.25.0", CONSTRAINTS.read_text(), flags=re.M))
+    proc = _pip_dry_run(bad)
+    assert proc.returncode != 0
+    assert "ResolutionImpossible" in proc.stderr
