@@ -246,3 +246,19 @@ def test_kubernetes_validate_command_line_agrees() -> None:
         [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", *paths], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"user": {"uid": 0}}, "/user/uid"),
+        ({"ports": {"http": "9470x"}}, "/ports/http"),
+        ({"serviceMonitr": {"enabled": True}}, "serviceMonitr"),
+        ({"state": {"hostPath": "relative/dir"}}, "/state/hostPath"),
+    ],
+)
+def test_the_values_schema_rejects_mistakes(values: dict[str, Any], where: str) -> None:
+    # Root, a port that is not a number, a misspelt key, a relative host path.
+    with pytest.raises(helm.HelmValuesError) as info:
+        rendered(values)
+    assert where in str(info.value)
