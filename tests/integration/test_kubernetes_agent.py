@@ -172,6 +172,11 @@ def test_pod_starts_serves_probes_and_reloads_a_configmap_update(pod: Pod, tmp_p
         assert proc.returncode == 1
         assert "401" in proc.stderr
 
+        # Without a token, readyz is a usage error (2), not a failed probe.
+        no_token = [arg for arg in readiness if arg != "--token-file" and not arg.endswith("probe-token")]
+        proc = subprocess.run(no_token, capture_output=True, text=True, env={**env, "PREDIS_AGENT_TOKEN": ""}, timeout=60)
+        assert proc.returncode == 2 and "no API token" in proc.stderr
+
         # The liveness route is anonymous, as the httpGet probe needs.
         assert agent.get("/livez", token="").status_code == 200
 
@@ -196,6 +201,9 @@ def test_pod_starts_serves_probes_and_reloads_a_configmap_update(pod: Pod, tmp_p
         assert "agent.log.level" in last["changed"]
     finally:
         assert agent.stop() == 0, agent.logs()
+    # A stopped agent fails the liveness probe.
+    proc = subprocess.run([sys.executable, "-m", "agent", "probe", "livez", "--timeout", "5"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "cannot reach the agent" in proc.stderr
 
 
 def test_cupy_backend_without_a_gpu_stops_the_agent(pod: Pod) -> None:
