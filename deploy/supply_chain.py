@@ -8,12 +8,15 @@ versions and licences are read from the installed distributions' metadata
 (``importlib.metadata``): ``License-Expression`` (PEP 639) first, then a one-line
 ``License`` field, then the ``License ::`` trove classifiers.
 
-    python3 deploy/supply_chain.py notice        > NOTICE
-    python3 deploy/supply_chain.py constraints   > deploy/constraints.txt
-    python3 deploy/supply_chain.py check         # exit 1 when either file is stale
+The extra "gpu" (CuPy, in the CUDA container image) gets a section of its own in both
+files: its closure less the runtime one. Where that extra is not installed (CI does not
+install CuPy), its sections are kept as the files have them and only the runtime part is
+regenerated or checked; a release regenerates both from an environment with it:
 
-Run it in an environment installed with ``pip install -c deploy/constraints.txt -e .``
-(as `.ci/run` does), so that what it reads is what the constraints pin.
+    pip install -c deploy/constraints.txt -e '.[gpu]'
+    python3 deploy/supply_chain.py notice        > NOTICE.new && mv NOTICE.new NOTICE
+    python3 deploy/supply_chain.py constraints   > deploy/constraints.new && mv deploy/constraints.new deploy/constraints.txt
+    python3 deploy/supply_chain.py check         # exit 1 when either file is stale
 """
 
 from __future__ import annotations
@@ -84,6 +87,12 @@ Third-party code redistributed in this package:
 
 """
 
+# Extras whose distributions the container images ship (the "test" extra is never shipped).
+SHIPPED_EXTRAS = ("gpu",)
+# The line that starts an extra's section in NOTICE and in the constraints file.
+NOTICE_EXTRA_MARKER = "Optional, extra \"{extra}\" (in the CUDA container image), and what it requires beyond the above:\n"
+CONSTRAINTS_EXTRA_MARKER = "# extra \"{extra}\" (the CUDA container image), beyond the above:\n"
+
 NOTICE_DEPENDENCIES = """
 It depends on the following third-party distributions at run time (the install_requires
 closure of setup.cfg), which pip installs separately; the container images under
@@ -101,11 +110,19 @@ class Dist:
     license: str
 
 
-def install_requires(setup_cfg: Path = SETUP_CFG) -> list[Requirement]:
+def _requirements(option: str, section: str = "options", setup_cfg: Path = SETUP_CFG) -> list[Requirement]:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(setup_cfg, encoding="utf-8")
-    lines = parser.get("options", "install_requires").splitlines()
+    lines = parser.get(section, option).splitlines()
     return [Requirement(line.strip()) for line in lines if line.strip()]
+
+
+def install_requires(setup_cfg: Path = SETUP_CFG) -> list[Requirement]:
+    return _requirements("install_requires", setup_cfg=setup_cfg)
+
+
+def extra_requires(extra: str, setup_cfg: Path = SETUP_CFG) -> list[Requirement]:
+    return _requirements(extra, "options.extras_require", setup_cfg)
 
 
 def _applies(req: Requirement, extras: Iterable[str]) -> bool:
@@ -158,33 +175,76 @@ def license_of(dist: metadata.Distribution) -> str:
     return "licence not declared in its metadata: see its licence files"
 
 
-def runtime_dists() -> list[Dist]:
-    dists = [
-        Dist(name, str(dist.metadata["Name"]), dist.version, license_of(dist))
-        for name, dist in closure(install_requires()).items()
-    ]
+def _dists(found: dict[NormalizedName, metadata.Distribution]) -> list[Dist]:
+    dists = [Dist(name, str(dist.metadata["Name"]), dist.version, license_of(dist)) for name, dist in found.items()]
     return sorted(dists, key=lambda d: d.name)
 
 
-def render_notice(dists: list[Dist]) -> str:
-    width = max(len(name) for name in [*(d.display_name for d in dists), *(v.name for v in VENDORED)]) + COLUMN_GAP
+def runtime_dists() -> list[Dist]:
+    return _dists(closure(install_requires()))
+
+
+def extra_dists(extra: str) -> list[Dist] | None:
+    """The extra's closure less the runtime one; None when the extra is not installed here."""
+    runtime = closure(install_requires())
+    try:
+        found = closure(extra_requires(extra))
+    except metadata.PackageNotFoundError:
+        return None
+    return _dists({name: dist for name, dist in found.items() if name not in runtime})
+
+
+def _kept_section(path: Path, marker: str) -> str:
+    """The section that starts at ``marker`` in ``path`` as committed ('' if none)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    start = text.find(marker)
+    if start < 0:
+        return ""
+    following = [text.find(m, start + len(marker)) for m in _all_markers() if text.find(m, start + len(marker)) >= 0]
+    return text[start : min(following, default=len(text))]
+
+
+def _all_markers() -> list[str]:
+    return [m.format(extra=e) for e in SHIPPED_EXTRAS for m in (NOTICE_EXTRA_MARKER, CONSTRAINTS_EXTRA_MARKER)]
+
+
+def render_notice(dists: list[Dist], extras: dict[str, list[Dist] | None], kept_from: Path = NOTICE) -> str:
+    names = [*(d.display_name for d in dists), *(v.name for v in VENDORED)]
+    names += [d.display_name for found in extras.values() if found for d in found]
+    width = max(len(name) for name in names) + COLUMN_GAP
     lines = [NOTICE_HEADER]
     for item in VENDORED:
         lines.append(f"  {item.name:<{width}}{item.license}, in {item.path}\n")
         lines.append(f"  {'':<{width}}{item.copyright}\n")
     lines.append(NOTICE_DEPENDENCIES)
     lines.extend(f"  {dist.display_name:<{width}}{dist.license}\n" for dist in dists)
+    for extra, found in extras.items():
+        marker = NOTICE_EXTRA_MARKER.format(extra=extra)
+        if found is None:
+            lines.append("\n" + (_kept_section(kept_from, marker) or marker))
+            continue
+        lines.append(f"\n{marker}\n")
+        lines.extend(f"  {dist.display_name:<{width}}{dist.license}\n" for dist in found)
     return "".join(lines)
 
 
-def render_constraints(dists: list[Dist]) -> str:
+def render_constraints(dists: list[Dist], extras: dict[str, list[Dist] | None], kept_from: Path = CONSTRAINTS) -> str:
     header = (
         "# SPDX-License-Identifier: Apache-2.0\n"
-        "# Pinned versions of the runtime dependency closure (install_requires of setup.cfg),\n"
-        "# generated by `python3 deploy/supply_chain.py constraints`. Used by deploy/install.sh,\n"
-        "# the container images and .ci/run: pip install -c deploy/constraints.txt ...\n"
+        "# Pinned versions of the runtime dependency closure (install_requires of setup.cfg) and of\n"
+        "# the extras the container images ship, generated by `python3 deploy/supply_chain.py\n"
+        "# constraints`. Used by deploy/install.sh, the container images and .ci/run:\n"
+        "# pip install -c deploy/constraints.txt ... (pins of what is not installed are ignored).\n"
     )
-    return header + "".join(f"{dist.name}=={dist.version}\n" for dist in dists)
+    lines = [header, *(f"{dist.name}=={dist.version}\n" for dist in dists)]
+    for extra, found in extras.items():
+        marker = CONSTRAINTS_EXTRA_MARKER.format(extra=extra)
+        if found is None:
+            lines.append(_kept_section(kept_from, marker))
+            continue
+        lines.append(marker)
+        lines.extend(f"{dist.name}=={dist.version}\n" for dist in found)
+    return "".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,17 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--constraints", type=Path, default=CONSTRAINTS, help="constraints file that check compares")
     args = parser.parse_args(argv)
     dists = runtime_dists()
+    extras = {extra: extra_dists(extra) for extra in SHIPPED_EXTRAS}
+    for extra, found in extras.items():
+        if found is None:
+            print(f"extra {extra!r} is not installed here: its sections are kept as committed", file=sys.stderr)
     if args.what == "notice":
-        sys.stdout.write(render_notice(dists))
+        sys.stdout.write(render_notice(dists, extras, args.notice))
         return 0
     if args.what == "constraints":
-        sys.stdout.write(render_constraints(dists))
+        sys.stdout.write(render_constraints(dists, extras, args.constraints))
         return 0
     stale = [
         (path, what)
         for path, what, text in (
-            (args.notice, "notice", render_notice(dists)),
-            (args.constraints, "constraints", render_constraints(dists)),
+            (args.notice, "notice", render_notice(dists, extras, args.notice)),
+            (args.constraints, "constraints", render_constraints(dists, extras, args.constraints)),
         )
         if not path.exists() or path.read_text(encoding="utf-8") != text
     ]

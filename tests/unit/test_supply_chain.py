@@ -32,6 +32,7 @@ def _script() -> ModuleType:
 def _notice_names(text: str) -> set[str]:
     # Dependency lines are "  <name>  <licence>" after the paragraph that introduces them.
     _, _, listing = text.partition("licence metadata:\n")
+    listing = listing.partition("\nOptional, extra")[0]
     return {canonicalize_name(line.split()[0]) for line in listing.splitlines() if line.startswith("  ") and line.strip()}
 
 
@@ -96,20 +97,47 @@ def test_notice_names_the_vendored_uplot_and_licences_from_metadata() -> None:
     assert licences["pyyaml"] == "MIT"
 
 
-def test_installed_versions_satisfy_the_constraints() -> None:
+GPU_MARKER = '# extra "gpu"'
+
+
+def _pins(text: str) -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             pins[canonicalize_name(name)] = version
-    assert set(pins) == _independent_closure()
-    wrong = {name: (pin, metadata.version(name)) for name, pin in pins.items() if metadata.version(name) != pin}
+    return pins
+
+
+def test_installed_versions_satisfy_the_constraints() -> None:
+    runtime_text, _, gpu_text = CONSTRAINTS.read_text(encoding="utf-8").partition(GPU_MARKER)
+    runtime = _pins(runtime_text)
+    assert set(runtime) == _independent_closure()
+    gpu = _pins(gpu_text.partition("\n")[2])
+    assert "cupy-cuda12x" in gpu and not set(gpu) & set(runtime)
+    installed = {name: pin for name, pin in {**runtime, **gpu}.items() if name in runtime or _installed(name)}
+    wrong = {name: (pin, metadata.version(name)) for name, pin in installed.items() if metadata.version(name) != pin}
     assert not wrong, f"installed versions differ from deploy/constraints.txt (pinned, installed): {wrong}"
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def test_notice_and_constraints_name_the_same_gpu_distributions() -> None:
+    _, _, gpu_text = CONSTRAINTS.read_text(encoding="utf-8").partition(GPU_MARKER)
+    _, _, gpu_notice = NOTICE.read_text(encoding="utf-8").partition('Optional, extra "gpu"')
+    notice_names = {canonicalize_name(line.split()[0]) for line in gpu_notice.splitlines()[1:] if line.startswith("  ")}
+    assert notice_names == set(_pins(gpu_text.partition("\n")[2]))
 
 
 def test_constraints_satisfy_setup_cfg_lower_bounds() -> None:
     module = _script()
-    pins = {canonicalize_name(line.partition("==")[0]): line.partition("==")[2] for line in CONSTRAINTS.read_text().splitlines() if "==" in line}
+    pins = _pins(CONSTRAINTS.read_text(encoding="utf-8"))
     for req in module.install_requires():
         assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), (req, pins[canonicalize_name(req.name)])
 
