@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from agent import __version__
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 CHART = ROOT / "deploy" / "helm" / "predis-agent"
@@ -27,6 +29,8 @@ HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.
 # Kinds with no schema in kubernetes-validate (custom resources).
 CUSTOM_KINDS = {"ServiceMonitor"}
 SECRETS_DIR = "/run/secrets/predis-agent"
+# The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest schemas.
+OLDEST_KUBERNETES = "1.26.0"
 
 
 def _docs(text: str) -> list[dict[str, Any]]:
@@ -49,7 +53,8 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def _validate(doc: dict[str, Any]) -> None:
-    kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    for version in (OLDEST_KUBERNETES, kubernetes_validate.latest_version()):
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def _strip_helm_labels(node: Any) -> Any:
@@ -118,6 +123,15 @@ def test_the_chart_renders_the_plain_manifests() -> None:
     assert chart.keys() == manifests.keys()
     for key, doc in manifests.items():
         assert chart[key] == doc, key
+
+
+def test_chart_and_manifests_match_the_release_and_the_oldest_kubernetes_validated() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST_KUBERNETES}-0"
+    assert chart["appVersion"] == __version__
+    # The plain manifests name the same release of the CUDA image as the chart's default.
+    images = {c["image"] for c in [*_pod(plain())["spec"]["initContainers"], *_pod(plain())["spec"]["containers"]]}
+    assert images == {f"predis-agent:{__version__}-cuda12"}
 
 
 def test_service_monitor_is_opt_in_in_the_chart() -> None:
