@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists() or path.read_text(encoding="utf-8") != text
     ]
     for path, what in stale:
-        print(f"{path} is stale: regenerate it with `python3 deploy/supply_chain.py {what} > {path}`", file=sys.stderr)
+        # Through a new file: the sections of an extra not installed are read from the old one.
+        print(f"{path} is stale: regenerate it with `python3 deploy/supply_chain.py {what} > {path}.new && mv {path}.new {path}`", file=sys.stderr)
     return 1 if stale else 0
 
 
