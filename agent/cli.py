@@ -725,7 +725,7 @@ def _client_token(token_file: str | None, cfg: Config | None = None) -> str:
     return token
 
 
-def _request(cfg: Config, method: str, path: str, token: str) -> tuple[int, Any]:
+def _request(cfg: Config, method: str, path: str, token: str | None, timeout: float = CLIENT_TIMEOUT_SECONDS) -> tuple[int, Any]:
     import ssl
     import urllib.error
     import urllib.request
@@ -746,9 +746,10 @@ def _request(cfg: Config, method: str, path: str, token: str) -> tuple[int, Any]
         context = ssl.create_default_context()
         if tls.get("cert_file"):
             context.load_verify_locations(os.path.expanduser(tls["cert_file"]))
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"}, data=b"" if method == "POST" else None)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    req = urllib.request.Request(url, method=method, headers=headers, data=b"" if method == "POST" else None)
     try:
-        with urllib.request.urlopen(req, timeout=CLIENT_TIMEOUT_SECONDS, context=context) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -929,6 +930,34 @@ def reload(config_path: str | None, token_file: str | None) -> None:
     except (OSError, ValueError) as exc:
         _fail(f"cannot signal the agent through {pid_file}: {exc}")
     click.echo(f"sent SIGHUP to pid {pid}; see `predis-agent status` for the outcome")
+
+
+@cli.command()
+@config_option
+@click.argument("route", type=click.Choice(["livez", "readyz"]))
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None, help=f"File holding an API token for readyz (else ${TOKEN_ENV_VAR}).")
+@click.option(
+    "--timeout",
+    "timeout",
+    type=click.FloatRange(min=0.1, max=CLIENT_TIMEOUT_SECONDS),
+    default=CLIENT_TIMEOUT_SECONDS,
+    show_default=True,
+    help="Seconds to wait for the answer.",
+)
+def probe(config_path: str | None, route: str, token_file: str | None, timeout: float) -> None:
+    """Health probe for containers and orchestrators: exit 0 when the running agent answers
+    GET /ROUTE with 200, 1 otherwise (livez needs no token; readyz does)."""
+    cfg = _load_for_client(config_path)
+    token = _client_token(token_file) if route == "readyz" else None
+    code, body = _request(cfg, "GET", f"/{route}", token, timeout=timeout)
+    if code == 200:
+        click.echo(f"/{route}: ok")
+        return
+    components = body.get("components") if isinstance(body, dict) else None
+    if isinstance(components, dict):
+        failing = "; ".join(f"{name}: {comp.get('detail')}" for name, comp in sorted(components.items()) if not comp.get("ok"))
+        _fail(f"/{route} answered {code}: {failing}")
+    _fail(f"/{route} answered {code}: {body.get('error') if isinstance(body, dict) else body}")
 
 
 # ---------------------------------------------------------------------------- tokens

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,60 @@ def test_example_config_validates() -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+INSTALL = ROOT / "deploy" / "install.sh"
+
+
+def _fake_python(tmp_path: Path, body: str) -> Path:
+    """An interpreter stand-in: runs ``body`` (sh) with the arguments, else the real Python."""
+    fake = tmp_path / "python3"
+    fake.write_text(f'#!/bin/sh\n{body}\nexec "{sys.executable}" "$@"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def _install_check(python: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": python}
+    return subprocess.run(["bash", str(INSTALL), "--check"], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_install_script_accepts_this_python_with_venv() -> None:
+    proc = _install_check(sys.executable)
+    assert proc.returncode == 0, proc.stderr
+    assert "with venv: ok" in proc.stdout
+
+
+def test_install_script_refuses_python_older_than_3_11(tmp_path: Path) -> None:
+    # Python 3.10 as the version check sees it.
+    fake = _fake_python(tmp_path, 'case "$1" in -c) exit 1 ;; -V) echo "Python 3.10.12"; exit 0 ;; esac')
+    proc = _install_check(str(fake))
+    assert proc.returncode == 1
+    assert "Python 3.10.12 is too old" in proc.stderr and ">= 3.11" in proc.stderr
+
+
+def test_install_script_says_how_to_get_venv(tmp_path: Path) -> None:
+    # Debian's python3 without python3-venv: ensurepip is missing, venv fails with this text.
+    fake = _fake_python(
+        tmp_path,
+        'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then\n'
+        '  echo "The virtual environment was not created successfully because ensurepip is not available."\n'
+        "  exit 1\nfi",
+    )
+    proc = _install_check(str(fake))
+    assert proc.returncode == 1
+    assert "ensurepip is not available" in proc.stderr
+    assert "apt install python3-venv" in proc.stderr
+
+
+def test_install_script_refuses_a_missing_python() -> None:
+    proc = _install_check("/nonexistent/python3")
+    assert proc.returncode == 1
+    assert "not found" in proc.stderr
+
+
+def test_install_script_pins_dependencies_with_the_constraints() -> None:
+    text = INSTALL.read_text()
+    pip_lines = [line for line in text.splitlines() if "/bin/pip\" install" in line]
+    assert pip_lines and all('-c "$here/constraints.txt"' in line for line in pip_lines)
+    assert (ROOT / "deploy" / "constraints.txt").is_file()
