@@ -8,7 +8,9 @@ VictoriaMetrics (it also rejects the agent's events with a 400, which become dea
 New Relic into the test's HTTPS receiver (no real server takes that API offline), which
 answers one 413 (a split) and then 500s (failures, the breaker opens). redis-py drives a
 sequential scan (prefetched), sets, deletes, a failing command, and two Zipf workloads over
-disjoint key sets, the second of which the drift monitor detects.
+disjoint key sets, the second of which the drift monitor detects. Prometheus also loads
+deploy/prometheus/alerts.yml: every rule must evaluate without error against the real series,
+and the drift raises PredisAgentDriftDetected.
 
 Grafana's variables are replaced by concrete values ($job, $instance: the scraped agent;
 $__rate_interval: RATE_INTERVAL) and each query goes to /api/v1/query. A query Prometheus
@@ -36,7 +38,7 @@ import yaml
 
 from tests import peers
 from tests.agentproc import AgentProcess
-from tests.dashboards import PanelQuery, panel_queries
+from tests.dashboards import ALERTS, PanelQuery, panel_queries
 from tests.polling import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
@@ -64,6 +66,7 @@ WORKLOAD_DEADLINE_SECONDS = 120.0
 # Start-up, the workload's two deadlines and the queries' on a loaded machine.
 TEST_TIMEOUT_SECONDS = 600
 POLL_SECONDS = 0.5
+NEVER_EVALUATED = "0001-01-01T"
 STOP_TIMEOUT_SECONDS = 10.0
 SHUTDOWN_TIMEOUT_SECONDS = 2
 BLOCKS = 300
@@ -141,6 +144,11 @@ class Prometheus:
         result: list[dict[str, Any]] = data["data"]["result"]
         return result
 
+    def get(self, path: str) -> Any:
+        resp = requests.get(f"{self.base}{path}", timeout=HTTP_TIMEOUT_SECONDS)
+        resp.raise_for_status()
+        return resp.json()["data"]
+
     def value(self, expr: str) -> float | None:
         result = self.query(expr)
         return float(result[0]["value"][1]) if len(result) == 1 else None
@@ -159,6 +167,7 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         target = agent.base_url.split("://", 1)[1].rstrip("/")
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+            "rule_files": [str(ALERTS)],
             "scrape_configs": [
                 {"job_name": JOB, "authorization": {"credentials_file": str(token_file)}, "static_configs": [{"targets": [target]}]}
             ],
@@ -355,6 +364,19 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(agent: AgentP
         raise AssertionError("panels whose query returned nothing:\n" + "\n".join(lines) + f"\nthe agent's log ends:\n{agent.logs()[-1500:]}") from None
     has_data = [str(q) for q in queries if _key(q) in absent and prom.query(concrete(q.expr, instance))]
     assert not has_data, f"listed as unable to have data here, yet they have: {has_data}; drop them from NEEDS_PEER/NEEDS_GPU"
+    # The alert rules evaluate cleanly against the real series, and the drift the workload
+    # caused raises its alert (pending for its for:, then firing) with the agent's labels.
+    def rules_evaluated() -> list[dict[str, Any]]:
+        rules = [rule for group in prom.get("/api/v1/rules")["groups"] for rule in group["rules"]]
+        # A rule not evaluated yet shows Go's zero time.
+        return rules if not any(rule["lastEvaluation"].startswith(NEVER_EVALUATED) for rule in rules) else []
+
+    rules = wait_for(rules_evaluated, timeout=SCRAPE_DEADLINE_SECONDS, interval=POLL_SECONDS, what="every rule evaluated once")
+    assert [(rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"] == []
+    drift_alerts = [a for a in prom.get("/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == "PredisAgentDriftDetected"]
+    assert drift_alerts and all(a["state"] in ("pending", "firing") for a in drift_alerts), drift_alerts
+    assert {(a["labels"]["job"], a["labels"]["instance"], a["labels"]["severity"]) for a in drift_alerts} == {(JOB, instance, "info")}
+    assert prom.query(f'predis:cache_hit_ratio:rate10m{{job="{JOB}"}}'), "the hit-ratio recording rule has no value"
     # The numbers behind the panels are the workload's.
     hits_per_second = prom.value(concrete('sum(rate(predis_cache_hits_total{job=~"$job"}[$__rate_interval]))', instance))
     assert hits_per_second is not None and hits_per_second > 0
