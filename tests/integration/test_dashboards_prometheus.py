@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ import yaml
 
 from tests import peers
 from tests.agentproc import AgentProcess
-from tests.dashboards import ALERTS, PanelQuery, panel_queries
+from tests.dashboards import ALERTS, PanelQuery, committed_dashboards, panel_queries
 from tests.polling import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
@@ -67,6 +68,7 @@ WORKLOAD_DEADLINE_SECONDS = 120.0
 TEST_TIMEOUT_SECONDS = 600
 POLL_SECONDS = 0.5
 NEVER_EVALUATED = "0001-01-01T"
+LABEL_VALUES = re.compile(r"label_values\((.+), (\w+)\)")
 STOP_TIMEOUT_SECONDS = 10.0
 SHUTDOWN_TIMEOUT_SECONDS = 2
 BLOCKS = 300
@@ -347,6 +349,17 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(agent: AgentP
     queries = panel_queries()
     stale = sorted(set(excused) - {_key(q) for q in queries})
     assert not stale, f"the exclusion lists name panels no dashboard has: {stale}"
+    # The $job and $instance variables offer the scraped agent: Grafana resolves
+    # label_values(METRIC{MATCHERS}, LABEL) through the label-values API.
+    for board in committed_dashboards().values():
+        for variable in board["templating"]["list"]:
+            if variable["type"] != "query":
+                continue
+            match = LABEL_VALUES.fullmatch(variable["query"])
+            assert match, f"{board['title']}: variable {variable['name']} is not label_values(...): {variable['query']}"
+            selector = match.group(1).replace("$job", JOB)
+            values = requests.get(f"{prom.base}/api/v1/label/{match.group(2)}/values", params={"match[]": selector}, timeout=HTTP_TIMEOUT_SECONDS).json()["data"]
+            assert {"job": JOB, "instance": instance}[variable["name"]] in values, (board["title"], variable["name"], values)
     # Every query, excused or not, must be valid PromQL for a real Prometheus.
     for query in queries:
         prom.query(concrete(query.expr, instance))
