@@ -91,6 +91,8 @@ SPOOL_TEMP_RE = temp_name_re(r"[0-9]{20}\.json")
 # predis_agent_sink_spool_paused all the time).
 SPOOL_PAUSED_LOG_SECONDS = 60.0
 PERCENT = 100.0
+# Why a sink drops points: the ``reason`` label of predis_agent_sink_points_dropped_total.
+DROP_REASONS = ("encode_error", "shutdown", "expired", "queue_full", "invalid", "too_large")
 # Breaker states (pybreaker's names) and the ``state`` label of predis_agent_sink_breaker_state.
 BREAKER_STATES = {"closed": "closed", "half-open": "half_open", "open": "open"}
 # Threads a sink sends from (see ResilientSink._bounded_send).
@@ -461,6 +463,11 @@ class ResilientSink:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._metrics = metrics
+        if metrics is not None:
+            # Every reason's series exists from the start at 0, so that an alert on its
+            # increase sees the first drop (a series born at 5 has no increase to show).
+            for reason in DROP_REASONS:
+                self._m("predis_agent_sink_points_dropped_total", reason=reason).inc(0)
         self._span = span or (lambda name, **attrs: nullcontext())
         self._on_event = on_event
         self.breaker = _make_breaker(self)

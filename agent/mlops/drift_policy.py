@@ -111,6 +111,10 @@ class DriftMetrics:
     def record(self, result: DriftResult) -> None:
         with self._lock:
             self.checks[result.status] += 1
+            for entry in result.detectors:
+                # Each detector's series exists from its first check at 0, so that an alert
+                # on its increase sees the first detection.
+                self.detected[entry.detector] += 0
             for name in result.drifted_detectors:
                 self.detected[name] += 1
             for entry in result.detectors:

@@ -76,6 +76,10 @@ def test_reference_then_no_drift_then_drift_on_a_hot_set_change() -> None:
     log_lookups(ring, zipf_keys(rng, 10_000), rng)
     same = h.monitor.step()
     assert same is not None and same.status == STATUS_NO_DRIFT, same.public()
+    # Each detector's detection counter exists at 0 before its first detection (an alert on
+    # its increase then sees the first one).
+    before = {m.labels["detector"]: m.value for m in h.monitor.samples() if m.name == "predis_drift_detected_total"}
+    assert before and set(before.values()) == {0.0} and set(before) == {e.detector for e in same.detectors}
     log_lookups(ring, zipf_keys(rng, 10_000, offset=KEYS), rng)  # a brand-new hot set
     shifted = h.monitor.step()
     assert shifted is not None and shifted.status == STATUS_DRIFT

@@ -151,6 +151,15 @@ def value(telemetry: Telemetry, name: str, **labels: str) -> float:
 # ----------------------------------------------------------------------------- delivery and bounds
 
 
+def test_every_drop_reason_is_exported_at_zero_from_the_start(make: Any, telemetry: Telemetry) -> None:
+    from agent.sinks import DROP_REASONS
+
+    make()
+    assert {r: telemetry.registry.get_sample_value("predis_agent_sink_points_dropped_total", {"sink": "fake", "reason": r}) for r in DROP_REASONS} == dict.fromkeys(
+        DROP_REASONS, 0.0
+    )
+
+
 def test_payloads_are_delivered_in_order_and_counted(make: Any, telemetry: Telemetry) -> None:
     sink, exp = make(ScriptedExporter(per_payload=3))
     for start in range(0, 30, 10):
