@@ -885,8 +885,8 @@ def test_cloudwatch_label_named_like_a_configured_dimension_is_dropped() -> None
 
 def test_cloudwatch_counters_keep_their_unit() -> None:
     exporter = cw_exporter()
-    exporter.encode([counter("predis_process_cpu_seconds_total", 1.0, {})])
-    (datum,) = cw_datums(exporter.encode([counter("predis_process_cpu_seconds_total", 3.0, {}, ts=T0 + STEP)]))
+    exporter.encode([counter("process_cpu_seconds_total", 1.0, {})])
+    (datum,) = cw_datums(exporter.encode([counter("process_cpu_seconds_total", 3.0, {}, ts=T0 + STEP)]))
     assert datum["Unit"] == "Seconds" and datum["Value"] == 2.0
 
 
