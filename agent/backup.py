@@ -28,7 +28,9 @@ sha256; on any failure the target is left empty (or absent) again. The target th
 same names (the registry unpacked into ``models/``) and ``agent.yaml``: the config with every
 one of those paths pointing into the target, so that ``predis-agent run --config
 <target>/agent.yaml`` serves from the restored files. Listen addresses, ``agent.pid_file``,
-``agent.log.file.path`` and ``collectors.access_log.export_dir`` are kept as they were.
+``agent.log.file.path`` and ``collectors.access_log.export_dir`` are kept as they were. The
+agent's local token (``agent.auth.local_token_file``) is not backed up: the restored config puts
+it at ``<target>/local-token`` (unless it was off), where the restored agent writes a new one.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ CONFIG_MEMBER = "config/agent.yaml"
 TOKENS_MEMBER = "tokens.json"
 REGISTRY_MEMBER = "registry.tar.gz"
 HISTORY_MEMBER = "history.sqlite3"
+# Where the restored config puts the agent's local token (agent.auth.local_token_file): not
+# backed up (a new one is written at every start), but kept apart from the original agent's.
+LOCAL_TOKEN_NAME = "local-token"
 SPOOL_DIR = "spool"
 DEAD_LETTER_DIR = "dead-letters"
 FILES_DIR = "files"
@@ -544,6 +549,9 @@ def restored_config(manifest: Mapping[str, Any], config_text: str, base: Path) -
     sources = manifest.get("sources", {})
     raw = _rewrite_references(raw, {path: str(base / member) for path, member in manifest.get("references", {}).items()})
     _set(raw, "agent.auth.token_store", str(base / TOKENS_MEMBER))
+    auth = raw.get("agent", {}).get("auth", {}) if isinstance(raw.get("agent"), dict) else {}
+    if not (isinstance(auth, dict) and "local_token_file" in auth and auth["local_token_file"] is None):
+        _set(raw, "agent.auth.local_token_file", str(base / LOCAL_TOKEN_NAME))
     _set(raw, "mlops.registry_dir", str(base / RESTORED_REGISTRY))
     if sources.get("history_path"):
         _set(raw, "console.history_path", str(base / HISTORY_MEMBER))
