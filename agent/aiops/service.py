@@ -88,6 +88,7 @@ class AiopsService:
         self._breakers: dict[str, str] = {}
         self._last_time: float | None = None
         self.rounds = 0
+        self._failing = False
         self.last_seconds = 0.0
         self.total_seconds = 0.0
         self.engine = RemediationEngine(emit, self._count_action, clock)
@@ -138,8 +139,11 @@ class AiopsService:
                 self._anomalies(now, samples, conditions)
                 self.rounds += 1
             self.engine.step(conditions)
+            self._failing = False
         except Exception:
-            log.exception("aiops: the round's step failed; the next round tries again")
+            if not self._failing:  # once per run of failing rounds, not every round
+                log.exception("aiops: the round's step failed; the next rounds try again")
+            self._failing = True
         spent = time.thread_time() - started
         self.last_seconds = spent
         self.total_seconds += spent
@@ -161,7 +165,7 @@ class AiopsService:
         for name, sink in list(self._sinks().items()):
             s = sink.settings
             if s.spool_dir and name in queued:
-                room = float(s.queue_max_bytes - queued[name])
+                room = float(s.max_bytes - queued[name])
                 try:
                     st = os.statvfs(s.spool_dir)
                     room = min(room, float(st.f_bavail * st.f_frsize - s.spool_min_free_bytes))
