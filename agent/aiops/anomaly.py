@@ -3,9 +3,9 @@
 
 Each signal keeps the last ``window`` values. A new value scores
 ``(value - median) / scale`` with ``scale`` the MAD (times 1.4826, the normal
-consistency factor) floored by ``min_absolute_change`` and ``min_relative_change`` of
-the median: a series that never varied (MAD 0) alarms only on a change that large, never
-on the first wobble. A value beyond ``threshold`` in the signal's bad direction for
+consistency factor), floored so that no change smaller than ``min_absolute_change``, nor
+than ``min_relative_change`` of the median, can reach the threshold: a series that never
+varied (MAD 0) alarms only on a change that large, never on the first wobble. A value beyond ``threshold`` in the signal's bad direction for
 ``consecutive`` rounds raises the anomaly; as many rounds back inside clear it. Values
 keep entering the window, so a lasting new level becomes the baseline after about half a
 window (the alarm is for a change, not for a level).
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy
 
 MAD_TO_SIGMA = 1.4826
+# A scale below this is taken as this (a signal in seconds or ratios never varies less).
+MIN_SCALE = 1e-12
 UP, DOWN, BOTH = "up", "down", "both"
 
 
@@ -69,7 +71,10 @@ class RobustDetector:
             data = numpy.fromiter(self.values, dtype=numpy.float64)
             median = float(numpy.median(data))
             mad = float(numpy.median(numpy.abs(data - median)))
-            scale = max(MAD_TO_SIGMA * mad, s.min_absolute_change, s.min_relative_change * abs(median), 1e-12)
+            # The floors are the smallest change that may alarm: divided by the threshold,
+            # a change that large scores exactly the threshold.
+            floor = max(s.min_absolute_change, s.min_relative_change * abs(median)) / s.threshold
+            scale = max(MAD_TO_SIGMA * mad, floor, MIN_SCALE)
             self.baseline = median
             self.score = (value - median) / scale
             if self.direction == UP:

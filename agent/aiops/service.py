@@ -42,13 +42,20 @@ from agent.telemetry import Metric
 log = logging.getLogger(__name__)
 
 RESOURCES = ("gpu_memory", "memory_budget", "spool", "dead_letter", "outage_buffer")
+# The smallest changes that may alarm (both floors apply): a hit ratio or error rate moving by
+# 5 points, a latency quantile rising by half and by half a millisecond, the command rate
+# moving by half and by 10 commands per second (an idle cache's first client is no anomaly).
+RATIO_CHANGE = 0.05
+LATENCY_CHANGE_SECONDS = 0.0005
+OPS_CHANGE = 10.0
+RELATIVE_CHANGE = 0.5
 # signal -> (bad direction, floor of a change that counts: absolute, relative to the median)
 SIGNALS: dict[str, tuple[str, float, float]] = {
-    "hit_ratio": (DOWN, 0.05, 0.0),
-    "latency_p50": (UP, 0.0, 0.5),
-    "latency_p99": (UP, 0.0, 0.5),
-    "origin_error_rate": (UP, 0.05, 0.0),
-    "ops_per_second": (BOTH, 0.0, 0.5),
+    "hit_ratio": (DOWN, RATIO_CHANGE, 0.0),
+    "latency_p50": (UP, LATENCY_CHANGE_SECONDS, RELATIVE_CHANGE),
+    "latency_p99": (UP, LATENCY_CHANGE_SECONDS, RELATIVE_CHANGE),
+    "origin_error_rate": (UP, RATIO_CHANGE, 0.0),
+    "ops_per_second": (BOTH, OPS_CHANGE, RELATIVE_CHANGE),
 }
 FLAPPING = "breaker_transitions"
 ANOMALY_SIGNALS = (*SIGNALS, FLAPPING)

@@ -113,7 +113,7 @@ def test_vendor_outage_filling_the_spool(tmp_path: Path, started: list[AgentProc
     agent = AgentProcess(
         home(tmp_path),
         {
-            "agent": {"sinks": {**FAST_SINKS, "spool_dir": str(tmp_path / "spool")}},
+            "agent": {"shutdown_timeout_seconds": 2, "sinks": {**FAST_SINKS, "spool_dir": str(tmp_path / "spool")}},
             "collectors": {"access_log": {"enabled": True, "export_dir": str(tmp_path / "access-log"), "encryption_key": f"${{file:{segment_key}}}", "min_free_bytes": 0, "min_free_percent": 0}},
             "exporters": {"datadog": {"enabled": True, "api_host": f"http://{peers.LOOPBACK}:{port}/datadog", "api_key": "${env:DD_KEY}", "interval": 1, "events": False}},
             "aiops": {

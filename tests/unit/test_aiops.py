@@ -249,3 +249,17 @@ def test_an_unavailable_action_is_recorded(tmp_path: Path) -> None:
     assert outcomes(tmp_path) == ["unavailable"]
     assert engine.public()["actions"]["never"]["applied"] is False
     assert list(engine.actions) == ["never"]
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_rules_refuse_a_live_action_not_opted_in_and_impossible_windows() -> None:
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, overrides=("aiops.remediation.live=[rollback_model]", "aiops.forecast.min_rounds=50", "aiops.anomaly.warmup_rounds=100"))
+    text = str(raised.value)
+    assert "aiops-live-opted-in" in text and "aiops-windows" in text and "aiops.anomaly.warmup_rounds" in text
+    section = load_config(None, overrides=("aiops.remediation.opt_in=[rollback_model]", "aiops.remediation.live=[rollback_model]")).section("aiops")
+    assert section["remediation"]["live"] == ["rollback_model"]
+    assert load_config(None).section("aiops")["remediation"]["opt_in"] == []
