@@ -20,7 +20,9 @@ default ``aiops`` config (the same code path as a running agent's rounds):
   injected and the rounds until its event are counted.
 * **CPU per round.** ``time.thread_time`` of the whole step (forecasts, detectors,
   remediation engine with the five built-in actions in dry-run) on a batch shaped like a
-  running agent's (cache, process and sink metrics, a latency histogram per command).
+  running agent's (cache, process and sink metrics, a latency histogram per command), and
+  in a real agent (``tests.agentproc.AgentProcess``, rounds of 0.2 s, one redis-py client
+  reading and writing): ``components.aiops.step_cpu_seconds`` over its rounds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +43,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,6 +52,8 @@ from agent.aiops.audit import AuditLog
 from agent.aiops.service import ANOMALY_SIGNALS, RESOURCES, AiopsService
 from agent.config import load_config
 from agent.telemetry import Metric, Telemetry
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
 
 ROUND_SECONDS = 10.0  # agent.collect.interval_seconds default
 ROUNDS = 20_000
@@ -72,6 +78,10 @@ QUEUE_MAX = 64e6
 OUTAGE_BUDGET = 3600.0
 PADDING_SAMPLES = 400  # process, sink and other families a real batch carries
 CPU_ROUNDS = 2_000
+AGENT_ROUNDS = 100
+AGENT_DEADLINE_SECONDS = 120.0
+AGENT_KEYS = 1_000
+AGENT_BATCH = 100
 
 
 class Counters:
@@ -208,19 +218,19 @@ def false_alarms(spool: Path) -> dict[str, Any]:
 
 
 # label -> (event:signal or resource, injection, the fewest rounds any detector could take:
-# an anomaly needs aiops.anomaly.consecutive_rounds; an ETA event the first round at which
-# the true ETA is below its horizon)
-INJECTIONS: dict[str, tuple[str, Callable[[World], None], int]] = {
-    "hit ratio 0.8 -> 0.5": ("aiops_anomaly:hit_ratio", lambda w: setattr(w, "hit_p", 0.5), 3),
-    "hit ratio 0.8 -> 0.7": ("aiops_anomaly:hit_ratio", lambda w: setattr(w, "hit_p", 0.7), 3),
-    "latency x3": ("aiops_anomaly:latency_p99", lambda w: setattr(w, "latency_scale", 3.0), 3),
-    "origin errors 1% -> 20%": ("aiops_anomaly:origin_error_rate", lambda w: setattr(w, "error_p", 0.2), 3),
-    "ops/s to 30%": ("aiops_anomaly:ops_per_second", lambda w: setattr(w, "ops_scale", 0.3), 3),
-    "breaker flapping (every 2 rounds)": ("aiops_anomaly:breaker_transitions", lambda w: setattr(w, "flap", True), 3),
-    "memory budget fills in 30 min": ("aiops_eta_below_horizon:memory_budget", lambda w: setattr(w, "memory_rate", (MEMORY_LIMIT - MEMORY_USED) / 1800), 1),
-    "GPU memory fills in 30 min": ("aiops_eta_below_horizon:gpu_memory", lambda w: setattr(w, "gpu_rate", (GPU_TOTAL - GPU_USED) / 1800), 1),
-    "spool fills in 20 min (vendor outage)": ("aiops_eta_below_horizon:spool", lambda w: setattr(w, "queue_rate", QUEUE_MAX / 1200), 1),
-    "outage buffer (1 h) drains 1 s/s": ("aiops_eta_below_horizon:outage_buffer", lambda w: setattr(w, "budget_rate", 1.0), 301),
+# an anomaly needs aiops.anomaly.consecutive_rounds, flapping its flap_min_transitions
+# transitions; an ETA event the first round at which the true ETA is below its horizon)
+INJECTIONS: dict[str, tuple[str, Callable[[World], None], str]] = {
+    "hit ratio 0.8 -> 0.5": ("aiops_anomaly:hit_ratio", lambda w: setattr(w, "hit_p", 0.5), "3"),
+    "hit ratio 0.8 -> 0.7": ("aiops_anomaly:hit_ratio", lambda w: setattr(w, "hit_p", 0.7), "3"),
+    "latency x3": ("aiops_anomaly:latency_p99", lambda w: setattr(w, "latency_scale", 3.0), "3"),
+    "origin errors 1% -> 20%": ("aiops_anomaly:origin_error_rate", lambda w: setattr(w, "error_p", 0.2), "3"),
+    "ops/s to 30%": ("aiops_anomaly:ops_per_second", lambda w: setattr(w, "ops_scale", 0.3), "3"),
+    "breaker flapping (every 2 rounds)": ("aiops_anomaly:breaker_transitions", lambda w: setattr(w, "flap", True), "6 (4th transition)"),
+    "memory budget fills in 30 min": ("aiops_eta_below_horizon:memory_budget", lambda w: setattr(w, "memory_rate", (MEMORY_LIMIT - MEMORY_USED) / 1800), "1"),
+    "GPU memory fills in 30 min": ("aiops_eta_below_horizon:gpu_memory", lambda w: setattr(w, "gpu_rate", (GPU_TOTAL - GPU_USED) / 1800), "1"),
+    "spool fills in 20 min (vendor outage)": ("aiops_eta_below_horizon:spool", lambda w: setattr(w, "queue_rate", QUEUE_MAX / 1200), "1"),
+    "outage buffer (1 h) drains 1 s/s": ("aiops_eta_below_horizon:outage_buffer", lambda w: setattr(w, "budget_rate", 1.0), "301"),
 }
 
 
@@ -268,6 +278,44 @@ def cpu_cost(spool: Path) -> dict[str, float]:
     }
 
 
+def agent_cost(tmp: Path) -> dict[str, float]:
+    """The AIOps step's CPU per round in a running agent under a little traffic."""
+    home = tmp / "agent"
+    home.mkdir()
+    agent = AgentProcess(home)
+    agent.start()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        address = agent.status()["components"]["cache"]["resp"]["address"]
+        client = redis.Redis(host="127.0.0.1", port=int(address.rsplit(":", 1)[1]), protocol=2)
+        n = 0
+        while not stop.is_set():
+            pipe = client.pipeline(transaction=False)
+            for i in range(AGENT_BATCH):
+                key = f"k:{(n * AGENT_BATCH + i) % AGENT_KEYS}"
+                if i % 10 == 0:
+                    pipe.set(key, b"v")
+                else:
+                    pipe.get(key)
+            pipe.execute()
+            n += 1
+        client.close()
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    try:
+        worker.start()
+        begun = agent.status()["components"]["aiops"]
+        end = wait_for(lambda: (a := agent.status()["components"]["aiops"])["rounds"] >= begun["rounds"] + AGENT_ROUNDS and a, timeout=AGENT_DEADLINE_SECONDS, what="agent rounds")
+    finally:
+        stop.set()
+        worker.join()
+        agent.stop()
+    rounds = end["rounds"] - begun["rounds"]
+    seconds = end["step_cpu_seconds"]["total"] - begun["step_cpu_seconds"]["total"]
+    return {"rounds": float(rounds), "mean_us": seconds / rounds * 1e6}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--markdown", action="store_true")
@@ -279,6 +327,7 @@ def main() -> None:
         fa = false_alarms(spool)
         delays = detection(spool)
         cpu = cpu_cost(spool)
+        live = agent_cost(spool)
     took = time.monotonic() - started
     per_k = 1000.0 / fa["rounds"]
     if args.markdown:
@@ -297,13 +346,14 @@ def main() -> None:
             print(f"| {label} | `{INJECTIONS[label][0]}` | {INJECTIONS[label][2]} | {', '.join('-' if d is None else str(d) for d in ds)} |")
         print(
             f"\nCPU of the whole AIOps step per round ({int(cpu['samples'])} samples per batch, {len(COMMAND_NAMES)} latency histograms): "
-            f"mean {cpu['mean_us']:.0f} us, p99 {cpu['p99_us']:.0f} us, {cpu['share'] * 100:.4f} % of one core at a {ROUND_SECONDS:g} s round."
+            f"mean {cpu['mean_us']:.0f} us, p99 {cpu['p99_us']:.0f} us, {cpu['share'] * 100:.4f} % of one core at a {ROUND_SECONDS:g} s round. "
+            f"In a running agent under traffic: {live['mean_us']:.0f} us per round over {int(live['rounds'])} rounds."
         )
         return
     print(f"false alarms over {fa['rounds']} rounds: {fa['anomalies']} etas: {fa['etas']}")
     for label, ds in delays:
         print(f"{label:40s} {INJECTIONS[label][0]:45s} {ds}")
-    print(f"cpu per round: {cpu}")
+    print(f"cpu per round: {cpu}; in a running agent: {live}")
     print(f"took {took:.1f}s")
 
 
