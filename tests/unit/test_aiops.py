@@ -263,3 +263,115 @@ def test_config_rules_refuse_a_live_action_not_opted_in_and_impossible_windows()
     section = load_config(None, overrides=("aiops.remediation.opt_in=[rollback_model]", "aiops.remediation.live=[rollback_model]")).section("aiops")
     assert section["remediation"]["live"] == ["rollback_model"]
     assert load_config(None).section("aiops")["remediation"]["opt_in"] == []
+
+
+# ----------------------------------------------------------------------------- built-in actions
+def prefetching_agent() -> Any:
+    from types import SimpleNamespace
+
+    from cache_core.cache import Cache
+    from cache_core.models import StrideModel, Vocabulary
+    from cache_core.prefetch import Prefetcher, PrefetchSettings
+    from cache_core.replay import MemoryOrigin
+
+    cache = Cache(numpy, max_keys=64, max_memory_bytes=1 << 20, eviction="lru")
+    vocab = Vocabulary(256)
+    settings = PrefetchSettings(max_keys_per_second=1000.0, max_bytes_per_second=1 << 20, queue_max_batches=64)
+    prefetcher = Prefetcher(cache, MemoryOrigin(8), StrideModel(vocab), vocab, settings, sync=True)
+    return SimpleNamespace(cache_service=SimpleNamespace(prefetcher=prefetcher))
+
+
+def test_lower_prefetch_bandwidth_retunes_the_running_prefetcher_and_puts_it_back() -> None:
+    from agent.aiops.actions import LowerPrefetchBandwidth, ShrinkPrefetchQueue
+
+    agent = prefetching_agent()
+    prefetcher = agent.cache_service.prefetcher
+    lower = LowerPrefetchBandwidth(agent, 0.5, ("anomaly:origin_error_rate",))
+    assert lower.describe() == "retune the prefetcher: max_keys_per_second 1000.0 -> 500.0, max_bytes_per_second 1048576 -> 524288"
+    assert prefetcher.settings.max_keys_per_second == 1000.0  # describing changes nothing
+    lower.apply({})
+    assert (prefetcher.settings.max_keys_per_second, prefetcher.settings.max_bytes_per_second) == (500.0, 524288)
+    shrink = ShrinkPrefetchQueue(agent, 0.25, ("eta:memory_budget",))
+    shrink.apply({})
+    assert prefetcher.settings.queue_max_batches == 16
+    assert lower.revert() == "left as is: the prefetcher was rebuilt or retuned by a reload since"  # shrink retuned it since
+    assert shrink.revert() == "prefetcher settings put back: queue_max_batches 64"
+    assert prefetcher.settings.queue_max_batches == 64 and prefetcher.settings.max_keys_per_second == 500.0
+
+
+def test_prefetch_actions_are_unavailable_without_a_prefetcher_or_a_budget() -> None:
+    from types import SimpleNamespace
+
+    from agent.aiops.actions import LowerPrefetchBandwidth
+
+    with pytest.raises(RemediationUnavailable, match="no prefetcher runs"):
+        LowerPrefetchBandwidth(SimpleNamespace(cache_service=SimpleNamespace(prefetcher=None)), 0.5, ()).describe()
+    agent = prefetching_agent()
+    agent.cache_service.prefetcher.retune(dataclasses_replace(agent.cache_service.prefetcher.settings, max_keys_per_second=0.0))
+    with pytest.raises(RemediationUnavailable, match="unbounded"):
+        LowerPrefetchBandwidth(agent, 0.5, ()).apply({})
+
+
+def dataclasses_replace(settings: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
+
+
+# ----------------------------------------------------------------------------- the service
+def make_service(tmp_path: Path) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
+    from agent.aiops.service import AiopsService
+    from agent.config import load_config
+    from agent.telemetry import Telemetry
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    service = AiopsService(lambda kind, data: events.append((kind, data)), Telemetry("test"), dict)
+    service.configure(load_config(None).section("aiops"), AuditLog(None))
+    return service, events
+
+
+def exposition(service: Any) -> str:
+    service.telemetry.end_round()  # as the agent does after each round
+    return str(service.telemetry.exposition()[0].decode())
+
+
+def test_the_memory_eta_is_published_then_withdrawn_never_nan(tmp_path: Path) -> None:
+    from agent.telemetry import Metric
+
+    service, events = make_service(tmp_path)
+    limit = 1_000_000.0
+
+    def round_(t: float, used: float) -> None:
+        service.observe(t, [Metric("predis_cache_charged_bytes", used), Metric("predis_cache_max_memory_bytes", limit)])
+
+    for t in range(10):
+        round_(t * 10.0, 500_000.0)
+    assert 'predis_aiops_eta_seconds{resource="memory_budget"}' not in exposition(service)
+    for t in range(10, 40):  # +5 kB per 10 s round: 500 B/s, the whole window
+        round_(t * 10.0, 500_000.0 + (t - 9) * 5_000.0)
+    eta = service.status()["forecasts"]["memory_budget"]["eta_seconds"]
+    assert eta == pytest.approx(350_000.0 / 500.0)
+    lines = [line for line in exposition(service).splitlines() if line.startswith('predis_aiops_eta_seconds{resource="memory_budget"}')]
+    assert len(lines) == 1 and float(lines[0].rsplit(" ", 1)[1]) == pytest.approx(eta, abs=0.1)
+    assert [k for k, _ in events] == ["aiops_eta_below_horizon"] and events[0][1]["resource"] == "memory_budget"
+    for t in range(40, 80):  # the writes stop
+        round_(t * 10.0, 650_000.0)
+    assert 'resource="memory_budget"' not in exposition(service)
+    assert [k for k, _ in events] == ["aiops_eta_below_horizon", "aiops_eta_recovered"]
+    assert "NaN" not in exposition(service) and "Inf" not in exposition(service).replace("+Inf", "")
+
+
+def test_a_counter_reset_is_no_anomaly(tmp_path: Path) -> None:
+    from agent.telemetry import Metric
+
+    service, events = make_service(tmp_path)
+    hits = misses = 0.0
+    for t in range(100):
+        if t == 50:
+            hits = misses = 0.0  # the cache restarted
+        hits += 900.0
+        misses += 100.0
+        service.observe(t * 10.0, [Metric("predis_cache_hits_total", hits, "counter"), Metric("predis_cache_misses_total", misses, "counter")])
+    assert events == []
+    assert service.status()["anomalies"]["hit_ratio"]["value"] == pytest.approx(0.9)
+    assert service.status()["rounds"] == 100 and service.status()["step_cpu_seconds"]["total"] > 0
