@@ -362,6 +362,10 @@ class AiopsComponent:
         from agent.aiops.actions import builtin_actions
 
         section = new.section("aiops")
+        if not changes.initial:
+            # The actions are built anew from the new section: put back what the old ones
+            # applied first, so that nothing stays changed without an action to revert it.
+            self.service.engine.revert_all("the aiops section was reloaded")
         self.service.configure(section, plan)
         actions = [("builtin", action) for action in builtin_actions(self.agent, section["remediation"])]
         actions += self.agent.host.collect("predis_agent_register_remediations", agent=self.agent, config=new)

@@ -375,3 +375,28 @@ def test_a_counter_reset_is_no_anomaly(tmp_path: Path) -> None:
     assert events == []
     assert service.status()["anomalies"]["hit_ratio"]["value"] == pytest.approx(0.9)
     assert service.status()["rounds"] == 100 and service.status()["step_cpu_seconds"]["total"] > 0
+
+
+def test_a_reload_of_the_aiops_section_puts_back_what_was_applied(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from agent.aiops.service import AiopsComponent
+    from agent.components import Changes
+    from agent.config import load_config
+
+    service, _events = make_service(tmp_path)
+    knob = Knob()
+    agent = prefetching_agent()
+    agent.host = SimpleNamespace(collect=lambda hook, **kw: [("test", knob)] if hook == "predis_agent_register_remediations" else [])
+    component = AiopsComponent(service, agent)
+    audit = str(tmp_path / "audit.jsonl")
+    live = load_config(None, overrides=("aiops.remediation.opt_in=[knob]", "aiops.remediation.live=[knob]", f"aiops.remediation.audit_log={audit}"))
+    asyncio.run(component.apply(component.plan(live, Changes((), initial=True), {}), live, Changes((), initial=True)))
+    service.engine.step({"anomaly:x": {}})
+    assert knob.value == 5
+    changed = load_config(None, overrides=("aiops.remediation.opt_in=[knob]", f"aiops.remediation.audit_log={audit}"))
+    asyncio.run(component.apply(component.plan(changed, Changes(("aiops.remediation.live",)), {}), changed, Changes(("aiops.remediation.live",))))
+    assert knob.value == 10
+    assert outcomes(tmp_path) == ["applied", "reverted"]
+    assert component.status()["remediation"]["actions"]["knob"]["mode"] == "dry_run"
