@@ -154,6 +154,10 @@ class RemediationEngine:
             if mode == "dry_run":
                 record["outcome"], record["detail"] = "dry_run", f"would: {action.describe()}"
             else:
+                try:
+                    self.audit.check()  # nothing acts that could not be recorded
+                except OSError as exc:
+                    raise RemediationUnavailable(f"the audit log {self.audit.path} cannot be written: {exc.strerror or exc}") from None
                 record["detail"] = action.apply(evidence)
                 record["outcome"] = "applied"
                 state.applied, state.clear_rounds = bool(action.reversible), 0

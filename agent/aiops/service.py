@@ -58,6 +58,7 @@ SIGNALS: dict[str, tuple[str, float, float]] = {
     "ops_per_second": (BOTH, OPS_CHANGE, RELATIVE_CHANGE),
 }
 FLAPPING = "breaker_transitions"
+MEDIAN, P99 = 0.5, 0.99
 ANOMALY_SIGNALS = (*SIGNALS, FLAPPING)
 
 
@@ -256,7 +257,7 @@ class AiopsService:
         deltas = [(b, c - p) for (b, c), (_, p) in zip(current, previous, strict=True)]
         if any(d < 0 for _, d in deltas):
             return None, None
-        return histogram_quantile(0.5, deltas), histogram_quantile(0.99, deltas)
+        return histogram_quantile(MEDIAN, deltas), histogram_quantile(P99, deltas)
 
     def _signals(self, now: float, samples: dict[str, list[Metric]]) -> dict[str, float | None]:
         dt = None if self._last_time is None else now - self._last_time

@@ -400,3 +400,14 @@ def test_a_reload_of_the_aiops_section_puts_back_what_was_applied(tmp_path: Path
     assert knob.value == 10
     assert outcomes(tmp_path) == ["applied", "reverted"]
     assert component.status()["remediation"]["actions"]["knob"]["mode"] == "dry_run"
+
+
+def test_nothing_acts_that_the_audit_log_could_not_record(tmp_path: Path) -> None:
+    knob = Knob()
+    engine, _events, _ = make_engine(tmp_path, ("knob",), ("knob",))
+    engine.register([("test", knob)])
+    (tmp_path / "audit.jsonl").mkdir()  # a directory where the log should be: not writable as a file
+    engine.step({"anomaly:x": {}})
+    assert knob.value == 10
+    assert engine.public()["actions"]["knob"]["last_outcome"] == "unavailable"
+    assert "cannot be written" in engine.audit.public()["recent"][-1]["detail"]
