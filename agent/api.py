@@ -42,6 +42,8 @@ Export (push exporters' payloads and typed errors)
 
 Agent objects
     ``Event``: what ``predis_agent_event`` receives and ``agent.emit`` sends.
+    ``Remediation``: what ``predis_agent_register_remediations`` returns (a protocol);
+    ``RemediationUnavailable``: raised by an action that cannot act now.
     ``Route``: an HTTP route ``predis_agent_register_routes`` returns;
     ``json_response(body, status)`` and ``error_response(status, message)`` answer in the
     shapes of the agent's own routes. ``Secret``: a secret config value
@@ -89,6 +91,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from agent import hookimpl, hookspec
 
 if TYPE_CHECKING:
+    from agent.aiops.remediation import Remediation, RemediationUnavailable
     from agent.config import Secret
     from agent.config_rules import Rule
     from agent.errors import SecurityError
@@ -160,6 +163,8 @@ _SOURCES: dict[str, str] = {
     "http_error": "agent.sinks",
     # agent objects
     "Event": "agent.runtime",
+    "Remediation": "agent.aiops.remediation",
+    "RemediationUnavailable": "agent.aiops.remediation",
     "Route": "agent.http",
     "json_response": "agent.http",
     "error_response": "agent.http",
@@ -309,6 +314,8 @@ __all__ = [
     "Origin",
     "Payload",
     "PayloadTooLargeError",
+    "Remediation",
+    "RemediationUnavailable",
     "Route",
     "Rule",
     "Secret",

@@ -131,6 +131,22 @@ def _ring_capacity(data: Mapping[str, Any]) -> Iterator[Finding]:
         )
 
 
+def _aiops_live(data: Mapping[str, Any]) -> Iterator[Finding]:
+    opt_in = _at(data, "aiops.remediation.opt_in") or []
+    for name in _at(data, "aiops.remediation.live") or []:
+        if name not in opt_in:
+            yield "aiops.remediation.live", f"names {name!r}, which aiops.remediation.opt_in does not; an action acts only when opted in"
+
+
+def _aiops_windows(data: Mapping[str, Any]) -> Iterator[Finding]:
+    window, least = _at(data, "aiops.forecast.window_rounds"), _at(data, "aiops.forecast.min_rounds")
+    if isinstance(window, int) and isinstance(least, int) and least > window:
+        yield "aiops.forecast.min_rounds", f"is {least}, more than aiops.forecast.window_rounds {window}: no ETA could ever be published"
+    window, warmup = _at(data, "aiops.anomaly.window_rounds"), _at(data, "aiops.anomaly.warmup_rounds")
+    if isinstance(window, int) and isinstance(warmup, int) and warmup > window:
+        yield "aiops.anomaly.warmup_rounds", f"is {warmup}, more than aiops.anomaly.window_rounds {window}: no anomaly could ever be raised"
+
+
 def _rollout_steps(data: Mapping[str, Any]) -> Iterator[Finding]:
     from agent.config import settings_of
     from agent.mlops.rollout import RolloutError, RolloutSettings
@@ -152,6 +168,8 @@ RULES: tuple[Rule, ...] = (
     Rule("origin-plugin-enabled", "cache.origin does not name a plugin whose section says enabled: false", _origin_plugin),
     Rule("prefetch-needs-origin", "cache.prefetch.enabled needs cache.origin", _prefetch_origin),
     Rule("prefetch-thresholds-ordered", "with prefetching on, cache.prefetch.min_threshold <= max_threshold", _prefetch_thresholds),
+    Rule("aiops-live-opted-in", "every action in aiops.remediation.live is in aiops.remediation.opt_in", _aiops_live),
+    Rule("aiops-windows", "aiops.forecast.min_rounds <= window_rounds and aiops.anomaly.warmup_rounds <= window_rounds", _aiops_windows),
     Rule("ring-capacity-power-of-two", "collectors.access_log.ring_capacity is a power of two", _ring_capacity),
     Rule(
         "rollout-steps",

@@ -137,6 +137,19 @@ def predis_agent_register_health_checks(agent: Any, config: dict[str, Any]) -> l
 
 
 @hookspec
+def predis_agent_register_remediations(agent: Any, config: dict[str, Any]) -> list[Any] | None:
+    """Return remediation actions (``agent.api.Remediation``): ``name``, ``triggers``
+    (conditions such as ``eta:spool`` or ``anomaly:hit_ratio``), ``reversible``,
+    ``describe()``, ``apply(evidence)`` and ``revert()``, each returning what it did in words
+    (raise ``agent.api.RemediationUnavailable`` to say why it cannot act).
+
+    An action runs only when ``aiops.remediation.opt_in`` names it, and only records what it
+    would have done unless ``aiops.remediation.live`` names it too. Called at start and when
+    the ``aiops`` section changes; ``apply`` and ``revert`` run in the collection thread.
+    """
+
+
+@hookspec
 def predis_agent_register_routes(agent: Any) -> list[Any] | None:
     """Return HTTP routes as ``agent.api.Route(method, path, handler)``.
 

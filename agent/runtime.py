@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import __version__
+from agent.aiops.service import AiopsComponent, AiopsService
 from agent.cache_service import CacheService
 from agent.components import (
     AccessLogComponent,
@@ -186,6 +187,7 @@ class Agent:
         self.metrics_listener = MetricsListenerComponent(self.telemetry, self.http_component)
         self.drift_component = DriftComponent(self.drift)
         self.history = HistoryComponent()
+        self.aiops = AiopsService(lambda kind, data: self.emit(Event(kind, data)), self.telemetry, lambda: self.sinks)
         self.cache_component = CacheComponent(self.cache_service, self.backend_component, self.plugins)
         self.components: list[Component] = [
             LogComponent(),
@@ -200,6 +202,7 @@ class Agent:
             self.metrics_listener,
             self.drift_component,
             self.history,
+            AiopsComponent(self.aiops, self),
             ConsoleComponent(self.console),
             PidFileComponent(),
         ]
@@ -210,7 +213,7 @@ class Agent:
             self.metrics_listener,
             self.plugins,
             self.history,
-            *(c for c in self.components if c.name == "tracing"),
+            *(c for c in self.components if c.name in ("aiops", "tracing")),
             *(c for c in self.components if c.name == "pid_file"),
         ]
 
@@ -685,6 +688,7 @@ class Agent:
         now = time.time()
         own = self.telemetry.self_samples()
         self.history.record(now, batch + own)
+        self.aiops.observe(now, batch + own)
         interval = float(self.config.get("agent.collect.interval_seconds"))
         due = [sink for sink in list(self.sinks.values()) if sink.due(now, interval)]
         if due:
@@ -763,7 +767,7 @@ class Agent:
                     "interval_seconds": self.config.get("agent.collect.interval_seconds"),
                     "collectors": [f"{p}.{getattr(c, 'name', '?')}" for p, c in self.collectors],
                 },
-                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops", "history", "console")},
+                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops", "history", "aiops", "console")},
                 "readiness": self.readiness,
             },
             "sinks": self.plugins.status(),

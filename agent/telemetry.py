@@ -158,6 +158,23 @@ SELF_METRICS: tuple[MetricSpec, ...] = (
         "Collected samples not exported because their family already had its cap of label sets this round, by family.",
         ("family",),
     ),
+    MetricSpec(
+        "predis_aiops_eta_seconds",
+        "gauge",
+        "Forecast seconds until a resource runs out at its current trend (gpu_memory, memory_budget, spool, dead_letter, outage_buffer); absent while it does not shrink.",
+        ("resource",),
+        unit="seconds",
+    ),
+    MetricSpec("predis_aiops_anomaly", "gauge", "1 while a watched signal is anomalous (hit_ratio, latency_p50, latency_p99, origin_error_rate, ops_per_second, breaker_transitions).", ("signal",)),
+    MetricSpec("predis_aiops_anomaly_score", "gauge", "Latest robust score of a signal: (value - rolling median) / floored MAD scale; breaker_transitions: transitions in the flap window.", ("signal",)),
+    MetricSpec("predis_aiops_anomalies_total", "counter", "Anomalies raised, by signal.", ("signal",)),
+    MetricSpec(
+        "predis_aiops_actions_total",
+        "counter",
+        "Remediation action records, by action and outcome (dry_run, applied, failed, unavailable, rate_limited, reverted, revert_failed).",
+        ("action", "outcome"),
+    ),
+    MetricSpec("predis_aiops_step_cpu_seconds_total", "counter", "CPU time the AIOps step of the collection rounds used (forecasts, anomaly detection, remediation).", unit="seconds"),
 )
 
 
@@ -451,6 +468,7 @@ EMITTERS: tuple[tuple[str, str], ...] = (
     ("predis_agent_accept_", "agent/fdlimits.py"),
     ("predis_agent_metric_", "agent/telemetry.py"),
     ("predis_agent_", "agent/runtime.py"),
+    ("predis_aiops_", "agent/aiops/service.py"),
     ("predis_drift_", "agent/mlops/drift_policy.py"),
     ("predis_mlops_retrain_", "agent/mlops/retrain.py"),
     ("predis_mlops_candidate_", "agent/mlops/retrain.py"),

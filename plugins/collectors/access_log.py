@@ -23,7 +23,8 @@ Why it looks like this:
   resumes by itself; a failed write (ENOSPC, EIO ...) is retried with exponential backoff
   up to ``retry_max_seconds``. Events the ring overwrites meanwhile are counted in
   ``predis_access_log_events_dropped_total{reason}``, the reason being what held export
-  back (``low_disk``, ``write_failed``, ``export_refused``; ``overwritten`` when nothing
+  back (``low_disk``, ``write_failed``, ``export_refused``, ``held``: an AIOps action holds
+  it, :meth:`AccessLogExporter.hold`; ``overwritten`` when nothing
   did and the ring was simply too small for the flush interval; ``not_exported`` without
   an ``export_dir``; ``ring_replaced`` for a replaced ring that could not be drained).
   So logged == exported + dropped + pending at every moment.
@@ -98,13 +99,14 @@ STATE_EXPORTING = "exporting"
 STATE_PAUSED = "paused"
 STATE_RETRYING = "retrying"
 STATE_REFUSED = "refused"
-HELD_BACK = {STATE_PAUSED: "low_disk", STATE_RETRYING: "write_failed", STATE_REFUSED: "export_refused"}
+STATE_HELD = "held"
+HELD_BACK = {STATE_PAUSED: "low_disk", STATE_RETRYING: "write_failed", STATE_REFUSED: "export_refused", STATE_HELD: "held"}
 DROP_OVERWRITTEN, DROP_NOT_EXPORTED, DROP_RING_REPLACED = "overwritten", "not_exported", "ring_replaced"
 DELETE_REASONS = ("bytes", "age")
 
 # Why logged events were dropped: every event logged is exported, still waiting in the ring
 # (pending) or counted in predis_access_log_events_dropped_total{reason}.
-DROP_REASONS = ("overwritten", "low_disk", "write_failed", "export_refused", "not_exported", "ring_replaced")
+DROP_REASONS = ("overwritten", "low_disk", "write_failed", "export_refused", "held", "not_exported", "ring_replaced")
 # Every sample this collector produces, declared once; built from SPECS.
 METRICS: tuple[MetricSpec, ...] = declare_metrics(
     __name__,
@@ -272,6 +274,7 @@ class AccessLogExporter:
         self.last_segment: str | None = None
         self.last_error: str | None = None
         self._free: tuple[int, float] | None = None
+        self._held: str | None = None
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:
@@ -295,6 +298,16 @@ class AccessLogExporter:
 
     def wake(self) -> None:
         """Run a cycle now (after a reload)."""
+        self._wake.set()
+
+    def hold(self, reason: str) -> None:
+        """Hold export back (events wait in the ring) until :meth:`release`; from the next cycle."""
+        self._held = reason
+        self._wake.set()
+
+    def release(self) -> None:
+        """Export again after :meth:`hold`."""
+        self._held = None
         self._wake.set()
 
     def _run(self) -> None:
@@ -353,6 +366,11 @@ class AccessLogExporter:
         self._retention(directory, section)
 
     def _export(self, directory: Path, section: Mapping[str, Any], streams: list[_Stream], final: bool) -> None:
+        held = self._held
+        if held is not None and not final:
+            self._set_state(STATE_HELD, held)
+            self._account_losses(HELD_BACK[STATE_HELD])
+            return
         if not final and self._retry_at is not None and self._monotonic() < self._retry_at:
             self._account_losses(HELD_BACK[STATE_RETRYING])
             return

@@ -723,3 +723,22 @@ def test_flush_from_two_threads_never_exports_twice(tmp_path: Path) -> None:
     run_parallel([ex.flush, ex.flush, ex.flush])
     events, _ = exported(tmp_path / "export")
     assert events.shape[0] == 1000 and len(set(events["fp"].tolist())) == 1000
+
+
+# ----------------------------------------------------------------------------- held by AIOps
+def test_a_hold_keeps_events_in_the_ring_and_counts_overwrites_as_held(tmp_path: Path) -> None:
+    ring = AccessLog(16)
+    ex = exporter(ring, section(tmp_path))
+    ex.hold("held by aiops action pause_access_log_export (eta:spool)")
+    append(ring, 0, 10)
+    assert ex.flush() == "held"
+    assert ex.status()["paused"] is True and ex.status()["reason"].startswith("held by aiops")
+    assert exported(tmp_path / "export")[0].size == 0
+    append(ring, 10, 20)  # 30 events into 16 slots: 14 overwritten while held
+    ex.flush()
+    totals = balanced(ex)
+    assert totals["dropped"]["held"] == 14 and totals["pending"] == 16
+    ex.release()
+    assert ex.flush() == "exporting"
+    assert exported(tmp_path / "export")[0].size == 16
+    assert balanced(ex)["pending"] == 0

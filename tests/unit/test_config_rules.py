@@ -46,6 +46,8 @@ BROKEN: dict[str, tuple[str, str]] = {
         "cache.origin",
     ),
     "ring-capacity-power-of-two": ("collectors:\n  access_log: {ring_capacity: 3000}\n", "collectors.access_log.ring_capacity"),
+    "aiops-live-opted-in": ("aiops:\n  remediation: {live: [rollback_model]}\n", "aiops.remediation.live"),
+    "aiops-windows": ("aiops:\n  forecast: {min_rounds: 40, window_rounds: 30}\n", "aiops.forecast.min_rounds"),
     "rollout-steps": ("mlops:\n  rollout: {steps: [0.5, 0.25, 1.0]}\n", "mlops.rollout"),
 }
 
