@@ -53,7 +53,7 @@ DRAWN = {
         "prefetch_model_seconds_per_second",
     ),
     "models": ("predis_mlops_serving_version", "predis_mlops_rollout_share_ratio", "predis_drift_score"),
-    "exporters": ("predis_agent_sink_breaker_state", "predis_agent_sink_queue_points", "predis_agent_sink_outage_budget_seconds"),
+    "exporters": ("sink_breaker_state", "predis_agent_sink_queue_points", "predis_agent_sink_outage_budget_seconds"),
 }
 # What each drawn chart reads from /api/v1/series.
 SERIES_OF = {"memory_bytes": "memory_bytes", **{key: key for keys in DRAWN.values() for key in keys}}
@@ -216,6 +216,15 @@ def test_every_page_draws_its_charts_under_a_workload(browser: Any, busy_agent: 
     ranges = page.evaluate("() => Object.values(window.predisCharts).map(u => [u.scales.x.min, u.scales.x.max])")
     assert len(ranges) >= 3 and all(r == ranges[0] for r in ranges), ranges
     assert all(ranges[0][0] <= e["ts"] <= ranges[0][1] for e in events), (ranges[0], events)
+    # The exporters page lists the AIOps events (forecasts, anomalies, actions): those the API
+    # had when the page loaded, and nothing else.
+    open_page(page, busy_agent, "exporters")
+    assert page.locator("h2", has_text="AIOps: forecasts, anomalies and actions").count() == 1
+    shown = page.locator("table.events tr[data-kind]").evaluate_all("rows => rows.map(r => r.dataset.kind)")
+    kept = [e["kind"] for e in busy_agent.get("/api/v1/events").json()["events"] if e["kind"].startswith("aiops_")]
+    assert all(kind.startswith("aiops_") for kind in shown) and len(shown) <= len(kept), (shown, kept)
+    if not shown:
+        assert page.get_by_text("No AIOps forecast, anomaly or action in this window.").count() == 1
     assert errors == []
     page.context.close()
 

@@ -485,8 +485,8 @@
     return text.length > DETAIL_CHARS ? text.slice(0, DETAIL_CHARS - 1) + "…" : text;
   }
 
-  function eventRows(events) {
-    if (!events.length) return el("p", { class: "lede" }, "No drift events or rollout decisions in this window.");
+  function eventRows(events, empty = "No drift events or rollout decisions in this window.") {
+    if (!events.length) return el("p", { class: "lede" }, empty);
     const rows = events.slice().reverse().map((event) => el("tr", { "data-kind": event.kind },
       el("td", {}, new Date(event.ts * 1000).toLocaleString()),
       el("td", {}, el("span", { style: `color:${EVENT_COLOURS[event.kind] || "#6b7280"}` }, "● "), event.kind.replaceAll("_", " ")),
@@ -539,8 +539,10 @@
 
   async function exporters() {
     if (!historyOn) return historyOff();
-    const [breakers, queues, budgets] = await Promise.all(
-      ["predis_agent_sink_breaker_state", "predis_agent_sink_queue_points", "predis_agent_sink_outage_budget_seconds"].map(optional));
+    const [breakers, queues, budgets, events] = await Promise.all([
+      ...["sink_breaker_state", "predis_agent_sink_queue_points", "predis_agent_sink_outage_budget_seconds"].map(optional),
+      getJSON(`/api/v1/events?since=${since}`).then((body) => body.events).catch(() => []),
+    ]);
     const states = latestBy(breakers, "sink");
     const queued = latestBy(queues, "sink");
     const budget = latestBy(budgets, "sink");
@@ -551,8 +553,8 @@
     }
     await Promise.all([
       chart(charts, {
-        key: "predis_agent_sink_breaker_state", title: "Circuit breakers", unit: "state", unitLabel: "0 closed · 1 half-open · 2 open", stepped: true, wide: true, yRange: [0, 2],
-        sources: [{ series: "predis_agent_sink_breaker_state", split: "sink" }],
+        key: "sink_breaker_state", title: "Circuit breakers", unit: "state", unitLabel: "0 closed · 1 half-open · 2 open", stepped: true, wide: true, yRange: [0, 2],
+        sources: [{ series: "sink_breaker_state", split: "sink" }],
       }, null, [breakers]),
       chart(charts, { key: "predis_agent_sink_queue_points", title: "Queued points", unit: "count", sources: [{ series: "predis_agent_sink_queue_points", split: "sink" }] }, null, [queues]),
       chart(charts, {
@@ -560,6 +562,11 @@
         sources: [{ series: "predis_agent_sink_outage_budget_seconds", split: "sink" }],
       }, null, [budgets]),
     ]);
+    // What the AIOps step forecast, detected and did (docs/aiops.md), as the agent's events.
+    const aiops = events.filter((e) => e.kind.startsWith("aiops_"));
+    extra.append(el("h2", {}, "AIOps: forecasts, anomalies and actions"),
+      el("p", { class: "lede" }, "ETAs below their horizon, anomalies and remediation actions (dry runs included), newest first; /status components.aiops has their state."),
+      eventRows(aiops, "No AIOps forecast, anomaly or action in this window."));
   }
 
   const PAGES = { overview, roi, prefetching, models, exporters };
