@@ -40,6 +40,7 @@ from cache_core.models.base import (
 )
 from cache_core.models.markov import DEFAULT_SLOTS, ContextMarkov, MarkovModel
 from cache_core.models.stride import StrideModel
+from cache_core.models.template import TemplateExpert, TemplateScorer
 
 DEFAULT_HORIZON = 64
 DEFAULT_PRECISION_DECAY_EVERY = 1 << 12
@@ -234,10 +235,14 @@ class MixtureModel:
         horizon: int = DEFAULT_HORIZON,
         decay_every: int = DEFAULT_PRECISION_DECAY_EVERY,
         xp: Any = numpy,
+        template: TemplateScorer | None = None,
     ) -> None:
         # The successor experts' tables live on ``xp``; the stride detector (which names keys
-        # through the host vocabulary) and the precision bookkeeping stay on the host.
+        # through the host vocabulary) and the precision bookkeeping stay on the host. With
+        # ``template``, the key-free template expert (cache_core.models.template) joins them.
         self.experts: list[Expert] = [StrideModel(vocab), MarkovModel(capacity, slots, xp=xp), ContextMarkov(capacity, slots, xp=xp)]
+        if template is not None:
+            self.experts.append(TemplateExpert(vocab, template))
         self.horizon = int(horizon)
         self.decay_every = int(decay_every)
         e = len(self.experts)
