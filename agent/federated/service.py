@@ -1,0 +1,194 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The agent's side of federated learning: a Flower client in a thread of its own.
+
+With ``mlops.federated.enabled`` the agent joins the runs of the Flower server at
+``mlops.federated.server`` (agent.federated.client): it connects, answers each round, keeps
+the final aggregate, then waits ``retry_interval_seconds`` and joins the next run. A server
+that is down or slow costs this thread retries (Flower's ``max_retries`` /
+``max_wait_seconds``) and a doubling back-off (``backoff_seconds`` up to
+``max_backoff_seconds``), never a request: the thread only reads the
+access-log ring (one short copy under its lock) and the cache never waits on it.
+``enabled: false`` is the host's opt-out: nothing is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.components import BaseComponent, Changes
+from agent.config import Config
+from agent.federated.privacy import PrivacyAccountant, PrivacySettings
+from agent.telemetry import MLOPS_METRICS, Metric, sample
+
+log = logging.getLogger("predis.federated")
+_SPECS = {spec.name: spec for spec in MLOPS_METRICS}
+# The most keys one round reads from the ring at a time (the ring's own bound applies too).
+READ_CHUNK = 1 << 16
+
+
+class FederatedService:
+    """Runs the client thread and keeps the record of its rounds for /status and /metrics."""
+
+    def __init__(self, ring: Callable[[], Any], emit: Callable[[str, dict[str, Any]], None]) -> None:
+        self._ring = ring
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.section: dict[str, Any] = {}
+        self._cursor: int | None = None
+        self.scorer: Any = None
+        self.accountant = PrivacyAccountant(PrivacySettings())
+        self.rounds_completed = 0
+        self.runs = {"ok": 0, "error": 0}
+        self.last_round_at: float | None = None
+        self.last_result: str | None = None
+        self.last_loss: float | None = None
+        self.state = "disabled"
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def configure(self, section: dict[str, Any]) -> None:
+        self.stop()
+        with self._lock:
+            self.section = dict(section)
+            if not section["enabled"]:
+                self.state = "disabled"
+                return
+            self.accountant = PrivacyAccountant(PrivacySettings(section["clip_norm"], float(section["noise_multiplier"]), float(section["delta"])))
+            self.state = "starting"
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="predis-federated", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        # Flower's client blocks in its gRPC stream until the run ends or the retries run out;
+        # the thread is a daemon, so an agent that stops does not wait for a round.
+        thread.join(timeout=0)
+        self._thread = None
+
+    # -- the client thread --------------------------------------------------------------
+    def _keys(self) -> list[bytes]:
+        ring = self._ring()
+        if ring is None:
+            return []
+        if self._cursor is None:
+            self._cursor = 0
+        out: list[bytes] = []
+        while True:
+            got = ring.read(self._cursor, READ_CHUNK)
+            self._cursor = got.next_sequence
+            out += [k for k in (got.keys or ()) if k is not None]
+            if got.events.shape[0] < READ_CHUNK:
+                return out
+
+    def _on_round(self, info: dict[str, Any]) -> None:
+        with self._lock:
+            if info["step"] == "fit":
+                self.rounds_completed += 1
+                self.last_round_at = time.time()
+                self.state = "training"
+            else:
+                self.last_loss = float(info["loss"])
+        self._emit(f"federated_{info['step']}", {k: v for k, v in info.items() if k != "step"})
+
+    def _run(self) -> None:
+        try:
+            from flwr.client import start_client
+
+            from agent.federated.client import TemplateClient
+            from cache_core.models.template import TemplateScorer
+        except ImportError as exc:
+            with self._lock:
+                self.state = "error"
+                self.last_result = f"federated extra not installed (pip install 'predis-agent[federated]'): {exc}"
+            log.error("federated: %s", self.last_result)
+            return
+        section = self.section
+        self.scorer = self.scorer or TemplateScorer()
+        ca_file = section["tls"]["ca_file"]
+        backoff = float(section["backoff_seconds"])
+        while not self._stop.is_set():
+            client = TemplateClient(self.scorer, self._keys, self.accountant.settings, self.accountant, self._on_round)
+            with self._lock:
+                self.state = "connecting"
+            try:
+                start_client(
+                    server_address=section["server"],
+                    client=client.to_client(),
+                    root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+                    insecure=ca_file is None,
+                    max_retries=int(section["max_retries"]),
+                    max_wait_time=float(section["max_wait_seconds"]),
+                )
+            except Exception as exc:
+                result, ok = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
+            else:
+                result, ok = "ok", True
+            with self._lock:
+                self.runs["ok" if ok else "error"] += 1
+                self.last_result = result
+                self.state = "waiting" if ok else "backing_off"
+            self._emit("federated_run", {"result": result})
+            if ok:
+                backoff = float(section["backoff_seconds"])
+                self._stop.wait(float(section["retry_interval_seconds"]))
+                continue
+            log.warning("federated: run against %s failed (%s); next try in %.1fs", section["server"], result, backoff)
+            self._stop.wait(backoff)
+            backoff = min(2 * backoff, float(section["max_backoff_seconds"]))
+
+    # -- reporting ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "enabled": bool(self.section.get("enabled", False)),
+                "server": self.section.get("server"),
+                "tls": bool(self.section.get("tls", {}).get("ca_file")),
+                "state": self.state,
+                "rounds_completed": self.rounds_completed,
+                "last_round_at": self.last_round_at,
+                "last_result": self.last_result,
+                "last_loss": self.last_loss,
+                "runs": dict(self.runs),
+                "examples": 0 if self.scorer is None else int(self.scorer.examples),
+                "epsilon_spent": self.accountant.epsilon(),
+                "delta": self.accountant.settings.delta if self.accountant.active else None,
+            }
+
+    def samples(self) -> list[Metric]:
+        with self._lock:
+            out = [sample(_SPECS["predis_mlops_federated_runs_total"], float(n), {"result": r}) for r, n in sorted(self.runs.items())]
+            out.append(sample(_SPECS["predis_mlops_federated_rounds_total"], float(self.rounds_completed)))
+            epsilon = self.accountant.epsilon()
+        if epsilon is not None:
+            out.append(sample(_SPECS["predis_mlops_federated_epsilon"], epsilon))
+        return out
+
+
+class FederatedComponent(BaseComponent):
+    """:class:`FederatedService`, restarted when ``mlops.federated`` changes."""
+
+    name = "federated"
+    sections = ("mlops.federated",)
+
+    def __init__(self, service: FederatedService) -> None:
+        self.service = service
+
+    async def apply(self, plan: Any, new: Config, changes: Changes) -> list[str]:
+        self.service.configure(new.section("mlops.federated"))
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return self.service.status()
+
+    async def stop(self, config: Config) -> None:
+        self.service.stop()

@@ -1,0 +1,171 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Federated learning over the network: a Flower server (``predis-agent federated serve``)
+and three agents, each under its own slice of one structured workload, over loopback TLS.
+
+The agents are driven (redis-py) while the server is still down: they keep serving and
+their clients keep retrying. Then the server runs 3 rounds; its audit record holds every
+message each client sent. The test checks that each round's aggregate is the
+example-weighted mean of the clients' parameters (within 1e-12), that no message holds a
+key, a key's text or a fingerprint the agents logged, and that /status and /metrics
+report the rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pytest
+import redis
+from flwr.common import parameters_to_ndarrays
+from flwr.common.serde import evaluate_res_from_proto, fit_res_from_proto
+from flwr.proto.transport_pb2 import ClientMessage
+
+from agent.mlops.dataset import read_segments
+from tests import peers
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from federated_workload import ENTITIES, FIELDS, host_trace
+
+pytestmark = pytest.mark.integration
+
+HOSTS = 3
+ROUNDS = 3
+READS = 1500
+FINGERPRINT_BYTES = 8
+
+
+def agent_config(tmp: Path, port: int, ca: Path) -> dict[str, Any]:
+    key_file = tmp / "segment.key"
+    key_file.write_text(os.urandom(32).hex() + "\n")
+    key_file.chmod(0o600)
+    return {
+        "agent": {"reload": {"watch": False}},
+        "collectors": {
+            "access_log": {
+                "enabled": True,
+                "store_raw_keys": True,
+                "ring_capacity": 65536,
+                "export_dir": str(tmp / "export"),
+                "encryption_key": f"${{file:{key_file}}}",
+                "flush_interval_seconds": 0.2,
+                "min_free_bytes": 0,
+                "min_free_percent": 0,
+            }
+        },
+        "mlops": {
+            "registry_dir": str(tmp / "models"),
+            "federated": {
+                "enabled": True,
+                "server": f"127.0.0.1:{port}",
+                "tls": {"ca_file": str(ca)},
+                "max_retries": 1000,
+                "max_wait_seconds": 300,
+                "retry_interval_seconds": 3600,
+                "backoff_seconds": 0.2,
+                "max_backoff_seconds": 1,
+            },
+        },
+    }
+
+
+def drive(agent: AgentProcess, keys: list[bytes]) -> None:
+    address = agent.status()["components"]["cache"]["resp"]["address"]
+    client = redis.Redis(host="127.0.0.1", port=int(address.rsplit(":", 1)[1]), socket_timeout=10, protocol=2)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    pipe.execute()
+    client.close()
+
+
+def fingerprints(tmp: Path) -> set[bytes]:
+    key = bytes.fromhex((tmp / "segment.key").read_text().strip())
+    out: set[bytes] = set()
+    for segment in read_segments(tmp / "export", [key]):
+        for fp in segment.events["fp"].tolist():
+            out |= {fp.to_bytes(FINGERPRINT_BYTES, "little"), fp.to_bytes(FINGERPRINT_BYTES, "big"), b"%016x" % fp}
+    return out
+
+
+def windows(blob: bytes, widths: set[int]) -> set[bytes]:
+    return {blob[i : i + w] for w in widths for i in range(len(blob) - w + 1)}
+
+
+def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
+    cert = peers.self_signed_cert(tmp_path / "tls")
+    port = peers.free_port()
+    record = tmp_path / "record"
+    traces = [host_trace(h, READS, seed=h + 1) for h in range(HOSTS)]
+    agents = []
+    try:
+        for h in range(HOSTS):
+            home = tmp_path / f"agent{h}"
+            home.mkdir()
+            agents.append(AgentProcess(home, agent_config(home, port, cert.cert)).start())
+        # The server is down: every agent serves its traffic all the same.
+        for agent, trace in zip(agents, traces):
+            drive(agent, trace)
+            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["runs"]["error"] >= 1 and s, what="a failed connection")
+            assert federated["rounds_completed"] == 0 and federated["last_result"].startswith("error")
+        wait_for(lambda: all(a.status()["components"]["access_log"]["events_exported"] >= READS for a in agents), timeout=30, what="the segments")
+        server = subprocess.run(
+            [
+                sys.executable, "-m", "agent", "federated", "serve", "--listen", f"127.0.0.1:{port}",
+                "--rounds", str(ROUNDS), "--min-clients", str(HOSTS),
+                "--ca-file", str(cert.cert), "--certfile", str(cert.cert), "--keyfile", str(cert.key),
+                "--record", str(record), "--json",
+            ],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert server.returncode == 0, server.stderr
+        result = json.loads(server.stdout)
+        assert result["rounds_completed"] == ROUNDS
+        statuses = [wait_for(lambda a=a: (s := a.status()["components"]["federated"])["last_loss"] is not None and s, timeout=60, what="the final model") for a in agents]
+        for status in statuses:
+            assert status["rounds_completed"] == ROUNDS and status["tls"] is True
+            assert status["examples"] > 0 and status["epsilon_spent"] is None
+        assert wait_for(lambda: agents[0].metric("predis_mlops_federated_rounds_total") == ROUNDS, what="the rounds metric")
+        secrets = set().union(*(fingerprints(tmp_path / f"agent{h}") for h in range(HOSTS)))
+    finally:
+        for agent in agents:
+            assert agent.stop() == 0
+
+    messages = []
+    for r in range(1, ROUNDS + 1):
+        where = record / f"round-{r:03d}"
+        fits = json.loads((where / "fit.json").read_text())["clients"]
+        assert len(fits) == HOSTS
+        sent = []
+        for entry in fits:
+            blob = (where / entry["message"]).read_bytes()
+            messages.append(blob)
+            res = fit_res_from_proto(ClientMessage.FitRes.FromString(blob))
+            sent.append((parameters_to_ndarrays(res.parameters), res.num_examples))
+        with numpy.load(where / "aggregate.npz") as data:
+            aggregate = [data[f"arr_{i}"] for i in range(len(data.files))]
+        total = sum(n for _, n in sent)
+        assert total > 0 and len({n for _, n in sent}) > 1
+        for i, part in enumerate(aggregate):
+            mean = sum(params[i] * n for params, n in sent) / total
+            assert numpy.abs(part - mean).max() <= 1e-12
+            assert part.any()
+        for entry in json.loads((where / "evaluate.json").read_text()).get("clients", []):
+            blob = (where / entry["message"]).read_bytes()
+            messages.append(blob)
+            assert evaluate_res_from_proto(ClientMessage.EvaluateRes.FromString(blob)).num_examples > 0
+    assert len(messages) == 2 * HOSTS * ROUNDS
+    # Every key starts with "entity:" and ends with ":field": with none of those, no key (nor
+    # a template's text) is in a message. (A bare word can be: NumPy's array header says "fortran_order".)
+    words = [f"{e}:".encode() for e in ENTITIES] + [f":{f}".encode() for f in FIELDS]
+    for blob in messages:
+        assert not [w for w in words if w in blob]
+        assert not any(key in blob for key in traces[0][:50])
+        assert not windows(blob, {len(s) for s in secrets}) & secrets
