@@ -9,11 +9,20 @@ that is down or slow costs this thread retries (Flower's ``max_retries`` /
 ``max_backoff_seconds``), never a request: the thread only reads the
 access-log ring (one short copy under its lock) and the cache never waits on it.
 ``enabled: false`` is the host's opt-out: nothing is sent.
+
+A run's result is never served as such: with ``register`` on, the agent builds a
+challenger (the tenant's champion, or a fresh mixture when there is none, with the template
+expert carrying the fleet's rates), registers it with its provenance (server, rounds,
+examples, privacy settings and ε) and makes it the challenger; the model lifecycle then
+runs its test inference and the canary against the local champion, which promotes it or
+rolls it back (docs/models.md).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +31,7 @@ from typing import Any
 
 from agent.components import BaseComponent, Changes
 from agent.config import Config
+from agent.errors import AgentError
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings
 from agent.telemetry import MLOPS_METRICS, Metric, sample
 
@@ -41,6 +51,11 @@ class FederatedService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.section: dict[str, Any] = {}
+        self.mlops: dict[str, Any] = {}
+        self.vocabulary_size = 0
+        self.last_version: int | None = None
+        self.register_error: str | None = None
+        self._final = False
         self._cursor: int | None = None
         self.scorer: Any = None
         self.accountant = PrivacyAccountant(PrivacySettings())
@@ -52,7 +67,14 @@ class FederatedService:
         self.state = "disabled"
 
     # -- lifecycle ----------------------------------------------------------------------
-    def configure(self, section: dict[str, Any]) -> None:
+    def configure(self, cfg: Config) -> None:
+        """Apply ``cfg``; the client thread restarts only when ``mlops.federated`` changed."""
+        section = cfg.section("mlops.federated")
+        with self._lock:
+            self.mlops = cfg.section("mlops")
+            self.vocabulary_size = int(cfg.section("cache.prefetch")["vocabulary_size"])
+            if section == self.section and (self._thread is not None or not section["enabled"]):
+                return
         self.stop()
         with self._lock:
             self.section = dict(section)
@@ -61,18 +83,17 @@ class FederatedService:
                 return
             self.accountant = PrivacyAccountant(PrivacySettings(section["clip_norm"], float(section["noise_multiplier"]), float(section["delta"])))
             self.state = "starting"
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="predis-federated", daemon=True)
+        stop = threading.Event()
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, args=(stop, dict(section)), name="predis-federated", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        thread = self._thread
-        if thread is None:
+        """Tell the client thread to end after its current run (it is a daemon: an agent that
+        stops never waits for a round; Flower's client ends its run when the server does)."""
+        if self._thread is None:
             return
         self._stop.set()
-        # Flower's client blocks in its gRPC stream until the run ends or the retries run out;
-        # the thread is a daemon, so an agent that stops does not wait for a round.
-        thread.join(timeout=0)
         self._thread = None
 
     # -- the client thread --------------------------------------------------------------
@@ -98,9 +119,10 @@ class FederatedService:
                 self.state = "training"
             else:
                 self.last_loss = float(info["loss"])
+                self._final = True
         self._emit(f"federated_{info['step']}", {k: v for k, v in info.items() if k != "step"})
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event, section: dict[str, Any]) -> None:
         try:
             from flwr.client import start_client
 
@@ -112,14 +134,14 @@ class FederatedService:
                 self.last_result = f"federated extra not installed (pip install 'predis-agent[federated]'): {exc}"
             log.error("federated: %s", self.last_result)
             return
-        section = self.section
         self.scorer = self.scorer or TemplateScorer()
         ca_file = section["tls"]["ca_file"]
         backoff = float(section["backoff_seconds"])
-        while not self._stop.is_set():
+        while not stop.is_set():
             client = TemplateClient(self.scorer, self._keys, self.accountant.settings, self.accountant, self._on_round)
             with self._lock:
                 self.state = "connecting"
+                self._final = False
             try:
                 start_client(
                     server_address=section["server"],
@@ -140,11 +162,62 @@ class FederatedService:
             self._emit("federated_run", {"result": result})
             if ok:
                 backoff = float(section["backoff_seconds"])
-                self._stop.wait(float(section["retry_interval_seconds"]))
+                if self._final and section["register"]:
+                    self._register()
+                stop.wait(float(section["retry_interval_seconds"]))
                 continue
             log.warning("federated: run against %s failed (%s); next try in %.1fs", section["server"], result, backoff)
-            self._stop.wait(backoff)
+            stop.wait(backoff)
             backoff = min(2 * backoff, float(section["max_backoff_seconds"]))
+
+    def _register(self) -> None:
+        """Register the fleet's model as the tenant's challenger (see the module docstring)."""
+        from agent.mlops.registry import ModelRegistry, save_model
+        from cache_core.models import MixtureModel, Vocabulary, make_model
+
+        scorer = copy.deepcopy(self.scorer)
+        registry = ModelRegistry(self.mlops["registry_dir"])
+        tenant = self.mlops["tenant"]
+        try:
+            champion = registry.aliases(tenant)["champion"]
+            model, vocab = registry.load_model(tenant, champion) if champion is not None else (None, None)
+            if not isinstance(model, MixtureModel) or vocab is None:
+                vocab = Vocabulary(self.vocabulary_size)
+                model = make_model("federated", vocab)
+            if model.template is None:
+                model.add_template(vocab, scorer)
+            else:
+                model.template.set_shared([scorer.shared_pair, scorer.shared_source])
+            privacy = self.accountant.settings
+            meta = {
+                "kind": "federated",
+                "parent": champion,
+                "federated": {
+                    "server": self.section["server"],
+                    "rounds": self.rounds_completed,
+                    "host_examples": int(scorer.examples),
+                    "loss": self.last_loss,
+                    "clip_norm": privacy.clip_norm,
+                    "noise_multiplier": privacy.noise_multiplier,
+                    "epsilon": self.accountant.epsilon(),
+                    "delta": privacy.delta if self.accountant.active else None,
+                },
+            }
+            with tempfile.TemporaryDirectory(prefix="predis-federated-") as staging:
+                files = save_model(model, vocab, staging)
+                version = registry.register(tenant, [f"{staging}/{name}" for name in files], meta, first_is_champion=False)
+            base = f"champion v{champion}" if champion is not None else "the fresh local model"
+            registry.promote(tenant, version, "challenger", f"federated run of {self.rounds_completed} round(s); a canary against {base} decides", "predis-agent federated")
+        except (AgentError, OSError, ValueError) as exc:
+            with self._lock:
+                self.register_error = f"{type(exc).__name__}: {exc}"
+            log.error("federated: the fleet's model was not registered: %s", exc)
+            return
+        with self._lock:
+            self.last_version = version
+            self.register_error = None
+        log.info("federated: registered v%d of tenant %s as the challenger", version, tenant)
+        self._emit("federated_registered", {"tenant": tenant, "version": version, "parent": champion})
 
     # -- reporting ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -162,6 +235,8 @@ class FederatedService:
                 "examples": 0 if self.scorer is None else int(self.scorer.examples),
                 "epsilon_spent": self.accountant.epsilon(),
                 "delta": self.accountant.settings.delta if self.accountant.active else None,
+                "registered_version": self.last_version,
+                "register_error": self.register_error,
             }
 
     def samples(self) -> list[Metric]:
@@ -175,16 +250,16 @@ class FederatedService:
 
 
 class FederatedComponent(BaseComponent):
-    """:class:`FederatedService`, restarted when ``mlops.federated`` changes."""
+    """:class:`FederatedService`, restarted when ``mlops`` or ``cache.prefetch`` changes."""
 
     name = "federated"
-    sections = ("mlops.federated",)
+    sections = ("mlops", "cache.prefetch")
 
     def __init__(self, service: FederatedService) -> None:
         self.service = service
 
     async def apply(self, plan: Any, new: Config, changes: Changes) -> list[str]:
-        self.service.configure(new.section("mlops.federated"))
+        self.service.configure(new)
         return []
 
     def status(self) -> dict[str, Any]:

@@ -251,6 +251,24 @@ class MixtureModel:
         self._books = [_Proposals() for _ in range(e)]
         self.step = 0
 
+    @property
+    def template(self) -> TemplateScorer | None:
+        """The template expert's scorer, when the mixture has one."""
+        for expert in self.experts:
+            if isinstance(expert, TemplateExpert):
+                return expert.scorer
+        return None
+
+    def add_template(self, vocab: Vocabulary, scorer: TemplateScorer) -> None:
+        """Add the template expert (``scorer`` over ``vocab``) to a mixture without one; it
+        starts at the prior precision, as every expert of a new mixture does."""
+        if self.template is not None:
+            raise ValueError("this mixture already has a template expert")
+        self.experts.append(TemplateExpert(vocab, scorer))
+        self.hits = numpy.append(self.hits, 0.0)
+        self.proposals = numpy.append(self.proposals, 0.0)
+        self._books.append(_Proposals())
+
     def place(self, xp: Any) -> None:
         """Move the successor experts' tables to the array module ``xp``."""
         for expert in self.experts:

@@ -27,6 +27,7 @@ from flwr.common.serde import evaluate_res_from_proto, fit_res_from_proto
 from flwr.proto.transport_pb2 import ClientMessage
 
 from agent.mlops.dataset import read_segments
+from agent.mlops.registry import ModelRegistry
 from tests import peers
 from tests.agentproc import AgentProcess
 from tests.polling import wait_for
@@ -40,13 +41,21 @@ HOSTS = 3
 ROUNDS = 3
 READS = 1500
 FINGERPRINT_BYTES = 8
+TENANT = "fleet"
 
 
-def agent_config(tmp: Path, port: int, ca: Path) -> dict[str, Any]:
+def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, Any]:
     key_file = tmp / "segment.key"
     key_file.write_text(os.urandom(32).hex() + "\n")
     key_file.chmod(0o600)
+    origin = tmp / "origin"
+    origin.mkdir()
+    serving = {
+        "cache": {"read_through": True, "origin": "files", "prefetch": {"enabled": True, "model": "model"}},
+        "plugins": {"files": {"root": str(origin)}},
+    }
     return {
+        **(serving if prefetch else {}),
         "agent": {"reload": {"watch": False}},
         "collectors": {
             "access_log": {
@@ -62,6 +71,8 @@ def agent_config(tmp: Path, port: int, ca: Path) -> dict[str, Any]:
         },
         "mlops": {
             "registry_dir": str(tmp / "models"),
+            "tenant": TENANT,
+            "check_interval_seconds": 0.5,
             "federated": {
                 "enabled": True,
                 "server": f"127.0.0.1:{port}",
@@ -109,7 +120,7 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         for h in range(HOSTS):
             home = tmp_path / f"agent{h}"
             home.mkdir()
-            agents.append(AgentProcess(home, agent_config(home, port, cert.cert)).start())
+            agents.append(AgentProcess(home, agent_config(home, port, cert.cert, prefetch=h == 0)).start())
         # The server is down: every agent serves its traffic all the same.
         for agent, trace in zip(agents, traces):
             drive(agent, trace)
@@ -128,11 +139,24 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         assert server.returncode == 0, server.stderr
         result = json.loads(server.stdout)
         assert result["rounds_completed"] == ROUNDS
-        statuses = [wait_for(lambda a=a: (s := a.status()["components"]["federated"])["last_loss"] is not None and s, timeout=60, what="the final model") for a in agents]
+        statuses = [wait_for(lambda a=a: (s := a.status()["components"]["federated"])["registered_version"] is not None and s, timeout=60, what="the fleet's model registered") for a in agents]
         for status in statuses:
             assert status["rounds_completed"] == ROUNDS and status["tls"] is True
             assert status["examples"] > 0 and status["epsilon_spent"] is None
         assert wait_for(lambda: agents[0].metric("predis_mlops_federated_rounds_total") == ROUNDS, what="the rounds metric")
+        # Agent 0 prefetches: the fleet's model is registered with its provenance as the
+        # challenger, never served as such, and the canary against the local model starts.
+        registry = ModelRegistry(tmp_path / "agent0" / "models")
+        assert statuses[0]["registered_version"] == 1 and statuses[1]["registered_version"] == 1
+        assert registry.aliases(TENANT) == {"champion": None, "challenger": 1}
+        meta = registry.meta(TENANT, 1)
+        assert meta["kind"] == "federated" and meta["parent"] is None
+        assert meta["federated"]["rounds"] == ROUNDS and meta["federated"]["host_examples"] == statuses[0]["examples"]
+        assert meta["federated"]["epsilon"] is None and meta["federated"]["server"] == f"127.0.0.1:{port}"
+        mlops = wait_for(lambda: (m := agents[0].status()["components"]["mlops"])["rollout"] and m, timeout=30, what="the canary")
+        assert mlops["rollout"]["challenger_version"] == 1 and mlops["serving_version"] is None
+        model, _ = registry.load_model(TENANT, 1)
+        assert model.template is not None and model.template.shared_pair.any()
         secrets = set().union(*(fingerprints(tmp_path / f"agent{h}") for h in range(HOSTS)))
     finally:
         for agent in agents:
