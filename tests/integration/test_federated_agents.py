@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ ROUNDS = 3
 READS = 1500
 FINGERPRINT_BYTES = 8
 TENANT = "fleet"
+# Connections the hung server accepts and holds (the agent's first ones).
+HUNG_CONNECTIONS = 1
 
 
 def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, Any]:
@@ -87,14 +91,16 @@ def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, An
     }
 
 
-def drive(agent: AgentProcess, keys: list[bytes]) -> None:
+def drive(agent: AgentProcess, keys: list[bytes]) -> int:
+    """GET every key (one pipeline); how many answers came back."""
     address = agent.status()["components"]["cache"]["resp"]["address"]
     client = redis.Redis(host="127.0.0.1", port=int(address.rsplit(":", 1)[1]), socket_timeout=10, protocol=2)
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.get(key)
-    pipe.execute()
+    answers = len(pipe.execute())
     client.close()
+    return answers
 
 
 def fingerprints(tmp: Path) -> set[bytes]:
@@ -123,7 +129,7 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
             agents.append(AgentProcess(home, agent_config(home, port, cert.cert, prefetch=h == 0)).start())
         # The server is down: every agent serves its traffic all the same.
         for agent, trace in zip(agents, traces):
-            drive(agent, trace)
+            assert drive(agent, trace) == READS
             federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["runs"]["error"] >= 1 and s, what="a failed connection")
             assert federated["rounds_completed"] == 0 and federated["last_result"].startswith("error")
         wait_for(lambda: all(a.status()["components"]["access_log"]["events_exported"] >= READS for a in agents), timeout=30, what="the segments")
@@ -193,3 +199,27 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         assert not [w for w in words if w in blob]
         assert not any(key in blob for key in traces[0][:50])
         assert not windows(blob, {len(s) for s in secrets}) & secrets
+
+
+def test_an_agent_serves_and_stops_while_the_server_hangs(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers (a hung or overloaded host)."""
+    cert = peers.self_signed_cert(tmp_path / "tls")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        held: list[socket.socket] = []
+        accepting = threading.Thread(target=lambda: held.extend(listener.accept()[0] for _ in range(HUNG_CONNECTIONS)), daemon=True)
+        accepting.start()
+        home = tmp_path / "agent"
+        home.mkdir()
+        agent = AgentProcess(home, agent_config(home, port, cert.cert, prefetch=False)).start()
+        try:
+            wait_for(lambda: held, what="the agent to connect")
+            trace = host_trace(0, READS, seed=1)
+            assert drive(agent, trace) == READS
+            wait_for(lambda: agent.status()["components"]["access_log"]["events_logged"] >= READS, what="the reads logged")
+            status = agent.status()["components"]
+            assert status["federated"]["rounds_completed"] == 0 and status["federated"]["state"] in ("connecting", "backing_off")
+        finally:
+            assert agent.stop() == 0
+            for conn in held:
+                conn.close()
