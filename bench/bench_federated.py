@@ -71,8 +71,9 @@ def fleet_rates(train: int, seed: int, noise: float, clip_norm: float, rounds: i
     return global_params, accountant.epsilon()
 
 
-def replay_cold(keys: list[bytes], template: TemplateScorer | None) -> tuple[float, float]:
-    """Hit ratio over the first ``EARLY`` reads and over all of ``keys``."""
+def replay_cold(keys: list[bytes], template: TemplateScorer | None) -> tuple[float, float, float]:
+    """Hit ratio over the first ``EARLY`` reads and over all of ``keys``, and the model's
+    inference time per access (the prefetcher's own measure)."""
     origin = MemoryOrigin()
     cache = replay_cache(max(16, int(CACHE_SHARE * len(set(keys)))), "lru", origin)
     vocab = Vocabulary(VOCABULARY_PER_KEY * len(set(keys)) + 1024)
@@ -84,10 +85,10 @@ def replay_cold(keys: list[bytes], template: TemplateScorer | None) -> tuple[flo
         prefetcher.observe((key,))
         if i == EARLY:
             early = float(replay_figures(cache.stats, i)["hit_ratio"])
-    return early, float(replay_figures(cache.stats, len(keys))["hit_ratio"])
+    return early, float(replay_figures(cache.stats, len(keys))["hit_ratio"]), float(prefetcher.status()["inference_seconds_per_access"])
 
 
-def run(requests: int, train: int, seed: int, noise_levels: list[float], clip_norm: float, rounds: int) -> list[tuple[str, tuple[float, float], str]]:
+def run(requests: int, train: int, seed: int, noise_levels: list[float], clip_norm: float, rounds: int) -> list[tuple[str, tuple[float, float, float], str]]:
     cold = host_trace(COLD_HOST, requests, seed + COLD_HOST)
     rows = [("`model`: mixture, no template expert", replay_cold(cold, None), "")]
     rows.append(("`federated` kind, from nothing", replay_cold(cold, TemplateScorer()), ""))
@@ -111,17 +112,17 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     rows = run(args.requests, args.train, args.seed, args.noise, args.clip, args.rounds)
-    early_base, base = rows[1][1]
+    early_base, base, _ = rows[1][1]
     if args.markdown:
         print(f"Machine: {machine()}\n")
         print(f"Cold host, first {args.requests:,} reads; {TRAIN_HOSTS} hosts × {args.train:,} reads, {args.rounds} rounds; LRU cache of {CACHE_SHARE:.0%} of the distinct keys.\n")
-        print(f"| model | hit ratio, first {EARLY:,} | gain | hit ratio, first {args.requests:,} | gain over from nothing | ε per host (δ = 1e-5) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for label, (early, hit), eps in rows:
-            print(f"| {label} | {early:.4f} | {early - early_base:+.4f} | {hit:.4f} | {hit - base:+.4f} | {eps} |")
+        print(f"| model | hit ratio, first {EARLY:,} | gain | hit ratio, first {args.requests:,} | gain over from nothing | ε per host (δ = 1e-5) | inference µs/access |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for label, (early, hit, cost), eps in rows:
+            print(f"| {label} | {early:.4f} | {early - early_base:+.4f} | {hit:.4f} | {hit - base:+.4f} | {eps} | {cost * 1e6:.0f} |")
     else:
-        for label, (early, hit), eps in rows:
-            print(f"{label:60s} {early:.4f} {early - early_base:+.4f} {hit:.4f} {hit - base:+.4f} {eps}")
+        for label, (early, hit, cost), eps in rows:
+            print(f"{label:60s} {early:.4f} {early - early_base:+.4f} {hit:.4f} {hit - base:+.4f} {eps} {cost * 1e6:.0f}µs")
 
 
 if __name__ == "__main__":

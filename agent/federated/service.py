@@ -134,6 +134,13 @@ class FederatedService:
                 self.last_result = f"federated extra not installed (pip install 'predis-agent[federated]'): {exc}"
             log.error("federated: %s", self.last_result)
             return
+        from flwr.common.logger import console_handler
+
+        # Flower's records go through the agent's logging only (its format, its files), once,
+        # and without Flower's per-message debug lines.
+        flower_log = logging.getLogger("flwr")
+        flower_log.removeHandler(console_handler)
+        flower_log.setLevel(logging.INFO)
         self.scorer = self.scorer or TemplateScorer()
         ca_file = section["tls"]["ca_file"]
         backoff = float(section["backoff_seconds"])

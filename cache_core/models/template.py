@@ -189,7 +189,22 @@ class TemplateScorer:
 
     # -- state --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        save_arrays(path, pair=self.pair, source=self.source, examples=numpy.int64(self.examples), shared_pair=self.shared_pair, shared_source=self.shared_source)
+        """The counts, the shared rates and the templates known here (their text, which stays
+        on this host like the vocabulary's keys), as one .npz file."""
+        known = [(t, arity) for arity, templates in sorted(self._by_arity.items()) for t in templates]
+        offsets = numpy.zeros(len(known) + 1, dtype=numpy.int64)
+        offsets[1:] = numpy.cumsum([len(t) for t, _ in known], dtype=numpy.int64)
+        save_arrays(
+            path,
+            pair=self.pair,
+            source=self.source,
+            examples=numpy.int64(self.examples),
+            shared_pair=self.shared_pair,
+            shared_source=self.shared_source,
+            template_blob=numpy.frombuffer(b"".join(t for t, _ in known), dtype=numpy.uint8),
+            template_offsets=offsets,
+            template_arity=numpy.array([arity for _, arity in known], dtype=numpy.int64),
+        )
 
     def load(self, path: str | Path) -> None:
         data = load_arrays(path)
@@ -197,6 +212,10 @@ class TemplateScorer:
         self.source[...] = data["source"]
         self.examples = int(data["examples"])
         self.set_shared([data["shared_pair"], data["shared_source"]])
+        blob, offsets = data["template_blob"].tobytes(), data["template_offsets"].tolist()
+        self._by_arity, self._known = {}, set()
+        for (start, end), arity in zip(zip(offsets, offsets[1:]), data["template_arity"].tolist()):
+            self._learn_template(blob[start:end], int(arity))
 
     @property
     def nbytes(self) -> int:

@@ -16,7 +16,8 @@ from agent.cli import cli
 from agent.federated.client import TemplateClient
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings, clip, privatize
 from agent.federated.server import _weighted_metrics
-from cache_core.models import MixtureModel, Vocabulary
+from agent.mlops.registry import ModelRegistry, save_model
+from cache_core.models import MixtureModel, Vocabulary, make_model
 from cache_core.models.template import PAIR_BUCKETS, SOURCE_BUCKETS, TemplateScorer, instantiate, key_template
 
 
@@ -154,3 +155,28 @@ def test_fit_metrics_are_averaged_by_examples() -> None:
 def test_serve_refuses_a_bad_address_and_clear_text_off_loopback(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["federated", "serve", *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_a_champion_mixture_gains_the_template_expert_and_registers_as_challenger_only(tmp_path: Path) -> None:
+    vocab = Vocabulary(4096)
+    champion = make_model("model", vocab)
+    champion.observe(vocab.encode_many(chain(range(20))))
+    fleet = TemplateScorer()
+    fleet.observe_keys(chain(range(100)))
+    scorer = TemplateScorer()
+    scorer.set_shared(fleet.rates())
+    # The host's scorer has seen its templates (their text stays on the host, in the registry's
+    # private files like the vocabulary); the loaded model proposes them at once.
+    scorer.observe_keys([b"user:1:profile", b"user:2:orders", b"cart:3:items"])
+    champion.add_template(vocab, scorer)
+    assert champion.template is scorer and champion.hits.shape == champion.proposals.shape == (4,)
+    with pytest.raises(ValueError, match="already"):
+        champion.add_template(vocab, scorer)
+    registry = ModelRegistry(tmp_path / "registry")
+    files = save_model(champion, vocab, tmp_path / "staging")
+    version = registry.register("fleet", [tmp_path / "staging" / name for name in files], {"kind": "federated"}, first_is_champion=False)
+    assert registry.aliases("fleet") == {"champion": None, "challenger": None}
+    loaded, loaded_vocab = registry.load_model("fleet", version)
+    assert loaded.template is not None and numpy.array_equal(loaded.template.shared_pair, scorer.shared_pair)
+    ident = loaded_vocab.encode(b"user:999:profile")
+    assert loaded.predict_one(ident, 1)[0][0] == loaded_vocab.encode(b"user:999:orders")
