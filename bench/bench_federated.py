@@ -32,7 +32,7 @@ import numpy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_machine import machine
-from federated_workload import host_trace
+from federated_workload import ROUTES, host_trace
 from flwr.server.strategy.aggregate import aggregate
 
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings, privatize
@@ -50,12 +50,12 @@ EARLY = 5_000
 VOCABULARY_PER_KEY = 16
 
 
-def fleet_rates(train: int, seed: int, noise: float, clip_norm: float, rounds: int) -> tuple[list[numpy.ndarray], float | None]:
+def fleet_rates(train: int, seed: int, noise: float, clip_norm: float, rounds: int, n_routes: int) -> tuple[list[numpy.ndarray], float | None]:
     """FedAvg over the training hosts' rates, ``rounds`` rounds (each host learning on), and ε."""
     settings = PrivacySettings(clip_norm=clip_norm if noise > 0 else None, noise_multiplier=noise)
     rng = numpy.random.default_rng(seed + 1000)
     scorers = [TemplateScorer() for _ in range(TRAIN_HOSTS)]
-    traces = [host_trace(h, train, seed + h) for h in range(TRAIN_HOSTS)]
+    traces = [host_trace(h, train, seed + h, n_routes) for h in range(TRAIN_HOSTS)]
     global_params = scorers[0].rates()
     global_params = [numpy.zeros_like(p) for p in global_params]
     accountant = PrivacyAccountant(settings)
@@ -88,12 +88,12 @@ def replay_cold(keys: list[bytes], template: TemplateScorer | None) -> tuple[flo
     return early, float(replay_figures(cache.stats, len(keys))["hit_ratio"]), float(prefetcher.status()["inference_seconds_per_access"])
 
 
-def run(requests: int, train: int, seed: int, noise_levels: list[float], clip_norm: float, rounds: int) -> list[tuple[str, tuple[float, float, float], str]]:
-    cold = host_trace(COLD_HOST, requests, seed + COLD_HOST)
+def run(requests: int, train: int, seed: int, noise_levels: list[float], clip_norm: float, rounds: int, n_routes: int) -> list[tuple[str, tuple[float, float, float], str]]:
+    cold = host_trace(COLD_HOST, requests, seed + COLD_HOST, n_routes)
     rows = [("`model`: mixture, no template expert", replay_cold(cold, None), "")]
     rows.append(("`federated` kind, from nothing", replay_cold(cold, TemplateScorer()), ""))
     for noise in [0.0, *noise_levels]:
-        shared, epsilon = fleet_rates(train, seed, noise, clip_norm, rounds)
+        shared, epsilon = fleet_rates(train, seed, noise, clip_norm, rounds, n_routes)
         scorer = TemplateScorer()
         scorer.set_shared(shared)
         label = "`federated` kind, with the fleet's rates" + (f", noise {noise:g} × clip {clip_norm:g}" if noise else ", no noise")
@@ -109,13 +109,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--clip", type=float, default=0.05, help="L2 clip norm of a host's update")
     parser.add_argument("--noise", type=float, nargs="*", default=[0.01, 0.1], help="noise multipliers of the DP rows")
+    parser.add_argument("--routes", type=int, default=ROUTES, help="request types of the application (more: a longer tail of templates)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    rows = run(args.requests, args.train, args.seed, args.noise, args.clip, args.rounds)
+    rows = run(args.requests, args.train, args.seed, args.noise, args.clip, args.rounds, args.routes)
     early_base, base, _ = rows[1][1]
     if args.markdown:
         print(f"Machine: {machine()}\n")
-        print(f"Cold host, first {args.requests:,} reads; {TRAIN_HOSTS} hosts × {args.train:,} reads, {args.rounds} rounds; LRU cache of {CACHE_SHARE:.0%} of the distinct keys.\n")
+        print(f"{args.routes} request types; cold host, first {args.requests:,} reads; {TRAIN_HOSTS} hosts × {args.train:,} reads, {args.rounds} rounds; LRU cache of {CACHE_SHARE:.0%} of the distinct keys.\n")
         print(f"| model | hit ratio, first {EARLY:,} | gain | hit ratio, first {args.requests:,} | gain over from nothing | ε per host (δ = 1e-5) | inference µs/access |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for label, (early, hit, cost), eps in rows:

@@ -25,11 +25,11 @@ ENTITIES = ("user", "cart", "order", "product", "session", "account", "invoice",
 FIELDS = ("profile", "orders", "prefs", "avatar", "history", "items", "status", "summary", "owner", "lines", "totals", "flags", "notes", "audit", "links", "tags")
 
 
-def routes(seed: int = APP_SEED) -> list[list[str]]:
-    """The application's request types: each a chain of ``CHAIN`` distinct templates."""
+def routes(count: int = ROUTES, seed: int = APP_SEED) -> list[list[str]]:
+    """The application's ``count`` request types: each a chain of ``CHAIN`` distinct templates."""
     rng = numpy.random.default_rng(seed)
     templates = [f"{e}:{{}}:{f}" for e in ENTITIES for f in FIELDS]
-    return [[templates[i] for i in rng.choice(len(templates), size=CHAIN, replace=False)] for _ in range(ROUTES)]
+    return [[templates[i] for i in rng.choice(len(templates), size=CHAIN, replace=False)] for _ in range(count)]
 
 
 def _zipf_ranks(rng: numpy.random.Generator, n: int, size: int, skew: float) -> numpy.ndarray:
@@ -37,12 +37,13 @@ def _zipf_ranks(rng: numpy.random.Generator, n: int, size: int, skew: float) -> 
     return rng.choice(size, size=n, p=weights / weights.sum())
 
 
-def host_trace(host: int, requests: int, seed: int) -> list[bytes]:
-    """``requests`` reads of host ``host`` (its own entity IDs), interleaved sessions."""
+def host_trace(host: int, requests: int, seed: int, n_routes: int = ROUTES) -> list[bytes]:
+    """``requests`` reads of host ``host`` (its own entity IDs), interleaved sessions, over
+    an application of ``n_routes`` request types."""
     rng = numpy.random.default_rng(seed)
-    chains = routes()
+    chains = routes(n_routes)
     n_requests = requests // CHAIN + SESSIONS
-    kinds = _zipf_ranks(rng, n_requests, ROUTES, ROUTE_SKEW)
+    kinds = _zipf_ranks(rng, n_requests, n_routes, ROUTE_SKEW)
     ids = host * HOST_ID_STRIDE + _zipf_ranks(rng, n_requests, IDS_PER_HOST, ID_SKEW)
     pending = [[t.replace("{}", str(i)) for t in chains[k]] for k, i in zip(kinds.tolist(), ids.tolist())]
     active = [pending.pop() for _ in range(SESSIONS)]

@@ -21,6 +21,7 @@ rolls it back (docs/models.md).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import tempfile
 import threading
@@ -37,6 +38,8 @@ from agent.telemetry import MLOPS_METRICS, Metric, sample
 
 log = logging.getLogger("predis.federated")
 _SPECS = {spec.name: spec for spec in MLOPS_METRICS}
+# What the federated extra brings (checked before the client thread starts).
+EXTRA_MODULES = ("flwr", "dp_accounting")
 # The most keys one round reads from the ring at a time (the ring's own bound applies too).
 READ_CHUNK = 1 << 16
 
@@ -81,6 +84,12 @@ class FederatedService:
             if not section["enabled"]:
                 self.state = "disabled"
                 return
+            missing = [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
+            if missing:
+                self.state = "error"
+                self.last_result = f"the federated extra is not installed (pip install 'predis-agent[federated]'): no {', '.join(missing)}"
+                log.error("federated: %s", self.last_result)
+                return
             self.accountant = PrivacyAccountant(PrivacySettings(section["clip_norm"], float(section["noise_multiplier"]), float(section["delta"])))
             self.state = "starting"
         stop = threading.Event()
@@ -123,18 +132,11 @@ class FederatedService:
         self._emit(f"federated_{info['step']}", {k: v for k, v in info.items() if k != "step"})
 
     def _run(self, stop: threading.Event, section: dict[str, Any]) -> None:
-        try:
-            from flwr.client import start_client
-
-            from agent.federated.client import TemplateClient
-            from cache_core.models.template import TemplateScorer
-        except ImportError as exc:
-            with self._lock:
-                self.state = "error"
-                self.last_result = f"federated extra not installed (pip install 'predis-agent[federated]'): {exc}"
-            log.error("federated: %s", self.last_result)
-            return
+        from flwr.client import start_client
         from flwr.common.logger import console_handler
+
+        from agent.federated.client import TemplateClient
+        from cache_core.models.template import TemplateScorer
 
         # Flower's records go through the agent's logging only (its format, its files), once,
         # and without Flower's per-message debug lines.

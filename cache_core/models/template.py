@@ -104,12 +104,18 @@ class TemplateScorer:
         self._by_arity: dict[int, list[bytes]] = {}
         self._known: set[bytes] = set()
         self._ranked: dict[bytes, list[tuple[bytes, float]]] = {}
+        # Bucket indexes, computed once: a source's own, and its pair with each known template
+        # of its arity (in the order of ``_by_arity``; extended as templates are learned).
+        self._source_buckets: dict[bytes, int] = {}
+        # The last key split (a read is observed, then predicted from: one split serves both).
+        self._last_split: tuple[bytes, tuple[bytes, tuple[bytes, ...]]] = (b"", (b"", ()))
+        self._pair_buckets: dict[bytes, list[int]] = {}
         self._since_rank = 0
 
     # -- learning ---------------------------------------------------------------------
     def observe_key(self, key: bytes) -> None:
         """Learn from one read of ``key``, in order."""
-        template, variables = key_template(key)
+        template, variables = self._split(key)
         if not variables:
             return
         self._learn_template(template, len(variables))
@@ -122,7 +128,7 @@ class TemplateScorer:
         if previous is None or previous == template:
             return
         self.pair[pair_bucket(previous, template)] += 1.0
-        self.source[source_bucket(previous)] += 1.0
+        self.source[self._source_bucket(previous)] += 1.0
         self.examples += 1
         self._since_rank += 1
         if self._since_rank >= RANK_REFRESH:
@@ -165,24 +171,43 @@ class TemplateScorer:
         self._ranked.clear()
 
     # -- prediction ---------------------------------------------------------------------
-    def probability(self, source: bytes, target: bytes) -> float:
-        prior = self.prior_examples
-        pair = self.pair[pair_bucket(source, target)] + prior * self.shared_pair[pair_bucket(source, target)]
-        total = self.source[source_bucket(source)] + prior * self.shared_source[source_bucket(source)]
-        return float(min(1.0, pair / (total + SMOOTHING)))
+    def _split(self, key: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+        last, split = self._last_split
+        if key != last or not key:
+            split = key_template(key)
+            self._last_split = (key, split)
+        return split
+
+    def _source_bucket(self, source: bytes) -> int:
+        bucket = self._source_buckets.get(source)
+        if bucket is None:
+            bucket = self._source_buckets[source] = source_bucket(source)
+        return bucket
 
     def successors(self, source: bytes, arity: int) -> list[tuple[bytes, float]]:
-        """The templates of ``arity`` known here that may follow ``source``, best first."""
+        """The templates of ``arity`` known here that may follow ``source``, best first
+        (at least ``MIN_PROBABILITY``), ranked again after ``RANK_REFRESH`` new examples."""
         ranked = self._ranked.get(source)
-        if ranked is None:
-            scored = [(t, self.probability(source, t)) for t in self._by_arity.get(arity, ()) if t != source]
-            ranked = sorted((item for item in scored if item[1] >= MIN_PROBABILITY), key=lambda item: -item[1])
-            self._ranked[source] = ranked
+        if ranked is not None:
+            return ranked
+        targets = self._by_arity.get(arity, [])
+        buckets = self._pair_buckets.setdefault(source, [])
+        buckets += [pair_bucket(source, t) for t in targets[len(buckets) :]]
+        if not buckets:
+            ranked = self._ranked[source] = []
+            return ranked
+        prior, at = self.prior_examples, numpy.asarray(buckets, dtype=numpy.int64)
+        home = self._source_bucket(source)
+        total = self.source[home] + prior * self.shared_source[home] + SMOOTHING
+        probs = numpy.minimum(1.0, (self.pair[at] + prior * self.shared_pair[at]) / total)
+        order = numpy.argsort(-probs, kind="stable")
+        ranked = [(targets[i], float(probs[i])) for i in order.tolist() if probs[i] >= MIN_PROBABILITY and targets[i] != source]
+        self._ranked[source] = ranked
         return ranked
 
     def predict_key(self, key: bytes, k: int) -> list[tuple[bytes, float]]:
         """Up to ``k`` keys likely read next after ``key``, with their probabilities."""
-        template, variables = key_template(key)
+        template, variables = self._split(key)
         if not variables:
             return []
         return [(instantiate(t, variables), p) for t, p in self.successors(template, len(variables))[:k]]
@@ -213,7 +238,7 @@ class TemplateScorer:
         self.examples = int(data["examples"])
         self.set_shared([data["shared_pair"], data["shared_source"]])
         blob, offsets = data["template_blob"].tobytes(), data["template_offsets"].tolist()
-        self._by_arity, self._known = {}, set()
+        self._by_arity, self._known, self._pair_buckets = {}, set(), {}
         for (start, end), arity in zip(zip(offsets, offsets[1:]), data["template_arity"].tolist()):
             self._learn_template(blob[start:end], int(arity))
 
