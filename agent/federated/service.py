@@ -59,7 +59,7 @@ class FederatedService:
         self.last_version: int | None = None
         self.register_error: str | None = None
         self._final = False
-        self._cursor: int | None = None
+        self._cursor = 0  # the ring sequence the next round reads from
         self.scorer: Any = None
         self.accountant = PrivacyAccountant(PrivacySettings())
         self.rounds_completed = 0
@@ -110,8 +110,6 @@ class FederatedService:
         ring = self._ring()
         if ring is None:
             return []
-        if self._cursor is None:
-            self._cursor = 0
         out: list[bytes] = []
         while True:
             got = ring.read(self._cursor, READ_CHUNK)
