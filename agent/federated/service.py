@@ -5,8 +5,10 @@ With ``mlops.federated.enabled`` the agent joins the runs of the Flower server a
 ``mlops.federated.server`` (agent.federated.client): it connects, answers each round, keeps
 the final aggregate, then waits ``retry_interval_seconds`` and joins the next run. A server
 that is down or slow costs this thread retries (Flower's ``max_retries`` /
-``max_wait_seconds``) and a doubling back-off (``backoff_seconds`` up to
-``max_backoff_seconds``), never a request: the thread only reads the
+``max_wait_seconds``), a doubling back-off (``backoff_seconds`` up to
+``max_backoff_seconds``) and a circuit breaker (pybreaker, as the exporters' sinks: after
+``breaker_failures`` failed runs in a row no connection is tried for
+``breaker_reset_seconds``), never a request: the thread only reads the
 access-log ring (one short copy under its lock) and the cache never waits on it.
 ``enabled: false`` is the host's opt-out: nothing is sent.
 
@@ -68,6 +70,7 @@ class FederatedService:
         self.last_result: str | None = None
         self.last_loss: float | None = None
         self.state = "disabled"
+        self._breaker: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def configure(self, cfg: Config) -> None:
@@ -130,6 +133,7 @@ class FederatedService:
         self._emit(f"federated_{info['step']}", {k: v for k, v in info.items() if k != "step"})
 
     def _run(self, stop: threading.Event, section: dict[str, Any]) -> None:
+        import pybreaker
         from flwr.client import start_client
         from flwr.common.logger import console_handler
 
@@ -144,13 +148,17 @@ class FederatedService:
         self.scorer = self.scorer or TemplateScorer()
         ca_file = section["tls"]["ca_file"]
         backoff = float(section["backoff_seconds"])
+        # Failed runs in a row open the breaker: no connection is tried until it half-opens.
+        breaker = pybreaker.CircuitBreaker(fail_max=int(section["breaker_failures"]), reset_timeout=float(section["breaker_reset_seconds"]))
+        self._breaker = breaker
         while not stop.is_set():
             client = TemplateClient(self.scorer, self._keys, self.accountant.settings, self.accountant, self._on_round)
             with self._lock:
                 self.state = "connecting"
                 self._final = False
             try:
-                start_client(
+                breaker.call(
+                    start_client,
                     server_address=section["server"],
                     client=client.to_client(),
                     root_certificates=Path(ca_file).read_bytes() if ca_file else None,
@@ -158,10 +166,12 @@ class FederatedService:
                     max_retries=int(section["max_retries"]),
                     max_wait_time=float(section["max_wait_seconds"]),
                 )
+            except pybreaker.CircuitBreakerError as exc:
+                result, ok, wait = f"error: {exc}", False, float(section["breaker_reset_seconds"])
             except Exception as exc:
-                result, ok = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False
+                result, ok, wait = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False, backoff
             else:
-                result, ok = "ok", True
+                result, ok, wait = "ok", True, float(section["retry_interval_seconds"])
             with self._lock:
                 self.runs["ok" if ok else "error"] += 1
                 self.last_result = result
@@ -171,11 +181,10 @@ class FederatedService:
                 backoff = float(section["backoff_seconds"])
                 if self._final and section["register"]:
                     self._register()
-                stop.wait(float(section["retry_interval_seconds"]))
-                continue
-            log.warning("federated: run against %s failed (%s); next try in %.1fs", section["server"], result, backoff)
-            stop.wait(backoff)
-            backoff = min(2 * backoff, float(section["max_backoff_seconds"]))
+            else:
+                log.warning("federated: run against %s failed (%s); next try in %.1fs", section["server"], result, wait)
+                backoff = min(2 * backoff, float(section["max_backoff_seconds"]))
+            stop.wait(wait)
 
     def _register(self) -> None:
         """Register the fleet's model as the tenant's challenger (see the module docstring)."""
@@ -239,6 +248,7 @@ class FederatedService:
                 "last_result": self.last_result,
                 "last_loss": self.last_loss,
                 "runs": dict(self.runs),
+                "breaker": None if self._breaker is None else str(self._breaker.current_state),
                 "examples": 0 if self.scorer is None else int(self.scorer.examples),
                 "epsilon_spent": self.accountant.epsilon(),
                 "delta": self.accountant.settings.delta if self.accountant.active else None,

@@ -44,6 +44,8 @@ ROUNDS = 3
 READS = 1500
 FINGERPRINT_BYTES = 8
 TENANT = "fleet"
+BREAKER_FAILURES = 2
+BREAKER_RESET_SECONDS = 2
 # Connections the hung server accepts and holds (the agent's first ones).
 HUNG_CONNECTIONS = 1
 
@@ -86,6 +88,8 @@ def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, An
                 "retry_interval_seconds": 3600,
                 "backoff_seconds": 0.2,
                 "max_backoff_seconds": 1,
+                "breaker_failures": BREAKER_FAILURES,
+                "breaker_reset_seconds": BREAKER_RESET_SECONDS,
             },
         },
     }
@@ -130,7 +134,9 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         # The server is down: every agent serves its traffic all the same.
         for agent, trace in zip(agents, traces):
             assert drive(agent, trace) == READS
-            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["runs"]["error"] >= 1 and s, what="a failed connection")
+            # Failed connections open the breaker (the server is not tried until it half-opens).
+            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["breaker"] == "open" and s, what="the breaker to open")
+            assert federated["runs"]["error"] >= BREAKER_FAILURES
             assert federated["rounds_completed"] == 0 and federated["last_result"].startswith("error")
         wait_for(lambda: all(a.status()["components"]["access_log"]["events_exported"] >= READS for a in agents), timeout=30, what="the segments")
         server = subprocess.run(
