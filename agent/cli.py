@@ -606,7 +606,7 @@ def federated_serve(
 @click.argument("trace", type=click.Path())
 @click.option("--cache-entries", "cache_entries", required=True, type=click.IntRange(min=1), help="Cache size in entries (keys).")
 @click.option("--policy", type=click.Choice(["clock", "lru", "s3fifo"]), default="lru", show_default=True, help="Replacement policy.")
-@click.option("--prefetch", type=click.Choice(["none", "stride", "markov", "model"]), default="none", show_default=True, help="Prefetch model.")
+@click.option("--prefetch", type=click.Choice(["none", "stride", "markov", "model", "federated"]), default="none", show_default=True, help="Prefetch model.")
 @click.option("--value-bytes", "value_bytes", type=click.IntRange(min=1, max=1 << 20), default=64, show_default=True, help="Size of every value the in-memory origin returns.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(dir_okay=False), help="Segment key for a directory trace (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help='Print one object: {"requests", "hits", "hit_ratio", "prefetches", "prefetch_used", "prefetch_precision", "policy", "prefetch"}.')

@@ -243,6 +243,7 @@ class MixtureModel:
         self.experts: list[Expert] = [StrideModel(vocab), MarkovModel(capacity, slots, xp=xp), ContextMarkov(capacity, slots, xp=xp)]
         if template is not None:
             self.experts.append(TemplateExpert(vocab, template))
+            self.name = "federated"
         self.horizon = int(horizon)
         self.decay_every = int(decay_every)
         e = len(self.experts)
@@ -260,11 +261,13 @@ class MixtureModel:
         return None
 
     def add_template(self, vocab: Vocabulary, scorer: TemplateScorer) -> None:
-        """Add the template expert (``scorer`` over ``vocab``) to a mixture without one; it
-        starts at the prior precision, as every expert of a new mixture does."""
+        """Add the template expert (``scorer`` over ``vocab``) to a mixture without one (it
+        becomes a ``federated`` model); the expert starts at the prior precision, as every
+        expert of a new mixture does."""
         if self.template is not None:
             raise ValueError("this mixture already has a template expert")
         self.experts.append(TemplateExpert(vocab, scorer))
+        self.name = "federated"
         self.hits = numpy.append(self.hits, 0.0)
         self.proposals = numpy.append(self.proposals, 0.0)
         self._books.append(_Proposals())

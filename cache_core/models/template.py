@@ -45,7 +45,9 @@ RECENT_VARIABLES = 1 << 14
 DEFAULT_PRIOR_EXAMPLES = 50_000
 # Pseudo-count added to a source template's total (Laplace-style: an unseen source predicts little).
 SMOOTHING = 1.0
-# Transitions counted between two recomputations of a source template's ranked successors.
+# Transitions counted between two snapshots of the counts that successors are ranked from
+# (a new template also takes one). Predictions read the snapshot, so they are a function of
+# the saved state: a loaded or copied scorer predicts exactly as the original.
 RANK_REFRESH = 256
 # Least probability of a successor the expert proposes: the mixture weighs an expert by the
 # share of its proposals that are read, so long shots would discount its sure calls too.
@@ -111,6 +113,8 @@ class TemplateScorer:
         self._last_split: tuple[bytes, tuple[bytes, tuple[bytes, ...]]] = (b"", (b"", ()))
         self._pair_buckets: dict[bytes, list[int]] = {}
         self._since_rank = 0
+        self._rank_pair = self.pair.copy()
+        self._rank_source = self.source.copy()
 
     # -- learning ---------------------------------------------------------------------
     def observe_key(self, key: bytes) -> None:
@@ -132,8 +136,7 @@ class TemplateScorer:
         self.examples += 1
         self._since_rank += 1
         if self._since_rank >= RANK_REFRESH:
-            self._ranked.clear()
-            self._since_rank = 0
+            self._snapshot()
 
     def observe_keys(self, keys: list[bytes]) -> int:
         """:meth:`observe_key` of each key; how many examples (transitions) they added."""
@@ -150,6 +153,13 @@ class TemplateScorer:
             return
         known.append(template)
         self._known.add(template)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Rank from the counts as they are now (until the next snapshot)."""
+        self._rank_pair[...] = self.pair
+        self._rank_source[...] = self.source
+        self._since_rank = 0
         self._ranked.clear()
 
     # -- the shared part ----------------------------------------------------------------
@@ -186,7 +196,7 @@ class TemplateScorer:
 
     def successors(self, source: bytes, arity: int) -> list[tuple[bytes, float]]:
         """The templates of ``arity`` known here that may follow ``source``, best first
-        (at least ``MIN_PROBABILITY``), ranked again after ``RANK_REFRESH`` new examples."""
+        (at least ``MIN_PROBABILITY``), ranked from the last snapshot of the counts."""
         ranked = self._ranked.get(source)
         if ranked is not None:
             return ranked
@@ -198,8 +208,8 @@ class TemplateScorer:
             return ranked
         prior, at = self.prior_examples, numpy.asarray(buckets, dtype=numpy.int64)
         home = self._source_bucket(source)
-        total = self.source[home] + prior * self.shared_source[home] + SMOOTHING
-        probs = numpy.minimum(1.0, (self.pair[at] + prior * self.shared_pair[at]) / total)
+        total = self._rank_source[home] + prior * self.shared_source[home] + SMOOTHING
+        probs = numpy.minimum(1.0, (self._rank_pair[at] + prior * self.shared_pair[at]) / total)
         order = numpy.argsort(-probs, kind="stable")
         ranked = [(targets[i], float(probs[i])) for i in order.tolist() if probs[i] >= MIN_PROBABILITY and targets[i] != source]
         self._ranked[source] = ranked
@@ -214,8 +224,10 @@ class TemplateScorer:
 
     # -- state --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """The counts, the shared rates and the templates known here (their text, which stays
-        on this host like the vocabulary's keys), as one .npz file."""
+        """The counts, the shared rates, the snapshot predictions rank from and the templates
+        known here (their text, which stays on this host like the vocabulary's keys), as one
+        .npz file. Which template each variable tuple was last read with is not saved: a
+        loaded scorer counts transitions from its next reads on."""
         known = [(t, arity) for arity, templates in sorted(self._by_arity.items()) for t in templates]
         offsets = numpy.zeros(len(known) + 1, dtype=numpy.int64)
         offsets[1:] = numpy.cumsum([len(t) for t, _ in known], dtype=numpy.int64)
@@ -229,6 +241,9 @@ class TemplateScorer:
             template_blob=numpy.frombuffer(b"".join(t for t, _ in known), dtype=numpy.uint8),
             template_offsets=offsets,
             template_arity=numpy.array([arity for _, arity in known], dtype=numpy.int64),
+            rank_pair=self._rank_pair,
+            rank_source=self._rank_source,
+            since_rank=numpy.int64(self._since_rank),
         )
 
     def load(self, path: str | Path) -> None:
@@ -241,6 +256,10 @@ class TemplateScorer:
         self._by_arity, self._known, self._pair_buckets = {}, set(), {}
         for (start, end), arity in zip(zip(offsets, offsets[1:]), data["template_arity"].tolist()):
             self._learn_template(blob[start:end], int(arity))
+        self._rank_pair[...] = data["rank_pair"]
+        self._rank_source[...] = data["rank_source"]
+        self._since_rank = int(data["since_rank"])
+        self._ranked.clear()
 
     @property
     def nbytes(self) -> int:

@@ -18,7 +18,7 @@ from agent.federated.privacy import PrivacyAccountant, PrivacySettings, clip, pr
 from agent.federated.server import _weighted_metrics
 from agent.mlops.registry import ModelRegistry, save_model
 from cache_core.models import MixtureModel, Vocabulary, make_model
-from cache_core.models.template import PAIR_BUCKETS, SOURCE_BUCKETS, TemplateScorer, instantiate, key_template
+from cache_core.models.template import PAIR_BUCKETS, RANK_REFRESH, SOURCE_BUCKETS, TemplateScorer, instantiate, key_template
 
 
 def chain(ids: range, steps: tuple[str, ...] = ("user:{}:profile", "user:{}:orders", "cart:{}:items")) -> list[bytes]:
@@ -35,7 +35,13 @@ def test_templates_mask_the_tokens_that_hold_digits() -> None:
 def test_the_scorer_learns_transitions_over_the_same_variables() -> None:
     scorer = TemplateScorer()
     assert scorer.observe_keys(chain(range(100))) == 200
-    assert scorer.predict_key(b"user:987654:profile", 2)[0] == (b"user:987654:orders", pytest.approx(100 / 101))
+    # Successors are ranked from a snapshot of the counts, taken when a template is new (here
+    # after the first transition) and every RANK_REFRESH examples after it; odd examples are
+    # profile -> orders, so the snapshot at example RANK_REFRESH + 1 counts this many:
+    assert scorer.predict_key(b"user:987654:profile", 2) == [(b"user:987654:orders", 0.5)]
+    scorer.observe_keys(chain(range(100, 200)))
+    profiles = RANK_REFRESH // 2 + 1
+    assert scorer.predict_key(b"user:987654:profile", 2) == [(b"user:987654:orders", pytest.approx(profiles / (profiles + 1)))]
     # A key with no variable part is not learned from and predicts nothing.
     assert scorer.observe_keys([b"config:main", b"config:other"]) == 0
     assert scorer.predict_key(b"config:main", 2) == []
