@@ -5,9 +5,11 @@ and three agents, each under its own slice of one structured workload, over loop
 The agents are driven (redis-py) while the server is still down: they keep serving and
 their clients keep retrying. Then the server runs 3 rounds; its audit record holds every
 message each client sent. The test checks that each round's aggregate is the
-example-weighted mean of the clients' parameters (within 1e-12), that no message holds a
-key, a key's text or a fingerprint the agents logged, and that /status and /metrics
-report the rounds.
+example-weighted mean of the clients' parameters (within 1e-12; one host clips and noises
+what it sends, and the aggregate is still the exact mean of what was sent), that no message
+holds a key, a key's text or a fingerprint the agents logged, that /status and /metrics
+report the rounds and the noisy host's ε, and that the fleet's model is registered as a
+challenger and canaried, never served directly.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import numpy
 import pytest
 import redis
+from dp_accounting.rdp import RdpAccountant
 from flwr.common import parameters_to_ndarrays
 from flwr.common.serde import evaluate_res_from_proto, fit_res_from_proto
 from flwr.proto.transport_pb2 import ClientMessage
@@ -44,6 +48,10 @@ ROUNDS = 3
 READS = 1500
 FINGERPRINT_BYTES = 8
 TENANT = "fleet"
+# Host 2 clips and noises its updates (the aggregate is still the weighted mean of what was sent).
+NOISY = 2
+CLIP_NORM = 0.05
+NOISE = 0.5
 BREAKER_FAILURES = 2
 BREAKER_RESET_SECONDS = 2
 # Connections the hung server accepts and holds (the agent's first ones).
@@ -130,7 +138,10 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         for h in range(HOSTS):
             home = tmp_path / f"agent{h}"
             home.mkdir()
-            agents.append(AgentProcess(home, agent_config(home, port, cert.cert, prefetch=h == 0)).start())
+            config = agent_config(home, port, cert.cert, prefetch=h == 0)
+            if h == NOISY:
+                config["mlops"]["federated"].update(clip_norm=CLIP_NORM, noise_multiplier=NOISE)
+            agents.append(AgentProcess(home, config).start())
         # The server is down: every agent serves its traffic all the same.
         for agent, trace in zip(agents, traces):
             assert drive(agent, trace) == READS
@@ -152,10 +163,19 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         result = json.loads(server.stdout)
         assert result["rounds_completed"] == ROUNDS
         statuses = [wait_for(lambda a=a: (s := a.status()["components"]["federated"])["registered_version"] is not None and s, timeout=60, what="the fleet's model registered") for a in agents]
-        for status in statuses:
+        for h, status in enumerate(statuses):
             assert status["rounds_completed"] == ROUNDS and status["tls"] is True
-            assert status["examples"] > 0 and status["epsilon_spent"] is None
+            assert status["examples"] > 0 and (status["epsilon_spent"] is None) == (h != NOISY)
         assert wait_for(lambda: agents[0].metric("predis_mlops_federated_rounds_total") == ROUNDS, what="the rounds metric")
+        # The noisy host clipped and noised its updates; its budget is dp-accounting's RDP over
+        # its rounds (sensitivity two clip norms), in /status, /metrics and its registered meta.
+        accountant = RdpAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(NOISE / 2), ROUNDS)
+        epsilon = accountant.get_epsilon(1e-5)
+        assert statuses[NOISY]["epsilon_spent"] == pytest.approx(epsilon) and statuses[NOISY]["delta"] == 1e-5
+        assert wait_for(lambda: agents[NOISY].metric("predis_mlops_federated_epsilon"), what="the epsilon metric") == pytest.approx(epsilon)
+        noisy_meta = ModelRegistry(tmp_path / f"agent{NOISY}" / "models").meta(TENANT, 1)["federated"]
+        assert noisy_meta["epsilon"] == pytest.approx(epsilon) and noisy_meta["noise_multiplier"] == NOISE and noisy_meta["clip_norm"] == CLIP_NORM
         # Agent 0 prefetches: the fleet's model is registered with its provenance as the
         # challenger, never served as such, and the canary against the local model starts.
         registry = ModelRegistry(tmp_path / "agent0" / "models")
@@ -179,6 +199,7 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         where = record / f"round-{r:03d}"
         fits = json.loads((where / "fit.json").read_text())["clients"]
         assert len(fits) == HOSTS
+        assert sum("update_norm" in entry["metrics"] for entry in fits) == 1
         sent = []
         for entry in fits:
             blob = (where / entry["message"]).read_bytes()
