@@ -549,11 +549,65 @@ def data_read(directory: str, key_files: tuple[str, ...], since: str | None, as_
         sys.exit(2)
 
 
+@cli.group()
+def federated() -> None:
+    """Federated learning across agents, on Flower (needs pip install 'predis-agent[federated]')."""
+
+
+@federated.command("serve")
+@click.option("--listen", required=True, help="HOST:PORT the Flower server listens on (agents' mlops.federated.server).")
+@click.option("--rounds", type=click.IntRange(min=1), required=True, help="Rounds to run.")
+@click.option("--min-clients", "min_clients", type=click.IntRange(min=1), required=True, help="Agents every round waits for (and averages).")
+@click.option("--ca-file", "ca_file", type=click.Path(dir_okay=False, exists=True), help="CA certificate the agents verify the server with (TLS needs all three files).")
+@click.option("--certfile", type=click.Path(dir_okay=False, exists=True), help="The server's certificate (PEM).")
+@click.option("--keyfile", type=click.Path(dir_okay=False, exists=True), help="The server's private key (PEM).")
+@click.option("--insecure", is_flag=True, help="Serve without TLS (refused unless the address is loopback).")
+@click.option("--round-timeout", "round_timeout", type=click.FloatRange(min=1), default=None, help="Seconds a round waits for its clients' answers (none: no limit).")
+@click.option("--record", type=click.Path(file_okay=False), default=None, help="Directory for the audit of each round: every client message, the counts and the aggregate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's result as one JSON object.")
+def federated_serve(
+    listen: str, rounds: int, min_clients: int, ca_file: str | None, certfile: str | None, keyfile: str | None, insecure: bool, round_timeout: float | None, record: str | None, as_json: bool
+) -> None:
+    """Run a Flower server with FedAvg (weighted by examples) for ROUNDS rounds.
+
+    Exit 2 on a bad address, missing TLS files or a missing federated extra.
+    """
+    from pathlib import Path
+
+    from agent.net import is_loopback, parse_listen
+
+    try:
+        host, _ = parse_listen(listen)
+    except StartupError as exc:
+        _fail(f"--listen: {exc}", 2)
+    files = [ca_file, certfile, keyfile]
+    if any(files) and not all(files):
+        _fail("TLS needs --ca-file, --certfile and --keyfile together", 2)
+    if not all(files) and not insecure:
+        _fail("give --ca-file, --certfile and --keyfile (TLS), or --insecure on a loopback address", 2)
+    if insecure and not is_loopback(host):
+        _fail(f"--insecure serves in clear text; refused on the non-loopback address {host}", 2)
+    try:
+        from agent.federated.server import serve
+    except ImportError as exc:
+        _fail(f"federated learning needs the federated extra (pip install 'predis-agent[federated]'): {exc}", 2)
+    certificates = None
+    if ca_file and certfile and keyfile:
+        certificates = (Path(ca_file).read_bytes(), Path(certfile).read_bytes(), Path(keyfile).read_bytes())
+    result = serve(listen, rounds, min_clients, certificates, Path(record) if record else None, round_timeout)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{result['rounds_completed']} of {rounds} round(s) completed")
+    if result["rounds_completed"] < rounds:
+        sys.exit(1)
+
+
 @cli.command("replay")
 @click.argument("trace", type=click.Path())
 @click.option("--cache-entries", "cache_entries", required=True, type=click.IntRange(min=1), help="Cache size in entries (keys).")
 @click.option("--policy", type=click.Choice(["clock", "lru", "s3fifo"]), default="lru", show_default=True, help="Replacement policy.")
-@click.option("--prefetch", type=click.Choice(["none", "stride", "markov", "model"]), default="none", show_default=True, help="Prefetch model.")
+@click.option("--prefetch", type=click.Choice(["none", "stride", "markov", "model", "federated"]), default="none", show_default=True, help="Prefetch model.")
 @click.option("--value-bytes", "value_bytes", type=click.IntRange(min=1, max=1 << 20), default=64, show_default=True, help="Size of every value the in-memory origin returns.")
 @click.option("--key-file", "key_files", multiple=True, type=click.Path(dir_okay=False), help="Segment key for a directory trace (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help='Print one object: {"requests", "hits", "hit_ratio", "prefetches", "prefetch_used", "prefetch_precision", "policy", "prefetch"}.')

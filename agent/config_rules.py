@@ -159,6 +159,21 @@ def _rollout_steps(data: Mapping[str, Any]) -> Iterator[Finding]:
             yield "mlops.rollout", str(exc)
 
 
+def _federated(data: Mapping[str, Any]) -> Iterator[Finding]:
+    section = _at(data, "mlops.federated")
+    if not isinstance(section, Mapping) or not section.get("enabled"):
+        return
+    if section.get("noise_multiplier") and section.get("clip_norm") is None:
+        yield "mlops.federated.noise_multiplier", "needs mlops.federated.clip_norm: noise is scaled to the clip norm"
+    if not _at(data, "collectors.access_log.enabled") or not _at(data, "collectors.access_log.store_raw_keys"):
+        yield "mlops.federated.enabled", "needs collectors.access_log with enabled and store_raw_keys: true (the host learns template transitions from its keys)"
+    parsed = split_listen(str(section.get("server", "")))
+    if isinstance(parsed, str):
+        yield "mlops.federated.server", parsed
+    elif section.get("tls", {}).get("ca_file") is None and not is_loopback(parsed[0]):
+        yield "mlops.federated.tls.ca_file", f"is needed for the non-loopback server {parsed[0]}: updates never travel in clear text off the host"
+
+
 RULES: tuple[Rule, ...] = (
     Rule("listen-address", "every listen address is host:port ([v6]:port) with a port in 0..65535", _listen_addresses),
     Rule("tls-needs-cert-and-key", "a TLS section that is enabled names both cert_file and key_file", _tls_files),
@@ -175,6 +190,11 @@ RULES: tuple[Rule, ...] = (
         "rollout-steps",
         "mlops.rollout.steps increase above 0 and end at 1.0 with one share below it; 2 <= min_blocks <= max_blocks",
         _rollout_steps,
+    ),
+    Rule(
+        "federated-settings",
+        "mlops.federated.enabled needs the access log with raw keys, a HOST:PORT server, TLS off loopback, and clip_norm when noise is on",
+        _federated,
     ),
 )
 

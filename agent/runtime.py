@@ -63,6 +63,7 @@ from agent.console.gate import ConsoleComponent, ConsoleGate
 from agent.console.pages import ConsolePages
 from agent.console.sessions import SessionStore
 from agent.errors import AgentError, ConfigError, StartupError
+from agent.federated.service import FederatedComponent, FederatedService
 from agent.http import HttpServer, Route, error_response, json_response
 from agent.mlops.drift_monitor import DriftMonitor
 from agent.mlops.service import MlopsService
@@ -169,6 +170,7 @@ class Agent:
             on_retrained=lambda dataset: self.drift.policy.refresh_after_retrain(dataset.features()),
         )
         self.cache_service.model_source = self.mlops.champion
+        self.federated = FederatedService(ring=lambda: self.cache_service.access_log, emit=lambda kind, data: self.emit(Event(kind, data)))
         self._mlops_wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retrain_future: asyncio.Future[Any] | None = None
@@ -204,6 +206,7 @@ class Agent:
             self.history,
             AiopsComponent(self.aiops, self),
             ConsoleComponent(self.console),
+            FederatedComponent(self.federated),
             PidFileComponent(),
         ]
         # At stop: the cache and the listeners first, the sinks flushed, the pid file last.
@@ -213,6 +216,7 @@ class Agent:
             self.metrics_listener,
             self.plugins,
             self.history,
+            *(c for c in self.components if c.name == "federated"),
             *(c for c in self.components if c.name in ("aiops", "tracing")),
             *(c for c in self.components if c.name == "pid_file"),
         ]
@@ -684,6 +688,7 @@ class Agent:
                 self.host.report_error(plugin, "collect", exc)
         batch.extend(self.drift.samples())
         batch.extend(self.mlops.samples())
+        batch.extend(self.federated.samples())
         batch = self.telemetry.set_batch(batch)
         now = time.time()
         own = self.telemetry.self_samples()
@@ -767,7 +772,7 @@ class Agent:
                     "interval_seconds": self.config.get("agent.collect.interval_seconds"),
                     "collectors": [f"{p}.{getattr(c, 'name', '?')}" for p, c in self.collectors],
                 },
-                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops", "history", "aiops", "console")},
+                **{c.name: c.status() for c in self.components if c.name in ("tracing", "drift", "mlops", "history", "aiops", "console", "federated")},
                 "readiness": self.readiness,
             },
             "sinks": self.plugins.status(),

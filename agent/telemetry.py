@@ -208,6 +208,9 @@ MLOPS_METRICS: tuple[MetricSpec, ...] = (
         unit="ratio",
     ),
     MetricSpec("predis_mlops_rollout_decisions_total", "counter", "Canary decisions, by decision: advance, promote, rollback.", ("decision",)),
+    MetricSpec("predis_mlops_federated_rounds_total", "counter", "Federated rounds this host trained and answered (mlops.federated)."),
+    MetricSpec("predis_mlops_federated_runs_total", "counter", "Federated runs joined, by result: ok (the server ran its rounds to the end), error (unreachable, TLS or protocol failure).", ("result",)),
+    MetricSpec("predis_mlops_federated_epsilon", "gauge", "Privacy budget ε this host has spent on noised federated updates, at mlops.federated.delta (absent without noise)."),
 )
 
 

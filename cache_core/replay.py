@@ -172,7 +172,7 @@ def replay(
         distinct = len(set(keys))
         vocab = Vocabulary(max(1024, 2 * distinct + 1024))
         model = make_model(prefetch, vocab)
-        chosen = settings or (MODEL_SETTINGS if prefetch == "model" else BASELINE_SETTINGS)
+        chosen = settings or (MODEL_SETTINGS if prefetch in ("model", "federated") else BASELINE_SETTINGS)
         prefetcher = Prefetcher(cache, origin, model, vocab, chosen, sync=True, xp=xp)
     get, observe = cache.get, (prefetcher.observe if prefetcher else None)
     for i, key in enumerate(keys):

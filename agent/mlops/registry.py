@@ -377,8 +377,10 @@ class ModelRegistry:
         meta: dict[str, Any],
         *,
         actor: str | None = None,
+        first_is_champion: bool = True,
     ) -> int:
-        """Store a new version; return its number. The tenant's first version becomes champion."""
+        """Store a new version; return its number. The tenant's first version becomes champion
+        unless ``first_is_champion`` is false (a version that must win a canary first)."""
         tenant_dir = self._tenant_dir(tenant)
         kind = meta.get("kind")
         if kind not in MODELS:
@@ -410,7 +412,7 @@ class ModelRegistry:
                 fsync_dir(staging)
                 os.rename(staging, tenant_dir / f"v{version}")
                 fsync_dir(tenant_dir)
-                if aliases["champion"] is None:
+                if aliases["champion"] is None and first_is_champion:
                     self._move_alias(tenant_dir, aliases, "champion", version, "first model", actor or _default_actor(), "register")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Prefetch models: stride and counting-Markov baselines, and the learned mixture."""
+"""Prefetch models: stride and counting-Markov baselines, the learned mixture, and the mixture
+with the key-free template expert whose rates the fleet learns together (``federated``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from cache_core.models.base import DEFAULT_VOCABULARY_SIZE, PrefetchModel, Vocab
 from cache_core.models.markov import ContextMarkov, MarkovModel, SuccessorTable
 from cache_core.models.mixture import MixtureModel
 from cache_core.models.stride import StrideModel
+from cache_core.models.template import TemplateScorer
 
-MODELS = ("stride", "markov", "model")
+MODELS = ("stride", "markov", "model", "federated")
 
 __all__ = ["DEFAULT_VOCABULARY_SIZE", "MODELS", "ContextMarkov", "MarkovModel", "MixtureModel", "PrefetchModel", "StrideModel", "Vocabulary", "make_model", "model_array_module", "place_model", "set_learning"]
 
@@ -27,6 +29,8 @@ def make_model(name: str, vocab: Vocabulary, capacity: int | None = None, xp: An
         return MarkovModel(size, xp=xp)
     if name == "model":
         return MixtureModel(vocab, size, xp=xp)
+    if name == "federated":
+        return MixtureModel(vocab, size, xp=xp, template=TemplateScorer())
     raise ValueError(f"unknown prefetch model {name!r}; expected one of {', '.join(MODELS)}")
 
 

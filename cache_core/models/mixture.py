@@ -40,6 +40,7 @@ from cache_core.models.base import (
 )
 from cache_core.models.markov import DEFAULT_SLOTS, ContextMarkov, MarkovModel
 from cache_core.models.stride import StrideModel
+from cache_core.models.template import TemplateExpert, TemplateScorer
 
 DEFAULT_HORIZON = 64
 DEFAULT_PRECISION_DECAY_EVERY = 1 << 12
@@ -234,10 +235,15 @@ class MixtureModel:
         horizon: int = DEFAULT_HORIZON,
         decay_every: int = DEFAULT_PRECISION_DECAY_EVERY,
         xp: Any = numpy,
+        template: TemplateScorer | None = None,
     ) -> None:
         # The successor experts' tables live on ``xp``; the stride detector (which names keys
-        # through the host vocabulary) and the precision bookkeeping stay on the host.
+        # through the host vocabulary) and the precision bookkeeping stay on the host. With
+        # ``template``, the key-free template expert (cache_core.models.template) joins them.
         self.experts: list[Expert] = [StrideModel(vocab), MarkovModel(capacity, slots, xp=xp), ContextMarkov(capacity, slots, xp=xp)]
+        if template is not None:
+            self.experts.append(TemplateExpert(vocab, template))
+            self.name = "federated"
         self.horizon = int(horizon)
         self.decay_every = int(decay_every)
         e = len(self.experts)
@@ -245,6 +251,26 @@ class MixtureModel:
         self.proposals = numpy.zeros(e, dtype=numpy.float64)
         self._books = [_Proposals() for _ in range(e)]
         self.step = 0
+
+    @property
+    def template(self) -> TemplateScorer | None:
+        """The template expert's scorer, when the mixture has one."""
+        for expert in self.experts:
+            if isinstance(expert, TemplateExpert):
+                return expert.scorer
+        return None
+
+    def add_template(self, vocab: Vocabulary, scorer: TemplateScorer) -> None:
+        """Add the template expert (``scorer`` over ``vocab``) to a mixture without one (it
+        becomes a ``federated`` model); the expert starts at the prior precision, as every
+        expert of a new mixture does."""
+        if self.template is not None:
+            raise ValueError("this mixture already has a template expert")
+        self.experts.append(TemplateExpert(vocab, scorer))
+        self.name = "federated"
+        self.hits = numpy.append(self.hits, 0.0)
+        self.proposals = numpy.append(self.proposals, 0.0)
+        self._books.append(_Proposals())
 
     def place(self, xp: Any) -> None:
         """Move the successor experts' tables to the array module ``xp``."""

@@ -49,6 +49,15 @@ BROKEN: dict[str, tuple[str, str]] = {
     "aiops-live-opted-in": ("aiops:\n  remediation: {live: [rollback_model]}\n", "aiops.remediation.live"),
     "aiops-windows": ("aiops:\n  forecast: {min_rounds: 40, window_rounds: 30}\n", "aiops.forecast.min_rounds"),
     "rollout-steps": ("mlops:\n  rollout: {steps: [0.5, 0.25, 1.0]}\n", "mlops.rollout"),
+    "federated-settings": ("mlops:\n  federated: {enabled: true}\n", "mlops.federated.enabled"),
+    "federated-settings (noise)": (
+        "collectors:\n  access_log: {enabled: true, store_raw_keys: true}\nmlops:\n  federated: {enabled: true, noise_multiplier: 1.0}\n",
+        "mlops.federated.noise_multiplier",
+    ),
+    "federated-settings (tls)": (
+        "collectors:\n  access_log: {enabled: true, store_raw_keys: true}\nmlops:\n  federated: {enabled: true, server: '10.0.0.5:9092'}\n",
+        "mlops.federated.tls.ca_file",
+    ),
 }
 
 

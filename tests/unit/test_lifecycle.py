@@ -143,7 +143,7 @@ def _replay_counts(cache: Any, origin: MemoryOrigin, keys: list[bytes], mode: st
 
 @pytest.mark.parametrize("trace", ["chain", "zipf"])
 @pytest.mark.parametrize("size", [20, 100])
-@pytest.mark.parametrize("mode", ["none", "stride", "markov", "model"])
+@pytest.mark.parametrize("mode", ["none", "stride", "markov", "model", "federated"])
 def test_lru_simulator_counts_what_the_real_lru_cache_counts(trace: str, size: int, mode: str) -> None:
     keys = numbered_chain(2000) if trace == "chain" else zipf_trace(2000)
     origin = MemoryOrigin(DEFAULT_VALUE_BYTES)

@@ -532,7 +532,7 @@ def test_successor_top_matches_the_reference_for_any_slot_count(slots: int) -> N
 # ----------------------------------------------------------------------------- state round trips
 
 
-@pytest.mark.parametrize("kind", ["stride", "markov", "model"])
+@pytest.mark.parametrize("kind", ["stride", "markov", "model", "federated"])
 def test_batched_models_save_load_and_copy(kind: str, tmp_path: Path) -> None:
     vocab = Vocabulary(1 << 14)
     model = make_model(kind, vocab)

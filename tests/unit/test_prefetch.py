@@ -211,7 +211,7 @@ def test_mixture_learns_which_expert_to_trust() -> None:
     assert stride > 0.9 and markov1 < 0.6
 
 
-@pytest.mark.parametrize("name", ["stride", "markov", "model"])
+@pytest.mark.parametrize("name", ["stride", "markov", "model", "federated"])
 def test_models_save_and_load_their_learned_state(name: str, tmp_path: Path) -> None:
     v = Vocabulary(256)
     a = make_model(name, v)

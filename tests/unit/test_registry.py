@@ -254,7 +254,7 @@ def test_unknown_versions_and_aliases(registry: ModelRegistry, files: Path) -> N
     assert registry.resolve(TENANT, "v1") == registry.resolve(TENANT, "1") == registry.resolve(TENANT, "champion") == 1
 
 
-@pytest.mark.parametrize("kind", ["stride", "markov", "model"])
+@pytest.mark.parametrize("kind", ["stride", "markov", "model", "federated"])
 def test_load_model_restores_state_and_vocabulary(registry: ModelRegistry, tmp_path: Path, kind: str) -> None:
     keys = sequential(300) + markovish(300)
     vocab = Vocabulary(4096)

@@ -1,0 +1,286 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The agent's side of federated learning: a Flower client in a thread of its own.
+
+With ``mlops.federated.enabled`` the agent joins the runs of the Flower server at
+``mlops.federated.server`` (agent.federated.client): it connects, answers each round, keeps
+the final aggregate, then waits ``retry_interval_seconds`` and joins the next run. A server
+that is down or slow costs this thread retries (Flower's ``max_retries`` /
+``max_wait_seconds``), a doubling back-off (``backoff_seconds`` up to
+``max_backoff_seconds``) and a circuit breaker (pybreaker, as the exporters' sinks: after
+``breaker_failures`` failed runs in a row no connection is tried for
+``breaker_reset_seconds``), never a request: the thread only reads the
+access-log ring (one short copy under its lock) and the cache never waits on it.
+``enabled: false`` is the host's opt-out: nothing is sent.
+
+A run's result is never served as such: with ``register`` on, the agent builds a
+challenger (the tenant's champion, or a fresh mixture when there is none, with the template
+expert carrying the fleet's rates), registers it with its provenance (server, rounds,
+examples, privacy settings and ε) and makes it the challenger; the model lifecycle then
+runs its test inference and the canary against the local champion, which promotes it or
+rolls it back (docs/models.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.components import BaseComponent, Changes
+from agent.config import Config
+from agent.errors import AgentError
+from agent.federated.privacy import PrivacyAccountant, PrivacySettings
+from agent.telemetry import MLOPS_METRICS, Metric, sample
+
+log = logging.getLogger("predis.federated")
+_SPECS = {spec.name: spec for spec in MLOPS_METRICS}
+# What the federated extra brings (checked before the client thread starts).
+EXTRA_MODULES = ("flwr", "dp_accounting")
+# The most keys one round reads from the ring at a time (the ring's own bound applies too).
+READ_CHUNK = 1 << 16
+
+
+class FederatedService:
+    """Runs the client thread and keeps the record of its rounds for /status and /metrics."""
+
+    def __init__(self, ring: Callable[[], Any], emit: Callable[[str, dict[str, Any]], None]) -> None:
+        self._ring = ring
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.section: dict[str, Any] = {}
+        self.mlops: dict[str, Any] = {}
+        self.vocabulary_size = 0
+        self.last_version: int | None = None
+        self.register_error: str | None = None
+        self._final = False
+        self._cursor = 0  # the ring sequence the next round reads from
+        self.scorer: Any = None
+        self.accountant = PrivacyAccountant(PrivacySettings())
+        self.rounds_completed = 0
+        self.runs = {"ok": 0, "error": 0}
+        self.last_round_at: float | None = None
+        self.last_result: str | None = None
+        self.last_loss: float | None = None
+        self.state = "disabled"
+        self._breaker: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def configure(self, cfg: Config) -> None:
+        """Apply ``cfg``; the client thread restarts only when ``mlops.federated`` changed."""
+        section = cfg.section("mlops.federated")
+        with self._lock:
+            self.mlops = cfg.section("mlops")
+            self.vocabulary_size = int(cfg.section("cache.prefetch")["vocabulary_size"])
+            if section == self.section and (self._thread is not None or not section["enabled"]):
+                return
+        self.stop()
+        with self._lock:
+            self.section = dict(section)
+            if not section["enabled"]:
+                self.state = "disabled"
+                return
+            missing = [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
+            if missing:
+                self.state = "error"
+                self.last_result = f"the federated extra is not installed (pip install 'predis-agent[federated]'): no {', '.join(missing)}"
+                log.error("federated: %s", self.last_result)
+                return
+            self.accountant = PrivacyAccountant(PrivacySettings(section["clip_norm"], float(section["noise_multiplier"]), float(section["delta"])))
+            self.state = "starting"
+        stop = threading.Event()
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, args=(stop, dict(section)), name="predis-federated", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Tell the client thread to end after its current run (it is a daemon: an agent that
+        stops never waits for a round; Flower's client ends its run when the server does)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread = None
+
+    # -- the client thread --------------------------------------------------------------
+    def _keys(self) -> list[bytes]:
+        ring = self._ring()
+        if ring is None:
+            return []
+        out: list[bytes] = []
+        while True:
+            got = ring.read(self._cursor, READ_CHUNK)
+            self._cursor = got.next_sequence
+            out += [k for k in (got.keys or ()) if k is not None]
+            if got.events.shape[0] < READ_CHUNK:
+                return out
+
+    def _on_round(self, info: dict[str, Any]) -> None:
+        with self._lock:
+            if info["step"] == "fit":
+                self.rounds_completed += 1
+                self.last_round_at = time.time()
+                self.state = "training"
+            else:
+                self.last_loss = float(info["loss"])
+                self._final = True
+        self._emit(f"federated_{info['step']}", {k: v for k, v in info.items() if k != "step"})
+
+    def _run(self, stop: threading.Event, section: dict[str, Any]) -> None:
+        import pybreaker
+        from flwr.client import start_client
+        from flwr.common.logger import console_handler
+
+        from agent.federated.client import TemplateClient
+        from cache_core.models.template import TemplateScorer
+
+        # Flower's records go through the agent's logging only (its format, its files), once,
+        # and without Flower's per-message debug lines.
+        flower_log = logging.getLogger("flwr")
+        flower_log.removeHandler(console_handler)
+        flower_log.setLevel(logging.INFO)
+        self.scorer = self.scorer or TemplateScorer()
+        ca_file = section["tls"]["ca_file"]
+        backoff = float(section["backoff_seconds"])
+        # Failed runs in a row open the breaker: no connection is tried until it half-opens.
+        breaker = pybreaker.CircuitBreaker(fail_max=int(section["breaker_failures"]), reset_timeout=float(section["breaker_reset_seconds"]))
+        self._breaker = breaker
+        while not stop.is_set():
+            client = TemplateClient(self.scorer, self._keys, self.accountant.settings, self.accountant, self._on_round)
+            with self._lock:
+                self.state = "connecting"
+                self._final = False
+            try:
+                breaker.call(
+                    start_client,
+                    server_address=section["server"],
+                    client=client.to_client(),
+                    root_certificates=Path(ca_file).read_bytes() if ca_file else None,
+                    insecure=ca_file is None,
+                    max_retries=int(section["max_retries"]),
+                    max_wait_time=float(section["max_wait_seconds"]),
+                )
+            except pybreaker.CircuitBreakerError as exc:
+                result, ok, wait = f"error: {exc}", False, float(section["breaker_reset_seconds"])
+            except Exception as exc:
+                result, ok, wait = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False, backoff
+            else:
+                result, ok, wait = "ok", True, float(section["retry_interval_seconds"])
+            with self._lock:
+                self.runs["ok" if ok else "error"] += 1
+                self.last_result = result
+                self.state = "waiting" if ok else "backing_off"
+            self._emit("federated_run", {"result": result})
+            if ok:
+                backoff = float(section["backoff_seconds"])
+                if self._final and section["register"]:
+                    self._register()
+            else:
+                log.warning("federated: run against %s failed (%s); next try in %.1fs", section["server"], result, wait)
+                backoff = min(2 * backoff, float(section["max_backoff_seconds"]))
+            stop.wait(wait)
+
+    def _register(self) -> None:
+        """Register the fleet's model as the tenant's challenger (see the module docstring)."""
+        from agent.mlops.registry import ModelRegistry, save_model
+        from cache_core.models import MixtureModel, Vocabulary, make_model
+
+        scorer = copy.deepcopy(self.scorer)
+        registry = ModelRegistry(self.mlops["registry_dir"])
+        tenant = self.mlops["tenant"]
+        try:
+            champion = registry.aliases(tenant)["champion"]
+            model, vocab = registry.load_model(tenant, champion) if champion is not None else (None, None)
+            if not isinstance(model, MixtureModel) or vocab is None:
+                vocab = Vocabulary(self.vocabulary_size)
+                model = make_model("federated", vocab)
+            if model.template is None:
+                model.add_template(vocab, scorer)
+            else:
+                model.template.set_shared([scorer.shared_pair, scorer.shared_source])
+            privacy = self.accountant.settings
+            meta = {
+                "kind": "federated",
+                "parent": champion,
+                "federated": {
+                    "server": self.section["server"],
+                    "rounds": self.rounds_completed,
+                    "host_examples": int(scorer.examples),
+                    "loss": self.last_loss,
+                    "clip_norm": privacy.clip_norm,
+                    "noise_multiplier": privacy.noise_multiplier,
+                    "epsilon": self.accountant.epsilon(),
+                    "delta": privacy.delta if self.accountant.active else None,
+                },
+            }
+            with tempfile.TemporaryDirectory(prefix="predis-federated-") as staging:
+                files = save_model(model, vocab, staging)
+                version = registry.register(tenant, [f"{staging}/{name}" for name in files], meta, first_is_champion=False)
+            base = f"champion v{champion}" if champion is not None else "the fresh local model"
+            registry.promote(tenant, version, "challenger", f"federated run of {self.rounds_completed} round(s); a canary against {base} decides", "predis-agent federated")
+        except (AgentError, OSError, ValueError) as exc:
+            with self._lock:
+                self.register_error = f"{type(exc).__name__}: {exc}"
+            log.error("federated: the fleet's model was not registered: %s", exc)
+            return
+        with self._lock:
+            self.last_version = version
+            self.register_error = None
+        log.info("federated: registered v%d of tenant %s as the challenger", version, tenant)
+        self._emit("federated_registered", {"tenant": tenant, "version": version, "parent": champion})
+
+    # -- reporting ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "enabled": bool(self.section.get("enabled", False)),
+                "server": self.section.get("server"),
+                "tls": bool(self.section.get("tls", {}).get("ca_file")),
+                "state": self.state,
+                "rounds_completed": self.rounds_completed,
+                "last_round_at": self.last_round_at,
+                "last_result": self.last_result,
+                "last_loss": self.last_loss,
+                "runs": dict(self.runs),
+                "breaker": None if self._breaker is None else str(self._breaker.current_state),
+                "examples": 0 if self.scorer is None else int(self.scorer.examples),
+                "epsilon_spent": self.accountant.epsilon(),
+                "delta": self.accountant.settings.delta if self.accountant.active else None,
+                "registered_version": self.last_version,
+                "register_error": self.register_error,
+            }
+
+    def samples(self) -> list[Metric]:
+        with self._lock:
+            out = [sample(_SPECS["predis_mlops_federated_runs_total"], float(n), {"result": r}) for r, n in sorted(self.runs.items())]
+            out.append(sample(_SPECS["predis_mlops_federated_rounds_total"], float(self.rounds_completed)))
+            epsilon = self.accountant.epsilon()
+        if epsilon is not None:
+            out.append(sample(_SPECS["predis_mlops_federated_epsilon"], epsilon))
+        return out
+
+
+class FederatedComponent(BaseComponent):
+    """:class:`FederatedService`, restarted when ``mlops`` or ``cache.prefetch`` changes."""
+
+    name = "federated"
+    sections = ("mlops", "cache.prefetch")
+
+    def __init__(self, service: FederatedService) -> None:
+        self.service = service
+
+    async def apply(self, plan: Any, new: Config, changes: Changes) -> list[str]:
+        self.service.configure(new)
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return self.service.status()
+
+    async def stop(self, config: Config) -> None:
+        self.service.stop()

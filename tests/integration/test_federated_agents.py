@@ -1,0 +1,252 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Federated learning over the network: a Flower server (``predis-agent federated serve``)
+and three agents, each under its own slice of one structured workload, over loopback TLS.
+
+The agents are driven (redis-py) while the server is still down: they keep serving and
+their clients keep retrying. Then the server runs 3 rounds; its audit record holds every
+message each client sent. The test checks that each round's aggregate is the
+example-weighted mean of the clients' parameters (within 1e-12; one host clips and noises
+what it sends, and the aggregate is still the exact mean of what was sent), that no message
+holds a key, a key's text or a fingerprint the agents logged, that /status and /metrics
+report the rounds and the noisy host's ε, and that the fleet's model is registered as a
+challenger and canaried, never served directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+import numpy
+import pytest
+import redis
+from dp_accounting.rdp import RdpAccountant
+from flwr.common import parameters_to_ndarrays
+from flwr.common.serde import evaluate_res_from_proto, fit_res_from_proto
+from flwr.proto.transport_pb2 import ClientMessage
+
+from agent.mlops.dataset import read_segments
+from agent.mlops.registry import ModelRegistry
+from tests import peers
+from tests.agentproc import AgentProcess
+from tests.polling import wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from federated_workload import ENTITIES, FIELDS, host_trace
+
+pytestmark = pytest.mark.integration
+
+HOSTS = 3
+ROUNDS = 3
+READS = 1500
+FINGERPRINT_BYTES = 8
+TENANT = "fleet"
+# Host 2 clips and noises its updates (the aggregate is still the weighted mean of what was sent).
+NOISY = 2
+CLIP_NORM = 0.05
+NOISE = 0.5
+BREAKER_FAILURES = 2
+BREAKER_RESET_SECONDS = 2
+# Connections the hung server accepts and holds (the agent's first ones).
+HUNG_CONNECTIONS = 1
+
+
+def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, Any]:
+    key_file = tmp / "segment.key"
+    key_file.write_text(os.urandom(32).hex() + "\n")
+    key_file.chmod(0o600)
+    origin = tmp / "origin"
+    origin.mkdir()
+    serving = {
+        "cache": {"read_through": True, "origin": "files", "prefetch": {"enabled": True, "model": "model"}},
+        "plugins": {"files": {"root": str(origin)}},
+    }
+    return {
+        **(serving if prefetch else {}),
+        "agent": {"reload": {"watch": False}},
+        "collectors": {
+            "access_log": {
+                "enabled": True,
+                "store_raw_keys": True,
+                "ring_capacity": 65536,
+                "export_dir": str(tmp / "export"),
+                "encryption_key": f"${{file:{key_file}}}",
+                "flush_interval_seconds": 0.2,
+                "min_free_bytes": 0,
+                "min_free_percent": 0,
+            }
+        },
+        "mlops": {
+            "registry_dir": str(tmp / "models"),
+            "tenant": TENANT,
+            "check_interval_seconds": 0.5,
+            "federated": {
+                "enabled": True,
+                "server": f"127.0.0.1:{port}",
+                "tls": {"ca_file": str(ca)},
+                "max_retries": 1000,
+                "max_wait_seconds": 300,
+                "retry_interval_seconds": 3600,
+                "backoff_seconds": 0.2,
+                "max_backoff_seconds": 1,
+                "breaker_failures": BREAKER_FAILURES,
+                "breaker_reset_seconds": BREAKER_RESET_SECONDS,
+            },
+        },
+    }
+
+
+def drive(agent: AgentProcess, keys: list[bytes]) -> int:
+    """GET every key (one pipeline); how many answers came back."""
+    address = agent.status()["components"]["cache"]["resp"]["address"]
+    client = redis.Redis(host="127.0.0.1", port=int(address.rsplit(":", 1)[1]), socket_timeout=10, protocol=2)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    answers = len(pipe.execute())
+    client.close()
+    return answers
+
+
+def fingerprints(tmp: Path) -> set[bytes]:
+    key = bytes.fromhex((tmp / "segment.key").read_text().strip())
+    out: set[bytes] = set()
+    for segment in read_segments(tmp / "export", [key]):
+        for fp in segment.events["fp"].tolist():
+            out |= {fp.to_bytes(FINGERPRINT_BYTES, "little"), fp.to_bytes(FINGERPRINT_BYTES, "big"), b"%016x" % fp}
+    return out
+
+
+def windows(blob: bytes, widths: set[int]) -> set[bytes]:
+    return {blob[i : i + w] for w in widths for i in range(len(blob) - w + 1)}
+
+
+def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
+    cert = peers.self_signed_cert(tmp_path / "tls")
+    port = peers.free_port()
+    record = tmp_path / "record"
+    traces = [host_trace(h, READS, seed=h + 1) for h in range(HOSTS)]
+    agents = []
+    try:
+        for h in range(HOSTS):
+            home = tmp_path / f"agent{h}"
+            home.mkdir()
+            config = agent_config(home, port, cert.cert, prefetch=h == 0)
+            if h == NOISY:
+                config["mlops"]["federated"].update(clip_norm=CLIP_NORM, noise_multiplier=NOISE)
+            agents.append(AgentProcess(home, config).start())
+        # The server is down: every agent serves its traffic all the same.
+        for agent, trace in zip(agents, traces):
+            assert drive(agent, trace) == READS
+            # Failed connections open the breaker (the server is not tried until it half-opens).
+            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["breaker"] == "open" and s, what="the breaker to open")
+            assert federated["runs"]["error"] >= BREAKER_FAILURES
+            assert federated["rounds_completed"] == 0 and federated["last_result"].startswith("error")
+        wait_for(lambda: all(a.status()["components"]["access_log"]["events_exported"] >= READS for a in agents), timeout=30, what="the segments")
+        server = subprocess.run(
+            [
+                sys.executable, "-m", "agent", "federated", "serve", "--listen", f"127.0.0.1:{port}",
+                "--rounds", str(ROUNDS), "--min-clients", str(HOSTS),
+                "--ca-file", str(cert.cert), "--certfile", str(cert.cert), "--keyfile", str(cert.key),
+                "--record", str(record), "--json",
+            ],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert server.returncode == 0, server.stderr
+        result = json.loads(server.stdout)
+        assert result["rounds_completed"] == ROUNDS
+        statuses = [wait_for(lambda a=a: (s := a.status()["components"]["federated"])["registered_version"] is not None and s, timeout=60, what="the fleet's model registered") for a in agents]
+        for h, status in enumerate(statuses):
+            assert status["rounds_completed"] == ROUNDS and status["tls"] is True
+            assert status["examples"] > 0 and (status["epsilon_spent"] is None) == (h != NOISY)
+        assert wait_for(lambda: agents[0].metric("predis_mlops_federated_rounds_total") == ROUNDS, what="the rounds metric")
+        # The noisy host clipped and noised its updates; its budget is dp-accounting's RDP over
+        # its rounds (sensitivity two clip norms), in /status, /metrics and its registered meta.
+        accountant = RdpAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(NOISE / 2), ROUNDS)
+        epsilon = accountant.get_epsilon(1e-5)
+        assert statuses[NOISY]["epsilon_spent"] == pytest.approx(epsilon) and statuses[NOISY]["delta"] == 1e-5
+        assert wait_for(lambda: agents[NOISY].metric("predis_mlops_federated_epsilon"), what="the epsilon metric") == pytest.approx(epsilon)
+        noisy_meta = ModelRegistry(tmp_path / f"agent{NOISY}" / "models").meta(TENANT, 1)["federated"]
+        assert noisy_meta["epsilon"] == pytest.approx(epsilon) and noisy_meta["noise_multiplier"] == NOISE and noisy_meta["clip_norm"] == CLIP_NORM
+        # Agent 0 prefetches: the fleet's model is registered with its provenance as the
+        # challenger, never served as such, and the canary against the local model starts.
+        registry = ModelRegistry(tmp_path / "agent0" / "models")
+        assert statuses[0]["registered_version"] == 1 and statuses[1]["registered_version"] == 1
+        assert registry.aliases(TENANT) == {"champion": None, "challenger": 1}
+        meta = registry.meta(TENANT, 1)
+        assert meta["kind"] == "federated" and meta["parent"] is None
+        assert meta["federated"]["rounds"] == ROUNDS and meta["federated"]["host_examples"] == statuses[0]["examples"]
+        assert meta["federated"]["epsilon"] is None and meta["federated"]["server"] == f"127.0.0.1:{port}"
+        mlops = wait_for(lambda: (m := agents[0].status()["components"]["mlops"])["rollout"] and m, timeout=30, what="the canary")
+        assert mlops["rollout"]["challenger_version"] == 1 and mlops["serving_version"] is None
+        model, _ = registry.load_model(TENANT, 1)
+        assert model.template is not None and model.template.shared_pair.any()
+        secrets = set().union(*(fingerprints(tmp_path / f"agent{h}") for h in range(HOSTS)))
+    finally:
+        for agent in agents:
+            assert agent.stop() == 0
+
+    messages = []
+    for r in range(1, ROUNDS + 1):
+        where = record / f"round-{r:03d}"
+        fits = json.loads((where / "fit.json").read_text())["clients"]
+        assert len(fits) == HOSTS
+        assert sum("update_norm" in entry["metrics"] for entry in fits) == 1
+        sent = []
+        for entry in fits:
+            blob = (where / entry["message"]).read_bytes()
+            messages.append(blob)
+            res = fit_res_from_proto(ClientMessage.FitRes.FromString(blob))
+            sent.append((parameters_to_ndarrays(res.parameters), res.num_examples))
+        with numpy.load(where / "aggregate.npz") as data:
+            aggregate = [data[f"arr_{i}"] for i in range(len(data.files))]
+        total = sum(n for _, n in sent)
+        assert total > 0 and len({n for _, n in sent}) > 1
+        for i, part in enumerate(aggregate):
+            mean = sum(params[i] * n for params, n in sent) / total
+            assert numpy.abs(part - mean).max() <= 1e-12
+            assert part.any()
+        for entry in json.loads((where / "evaluate.json").read_text()).get("clients", []):
+            blob = (where / entry["message"]).read_bytes()
+            messages.append(blob)
+            assert evaluate_res_from_proto(ClientMessage.EvaluateRes.FromString(blob)).num_examples > 0
+    assert len(messages) == 2 * HOSTS * ROUNDS
+    # Every key starts with "entity:" and ends with ":field": with none of those, no key (nor
+    # a template's text) is in a message. (A bare word can be: NumPy's array header says "fortran_order".)
+    words = [f"{e}:".encode() for e in ENTITIES] + [f":{f}".encode() for f in FIELDS]
+    for blob in messages:
+        assert not [w for w in words if w in blob]
+        assert not any(key in blob for key in traces[0][:50])
+        assert not windows(blob, {len(s) for s in secrets}) & secrets
+
+
+def test_an_agent_serves_and_stops_while_the_server_hangs(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers (a hung or overloaded host)."""
+    cert = peers.self_signed_cert(tmp_path / "tls")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        held: list[socket.socket] = []
+        accepting = threading.Thread(target=lambda: held.extend(listener.accept()[0] for _ in range(HUNG_CONNECTIONS)), daemon=True)
+        accepting.start()
+        home = tmp_path / "agent"
+        home.mkdir()
+        agent = AgentProcess(home, agent_config(home, port, cert.cert, prefetch=False)).start()
+        try:
+            wait_for(lambda: held, what="the agent to connect")
+            trace = host_trace(0, READS, seed=1)
+            assert drive(agent, trace) == READS
+            wait_for(lambda: agent.status()["components"]["access_log"]["events_logged"] >= READS, what="the reads logged")
+            status = agent.status()["components"]
+            assert status["federated"]["rounds_completed"] == 0 and status["federated"]["state"] in ("connecting", "backing_off")
+        finally:
+            assert agent.stop() == 0
+            for conn in held:
+                conn.close()
