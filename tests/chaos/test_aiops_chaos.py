@@ -12,9 +12,10 @@ recovers when the condition clears.
 * A memory budget filling (Redis clients writing faster than anything leaves): the
   memory_budget ETA, and a dry-run ``shrink_prefetch_queue`` record that says what it would
   do while the prefetcher keeps its queue.
-* The hit ratio falling (clients reading keys the cache does not hold, what a model that
-  prefetches the wrong keys leaves them with): the hit_ratio anomaly, the live
-  ``rollback_model`` puts the previous champion back in the registry and in service.
+* A bad model lowering the hit ratio (a markov model trained on another application's keys
+  promoted over the stride model that prefetches a scan): the hit_ratio anomaly, the live
+  ``rollback_model`` puts the previous champion back in the registry and in service, and the
+  hit ratio recovers.
 * A flapping sink (a New Relic stand-in failing every other send): the breaker_transitions
   anomaly, and nothing acts or is written because nothing is opted in.
 """
@@ -57,9 +58,13 @@ TENANT = "tenant1"
 TRACE_KEYS = 40
 TRACE_PATTERN = 60
 TRACE_REPEATS = 50
-HOT_KEYS = 100
+# The scan: many more origin blocks than the cache holds, so a hit is a prefetched block.
+SCAN_BLOCKS = 3000
+SCAN_CACHE_KEYS = 256
+# The good model's hit ratio on the scan is at least this; the bad one's falls by more than RATIO_FALL.
+GOOD_HIT_RATIO = 0.3
+RATIO_FALL = 0.2
 SEGMENT_KEY_BYTES = 32
-GET_BATCH = 64
 
 FAST_SINKS = {
     "retry_initial_seconds": 0.05,
@@ -215,12 +220,12 @@ def _trace(path: Path, prefix: str, seed: int) -> Path:
     return path
 
 
-class Readers:
-    """Clients reading hot keys (hits) until told to read keys the cache does not hold."""
+class Scanner:
+    """A client scanning the origin's blocks in order, one GET at a time, round and round:
+    the cache holds far fewer keys than a round, so only prefetching makes hits."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.missing = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
@@ -229,62 +234,78 @@ class Readers:
         n = 0
         try:
             while not self.stop.is_set():
-                pipe = self.client.pipeline(transaction=False)
-                for i in range(GET_BATCH):
-                    pipe.get(f"absent:{n}:{i}" if self.missing.is_set() else f"hot:{i % HOT_KEYS}")
-                pipe.execute()
+                self.client.get(f"blk{n % SCAN_BLOCKS:05d}")
                 n += 1
         except BaseException as exc:
             self.error = exc
 
 
-def test_falling_hit_ratio_rolls_the_model_back(tmp_path: Path, started: list[AgentProcess]) -> None:
+def test_a_bad_model_lowering_the_hit_ratio_is_rolled_back(tmp_path: Path, started: list[AgentProcess]) -> None:
+    """A good model (stride, v1) prefetches a scan; a bad one (markov trained on other keys,
+    v2, learning nothing online) is promoted and serves: the hit ratio falls, the anomaly is
+    detected, the live rollback puts v1 back and the hit ratio recovers."""
     origin = tmp_path / "origin"
     origin.mkdir()
+    for i in range(SCAN_BLOCKS):
+        (origin / f"blk{i:05d}").write_bytes(b"x")
     audit = tmp_path / "audit.jsonl"
     agent = AgentProcess(
         home(tmp_path),
         {
-            "cache": {"read_through": True, "origin": "files", "prefetch": {"enabled": True, "model": "markov"}},
+            "cache": {
+                "max_keys": SCAN_CACHE_KEYS,
+                "read_through": True,
+                "origin": "files",
+                "prefetch": {"enabled": True, "model": "stride", "depth": 8, "adaptive": False, "threshold": 0.1, "model_process": False, "learn_online": False},
+            },
             "plugins": {"files": {"root": str(origin)}},
             "mlops": {"registry_dir": str(tmp_path / "models"), "tenant": TENANT, "check_interval_seconds": 0.5},
+            "console": {"control_share": 0.0},
             "aiops": {**AIOPS_FAST, "remediation": {"opt_in": ["rollback_model", "request_retrain"], "live": ["rollback_model"], "audit_log": str(audit)}},
         },
     )
     config = str(agent.config_path)
-    cli("model", "train", "--tenant", TENANT, "--trace", str(_trace(tmp_path / "a.txt", "a", 1)), "--model", "markov", "--config", config)
-    cli("model", "train", "--tenant", TENANT, "--trace", str(_trace(tmp_path / "b.txt", "b", 2)), "--model", "markov", "--promote", "--config", config)
+    scan = tmp_path / "scan.txt"
+    scan.write_text("".join(f"blk{i:05d}\n" for i in range(SCAN_BLOCKS)))
+    cli("model", "train", "--tenant", TENANT, "--trace", str(scan), "--model", "stride", "--config", config)
     started.append(agent)
     agent.start()
-    wait_for(lambda: agent.status()["components"]["mlops"]["serving_version"] == 2, timeout=DEADLINE_SECONDS, what="champion v2 served")
+    wait_for(lambda: agent.status()["components"]["mlops"]["serving_version"] == 1, timeout=DEADLINE_SECONDS, what="the good model v1 served")
     client = resp_client(agent)
-    client.mset({f"hot:{i}": b"x" for i in range(HOT_KEYS)})
-    readers = Readers(client)
-    readers.thread.start()
+    scanner = Scanner(client)
+    scanner.thread.start()
     try:
-        wait_for(lambda: (a := aiops(agent)["anomalies"]["hit_ratio"])["baseline"] is not None and a["value"] == 1.0, timeout=DEADLINE_SECONDS, what="a hit-ratio baseline")
-        readers.missing.set()
+        good = wait_for(
+            lambda: (a := aiops(agent)["anomalies"]["hit_ratio"])["baseline"] is not None and a["baseline"] >= GOOD_HIT_RATIO and a,
+            timeout=DEADLINE_SECONDS,
+            what="a hit-ratio baseline from the good model's prefetching",
+        )
+        # The bad model: trained on keys of another application, it prefetches nothing of the scan.
+        cli("model", "train", "--tenant", TENANT, "--trace", str(_trace(tmp_path / "b.txt", "b", 2)), "--model", "markov", "--promote", "--config", config)
+        wait_for(lambda: agent.status()["components"]["mlops"]["serving_version"] == 2, timeout=DEADLINE_SECONDS, what="the bad model v2 served")
         begun = aiops(agent)["rounds"]
         state = wait_for(lambda: (s := aiops(agent))["anomalies"]["hit_ratio"]["active"] and s, timeout=DEADLINE_SECONDS, what="the hit-ratio anomaly")
         assert state["rounds"] - begun <= HIT_RATIO_DETECTION_ROUNDS, state["anomalies"]["hit_ratio"]
         records = wait_for(lambda: len(r := audit_records(audit)) >= 2 and r, timeout=DEADLINE_SECONDS, what="two action records")
         by_action = {r["action"]: r for r in records}
         assert by_action["rollback_model"]["outcome"] == "applied" and by_action["rollback_model"]["trigger"] == "anomaly:hit_ratio"
-        assert by_action["rollback_model"]["evidence"]["baseline"] == 1.0 and by_action["rollback_model"]["evidence"]["value"] < 0.5
+        evidence = by_action["rollback_model"]["evidence"]
+        assert evidence["baseline"] >= GOOD_HIT_RATIO and evidence["value"] < evidence["baseline"] - RATIO_FALL, evidence
         assert by_action["request_retrain"]["mode"] == "dry_run"
         wait_for(lambda: agent.status()["components"]["mlops"]["serving_version"] == 1, timeout=DEADLINE_SECONDS, what="v1 served again")
         assert "v1" in next(line for line in cli("model", "list", "--tenant", TENANT, "--config", config).stdout.splitlines() if "champion" in line)
 
-        # The clients read what the cache holds again: the anomaly clears; the rollback stays.
-        readers.missing.clear()
+        # The good model prefetches again: the hit ratio recovers and the anomaly clears; the
+        # rollback stays, and nothing more is done.
         wait_for(lambda: not aiops(agent)["anomalies"]["hit_ratio"]["active"], timeout=DEADLINE_SECONDS, what="the anomaly cleared")
         assert aiops(agent)["events"]["aiops_anomaly_cleared"] >= 1
+        assert aiops(agent)["anomalies"]["hit_ratio"]["value"] >= good["baseline"] - RATIO_FALL
         assert sorted(r["outcome"] for r in audit_records(audit)) == sorted(r["outcome"] for r in records)
     finally:
-        readers.stop.set()
-        readers.thread.join(REDIS_TIMEOUT_SECONDS)
+        scanner.stop.set()
+        scanner.thread.join(REDIS_TIMEOUT_SECONDS)
         client.close()
-    assert readers.error is None, readers.error
+    assert scanner.error is None, scanner.error
 
 
 # ----------------------------------------------------------------------------- flapping sink
