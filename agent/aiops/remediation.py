@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from agent.aiops.audit import AuditLog
+from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("dry_run", "applied", "failed", "unavailable", "rate_limited", "reverted", "revert_failed")
 
 
-class RemediationUnavailable(Exception):
+class RemediationUnavailable(AgentError):
     """The action cannot act now (the message says why); recorded, not retried this episode."""
 
 

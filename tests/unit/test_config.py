@@ -105,7 +105,7 @@ def test_unknown_top_level_key_and_unknown_key_under_tls_both_reported() -> None
     assert set(problems) == {"agnt", "agent.http.tls.certfile"}
     assert problems["agnt"].line == 1
     assert problems["agent.http.tls.certfile"].line == 5
-    assert "agent, cache, collectors, console, drift, exporters, mlops, plugins" in problems["agnt"].message
+    assert "agent, aiops, cache, collectors, console, drift, exporters, mlops, plugins" in problems["agnt"].message
 
 
 @pytest.mark.parametrize(
