@@ -150,14 +150,6 @@ def _now() -> str:
     return time.strftime(TIME_FORMAT, time.gmtime())
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(COPY_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _file_references(config_text: str) -> list[str]:
     """The paths of every ``${file:...}`` reference in the config, in order, each once."""
     raw = load_yaml(config_text) if config_text.strip() else None
@@ -238,7 +230,7 @@ class _Writer:
     def add_file(self, name: str, path: Path) -> None:
         """A file nobody else writes (a copy made for this backup)."""
         size = path.stat().st_size
-        digest = _sha256_file(path)
+        digest = model_registry.sha256_file(path)
         with open(path, "rb") as handle:
             self.archive.addfile(self._info(name, size), handle)
         self.files[name] = {"sha256": digest, "size": size}
