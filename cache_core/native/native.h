@@ -36,6 +36,11 @@ void predis_blake2b_fingerprint_many(const predis_blake2b_primed *state, const u
 int predis_ring_log(PyObject *ring, uint8_t op, const uint64_t *fps, const uint8_t *results, const int64_t *sizes,
                     Py_ssize_t n);
 
+/* Fetch for writing the slots of the events that a log of `n` more events, `from` events
+ * after the ring's current head, will take (at most two lines per column: callers ask for
+ * a block of a few events at a time); nothing when `ring` is not an initialised ring. */
+void predis_ring_prefetch(PyObject *ring, Py_ssize_t from, Py_ssize_t n);
+
 /* The hash table's host arrays (cache_core._native.TableView, table.c). */
 #define PREDIS_EMPTY 0
 #define PREDIS_FULL 1

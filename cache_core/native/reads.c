@@ -168,6 +168,17 @@ typedef struct {
  * table, the entry arrays and the slabs are far larger than the caches, so each key costs
  * several memory round trips; in stages those of a block overlap instead of queueing. */
 #define PREFETCH_BLOCK 16
+/* A batch of more than one block also fetches, block by block as it copies values, the
+ * access log ring's slots its events will take when they are logged after the batch, for
+ * its last RING_WARM_EVENTS events (24 bytes each: their slots stay in the core's caches
+ * until the log; those of earlier events would be evicted again). Measured on a
+ * 1,000-key MGET, the log's write went from ~3.5 to ~1.2 ns per event (bench/RESULTS.md). */
+#define RING_WARM_EVENTS 4096
+#define WARM_RING(ring, n, start, end) \
+    do { \
+        if ((n) > PREFETCH_BLOCK && (end) + RING_WARM_EVENTS > (n)) \
+            predis_ring_prefetch((ring), (start), (end) - (start)); \
+    } while (0)
 #define PREFETCH(addr) __builtin_prefetch((const void *)(addr), 0, 3)
 
 /* Fingerprint and probe each key of `keys` (a list of bytes): found[j] gets its
@@ -418,6 +429,7 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
         Py_ssize_t end = start + PREFETCH_BLOCK < m ? start + PREFETCH_BLOCK : m;
         /* The block's chunks first (prefetched), then their copies. */
         ChunkBlock block;
+        WARM_RING(args[11], m, start, end);
         if (open_chunks(self, &slabs, found, start, end, typed, &block) < 0)
             goto done;
         const uint8_t *const *chunks = block.chunks;
@@ -589,6 +601,7 @@ static PyObject *Entries_read_reply(Entries *self, PyObject *const *args, Py_ssi
         Py_ssize_t end = start + PREFETCH_BLOCK < n ? start + PREFETCH_BLOCK : n;
         /* The block's chunks first (prefetched), then their copies. */
         ChunkBlock block;
+        WARM_RING(args[12], n, start, end);
         if (open_chunks(self, &slabs, found, start, end, typed, &block) < 0)
             goto done;
         const uint8_t *const *chunks = block.chunks;
@@ -754,6 +767,7 @@ static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssiz
             Py_ssize_t end = j + PREFETCH_BLOCK < n ? j + PREFETCH_BLOCK : n;
             if (prefetch_chunks(self, &slabs, found, values, j, end) < 0)
                 goto done;
+            WARM_RING(args[11], n, j, end);
         }
         if (len) {
             Py_buffer page;

@@ -27,6 +27,8 @@ typedef struct {
     PyThread_type_lock lock;
 } EventColumns;
 
+static PyTypeObject EventColumnsType;
+
 /* Take the ring's lock; while another thread holds it, wait without the GIL. */
 static void lock_ring(EventColumns *self)
 {
@@ -278,19 +280,100 @@ static void prefetch_ahead(EventColumns *self, uint64_t next)
     __builtin_prefetch(c.size + ahead, 1, 3);
 }
 
-static void rows_write(EventColumns *self, const Rows *rows, uint64_t head, int64_t ts, uint8_t op, uint16_t tenant)
+/* A run of events to write: the caller's fingerprints and results, and sizes either as
+ * 32-bit values or as 64-bit ones to clamp. */
+typedef struct {
+    const uint64_t *fp;
+    const uint8_t *result;
+    const uint32_t *size32;
+    const int64_t *size64;
+    int64_t ts;
+    uint8_t op;
+    uint16_t tenant;
+} Span;
+
+static inline uint32_t clamp_size(int64_t size)
+{
+    return size < 0 ? 0 : (uint64_t)size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+}
+
+/* Events [from, from + n) of `span` into slots [at, at + n), which do not wrap: column by
+ * column, each a plain fill or copy the compiler vectorises. */
+static void write_run(const Columns *c, uint64_t at, const Span *span, Py_ssize_t from, Py_ssize_t n)
+{
+    if (n <= 0)
+        return;
+    int64_t *restrict ts = c->ts + at;
+    uint64_t *restrict fp = c->fp + at;
+    uint32_t *restrict size = c->size + at;
+    const uint64_t *restrict fp_in = span->fp + from;
+    for (Py_ssize_t i = 0; i < n; i++)
+        ts[i] = span->ts;
+    memcpy(fp, fp_in, (size_t)n * sizeof *fp);
+    memset(c->op + at, span->op, (size_t)n);
+    memcpy(c->result + at, span->result + from, (size_t)n);
+    uint16_t *restrict tenant = c->tenant + at;
+    for (Py_ssize_t i = 0; i < n; i++)
+        tenant[i] = span->tenant;
+    if (span->size32 != NULL) {
+        memcpy(size, span->size32 + from, (size_t)n * sizeof *size);
+    } else {
+        const int64_t *restrict size_in = span->size64 + from;
+        for (Py_ssize_t i = 0; i < n; i++)
+            size[i] = clamp_size(size_in[i]);
+    }
+}
+
+/* `n` events of `span` at sequence numbers head, head+1, ...: at most two runs. Of more
+ * events than the ring holds only the newest are written (the older ones would be
+ * overwritten within the same call). */
+static void span_write(EventColumns *self, uint64_t head, const Span *span, Py_ssize_t n)
 {
     Columns c = columns_of(self);
-    for (Py_ssize_t i = 0; i < rows->n; i++) {
-        uint64_t at = (head + (uint64_t)i) & c.mask;
-        c.ts[at] = ts;
-        c.fp[at] = rows->fp[i];
-        c.op[at] = op;
-        c.result[at] = rows->result[i];
-        c.tenant[at] = tenant;
-        c.size[at] = rows->size[i];
+    Py_ssize_t from = n > self->capacity ? n - self->capacity : 0;
+    uint64_t at = (head + (uint64_t)from) & c.mask;
+    Py_ssize_t first = (Py_ssize_t)((uint64_t)self->capacity - at);
+    if (first > n - from)
+        first = n - from;
+    write_run(&c, at, span, from, first);
+    if (from + first < n)
+        write_run(&c, 0, span, from + first, n - from - first);
+    prefetch_ahead(self, head + (uint64_t)n);
+}
+
+/* Cache lines, in bytes, the unit the prefetches below step by. */
+#define RING_LINE 64
+
+void predis_ring_prefetch(PyObject *ring, Py_ssize_t from, Py_ssize_t n)
+{
+    if (n < 1 || !PyObject_TypeCheck(ring, &EventColumnsType) || ((EventColumns *)ring)->held != COLUMNS)
+        return;
+    EventColumns *self = (EventColumns *)ring;
+    Columns c = columns_of(self);
+    /* Read without the lock: another writer may move the head meanwhile, which costs
+     * these hints their use, never a wrong event. */
+    uint64_t head = __atomic_load_n(&self->head, __ATOMIC_RELAXED);
+    uint64_t first = (head + (uint64_t)from) & c.mask, last = (head + (uint64_t)(from + n - 1)) & c.mask;
+    const void *ends[COLUMNS][2] = {
+        {c.ts + first, c.ts + last},         {c.fp + first, c.fp + last},
+        {c.op + first, c.op + last},         {c.result + first, c.result + last},
+        {c.tenant + first, c.tenant + last}, {c.size + first, c.size + last},
+    };
+    for (int i = 0; i < COLUMNS; i++) {
+        uintptr_t line = (uintptr_t)ends[i][0] & ~(uintptr_t)(RING_LINE - 1), end = (uintptr_t)ends[i][1] & ~(uintptr_t)(RING_LINE - 1);
+        if (end < line) { /* the run wraps: its two ends */
+            __builtin_prefetch((const void *)line, 1, 3);
+            line = end;
+        }
+        for (; line <= end; line += RING_LINE)
+            __builtin_prefetch((const void *)line, 1, 3);
     }
-    prefetch_ahead(self, head + (uint64_t)rows->n);
+}
+
+static void rows_write(EventColumns *self, const Rows *rows, uint64_t head, int64_t ts, uint8_t op, uint16_t tenant)
+{
+    Span span = {rows->fp, rows->result, rows->size, NULL, ts, op, tenant};
+    span_write(self, head, &span, rows->n);
 }
 
 /* rows(head, ts_ns, op, fps, results, sizes, tenant): write len(fps) events at sequence
@@ -382,25 +465,15 @@ int predis_ring_log(PyObject *ring, uint8_t op, const uint64_t *fps, const uint8
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t ts = (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
-    Columns c = columns_of(self);
     lock_ring(self);
     self->head += (unsigned long long)skip;
     uint64_t head = self->head;
     /* Straight from the caller's arrays into the columns (nothing to check: they are C
      * arrays of the right types), sizes clamped to 32 bits. */
-    for (Py_ssize_t i = skip; i < n; i++) {
-        uint64_t at = (head + (uint64_t)(i - skip)) & c.mask;
-        int64_t size = sizes[i];
-        c.ts[at] = ts;
-        c.fp[at] = fps[i];
-        c.op[at] = op;
-        c.result[at] = results[i];
-        c.tenant[at] = 0;
-        c.size[at] = size < 0 ? 0 : (uint64_t)size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
-    }
+    Span span = {fps + skip, results + skip, NULL, sizes + skip, ts, op, 0};
+    span_write(self, head, &span, n - skip);
     self->head += (unsigned long long)(n - skip);
     self->offered += (unsigned long long)n;
-    prefetch_ahead(self, self->head);
     PyThread_release_lock(self->lock);
     return 0;
 }
