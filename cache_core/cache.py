@@ -2,7 +2,8 @@
 """The Cache facade: get/put/delete/exists/mget/mset/expire/ttl/incr, batched.
 
 Pieces: a :class:`~cache_core.keys.Fingerprinter` (keyed 128-bit fingerprints), the
-device :class:`~cache_core.table.HashTable` (fingerprint → entry ID), dense per-entry
+hash table (fingerprint → entry ID: a :class:`~cache_core.table.CompactTable` on host
+memory, the device's :class:`~cache_core.table.HashTable` on a GPU), dense per-entry
 metadata on the host (value handle, length, expiry, fingerprint), the
 :class:`~cache_core.store.ValueStore` (value bytes in the backend's memory) and an
 eviction policy over entry IDs.
@@ -37,7 +38,7 @@ from cache_core.eviction import ClockPolicy, make_policy
 from cache_core.keys import Fingerprinter
 from cache_core.metering import ORIGIN_CALLERS, OriginMeter
 from cache_core.store import ValueStore, ValueTooLargeError
-from cache_core.table import HashTable
+from cache_core.table import CompactTable, HashTable
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -240,7 +241,14 @@ class Cache:
         self._initial_capacity = _capacity_for(min(self.max_keys, INITIAL_TABLE_KEYS), max_load_factor)
         # ``native=False`` keeps the compiled table and reads out of it (the tests' oracle).
         self.native = bool(native)
-        self.table = HashTable(xp, self._initial_capacity, max_load_factor=max_load_factor, native=self.native)
+        self._max_load_factor = float(max_load_factor)
+        # On host memory the compiled cache keys its entries by a CompactTable (8 bytes a
+        # slot, confirmed against e_hi/e_lo), made with the entry arrays in _alloc_entries;
+        # on a GPU, and with native=False (the tests' oracle), by a HashTable.
+        self._compact = self.native and xp is numpy
+        self.table: HashTable | CompactTable
+        if not self._compact:
+            self.table = HashTable(xp, self._initial_capacity, max_load_factor=max_load_factor, native=self.native)
         self.store = ValueStore(xp, max_value_bytes=max_value_bytes, growth_factor=slab_growth_factor)
         # Key names live in slabs of their own on the host (KEYS, SCAN, RANDOMKEY, RENAME
         # name keys back from entries): a 16-byte key costs a 16-byte chunk and its entry's
@@ -249,7 +257,7 @@ class Cache:
         self.policy = make_policy(eviction, self.max_keys)
         # Batches up to this many keys take the scalar host path (same results).
         limit = SMALL_BATCH if small_batch is None else int(small_batch)
-        self.small_batch = limit if self.table.host_scalar else 0
+        self.small_batch = limit if self._compact or self.table.host_scalar else 0
         self._lock = threading.RLock()
         self.stats = CacheStats(max_memory_bytes=self.max_memory_bytes, max_keys=self.max_keys)
         # What the origin was asked, by whom (a demand read through, the prefetcher).
@@ -267,6 +275,8 @@ class Cache:
         self.e_expire = numpy.zeros(n, dtype=numpy.int64)  # absolute clock ms; 0 = none
         self.e_hi = numpy.zeros(n, dtype=numpy.uint64)
         self.e_lo = numpy.zeros(n, dtype=numpy.uint64)
+        if self._compact:  # keyed by these arrays: a new table with them (start, FLUSHALL)
+            self.table = CompactTable(self.e_hi, self.e_lo, self._initial_capacity, max_load_factor=self._max_load_factor)
         self.e_live = numpy.zeros(n, dtype=bool)
         self.e_prefetched = numpy.zeros(n, dtype=bool)
         self.e_atime = numpy.zeros(n, dtype=numpy.int64)  # clock ms of the last read or write
@@ -280,7 +290,7 @@ class Cache:
         self.e_klen = numpy.zeros(n, dtype=numpy.uint32)  # the key's length
         # String reads of host entries run compiled (native/reads.c) over these arrays.
         self._entries: Any = None
-        if self.native and self.table.host_scalar and self.xp is numpy:
+        if self._compact:
             self._entries = _native.Entries(self.e_handle, self.e_len, self.e_expire, self.e_atime, self.e_prefetched, self.e_type)
             self._entries.bind(self.fp.hasher(0), self.fp.max_key_bytes, self.store, self._lock, self.stats)
         self.key_store.clear()
@@ -898,12 +908,13 @@ class Cache:
                 n_hi, n_lo = hi[new_idx], lo[new_idx]
                 self._reserve(len(new_idx))
                 new_eids = self._take_entries(len(new_idx))
+                self.e_hi[new_eids] = n_hi  # before the insert: a CompactTable reads them
+                self.e_lo[new_eids] = n_lo
                 try:
                     if len(new_idx) == 1 and self.small_batch:
                         self.table.insert_one(n_hi.item(0), n_lo.item(0), new_eids.item(0))
                     else:
-                        slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
-                        self.table.set_handles(slots, self.xp.asarray(new_eids))
+                        self.table.insert_handles(self.xp.asarray(n_hi), self.xp.asarray(n_lo), self.xp.asarray(new_eids))
                 except BaseException:
                     self._free.extend(reversed(new_eids.tolist()))  # not lost: the next write can use them
                     raise
@@ -917,8 +928,6 @@ class Cache:
                 key_lengths = numpy.fromiter(map(len, new_keys), dtype=numpy.int64, count=len(new_keys))
                 self.e_klen[new_eids] = key_lengths
                 self.key_bytes += int(key_lengths.sum())
-                self.e_hi[new_eids] = n_hi
-                self.e_lo[new_eids] = n_lo
                 self.e_live[new_eids] = True
                 if db:
                     self.e_db[new_eids] = db  # _remove left database 0 in a freed entry
@@ -1058,19 +1067,21 @@ class Cache:
                 self._reserve(len(new))
                 new_eids = self._take_entries(len(new))
                 ids = new_eids.tolist()
+                e_hi, e_lo = self.e_hi, self.e_lo
+                for eid, i in zip(ids, new):  # before the insert: a CompactTable reads them
+                    e_hi[eid], e_lo[eid] = fps[i]
                 try:
                     if len(new) == 1:
                         self.table.insert_one(fps[new[0]][0], fps[new[0]][1], ids[0])
                     else:
                         n_hi = numpy.asarray([fps[i][0] for i in new], dtype=numpy.uint64)
                         n_lo = numpy.asarray([fps[i][1] for i in new], dtype=numpy.uint64)
-                        slots, _created = self.table.insert(self.xp.asarray(n_hi), self.xp.asarray(n_lo))
-                        self.table.set_handles(slots, self.xp.asarray(new_eids))
+                        self.table.insert_handles(self.xp.asarray(n_hi), self.xp.asarray(n_lo), self.xp.asarray(new_eids))
                 except BaseException:
                     self._free.extend(reversed(ids))  # not lost: the next write can use them
                     raise
                 e_khandle, e_klen, key_store = self.e_khandle, self.e_klen, self.key_store
-                e_hi, e_lo, e_live, e_db = self.e_hi, self.e_lo, self.e_live, self.e_db
+                e_live, e_db = self.e_live, self.e_db
                 for eid, i in zip(ids, new):
                     value, key = values[i], keys[i]
                     e_handle[eid] = store.put(value)
@@ -1079,7 +1090,6 @@ class Cache:
                     e_khandle[eid] = key_store.put(key)
                     e_klen[eid] = len(key)
                     self.key_bytes += len(key)
-                    e_hi[eid], e_lo[eid] = fps[i]
                     e_live[eid] = True
                     if db:
                         e_db[eid] = db  # _remove left database 0 in a freed entry
@@ -1425,9 +1435,8 @@ class Cache:
                 if len(rows):
                     names = self._names(eids[rows])
                     hi[rows], lo[rows] = self.fp.fingerprints(names, db)
-            slots, _created = self.table.insert(self.xp.asarray(hi), self.xp.asarray(lo))
-            self.table.set_handles(slots, self.xp.asarray(eids))
-            self.e_hi[eids], self.e_lo[eids], self.e_db[eids] = hi, lo, target
+            self.e_hi[eids], self.e_lo[eids], self.e_db[eids] = hi, lo, target  # before the insert (CompactTable)
+            self.table.insert_handles(self.xp.asarray(hi), self.xp.asarray(lo), self.xp.asarray(eids))
             self.db_keys[first], self.db_keys[second] = self.db_keys[second], self.db_keys[first]
             if self.modified is not None:
                 self.modified(hi, lo)

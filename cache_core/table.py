@@ -247,6 +247,13 @@ class HashTable:
             slots, created, _ = self._insert(q, enforce_load=True)
             return slots, created
 
+    def insert_handles(self, hi: Any, lo: Any, handles: Any) -> tuple[Any, Any]:
+        """:meth:`insert` and :meth:`set_handles` in one: ``(slots, created)``, each key
+        naming its last row's handle (the interface :class:`CompactTable` shares)."""
+        slots, created = self.insert(hi, lo)
+        self.set_handles(slots, handles)
+        return slots, created
+
     def delete(self, hi: Any, lo: Any) -> Any:
         """Remove fingerprints, leaving tombstones; return the freed slot per key.
 
@@ -807,3 +814,215 @@ class HashTable:
             step &= self._mask
             pos[moving] = step
         return moving
+
+
+class CompactTable:
+    """Fingerprint → entry ID for a cache on host memory, eight bytes a slot.
+
+    :class:`HashTable` keeps each key's whole fingerprint in its slot, with a handle, a
+    claim word for the GPU's batched inserts and a state byte: 33 bytes a slot, 69 bytes a
+    key at 1M keys in 2^21 slots. The cache already keeps each entry's fingerprint
+    (``Cache.e_hi``, ``e_lo``), so on the host a slot holds only the entry's ID and 32 bits
+    of the fingerprint as a tag, and a tag that matches is confirmed against the entry
+    (``cache_core._native.CompactTable``, ``native/ctable.c``): the same answers as a table
+    of whole fingerprints in a quarter of the memory (bench/RESULTS.md).
+
+    The contract with the caller: an entry's fingerprint is written before the entry is
+    inserted and stays until it is deleted from the table. Handles are the entry IDs, at
+    most ``len(e_hi) - 1``. Inserting takes the handles with the keys
+    (:meth:`insert_handles`), as the entries must already be named. Probing, capacities
+    (powers of two), the load limit and :class:`TableFullError` are HashTable's; slots
+    reported are this table's own.
+    """
+
+    host_scalar = True
+
+    def __init__(self, e_hi: numpy.ndarray, e_lo: numpy.ndarray, capacity: int, *, max_load_factor: float = 0.75) -> None:
+        capacity = int(capacity)
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if not 0.0 < float(max_load_factor) <= 1.0:
+            raise ValueError(f"max_load_factor must be in (0, 1], got {max_load_factor}")
+        self.xp = numpy
+        self.max_load_factor = float(max_load_factor)
+        # Batches of 4,096 keys and rehashes run without the GIL (native/ctable.c): the
+        # calls that change the table wait for each other and for batch reads.
+        self._lock = threading.Lock()
+        self._view = _native.CompactTable(e_hi, e_lo, 1 << (capacity - 1).bit_length())
+
+    @property
+    def view(self) -> Any:
+        """The compiled table itself, for the compiled reads (native/reads.c)."""
+        return self._view
+
+    @property
+    def capacity(self) -> int:
+        return int(self._view.capacity)
+
+    @property
+    def max_items(self) -> int:
+        """Most keys the table may hold: ``floor(capacity * max_load_factor)``."""
+        return int(self._view.capacity * self.max_load_factor)
+
+    @property
+    def tombstones(self) -> int:
+        return int(self._view.tombstones)
+
+    @property
+    def load_factor(self) -> float:
+        return self._view.len / self._view.capacity  # type: ignore[no-any-return]
+
+    @property
+    def nbytes(self) -> int:
+        """Host bytes held by the slots (8 a slot)."""
+        return int(self._view.capacity) * 8
+
+    def __len__(self) -> int:
+        return int(self._view.len)
+
+    @staticmethod
+    def _pair(hi: Any, lo: Any) -> tuple[numpy.ndarray, numpy.ndarray]:
+        hi = numpy.ascontiguousarray(hi, dtype=numpy.uint64 if isinstance(hi, (list, tuple)) else None)
+        lo = numpy.ascontiguousarray(lo, dtype=numpy.uint64 if isinstance(lo, (list, tuple)) else None)
+        if hi.dtype.kind not in "iu" or lo.dtype.kind not in "iu":
+            raise TypeError(f"hi and lo must be integer arrays (uint64 fingerprints), got dtypes {hi.dtype} and {lo.dtype}")
+        if hi.ndim != 1 or hi.shape != lo.shape:
+            raise ValueError(f"hi and lo must be 1-D and of equal length, got shapes {hi.shape} and {lo.shape}")
+        return hi.astype(numpy.uint64, copy=False), lo.astype(numpy.uint64, copy=False)
+
+    def _full(self, new: int) -> TableFullError:
+        return TableFullError(
+            f"inserting {new} new keys into a table holding {len(self)} would exceed {self.max_items} "
+            f"(capacity {self.capacity} x max_load_factor {self.max_load_factor}); rehash to a larger capacity or evict first"
+        )
+
+    # ------------------------------------------------------------------ batches
+    def lookup(self, hi: Any, lo: Any) -> numpy.ndarray:
+        """Slot of each fingerprint (int64, -1 where absent)."""
+        hi, lo = self._pair(hi, lo)
+        out = numpy.empty(hi.shape[0], dtype=numpy.int64)
+        with self._lock:
+            self._view.lookup(hi, lo, out)
+        return out
+
+    def get_handles(self, slots: Any) -> numpy.ndarray:
+        """Entry of each slot (int64); slot -1 (absent, as from :meth:`lookup`) gives -1."""
+        slots = numpy.ascontiguousarray(slots, dtype=numpy.int64)
+        if slots.ndim != 1:
+            raise TypeError(f"slots must be a 1-D integer array, got shape {slots.shape}")
+        out = numpy.empty(slots.shape[0], dtype=numpy.int64)
+        try:
+            self._view.handles(slots, out)
+        except IndexError as exc:
+            raise ValueError(str(exc)) from None
+        return out
+
+    def insert_handles(self, hi: Any, lo: Any, handles: Any) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """Make every fingerprint present naming its entry; return ``(slots, created)``.
+
+        A key named twice names its last row's entry; ``created`` is True only at the row
+        that placed a key absent before the batch. Raises :class:`TableFullError`, with
+        nothing changed, when the distinct new keys would take the table past
+        :attr:`max_items`.
+        """
+        hi, lo = self._pair(hi, lo)
+        handles = numpy.ascontiguousarray(handles, dtype=numpy.int64)
+        if handles.shape != hi.shape:
+            raise ValueError(f"fingerprints and handles differ in shape: {hi.shape} vs {handles.shape}")
+        slots = numpy.empty(hi.shape[0], dtype=numpy.int64)
+        created = numpy.zeros(hi.shape[0], dtype=numpy.bool_)
+        with self._lock:
+            room = self.max_items - len(self)
+            absent = int(self._view.absent(hi, lo))
+            if absent > room:
+                rows = numpy.empty(hi.shape[0], dtype=numpy.int64)
+                self._view.lookup(hi, lo, rows)
+                missing = rows < 0  # a key named twice counts once
+                absent = int(numpy.unique(numpy.stack((hi[missing], lo[missing]), axis=1), axis=0).shape[0])
+                if absent > room:
+                    raise self._full(absent)
+            _done, placed = self._view.insert(hi, lo, handles, slots, created.view(numpy.uint8))
+        if not placed:  # no free slot in a chain: impossible under a load limit below 1
+            raise self._full(absent)
+        return slots, created
+
+    def delete(self, hi: Any, lo: Any) -> numpy.ndarray:
+        """Remove fingerprints, leaving tombstones; the freed slot per row (-1: absent, or
+        named again after its first row)."""
+        hi, lo = self._pair(hi, lo)
+        out = numpy.empty(hi.shape[0], dtype=numpy.int64)
+        with self._lock:
+            self._view.delete(hi, lo, out)
+        return out
+
+    def clear(self) -> None:
+        """Remove every key and tombstone, keeping the capacity."""
+        with self._lock:
+            self._view.clear()
+
+    def rehash(self, new_capacity: int | None = None) -> None:
+        """Rebuild into ``new_capacity`` slots (default: the same, rounded up to a power of
+        two) without tombstones. Raises :class:`TableFullError` (table unchanged) if the
+        keys would exceed the new table's load limit."""
+        capacity = self.capacity if new_capacity is None else int(new_capacity)
+        if capacity < 1:
+            raise ValueError(f"new_capacity must be at least 1, got {capacity}")
+        capacity = 1 << (capacity - 1).bit_length()
+        limit = int(capacity * self.max_load_factor)
+        if len(self) > limit:
+            raise TableFullError(
+                f"rehash to {capacity} slots would hold {len(self)} keys but max_load_factor "
+                f"{self.max_load_factor} allows {limit}; choose a larger capacity"
+            )
+        with self._lock:
+            self._view.rehash(capacity)
+
+    # ------------------------------------------------------------------ one key
+    def lookup_one(self, hi: int, lo: int) -> int:
+        """Slot of one fingerprint (-1 when absent)."""
+        return self._view.probe(hi, lo)[0]  # type: ignore[no-any-return]
+
+    def find_one(self, hi: int, lo: int) -> int:
+        """Entry of one fingerprint (-1 when absent)."""
+        return self._view.find(hi, lo)  # type: ignore[no-any-return]
+
+    def handle_one(self, slot: int) -> int:
+        """Entry of one slot holding a key."""
+        return self._view.handle(slot)  # type: ignore[no-any-return]
+
+    def insert_one(self, hi: int, lo: int, handle: int) -> tuple[int, bool]:
+        """Make one fingerprint present naming entry ``handle``; return ``(slot, created)``."""
+        slot, outcome = self._view.insert_one(hi, lo, handle, len(self) < self.max_items)
+        if slot < 0:
+            raise self._full(1)
+        return slot, outcome > 0
+
+    def delete_one(self, hi: int, lo: int) -> int:
+        """Remove one fingerprint, leaving a tombstone; return its freed slot or -1."""
+        return self._view.delete_one(hi, lo)  # type: ignore[no-any-return]
+
+    def self_test_probe(self, n: int = 16) -> tuple[bool, str]:
+        """Readiness: the compiled table's insert, lookup, handle and delete on ``n`` random
+        fingerprints, in a scratch table of its own (the cache's entries are not touched)."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        try:
+            rng = numpy.random.default_rng()
+            e_hi = rng.integers(0, 1 << 64, size=n, dtype=numpy.uint64, endpoint=False)
+            e_lo = rng.integers(0, 1 << 64, size=n, dtype=numpy.uint64, endpoint=False)
+            scratch = CompactTable(e_hi, e_lo, 2 * n, max_load_factor=1.0)
+            eids = numpy.arange(n, dtype=numpy.int64)
+            slots, created = scratch.insert_handles(e_hi, e_lo, eids)
+            problem = None
+            if not bool(created.all()) or len(scratch) != n:
+                problem = "insert did not create every key"
+            elif not numpy.array_equal(scratch.get_handles(scratch.lookup(e_hi, e_lo)), eids):
+                problem = "lookup did not find each key's entry"
+            elif not numpy.array_equal(scratch.delete(e_hi, e_lo), slots) or len(scratch):
+                problem = "delete did not free the keys' slots"
+        except Exception as exc:
+            return False, f"numpy table probe raised {exc.__class__.__name__}: {exc}"
+        if problem is not None:
+            return False, f"numpy table probe failed: {problem}"
+        return True, f"numpy table probe of {n} keys ok (insert, lookup, handles, delete)"

@@ -50,7 +50,7 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     if (predis_blake2b_init(module) < 0 || predis_parser_init(module) < 0 ||
         predis_ring_init(module) < 0 || predis_table_init(module) < 0 ||
-        predis_reads_init(module) < 0) {
+        predis_reads_init(module) < 0 || predis_ctable_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -13,6 +13,7 @@ int predis_parser_init(PyObject *module);
 int predis_ring_init(PyObject *module);
 int predis_table_init(PyObject *module);
 int predis_reads_init(PyObject *module);
+int predis_ctable_init(PyObject *module);
 
 /* Keyed BLAKE2b (RFC 7693) with a 16-byte digest, primed with its key block. */
 typedef struct {
@@ -40,6 +41,59 @@ int predis_ring_log(PyObject *ring, uint8_t op, const uint64_t *fps, const uint8
  * after the ring's current head, will take (at most two lines per column: callers ask for
  * a block of a few events at a time); nothing when `ring` is not an initialised ring. */
 void predis_ring_prefetch(PyObject *ring, Py_ssize_t from, Py_ssize_t n);
+
+/* The host cache's hash table (cache_core._native.CompactTable, ctable.c): a slot is
+ * (fingerprint's hi >> 32) << 32 | ID, ID 0 empty, 1 a tombstone, eid + 2 the entry eid,
+ * whose fingerprint e_hi[eid], e_lo[eid] confirms a match. */
+#define PREDIS_ID_EMPTY 0u
+#define PREDIS_ID_TOMBSTONE 1u
+#define PREDIS_ID_BASE 2u
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer fp[2]; /* the entries' e_hi and e_lo */
+    int held;
+    const uint64_t *e_hi, *e_lo;
+    Py_ssize_t entries;
+    uint64_t *slots;
+    Py_ssize_t capacity;
+    uint64_t mask;
+    Py_ssize_t len, tombstones;
+} predis_ctable;
+
+/* The CompactTable behind `obj` (TypeError, or ValueError when uninitialised: NULL). */
+predis_ctable *predis_as_ctable(PyObject *obj);
+/* The entry holding (hi, lo), or -1. */
+int64_t predis_ctable_find(const predis_ctable *t, uint64_t hi, uint64_t lo);
+
+/* The slot holding (hi, lo) or -1; *free gets the first slot of its chain that holds no
+ * key (where an insert puts it), -1 when the chain has none before its end. */
+static inline int64_t predis_ctable_probe(const predis_ctable *t, uint64_t hi, uint64_t lo, int64_t *free)
+{
+    uint64_t pos = lo & t->mask;
+    int64_t first = -1;
+    for (Py_ssize_t i = 0; i < t->capacity; i++) {
+        uint64_t slot = t->slots[pos];
+        uint32_t id = (uint32_t)slot;
+        if (id >= PREDIS_ID_BASE) {
+            if ((uint32_t)(slot >> 32) == (uint32_t)(hi >> 32)) {
+                uint32_t eid = id - PREDIS_ID_BASE;
+                if (t->e_lo[eid] == lo && t->e_hi[eid] == hi) {
+                    *free = first;
+                    return (int64_t)pos;
+                }
+            }
+        } else {
+            if (first < 0)
+                first = (int64_t)pos;
+            if (id == PREDIS_ID_EMPTY)
+                break;
+        }
+        pos = (pos + 1) & t->mask;
+    }
+    *free = first;
+    return -1;
+}
 
 /* The hash table's host arrays (cache_core._native.TableView, table.c). */
 #define PREDIS_EMPTY 0

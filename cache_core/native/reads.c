@@ -185,7 +185,7 @@ typedef struct {
  * fingerprint and entry (-1 when absent). Returns 1 when every key was looked up, 0 when
  * one needs the general path (bad length, not bytes, expired entry, or with `present` an
  * absent key), -1 on error. */
-static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_table *table, Entries *e,
+static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, const predis_ctable *table, Entries *e,
                     Py_ssize_t max_key_bytes, int64_t now, Found *found, int present)
 {
     Py_ssize_t n = PyList_GET_SIZE(keys);
@@ -211,15 +211,21 @@ static int find_all(PyObject *keys, const predis_blake2b_primed *hasher, predis_
         for (Py_ssize_t j = start; j < end; j++) {
             found[j].hi = his[j - start];
             found[j].lo = los[j - start];
-            uint64_t pos = found[j].lo & table->mask;
-            PREFETCH(&table->state[pos]);
-            PREFETCH(&table->keys[2 * pos]);
-            PREFETCH(&table->handle[pos]);
+            PREFETCH(&table->slots[found[j].lo & table->mask]);
+        }
+        for (Py_ssize_t j = start; j < end; j++) {
+            /* The entry the home slot's tag points at, whose fingerprint confirms it. */
+            uint64_t home = table->slots[found[j].lo & table->mask];
+            uint32_t id = (uint32_t)home;
+            if (id >= PREDIS_ID_BASE && (uint32_t)(home >> 32) == (uint32_t)(found[j].hi >> 32)) {
+                PREFETCH(&table->e_hi[id - PREDIS_ID_BASE]);
+                PREFETCH(&table->e_lo[id - PREDIS_ID_BASE]);
+            }
         }
         for (Py_ssize_t j = start; j < end; j++) {
             int64_t free;
-            int64_t slot = predis_table_probe(table, found[j].hi, found[j].lo, &free);
-            int64_t eid = slot < 0 ? -1 : table->handle[slot];
+            int64_t slot = predis_ctable_probe(table, found[j].hi, found[j].lo, &free);
+            int64_t eid = slot < 0 ? -1 : (int64_t)((uint32_t)table->slots[slot] - PREDIS_ID_BASE);
             if (eid >= e->count) {
                 PyErr_SetString(PyExc_ValueError, "the table names an entry past the entry arrays");
                 return -1;
@@ -365,7 +371,7 @@ static PyObject *Entries_read(Entries *self, PyObject *const *args, Py_ssize_t n
     if (!entries_ready(self))
         return NULL;
     const predis_blake2b_primed *hasher = predis_as_blake2b(args[0]);
-    predis_table *table = hasher ? predis_as_table(args[1]) : NULL;
+    const predis_ctable *table = hasher ? predis_as_ctable(args[1]) : NULL;
     if (table == NULL)
         return NULL;
     PyObject *keys = args[2];
@@ -525,7 +531,7 @@ static PyObject *Entries_read_reply(Entries *self, PyObject *const *args, Py_ssi
     if (!entries_ready(self))
         return NULL;
     const predis_blake2b_primed *hasher = predis_as_blake2b(args[0]);
-    predis_table *table = hasher ? predis_as_table(args[1]) : NULL;
+    const predis_ctable *table = hasher ? predis_as_ctable(args[1]) : NULL;
     if (table == NULL)
         return NULL;
     PyObject *keys = args[2], *null = args[6], *other = args[7];
@@ -706,7 +712,7 @@ static PyObject *Entries_overwrite(Entries *self, PyObject *const *args, Py_ssiz
     if (!entries_ready(self))
         return NULL;
     const predis_blake2b_primed *hasher = predis_as_blake2b(args[0]);
-    predis_table *table = hasher ? predis_as_table(args[1]) : NULL;
+    const predis_ctable *table = hasher ? predis_as_ctable(args[1]) : NULL;
     if (table == NULL)
         return NULL;
     PyObject *keys = args[2], *values = args[3];
