@@ -64,7 +64,8 @@ class TemplateClient(NumPyClient):
     def evaluate(self, parameters: list[numpy.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
         self.scorer.set_shared(parameters)
         loss = self.log_loss(parameters)
-        self.on_round({"step": "evaluate", "loss": loss})
+        final = "num_rounds" in config and config.get("server_round") == config["num_rounds"]
+        self.on_round({"step": "evaluate", "loss": loss, "final": final})
         return loss, int(self.scorer.examples), {}
 
     def log_loss(self, parameters: list[numpy.ndarray]) -> float:
