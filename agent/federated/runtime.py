@@ -29,6 +29,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -225,7 +226,10 @@ def build_fab(directory: Path, run_config: dict[str, Any]) -> tuple[bytes, str]:
     # TOML reads JSON's numbers, booleans and (simple) strings the same.
     config = "".join(f"{key} = {json.dumps(value)}\n" for key, value in run_config.items())
     (directory / "pyproject.toml").write_text(f"{FAB_PYPROJECT}\n[tool.flwr.app.config]\n{config}")
-    content = build_fab_from_disk(directory)
+    with warnings.catch_warnings():
+        # Flower 1.42 builds its file filters with pathspec's deprecated "gitwildmatch" name.
+        warnings.filterwarnings("ignore", message="GitWildMatchPattern", category=DeprecationWarning)
+        content = build_fab_from_disk(directory)
     return content, hashlib.sha256(content).hexdigest()
 
 

@@ -220,9 +220,12 @@ def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | N
         log.info("federated: run %d started on %s (%d round(s), %d client(s) a round)", run_id, listen, run_config["rounds"], run_config["min-clients"])
         acquirer = runtime.runtime_client(address, certs, None, "SuperExec")
         try:
-            token, _ = _until(lambda: _try(runtime.acquire, acquirer, runtime.SERVER_TASK), superlink, timeout or STARTUP_TIMEOUT_SECONDS, "the run's ServerApp task")
+            token, task_run = _until(lambda: _try(runtime.acquire, acquirer, runtime.SERVER_TASK), superlink, timeout or STARTUP_TIMEOUT_SECONDS, "the run's ServerApp task")
         finally:
             acquirer.close()
+        if task_run != run_id:
+            # Anyone who reaches the port reaches the Control API too (docs/federated.md).
+            raise RuntimeError(f"the SuperLink offered the ServerApp task of run {task_run}, not of this run {run_id}: another client started a run on it")
         context = runtime.run_server_task(address, certs, token, flower_app.server_app, run_config)
     finally:
         superlink.stop()
