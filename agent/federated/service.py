@@ -29,12 +29,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent.components import BaseComponent, Changes
-from agent.config import Config
+from agent.config import Config, Secret
 from agent.errors import AgentError
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings
+from agent.mlops.dataset import parse_key
 from agent.telemetry import MLOPS_METRICS, Metric, sample
 
 log = logging.getLogger("predis.federated")
@@ -67,6 +69,8 @@ class FederatedService:
         self.register_error: str | None = None
         self._final = False
         self._cursor = 0  # the ring sequence the next round reads from
+        self._segments_read: set[str] = set()  # exported segments a round has read (source: segments)
+        self.access_log: dict[str, Any] = {}
         self.scorer: Any = None
         self.accountant = PrivacyAccountant(PrivacySettings())
         self.rounds_completed = 0
@@ -85,6 +89,7 @@ class FederatedService:
         section = cfg.section("mlops.federated")
         with self._lock:
             self.mlops = cfg.section("mlops")
+            self.access_log = cfg.section("collectors.access_log")
             self.vocabulary_size = int(cfg.section("cache.prefetch")["vocabulary_size"])
             if section == self.section and (self._thread is not None or not section["enabled"]):
                 return
@@ -121,6 +126,9 @@ class FederatedService:
 
     # -- the client thread --------------------------------------------------------------
     def _keys(self) -> list[bytes]:
+        """The raw keys read since the last round, from the configured source."""
+        if self.section.get("source") == "segments":
+            return self._segment_keys()
         ring = self._ring()
         if ring is None:
             return []
@@ -131,6 +139,28 @@ class FederatedService:
             out += [k for k in (got.keys or ()) if k is not None]
             if got.events.shape[0] < READ_CHUNK:
                 return out
+
+    def _segment_keys(self) -> list[bytes]:
+        """The keys of the exported segments not read by an earlier round, oldest first; a
+        segment that fails verification is skipped (and not read again)."""
+        from agent.mlops.dataset import SegmentError, list_segments, read_segments
+
+        directory = self.access_log.get("export_dir")
+        if not directory or not Path(directory).is_dir():
+            return []
+        material = self.access_log.get("encryption_key")
+        text = material.reveal_bytes() if isinstance(material, Secret) else material
+        keys = [parse_key(text)] if text else []
+        fresh = [name for name in list_segments(directory) if name not in self._segments_read]
+
+        def skip(exc: SegmentError) -> None:
+            log.warning("federated: skipping a segment that failed verification: %s", exc)
+
+        out: list[bytes] = []
+        for data in read_segments(directory, keys, on_error=skip, names=fresh):
+            out += [k for k in (data.keys or ()) if k is not None]
+        self._segments_read.update(fresh)
+        return out
 
     def _on_round(self, info: dict[str, Any]) -> None:
         with self._lock:
@@ -325,10 +355,11 @@ class FederatedService:
 
 
 class FederatedComponent(BaseComponent):
-    """:class:`FederatedService`, restarted when ``mlops`` or ``cache.prefetch`` changes."""
+    """:class:`FederatedService`, restarted when ``mlops.federated`` changes (``mlops``,
+    ``cache.prefetch`` and the access log's export apply at once)."""
 
     name = "federated"
-    sections = ("mlops", "cache.prefetch")
+    sections = ("mlops", "cache.prefetch", "collectors.access_log")
 
     def __init__(self, service: FederatedService) -> None:
         self.service = service

@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Federated learning over the network: a Flower SuperLink (``predis-agent federated serve``)
 and three agents (each with its SuperNode), each under its own slice of one structured
-workload, over loopback TLS.
+workload, over loopback TLS. Host 1 learns from the segments it exported
+(``mlops.federated.source: segments``), the others from their in-memory rings; each host's
+example count is that of the reads it exported.
 
 The agents are driven (redis-py) while the server is still down: they keep serving and
 their clients keep retrying. Then the server runs 3 rounds; its audit record holds every
@@ -57,6 +59,9 @@ FINGERPRINT_BYTES = 8
 TENANT = "fleet"
 # Host 2 clips and noises its updates (the aggregate is still the weighted mean of what was sent).
 NOISY = 2
+# Host 1 learns from the segments it exported (mlops.federated.source: segments), the others
+# from their rings.
+FROM_SEGMENTS = 1
 CLIP_NORM = 0.05
 NOISE = 0.5
 BREAKER_FAILURES = 2
@@ -184,6 +189,8 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
             home = tmp_path / f"agent{h}"
             home.mkdir()
             config = agent_config(home, port, cert.cert, prefetch=h == 0)
+            if h == FROM_SEGMENTS:
+                config["mlops"]["federated"]["source"] = "segments"
             if secure:
                 config["mlops"]["federated"]["secure_aggregation"] = True
             elif h == NOISY:
@@ -257,6 +264,10 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
         replies = [(kind, message_from_proto(MessageProto.FromString(blob))) for kind, blob in round_messages]
         with numpy.load(where / "aggregate.npz") as data:
             aggregate = [data[f"arr_{i}"] for i in range(len(data.files))]
+        # Every host learned all its reads (its ring's or its segments'; all were logged and
+        # exported before the first round) and sends the same parameters every round.
+        weights = [n for _, n in exported]
+        assert sorted(entry["num_examples"] for entry in fits) == sorted(weights) and len(set(weights)) > 1
         if secure:
             # Four SecAgg+ stages and the evaluate step, one message each per host; the train
             # replies hold no parameters the server could read, only the masked vector.
@@ -264,9 +275,6 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
             assert all(len(part) == 0 for kind, reply in replies if kind == "train" for part in reply.content.array_records.values())
             configs = [reply.content.config_records.get("secaggplus_configs", {}) for kind, reply in replies if kind == "train"]
             assert sum("masked_params" in c for c in configs) == HOSTS
-            # Every round sends the same parameters: all reads were logged before the first.
-            weights = [n for _, n in exported]
-            assert sorted(entry["num_examples"] for entry in fits) == sorted(weights) and len(set(weights)) > 1
             for i, part in enumerate(aggregate):
                 mean = sum(params[i] * n for (params, _), n in zip(exported, weights)) / sum(weights)
                 assert numpy.abs(part - mean).max() <= secagg_bound([p for p, _ in exported], weights, i)
