@@ -15,8 +15,8 @@ its own thread (so the ClientApp reads the agent's in-memory access-log ring), a
 here do the same pull / run / push through Flower's own Runtime API client and protocol
 helpers, and nothing else.
 
-The SuperLink and the SuperNode run as child processes (``flower-superlink``,
-``flower-supernode``); their output goes through our logging (logger
+The SuperLink and the SuperNode run as child processes (Flower's ``flower-superlink`` and
+``flower-supernode`` console scripts, run with the agent's own Python); their output goes through our logging (logger
 ``predis.federated.flower``), never to our stdout.
 """
 
@@ -27,6 +27,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -103,11 +104,23 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def flower_command(name: str) -> list[str]:
+    """The argv that runs Flower's console script ``name`` with this Python (the environment
+    the agent is installed in, whatever PATH says)."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="console_scripts", name=name))
+    if not found:
+        raise FileNotFoundError(f"Flower's {name} is not installed (pip install 'predis-agent[federated]')")
+    module, _, function = found[0].value.partition(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function} as main; sys.argv[0] = {name!r}; sys.exit(main())"]
+
+
 def start_supernode(superlink: str, ca_file: str | None, runtime_port: int, max_retries: int, max_wait_seconds: float) -> FlowerProcess:
     """The host's SuperNode: connects to ``superlink`` (TLS with ``ca_file``), serves its Runtime
     API on ``127.0.0.1:runtime_port`` and leaves the ClientApp tasks to us; it exits when it
     cannot reach the SuperLink within ``max_retries`` / ``max_wait_seconds``."""
-    argv = ["flower-supernode", "--superlink", superlink, "--isolation", "process", "--host", "127.0.0.1", "--port", str(runtime_port)]
+    argv = [*flower_command("flower-supernode"), "--superlink", superlink, "--isolation", "process", "--host", "127.0.0.1", "--port", str(runtime_port)]
     argv += ["--root-certificates", ca_file] if ca_file else ["--insecure"]
     argv += ["--max-retries", str(max_retries), "--max-wait-time", str(max_wait_seconds)]
     return FlowerProcess(argv, "supernode")
@@ -115,7 +128,7 @@ def start_supernode(superlink: str, ca_file: str | None, runtime_port: int, max_
 
 def start_superlink(host: str, port: int, tls: tuple[str, str, str] | None) -> FlowerProcess:
     """The fleet's SuperLink on ``host:port`` (``tls``: CA, certificate and key files)."""
-    argv = ["flower-superlink", "--isolation", "process", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    argv = [*flower_command("flower-superlink"), "--isolation", "process", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     if tls is None:
         argv.append("--insecure")
     else:

@@ -241,6 +241,8 @@ def _try(call: Any, *args: Any) -> Any:
         return call(*args)
     except httpx.TransportError:
         return None
+    except httpx.HTTPStatusError as exc:
+        raise RuntimeError(f"the SuperLink answered {exc.response.status_code} to {exc.request.url.path} (its log, logger predis.federated.flower, says why)") from exc
 
 
 def _until(probe: Any, superlink: Any, timeout: float, what: str) -> Any:

@@ -241,3 +241,22 @@ def test_a_champion_mixture_gains_the_template_expert_and_registers_as_challenge
     assert loaded.template is not None and numpy.array_equal(loaded.template.shared_pair, scorer.shared_pair)
     ident = loaded_vocab.encode(b"user:999:profile")
     assert loaded.predict_one(ident, 1)[0][0] == loaded_vocab.encode(b"user:999:orders")
+
+
+def test_a_mixture_starts_from_another_mixtures_expert_weights() -> None:
+    vocab = Vocabulary(4096)
+    warm = MixtureModel(vocab, vocab.capacity, template=TemplateScorer())
+    for _ in range(3):
+        warm.observe(vocab.encode_many(chain(range(40))))
+        warm.predict(vocab.encode_many([b"user:1:profile"]), 2)
+    weights = warm.expert_weights()
+    assert weights[1].sum() > 0  # the warm mixture measured its experts
+    cold = MixtureModel(vocab, vocab.capacity, template=TemplateScorer())
+    cold.set_expert_weights(weights)
+    assert numpy.array_equal(cold.precision, warm.precision) and not numpy.array_equal(cold.precision, MixtureModel(vocab, vocab.capacity, template=TemplateScorer()).precision)
+    weights[0][0] = -1.0
+    assert cold.hits[0] != -1.0  # a copy, not the warm model's arrays
+    with pytest.raises(ValueError, match="3 experts"):
+        MixtureModel(vocab, vocab.capacity).set_expert_weights(cold.expert_weights())
+    with pytest.raises(ValueError, match="hits <= proposals"):
+        cold.set_expert_weights([numpy.ones(4), numpy.zeros(4)])
