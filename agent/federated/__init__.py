@@ -2,6 +2,15 @@
 """Federated learning across agents on Flower (docs/federated.md): the key-free template
 scorer trained on each host and averaged by the fleet's server."""
 
+import os
+
+# Flower reports usage to its servers and checks for updates unless told not to; a host
+# agent never phones home. Set here, before any module of this package imports flwr (it
+# reads them on import), and passed to the SuperLink / SuperNode children.
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+for _name, _value in QUIET_ENV.items():
+    os.environ.setdefault(_name, _value)
+
 # SecAgg+ settings of ``predis-agent federated serve`` (Flower's SecAggPlusWorkflow; the
 # quantisation error they allow is derived in docs/federated.md).
 # Shares of each host's secret: a fraction of the round's hosts (1.0: every other host).

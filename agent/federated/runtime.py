@@ -35,15 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from agent.federated import QUIET_ENV
+
 log = logging.getLogger("predis.federated")
 flower_log = logging.getLogger("predis.federated.flower")
-
-# Flower reports usage to its servers and checks for updates unless told not to; a host
-# agent never phones home. Set before flwr is imported anywhere (it reads them on import),
-# and passed to the SuperLink / SuperNode children.
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-for _name, _value in QUIET_ENV.items():
-    os.environ.setdefault(_name, _value)
 
 
 
