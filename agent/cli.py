@@ -627,7 +627,7 @@ def federated_serve(
         "max-weight": float(max_weight),
     }
     try:
-        result = serve(listen, run_config, tls, round_timeout)
+        result = serve(listen, run_config, tls)
     except (RuntimeError, TimeoutError) as exc:
         _fail(f"federated serve: {exc}", 1)
     if as_json:

@@ -187,10 +187,9 @@ def _control_client(address: str, root_certificates: bytes | None) -> Any:
     return ControlHttpClient.from_server_address(address, root_certificates is None, root_certificates, [])
 
 
-def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | None, timeout: float | None) -> dict[str, Any]:
-    """Run one run of ``run_config["rounds"]`` rounds on a SuperLink at ``listen``; what it achieved.
-
-    ``timeout`` bounds the wait for the run's ServerApp task to appear on the SuperLink."""
+def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | None) -> dict[str, Any]:
+    """Run one run of ``run_config["rounds"]`` rounds on a SuperLink at ``listen`` (``tls``: CA,
+    certificate and key files); what it achieved."""
     from flwr.common.serde import fab_to_proto
     from flwr.proto.control_pb2 import StartRunRequest
     from flwr.supercore.fab import Fab
@@ -220,7 +219,7 @@ def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | N
         log.info("federated: run %d started on %s (%d round(s), %d client(s) a round)", run_id, listen, run_config["rounds"], run_config["min-clients"])
         acquirer = runtime.runtime_client(address, certs, None, "SuperExec")
         try:
-            token, task_run = _until(lambda: _try(runtime.acquire, acquirer, runtime.SERVER_TASK), superlink, timeout or STARTUP_TIMEOUT_SECONDS, "the run's ServerApp task")
+            token, task_run = _until(lambda: _try(runtime.acquire, acquirer, runtime.SERVER_TASK), superlink, STARTUP_TIMEOUT_SECONDS, "the run's ServerApp task")
         finally:
             acquirer.close()
         if task_run != run_id:

@@ -1,16 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The agent's side of federated learning: a Flower client in a thread of its own.
+"""The agent's side of federated learning: a Flower ClientApp answered in a thread of its own.
 
-With ``mlops.federated.enabled`` the agent joins the runs of the Flower server at
-``mlops.federated.server`` (agent.federated.client): it connects, answers each round, keeps
-the final aggregate, then waits ``retry_interval_seconds`` and joins the next run. A server
-that is down or slow costs this thread retries (Flower's ``max_retries`` /
-``max_wait_seconds``), a doubling back-off (``backoff_seconds`` up to
-``max_backoff_seconds``) and a circuit breaker (pybreaker, as the exporters' sinks: after
-``breaker_failures`` failed runs in a row no connection is tried for
-``breaker_reset_seconds``), never a request: the thread only reads the
-access-log ring (one short copy under its lock) and the cache never waits on it.
-``enabled: false`` is the host's opt-out: nothing is sent.
+With ``mlops.federated.enabled`` the agent starts its Flower SuperNode (a child process,
+agent.federated.runtime) against the fleet's SuperLink at ``mlops.federated.server`` and
+answers the SuperNode's ClientApp tasks in its client thread with the ClientApp of
+agent.federated.flower_app (the host's agent.federated.client): each round of a run, then,
+after the evaluate step of the run's last round, keeps the final aggregate, waits
+``retry_interval_seconds`` and takes part in the next run. A server that is down or slow
+costs this thread retries (the SuperNode's ``max_retries`` / ``max_wait_seconds``, after
+which it exits), a doubling back-off (``backoff_seconds`` up to ``max_backoff_seconds``) and
+a circuit breaker (pybreaker, as the exporters' sinks: after ``breaker_failures`` failed
+runs in a row no SuperNode is started for ``breaker_reset_seconds``), never a request: the
+thread only reads the access-log ring (one short copy under its lock) or the exported
+segments (``source: segments``), and the cache never waits on it. ``enabled: false`` is the
+host's opt-out: nothing is sent.
 
 A run's result is never served as such: with ``register`` on, the agent builds a
 challenger (the tenant's champion, or a fresh mixture when there is none, with the template
