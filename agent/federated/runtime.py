@@ -101,14 +101,20 @@ def free_loopback_port() -> int:
 
 def flower_command(name: str) -> list[str]:
     """The argv that runs Flower's console script ``name`` with this Python (the environment
-    the agent is installed in, whatever PATH says)."""
+    the agent is installed in, whatever PATH says), ending when this process ends (Flower's
+    own parent monitor: a SuperNode orphaned by a killed agent would stay in the fleet's
+    rounds and never answer)."""
     from importlib.metadata import entry_points
 
     found = list(entry_points(group="console_scripts", name=name))
     if not found:
         raise FileNotFoundError(f"Flower's {name} is not installed (pip install 'predis-agent[federated]')")
     module, _, function = found[0].value.partition(":")
-    return [sys.executable, "-c", f"import sys; from {module} import {function} as main; sys.argv[0] = {name!r}; sys.exit(main())"]
+    code = (
+        "import sys; from flwr.supercore.app_utils import start_parent_process_monitor; "
+        f"start_parent_process_monitor({os.getpid()}); from {module} import {function} as main; sys.argv[0] = {name!r}; sys.exit(main())"
+    )
+    return [sys.executable, "-c", code]
 
 
 def start_supernode(superlink: str, ca_file: str | None, runtime_port: int, max_retries: int, max_wait_seconds: float) -> FlowerProcess:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +45,7 @@ from agent.mlops.dataset import read_segments
 from agent.mlops.registry import ModelRegistry
 from cache_core.models.template import TemplateScorer
 from tests import peers
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, pid_running
 from tests.polling import wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -323,3 +324,36 @@ def test_an_agent_serves_and_stops_while_the_server_hangs(tmp_path: Path) -> Non
             assert agent.stop() == 0
             for conn in held:
                 conn.close()
+
+
+def supernodes(pid: int) -> list[int]:
+    """The flower-supernode children of process ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"flower-supernode" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def test_a_killed_agent_leaves_no_supernode_behind(tmp_path: Path) -> None:
+    """An agent killed outright takes its SuperNode with it: an orphan would stay connected
+    to the fleet, be counted in its rounds and never answer."""
+    cert = peers.self_signed_cert(tmp_path / "tls")
+    home = tmp_path / "agent"
+    home.mkdir()
+    config = agent_config(home, peers.free_port(), cert.cert, prefetch=False)
+    # Retries that outlast the test: the SuperNode does not end by itself.
+    config["mlops"]["federated"].update(max_retries=1000, max_wait_seconds=3600)
+    agent = AgentProcess(home, config).start()
+    try:
+        assert agent.proc is not None
+        (node,) = wait_for(lambda: supernodes(agent.proc.pid), what="the SuperNode")  # type: ignore[union-attr]
+        agent.signal(signal.SIGKILL)
+        agent.proc.wait(timeout=10)
+        wait_for(lambda: not pid_running(node), timeout=30, what="the orphaned SuperNode to end")
+    finally:
+        agent.stop()
