@@ -22,6 +22,7 @@ import click
 
 from agent import __version__
 from agent.errors import ConfigError, SecurityError, StartupError
+from agent.federated import SECAGG_CLIPPING_RANGE, SECAGG_MAX_WEIGHT, SECAGG_NUM_SHARES, SECAGG_QUANTIZATION_RANGE, SECAGG_RECONSTRUCTION_THRESHOLD
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -555,20 +556,41 @@ def federated() -> None:
 
 
 @federated.command("serve")
-@click.option("--listen", required=True, help="HOST:PORT the Flower server listens on (agents' mlops.federated.server).")
+@click.option("--listen", required=True, help="HOST:PORT the Flower SuperLink listens on (agents' mlops.federated.server).")
 @click.option("--rounds", type=click.IntRange(min=1), required=True, help="Rounds to run.")
 @click.option("--min-clients", "min_clients", type=click.IntRange(min=1), required=True, help="Agents every round waits for (and averages).")
 @click.option("--ca-file", "ca_file", type=click.Path(dir_okay=False, exists=True), help="CA certificate the agents verify the server with (TLS needs all three files).")
 @click.option("--certfile", type=click.Path(dir_okay=False, exists=True), help="The server's certificate (PEM).")
 @click.option("--keyfile", type=click.Path(dir_okay=False, exists=True), help="The server's private key (PEM).")
 @click.option("--insecure", is_flag=True, help="Serve without TLS (refused unless the address is loopback).")
-@click.option("--round-timeout", "round_timeout", type=click.FloatRange(min=1), default=None, help="Seconds a round waits for its clients' answers (none: no limit).")
+@click.option("--round-timeout", "round_timeout", type=click.FloatRange(min=1), default=None, help="Seconds a round (each SecAgg+ stage) waits for its clients' answers (none: no limit).")
 @click.option("--record", type=click.Path(file_okay=False), default=None, help="Directory for the audit of each round: every client message, the counts and the aggregate.")
+@click.option("--secure-aggregation", "secure", is_flag=True, help="Aggregate with SecAgg+: the server sees only masked vectors and their sum.")
+@click.option("--num-shares", "num_shares", type=click.FloatRange(min=0, min_open=True), default=SECAGG_NUM_SHARES, show_default=True, help="SecAgg+: shares of each host's secret (a count above 2, or a fraction of the round's hosts).")
+@click.option("--reconstruction-threshold", "threshold", type=click.FloatRange(min=0, min_open=True), default=SECAGG_RECONSTRUCTION_THRESHOLD, show_default=True, help="SecAgg+: shares that reconstruct a secret (a count, or a fraction of the shares).")
+@click.option("--clipping-range", "clipping_range", type=click.FloatRange(min=0, min_open=True), default=SECAGG_CLIPPING_RANGE, show_default=True, help="SecAgg+: parameters are clipped to [-range, range] before quantisation.")
+@click.option("--quantization-range", "quantization_range", type=click.IntRange(min=2), default=SECAGG_QUANTIZATION_RANGE, show_default=True, help="SecAgg+: integers the clipped range is quantised to.")
+@click.option("--max-weight", "max_weight", type=click.FloatRange(min=1), default=SECAGG_MAX_WEIGHT, show_default=True, help="SecAgg+: a host's weight is its example count over this (keep it above the largest count).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's result as one JSON object.")
 def federated_serve(
-    listen: str, rounds: int, min_clients: int, ca_file: str | None, certfile: str | None, keyfile: str | None, insecure: bool, round_timeout: float | None, record: str | None, as_json: bool
+    listen: str,
+    rounds: int,
+    min_clients: int,
+    ca_file: str | None,
+    certfile: str | None,
+    keyfile: str | None,
+    insecure: bool,
+    round_timeout: float | None,
+    record: str | None,
+    secure: bool,
+    num_shares: float,
+    threshold: float,
+    clipping_range: float,
+    quantization_range: int,
+    max_weight: float,
+    as_json: bool,
 ) -> None:
-    """Run a Flower server with FedAvg (weighted by examples) for ROUNDS rounds.
+    """Run a Flower SuperLink and one run of ROUNDS rounds of FedAvg (weighted by examples).
 
     Exit 2 on a bad address, missing TLS files or a missing federated extra.
     """
@@ -591,10 +613,23 @@ def federated_serve(
         from agent.federated.server import serve
     except ImportError as exc:
         _fail(f"federated learning needs the federated extra (pip install 'predis-agent[federated]'): {exc}", 2)
-    certificates = None
-    if ca_file and certfile and keyfile:
-        certificates = (Path(ca_file).read_bytes(), Path(certfile).read_bytes(), Path(keyfile).read_bytes())
-    result = serve(listen, rounds, min_clients, certificates, Path(record) if record else None, round_timeout)
+    tls = (str(ca_file), str(certfile), str(keyfile)) if all(files) else None
+    run_config = {
+        "rounds": rounds,
+        "min-clients": min_clients,
+        "round-timeout": float(round_timeout or 0),
+        "record": str(Path(record).resolve()) if record else "",
+        "secure-aggregation": secure,
+        "num-shares": float(num_shares),
+        "reconstruction-threshold": float(threshold),
+        "clipping-range": float(clipping_range),
+        "quantization-range": quantization_range,
+        "max-weight": float(max_weight),
+    }
+    try:
+        result = serve(listen, run_config, tls)
+    except (RuntimeError, TimeoutError) as exc:
+        _fail(f"federated serve: {exc}", 1)
     if as_json:
         click.echo(json.dumps(result))
     else:

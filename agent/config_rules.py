@@ -167,6 +167,8 @@ def _federated(data: Mapping[str, Any]) -> Iterator[Finding]:
         yield "mlops.federated.noise_multiplier", "needs mlops.federated.clip_norm: noise is scaled to the clip norm"
     if not _at(data, "collectors.access_log.enabled") or not _at(data, "collectors.access_log.store_raw_keys"):
         yield "mlops.federated.enabled", "needs collectors.access_log with enabled and store_raw_keys: true (the host learns template transitions from its keys)"
+    if section.get("source") == "segments" and not (_at(data, "collectors.access_log.export_dir") and _at(data, "collectors.access_log.encryption_key")):
+        yield "mlops.federated.source", "segments needs collectors.access_log.export_dir and encryption_key (the host learns from the segments it exported)"
     parsed = split_listen(str(section.get("server", "")))
     if isinstance(parsed, str):
         yield "mlops.federated.server", parsed
@@ -193,7 +195,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "federated-settings",
-        "mlops.federated.enabled needs the access log with raw keys, a HOST:PORT server, TLS off loopback, and clip_norm when noise is on",
+        "mlops.federated.enabled needs the access log with raw keys (and its export for source: segments), a HOST:PORT server, TLS off loopback, and clip_norm when noise is on",
         _federated,
     ),
 )

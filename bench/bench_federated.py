@@ -18,7 +18,12 @@ by the others) through the real cache and prefetcher, with:
   host alone (the same agent, without the fleet);
 * ``federated`` kind with the fleet's rates: the same, starting from the fleet's rates;
 * the federated rows again with noise multipliers ``--noise`` (and the ε each host spent
-  over ``--rounds`` rounds at δ = 1e-5, from the dp-accounting RDP accountant).
+  over ``--rounds`` rounds at δ = 1e-5, from the dp-accounting RDP accountant);
+* ``federated`` kind with the fleet's rates **and the fleet's expert weights**: each
+  training host also serves its first ``--weights-train`` reads through a mixture with the
+  template expert (learning on its own) and shares the mixture's key-free weights (each
+  expert's decayed hits and proposals, MixtureModel.expert_weights); the cold host's mixture
+  starts from their FedAvg instead of the prior.
 """
 
 from __future__ import annotations
@@ -71,13 +76,26 @@ def fleet_rates(train: int, seed: int, noise: float, clip_norm: float, rounds: i
     return global_params, accountant.epsilon()
 
 
-def replay_cold(keys: list[bytes], template: TemplateScorer | None) -> tuple[float, float, float]:
-    """Hit ratio over the first ``EARLY`` reads and over all of ``keys``, and the model's
-    inference time per access (the prefetcher's own measure)."""
+def fleet_weights(train: int, seed: int, n_routes: int) -> list[numpy.ndarray]:
+    """FedAvg (weighted by reads) of the training hosts' mixture weights after ``train`` reads."""
+    results = []
+    for h in range(TRAIN_HOSTS):
+        trace = host_trace(h, train, seed + h, n_routes)
+        *_, model = replay_cold(trace, TemplateScorer())
+        results.append((model.expert_weights(), len(trace)))
+    return aggregate(results)
+
+
+def replay_cold(keys: list[bytes], template: TemplateScorer | None, weights: list[numpy.ndarray] | None = None) -> tuple[float, float, float, MixtureModel]:
+    """Hit ratio over the first ``EARLY`` reads and over all of ``keys``, the model's
+    inference time per access (the prefetcher's own measure), and the model; the mixture
+    starts from ``weights`` when given."""
     origin = MemoryOrigin()
     cache = replay_cache(max(16, int(CACHE_SHARE * len(set(keys)))), "lru", origin)
     vocab = Vocabulary(VOCABULARY_PER_KEY * len(set(keys)) + 1024)
     model = MixtureModel(vocab, vocab.capacity, template=template)
+    if weights is not None:
+        model.set_expert_weights(weights)
     prefetcher = Prefetcher(cache, origin, model, vocab, MODEL_SETTINGS, sync=True)
     early = 0.0
     for i, key in enumerate(keys, 1):
@@ -85,19 +103,27 @@ def replay_cold(keys: list[bytes], template: TemplateScorer | None) -> tuple[flo
         prefetcher.observe((key,))
         if i == EARLY:
             early = float(replay_figures(cache.stats, i)["hit_ratio"])
-    return early, float(replay_figures(cache.stats, len(keys))["hit_ratio"]), float(prefetcher.status()["inference_seconds_per_access"])
+    return early, float(replay_figures(cache.stats, len(keys))["hit_ratio"]), float(prefetcher.status()["inference_seconds_per_access"]), model
 
 
-def run(requests: int, train: int, seed: int, noise_levels: list[float], clip_norm: float, rounds: int, n_routes: int) -> list[tuple[str, tuple[float, float, float], str]]:
+def run(
+    requests: int, train: int, seed: int, noise_levels: list[float], clip_norm: float, rounds: int, n_routes: int, weights_train: int
+) -> list[tuple[str, tuple[float, float, float], str]]:
     cold = host_trace(COLD_HOST, requests, seed + COLD_HOST, n_routes)
-    rows = [("`model`: mixture, no template expert", replay_cold(cold, None), "")]
-    rows.append(("`federated` kind, from nothing", replay_cold(cold, TemplateScorer()), ""))
+    rows = [("`model`: mixture, no template expert", replay_cold(cold, None)[:3], "")]
+    rows.append(("`federated` kind, from nothing", replay_cold(cold, TemplateScorer())[:3], ""))
     for noise in [0.0, *noise_levels]:
         shared, epsilon = fleet_rates(train, seed, noise, clip_norm, rounds, n_routes)
         scorer = TemplateScorer()
         scorer.set_shared(shared)
         label = "`federated` kind, with the fleet's rates" + (f", noise {noise:g} × clip {clip_norm:g}" if noise else ", no noise")
-        rows.append((label, replay_cold(cold, scorer), "∞ (no noise)" if epsilon is None else f"{epsilon:.3g}"))
+        rows.append((label, replay_cold(cold, scorer)[:3], "∞ (no noise)" if epsilon is None else f"{epsilon:.3g}"))
+    if weights_train > 0:
+        shared, _ = fleet_rates(train, seed, 0.0, clip_norm, rounds, n_routes)
+        weights = fleet_weights(weights_train, seed, n_routes)
+        scorer = TemplateScorer()
+        scorer.set_shared(shared)
+        rows.append(("`federated` kind, with the fleet's rates and expert weights, no noise", replay_cold(cold, scorer, weights)[:3], "∞ (no noise)"))
     return rows
 
 
@@ -110,9 +136,10 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=0.05, help="L2 clip norm of a host's update")
     parser.add_argument("--noise", type=float, nargs="*", default=[0.01, 0.1], help="noise multipliers of the DP rows")
     parser.add_argument("--routes", type=int, default=ROUTES, help="request types of the application (more: a longer tail of templates)")
+    parser.add_argument("--weights-train", type=int, default=20_000, help="reads each training host serves to learn its mixture's expert weights (0: no such row)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
-    rows = run(args.requests, args.train, args.seed, args.noise, args.clip, args.rounds, args.routes)
+    rows = run(args.requests, args.train, args.seed, args.noise, args.clip, args.rounds, args.routes, args.weights_train)
     early_base, base, _ = rows[1][1]
     if args.markdown:
         print(f"Machine: {machine()}\n")

@@ -2,13 +2,14 @@
 """The agent's Flower client: trains the key-free template scorer on this host's reads.
 
 Each round the server sends the fleet's parameters; the client takes them as its prior,
-learns from the reads logged since the last round (raw keys from the access-log ring,
-``collectors.access_log.store_raw_keys``), and answers with its parameters (clipped and
+learns from the reads logged since the last round (raw keys from the access-log ring or
+its exported segments, ``collectors.access_log.store_raw_keys``), and answers with its parameters (clipped and
 noised when configured, agent.federated.privacy), its example count and scalar metrics.
 Nothing else leaves the host: no key, no template text, no fingerprint (the parameters
 are the per-example rates of cache_core.models.template, arrays of fixed shape indexed by
-a public hash). The evaluate step receives the final aggregate and scores it on the
-host's own transitions (a log-loss) and keeps it as the host's federated model.
+a public hash); under SecAgg+ they leave it only masked (agent.federated.flower_app). The
+evaluate step receives the round's aggregate, scores it on the host's own transitions (a
+log-loss) and keeps it; the last round's is the host's federated model.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class TemplateClient(NumPyClient):
     def evaluate(self, parameters: list[numpy.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
         self.scorer.set_shared(parameters)
         loss = self.log_loss(parameters)
-        self.on_round({"step": "evaluate", "loss": loss})
+        final = "num_rounds" in config and config.get("server_round") == config["num_rounds"]
+        self.on_round({"step": "evaluate", "loss": loss, "final": final})
         return loss, int(self.scorer.examples), {}
 
     def log_loss(self, parameters: list[numpy.ndarray]) -> float:

@@ -1,16 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The agent's side of federated learning: a Flower client in a thread of its own.
+"""The agent's side of federated learning: a Flower ClientApp answered in a thread of its own.
 
-With ``mlops.federated.enabled`` the agent joins the runs of the Flower server at
-``mlops.federated.server`` (agent.federated.client): it connects, answers each round, keeps
-the final aggregate, then waits ``retry_interval_seconds`` and joins the next run. A server
-that is down or slow costs this thread retries (Flower's ``max_retries`` /
-``max_wait_seconds``), a doubling back-off (``backoff_seconds`` up to
-``max_backoff_seconds``) and a circuit breaker (pybreaker, as the exporters' sinks: after
-``breaker_failures`` failed runs in a row no connection is tried for
-``breaker_reset_seconds``), never a request: the thread only reads the
-access-log ring (one short copy under its lock) and the cache never waits on it.
-``enabled: false`` is the host's opt-out: nothing is sent.
+With ``mlops.federated.enabled`` the agent starts its Flower SuperNode (a child process,
+agent.federated.runtime) against the fleet's SuperLink at ``mlops.federated.server`` and
+answers the SuperNode's ClientApp tasks in its client thread with the ClientApp of
+agent.federated.flower_app (the host's agent.federated.client): each round of a run, then,
+after the evaluate step of the run's last round, keeps the final aggregate, waits
+``retry_interval_seconds`` and takes part in the next run. A server that is down or slow
+costs this thread retries (the SuperNode's ``max_retries`` / ``max_wait_seconds``, after
+which it exits), a doubling back-off (``backoff_seconds`` up to ``max_backoff_seconds``) and
+a circuit breaker (pybreaker, as the exporters' sinks: after ``breaker_failures`` failed
+runs in a row no SuperNode is started for ``breaker_reset_seconds``), never a request: the
+thread only reads the access-log ring (one short copy under its lock) or the exported
+segments (``source: segments``), and the cache never waits on it. ``enabled: false`` is the
+host's opt-out: nothing is sent.
 
 A run's result is never served as such: with ``register`` on, the agent builds a
 challenger (the tenant's champion, or a fresh mixture when there is none, with the template
@@ -33,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.components import BaseComponent, Changes
-from agent.config import Config
+from agent.config import Config, Secret
 from agent.errors import AgentError
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings
+from agent.mlops.dataset import parse_key
 from agent.telemetry import MLOPS_METRICS, Metric, sample
 
 log = logging.getLogger("predis.federated")
@@ -44,6 +48,12 @@ _SPECS = {spec.name: spec for spec in MLOPS_METRICS}
 EXTRA_MODULES = ("flwr", "dp_accounting")
 # The most keys one round reads from the ring at a time (the ring's own bound applies too).
 READ_CHUNK = 1 << 16
+# How often the client thread asks its SuperNode for a task while it waits for a round.
+TASK_POLL_SECONDS = 0.2
+
+
+class FederatedRunError(AgentError):
+    """A run this host took part in ended before its last round."""
 
 
 class FederatedService:
@@ -62,6 +72,8 @@ class FederatedService:
         self.register_error: str | None = None
         self._final = False
         self._cursor = 0  # the ring sequence the next round reads from
+        self._segments_read: set[str] = set()  # exported segments a round has read (source: segments)
+        self.access_log: dict[str, Any] = {}
         self.scorer: Any = None
         self.accountant = PrivacyAccountant(PrivacySettings())
         self.rounds_completed = 0
@@ -71,6 +83,8 @@ class FederatedService:
         self.last_loss: float | None = None
         self.state = "disabled"
         self._breaker: Any = None
+        self._node: Any = None  # the host's SuperNode (agent.federated.runtime.FlowerProcess)
+        self._node_address = ""
 
     # -- lifecycle ----------------------------------------------------------------------
     def configure(self, cfg: Config) -> None:
@@ -78,6 +92,7 @@ class FederatedService:
         section = cfg.section("mlops.federated")
         with self._lock:
             self.mlops = cfg.section("mlops")
+            self.access_log = cfg.section("collectors.access_log")
             self.vocabulary_size = int(cfg.section("cache.prefetch")["vocabulary_size"])
             if section == self.section and (self._thread is not None or not section["enabled"]):
                 return
@@ -101,15 +116,22 @@ class FederatedService:
         self._thread.start()
 
     def stop(self) -> None:
-        """Tell the client thread to end after its current run (it is a daemon: an agent that
-        stops never waits for a round; Flower's client ends its run when the server does)."""
+        """Tell the client thread to end and stop the host's SuperNode (the thread is a daemon:
+        an agent that stops never waits for a round; the server counts the host as gone)."""
         if self._thread is None:
             return
         self._stop.set()
         self._thread = None
+        with self._lock:
+            node, self._node = self._node, None
+        if node is not None:
+            node.stop()
 
     # -- the client thread --------------------------------------------------------------
     def _keys(self) -> list[bytes]:
+        """The raw keys read since the last round, from the configured source."""
+        if self.section.get("source") == "segments":
+            return self._segment_keys()
         ring = self._ring()
         if ring is None:
             return []
@@ -121,6 +143,28 @@ class FederatedService:
             if got.events.shape[0] < READ_CHUNK:
                 return out
 
+    def _segment_keys(self) -> list[bytes]:
+        """The keys of the exported segments not read by an earlier round, oldest first; a
+        segment that fails verification is skipped (and not read again)."""
+        from agent.mlops.dataset import SegmentError, list_segments, read_segments
+
+        directory = self.access_log.get("export_dir")
+        if not directory or not Path(directory).is_dir():
+            return []
+        material = self.access_log.get("encryption_key")
+        text = material.reveal_bytes() if isinstance(material, Secret) else material
+        keys = [parse_key(text)] if text else []
+        fresh = [name for name in list_segments(directory) if name not in self._segments_read]
+
+        def skip(exc: SegmentError) -> None:
+            log.warning("federated: skipping a segment that failed verification: %s", exc)
+
+        out: list[bytes] = []
+        for data in read_segments(directory, keys, on_error=skip, names=fresh):
+            out += [k for k in (data.keys or ()) if k is not None]
+        self._segments_read.update(fresh)
+        return out
+
     def _on_round(self, info: dict[str, Any]) -> None:
         with self._lock:
             if info["step"] == "fit":
@@ -129,14 +173,14 @@ class FederatedService:
                 self.state = "training"
             else:
                 self.last_loss = float(info["loss"])
-                self._final = True
-        self._emit(f"federated_{info['step']}", {k: v for k, v in info.items() if k != "step"})
+                self._final = self._final or bool(info["final"])
+        self._emit(f"federated_{info['step']}", {k: v for k, v in info.items() if k not in ("step", "final")})
 
     def _run(self, stop: threading.Event, section: dict[str, Any]) -> None:
         import pybreaker
-        from flwr.client import start_client
-        from flwr.common.logger import console_handler
+        from flwr.supercore.logger import console_handler
 
+        from agent.federated import flower_app, runtime
         from agent.federated.client import TemplateClient
         from cache_core.models.template import TemplateScorer
 
@@ -145,33 +189,28 @@ class FederatedService:
         flower_log = logging.getLogger("flwr")
         flower_log.removeHandler(console_handler)
         flower_log.setLevel(logging.INFO)
+        runtime.quiet_http_logs()
         self.scorer = self.scorer or TemplateScorer()
-        ca_file = section["tls"]["ca_file"]
         backoff = float(section["backoff_seconds"])
         # Failed runs in a row open the breaker: no connection is tried until it half-opens.
         breaker = pybreaker.CircuitBreaker(fail_max=int(section["breaker_failures"]), reset_timeout=float(section["breaker_reset_seconds"]))
         self._breaker = breaker
         while not stop.is_set():
             client = TemplateClient(self.scorer, self._keys, self.accountant.settings, self.accountant, self._on_round)
+            flower_app.register(client, bool(section["secure_aggregation"]))
             with self._lock:
                 self.state = "connecting"
                 self._final = False
             try:
-                breaker.call(
-                    start_client,
-                    server_address=section["server"],
-                    client=client.to_client(),
-                    root_certificates=Path(ca_file).read_bytes() if ca_file else None,
-                    insecure=ca_file is None,
-                    max_retries=int(section["max_retries"]),
-                    max_wait_time=float(section["max_wait_seconds"]),
-                )
+                breaker.call(self._attempt, stop, section)
             except pybreaker.CircuitBreakerError as exc:
                 result, ok, wait = f"error: {exc}", False, float(section["breaker_reset_seconds"])
             except Exception as exc:
                 result, ok, wait = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False, backoff
             else:
                 result, ok, wait = "ok", True, float(section["retry_interval_seconds"])
+            if stop.is_set():
+                return
             with self._lock:
                 self.runs["ok" if ok else "error"] += 1
                 self.last_result = result
@@ -179,12 +218,64 @@ class FederatedService:
             self._emit("federated_run", {"result": result})
             if ok:
                 backoff = float(section["backoff_seconds"])
-                if self._final and section["register"]:
+                if section["register"]:
                     self._register()
             else:
                 log.warning("federated: run against %s failed (%s); next try in %.1fs", section["server"], result, wait)
                 backoff = min(2 * backoff, float(section["max_backoff_seconds"]))
             stop.wait(wait)
+
+    def _attempt(self, stop: threading.Event, section: dict[str, Any]) -> None:
+        """One run: this thread answers the ClientApp tasks of the host's SuperNode until the
+        evaluate step of the run's last round. The SuperNode (started when there is none)
+        outlives the run, so that it delivers the last reply and the next run finds it
+        connected. Raises when it exits during the run (the server was not reachable in
+        ``max_retries`` / ``max_wait_seconds``, or went away) or a task fails; returns early
+        when the agent stops."""
+        import httpx
+
+        from agent.federated import flower_app, runtime
+
+        node = self._supernode(stop, section)
+        if node is None:
+            return
+        acquirer = runtime.runtime_client(self._node_address, None, None, "SuperExec")
+        try:
+            while not stop.is_set() and not self._final:
+                code = node.poll()
+                if code is not None:
+                    raise FederatedRunError(f"the SuperNode exited with status {code}: the server {section['server']} was not reachable or went away")
+                try:
+                    task = runtime.acquire(acquirer, runtime.CLIENT_TASK)
+                except httpx.TransportError:
+                    task = None  # its Runtime API is not up yet
+                if task is None:
+                    stop.wait(TASK_POLL_SECONDS)
+                    continue
+                with self._lock:
+                    self.state = "training"
+                runtime.run_client_task(self._node_address, task[0], flower_app.client_app)
+        finally:
+            acquirer.close()
+
+    def _supernode(self, stop: threading.Event, section: dict[str, Any]) -> Any:
+        """The host's running SuperNode, started (again) when there is none; None once stopping."""
+        from agent.federated import runtime
+
+        with self._lock:
+            node = self._node
+        if node is not None and node.poll() is None:
+            return node
+        if node is not None:
+            node.stop()
+        port = runtime.free_loopback_port()
+        with self._lock:
+            if stop.is_set():
+                self._node = None
+                return None
+            node = runtime.start_supernode(section["server"], section["tls"]["ca_file"], port, int(section["max_retries"]), float(section["max_wait_seconds"]))
+            self._node, self._node_address = node, f"127.0.0.1:{port}"
+        return node
 
     def _register(self) -> None:
         """Register the fleet's model as the tenant's challenger (see the module docstring)."""
@@ -267,10 +358,11 @@ class FederatedService:
 
 
 class FederatedComponent(BaseComponent):
-    """:class:`FederatedService`, restarted when ``mlops`` or ``cache.prefetch`` changes."""
+    """:class:`FederatedService`, restarted when ``mlops.federated`` changes (``mlops``,
+    ``cache.prefetch`` and the access log's export apply at once)."""
 
     name = "federated"
-    sections = ("mlops", "cache.prefetch")
+    sections = ("mlops", "cache.prefetch", "collectors.access_log")
 
     def __init__(self, service: FederatedService) -> None:
         self.service = service

@@ -279,6 +279,22 @@ class MixtureModel:
             if place is not None:
                 place(xp)
 
+    def expert_weights(self) -> list[numpy.ndarray]:
+        """The mixture's key-free weights: each expert's (decayed) hits and proposals."""
+        return [self.hits.copy(), self.proposals.copy()]
+
+    def set_expert_weights(self, weights: list[numpy.ndarray]) -> None:
+        """Start from ``weights`` (another mixture's :meth:`expert_weights`, or a fleet's mean
+        of them, over the same experts) instead of the prior; they decay as this host's own
+        counts do."""
+        hits, proposals = (numpy.asarray(w, dtype=numpy.float64) for w in weights)
+        if hits.shape != self.hits.shape or proposals.shape != self.proposals.shape:
+            raise ValueError(f"expert weights have shapes {hits.shape} and {proposals.shape}; this mixture has {len(self.experts)} experts")
+        if (hits < 0).any() or (hits > proposals).any():
+            raise ValueError("expert weights need 0 <= hits <= proposals")
+        self.hits[...] = hits
+        self.proposals[...] = proposals
+
     @property
     def precision(self) -> numpy.ndarray:
         """Each expert's measured precision (posterior mean)."""

@@ -1,21 +1,29 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Federated learning over the network: a Flower server (``predis-agent federated serve``)
-and three agents, each under its own slice of one structured workload, over loopback TLS.
+"""Federated learning over the network: a Flower SuperLink (``predis-agent federated serve``)
+and three agents (each with its SuperNode), each under its own slice of one structured
+workload, over loopback TLS. Host 1 learns from the segments it exported
+(``mlops.federated.source: segments``), the others from their in-memory rings; each host's
+example count is that of the reads it exported.
 
 The agents are driven (redis-py) while the server is still down: they keep serving and
 their clients keep retrying. Then the server runs 3 rounds; its audit record holds every
-message each client sent. The test checks that each round's aggregate is the
-example-weighted mean of the clients' parameters (within 1e-12; one host clips and noises
-what it sends, and the aggregate is still the exact mean of what was sent), that no message
-holds a key, a key's text or a fingerprint the agents logged, that /status and /metrics
-report the rounds and the noisy host's ε, and that the fleet's model is registered as a
-challenger and canaried, never served directly.
+message each client sent. Without SecAgg+, the test checks that each round's aggregate is
+the example-weighted mean of the parameters the clients sent (within 1e-12; one host clips
+and noises what it sends, and the aggregate is still the exact mean of what was sent). With
+SecAgg+ (every host requires it), the server only receives masked vectors: the clients'
+parameters are computed from the keys each agent exported (its segments hold the same reads
+its ring gave the client) and the aggregate is their weighted mean within the quantisation
+error the SecAgg+ parameters allow (:func:`secagg_bound`). Both check that no message holds a
+key, a key's text or a fingerprint the agents logged, that /status and /metrics report the
+rounds (and the noisy host's ε), and that the fleet's model is registered as a challenger and
+canaried, never served directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,13 +37,15 @@ import pytest
 import redis
 from dp_accounting.rdp import RdpAccountant
 from flwr.common import parameters_to_ndarrays
-from flwr.common.serde import evaluate_res_from_proto, fit_res_from_proto
-from flwr.proto.transport_pb2 import ClientMessage
+from flwr.common.serde import message_from_proto
+from flwr.compat.common.recorddict_compat import recorddict_to_evaluateres, recorddict_to_fitres
+from flwr.proto.message_pb2 import Message as MessageProto
 
 from agent.mlops.dataset import read_segments
 from agent.mlops.registry import ModelRegistry
+from cache_core.models.template import TemplateScorer
 from tests import peers
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, pid_running
 from tests.polling import wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -50,12 +60,21 @@ FINGERPRINT_BYTES = 8
 TENANT = "fleet"
 # Host 2 clips and noises its updates (the aggregate is still the weighted mean of what was sent).
 NOISY = 2
+# Host 1 learns from the segments it exported (mlops.federated.source: segments), the others
+# from their rings.
+FROM_SEGMENTS = 1
 CLIP_NORM = 0.05
 NOISE = 0.5
 BREAKER_FAILURES = 2
 BREAKER_RESET_SECONDS = 2
 # Connections the hung server accepts and holds (the agent's first ones).
 HUNG_CONNECTIONS = 1
+# SecAgg+ settings of the secure run: every host shares with every other, two shares
+# reconstruct a secret; parameters (rates in [0, 1]) are clipped to [-CLIP, CLIP] and
+# quantised to QUANT integers; a host's weight is its example count over MAX_WEIGHT.
+SECAGG_CLIP = 2.0
+SECAGG_QUANT = 1 << 22
+SECAGG_MAX_WEIGHT = 2 * READS
 
 
 def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, Any]:
@@ -91,8 +110,8 @@ def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, An
                 "enabled": True,
                 "server": f"127.0.0.1:{port}",
                 "tls": {"ca_file": str(ca)},
-                "max_retries": 1000,
-                "max_wait_seconds": 300,
+                "max_retries": 3,
+                "max_wait_seconds": 10,
                 "retry_interval_seconds": 3600,
                 "backoff_seconds": 0.2,
                 "max_backoff_seconds": 1,
@@ -128,7 +147,39 @@ def windows(blob: bytes, widths: set[int]) -> set[bytes]:
     return {blob[i : i + w] for w in widths for i in range(len(blob) - w + 1)}
 
 
-def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
+def secagg_bound(params: list[list[numpy.ndarray]], weights: list[int], i: int) -> float:
+    """Largest error SecAgg+ may add to coordinate array ``i`` of the weighted mean.
+
+    Each host scales its parameters by r = round(w Q / M) / Q (its weight w over M, rounded
+    to 1/Q), stochastically rounds them on a grid of step 2C/Q (error below one step) and the
+    server divides the unmasked sum by Σr. Against the exact mean Σ w p / Σ w this is off by
+    at most n · 2C/Q / Σr (the rounding of the n vectors) plus Σ|r - w/M| · max|p - mean| / Σr
+    (the rounding of the weights, each below 1/(2Q))."""
+    n = len(weights)
+    ratios = [round(w * SECAGG_QUANT / SECAGG_MAX_WEIGHT) / SECAGG_QUANT for w in weights]
+    mean = sum(p[i] * w for p, w in zip(params, weights)) / sum(weights)
+    spread = max(float(numpy.abs(p[i] - mean).max()) for p in params)
+    return (n * 2 * SECAGG_CLIP / SECAGG_QUANT + n / (2 * SECAGG_QUANT) * spread) / sum(ratios)
+
+
+def exported_parameters(tmp: Path) -> tuple[list[numpy.ndarray], int]:
+    """The template parameters and example count of the reads an agent exported."""
+    key = bytes.fromhex((tmp / "segment.key").read_text().strip())
+    scorer = TemplateScorer()
+    for segment in read_segments(tmp / "export", [key]):
+        scorer.observe_keys([k for k in segment.keys if k is not None])
+    return scorer.rates(), scorer.examples
+
+
+def recorded(where: Path) -> list[tuple[str, bytes]]:
+    """(message type, bytes) of every message the clients sent in one round, as recorded."""
+    index = json.loads((where / "messages" / "messages.json").read_text())
+    assert not [e for e in index if e["error"]]
+    return [(e["message_type"], (where / "messages" / e["file"]).read_bytes()) for e in index]
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["fedavg", "secagg+"])
+def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
     cert = peers.self_signed_cert(tmp_path / "tls")
     port = peers.free_port()
     record = tmp_path / "record"
@@ -139,7 +190,11 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
             home = tmp_path / f"agent{h}"
             home.mkdir()
             config = agent_config(home, port, cert.cert, prefetch=h == 0)
-            if h == NOISY:
+            if h == FROM_SEGMENTS:
+                config["mlops"]["federated"]["source"] = "segments"
+            if secure:
+                config["mlops"]["federated"]["secure_aggregation"] = True
+            elif h == NOISY:
                 config["mlops"]["federated"].update(clip_norm=CLIP_NORM, noise_multiplier=NOISE)
             agents.append(AgentProcess(home, config).start())
         # The server is down: every agent serves its traffic all the same.
@@ -156,6 +211,9 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
                 "--rounds", str(ROUNDS), "--min-clients", str(HOSTS),
                 "--ca-file", str(cert.cert), "--certfile", str(cert.cert), "--keyfile", str(cert.key),
                 "--record", str(record), "--json",
+                *(["--secure-aggregation", "--num-shares", "1.0", "--reconstruction-threshold", "0.5",
+                   "--clipping-range", str(SECAGG_CLIP), "--quantization-range", str(SECAGG_QUANT),
+                   "--max-weight", str(SECAGG_MAX_WEIGHT)] if secure else []),
             ],
             capture_output=True, text=True, timeout=180,
         )  # fmt: skip
@@ -165,17 +223,18 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         statuses = [wait_for(lambda a=a: (s := a.status()["components"]["federated"])["registered_version"] is not None and s, timeout=60, what="the fleet's model registered") for a in agents]
         for h, status in enumerate(statuses):
             assert status["rounds_completed"] == ROUNDS and status["tls"] is True
-            assert status["examples"] > 0 and (status["epsilon_spent"] is None) == (h != NOISY)
+            assert status["examples"] > 0 and (status["epsilon_spent"] is None) == (secure or h != NOISY)
         assert wait_for(lambda: agents[0].metric("predis_mlops_federated_rounds_total") == ROUNDS, what="the rounds metric")
-        # The noisy host clipped and noised its updates; its budget is dp-accounting's RDP over
-        # its rounds (sensitivity two clip norms), in /status, /metrics and its registered meta.
-        accountant = RdpAccountant()
-        accountant.compose(dp_accounting.GaussianDpEvent(NOISE / 2), ROUNDS)
-        epsilon = accountant.get_epsilon(1e-5)
-        assert statuses[NOISY]["epsilon_spent"] == pytest.approx(epsilon) and statuses[NOISY]["delta"] == 1e-5
-        assert wait_for(lambda: agents[NOISY].metric("predis_mlops_federated_epsilon"), what="the epsilon metric") == pytest.approx(epsilon)
-        noisy_meta = ModelRegistry(tmp_path / f"agent{NOISY}" / "models").meta(TENANT, 1)["federated"]
-        assert noisy_meta["epsilon"] == pytest.approx(epsilon) and noisy_meta["noise_multiplier"] == NOISE and noisy_meta["clip_norm"] == CLIP_NORM
+        if not secure:
+            # The noisy host clipped and noised its updates; its budget is dp-accounting's RDP over
+            # its rounds (sensitivity two clip norms), in /status, /metrics and its registered meta.
+            accountant = RdpAccountant()
+            accountant.compose(dp_accounting.GaussianDpEvent(NOISE / 2), ROUNDS)
+            epsilon = accountant.get_epsilon(1e-5)
+            assert statuses[NOISY]["epsilon_spent"] == pytest.approx(epsilon) and statuses[NOISY]["delta"] == 1e-5
+            assert wait_for(lambda: agents[NOISY].metric("predis_mlops_federated_epsilon"), what="the epsilon metric") == pytest.approx(epsilon)
+            noisy_meta = ModelRegistry(tmp_path / f"agent{NOISY}" / "models").meta(TENANT, 1)["federated"]
+            assert noisy_meta["epsilon"] == pytest.approx(epsilon) and noisy_meta["noise_multiplier"] == NOISE and noisy_meta["clip_norm"] == CLIP_NORM
         # Agent 0 prefetches: the fleet's model is registered with its provenance as the
         # challenger, never served as such, and the canary against the local model starts.
         registry = ModelRegistry(tmp_path / "agent0" / "models")
@@ -190,6 +249,7 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         model, _ = registry.load_model(TENANT, 1)
         assert model.template is not None and model.template.shared_pair.any()
         secrets = set().union(*(fingerprints(tmp_path / f"agent{h}") for h in range(HOSTS)))
+        exported = [exported_parameters(tmp_path / f"agent{h}") for h in range(HOSTS)]
     finally:
         for agent in agents:
             assert agent.stop() == 0
@@ -199,26 +259,40 @@ def test_three_agents_federate_over_tls(tmp_path: Path) -> None:
         where = record / f"round-{r:03d}"
         fits = json.loads((where / "fit.json").read_text())["clients"]
         assert len(fits) == HOSTS
-        assert sum("update_norm" in entry["metrics"] for entry in fits) == 1
-        sent = []
-        for entry in fits:
-            blob = (where / entry["message"]).read_bytes()
-            messages.append(blob)
-            res = fit_res_from_proto(ClientMessage.FitRes.FromString(blob))
-            sent.append((parameters_to_ndarrays(res.parameters), res.num_examples))
+        assert sum("update_norm" in entry["metrics"] for entry in fits) == (0 if secure else 1)
+        round_messages = recorded(where)
+        messages += [blob for _, blob in round_messages]
+        replies = [(kind, message_from_proto(MessageProto.FromString(blob))) for kind, blob in round_messages]
         with numpy.load(where / "aggregate.npz") as data:
             aggregate = [data[f"arr_{i}"] for i in range(len(data.files))]
-        total = sum(n for _, n in sent)
-        assert total > 0 and len({n for _, n in sent}) > 1
-        for i, part in enumerate(aggregate):
-            mean = sum(params[i] * n for params, n in sent) / total
-            assert numpy.abs(part - mean).max() <= 1e-12
-            assert part.any()
-        for entry in json.loads((where / "evaluate.json").read_text()).get("clients", []):
-            blob = (where / entry["message"]).read_bytes()
-            messages.append(blob)
-            assert evaluate_res_from_proto(ClientMessage.EvaluateRes.FromString(blob)).num_examples > 0
-    assert len(messages) == 2 * HOSTS * ROUNDS
+        # Every host learned all its reads (its ring's or its segments'; all were logged and
+        # exported before the first round) and sends the same parameters every round.
+        weights = [n for _, n in exported]
+        assert sorted(entry["num_examples"] for entry in fits) == sorted(weights) and len(set(weights)) > 1
+        if secure:
+            # Four SecAgg+ stages and the evaluate step, one message each per host; the train
+            # replies hold no parameters the server could read, only the masked vector.
+            assert sorted(kind for kind, _ in replies) == sorted(["train"] * 4 * HOSTS + ["evaluate"] * HOSTS)
+            assert all(len(part) == 0 for kind, reply in replies if kind == "train" for part in reply.content.array_records.values())
+            configs = [reply.content.config_records.get("secaggplus_configs", {}) for kind, reply in replies if kind == "train"]
+            assert sum("masked_params" in c for c in configs) == HOSTS
+            for i, part in enumerate(aggregate):
+                mean = sum(params[i] * n for (params, _), n in zip(exported, weights)) / sum(weights)
+                assert numpy.abs(part - mean).max() <= secagg_bound([p for p, _ in exported], weights, i)
+                assert part.any()
+        else:
+            fit_sent = [recorddict_to_fitres(reply.content, keep_input=True) for kind, reply in replies if kind == "train"]
+            assert len(fit_sent) == HOSTS
+            sent = [(parameters_to_ndarrays(res.parameters), res.num_examples) for res in fit_sent]
+            total = sum(n for _, n in sent)
+            assert total > 0 and len({n for _, n in sent}) > 1
+            for i, part in enumerate(aggregate):
+                mean = sum(params[i] * n for params, n in sent) / total
+                assert numpy.abs(part - mean).max() <= 1e-12
+                assert part.any()
+        evaluations = [recorddict_to_evaluateres(reply.content) for kind, reply in replies if kind == "evaluate"]
+        assert len(evaluations) == HOSTS and all(res.num_examples > 0 for res in evaluations)
+    assert len(messages) == (5 if secure else 2) * HOSTS * ROUNDS
     # Every key starts with "entity:" and ends with ":field": with none of those, no key (nor
     # a template's text) is in a message. (A bare word can be: NumPy's array header says "fortran_order".)
     words = [f"{e}:".encode() for e in ENTITIES] + [f":{f}".encode() for f in FIELDS]
@@ -250,3 +324,36 @@ def test_an_agent_serves_and_stops_while_the_server_hangs(tmp_path: Path) -> Non
             assert agent.stop() == 0
             for conn in held:
                 conn.close()
+
+
+def supernodes(pid: int) -> list[int]:
+    """The flower-supernode children of process ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"flower-supernode" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def test_a_killed_agent_leaves_no_supernode_behind(tmp_path: Path) -> None:
+    """An agent killed outright takes its SuperNode with it: an orphan would stay connected
+    to the fleet, be counted in its rounds and never answer."""
+    cert = peers.self_signed_cert(tmp_path / "tls")
+    home = tmp_path / "agent"
+    home.mkdir()
+    config = agent_config(home, peers.free_port(), cert.cert, prefetch=False)
+    # Retries that outlast the test: the SuperNode does not end by itself.
+    config["mlops"]["federated"].update(max_retries=1000, max_wait_seconds=3600)
+    agent = AgentProcess(home, config).start()
+    try:
+        assert agent.proc is not None
+        (node,) = wait_for(lambda: supernodes(agent.proc.pid), what="the SuperNode")  # type: ignore[union-attr]
+        agent.signal(signal.SIGKILL)
+        agent.proc.wait(timeout=10)
+        wait_for(lambda: not pid_running(node), timeout=30, what="the orphaned SuperNode to end")
+    finally:
+        agent.stop()

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import tomllib
+import zipfile
 from pathlib import Path
 
 import dp_accounting
@@ -10,11 +14,18 @@ import numpy
 import pytest
 from click.testing import CliRunner
 from dp_accounting.rdp import RdpAccountant
+from flwr.app import Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common.recorddict_compat import fitins_to_recorddict, recorddict_to_fitres
 from flwr.server.strategy.aggregate import aggregate
+from flwr.supercore.task_identity import TaskIdentity
 
 from agent.cli import cli
+from agent.federated import flower_app
 from agent.federated.client import TemplateClient
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings, clip, privatize
+from agent.federated.runtime import build_fab
 from agent.federated.server import _weighted_metrics
 from agent.mlops.registry import ModelRegistry, save_model
 from cache_core.models import MixtureModel, Vocabulary, make_model
@@ -140,9 +151,53 @@ def test_the_client_sends_rates_counts_and_scalars_only() -> None:
     params, examples, metrics = client.fit(TemplateScorer().rates(), {})
     assert examples == 20 and metrics == {"examples_added": 20}
     assert [p.shape for p in params] == [(PAIR_BUCKETS,), (SOURCE_BUCKETS,)] and all(p.dtype == numpy.float64 for p in params)
-    loss, n, extra = client.evaluate(params, {})
+    loss, n, extra = client.evaluate(params, {"server_round": 1, "num_rounds": 2})
     assert n == 20 and extra == {} and loss == pytest.approx(numpy.log(2))
-    assert [r["step"] for r in rounds] == ["fit", "evaluate"]
+    assert [r["step"] for r in rounds] == ["fit", "evaluate"] and rounds[-1]["final"] is False
+    client.evaluate(params, {"server_round": 2, "num_rounds": 2})
+    assert rounds[-1]["final"] is True
+
+
+@pytest.fixture
+def task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task identity Flower's runtime sets in a process that runs a task."""
+    for name in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 7)
+
+
+def train_message(content: RecordDict) -> Message:
+    """A train message as the server's grid would deliver it to this host's ClientApp."""
+    message = Message(content, dst_node_id=7, message_type=MessageType.TRAIN)
+    message.metadata.__dict__["_message_id"] = message.object_id
+    return message
+
+
+def host_context() -> Context:
+    return Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+
+
+@pytest.mark.usefixtures("task")
+def test_the_client_app_answers_a_plain_round_with_the_registered_client_unless_the_host_requires_secagg() -> None:
+    client = TemplateClient(TemplateScorer(), lambda: chain(range(10)), PrivacySettings(), PrivacyAccountant(PrivacySettings()), lambda _: None)
+    fit = fitins_to_recorddict(FitIns(ndarrays_to_parameters(TemplateScorer().rates()), {}), keep_input=True)
+    flower_app.register(client, require_secure=False)
+    reply = flower_app.client_app(message=train_message(fit), context=host_context())
+    res = recorddict_to_fitres(reply.content, keep_input=True)
+    assert res.num_examples == 20 and numpy.array_equal(parameters_to_ndarrays(res.parameters)[0], client.scorer.rates()[0])
+    flower_app.register(client, require_secure=True)
+    with pytest.raises(flower_app.PlainUpdateRefused, match="secure aggregation"):
+        flower_app.client_app(message=train_message(fit), context=host_context())
+    assert client.scorer.examples == 20  # refused before the client learned or answered
+
+
+def test_the_run_bundle_carries_the_run_config_and_names_our_apps(tmp_path: Path) -> None:
+    config = {"rounds": 3, "min-clients": 2, "record": "", "secure-aggregation": True, "max-weight": 1000.0}
+    content, digest = build_fab(tmp_path / "fab", config)
+    with zipfile.ZipFile(io.BytesIO(content)) as bundle:
+        project = tomllib.loads(bundle.read("pyproject.toml").decode())
+    assert project["tool"]["flwr"]["app"]["config"] == config
+    assert project["tool"]["flwr"]["app"]["components"] == {"serverapp": "agent.federated.flower_app:server_app", "clientapp": "agent.federated.flower_app:client_app"}
+    assert digest == hashlib.sha256(content).hexdigest()
 
 
 def test_fit_metrics_are_averaged_by_examples() -> None:
@@ -186,3 +241,22 @@ def test_a_champion_mixture_gains_the_template_expert_and_registers_as_challenge
     assert loaded.template is not None and numpy.array_equal(loaded.template.shared_pair, scorer.shared_pair)
     ident = loaded_vocab.encode(b"user:999:profile")
     assert loaded.predict_one(ident, 1)[0][0] == loaded_vocab.encode(b"user:999:orders")
+
+
+def test_a_mixture_starts_from_another_mixtures_expert_weights() -> None:
+    vocab = Vocabulary(4096)
+    warm = MixtureModel(vocab, vocab.capacity, template=TemplateScorer())
+    for _ in range(3):
+        warm.observe(vocab.encode_many(chain(range(40))))
+        warm.predict(vocab.encode_many([b"user:1:profile"]), 2)
+    weights = warm.expert_weights()
+    assert weights[1].sum() > 0  # the warm mixture measured its experts
+    cold = MixtureModel(vocab, vocab.capacity, template=TemplateScorer())
+    cold.set_expert_weights(weights)
+    assert numpy.array_equal(cold.precision, warm.precision) and not numpy.array_equal(cold.precision, MixtureModel(vocab, vocab.capacity, template=TemplateScorer()).precision)
+    weights[0][0] = -1.0
+    assert cold.hits[0] != -1.0  # a copy, not the warm model's arrays
+    with pytest.raises(ValueError, match="3 experts"):
+        MixtureModel(vocab, vocab.capacity).set_expert_weights(cold.expert_weights())
+    with pytest.raises(ValueError, match="hits <= proposals"):
+        cold.set_expert_weights([numpy.ones(4), numpy.zeros(4)])
