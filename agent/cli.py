@@ -165,9 +165,8 @@ def version() -> None:
 @set_option
 def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Run the agent in the foreground (systemd: Type=notify)."""
-    import asyncio
 
-    from agent import logs
+    from agent import eventloop, logs
     from agent.config import resolve_config_path
     from agent.runtime import Agent
 
@@ -195,7 +194,8 @@ def run(config_path: str | None, overrides: tuple[str, ...]) -> None:
         await agent.run_until_stopped()
 
     try:
-        asyncio.run(main())
+        run_loop = eventloop.runner(agent.config.get("agent.event_loop"))[1]
+        run_loop(main())
     except StartupError as exc:
         _fail(f"cannot start: {exc}")
 

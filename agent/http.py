@@ -26,7 +26,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -91,6 +91,10 @@ class Route:
     handler: Handler
     plugin: str = "agent"
     scope: str = "admin"
+    # False: the handler bounds its own time, and agent.http.request_timeout_seconds does
+    # not cut it short (a reload: its dry-build is bounded by agent.reload.timeout_seconds,
+    # waiting for a sink it turned off earlier by agent.shutdown_timeout_seconds).
+    bounded: bool = True
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -138,15 +142,16 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol, forwarded -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport: asyncio's, or another loop's (uvloop's do not derive from
+        # asyncio.Transport but have its methods).
+        self.transport = stream = cast(asyncio.Transport, transport)
         self.inner = self.server._request_handler()
         if self.inner is None:  # the server stopped while a TLS handshake ran
-            transport.abort()
+            stream.abort()
             return
         self.server._opened(self)
         self.arm()
-        self.inner.connection_made(transport)
+        self.inner.connection_made(stream)
 
     def data_received(self, data: bytes) -> None:
         self._received = True
@@ -523,7 +528,7 @@ class HttpServer:
                 self._count(path, forbidden.status)
                 return forbidden
         try:
-            response = await asyncio.wait_for(route.handler(request), timeout=self.request_timeout)
+            response = await asyncio.wait_for(route.handler(request), timeout=self.request_timeout if route.bounded else None)
         except TimeoutError:
             log.warning("request %s %s timed out after %.1fs", request.method, path, self.request_timeout)
             response = error_response(503, "request timed out")

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import __version__
+from agent import __version__, eventloop
 from agent.aiops.service import AiopsComponent, AiopsService
 from agent.cache_service import CacheService
 from agent.components import (
@@ -396,7 +396,7 @@ class Agent:
             Route("GET", "/livez", self._livez),
             Route("GET", "/readyz", self._readyz, scope="read"),
             Route("GET", "/status", self._status, scope="read"),
-            Route("POST", "/reload", self._reload_route, scope="admin"),
+            Route("POST", "/reload", self._reload_route, scope="admin", bounded=False),
             *self.console_pages.routes(),
             *console_api.routes(self),
         ]
@@ -517,6 +517,9 @@ class Agent:
             return result
         # Everything that can fail is built off to the side first (agent.components); should
         # applying still raise, the previous config and generation are put back.
+        if "agent.event_loop" in changed and new.get("agent.event_loop") not in ("auto", eventloop.running()):
+            log.warning("reload (%s): agent.event_loop is now %s; the agent keeps running on %s until its next start",
+                        trigger, new.get("agent.event_loop"), eventloop.running())
         changes = Changes(tuple(changed))
         try:
             built = await self._build(new, changes, timeout)
@@ -756,6 +759,7 @@ class Agent:
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "config_generation": self.generation,
             "config_source": self.config_path or "<embedded default>",
+            "event_loop": eventloop.running(),
             "last_reload": self.last_reload.public() if self.last_reload else None,
             "plugins": self.host.public(),
             "components": {

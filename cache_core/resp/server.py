@@ -485,32 +485,33 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport: asyncio's, or another loop's (uvloop's do not derive from
+        # asyncio.Transport but have its methods).
+        self.transport = stream = cast(asyncio.Transport, transport)
         server = self.server
         server.stats.total_connections += 1
-        peer = transport.get_extra_info("peername")
+        peer = stream.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.host = str(peer[0]) if peer else "?"
-        sock = transport.get_extra_info("socket")
+        sock = stream.get_extra_info("socket")
         fd = sock.fileno() if sock is not None else -1
         # The kernel gives out the lowest free descriptor: one at or past the ceiling means
         # that many are open, and the agent keeps the rest for its own files and origins.
         if len(server.clients) >= server.limits.max_clients or fd >= descriptor_ceiling(server.limits.reserved_descriptors):
             server.stats.rejected_connections += 1
-            transport.write(b"-ERR max number of clients reached\r\n")
+            stream.write(b"-ERR max number of clients reached\r\n")
             self.closing = True
             # A lingering close: the client's first command (sent before it read the error)
             # is read and dropped instead of being answered by a reset.
-            if transport.can_write_eof():
-                transport.write_eof()
-                asyncio.get_running_loop().call_later(REJECT_LINGER_SECONDS, transport.close)
+            if stream.can_write_eof():
+                stream.write_eof()
+                asyncio.get_running_loop().call_later(REJECT_LINGER_SECONDS, stream.close)
             else:
-                transport.close()
+                stream.close()
             return
         server.clients[self.id] = self
         # Past the soft output limit the transport says pause_writing: the pipeline waits.
-        transport.set_write_buffer_limits(high=server.limits.soft_output_bytes)
+        stream.set_write_buffer_limits(high=server.limits.soft_output_bytes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.clients.pop(self.id, None)

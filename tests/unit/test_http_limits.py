@@ -68,11 +68,11 @@ async def _livez(request: web.Request) -> web.Response:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[HttpServer, Telemetry, int]]:
+async def serving(tmp_path: Path, anonymous: tuple[str, ...] = ("/livez", "/echo"), **overrides: Any) -> AsyncIterator[tuple[HttpServer, Telemetry, int]]:
     telemetry = Telemetry("t")
     server = HttpServer(telemetry)
     section = _section(**overrides)
-    server.configure(section, {"anonymous_routes": ["/livez", "/echo"]}, TokenStore(tmp_path / "tokens.json"))
+    server.configure(section, {"anonymous_routes": list(anonymous)}, TokenStore(tmp_path / "tokens.json"))
     server.set_routes([Route("GET", "/livez", _livez), Route("POST", "/echo", _echo)])
     await server.start(await server.prepare_site(section))
     assert server.address is not None
@@ -664,3 +664,31 @@ def test_a_connection_that_cannot_be_admitted_does_not_stop_the_listener(
 def server_port(server: HttpServer) -> int:
     assert server.address is not None
     return int(server.address.rsplit(":", 1)[1])
+
+
+# -- request_timeout_seconds ---------------------------------------------------------
+def test_a_handler_past_the_request_timeout_gets_503_unless_its_route_bounds_itself(tmp_path: Path) -> None:
+    """agent.http.request_timeout_seconds cuts a handler short with 503; a route marked
+    bounded=False (POST /reload, limited by the reload's own timeouts) runs to its end."""
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.json_response({"done": True})
+
+    async def scenario() -> None:
+        async with serving(tmp_path, ("/livez", "/cut", "/whole"), request_timeout_seconds=0.2) as (server, _telemetry, port):
+            server.set_routes([Route("GET", "/livez", _livez), Route("GET", "/cut", slow), Route("GET", "/whole", slow, bounded=False)])
+            cut = await request(port, get("/cut"))
+            assert status_of(cut) == 503 and b"request timed out" in cut
+            entered.clear()
+            whole = asyncio.ensure_future(request(port, get("/whole")))
+            await asyncio.wait_for(entered.wait(), PATIENCE)  # its handler runs: three timeouts later it must still run
+            done, _ = await asyncio.wait({whole}, timeout=0.6)
+            assert not done, "the unbounded route was cut short"
+            release.set()
+            answer = await whole
+            assert status_of(answer) == 200 and b'"done": true' in answer
+
+    run(scenario())
