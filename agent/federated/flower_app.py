@@ -30,6 +30,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
+from agent.errors import AgentError
+
 RESULT_RECORD = "predis_result"
 # The run config the ServerApp reads (``predis-agent federated serve`` sets every key).
 RUN_CONFIG_KEYS = (
@@ -46,7 +48,7 @@ RUN_CONFIG_KEYS = (
 )
 
 
-class PlainUpdateRefused(RuntimeError):
+class PlainUpdateRefused(AgentError, RuntimeError):
     """This host requires SecAgg+ and the server asked for its parameters in the clear."""
 
 

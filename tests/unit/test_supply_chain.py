@@ -42,7 +42,7 @@ def _independent_closure() -> set[str]:
 
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(ROOT / "setup.cfg", encoding="utf-8")
-    todo = [Requirement(line) for line in parser.get("options", "install_requires").split() if line]
+    todo = [Requirement(line.strip()) for line in parser.get("options", "install_requires").splitlines() if line.strip()]
     names: set[str] = set()
     while todo:
         req = todo.pop()
