@@ -85,6 +85,7 @@ class FederatedService:
         self._breaker: Any = None
         self._node: Any = None  # the host's SuperNode (agent.federated.runtime.FlowerProcess)
         self._node_address = ""
+        self._node_secret = b""  # the SuperExec secret its Runtime API's tasks are acquired with
 
     # -- lifecycle ----------------------------------------------------------------------
     def configure(self, cfg: Config) -> None:
@@ -108,6 +109,16 @@ class FederatedService:
                 self.last_result = f"the federated extra is not installed (pip install 'predis-agent[federated]'): no {', '.join(missing)}"
                 log.error("federated: %s", self.last_result)
                 return
+            if section["auth_key_file"]:
+                from agent.federated.runtime import KeyFileError, check_private_key
+
+                try:
+                    check_private_key(section["auth_key_file"])
+                except KeyFileError as exc:
+                    self.state = "error"
+                    self.last_result = f"mlops.federated.auth_key_file: {exc}"
+                    log.error("federated: %s; no SuperNode is started", self.last_result)
+                    return
             self.accountant = PrivacyAccountant(PrivacySettings(section["clip_norm"], float(section["noise_multiplier"]), float(section["delta"])))
             self.state = "starting"
         stop = threading.Event()
@@ -239,12 +250,14 @@ class FederatedService:
         node = self._supernode(stop, section)
         if node is None:
             return
-        acquirer = runtime.runtime_client(self._node_address, None, None, "SuperExec")
+        acquirer = runtime.runtime_client(self._node_address, None, None, "SuperExec", self._node_secret)
         try:
             while not stop.is_set() and not self._final:
                 code = node.poll()
                 if code is not None:
-                    raise FederatedRunError(f"the SuperNode exited with status {code}: the server {section['server']} was not reachable or went away")
+                    # Flower's last error line says why: unreachable, TLS, or a key the server refused.
+                    why = node.exit_reason() or f"the server {section['server']} was not reachable or went away"
+                    raise FederatedRunError(f"the SuperNode exited with status {code}: {why}")
                 try:
                     task = runtime.acquire(acquirer, runtime.CLIENT_TASK)
                 except httpx.TransportError:
@@ -273,8 +286,12 @@ class FederatedService:
             if stop.is_set():
                 self._node = None
                 return None
-            node = runtime.start_supernode(section["server"], section["tls"]["ca_file"], port, int(section["max_retries"]), float(section["max_wait_seconds"]))
-            self._node, self._node_address = node, f"127.0.0.1:{port}"
+            # A fresh SuperExec secret for each SuperNode: no other local process takes its tasks.
+            secret = runtime.new_secret()
+            node = runtime.start_supernode(
+                section["server"], section["tls"]["ca_file"], port, int(section["max_retries"]), float(section["max_wait_seconds"]), secret, section["auth_key_file"]
+            )
+            self._node, self._node_address, self._node_secret = node, f"127.0.0.1:{port}", secret
         return node
 
     def _register(self) -> None:
@@ -333,6 +350,7 @@ class FederatedService:
                 "enabled": bool(self.section.get("enabled", False)),
                 "server": self.section.get("server"),
                 "tls": bool(self.section.get("tls", {}).get("ca_file")),
+                "authenticated": bool(self.section.get("auth_key_file")),
                 "state": self.state,
                 "rounds_completed": self.rounds_completed,
                 "last_round_at": self.last_round_at,
