@@ -52,6 +52,12 @@ READ_CHUNK = 1 << 16
 TASK_POLL_SECONDS = 0.2
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as its type and the first line of its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class FederatedRunError(AgentError):
     """A run this host took part in ended before its last round."""
 
@@ -215,9 +221,11 @@ class FederatedService:
             try:
                 breaker.call(self._attempt, stop, section)
             except pybreaker.CircuitBreakerError as exc:
-                result, ok, wait = f"error: {exc}", False, float(section["breaker_reset_seconds"])
+                # The run that opened the breaker (or failed its trial) is the exception's context.
+                why = f" ({_describe(exc.__context__)})" if exc.__context__ is not None else ""
+                result, ok, wait = f"error: {exc}{why}", False, float(section["breaker_reset_seconds"])
             except Exception as exc:
-                result, ok, wait = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False, backoff
+                result, ok, wait = f"error: {_describe(exc)}", False, backoff
             else:
                 result, ok, wait = "ok", True, float(section["retry_interval_seconds"])
             if stop.is_set():
