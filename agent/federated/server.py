@@ -11,6 +11,11 @@ workflow: the server only ever holds the masked vectors and their sum); every ro
 with an evaluate step that sends the aggregate to every agent, which keeps the last one as
 its federated model. The SuperLink stops when the run ends.
 
+Only the SuperNodes whose public keys ``--supernode-keys`` names join (Flower's SuperNode
+authentication: ``serve`` registers them through the SuperLink's Control API, and its
+rounds pick only their node IDs); the run's ServerApp task is acquired with a SuperExec
+secret only ``serve`` holds (docs/federated.md, "Ports and trust").
+
 With ``--record DIR`` the server keeps an audit of each round (``round-NNN/``): every
 message a client sent (``messages/NNN-<type>-<node>.pb``: Flower's serialized
 ``Message``, exactly the content that crossed the wire, listed in ``messages.json``), the

@@ -13,7 +13,9 @@ a circuit breaker (pybreaker, as the exporters' sinks: after ``breaker_failures`
 runs in a row no SuperNode is started for ``breaker_reset_seconds``), never a request: the
 thread only reads the access-log ring (one short copy under its lock) or the exported
 segments (``source: segments``), and the cache never waits on it. ``enabled: false`` is the
-host's opt-out: nothing is sent.
+host's opt-out: nothing is sent. The SuperNode authenticates with ``auth_key_file`` (checked:
+0600, an ECDSA OpenSSH key) and hands its tasks only to this thread (a SuperExec secret made
+for each SuperNode).
 
 A run's result is never served as such: with ``register`` on, the agent builds a
 challenger (the tenant's champion, or a fresh mixture when there is none, with the template

@@ -26,6 +26,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from agent.cli import cli
 from agent.config import load_config
+from agent.errors import ConfigError
 from agent.federated import flower_app
 from agent.federated.client import TemplateClient
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings, clip, privatize
@@ -259,6 +260,10 @@ def test_an_agent_with_a_key_file_others_can_read_starts_no_supernode(tmp_path: 
     events: list[str] = []
     service = FederatedService(lambda: None, lambda name, _: events.append(name))
     overrides = ("collectors.access_log.enabled=true", "collectors.access_log.store_raw_keys=true", "mlops.federated.enabled=true", f"mlops.federated.auth_key_file={key}")
+    # Flower's SuperNode authentication runs over TLS only: a key without a CA is a config error.
+    with pytest.raises(ConfigError, match="mlops.federated.auth_key_file: needs mlops.federated.tls.ca_file"):
+        load_config(None, overrides=overrides)
+    overrides += (f"mlops.federated.tls.ca_file={tmp_path / 'ca.pem'}",)
     service.configure(load_config(None, overrides=overrides))
     status = service.status()
     assert status["state"] == "error" and status["authenticated"] is True and service._node is None and service._thread is None
