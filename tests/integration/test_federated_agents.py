@@ -7,9 +7,9 @@ example count is that of the reads it exported.
 
 The agents are driven (redis-py) while the server is still down: they keep serving and
 their clients keep retrying. Then the server runs 3 rounds with Flower's SuperNode
-authentication: it registers the three agents' public keys (``--supernode-keys``), and a
-fourth agent, whose key it does not know, is refused (its status says why; no round counts
-it). Neither the server's nor an agent's Runtime API hands a task to a request without its
+authentication: it registers the three agents' public keys (``--supernode-keys``); in the
+plain run a fourth agent, whose key it does not know, is refused (its status says why; no
+round counts it). Neither the server's nor an agent's Runtime API hands a task to a request without its
 SuperExec secret. The server's audit record holds every message each client sent. Without SecAgg+, the test checks that each round's aggregate is
 the example-weighted mean of the parameters the clients sent (within 1e-12; one host clips
 and noises what it sends, and the aggregate is still the exact mean of what was sent). With
@@ -109,11 +109,14 @@ def acquire_refused(address: str, ca: Path | None, task_type: str) -> int:
     raise AssertionError(f"{address} answered an unsigned acquisition with {got}")
 
 
-def supernode_port(pid: int) -> int:
-    """The Runtime API port of agent ``pid``'s SuperNode (its --port)."""
+def supernode_runtime(pid: int) -> tuple[int, bytes]:
+    """The Runtime API port of agent ``pid``'s SuperNode and its SuperExec secret (its --port
+    and the content of its --superexec-auth-secret-file)."""
     (node,) = supernodes(pid)
     argv = Path(f"/proc/{node}/cmdline").read_bytes().split(b"\0")
-    return int(argv[argv.index(b"--port") + 1])
+    secret = Path(argv[argv.index(b"--superexec-auth-secret-file") + 1].decode())
+    assert secret.stat().st_mode & 0o777 == 0o600 and secret.parent.stat().st_mode & 0o777 == 0o700
+    return int(argv[argv.index(b"--port") + 1]), secret.read_bytes()
 
 
 def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, Any]:
@@ -239,12 +242,13 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
             elif h == NOISY:
                 config["mlops"]["federated"].update(clip_norm=CLIP_NORM, noise_multiplier=NOISE)
             agents.append(AgentProcess(home, config).start())
-        # A fourth agent with a key of its own, which the server does not register.
-        home = tmp_path / "intruder"
-        home.mkdir()
-        config = agent_config(home, port, cert.cert, prefetch=False)
-        config["mlops"]["federated"]["auth_key_file"] = str(supernode_key(home, tmp_path / "unregistered"))
-        intruder = AgentProcess(home, config).start()
+        if not secure:
+            # A fourth agent with a key of its own, which the server does not register.
+            home = tmp_path / "intruder"
+            home.mkdir()
+            config = agent_config(home, port, cert.cert, prefetch=False)
+            config["mlops"]["federated"]["auth_key_file"] = str(supernode_key(home, tmp_path / "unregistered"))
+            intruder = AgentProcess(home, config).start()
         # The server is down: every agent serves its traffic all the same.
         for agent, trace in zip(agents, traces):
             assert drive(agent, trace) == READS
@@ -268,9 +272,10 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
         try:
             # The SuperLink's Runtime API hands the run's ServerApp task to serve alone.
             assert wait_for(lambda: acquire_refused(f"127.0.0.1:{port}", cert.cert, runtime.SERVER_TASK), what="the SuperLink's Runtime API") == 401
-            # The unregistered agent's SuperNode is refused: its run fails, and says why.
-            refused = wait_for(lambda: "Failed to activate SuperNode" in str((s := intruder.status()["components"]["federated"])["last_result"]) and s, what="the intruder refused")
-            assert refused["authenticated"] is True and refused["rounds_completed"] == 0
+            if intruder is not None:
+                # The unregistered agent's SuperNode is refused: its run fails, and says why.
+                refused = wait_for(lambda: "Failed to activate SuperNode" in str((s := intruder.status()["components"]["federated"])["last_result"]) and s, what="the intruder refused")
+                assert refused["authenticated"] is True and refused["rounds_completed"] == 0
             out, err = server.communicate(timeout=180)
         finally:
             if server.poll() is None:
@@ -309,9 +314,12 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
         assert model.template is not None and model.template.shared_pair.any()
         # An agent's SuperNode hands its tasks to the agent alone, too.
         assert agents[0].proc is not None
-        assert acquire_refused(f"127.0.0.1:{supernode_port(agents[0].proc.pid)}", None, runtime.CLIENT_TASK) == 401
-        intruded = intruder.status()["components"]["federated"]
-        assert intruded["rounds_completed"] == 0 and intruded["registered_version"] is None and intruded["runs"]["ok"] == 0
+        node_port, node_secret = supernode_runtime(agents[0].proc.pid)
+        assert acquire_refused(f"127.0.0.1:{node_port}", None, runtime.CLIENT_TASK) == 401
+        assert node_secret not in agents[0].logs().encode()
+        if intruder is not None:
+            intruded = intruder.status()["components"]["federated"]
+            assert intruded["rounds_completed"] == 0 and intruded["registered_version"] is None and intruded["runs"]["ok"] == 0
         secrets = set().union(*(fingerprints(tmp_path / f"agent{h}") for h in range(HOSTS)))
         exported = [exported_parameters(tmp_path / f"agent{h}") for h in range(HOSTS)]
     finally:
