@@ -253,7 +253,8 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
         for agent, trace in zip(agents, traces):
             assert drive(agent, trace) == READS
             # Failed connections open the breaker (the server is not tried until it half-opens).
-            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["breaker"] == "open" and s, what="the breaker to open")
+            # (Each failed run starts a SuperNode, a Python process that imports Flower: slow on a busy machine.)
+            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["breaker"] == "open" and s, timeout=60, what="the breaker to open")
             assert federated["runs"]["error"] >= BREAKER_FAILURES
             assert federated["rounds_completed"] == 0 and federated["last_result"].startswith("error")
         wait_for(lambda: all(a.status()["components"]["access_log"]["events_exported"] >= READS for a in agents), timeout=30, what="the segments")
