@@ -555,6 +555,23 @@ def federated() -> None:
     """Federated learning across agents, on Flower (needs pip install 'predis-agent[federated]')."""
 
 
+def _supernode_public_keys(paths: tuple[str, ...], load: Any) -> list[bytes]:
+    """The distinct public keys of ``paths`` (files, or directories of ``*.pub`` files)."""
+    from pathlib import Path
+
+    files: list[Path] = []
+    for path in map(Path, paths):
+        found = sorted(path.glob("*.pub")) if path.is_dir() else [path]
+        if not found:
+            _fail(f"--supernode-keys: no *.pub file in {path}", 2)
+        files += found
+    keys: list[bytes] = []
+    for key in map(load, files):
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
 @federated.command("serve")
 @click.option("--listen", required=True, help="HOST:PORT the Flower SuperLink listens on (agents' mlops.federated.server).")
 @click.option("--rounds", type=click.IntRange(min=1), required=True, help="Rounds to run.")
@@ -563,6 +580,21 @@ def federated() -> None:
 @click.option("--certfile", type=click.Path(dir_okay=False, exists=True), help="The server's certificate (PEM).")
 @click.option("--keyfile", type=click.Path(dir_okay=False, exists=True), help="The server's private key (PEM).")
 @click.option("--insecure", is_flag=True, help="Serve without TLS (refused unless the address is loopback).")
+@click.option(
+    "--supernode-keys",
+    "supernode_keys",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Public key of an agent allowed to join (its mlops.federated.auth_key_file's .pub, ECDSA on a NIST curve), or a directory of *.pub files (repeatable). Needs TLS.",
+)
+@click.option("--allow-any-supernode", "allow_any", is_flag=True, help="Let any host that reaches --listen join the rounds (no --supernode-keys).")
+@click.option(
+    "--superexec-secret-file",
+    "secret_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="SuperExec secret the run's ServerApp task is acquired with (a 0600 file; default: a fresh secret of this run).",
+)
 @click.option("--round-timeout", "round_timeout", type=click.FloatRange(min=1), default=None, help="Seconds a round (each SecAgg+ stage) waits for its clients' answers (none: no limit).")
 @click.option("--record", type=click.Path(file_okay=False), default=None, help="Directory for the audit of each round: every client message, the counts and the aggregate.")
 @click.option("--secure-aggregation", "secure", is_flag=True, help="Aggregate with SecAgg+: the server sees only masked vectors and their sum.")
@@ -580,6 +612,9 @@ def federated_serve(
     certfile: str | None,
     keyfile: str | None,
     insecure: bool,
+    supernode_keys: tuple[str, ...],
+    allow_any: bool,
+    secret_file: str | None,
     round_timeout: float | None,
     record: str | None,
     secure: bool,
@@ -592,7 +627,10 @@ def federated_serve(
 ) -> None:
     """Run a Flower SuperLink and one run of ROUNDS rounds of FedAvg (weighted by examples).
 
-    Exit 2 on a bad address, missing TLS files or a missing federated extra.
+    Only the agents whose public keys --supernode-keys names join (Flower's SuperNode
+    authentication), unless --allow-any-supernode says that any may. Exit 2 on a bad
+    address, missing TLS files, a key or secret file that cannot be used, neither
+    --supernode-keys nor --allow-any-supernode, or a missing federated extra.
     """
     from pathlib import Path
 
@@ -609,10 +647,22 @@ def federated_serve(
         _fail("give --ca-file, --certfile and --keyfile (TLS), or --insecure on a loopback address", 2)
     if insecure and not is_loopback(host):
         _fail(f"--insecure serves in clear text; refused on the non-loopback address {host}", 2)
+    if supernode_keys and allow_any:
+        _fail("--supernode-keys and --allow-any-supernode exclude each other", 2)
+    if not supernode_keys and not allow_any:
+        _fail("name the agents that may join with --supernode-keys (their public keys), or give --allow-any-supernode", 2)
+    if supernode_keys and not all(files):
+        _fail("--supernode-keys needs TLS (Flower's SuperNode authentication refuses to run without it)", 2)
     try:
+        from agent.federated.runtime import KeyFileError, load_public_key, read_private
         from agent.federated.server import serve
     except ImportError as exc:
         _fail(f"federated learning needs the federated extra (pip install 'predis-agent[federated]'): {exc}", 2)
+    try:
+        public_keys = _supernode_public_keys(supernode_keys, load_public_key) if supernode_keys else None
+        secret = read_private(secret_file, "SuperExec secret file") if secret_file else None
+    except KeyFileError as exc:
+        _fail(str(exc), 2)
     tls = (str(ca_file), str(certfile), str(keyfile)) if all(files) else None
     run_config = {
         "rounds": rounds,
@@ -627,7 +677,7 @@ def federated_serve(
         "max-weight": float(max_weight),
     }
     try:
-        result = serve(listen, run_config, tls)
+        result = serve(listen, run_config, tls, public_keys, secret)
     except (RuntimeError, TimeoutError) as exc:
         _fail(f"federated serve: {exc}", 1)
     if as_json:

@@ -174,6 +174,8 @@ def _federated(data: Mapping[str, Any]) -> Iterator[Finding]:
         yield "mlops.federated.server", parsed
     elif section.get("tls", {}).get("ca_file") is None and not is_loopback(parsed[0]):
         yield "mlops.federated.tls.ca_file", f"is needed for the non-loopback server {parsed[0]}: updates never travel in clear text off the host"
+    if section.get("auth_key_file") and section.get("tls", {}).get("ca_file") is None:
+        yield "mlops.federated.auth_key_file", "needs mlops.federated.tls.ca_file: Flower's SuperNode authentication runs over TLS only"
 
 
 RULES: tuple[Rule, ...] = (
@@ -195,7 +197,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "federated-settings",
-        "mlops.federated.enabled needs the access log with raw keys (and its export for source: segments), a HOST:PORT server, TLS off loopback, and clip_norm when noise is on",
+        "mlops.federated.enabled needs the access log with raw keys (and its export for source: segments), a HOST:PORT server, TLS off loopback and with auth_key_file, and clip_norm when noise is on",
         _federated,
     ),
 )

@@ -33,7 +33,8 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from agent.errors import AgentError
 
 RESULT_RECORD = "predis_result"
-# The run config the ServerApp reads (``predis-agent federated serve`` sets every key).
+# The run config the ServerApp reads (``predis-agent federated serve`` sets every key;
+# ``supernodes``: the JSON list of the node IDs it registered, empty when any may join).
 RUN_CONFIG_KEYS = (
     "rounds",
     "min-clients",
@@ -45,6 +46,7 @@ RUN_CONFIG_KEYS = (
     "clipping-range",
     "quantization-range",
     "max-weight",
+    "supernodes",
 )
 
 
@@ -115,7 +117,8 @@ def _serve(grid: Any, context: Context) -> None:
             quantization_range=int(cfg["quantization-range"]),
             timeout=timeout,
         )
-    DefaultWorkflow(fit_workflow=fit)(RecordingGrid(grid, record), legacy)
+    nodes = set(json.loads(str(cfg["supernodes"]))) if cfg["supernodes"] else None
+    DefaultWorkflow(fit_workflow=fit)(RecordingGrid(grid, record, nodes), legacy)
     history = legacy.history
     context.state.config_records[RESULT_RECORD] = ConfigRecord(
         {

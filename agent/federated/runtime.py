@@ -25,7 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -52,16 +54,35 @@ CLIENT_TASK = "flwr-clientapp"
 SERVER_TASK = "flwr-serverapp"
 # Flower colours its log lines; our logs are plain text.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The line of Flower's exit report that says why (e.g. "[code: 2004] Failed to activate SuperNode.").
+_REASON = re.compile(r"^\[code: \d+\] ")
 # How long a child gets to stop after SIGTERM before it is killed.
 STOP_SECONDS = 10.0
+# Bytes of a generated SuperExec secret (Flower derives its HMAC-SHA256 key from it).
+SECRET_BYTES = 32
+# A private or secret file (a SuperNode's key, a SuperExec secret) is readable by its owner only.
+PRIVATE_FILE_MODE = 0o600
+# The longest key or secret file read (an OpenSSH P-521 private key is about 750 bytes).
+MAX_KEY_FILE_BYTES = 1 << 16
+# The Runtime API call the SuperExec secret authenticates (the others need the token it hands out).
+ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
+
+
+class KeyFileError(ValueError):
+    """A SuperNode key or SuperExec secret file that is missing, unreadable, too open or malformed."""
 
 
 class FlowerProcess:
-    """A ``flower-superlink`` / ``flower-supernode`` child whose output goes to our logging."""
+    """A ``flower-superlink`` / ``flower-supernode`` child whose output goes to our logging,
+    with a private home (0700) that holds its SuperExec secret (``secret``: the file
+    ``--superexec-auth-secret-file`` names, 0600, removed with the home)."""
 
-    def __init__(self, argv: list[str], name: str) -> None:
+    def __init__(self, argv: list[str], name: str, secret: bytes | None = None) -> None:
         self.name = name
+        self.last_error = ""  # the last error line it printed (the reason it exited, when it did)
         self._home = tempfile.TemporaryDirectory(prefix=f"predis-{name}-")
+        if secret is not None:
+            argv = [*argv, "--superexec-auth-secret-file", write_private(Path(self._home.name) / "superexec.secret", secret)]
         env = {**os.environ, **QUIET_ENV, "FLWR_HOME": self._home.name}
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self._pump = threading.Thread(target=self._forward, args=(self.process.stdout,), name=f"predis-{name}-log", daemon=True)
@@ -72,11 +93,20 @@ class FlowerProcess:
             return
         for raw in stream:
             line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip()
-            if line:
-                flower_log.log(logging.WARNING if "ERROR" in line else logging.DEBUG, "%s: %s", self.name, line)
+            if not line:
+                continue
+            error = "ERROR" in line or bool(_REASON.match(line))
+            if error:
+                self.last_error = line
+            flower_log.log(logging.WARNING if error else logging.DEBUG, "%s: %s", self.name, line)
 
     def poll(self) -> int | None:
         return self.process.poll()
+
+    def exit_reason(self) -> str:
+        """The last error line of a child that exited (once its output is read to the end)."""
+        self._pump.join(STOP_SECONDS)
+        return self.last_error
 
     def stop(self) -> int:
         """Stop the child (SIGTERM, then SIGKILL after :data:`STOP_SECONDS`); its exit code."""
@@ -117,35 +147,117 @@ def flower_command(name: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def start_supernode(superlink: str, ca_file: str | None, runtime_port: int, max_retries: int, max_wait_seconds: float) -> FlowerProcess:
-    """The host's SuperNode: connects to ``superlink`` (TLS with ``ca_file``), serves its Runtime
-    API on ``127.0.0.1:runtime_port`` and leaves the ClientApp tasks to us; it exits when it
-    cannot reach the SuperLink within ``max_retries`` / ``max_wait_seconds``."""
+def new_secret() -> bytes:
+    """A fresh SuperExec secret (printable: Flower reads the file's exact bytes)."""
+    return secrets.token_hex(SECRET_BYTES).encode("ascii")
+
+
+def write_private(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new file ``path`` readable by its owner only; its path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return str(path)
+
+
+def read_private(path: str, what: str) -> bytes:
+    """The bytes of the private file ``path`` (``what`` names it in errors, never its
+    content): a regular file of this user, at most :data:`PRIVATE_FILE_MODE`, not empty."""
+    from agent.config import FileReadRefused, read_regular_file
+
+    try:
+        data = read_regular_file(os.path.expanduser(path), MAX_KEY_FILE_BYTES, what)
+        info = os.stat(os.path.expanduser(path))
+    except FileReadRefused as exc:
+        raise KeyFileError(str(exc)) from None
+    except OSError as exc:
+        raise KeyFileError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & ~PRIVATE_FILE_MODE:
+        raise KeyFileError(f"{what} {path} has mode {mode:04o}, looser than {PRIVATE_FILE_MODE:04o}: others could read it; run `chmod 600 {path}` as the agent's user")
+    if not data:
+        raise KeyFileError(f"{what} {path} is empty")
+    return data
+
+
+def check_private_key(path: str) -> None:
+    """Refuse a SuperNode private key Flower could not use: see :func:`read_private`, and an
+    OpenSSH private key on a NIST curve (``ssh-keygen -t ecdsa -b 384``), unencrypted."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
+
+    data = read_private(path, "SuperNode key file")
+    try:
+        key = load_ssh_private_key(data, None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"SuperNode key file {path} is not an unencrypted OpenSSH private key ({type(exc).__name__})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not uses_nist_ec_curve(key.public_key()):
+        raise KeyFileError(f"SuperNode key file {path} is not an ECDSA key on a NIST curve (ssh-keygen -t ecdsa -b 384)")
+
+
+def load_public_key(path: Path) -> bytes:
+    """A SuperNode's OpenSSH public key file (``*.pub``, ECDSA on a NIST curve), in the form
+    the SuperLink registers (Flower's ``public_key_to_bytes``)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes, uses_nist_ec_curve
+
+    try:
+        key = load_ssh_public_key(path.read_bytes())
+    except OSError as exc:
+        raise KeyFileError(f"SuperNode public key {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"SuperNode public key {path} is not an OpenSSH public key ({type(exc).__name__})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not uses_nist_ec_curve(key):
+        raise KeyFileError(f"SuperNode public key {path} is not an ECDSA key on a NIST curve (ssh-keygen -t ecdsa -b 384)")
+    return bytes(public_key_to_bytes(key))
+
+
+def start_supernode(
+    superlink: str, ca_file: str | None, runtime_port: int, max_retries: int, max_wait_seconds: float, secret: bytes, private_key: str | None = None
+) -> FlowerProcess:
+    """The host's SuperNode: connects to ``superlink`` (TLS with ``ca_file``; authenticated
+    with ``private_key``, an OpenSSH key file the server registered), serves its Runtime API
+    on ``127.0.0.1:runtime_port`` and leaves the ClientApp tasks to whoever acquires them
+    with ``secret`` (its SuperExec secret); it exits when it cannot reach the SuperLink within
+    ``max_retries`` / ``max_wait_seconds``, or when the SuperLink refuses it."""
     argv = [*flower_command("flower-supernode"), "--superlink", superlink, "--isolation", "process", "--host", "127.0.0.1", "--port", str(runtime_port)]
     argv += ["--root-certificates", ca_file] if ca_file else ["--insecure"]
     argv += ["--max-retries", str(max_retries), "--max-wait-time", str(max_wait_seconds)]
-    return FlowerProcess(argv, "supernode")
+    if private_key:
+        argv += ["--auth-supernode-private-key", os.path.expanduser(private_key)]
+    return FlowerProcess(argv, "supernode", secret)
 
 
-def start_superlink(host: str, port: int, tls: tuple[str, str, str] | None) -> FlowerProcess:
-    """The fleet's SuperLink on ``host:port`` (``tls``: CA, certificate and key files)."""
+def start_superlink(host: str, port: int, tls: tuple[str, str, str] | None, secret: bytes, supernode_auth: bool) -> FlowerProcess:
+    """The fleet's SuperLink on ``host:port`` (``tls``: CA, certificate and key files): its
+    ServerApp tasks go only to whoever acquires them with ``secret`` (its SuperExec secret);
+    with ``supernode_auth`` (needs TLS), only SuperNodes whose public key was registered
+    through its Control API (:func:`register_supernodes`) join."""
     argv = [*flower_command("flower-superlink"), "--isolation", "process", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     if tls is None:
         argv.append("--insecure")
     else:
         ca_file, certfile, keyfile = tls
         argv += ["--ssl-ca-certfile", ca_file, "--ssl-certfile", certfile, "--ssl-keyfile", keyfile]
-    return FlowerProcess(argv, "superlink")
+    if supernode_auth:
+        argv.append("--enable-supernode-auth")
+    return FlowerProcess(argv, "superlink", secret)
 
 
-def runtime_client(address: str, root_certificates: bytes | None, token: str | None, component: str) -> Any:
-    """Flower's Runtime API client (HTTP on loopback without ``root_certificates``)."""
-    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+def runtime_client(address: str, root_certificates: bytes | None, token: str | None, component: str, secret: bytes | None = None) -> Any:
+    """Flower's Runtime API client (HTTP on loopback without ``root_certificates``); with
+    ``secret``, its task acquisitions are signed with that SuperExec secret."""
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
     from flwr.supercore.runtime import RuntimeHttpClient
 
     interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token is not None:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
+    if secret is not None:
+        interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods=[ACQUIRE_METHOD]))
     return RuntimeHttpClient.from_server_address(address, root_certificates is None, root_certificates, interceptors)
 
 

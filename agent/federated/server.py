@@ -11,6 +11,11 @@ workflow: the server only ever holds the masked vectors and their sum); every ro
 with an evaluate step that sends the aggregate to every agent, which keeps the last one as
 its federated model. The SuperLink stops when the run ends.
 
+Only the SuperNodes whose public keys ``--supernode-keys`` names join (Flower's SuperNode
+authentication: ``serve`` registers them through the SuperLink's Control API, and its
+rounds pick only their node IDs); the run's ServerApp task is acquired with a SuperExec
+secret only ``serve`` holds (docs/federated.md, "Ports and trust").
+
 With ``--record DIR`` the server keeps an audit of each round (``round-NNN/``): every
 message a client sent (``messages/NNN-<type>-<node>.pb``: Flower's serialized
 ``Message``, exactly the content that crossed the wire, listed in ``messages.json``), the
@@ -110,11 +115,15 @@ class RecordingFedAvg(FedAvg):
 
 class RecordingGrid(Grid):
     """The ServerApp's grid: Flower's, polled every :data:`PULL_INTERVAL_SECONDS`, and with
-    ``record``, every reply a client sent kept under its round (the message's group)."""
+    ``record``, every reply a client sent kept under its round (the message's group). With
+    ``nodes``, a round only ever picks the SuperNodes ``serve`` registered (their node IDs):
+    one that registered itself through the SuperLink's open Control API is never sent the
+    fleet's parameters, and no reply of its is ever asked for."""
 
-    def __init__(self, grid: Grid, record: Path | None) -> None:
+    def __init__(self, grid: Grid, record: Path | None, nodes: set[int] | None = None) -> None:
         self.grid = grid
         self.record = record
+        self.nodes = nodes
         self.count = 0
 
     def set_run(self, run: Any) -> None:
@@ -128,7 +137,8 @@ class RecordingGrid(Grid):
         return self.grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
+        found = self.grid.get_node_ids()
+        return found if self.nodes is None else [node for node in found if node in self.nodes]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(messages)
@@ -187,9 +197,27 @@ def _control_client(address: str, root_certificates: bytes | None) -> Any:
     return ControlHttpClient.from_server_address(address, root_certificates is None, root_certificates, [])
 
 
-def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | None) -> dict[str, Any]:
+def register_supernodes(control: Any, public_keys: list[bytes]) -> list[int]:
+    """Register the SuperNodes allowed to join (their public keys) with the SuperLink's Control
+    API (what ``flwr supernode register`` does); their node IDs."""
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    nodes = []
+    for key in public_keys:
+        got = _try(control.RegisterNode, RegisterNodeRequest(public_key=key))
+        if got is None:
+            raise RuntimeError("the SuperLink did not answer the registration of a SuperNode key")
+        nodes.append(int(got.node_id))
+    return nodes
+
+
+def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | None, supernode_keys: list[bytes] | None, secret: bytes | None = None) -> dict[str, Any]:
     """Run one run of ``run_config["rounds"]`` rounds on a SuperLink at ``listen`` (``tls``: CA,
-    certificate and key files); what it achieved."""
+    certificate and key files); what it achieved. With ``supernode_keys`` (public keys, see
+    :func:`agent.federated.runtime.load_public_key`), only those SuperNodes join (Flower's
+    SuperNode authentication) and the rounds only pick them; None lets any SuperNode join.
+    ``secret`` is the SuperExec secret the run's ServerApp task is acquired with (a fresh one
+    when None); it is never logged."""
     from flwr.common.serde import fab_to_proto
     from flwr.proto.control_pb2 import StartRunRequest
     from flwr.supercore.fab import Fab
@@ -205,10 +233,17 @@ def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | N
     # Our own clients reach the SuperLink on loopback when it listens on every address.
     address = f"127.0.0.1:{port}" if host in ("0.0.0.0", "::", "") else listen
     certs = None if tls is None else Path(tls[0]).read_bytes()
-    superlink = runtime.start_superlink(host, port, tls)
+    secret = secret or runtime.new_secret()
+    superlink = runtime.start_superlink(host, port, tls, secret, supernode_keys is not None)
     try:
         control = _control_client(address, certs)
         try:
+            # The first call waits for the SuperLink to answer; a refusal of a key ends serve.
+            _until(lambda: _try(control.ListRuns, _list_runs()), superlink, STARTUP_TIMEOUT_SECONDS, "the SuperLink to start")
+            nodes = None if supernode_keys is None else register_supernodes(control, supernode_keys)
+            run_config = {**run_config, "supernodes": "" if nodes is None else json.dumps(nodes)}
+            if nodes is not None:
+                log.info("federated: %d SuperNode(s) registered (node IDs %s); no other SuperNode joins", len(nodes), nodes)
             with tempfile.TemporaryDirectory(prefix="predis-fab-") as staging:
                 content, fab_hash = runtime.build_fab(Path(staging), run_config)
             request = StartRunRequest(fab=fab_to_proto(Fab(fab_hash, content, {})))
@@ -217,7 +252,7 @@ def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | N
         finally:
             control.close()
         log.info("federated: run %d started on %s (%d round(s), %d client(s) a round)", run_id, listen, run_config["rounds"], run_config["min-clients"])
-        acquirer = runtime.runtime_client(address, certs, None, "SuperExec")
+        acquirer = runtime.runtime_client(address, certs, None, "SuperExec", secret)
         try:
             token, task_run = _until(lambda: _try(runtime.acquire, acquirer, runtime.SERVER_TASK), superlink, STARTUP_TIMEOUT_SECONDS, "the run's ServerApp task")
         finally:
@@ -230,6 +265,12 @@ def serve(listen: str, run_config: dict[str, Any], tls: tuple[str, str, str] | N
         superlink.stop()
     result = context.state.config_records[flower_app.RESULT_RECORD]
     return {"rounds_completed": int(result["rounds_completed"]), "losses": json.loads(str(result["losses"])), "metrics": json.loads(str(result["metrics"]))}
+
+
+def _list_runs() -> Any:
+    from flwr.proto.control_pb2 import ListRunsRequest
+
+    return ListRunsRequest()
 
 
 def _try(call: Any, *args: Any) -> Any:

@@ -13,7 +13,9 @@ a circuit breaker (pybreaker, as the exporters' sinks: after ``breaker_failures`
 runs in a row no SuperNode is started for ``breaker_reset_seconds``), never a request: the
 thread only reads the access-log ring (one short copy under its lock) or the exported
 segments (``source: segments``), and the cache never waits on it. ``enabled: false`` is the
-host's opt-out: nothing is sent.
+host's opt-out: nothing is sent. The SuperNode authenticates with ``auth_key_file`` (checked:
+0600, an ECDSA OpenSSH key) and hands its tasks only to this thread (a SuperExec secret made
+for each SuperNode).
 
 A run's result is never served as such: with ``register`` on, the agent builds a
 challenger (the tenant's champion, or a fresh mixture when there is none, with the template
@@ -52,6 +54,12 @@ READ_CHUNK = 1 << 16
 TASK_POLL_SECONDS = 0.2
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as its type and the first line of its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class FederatedRunError(AgentError):
     """A run this host took part in ended before its last round."""
 
@@ -85,6 +93,7 @@ class FederatedService:
         self._breaker: Any = None
         self._node: Any = None  # the host's SuperNode (agent.federated.runtime.FlowerProcess)
         self._node_address = ""
+        self._node_secret = b""  # the SuperExec secret its Runtime API's tasks are acquired with
 
     # -- lifecycle ----------------------------------------------------------------------
     def configure(self, cfg: Config) -> None:
@@ -108,6 +117,16 @@ class FederatedService:
                 self.last_result = f"the federated extra is not installed (pip install 'predis-agent[federated]'): no {', '.join(missing)}"
                 log.error("federated: %s", self.last_result)
                 return
+            if section["auth_key_file"]:
+                from agent.federated.runtime import KeyFileError, check_private_key
+
+                try:
+                    check_private_key(section["auth_key_file"])
+                except KeyFileError as exc:
+                    self.state = "error"
+                    self.last_result = f"mlops.federated.auth_key_file: {exc}"
+                    log.error("federated: %s; no SuperNode is started", self.last_result)
+                    return
             self.accountant = PrivacyAccountant(PrivacySettings(section["clip_norm"], float(section["noise_multiplier"]), float(section["delta"])))
             self.state = "starting"
         stop = threading.Event()
@@ -204,9 +223,11 @@ class FederatedService:
             try:
                 breaker.call(self._attempt, stop, section)
             except pybreaker.CircuitBreakerError as exc:
-                result, ok, wait = f"error: {exc}", False, float(section["breaker_reset_seconds"])
+                # The run that opened the breaker (or failed its trial) is the exception's context.
+                why = f" ({_describe(exc.__context__)})" if exc.__context__ is not None else ""
+                result, ok, wait = f"error: {exc}{why}", False, float(section["breaker_reset_seconds"])
             except Exception as exc:
-                result, ok, wait = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", False, backoff
+                result, ok, wait = f"error: {_describe(exc)}", False, backoff
             else:
                 result, ok, wait = "ok", True, float(section["retry_interval_seconds"])
             if stop.is_set():
@@ -239,12 +260,14 @@ class FederatedService:
         node = self._supernode(stop, section)
         if node is None:
             return
-        acquirer = runtime.runtime_client(self._node_address, None, None, "SuperExec")
+        acquirer = runtime.runtime_client(self._node_address, None, None, "SuperExec", self._node_secret)
         try:
             while not stop.is_set() and not self._final:
                 code = node.poll()
                 if code is not None:
-                    raise FederatedRunError(f"the SuperNode exited with status {code}: the server {section['server']} was not reachable or went away")
+                    # Flower's last error line says why: unreachable, TLS, or a key the server refused.
+                    why = node.exit_reason() or f"the server {section['server']} was not reachable or went away"
+                    raise FederatedRunError(f"the SuperNode exited with status {code}: {why}")
                 try:
                     task = runtime.acquire(acquirer, runtime.CLIENT_TASK)
                 except httpx.TransportError:
@@ -273,8 +296,12 @@ class FederatedService:
             if stop.is_set():
                 self._node = None
                 return None
-            node = runtime.start_supernode(section["server"], section["tls"]["ca_file"], port, int(section["max_retries"]), float(section["max_wait_seconds"]))
-            self._node, self._node_address = node, f"127.0.0.1:{port}"
+            # A fresh SuperExec secret for each SuperNode: no other local process takes its tasks.
+            secret = runtime.new_secret()
+            node = runtime.start_supernode(
+                section["server"], section["tls"]["ca_file"], port, int(section["max_retries"]), float(section["max_wait_seconds"]), secret, section["auth_key_file"]
+            )
+            self._node, self._node_address, self._node_secret = node, f"127.0.0.1:{port}", secret
         return node
 
     def _register(self) -> None:
@@ -333,6 +360,7 @@ class FederatedService:
                 "enabled": bool(self.section.get("enabled", False)),
                 "server": self.section.get("server"),
                 "tls": bool(self.section.get("tls", {}).get("ca_file")),
+                "authenticated": bool(self.section.get("auth_key_file")),
                 "state": self.state,
                 "rounds_completed": self.rounds_completed,
                 "last_round_at": self.last_round_at,

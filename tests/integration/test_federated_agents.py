@@ -6,8 +6,11 @@ workload, over loopback TLS. Host 1 learns from the segments it exported
 example count is that of the reads it exported.
 
 The agents are driven (redis-py) while the server is still down: they keep serving and
-their clients keep retrying. Then the server runs 3 rounds; its audit record holds every
-message each client sent. Without SecAgg+, the test checks that each round's aggregate is
+their clients keep retrying. Then the server runs 3 rounds with Flower's SuperNode
+authentication: it registers the three agents' public keys (``--supernode-keys``); in the
+plain run a fourth agent, whose key it does not know, is refused (its status says why; no
+round counts it). Neither the server's nor an agent's Runtime API hands a task to a request without its
+SuperExec secret. The server's audit record holds every message each client sent. Without SecAgg+, the test checks that each round's aggregate is
 the example-weighted mean of the parameters the clients sent (within 1e-12; one host clips
 and noises what it sends, and the aggregate is still the exact mean of what was sent). With
 SecAgg+ (every host requires it), the server only receives masked vectors: the clients'
@@ -32,15 +35,19 @@ from pathlib import Path
 from typing import Any
 
 import dp_accounting
+import httpx
 import numpy
 import pytest
 import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from dp_accounting.rdp import RdpAccountant
 from flwr.common import parameters_to_ndarrays
 from flwr.common.serde import message_from_proto
 from flwr.compat.common.recorddict_compat import recorddict_to_evaluateres, recorddict_to_fitres
 from flwr.proto.message_pb2 import Message as MessageProto
 
+from agent.federated import runtime
 from agent.mlops.dataset import read_segments
 from agent.mlops.registry import ModelRegistry
 from cache_core.models.template import TemplateScorer
@@ -75,6 +82,41 @@ HUNG_CONNECTIONS = 1
 SECAGG_CLIP = 2.0
 SECAGG_QUANT = 1 << 22
 SECAGG_MAX_WEIGHT = 2 * READS
+
+
+def supernode_key(home: Path, public_dir: Path) -> Path:
+    """A SuperNode key pair as ``ssh-keygen -t ecdsa -b 384`` makes it: the private key (0600)
+    in ``home``, the public key in ``public_dir`` (named after the home); the private key's path."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = home / "supernode.key"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    private.chmod(0o600)
+    public_dir.mkdir(exist_ok=True)
+    (public_dir / f"{home.name}.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return private
+
+
+def acquire_refused(address: str, ca: Path | None, task_type: str) -> int:
+    """The HTTP status a Runtime API at ``address`` answers a task acquisition without its
+    SuperExec secret with (raises while nothing answers, and if a task is handed out)."""
+    client = runtime.runtime_client(address, None if ca is None else ca.read_bytes(), None, "SuperExec")
+    try:
+        got = runtime.acquire(client, task_type)
+    except httpx.HTTPStatusError as exc:
+        return exc.response.status_code
+    finally:
+        client.close()
+    raise AssertionError(f"{address} answered an unsigned acquisition with {got}")
+
+
+def supernode_runtime(pid: int) -> tuple[int, bytes]:
+    """The Runtime API port of agent ``pid``'s SuperNode and its SuperExec secret (its --port
+    and the content of its --superexec-auth-secret-file)."""
+    (node,) = supernodes(pid)
+    argv = Path(f"/proc/{node}/cmdline").read_bytes().split(b"\0")
+    secret = Path(argv[argv.index(b"--superexec-auth-secret-file") + 1].decode())
+    assert secret.stat().st_mode & 0o777 == 0o600 and secret.parent.stat().st_mode & 0o777 == 0o700
+    return int(argv[argv.index(b"--port") + 1]), secret.read_bytes()
 
 
 def agent_config(tmp: Path, port: int, ca: Path, prefetch: bool) -> dict[str, Any]:
@@ -183,13 +225,16 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
     cert = peers.self_signed_cert(tmp_path / "tls")
     port = peers.free_port()
     record = tmp_path / "record"
+    keys = tmp_path / "supernode-keys"
     traces = [host_trace(h, READS, seed=h + 1) for h in range(HOSTS)]
     agents = []
+    intruder = None
     try:
         for h in range(HOSTS):
             home = tmp_path / f"agent{h}"
             home.mkdir()
             config = agent_config(home, port, cert.cert, prefetch=h == 0)
+            config["mlops"]["federated"]["auth_key_file"] = str(supernode_key(home, keys))
             if h == FROM_SEGMENTS:
                 config["mlops"]["federated"]["source"] = "segments"
             if secure:
@@ -197,32 +242,52 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
             elif h == NOISY:
                 config["mlops"]["federated"].update(clip_norm=CLIP_NORM, noise_multiplier=NOISE)
             agents.append(AgentProcess(home, config).start())
+        if not secure:
+            # A fourth agent with a key of its own, which the server does not register.
+            home = tmp_path / "intruder"
+            home.mkdir()
+            config = agent_config(home, port, cert.cert, prefetch=False)
+            config["mlops"]["federated"]["auth_key_file"] = str(supernode_key(home, tmp_path / "unregistered"))
+            intruder = AgentProcess(home, config).start()
         # The server is down: every agent serves its traffic all the same.
         for agent, trace in zip(agents, traces):
             assert drive(agent, trace) == READS
             # Failed connections open the breaker (the server is not tried until it half-opens).
-            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["breaker"] == "open" and s, what="the breaker to open")
+            # (Each failed run starts a SuperNode, a Python process that imports Flower: slow on a busy machine.)
+            federated = wait_for(lambda a=agent: (s := a.status()["components"]["federated"])["breaker"] == "open" and s, timeout=60, what="the breaker to open")
             assert federated["runs"]["error"] >= BREAKER_FAILURES
             assert federated["rounds_completed"] == 0 and federated["last_result"].startswith("error")
         wait_for(lambda: all(a.status()["components"]["access_log"]["events_exported"] >= READS for a in agents), timeout=30, what="the segments")
-        server = subprocess.run(
+        server = subprocess.Popen(
             [
                 sys.executable, "-m", "agent", "federated", "serve", "--listen", f"127.0.0.1:{port}",
                 "--rounds", str(ROUNDS), "--min-clients", str(HOSTS),
                 "--ca-file", str(cert.cert), "--certfile", str(cert.cert), "--keyfile", str(cert.key),
-                "--record", str(record), "--json",
+                "--supernode-keys", str(keys), "--record", str(record), "--json",
                 *(["--secure-aggregation", "--num-shares", "1.0", "--reconstruction-threshold", "0.5",
                    "--clipping-range", str(SECAGG_CLIP), "--quantization-range", str(SECAGG_QUANT),
                    "--max-weight", str(SECAGG_MAX_WEIGHT)] if secure else []),
             ],
-            capture_output=True, text=True, timeout=180,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        assert server.returncode == 0, server.stderr
-        result = json.loads(server.stdout)
+        try:
+            # The SuperLink's Runtime API hands the run's ServerApp task to serve alone.
+            assert wait_for(lambda: acquire_refused(f"127.0.0.1:{port}", cert.cert, runtime.SERVER_TASK), what="the SuperLink's Runtime API") == 401
+            if intruder is not None:
+                # The unregistered agent's SuperNode is refused: its run fails, and says why.
+                refused = wait_for(lambda: "Failed to activate SuperNode" in str((s := intruder.status()["components"]["federated"])["last_result"]) and s, what="the intruder refused")
+                assert refused["authenticated"] is True and refused["rounds_completed"] == 0
+            out, err = server.communicate(timeout=180)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.communicate()
+        assert server.returncode == 0, err
+        result = json.loads(out)
         assert result["rounds_completed"] == ROUNDS
         statuses = [wait_for(lambda a=a: (s := a.status()["components"]["federated"])["registered_version"] is not None and s, timeout=60, what="the fleet's model registered") for a in agents]
         for h, status in enumerate(statuses):
-            assert status["rounds_completed"] == ROUNDS and status["tls"] is True
+            assert status["rounds_completed"] == ROUNDS and status["tls"] is True and status["authenticated"] is True
             assert status["examples"] > 0 and (status["epsilon_spent"] is None) == (secure or h != NOISY)
         assert wait_for(lambda: agents[0].metric("predis_mlops_federated_rounds_total") == ROUNDS, what="the rounds metric")
         if not secure:
@@ -248,10 +313,18 @@ def test_three_agents_federate_over_tls(tmp_path: Path, secure: bool) -> None:
         assert mlops["rollout"]["challenger_version"] == 1 and mlops["serving_version"] is None
         model, _ = registry.load_model(TENANT, 1)
         assert model.template is not None and model.template.shared_pair.any()
+        # An agent's SuperNode hands its tasks to the agent alone, too.
+        assert agents[0].proc is not None
+        node_port, node_secret = supernode_runtime(agents[0].proc.pid)
+        assert acquire_refused(f"127.0.0.1:{node_port}", None, runtime.CLIENT_TASK) == 401
+        assert node_secret not in agents[0].logs().encode()
+        if intruder is not None:
+            intruded = intruder.status()["components"]["federated"]
+            assert intruded["rounds_completed"] == 0 and intruded["registered_version"] is None and intruded["runs"]["ok"] == 0
         secrets = set().union(*(fingerprints(tmp_path / f"agent{h}") for h in range(HOSTS)))
         exported = [exported_parameters(tmp_path / f"agent{h}") for h in range(HOSTS)]
     finally:
-        for agent in agents:
+        for agent in [*agents, *([intruder] if intruder else [])]:
             assert agent.stop() == 0
 
     messages = []

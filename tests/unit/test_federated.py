@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The key-free template scorer, the privacy of a host's update, and `federated serve`'s checks."""
+"""The key-free template scorer, the privacy of a host's update, the SuperNode key checks, and
+`federated serve`'s checks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import dp_accounting
 import numpy
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from dp_accounting.rdp import RdpAccountant
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message_type import MessageType
@@ -22,11 +25,14 @@ from flwr.server.strategy.aggregate import aggregate
 from flwr.supercore.task_identity import TaskIdentity
 
 from agent.cli import cli
+from agent.config import load_config
+from agent.errors import ConfigError
 from agent.federated import flower_app
 from agent.federated.client import TemplateClient
 from agent.federated.privacy import PrivacyAccountant, PrivacySettings, clip, privatize
-from agent.federated.runtime import build_fab
-from agent.federated.server import _weighted_metrics
+from agent.federated.runtime import KeyFileError, build_fab, check_private_key, load_public_key, read_private
+from agent.federated.server import RecordingGrid, _weighted_metrics
+from agent.federated.service import FederatedService
 from agent.mlops.registry import ModelRegistry, save_model
 from cache_core.models import MixtureModel, Vocabulary, make_model
 from cache_core.models.template import PAIR_BUCKETS, RANK_REFRESH, SOURCE_BUCKETS, TemplateScorer, instantiate, key_template
@@ -208,14 +214,93 @@ def test_fit_metrics_are_averaged_by_examples() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--listen", "nowhere", "--rounds", "1", "--min-clients", "1", "--insecure"], "--listen"),
-        (["--listen", "127.0.0.1:9092", "--rounds", "1", "--min-clients", "1"], "--insecure on a loopback"),
-        (["--listen", "10.1.2.3:9092", "--rounds", "1", "--min-clients", "1", "--insecure"], "refused on the non-loopback"),
+        (["--listen", "nowhere", "--rounds", "1", "--min-clients", "1", "--insecure", "--allow-any-supernode"], "--listen"),
+        (["--listen", "127.0.0.1:9092", "--rounds", "1", "--min-clients", "1", "--allow-any-supernode"], "--insecure on a loopback"),
+        (["--listen", "10.1.2.3:9092", "--rounds", "1", "--min-clients", "1", "--insecure", "--allow-any-supernode"], "refused on the non-loopback"),
     ],
 )
 def test_serve_refuses_a_bad_address_and_clear_text_off_loopback(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["federated", "serve", *args])
     assert result.exit_code == 2 and message in result.output
+
+
+def write_key(directory: Path, name: str, key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, mode: int = 0o600) -> Path:
+    """An OpenSSH key pair: ``name`` (the private key, ``mode``) and ``name.pub``."""
+    private = directory / name
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    private.chmod(mode)
+    (directory / f"{name}.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return private
+
+
+def test_a_supernode_key_is_an_ecdsa_openssh_key_readable_by_its_owner_only(tmp_path: Path) -> None:
+    good = write_key(tmp_path, "good", ec.generate_private_key(ec.SECP384R1()))
+    check_private_key(str(good))
+    assert load_public_key(tmp_path / "good.pub").startswith(b"-----BEGIN PUBLIC KEY-----")
+    shared = write_key(tmp_path, "shared", ec.generate_private_key(ec.SECP384R1()), mode=0o640)
+    with pytest.raises(KeyFileError, match="mode 0640, looser than 0600"):
+        check_private_key(str(shared))
+    edwards = write_key(tmp_path, "edwards", ed25519.Ed25519PrivateKey.generate())
+    with pytest.raises(KeyFileError, match="NIST curve"):
+        check_private_key(str(edwards))
+    with pytest.raises(KeyFileError, match="NIST curve"):
+        load_public_key(tmp_path / "edwards.pub")
+    (tmp_path / "text").write_text("not a key")
+    (tmp_path / "text").chmod(0o600)
+    with pytest.raises(KeyFileError, match="not an unencrypted OpenSSH private key"):
+        check_private_key(str(tmp_path / "text"))
+    with pytest.raises(KeyFileError, match="cannot be read"):
+        check_private_key(str(tmp_path / "missing"))
+    with pytest.raises(KeyFileError, match="is a directory"):
+        read_private(str(tmp_path), "SuperExec secret file")
+
+
+def test_an_agent_with_a_key_file_others_can_read_starts_no_supernode(tmp_path: Path) -> None:
+    key = write_key(tmp_path, "agent", ec.generate_private_key(ec.SECP384R1()), mode=0o644)
+    events: list[str] = []
+    service = FederatedService(lambda: None, lambda name, _: events.append(name))
+    overrides = ("collectors.access_log.enabled=true", "collectors.access_log.store_raw_keys=true", "mlops.federated.enabled=true", f"mlops.federated.auth_key_file={key}")
+    # Flower's SuperNode authentication runs over TLS only: a key without a CA is a config error.
+    with pytest.raises(ConfigError, match="mlops.federated.auth_key_file: needs mlops.federated.tls.ca_file"):
+        load_config(None, overrides=overrides)
+    overrides += (f"mlops.federated.tls.ca_file={tmp_path / 'ca.pem'}",)
+    service.configure(load_config(None, overrides=overrides))
+    status = service.status()
+    assert status["state"] == "error" and status["authenticated"] is True and service._node is None and service._thread is None
+    assert status["last_result"] == f"mlops.federated.auth_key_file: SuperNode key file {key} has mode 0644, looser than 0600: others could read it; run `chmod 600 {key}` as the agent's user"
+    assert events == []
+
+
+class NodesGrid:
+    """The one grid call RecordingGrid's node filter uses: the SuperLink's online nodes."""
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12, 13]
+
+
+def test_the_rounds_only_pick_the_supernodes_serve_registered() -> None:
+    assert list(RecordingGrid(NodesGrid(), None, {11, 13}).get_node_ids()) == [11, 13]  # type: ignore[arg-type]
+    assert list(RecordingGrid(NodesGrid(), None).get_node_ids()) == [11, 12, 13]  # type: ignore[arg-type]
+
+
+SERVE = ["--listen", "127.0.0.1:9092", "--rounds", "1", "--min-clients", "1"]
+
+
+def test_serve_requires_supernode_keys_or_an_explicit_open_fleet(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("")
+    tls = ["--ca-file", str(cert), "--certfile", str(cert), "--keyfile", str(cert)]
+    write_key(tmp_path, "agent", ec.generate_private_key(ec.SECP384R1()))
+    cases = [
+        ([*tls], "--supernode-keys"),
+        (["--insecure", "--supernode-keys", str(tmp_path / "agent.pub")], "needs TLS"),
+        ([*tls, "--allow-any-supernode", "--supernode-keys", str(tmp_path)], "exclude each other"),
+        ([*tls, "--supernode-keys", str(tmp_path / "agent")], "is not an OpenSSH public key"),
+        ([*tls, "--supernode-keys", str(tmp_path / "agent.pub"), "--superexec-secret-file", str(cert)], "looser than 0600"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, ["federated", "serve", *SERVE, *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
 
 
 def test_a_champion_mixture_gains_the_template_expert_and_registers_as_challenger_only(tmp_path: Path) -> None:
