@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from agent.errors import AgentError
 from agent.federated import QUIET_ENV
 
 log = logging.getLogger("predis.federated")
@@ -68,7 +69,7 @@ MAX_KEY_FILE_BYTES = 1 << 16
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 
 
-class KeyFileError(ValueError):
+class KeyFileError(AgentError, ValueError):
     """A SuperNode key or SuperExec secret file that is missing, unreadable, too open or malformed."""
 
 
