@@ -933,7 +933,9 @@ class CompactTable:
         created = numpy.zeros(hi.shape[0], dtype=numpy.bool_)
         with self._lock:
             room = self.max_items - len(self)
-            absent = int(self._view.absent(hi, lo))
+            # Only a batch longer than the room left can fail; the cache reserves room
+            # first, so this extra pass over the batch is the exception.
+            absent = int(self._view.absent(hi, lo)) if hi.shape[0] > room else 0
             if absent > room:
                 rows = numpy.empty(hi.shape[0], dtype=numpy.int64)
                 self._view.lookup(hi, lo, rows)
@@ -943,7 +945,7 @@ class CompactTable:
                     raise self._full(absent)
             _done, placed = self._view.insert(hi, lo, handles, slots, created.view(numpy.uint8))
         if not placed:  # no free slot in a chain: impossible under a load limit below 1
-            raise self._full(absent)
+            raise self._full(int(created.sum()))
         return slots, created
 
     def delete(self, hi: Any, lo: Any) -> numpy.ndarray:
